@@ -1,0 +1,1 @@
+"""gridtwin scenarios: SimPy scenario files, the engine, events, profiles, checks and sweeps."""
