@@ -31,6 +31,9 @@ ROLE_WRITES: dict[str, frozenset[str]] = {
 }
 
 Listener = Callable[[Point, Sample, str], None]
+#: Turns a value written from outside the devices into what the substation reports (an RTU's
+#: noise and bias). Runs before the value is stored, so every listener sees the reported value.
+Transform = Callable[[Point, float, Quality, str], float]
 
 
 class PointStore:
@@ -44,6 +47,7 @@ class PointStore:
             p.name: Sample(0.0, Quality.INVALID, now) for p in pointmap.points
         }
         self._listeners: list[Listener] = []
+        self._transform: Transform | None = None
 
     def __contains__(self, name: str) -> bool:
         return name in self._values
@@ -75,6 +79,8 @@ class PointStore:
         """Set a value from inside the substation (devices, plant). Notifies listeners."""
         point = self.point(name)
         v = float(value)
+        if self._transform is not None and not source.startswith("device:"):
+            v = float(self._transform(point, v, quality, source))
         if not math.isfinite(v):
             quality = Quality.INVALID
         sample = Sample(v, quality, self.clock() if timestamp is None else timestamp)
@@ -112,6 +118,12 @@ class PointStore:
         """A client write over a protocol: role, limits and finiteness checked, then set."""
         self.check_write(name, value, role=role)
         self.set(name, value, source=source)
+
+    def set_transform(self, transform: Transform | None) -> None:
+        """Install (or remove, with None) the one transform of non-device writes."""
+        if transform is not None and self._transform not in (None, transform):
+            raise ValueError("the point store already has a transform (one RTU per store)")
+        self._transform = transform
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener(point, sample, source)`` on every change; returns an unsubscribe."""

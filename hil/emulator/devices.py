@@ -1,0 +1,1109 @@
+"""Device behaviours of the emulated substation, each stepped on the substation's clock.
+
+Every device reads and writes the :class:`hil.store.PointStore` by point name (writes carry
+``source="device:<name>"``) and moves only in :meth:`Device.step`, called with ``now``: seconds
+on the substation's clock (wall or simulated), monotonic, at irregular intervals. Behaviour
+depends on elapsed time, never on the number of calls. An input change is seen at the first step
+after it was written (that step is the device's "scan"); from there on every delay is measured
+in elapsed time, and an action falls due at the first step with ``now >= due``.
+
+Devices:
+
+- :class:`Breaker`: ``<sw>.cmd`` (1 close, 0 open, written by clients) and :meth:`Breaker.trip`
+  (relays). Status ``<sw>.closed`` changes after the operate time; ``<sw>.operations`` counts
+  completed operations (uint16, wraps). A command is any new write of the cmd point (also the same
+  value again), so an operator can close a tripped breaker by writing 1 once more. A command for
+  the state the breaker is already in is a no-op. A command opposite to a pending operation
+  cancels it (the breaker stays where it is); the same command again keeps the first timer. A trip
+  supersedes a pending close and cannot be superseded by a close command while it runs. After a
+  trip the breaker is *locked out* (``locked_out``) until the next operator close; there is no
+  auto-reclose, so the lockout only reports state.
+- :class:`TapChangerAVR`: definite-time AVR on the trafo's LV bus voltage ``<bus>.vm_pu``:
+  outside ``avr_vset_pu +- avr_band_pu`` (band is the half-width) continuously for
+  ``avr_delay_s`` -> one tap step in the direction that brings the voltage back; the timer resets
+  when the voltage is back in band, changes side, is not GOOD, or the AVR is in manual. The tap
+  mechanism takes ``mechanism_s``: ``tap_pos`` changes when it completes, and the timer restarts
+  then (no step can start while the mechanism runs). Limits ``tap_min``/``tap_max`` come from the
+  net. The tap direction that raises the regulated voltage is computed from ``tap_side`` and the
+  sign of ``tap_step_percent`` (:func:`tap_delta_raising_voltage`): an HV-side tap with a positive
+  step LOWERS the LV voltage when ``tap_pos`` rises (pandapower's ratio model).
+- :class:`OvercurrentRelay`: definite time. Picks up when ``i_ka > oc_pickup_ka``, drops out when
+  ``i_ka < dropout_ratio * oc_pickup_ka`` (0.95); picked up continuously for ``oc_delay_s`` ->
+  trips its breaker and records a :class:`TripEvent`. It then stays latched (no second trip) until
+  the current drops out. A non-GOOD current resets the pickup (no trip on missing data).
+- :class:`DERInverter`: P follows ``min(p_avail_mw, p_limit_pct% of sn_mva)`` with a ramp limit
+  (``ramp_pct_per_s`` of sn_mva per second; a drop of the available power is followed at once,
+  since the sun does not wait). Q follows the volt-var curve of the bus voltage when ``voltvar``
+  is 1 (IEEE 1547 category B default), else 0, optionally through a first-order lag ``q_tau_s``.
+  No apparent-power limit is applied. Protection: voltage outside ``[trip_low_pu, trip_high_pu]``
+  (0.5, 1.1) continuously for ``trip_delay_s`` (0.1 s) -> P = Q = 0; it reconnects after the
+  voltage has been within ``[reconnect_low_pu, reconnect_high_pu]`` (0.917, 1.05) continuously
+  for ``reconnect_delay_s`` and ramps up again. A NaN voltage (what the twin writes for an
+  isolated bus) counts as 0 pu, i.e. loss of mains (anti-islanding); any other non-GOOD voltage
+  (e.g. no measurement yet) is "no information" and trips nothing.
+- :class:`RTUMeasurements`: turns the plant's true measurement values into what clients read:
+  ``reported = true + bias[point] + N(0, sigma)``, noise from a seeded ``numpy.random.Generator``.
+  The plant calls :meth:`RTUMeasurements.inject` (name, true value, now); alternatively
+  :meth:`RTUMeasurements.attach` installs the RTU as the store's transform, so that any write of
+  a covered point by a source that is not a device (e.g. the twin writing over OPC UA as the
+  plant) is taken as the true value and stored as the reported one: every store listener sees
+  only the reported value. A point with no bias and no noise is passed
+  through untouched (one write, one notification). Writes by devices (``source="device:..."``,
+  e.g. the breaker's operation counter) are never transformed. The true values stay readable
+  (:meth:`RTUMeasurements.true_value`). ``step`` does nothing: noise is drawn per value written.
+
+Watchdog: :meth:`Device.comms_lost` starts a timer; after ``comms_timeout_s`` the device enters
+its fallback (inverter: P limit ``fallback_p_limit_pct``, default 0, or hold with None; AVR: manual;
+breaker, relay, RTU: hold). The fallback overrides the setpoint *behaviour* only; the points keep
+the clients' values, so :meth:`Device.comms_restored` returns to them.
+
+:func:`build_devices` creates the devices a net and point map call for and writes initial values.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from hil.errors import HilError
+from hil.store import PointStore
+from twin.pointmap import PointMap
+from twin.quality import Quality, Sample
+
+_log = logging.getLogger(__name__)
+
+__all__ = [
+    "IEEE1547_CAT_B",
+    "Breaker",
+    "DERInverter",
+    "Device",
+    "DeviceClockError",
+    "DeviceConfigError",
+    "DeviceSettings",
+    "OvercurrentRelay",
+    "RTUMeasurements",
+    "TapChangerAVR",
+    "TripEvent",
+    "VoltVarCurve",
+    "build_devices",
+    "tap_delta_raising_voltage",
+]
+
+
+#: Slack on time comparisons: a simulated clock built by adding floats (0.1 + ...) must not
+#: miss a due time by one ulp.
+TIME_EPS_S = 1e-9
+
+
+def _elapsed(now: float, since: float, delay: float) -> bool:
+    """Whether ``delay`` seconds have passed from ``since`` at ``now`` (within TIME_EPS_S)."""
+    return now - since >= delay - TIME_EPS_S
+
+
+class DeviceClockError(HilError, ValueError):
+    """A device was stepped with a time earlier than its previous step."""
+
+
+class DeviceConfigError(HilError, ValueError):
+    """A device parameter or net row that cannot work (e.g. a tap changer without a step)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TripEvent:
+    """A protection trip: when, by whom, on what measured value."""
+
+    time: float
+    device: str
+    cause: str
+    value: float
+
+
+@dataclass(frozen=True)
+class VoltVarCurve:
+    """Piecewise-linear Q(V): ``points`` are (V in pu, Q in pu of sn_mva), V strictly rising.
+
+    Beyond the first and last point Q stays flat. Positive Q is injection (pandapower's sgen
+    convention), which raises the voltage.
+    """
+
+    points: tuple[tuple[float, float], ...]
+
+    def __post_init__(self) -> None:
+        vs = [v for v, _ in self.points]
+        if len(vs) < 2 or any(b <= a for a, b in zip(vs, vs[1:])):
+            raise DeviceConfigError(
+                f"volt-var curve: expected at least 2 points with strictly rising V, found {vs}"
+            )
+
+    def q_pu(self, v_pu: float) -> float:
+        vs, qs = zip(*self.points)
+        return float(np.interp(v_pu, vs, qs))
+
+
+#: IEEE 1547-2018 category B default volt-var curve (V in pu, Q in pu of rated apparent power).
+IEEE1547_CAT_B = VoltVarCurve(((0.92, 0.44), (0.98, 0.0), (1.02, 0.0), (1.08, -0.44)))
+
+
+@dataclass(frozen=True)
+class DeviceSettings:
+    """Parameters and initial setpoints used by :func:`build_devices` (all keyword, all typed)."""
+
+    comms_timeout_s: float = 10.0
+    # breaker
+    breaker_open_s: float = 0.06
+    breaker_close_s: float = 0.10
+    # on-load tap changer + AVR (initial setpoints)
+    avr_mechanism_s: float = 5.0
+    avr_vset_pu: float = 1.0
+    avr_band_pu: float = 0.015
+    avr_delay_s: float = 30.0
+    avr_auto: bool = True
+    # overcurrent relay (pickup = factor * max_i_ka * parallel of the line)
+    oc_pickup_factor: float = 1.2
+    oc_delay_s: float = 0.5
+    oc_dropout_ratio: float = 0.95
+    # DER inverter
+    der_p_limit_pct: float = 100.0
+    der_voltvar_on: bool = True
+    der_voltvar: VoltVarCurve = field(default_factory=lambda: IEEE1547_CAT_B)
+    der_ramp_pct_per_s: float | None = 10.0
+    der_q_tau_s: float = 0.0
+    der_trip_low_pu: float = 0.5
+    der_trip_high_pu: float = 1.1
+    der_trip_delay_s: float = 0.1
+    der_reconnect_low_pu: float = 0.917
+    der_reconnect_high_pu: float = 1.05
+    der_reconnect_delay_s: float = 300.0
+    der_fallback_p_limit_pct: float | None = 0.0
+    # RTU
+    rtu_noise_sigma: float = 0.0
+
+
+# --- base ------------------------------------------------------------------------------------
+class Device(ABC):
+    """A device behaviour: reads and writes store points, moves only in :meth:`step`.
+
+    Subclasses implement :meth:`_step`; :meth:`_enter_fallback` and :meth:`_leave_fallback` are
+    the watchdog hooks.
+    """
+
+    kind: ClassVar[str] = "device"
+
+    def __init__(self, name: str, store: PointStore, *, comms_timeout_s: float = 10.0) -> None:
+        if comms_timeout_s < 0:
+            raise DeviceConfigError(
+                f"{name}: expected comms_timeout_s >= 0, found {comms_timeout_s!r}"
+            )
+        self.name = name
+        self.store = store
+        self.comms_timeout_s = float(comms_timeout_s)
+        self.fallback_active = False
+        self._comms_lost_at: float | None = None
+        self._last_now: float | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+    @property
+    def source(self) -> str:
+        """The ``source`` this device's store writes carry."""
+        return f"device:{self.name}"
+
+    def step(self, now: float) -> None:
+        """Advance the behaviour to ``now`` (seconds on the substation clock, monotonic)."""
+        now = float(now)
+        if self._last_now is not None and now < self._last_now:
+            raise DeviceClockError(
+                f"{self.name}: expected now >= {self._last_now!r} (previous step), found {now!r}"
+            )
+        self._check_watchdog(now)
+        self._step(now)
+        self._last_now = now
+
+    @abstractmethod
+    def _step(self, now: float) -> None:
+        """One step of the behaviour; runs after the watchdog check."""
+
+    # -- watchdog -------------------------------------------------------------------------
+    def comms_lost(self, now: float) -> None:
+        """The link to this device's master is down since ``now``; fallback after the timeout."""
+        if self._comms_lost_at is None:
+            self._comms_lost_at = float(now)
+            self._check_watchdog(float(now))
+
+    def comms_restored(self, now: float) -> None:
+        """The link is back: leave the fallback (points still hold the clients' values)."""
+        self._comms_lost_at = None
+        if self.fallback_active:
+            self.fallback_active = False
+            _log.info("%s: comms restored at %.3f s, leaving fallback", self.name, now)
+            self._leave_fallback(float(now))
+
+    def _check_watchdog(self, now: float) -> None:
+        lost = self._comms_lost_at
+        if (
+            not self.fallback_active
+            and lost is not None
+            and _elapsed(now, lost, self.comms_timeout_s)
+        ):
+            self.fallback_active = True
+            _log.warning("%s: comms lost since %.3f s, fallback at %.3f s", self.name, lost, now)
+            self._enter_fallback(now)
+
+    def _enter_fallback(self, now: float) -> None:
+        """Runs once when the watchdog expires. Default: hold (nothing changes)."""
+        return None
+
+    def _leave_fallback(self, now: float) -> None:
+        """Runs once on comms_restored after a fallback. Default: nothing."""
+        return None
+
+    # -- store helpers --------------------------------------------------------------------
+    def _read(self, name: str | None, default: float) -> float:
+        """The point's value when present and GOOD, else ``default``."""
+        if name is None:
+            return default
+        s = self.store.get(name)
+        return s.value if s.quality is Quality.GOOD else default
+
+    def _write(self, name: str | None, value: float) -> None:
+        """Set a point only when it changes (listeners fire once per real change)."""
+        if name is None:
+            return
+        s = self.store.get(name)
+        if s.quality is Quality.GOOD and s.value == float(value):
+            return
+        self.store.set(name, value, source=self.source)
+
+
+# --- breaker ---------------------------------------------------------------------------------
+@dataclass(slots=True)
+class _Operation:
+    close: bool
+    due: float
+    cause: str
+
+
+class Breaker(Device):
+    """A circuit breaker driven by a command point and by relay trips (see module docstring)."""
+
+    kind = "breaker"
+
+    def __init__(
+        self,
+        name: str,
+        store: PointStore,
+        *,
+        closed_point: str,
+        cmd_point: str,
+        operations_point: str | None = None,
+        open_time_s: float = 0.06,
+        close_time_s: float = 0.10,
+        closed: bool | None = None,
+        comms_timeout_s: float = 10.0,
+    ) -> None:
+        super().__init__(name, store, comms_timeout_s=comms_timeout_s)
+        if open_time_s < 0 or close_time_s < 0:
+            raise DeviceConfigError(
+                f"{name}: expected operate times >= 0, found open {open_time_s!r}, "
+                f"close {close_time_s!r}"
+            )
+        self.closed_point = closed_point
+        self.cmd_point = cmd_point
+        self.operations_point = operations_point
+        self.open_time_s = float(open_time_s)
+        self.close_time_s = float(close_time_s)
+        if closed is None:
+            closed = self._read(closed_point, 0.0) >= 0.5
+        self.closed = bool(closed)
+        self.operations = int(self._read(operations_point, 0.0)) if operations_point else 0
+        self.locked_out = False
+        self.pending: _Operation | None = None
+        self.events: list[TripEvent] = []  # completed operations: cause "command" or the trip's
+        # The cmd sample present at construction is the initial state, not a command.
+        self._seen_cmd: Sample = store.get(cmd_point)
+        self._write(closed_point, 1.0 if self.closed else 0.0)
+
+    def trip(self, now: float, cause: str) -> None:
+        """Open on protection: supersedes a pending close, sets the lockout."""
+        now = float(now)
+        if self.pending is not None and not self.pending.close:
+            self.pending.cause = cause  # already opening: keep the earlier timer
+        elif self.pending is not None:
+            _log.info("%s: trip by %s cancels the pending close", self.name, cause)
+            self.pending = None
+        if self.closed and self.pending is None:
+            self.pending = _Operation(False, now + self.open_time_s, cause)
+        self.locked_out = True
+        _log.info("%s: trip by %s at %.3f s", self.name, cause, now)
+
+    def _step(self, now: float) -> None:
+        sample = self.store.get(self.cmd_point)
+        if sample is not self._seen_cmd:  # every store write is a new Sample object
+            self._seen_cmd = sample
+            if sample.quality is Quality.GOOD:
+                self._command(now, sample.value >= 0.5)
+        if self.pending is not None and _elapsed(now, self.pending.due, 0.0):
+            self._complete(now)
+
+    def _command(self, now: float, close: bool) -> None:
+        pending = self.pending
+        if pending is not None:
+            if pending.close == close:
+                return  # already on its way: the first timer stands
+            if close and pending.cause != "command":
+                _log.warning("%s: close command refused while a trip operates", self.name)
+                return
+            _log.info("%s: pending %s superseded", self.name, "close" if pending.close else "open")
+            self.pending = None
+            return
+        if close == self.closed:
+            _log.debug("%s: command %s ignored, already in that state", self.name, int(close))
+            return
+        if close:
+            self.locked_out = False  # an operator close clears the lockout
+        self.pending = _Operation(
+            close, now + (self.close_time_s if close else self.open_time_s), "command"
+        )
+
+    def _complete(self, now: float) -> None:
+        op = self.pending
+        assert op is not None
+        self.pending = None
+        self.closed = op.close
+        self.operations = (self.operations + 1) % 65536
+        self._write(self.closed_point, 1.0 if op.close else 0.0)
+        self._write(self.operations_point, self.operations)
+        self.events.append(TripEvent(now, self.name, op.cause, 1.0 if op.close else 0.0))
+        _log.info(
+            "%s: %s at %.3f s (%s), operation %d",
+            self.name,
+            "closed" if op.close else "opened",
+            now,
+            op.cause,
+            self.operations,
+        )
+
+
+# --- tap changer + AVR -----------------------------------------------------------------------
+def tap_delta_raising_voltage(trafo_row: Any, regulated_bus: int | None = None) -> int:
+    """+1 or -1: the tap_pos change that raises the voltage of the regulated bus.
+
+    pandapower's ratio model: a tap on a side multiplies that side's rated voltage by
+    ``1 + (tap_pos - tap_neutral) * tap_step_percent / 100``. A higher rated voltage on the HV side
+    lowers the LV voltage; on the LV side it raises it. The regulated bus defaults to the LV bus;
+    regulating the HV bus flips the sign.
+
+    Raises:
+        DeviceConfigError: no tap step, or a tap side other than hv/lv.
+    """
+    step = float(trafo_row["tap_step_percent"])
+    side = str(trafo_row["tap_side"]).lower()
+    if not math.isfinite(step) or step == 0.0:
+        raise DeviceConfigError(
+            f"trafo {trafo_row.name}: expected a finite non-zero tap_step_percent, found {step!r}"
+        )
+    if side not in ("hv", "lv"):
+        raise DeviceConfigError(
+            f"trafo {trafo_row.name}: expected tap_side hv or lv, found {side!r}"
+        )
+    sign = 1 if step > 0 else -1
+    lv_delta = -sign if side == "hv" else sign
+    if regulated_bus is not None and int(regulated_bus) == int(trafo_row["hv_bus"]):
+        return -lv_delta
+    return lv_delta
+
+
+class TapChangerAVR(Device):
+    """On-load tap changer with a definite-time AVR (see module docstring)."""
+
+    kind = "avr"
+
+    def __init__(
+        self,
+        name: str,
+        store: PointStore,
+        *,
+        tap_point: str,
+        voltage_point: str,
+        tap_min: int,
+        tap_max: int,
+        raise_delta: int,
+        vset_point: str | None = None,
+        band_point: str | None = None,
+        delay_point: str | None = None,
+        auto_point: str | None = None,
+        tap_pos: int | None = None,
+        mechanism_s: float = 5.0,
+        vset_pu: float = 1.0,
+        band_pu: float = 0.015,
+        delay_s: float = 30.0,
+        auto: bool = True,
+        comms_timeout_s: float = 10.0,
+    ) -> None:
+        super().__init__(name, store, comms_timeout_s=comms_timeout_s)
+        if raise_delta not in (1, -1):
+            raise DeviceConfigError(f"{name}: expected raise_delta +1 or -1, found {raise_delta!r}")
+        if tap_min > tap_max:
+            raise DeviceConfigError(
+                f"{name}: expected tap_min <= tap_max, found {tap_min}, {tap_max}"
+            )
+        self.tap_point = tap_point
+        self.voltage_point = voltage_point
+        self.vset_point, self.band_point = vset_point, band_point
+        self.delay_point, self.auto_point = delay_point, auto_point
+        self.tap_min, self.tap_max = int(tap_min), int(tap_max)
+        self.raise_delta = int(raise_delta)
+        self.mechanism_s = float(mechanism_s)
+        # defaults when a setpoint point is absent or not GOOD
+        self.vset_pu, self.band_pu, self.delay_s, self.auto = vset_pu, band_pu, delay_s, auto
+        if tap_pos is None:
+            tap_pos = int(round(self._read(tap_point, 0.0)))
+        self.tap_pos = min(max(int(tap_pos), self.tap_min), self.tap_max)
+        self.moving_to: int | None = None
+        self._move_due = 0.0
+        self._out_since: float | None = None
+        self._out_sign = 0
+        self._at_limit_logged = False
+        self._write(tap_point, self.tap_pos)
+
+    @property
+    def auto_active(self) -> bool:
+        """Auto mode as the AVR acts on it: the auto point, unless the watchdog forced manual."""
+        return (not self.fallback_active) and self._read(self.auto_point, float(self.auto)) >= 0.5
+
+    def operate(self, now: float, delta: int) -> bool:
+        """A manual raise (+1) / lower (-1) of tap_pos, only in manual mode and within limits."""
+        if self.auto_active or self.moving_to is not None or delta not in (1, -1):
+            return False
+        return self._start_move(float(now), self.tap_pos + delta)
+
+    def _start_move(self, now: float, target: int) -> bool:
+        if not self.tap_min <= target <= self.tap_max:
+            if not self._at_limit_logged:
+                _log.info("%s: tap limit reached at %d, no further step", self.name, self.tap_pos)
+                self._at_limit_logged = True
+            return False
+        self._at_limit_logged = False
+        self.moving_to = target
+        self._move_due = now + self.mechanism_s
+        _log.info("%s: tap %d -> %d started at %.3f s", self.name, self.tap_pos, target, now)
+        if self.mechanism_s == 0.0:
+            self._finish_move()
+        return True
+
+    def _finish_move(self) -> None:
+        assert self.moving_to is not None
+        self.tap_pos = self.moving_to
+        self.moving_to = None
+        self._out_since = None  # the definite-time timer restarts after each step
+        self._write(self.tap_point, self.tap_pos)
+
+    def _step(self, now: float) -> None:
+        if self.moving_to is not None:
+            if not _elapsed(now, self._move_due, 0.0):
+                return
+            self._finish_move()
+        if not self.auto_active:
+            self._out_since = None
+            return
+        s = self.store.get(self.voltage_point)
+        if s.quality is not Quality.GOOD:
+            self._out_since = None
+            return
+        vset = self._read(self.vset_point, self.vset_pu)
+        band = abs(self._read(self.band_point, self.band_pu))
+        delay = max(self._read(self.delay_point, self.delay_s), 0.0)
+        dev = s.value - vset
+        if abs(dev) <= band:
+            self._out_since = None
+            return
+        sign = 1 if dev < 0 else -1  # +1: the voltage must rise
+        if self._out_since is None or sign != self._out_sign:
+            self._out_since, self._out_sign = now, sign
+        if _elapsed(now, self._out_since, delay):
+            self._start_move(now, self.tap_pos + sign * self.raise_delta)
+
+    def _enter_fallback(self, now: float) -> None:
+        self._out_since = None  # auto_active is now False: the AVR holds the tap
+
+
+# --- overcurrent relay -----------------------------------------------------------------------
+class OvercurrentRelay(Device):
+    """Definite-time overcurrent relay tripping one breaker (see module docstring)."""
+
+    kind = "relay"
+
+    def __init__(
+        self,
+        name: str,
+        store: PointStore,
+        *,
+        current_point: str,
+        breaker: Breaker,
+        pickup_point: str | None = None,
+        delay_point: str | None = None,
+        pickup_ka: float = 1.0,
+        delay_s: float = 0.5,
+        dropout_ratio: float = 0.95,
+        comms_timeout_s: float = 10.0,
+    ) -> None:
+        super().__init__(name, store, comms_timeout_s=comms_timeout_s)
+        if not 0.0 < dropout_ratio <= 1.0:
+            raise DeviceConfigError(
+                f"{name}: expected 0 < dropout_ratio <= 1, found {dropout_ratio!r}"
+            )
+        self.current_point = current_point
+        self.breaker = breaker
+        self.pickup_point, self.delay_point = pickup_point, delay_point
+        self.pickup_ka, self.delay_s = float(pickup_ka), float(delay_s)
+        self.dropout_ratio = float(dropout_ratio)
+        self.picked_up_since: float | None = None
+        self.latched = False
+        self.trips: list[TripEvent] = []
+
+    def _step(self, now: float) -> None:
+        s = self.store.get(self.current_point)
+        if s.quality is not Quality.GOOD:
+            self.picked_up_since = None
+            return
+        i = abs(s.value)
+        pickup = self._read(self.pickup_point, self.pickup_ka)
+        delay = max(self._read(self.delay_point, self.delay_s), 0.0)
+        dropout = self.dropout_ratio * pickup
+        if self.latched:
+            if i < dropout:
+                self.latched = False
+            return
+        if self.picked_up_since is None:
+            if i > pickup:
+                self.picked_up_since = now
+        elif i < dropout:
+            self.picked_up_since = None
+        if self.picked_up_since is not None and _elapsed(now, self.picked_up_since, delay):
+            self.picked_up_since = None
+            self.latched = True
+            event = TripEvent(now, self.name, f"overcurrent {i:.4g} kA > {pickup:.4g} kA", i)
+            self.trips.append(event)
+            _log.warning(
+                "%s: %s, tripping %s at %.3f s", self.name, event.cause, self.breaker.name, now
+            )
+            self.breaker.trip(now, f"relay {self.name}")
+
+
+# --- DER inverter ----------------------------------------------------------------------------
+class DERInverter(Device):
+    """A PV/DER inverter: P limit with ramp, volt-var Q, over/under-voltage trip."""
+
+    kind = "inverter"
+
+    def __init__(
+        self,
+        name: str,
+        store: PointStore,
+        *,
+        p_point: str,
+        q_point: str,
+        sn_mva: float,
+        p_avail_point: str | None = None,
+        p_limit_point: str | None = None,
+        voltvar_point: str | None = None,
+        voltage_point: str | None = None,
+        p_mw: float = 0.0,
+        q_mvar: float = 0.0,
+        p_avail_mw: float | None = None,
+        p_limit_pct: float = 100.0,
+        voltvar_on: bool = True,
+        curve: VoltVarCurve = IEEE1547_CAT_B,
+        ramp_pct_per_s: float | None = 10.0,
+        q_tau_s: float = 0.0,
+        trip_low_pu: float = 0.5,
+        trip_high_pu: float = 1.1,
+        trip_delay_s: float = 0.1,
+        reconnect_low_pu: float = 0.917,
+        reconnect_high_pu: float = 1.05,
+        reconnect_delay_s: float = 300.0,
+        fallback_p_limit_pct: float | None = 0.0,
+        comms_timeout_s: float = 10.0,
+    ) -> None:
+        super().__init__(name, store, comms_timeout_s=comms_timeout_s)
+        if not (math.isfinite(sn_mva) and sn_mva > 0):
+            raise DeviceConfigError(f"{name}: expected a rated sn_mva > 0, found {sn_mva!r}")
+        self.p_point, self.q_point = p_point, q_point
+        self.p_avail_point, self.p_limit_point = p_avail_point, p_limit_point
+        self.voltvar_point, self.voltage_point = voltvar_point, voltage_point
+        self.sn_mva = float(sn_mva)
+        self.p_mw, self.q_mvar = float(p_mw), float(q_mvar)
+        self.p_avail_mw = self.sn_mva if p_avail_mw is None else float(p_avail_mw)
+        self.p_limit_pct, self.voltvar_on, self.curve = float(p_limit_pct), voltvar_on, curve
+        self.ramp_pct_per_s, self.q_tau_s = ramp_pct_per_s, float(q_tau_s)
+        self.trip_low_pu, self.trip_high_pu = float(trip_low_pu), float(trip_high_pu)
+        self.trip_delay_s = float(trip_delay_s)
+        self.reconnect_low_pu, self.reconnect_high_pu = reconnect_low_pu, reconnect_high_pu
+        self.reconnect_delay_s = float(reconnect_delay_s)
+        self.fallback_p_limit_pct = fallback_p_limit_pct
+        self.tripped = False
+        self.trips: list[TripEvent] = []
+        self._abnormal_since: float | None = None
+        self._normal_since: float | None = None
+        self._prev: float | None = None
+        self._write(p_point, self.p_mw)
+        self._write(q_point, self.q_mvar)
+
+    def _voltage(self) -> float | None:
+        """Bus voltage in pu; None when unknown. NaN (isolated bus) counts as 0 pu."""
+        if self.voltage_point is None:
+            return None
+        s = self.store.get(self.voltage_point)
+        if math.isnan(s.value):
+            return 0.0
+        return s.value if s.quality is Quality.GOOD else None
+
+    def p_limit_mw(self) -> float:
+        """The active-power limit in force (the fallback's while the watchdog has expired)."""
+        pct = self._read(self.p_limit_point, self.p_limit_pct)
+        if self.fallback_active and self.fallback_p_limit_pct is not None:
+            pct = self.fallback_p_limit_pct
+        return max(pct, 0.0) / 100.0 * self.sn_mva
+
+    def _step(self, now: float) -> None:
+        dt = 0.0 if self._prev is None else now - self._prev
+        self._prev = now
+        v = self._voltage()
+        was_tripped = self.tripped
+        self._protection(now, v)
+        if was_tripped and not self.tripped:
+            dt = 0.0  # the ramp starts at the reconnection, not at the previous step
+        if self.tripped:
+            self.p_mw = self.q_mvar = 0.0
+            self._write(self.p_point, 0.0)
+            self._write(self.q_point, 0.0)
+            return
+        avail = self._read(self.p_avail_point, self.p_avail_mw)
+        self.p_avail_mw = max(avail, 0.0)
+        target = min(self.p_avail_mw, self.p_limit_mw())
+        if self.ramp_pct_per_s:
+            max_dp = self.ramp_pct_per_s / 100.0 * self.sn_mva * dt
+            p = self.p_mw + min(max(target - self.p_mw, -max_dp), max_dp)
+        else:
+            p = target
+        self.p_mw = max(min(p, self.p_avail_mw), 0.0)  # never more than the sun gives
+        on = self._read(self.voltvar_point, float(self.voltvar_on)) >= 0.5
+        q_target = self.curve.q_pu(v) * self.sn_mva if (on and v is not None) else 0.0
+        if self.q_tau_s > 0.0:
+            self.q_mvar += (q_target - self.q_mvar) * (1.0 - math.exp(-dt / self.q_tau_s))
+        else:
+            self.q_mvar = q_target
+        self._write(self.p_point, self.p_mw)
+        self._write(self.q_point, self.q_mvar)
+
+    def _protection(self, now: float, v: float | None) -> None:
+        if v is None:  # no information: neither trip nor reconnect timers run
+            self._abnormal_since = self._normal_since = None
+            return
+        if not self.tripped:
+            if self.trip_low_pu <= v <= self.trip_high_pu:
+                self._abnormal_since = None
+                return
+            if self._abnormal_since is None:
+                self._abnormal_since = now
+            if _elapsed(now, self._abnormal_since, self.trip_delay_s):
+                self.tripped, self._abnormal_since, self._normal_since = True, None, None
+                self.trips.append(TripEvent(now, self.name, f"voltage {v:.4g} pu", v))
+                _log.warning("%s: tripped at %.3f s on voltage %.4g pu", self.name, now, v)
+            return
+        if not self.reconnect_low_pu <= v <= self.reconnect_high_pu:
+            self._normal_since = None
+            return
+        if self._normal_since is None:
+            self._normal_since = now
+        if _elapsed(now, self._normal_since, self.reconnect_delay_s):
+            self.tripped, self._normal_since = False, None
+            _log.info("%s: reconnected at %.3f s", self.name, now)
+
+
+# --- RTU measurements ------------------------------------------------------------------------
+class RTUMeasurements(Device):
+    """Noise and bias between the plant's true measurements and what clients read."""
+
+    kind = "rtu"
+
+    def __init__(
+        self,
+        name: str,
+        store: PointStore,
+        *,
+        points: Iterable[str] | None = None,
+        rng: np.random.Generator | int | None = None,
+        sigma: float = 0.0,
+        comms_timeout_s: float = 10.0,
+    ) -> None:
+        super().__init__(name, store, comms_timeout_s=comms_timeout_s)
+        if points is None:
+            points = [p.name for p in store.pointmap if p.kind == "measurement"]
+        self.points = frozenset(points)
+        for p in self.points:
+            store.point(p)  # raises UnknownPoint
+        self.rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        self._sigma_default = 0.0
+        self._sigma_unit: dict[str, float] = {}
+        self._sigma_point: dict[str, float] = {}
+        self._bias: dict[str, float] = {}
+        self._true: dict[str, tuple[float, float | None]] = {}
+        self._unsubscribe: Any = None
+        self.set_noise(sigma)
+
+    # -- configuration --------------------------------------------------------------------
+    def set_noise(self, sigma: float, *, unit: str | None = None, point: str | None = None) -> None:
+        """Gaussian noise, sigma in the point's engineering unit.
+
+        For every covered point (default), the points of one ``unit`` ("pu", "kA", "MW" ...) or
+        one ``point``; the most specific setting wins. 0 switches it off.
+        """
+        sigma = float(sigma)
+        if not (math.isfinite(sigma) and sigma >= 0):
+            raise DeviceConfigError(f"{self.name}: expected a noise sigma >= 0, found {sigma!r}")
+        if point is not None:
+            self._check(point)
+            self._sigma_point[point] = sigma
+        elif unit is not None:
+            self._sigma_unit[unit] = sigma
+        else:
+            self._sigma_default = sigma
+
+    def set_bias(self, point: str, value: float) -> None:
+        """An additive bias on one point (engineering unit); 0 removes it. Applies from the next
+        injected value; :meth:`refresh` re-reports the current true value at once."""
+        self._check(point)
+        self._bias[point] = float(value)
+
+    def sigma(self, point: str) -> float:
+        if point in self._sigma_point:
+            return self._sigma_point[point]
+        return self._sigma_unit.get(self.store.point(point).unit, self._sigma_default)
+
+    def bias(self, point: str) -> float:
+        return self._bias.get(point, 0.0)
+
+    def _check(self, point: str) -> None:
+        self.store.point(point)  # UnknownPoint for a name not in the map
+        if point not in self.points:
+            raise DeviceConfigError(
+                f"{self.name}: expected one of the RTU's measurement points, found {point!r}"
+            )
+
+    # -- data path ------------------------------------------------------------------------
+    def inject(
+        self,
+        name: str,
+        true_value: float,
+        now: float | None = None,
+        *,
+        quality: Quality = Quality.GOOD,
+        timestamp: float | None = None,
+    ) -> float:
+        """The plant's true value of a point in; the reported value (bias + noise) out.
+
+        ``now`` is the substation time of the value, kept beside it (:meth:`true_value`).
+        Returns the value now in the store.
+        """
+        self._check(name)
+        v = float(true_value)
+        self._true[name] = (v, now)
+        reported = self._report(name, v, quality)
+        self.store.set(name, reported, quality=quality, timestamp=timestamp, source=self.source)
+        return reported
+
+    def true_value(self, name: str) -> float:
+        """The last true value injected or seen for ``name`` (NaN if none)."""
+        return self._true.get(name, (math.nan, None))[0]
+
+    def refresh(self, name: str | None = None) -> None:
+        """Re-report the current true value(s) with fresh noise and the current bias."""
+        for n in [name] if name is not None else sorted(self._true):
+            value, when = self._true[n]
+            q = self.store.get(n).quality
+            self.store.set(n, self._report(n, value, q), quality=q, source=self.source)
+            self._true[n] = (value, when)
+
+    def _report(self, name: str, v: float, quality: Quality) -> float:
+        if quality is not Quality.GOOD or not math.isfinite(v):
+            return v
+        sigma = self.sigma(name)
+        noise = float(self.rng.normal(0.0, sigma)) if sigma > 0 else 0.0
+        return v + self.bias(name) + noise
+
+    def attach(self) -> None:
+        """Take every non-device write of a covered point as a true value (see module doc).
+
+        Installed as the store's transform: the reported value (bias + noise) is what gets
+        stored, so every store listener sees only the reported value.
+        """
+        self.store.set_transform(self._on_write)
+        self._unsubscribe = lambda: self.store.set_transform(None)
+
+    def detach(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+
+    def _on_write(self, point: Any, value: float, quality: Quality, source: str) -> float:
+        name = point.name
+        if name not in self.points:
+            return value
+        self._true[name] = (value, self._last_now)
+        return self._report(name, value, quality)
+
+    def _step(self, now: float) -> None:
+        """Nothing moves with time: values change when the plant writes them."""
+
+
+# --- build -----------------------------------------------------------------------------------
+def _resolve_element(net: Any, table: str, element: int | str) -> int | None:
+    """pandapower index of a point's element: an index, a unique name, or ``<table><index>``."""
+    if table not in net or not hasattr(net[table], "index"):
+        return None
+    df = net[table]
+    if isinstance(element, (int, np.integer)):
+        return int(element) if int(element) in df.index else None
+    names = df["name"] if "name" in df else None
+    if names is not None:
+        hits = df.index[names == element]
+        if len(hits) == 1:
+            return int(hits[0])
+    if element.startswith(table) and element[len(table) :].isdigit():
+        idx = int(element[len(table) :])
+        return idx if idx in df.index else None
+    return None
+
+
+def _num(value: Any, default: float) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return default
+    return v if math.isfinite(v) else default
+
+
+def build_devices(
+    net: Any,
+    pointmap: PointMap,
+    store: PointStore,
+    *,
+    rng: np.random.Generator | int | None = None,
+    settings: DeviceSettings | None = None,
+) -> list[Device]:
+    """Create the devices the point map calls for, and write initial values.
+
+    - a :class:`Breaker` per switch with ``closed`` and ``cmd`` points;
+    - a :class:`TapChangerAVR` per trafo with ``tap_pos``, an ``avr_*`` point, a tap changer in
+      the net and a ``vm_pu`` point on its LV bus;
+    - an :class:`OvercurrentRelay` per line with ``i_ka`` and an ``oc_*`` point whose line has a
+      breaker (switch ``et="l"``, ``element`` = the line): the one at the line's from_bus, else
+      the lowest switch index;
+    - a :class:`DERInverter` per sgen with ``p_mw``, ``q_mvar`` and ``p_avail_mw`` or
+      ``p_limit_pct`` points (rated power: ``sn_mva``, else ``|p_mw|``, else 1 MVA);
+    - one :class:`RTUMeasurements` over every measurement point (noise
+      ``settings.rtu_noise_sigma``), attached as the store's transform (module docstring).
+
+    Statuses (``closed``, ``cmd``, ``operations``, ``tap_pos``, sgen ``p_mw``/``q_mvar``) are set
+    from the net; setpoints and ``p_avail_mw`` get defaults only when they are not GOOD yet, so
+    values set before are kept. Elements that lack what a device needs are skipped with a warning.
+    Returned in step order: breakers, relays, AVRs, inverters, RTU.
+    """
+    cfg = settings or DeviceSettings()
+    pts: dict[tuple[str, int, str], str] = {}
+    for p in pointmap:
+        idx = _resolve_element(net, p.table, p.element)
+        if idx is None:
+            _log.debug(
+                "point %s: element %r not in net.%s, no device uses it", p.name, p.element, p.table
+            )
+            continue
+        pts[(p.table, idx, p.column)] = p.name
+
+    def pt(table: str, idx: int, column: str) -> str | None:
+        return pts.get((table, int(idx), column))
+
+    def label(name: str) -> str:
+        return name.rsplit(".", 1)[0]
+
+    def init(name: str | None, value: float, *, keep_good: bool) -> None:
+        if name is None:
+            return
+        if keep_good and store.get(name).quality is Quality.GOOD:
+            return
+        store.set(name, value, source="device:build")
+
+    kw = {"comms_timeout_s": cfg.comms_timeout_s}
+    breakers: dict[int, Breaker] = {}
+    for idx, row in net.switch.iterrows():
+        closed_pt, cmd_pt = pt("switch", idx, "closed"), pt("switch", idx, "cmd")
+        if closed_pt is None or cmd_pt is None:
+            continue
+        ops_pt = pt("switch", idx, "operations")
+        closed = bool(row["closed"])
+        init(closed_pt, float(closed), keep_good=False)
+        init(cmd_pt, float(closed), keep_good=False)
+        init(ops_pt, 0.0, keep_good=False)
+        breakers[int(idx)] = Breaker(
+            label(closed_pt),
+            store,
+            closed_point=closed_pt,
+            cmd_point=cmd_pt,
+            operations_point=ops_pt,
+            open_time_s=cfg.breaker_open_s,
+            close_time_s=cfg.breaker_close_s,
+            closed=closed,
+            **kw,
+        )
+
+    relays: list[Device] = []
+    for idx, row in net.line.iterrows():
+        i_pt = pt("line", idx, "i_ka")
+        pick_pt, delay_pt = pt("line", idx, "oc_pickup_ka"), pt("line", idx, "oc_delay_s")
+        if i_pt is None or (pick_pt is None and delay_pt is None):
+            continue
+        sw = net.switch[(net.switch.et == "l") & (net.switch.element == idx)]
+        candidates = [int(s) for s in sw.index if int(s) in breakers]
+        if not candidates:
+            _log.warning("line %s: relay points but no line breaker with closed+cmd points", idx)
+            continue
+        at_from = [s for s in candidates if int(net.switch.at[s, "bus"]) == int(row["from_bus"])]
+        brk = breakers[(at_from or sorted(candidates))[0]]
+        parallel = _num(row.get("parallel", 1), 1.0)
+        pickup = cfg.oc_pickup_factor * _num(row["max_i_ka"], math.inf) * parallel
+        if not math.isfinite(pickup):
+            _log.warning("line %s: no finite max_i_ka, relay pickup left at its point value", idx)
+            pickup = 1.0
+        init(pick_pt, pickup, keep_good=True)
+        init(delay_pt, cfg.oc_delay_s, keep_good=True)
+        relays.append(
+            OvercurrentRelay(
+                label(i_pt),
+                store,
+                current_point=i_pt,
+                breaker=brk,
+                pickup_point=pick_pt,
+                delay_point=delay_pt,
+                pickup_ka=pickup,
+                delay_s=cfg.oc_delay_s,
+                dropout_ratio=cfg.oc_dropout_ratio,
+                **kw,
+            )
+        )
+
+    avrs: list[Device] = []
+    avr_cols = ("avr_vset_pu", "avr_band_pu", "avr_delay_s", "avr_auto")
+    for idx, row in net.trafo.iterrows():
+        tap_pt = pt("trafo", idx, "tap_pos")
+        cols = {c: pt("trafo", idx, c) for c in avr_cols}
+        if tap_pt is None or not any(cols.values()):
+            continue
+        v_pt = pt("bus", row["lv_bus"], "vm_pu")
+        if v_pt is None:
+            _log.warning("trafo %s: AVR points but no vm_pu point on LV bus %s", idx, row["lv_bus"])
+            continue
+        try:
+            delta = tap_delta_raising_voltage(row)
+        except DeviceConfigError as exc:
+            _log.warning("%s; no AVR", exc)
+            continue
+        neutral = _num(row["tap_neutral"], 0.0)
+        tap = int(round(_num(row["tap_pos"], neutral)))
+        tmin = int(round(_num(row["tap_min"], tap)))
+        tmax = int(round(_num(row["tap_max"], tap)))
+        init(tap_pt, tap, keep_good=False)
+        init(cols["avr_vset_pu"], cfg.avr_vset_pu, keep_good=True)
+        init(cols["avr_band_pu"], cfg.avr_band_pu, keep_good=True)
+        init(cols["avr_delay_s"], cfg.avr_delay_s, keep_good=True)
+        init(cols["avr_auto"], float(cfg.avr_auto), keep_good=True)
+        avrs.append(
+            TapChangerAVR(
+                label(tap_pt),
+                store,
+                tap_point=tap_pt,
+                voltage_point=v_pt,
+                tap_min=tmin,
+                tap_max=tmax,
+                raise_delta=delta,
+                vset_point=cols["avr_vset_pu"],
+                band_point=cols["avr_band_pu"],
+                delay_point=cols["avr_delay_s"],
+                auto_point=cols["avr_auto"],
+                tap_pos=tap,
+                mechanism_s=cfg.avr_mechanism_s,
+                vset_pu=cfg.avr_vset_pu,
+                band_pu=cfg.avr_band_pu,
+                delay_s=cfg.avr_delay_s,
+                auto=cfg.avr_auto,
+                **kw,
+            )
+        )
+
+    inverters: list[Device] = []
+    for idx, row in net.sgen.iterrows():
+        p_pt, q_pt = pt("sgen", idx, "p_mw"), pt("sgen", idx, "q_mvar")
+        avail_pt, lim_pt = pt("sgen", idx, "p_avail_mw"), pt("sgen", idx, "p_limit_pct")
+        if p_pt is None or q_pt is None or (avail_pt is None and lim_pt is None):
+            continue
+        in_service = bool(row.get("in_service", True))
+        scaling = _num(row.get("scaling", 1.0), 1.0)
+        p0 = _num(row["p_mw"], 0.0) * scaling if in_service else 0.0
+        q0 = _num(row["q_mvar"], 0.0) * scaling if in_service else 0.0
+        sn = _num(row.get("sn_mva", math.nan), 0.0)
+        if sn <= 0:
+            sn = abs(_num(row["p_mw"], 0.0)) or 1.0
+        vv_pt = pt("sgen", idx, "voltvar")
+        init(p_pt, p0, keep_good=False)
+        init(q_pt, q0, keep_good=False)
+        init(avail_pt, p0, keep_good=True)
+        init(lim_pt, cfg.der_p_limit_pct, keep_good=True)
+        init(vv_pt, float(cfg.der_voltvar_on), keep_good=True)
+        inverters.append(
+            DERInverter(
+                label(p_pt),
+                store,
+                p_point=p_pt,
+                q_point=q_pt,
+                sn_mva=sn,
+                p_avail_point=avail_pt,
+                p_limit_point=lim_pt,
+                voltvar_point=vv_pt,
+                voltage_point=pt("bus", row["bus"], "vm_pu"),
+                p_mw=p0,
+                q_mvar=q0,
+                p_avail_mw=p0,
+                p_limit_pct=cfg.der_p_limit_pct,
+                voltvar_on=cfg.der_voltvar_on,
+                curve=cfg.der_voltvar,
+                ramp_pct_per_s=cfg.der_ramp_pct_per_s,
+                q_tau_s=cfg.der_q_tau_s,
+                trip_low_pu=cfg.der_trip_low_pu,
+                trip_high_pu=cfg.der_trip_high_pu,
+                trip_delay_s=cfg.der_trip_delay_s,
+                reconnect_low_pu=cfg.der_reconnect_low_pu,
+                reconnect_high_pu=cfg.der_reconnect_high_pu,
+                reconnect_delay_s=cfg.der_reconnect_delay_s,
+                fallback_p_limit_pct=cfg.der_fallback_p_limit_pct,
+                **kw,
+            )
+        )
+
+    rtu = RTUMeasurements("rtu", store, rng=rng, sigma=cfg.rtu_noise_sigma, **kw)
+    rtu.attach()
+    devices: list[Device] = [*breakers.values(), *relays, *avrs, *inverters, rtu]
+    _log.info(
+        "built %d breakers, %d relays, %d AVRs, %d inverters, 1 RTU",
+        len(breakers),
+        len(relays),
+        len(avrs),
+        len(inverters),
+    )
+    return devices
