@@ -1,0 +1,233 @@
+"""The abstract field link: what the sync loop sees of a protocol client (OPC UA or Modbus TCP).
+
+A link carries a fixed set of points. Inputs (``to_twin`` points) are cached as
+:class:`twin.quality.Sample` objects by the concrete link (from a subscription or the last poll);
+:meth:`FieldLink.read_inputs` ages them into STALE, or marks them COMMS_LOST while the link is down,
+and never raises. Outputs (``to_field`` points) are checked against the point map *before* anything
+is sent, so a rejected batch changes nothing in the field.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import math
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from hil.errors import OutOfRange, UnknownPoint, WriteRejected
+from twin.pointmap import Point
+from twin.quality import Quality, Sample
+
+#: Placeholder for an input never received: NaN, no trustworthy timestamp.
+_NEVER = 0.0
+
+
+def new_stats() -> dict[str, Any]:
+    """The counters every link keeps (``stats``)."""
+    return {"reads": 0, "writes": 0, "errors": 0, "reconnects": 0, "last_error": None}
+
+
+class FieldLink(abc.ABC):
+    """A client link to one field device over one protocol.
+
+    Attributes:
+        name: ``"<protocol>:<endpoint>"``, e.g. ``"opcua:opc.tcp://127.0.0.1:4840/gridtwin/"``.
+        points: the points this link carries (reads its ``to_twin`` ones, writes its ``to_field``).
+        connected: whether the link is up right now.
+        stale_factor: a value older than ``stale_factor * point.interval_s`` is STALE.
+        stats: ``reads`` (read responses / notifications), ``writes`` (write requests that
+            succeeded), ``errors``, ``reconnects`` (successful), ``last_error`` (str or None);
+            concrete links add ``requests`` and ``reconnect_attempts``.
+        inputs, outputs: the ``to_twin`` and ``to_field`` points of ``points``.
+        polled: whether the owner must call :meth:`poll` to refresh the inputs.
+
+    Subclasses implement ``connect``, ``close``, ``poll`` and ``_send`` and feed input samples
+    through ``_store_input``; checks, deadband, staleness and COMMS_LOST marking live here.
+    """
+
+    protocol: str = "?"
+
+    def __init__(
+        self,
+        name: str,
+        points: Iterable[Point],
+        *,
+        stale_factor: float = 3.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = name
+        self.points: tuple[Point, ...] = tuple(points)
+        self.stale_factor = float(stale_factor)
+        self.clock = clock
+        self.connected = False
+        self.stats: dict[str, Any] = new_stats()
+        self._by_name: dict[str, Point] = {p.name: p for p in self.points}
+        self.inputs: tuple[Point, ...] = tuple(p for p in self.points if p.direction == "to_twin")
+        self.outputs: tuple[Point, ...] = tuple(p for p in self.points if p.direction == "to_field")
+        self._cache: dict[str, Sample] = {}
+        self._last_written: dict[str, float] = {}
+        self._last_write_time: dict[str, float] = {}
+        self._update_event: asyncio.Event | None = None
+
+    # --- the API the sync loop uses ----------------------------------------------------------
+    @abc.abstractmethod
+    async def connect(self) -> None:
+        """Open the connection (and subscriptions).
+
+        Raises CommsLost or HilTimeout (ProtocolError when the device refuses: login, a node
+        that does not exist). After a successful connect, a lost link reconnects by itself.
+        """
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Close the connection and cancel every task this link started. Idempotent."""
+
+    @abc.abstractmethod
+    async def poll(self) -> None:
+        """Refresh all inputs now (polled mode). Raises CommsLost/HilTimeout/ProtocolError."""
+
+    @abc.abstractmethod
+    async def _send(self, items: list[tuple[Point, float]]) -> None:
+        """Send already-checked output values (one request where the protocol allows)."""
+
+    def read_inputs(self, now: float | None = None) -> dict[str, Sample]:
+        """Latest Sample of every ``to_twin`` point of this link. Never raises.
+
+        GOOD values older than ``stale_factor * interval_s`` come back STALE; everything is
+        COMMS_LOST while the link is down (value and timestamp of the last sample kept).
+        """
+        t = self.clock() if now is None else now
+        out: dict[str, Sample] = {}
+        for p in self.inputs:
+            s = self._cache.get(p.name)
+            if s is None:
+                s = Sample(math.nan, Quality.STALE, _NEVER)
+            if not self.connected:
+                s = Sample(s.value, Quality.COMMS_LOST, s.timestamp)
+            else:
+                s = s.aged(t, self.stale_factor * p.interval_s)
+            out[p.name] = s
+        return out
+
+    async def write_outputs(self, values: dict[str, float]) -> None:
+        """Write ``to_field`` values, all checked first; changes inside the deadband are skipped.
+
+        Raises:
+            WriteRejected: a point not on this link, not ``to_field``, or not writable here.
+            OutOfRange: NaN/inf or outside ``[low, high]``. Nothing is sent in either case.
+        """
+        items = [(self.check_write(n, v), float(v)) for n, v in values.items()]
+        todo = [(p, v) for p, v in items if not self._within_deadband(p, v)]
+        if not todo:
+            return
+        await self._send(todo)
+        t = self.clock()
+        for p, v in todo:
+            self._last_written[p.name] = v
+            self._last_write_time[p.name] = t
+
+    async def write_point(self, name: str, value: float) -> None:
+        """Write one command or setpoint now (no deadband: a command is always sent)."""
+        point = self.check_write(name, value)
+        await self._send([(point, float(value))])
+        self._last_written[name] = float(value)
+        self._last_write_time[name] = self.clock()
+
+    @property
+    def polled(self) -> bool:
+        """Whether the owner must call :meth:`poll` to refresh inputs (no subscription, no
+        background poll task of the link's own)."""
+        return False
+
+    # --- shared helpers ----------------------------------------------------------------------
+    def point(self, name: str) -> Point:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise UnknownPoint(f"point {name!r} is not carried by link {self.name}") from None
+
+    def check_write(self, name: str, value: object) -> Point:
+        """The point a write of ``value`` to ``name`` would go to; raises instead of sending."""
+        point = self._by_name.get(name)
+        if point is None:
+            raise WriteRejected(
+                f"point {name!r}: expected a to_field point carried by link {self.name}, "
+                "found none by that name"
+            )
+        if point.direction != "to_field":
+            raise WriteRejected(
+                f"point {name!r}: expected direction to_field for a write, found {point.direction}"
+            )
+        reason = self._not_writable(point)
+        if reason:
+            raise WriteRejected(f"point {name!r}: {reason}")
+        try:
+            v = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise OutOfRange(name, value, point.low, point.high) from None
+        if (
+            not math.isfinite(v)
+            or (point.low is not None and v < point.low)
+            or (point.high is not None and v > point.high)
+        ):
+            raise OutOfRange(name, value, point.low, point.high)
+        return point
+
+    def _not_writable(self, point: Point) -> str | None:
+        """Why the protocol cannot write ``point`` (None when it can). Overridden per protocol."""
+        return None
+
+    def _within_deadband(self, point: Point, value: float) -> bool:
+        """Whether a write can be skipped: inside the deadband and refreshed recently.
+
+        A value inside the deadband is still re-sent once per ``interval_s`` so the device's
+        copy (and its source timestamp) never goes stale because the twin was quiet.
+        """
+        last = self._last_written.get(point.name)
+        if last is None or point.deadband <= 0.0:
+            return False
+        if self.clock() - self._last_write_time.get(point.name, _NEVER) >= point.interval_s:
+            return False
+        return abs(value - last) < point.deadband
+
+    def _store_input(self, name: str, sample: Sample, *, notify: bool = True) -> None:
+        """Cache a fresh input sample (concrete links call this) and wake waiters."""
+        self._cache[name] = sample
+        if notify:
+            self._notify()
+
+    def _notify(self) -> None:
+        """Wake :meth:`wait_update` waiters (after a poll, or per subscription notification)."""
+        if self._update_event is not None:
+            self._update_event.set()
+
+    def _note_error(self, exc: BaseException | str) -> None:
+        self.stats["errors"] += 1
+        self.stats["last_error"] = str(exc)
+
+    async def wait_update(self, timeout: float) -> bool:
+        """Wait until new input data arrives (a notification or a finished poll).
+
+        Returns False after ``timeout`` seconds without any.
+        """
+        if self._update_event is None:
+            self._update_event = asyncio.Event()
+        self._update_event.clear()
+        try:
+            await asyncio.wait_for(self._update_event.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def __aenter__(self) -> FieldLink:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        state = "up" if self.connected else "down"
+        return f"<{type(self).__name__} {self.name} {state} points={len(self.points)}>"

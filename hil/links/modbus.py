@@ -1,0 +1,447 @@
+"""Modbus TCP field link (pymodbus 3.16.1 ``AsyncModbusTcpClient``).
+
+- Inputs are polled in coalesced blocks: neighbouring points of one unit and table become one
+  request (at most 125 registers or 2000 bits).
+- One request in flight per connection (an ``asyncio.Lock``): the pymodbus client does not check
+  transaction ids, so concurrent requests could pair a response with the wrong request.
+- Reconnection is managed here, not by pymodbus (its ``reconnect_delay=0`` is off; a 0 delay once
+  caused a busy loop): a supervisor task retries with a bounded exponential backoff, each attempt
+  on a fresh client object.
+- Modbus carries no timestamps: a value's timestamp is the time its response arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+
+from hil.errors import CommsLost, HilTimeout, ProtocolError
+from hil.links.base import FieldLink
+from twin.pointmap import Point
+from twin.quality import Quality, Sample
+
+try:  # the shared codec; the local one below keeps the link usable until it lands
+    from twin.pointmap import decode_registers, encode_registers
+except ImportError:  # pragma: no cover - depends on the state of twin/pointmap.py
+    decode_registers = None  # type: ignore[assignment]
+    encode_registers = None  # type: ignore[assignment]
+
+_log = logging.getLogger(__name__)
+
+MAX_REGISTERS = 125  # per read request (Modbus spec, function codes 3 and 4)
+MAX_BITS = 2000  # per read request (function codes 1 and 2)
+MAX_WRITE_REGISTERS = 123  # per write request (function code 16)
+MAX_WRITE_BITS = 1968  # per write request (function code 15)
+
+_EXCEPTION_NAMES = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "server device failure",
+    5: "acknowledge",
+    6: "server device busy",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target device failed to respond",
+}
+
+_FMT = {"int16": "h", "uint16": "H", "int32": "i", "uint32": "I", "float32": "f", "float64": "d"}
+
+
+def _local_decode(point: Point, regs: list[int]) -> float:
+    b = point.modbus
+    assert b is not None
+    words = list(regs)
+    if b.word_order == "little":
+        words.reverse()
+    raw = struct.unpack(">" + _FMT[b.dtype], struct.pack(f">{len(words)}H", *words))[0]
+    if b.na_sentinel is not None and (
+        raw == b.na_sentinel
+        or (isinstance(b.na_sentinel, float) and math.isnan(b.na_sentinel) and math.isnan(raw))
+    ):
+        return math.nan
+    return raw * b.scale + b.offset
+
+
+def _local_encode(point: Point, value: float) -> list[int]:
+    b = point.modbus
+    assert b is not None
+    raw: float | int = (value - b.offset) / b.scale
+    if b.dtype not in ("float32", "float64"):
+        raw = int(round(raw))
+    words = list(struct.unpack(f">{b.count}H", struct.pack(">" + _FMT[b.dtype], raw)))
+    if b.word_order == "little":
+        words.reverse()
+    return words
+
+
+def decode(point: Point, regs: list[int]) -> float:
+    """Engineering value of a register point (NaN for the not-available sentinel)."""
+    if decode_registers is not None:
+        return float(decode_registers(point, regs))
+    return _local_decode(point, regs)
+
+
+def encode(point: Point, value: float) -> list[int]:
+    """Registers for an engineering value."""
+    if encode_registers is not None:
+        return list(encode_registers(point, value))
+    return _local_encode(point, value)
+
+
+@dataclass(frozen=True)
+class Block:
+    """One coalesced read: ``count`` registers/bits from ``address`` of ``table`` on ``unit``."""
+
+    unit: int
+    table: str
+    address: int
+    count: int
+    points: tuple[Point, ...]
+
+
+def coalesce(points: Iterable[Point], *, max_gap: int = 0) -> list[Block]:
+    """Group points into read blocks per unit and table, merging neighbours.
+
+    Points merge when the gap between them is at most ``max_gap`` registers/bits (0: only
+    contiguous or overlapping points) and the block stays within 125 registers / 2000 bits.
+    """
+    groups: dict[tuple[int, str], list[Point]] = {}
+    for p in points:
+        if p.modbus is None:
+            continue
+        groups.setdefault((p.modbus.unit, p.modbus.table), []).append(p)
+    blocks: list[Block] = []
+    for (unit, table), pts in sorted(groups.items()):
+        limit = MAX_BITS if table in ("coil", "discrete_input") else MAX_REGISTERS
+        pts.sort(key=lambda q: q.modbus.address)  # type: ignore[union-attr]
+        start = end = -1
+        members: list[Point] = []
+        for p in pts:
+            b = p.modbus
+            assert b is not None
+            p_end = b.address + b.count
+            if members and b.address - end <= max_gap and max(end, p_end) - start <= limit:
+                members.append(p)
+                end = max(end, p_end)
+                continue
+            if members:
+                blocks.append(Block(unit, table, start, end - start, tuple(members)))
+            start, end, members = b.address, p_end, [p]
+        if members:
+            blocks.append(Block(unit, table, start, end - start, tuple(members)))
+    return blocks
+
+
+class ModbusLink(FieldLink):
+    """A Modbus TCP client link to one device (one connection, several unit ids).
+
+    Args:
+        host, port: the device (or gateway).
+        points: the points this link carries; each needs a Modbus binding.
+        timeout_s: per-request (and connect) timeout.
+        poll_interval_s: when set, a background task polls inputs at this period; otherwise the
+            owner (the sync loop) calls :meth:`poll`.
+        backoff_min_s, backoff_max_s: reconnect delay, doubling from min up to max.
+        max_gap: registers/bits a read block may skip to merge two points.
+    """
+
+    protocol = "modbus"
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        points: Iterable[Point],
+        *,
+        timeout_s: float = 1.0,
+        poll_interval_s: float | None = None,
+        backoff_min_s: float = 0.1,
+        backoff_max_s: float = 5.0,
+        max_gap: int = 0,
+        stale_factor: float = 3.0,
+        clock: Callable[[], float] | None = None,
+        name: str | None = None,
+    ) -> None:
+        pts = tuple(points)
+        missing = [p.name for p in pts if p.modbus is None]
+        if missing:
+            raise ValueError(
+                f"modbus link {host}:{port}: expected points with a Modbus binding, "
+                f"found none on {', '.join(missing[:5])}"
+            )
+        kw: dict[str, Any] = {"stale_factor": stale_factor}
+        if clock is not None:
+            kw["clock"] = clock
+        super().__init__(name or f"modbus:{host}:{port}", pts, **kw)
+        self.host = host
+        self.port = int(port)
+        self.timeout_s = float(timeout_s)
+        self.poll_interval_s = poll_interval_s
+        self.backoff_min_s = max(float(backoff_min_s), 0.01)  # never 0: no busy loop
+        self.backoff_max_s = max(float(backoff_max_s), self.backoff_min_s)
+        self.blocks: list[Block] = coalesce(self.inputs, max_gap=max_gap)
+        self.stats["requests"] = 0
+        self.stats["reconnect_attempts"] = 0
+        self._client: AsyncModbusTcpClient | None = None
+        self._lock = asyncio.Lock()
+        self._closing = False
+        self._reconnect_task: asyncio.Task[None] | None = None
+        self._poll_task: asyncio.Task[None] | None = None
+        self._generation = 0
+
+    @property
+    def polled(self) -> bool:
+        return not self.poll_interval_s
+
+    # --- connection ----------------------------------------------------------------------------
+    def _new_client(self) -> AsyncModbusTcpClient:
+        self._generation += 1
+        gen = self._generation
+
+        def on_connect(up: bool) -> None:
+            # only the current client may report a loss, never one we already dropped
+            if not up and gen == self._generation and not self._closing and self.connected:
+                self._lost("connection closed by the peer")
+
+        return AsyncModbusTcpClient(
+            self.host,
+            port=self.port,
+            timeout=self.timeout_s,
+            retries=0,  # a retry would double every timeout; the next poll is the retry
+            reconnect_delay=0,  # reconnection is ours (see module docstring)
+            trace_connect=on_connect,
+        )
+
+    async def _open(self) -> AsyncModbusTcpClient:
+        client = self._new_client()
+        try:
+            ok = await asyncio.wait_for(client.connect(), self.timeout_s + 1.0)
+        except (TimeoutError, OSError, ModbusException) as exc:
+            client.close()
+            raise CommsLost(f"{self.name}: expected a Modbus TCP server, found {exc!r}") from exc
+        except BaseException:  # cancelled (close() during a reconnect): leave nothing open
+            client.close()
+            raise
+        if not ok or not client.connected:
+            client.close()
+            raise CommsLost(
+                f"{self.name}: expected a Modbus TCP server at {self.host}:{self.port}, "
+                "connection refused or timed out"
+            )
+        return client
+
+    async def connect(self) -> None:
+        """Connect and start the poll task (if any). Raises CommsLost when the device is down."""
+        self._closing = False
+        if self.connected:
+            return
+        await self._stop_reconnecting()
+        self._client = await self._open()
+        self.connected = True
+        _log.info("%s connected", self.name)
+        if self.poll_interval_s and (self._poll_task is None or self._poll_task.done()):
+            self._poll_task = asyncio.create_task(self._poll_loop(), name=f"{self.name} poll")
+
+    async def _stop_reconnecting(self) -> None:
+        task, self._reconnect_task = self._reconnect_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def close(self) -> None:
+        self._closing = True
+        self.connected = False
+        for task in (self._reconnect_task, self._poll_task):
+            if task is not None and not task.done():
+                task.cancel()
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):
+                    pass
+        self._reconnect_task = self._poll_task = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def _lost(self, why: str) -> None:
+        """The connection is gone: mark inputs COMMS_LOST and start reconnecting."""
+        if self._closing:
+            return
+        was = self.connected
+        self.connected = False
+        if was:
+            _log.warning("%s lost: %s", self.name, why)
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self._reconnect_task is None or self._reconnect_task.done():
+            self._reconnect_task = asyncio.get_running_loop().create_task(
+                self._reconnect_loop(), name=f"{self.name} reconnect"
+            )
+
+    async def _reconnect_loop(self) -> None:
+        delay = self.backoff_min_s
+        while not self._closing:
+            await asyncio.sleep(delay)
+            self.stats["reconnect_attempts"] += 1
+            try:
+                client = await self._open()
+            except CommsLost as exc:
+                _log.debug("%s reconnect failed, next try in %.2g s: %s", self.name, delay, exc)
+                delay = min(delay * 2.0, self.backoff_max_s)
+                continue
+            if self._closing:
+                client.close()
+                return
+            self._client = client
+            self.connected = True
+            self.stats["reconnects"] += 1
+            _log.info("%s reconnected", self.name)
+            return
+
+    # --- requests ------------------------------------------------------------------------------
+    async def _call(self, what: str, fn: str, *args: Any, **kw: Any) -> Any:
+        """One request under the connection lock; maps transport failures to HilError."""
+        async with self._lock:
+            client = self._client
+            if client is None or not self.connected or not client.connected:
+                raise CommsLost(f"{self.name}: {what}: expected a connected link, found it down")
+            self.stats["requests"] += 1
+            try:
+                return await asyncio.wait_for(
+                    getattr(client, fn)(*args, **kw), self.timeout_s + 0.5
+                )
+            except (TimeoutError, ModbusIOException) as exc:
+                self._note_error(exc)
+                # a request without an answer leaves the stream in an unknown state: start over
+                self._lost(f"{what}: no answer")
+                raise HilTimeout(f"{self.name}: {what}", self.timeout_s) from exc
+            except (ConnectionException, OSError) as exc:
+                self._note_error(exc)
+                self._lost(str(exc))
+                raise CommsLost(f"{self.name}: {what}: connection lost ({exc})") from exc
+
+    def _check_response(self, rr: Any, point: Point, what: str) -> None:
+        if rr.isError():
+            code = int(getattr(rr, "exception_code", 0) or 0)
+            err = ProtocolError(
+                "modbus",
+                code,
+                f"{what} on {self.name} answered exception {code} "
+                f"({_EXCEPTION_NAMES.get(code, 'unknown')})",
+                point=point.name,
+            )
+            self._note_error(err)
+            raise err
+
+    async def poll(self) -> None:
+        """Read every input block now and cache the values.
+
+        All blocks are tried; a block answered with an exception marks its points INVALID and the
+        first such ProtocolError is raised at the end. A lost connection raises CommsLost at once.
+        """
+        first_error: ProtocolError | None = None
+        for blk in self.blocks:
+            fn = {
+                "coil": "read_coils",
+                "discrete_input": "read_discrete_inputs",
+                "input_register": "read_input_registers",
+                "holding_register": "read_holding_registers",
+            }[blk.table]
+            what = f"read {blk.table} {blk.address}+{blk.count} unit {blk.unit}"
+            rr = await self._call(what, fn, blk.address, count=blk.count, device_id=blk.unit)
+            t = self.clock()
+            try:
+                self._check_response(rr, blk.points[0], what)
+            except ProtocolError as exc:
+                for p in blk.points:
+                    old = self._cache.get(p.name)
+                    self._store_input(
+                        p.name,
+                        Sample(old.value if old else math.nan, Quality.INVALID, t),
+                        notify=False,
+                    )
+                first_error = first_error or exc
+                continue
+            self.stats["reads"] += 1
+            for p in blk.points:
+                b = p.modbus
+                assert b is not None
+                off = b.address - blk.address
+                if blk.table in ("coil", "discrete_input"):
+                    value = 1.0 if rr.bits[off] else 0.0
+                else:
+                    value = decode(p, list(rr.registers[off : off + b.count]))
+                self._store_input(p.name, Sample.good(value, t), notify=False)
+        self._notify()
+        if first_error is not None:
+            raise first_error
+
+    async def _poll_loop(self) -> None:
+        assert self.poll_interval_s
+        while not self._closing:
+            if self.connected:
+                try:
+                    await self.poll()
+                except (CommsLost, HilTimeout, ProtocolError) as exc:
+                    _log.debug("%s poll: %s", self.name, exc)
+            await asyncio.sleep(self.poll_interval_s)
+
+    # --- writes --------------------------------------------------------------------------------
+    def _not_writable(self, point: Point) -> str | None:
+        b = point.modbus
+        if b is None:
+            return f"expected a Modbus binding on link {self.name}, found none"
+        if b.table not in ("coil", "holding_register"):
+            return f"expected a coil or holding register to write, found {b.table} (read-only)"
+        return None
+
+    async def _send(self, items: list[tuple[Point, float]]) -> None:
+        """Coalesced writes: contiguous coils in one FC15, contiguous registers in one FC16."""
+        cells: dict[tuple[int, str], dict[int, tuple[Point, int | bool]]] = {}
+        for p, v in items:
+            b = p.modbus
+            assert b is not None
+            table = cells.setdefault((b.unit, b.table), {})
+            if b.table == "coil":
+                table[b.address] = (p, bool(round(v)))
+            else:
+                for i, word in enumerate(encode(p, v)):
+                    table[b.address + i] = (p, word)
+        for (unit, table_name), by_addr in sorted(cells.items()):
+            limit = MAX_WRITE_BITS if table_name == "coil" else MAX_WRITE_REGISTERS
+            run: list[int] = []
+            for addr in sorted(by_addr):
+                if run and (addr != run[-1] + 1 or len(run) >= limit):
+                    await self._write_run(unit, table_name, run, by_addr)
+                    run = []
+                run.append(addr)
+            if run:
+                await self._write_run(unit, table_name, run, by_addr)
+
+    async def _write_run(
+        self, unit: int, table: str, run: list[int], by_addr: dict[int, tuple[Point, Any]]
+    ) -> None:
+        first = by_addr[run[0]][0]
+        values = [by_addr[a][1] for a in run]
+        what = f"write {table} {run[0]}+{len(run)} unit {unit}"
+        if table == "coil":
+            if len(values) == 1:
+                rr = await self._call(what, "write_coil", run[0], values[0], device_id=unit)
+            else:
+                rr = await self._call(what, "write_coils", run[0], values, device_id=unit)
+        else:  # FC16 even for one register: float32 points span two anyway
+            rr = await self._call(what, "write_registers", run[0], values, device_id=unit)
+        self._check_response(rr, first, what)
+        self.stats["writes"] += 1

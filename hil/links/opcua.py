@@ -1,0 +1,473 @@
+"""OPC UA field link (asyncua 2.1.0 client).
+
+- Inputs come from one subscription (sampling interval per link), or from one Read request per
+  :meth:`OpcuaLink.poll` in polled mode. A value's timestamp is its SourceTimestamp, so the first,
+  possibly old, value after a reconnect is aged like any other (FIELD-NOTES).
+- All outputs of a step go in one Write request; per-node bad status codes become ProtocolError
+  naming the point and the status code.
+- Reconnection is managed here with asyncua's ``auto_reconnect`` off: on a loss (socket closed,
+  watchdog probe failed, subscription status bad) the old client is dropped and a *fresh* Client
+  object connects, with a bounded exponential backoff. Reusing a client after a network
+  blackhole could hang (FIELD-NOTES), and a fresh client also re-creates the subscription.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from asyncua import Client, Node, ua
+from asyncua.ua.uaerrors import UaStatusCodeError
+
+from hil.errors import CommsLost, HilTimeout, ProtocolError
+from hil.links.base import FieldLink
+from twin.pointmap import Point
+from twin.quality import Quality, Sample
+
+_log = logging.getLogger(__name__)
+
+_INTEGER = {
+    ua.VariantType.SByte,
+    ua.VariantType.Byte,
+    ua.VariantType.Int16,
+    ua.VariantType.UInt16,
+    ua.VariantType.Int32,
+    ua.VariantType.UInt32,
+    ua.VariantType.Int64,
+    ua.VariantType.UInt64,
+}
+_NUMERIC = _INTEGER | {ua.VariantType.Float, ua.VariantType.Double, ua.VariantType.Boolean}
+
+
+def _status_name(code: ua.StatusCode | int) -> str:
+    if isinstance(code, ua.StatusCode):
+        return code.name
+    return ua.StatusCode(code).name
+
+
+def _to_python(value: float, vtype: ua.VariantType) -> Any:
+    if vtype == ua.VariantType.Boolean:
+        return bool(round(value))
+    if vtype in _INTEGER:
+        return int(round(value))
+    return float(value)
+
+
+def _timestamp(dt: datetime | None) -> float | None:
+    if dt is None:
+        return None
+    if dt.tzinfo is None:  # asyncua decodes UTC; be explicit rather than assume local time
+        dt = dt.replace(tzinfo=UTC)
+    ts = dt.timestamp()
+    return ts if ts > 0 else None  # the OPC UA "null" date (1601) is no timestamp
+
+
+class _Handler:
+    """Subscription callbacks of one client generation; late callbacks of old ones are ignored."""
+
+    def __init__(self, link: OpcuaLink, generation: int) -> None:
+        self.link = link
+        self.generation = generation
+
+    def datachange_notification(self, node: Node, val: Any, data: Any) -> None:
+        if self.generation != self.link._generation:
+            return
+        self.link._on_data(node.nodeid, data.monitored_item.Value)
+
+    def status_change_notification(self, status: Any) -> None:
+        if self.generation != self.link._generation:
+            return
+        code = getattr(status, "Status", status)
+        if isinstance(code, ua.StatusCode) and not code.is_good():
+            self.link._lost(f"subscription status {code.name}")
+
+
+class OpcuaLink(FieldLink):
+    """An OPC UA client link to one server endpoint.
+
+    Args:
+        endpoint: ``opc.tcp://host:port/path``.
+        points: the points this link carries; each needs an OPC UA binding.
+        user, password: UserName login (the twin logs in as the ``plant`` role); None: anonymous.
+        security: asyncua security string, e.g.
+            ``"Basic256Sha256,SignAndEncrypt,client_cert.der,client_key.pem[,server_cert.der]"``;
+            None for no security.
+        mode: ``"subscription"`` (default) or ``"poll"`` (one Read per :meth:`poll`).
+        sampling_interval_s: subscription sampling and publishing interval.
+        poll_interval_s: in poll mode, when set, a background task polls at this period.
+        timeout_s: per-request timeout (and connect timeout).
+        watchdog_s: how often an idle connection is probed (asyncua reads ServerState).
+        session_timeout_s: requested session timeout; the server drops the session after this long
+            without requests.
+        backoff_min_s, backoff_max_s: reconnect delay, doubling from min up to max.
+        namespace: namespace URI of the point node ids; its index is looked up on every connect
+            and replaces the index written in the node ids (servers may number namespaces
+            differently). None: use the node ids as written.
+        write_timestamps: send a SourceTimestamp with written values (some servers refuse it).
+    """
+
+    protocol = "opcua"
+
+    def __init__(
+        self,
+        endpoint: str,
+        points: Iterable[Point],
+        *,
+        user: str | None = None,
+        password: str | None = None,
+        security: str | None = None,
+        mode: str = "subscription",
+        sampling_interval_s: float = 0.1,
+        poll_interval_s: float | None = None,
+        timeout_s: float = 2.0,
+        watchdog_s: float = 1.0,
+        session_timeout_s: float = 30.0,
+        backoff_min_s: float = 0.2,
+        backoff_max_s: float = 5.0,
+        namespace: str | None = None,
+        write_timestamps: bool = True,
+        stale_factor: float = 3.0,
+        clock: Callable[[], float] | None = None,
+        name: str | None = None,
+    ) -> None:
+        pts = tuple(points)
+        missing = [p.name for p in pts if p.opcua is None]
+        if missing:
+            raise ValueError(
+                f"opcua link {endpoint}: expected points with an OPC UA binding, "
+                f"found none on {', '.join(missing[:5])}"
+            )
+        if mode not in ("subscription", "poll"):
+            raise ValueError(
+                f"opcua link {endpoint}: mode: expected subscription or poll, found {mode!r}"
+            )
+        kw: dict[str, Any] = {"stale_factor": stale_factor}
+        if clock is not None:
+            kw["clock"] = clock
+        super().__init__(name or f"opcua:{endpoint}", pts, **kw)
+        self.endpoint = endpoint
+        self.user = user
+        self.password = password
+        self.security = security
+        self.mode = mode
+        self.sampling_interval_s = float(sampling_interval_s)
+        self.poll_interval_s = poll_interval_s
+        self.timeout_s = float(timeout_s)
+        self.watchdog_s = float(watchdog_s)
+        self.session_timeout_s = float(session_timeout_s)
+        self.backoff_min_s = max(float(backoff_min_s), 0.01)  # never 0: no busy loop
+        self.backoff_max_s = max(float(backoff_max_s), self.backoff_min_s)
+        self.namespace = namespace
+        self.write_timestamps = write_timestamps
+        self.stats["reconnect_attempts"] = 0
+        self.stats["requests"] = 0
+        self._client: Client | None = None
+        self._generation = 0
+        self._closing = False
+        self._node: dict[str, ua.NodeId] = {}
+        self._name_of: dict[ua.NodeId, str] = {}
+        self._vtype: dict[str, ua.VariantType] = {}
+        self._reconnect_task: asyncio.Task[None] | None = None
+        self._poll_task: asyncio.Task[None] | None = None
+        self._old_clients: set[asyncio.Task[None]] = set()
+
+    @property
+    def polled(self) -> bool:
+        return self.mode == "poll" and not self.poll_interval_s
+
+    # --- connection ----------------------------------------------------------------------------
+    async def connect(self) -> None:
+        """Connect, log in, resolve the nodes and subscribe.
+
+        Raises:
+            CommsLost: the server cannot be reached.
+            HilTimeout: it did not answer in time.
+            ProtocolError: the server refused (login, security) or a point's node is missing.
+        """
+        self._closing = False
+        if self.connected:
+            return
+        task, self._reconnect_task = self._reconnect_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self._open()
+        if self.poll_interval_s and self.mode == "poll":
+            if self._poll_task is None or self._poll_task.done():
+                self._poll_task = asyncio.create_task(self._poll_loop(), name=f"{self.name} poll")
+
+    async def _open(self) -> None:
+        self._generation += 1
+        gen = self._generation
+        client = Client(
+            self.endpoint,
+            timeout=self.timeout_s,
+            watchdog_intervall=self.watchdog_s,
+            auto_reconnect=False,
+        )
+        client.session_timeout = int(self.session_timeout_s * 1000)
+        client.name = client.description = "gridtwin twin"
+        if self.user is not None:
+            client.set_user(self.user)
+            client.set_password(self.password or "")
+        try:
+            if self.security:
+                await client.set_security_string(self.security)
+            await asyncio.wait_for(client.connect(), self.timeout_s * 3)
+        except Exception as exc:
+            self._discard(client)
+            raise self._map_error(exc, "connect") from exc
+        except BaseException:  # cancelled (close() during a reconnect): leave nothing open
+            self._discard(client)
+            raise
+        try:
+            await self._setup(client, gen)
+        except Exception as exc:
+            self._discard(client)
+            raise self._map_error(exc, "set-up") from exc
+        except BaseException:
+            self._discard(client)
+            raise
+
+        async def lost(exc: Exception) -> None:
+            if gen == self._generation:
+                self._lost(f"connection lost ({exc!r})")
+
+        client.connection_lost_callback = lost
+        self._client = client
+        self.connected = True
+        _log.info("%s connected (%s mode)", self.name, self.mode)
+
+    async def _setup(self, client: Client, gen: int) -> None:
+        """Resolve node ids and data types, then subscribe (subscription mode)."""
+        ns_index: int | None = None
+        if self.namespace:
+            ns_index = await client.get_namespace_index(self.namespace)
+        self._node.clear()
+        self._name_of.clear()
+        for p in self.points:
+            assert p.opcua is not None
+            nid = ua.NodeId.from_string(p.opcua.node_id)
+            if ns_index is not None:
+                nid = ua.NodeId(nid.Identifier, ns_index, nid.NodeIdType)
+            self._node[p.name] = nid
+            self._name_of[nid] = p.name
+        names = [p.name for p in self.points]
+        self.stats["requests"] += 1
+        dts = await client.uaclient.read_attributes(
+            [self._node[n] for n in names], ua.AttributeIds.DataType
+        )
+        for n, dv in zip(names, dts):
+            if not dv.StatusCode.is_good():
+                raise ProtocolError(
+                    "opcua",
+                    dv.StatusCode.name,
+                    f"expected node {self._node[n].to_string()} on {self.endpoint}, "
+                    "the server refused to read its data type",
+                    point=n,
+                )
+            vt = ua.datatype_to_varianttype(dv.Value.Value)
+            self._vtype[n] = vt if isinstance(vt, ua.VariantType) else ua.VariantType.Double
+        if self.mode == "subscription" and self.inputs:
+            ms = self.sampling_interval_s * 1000.0
+            sub = await client.create_subscription(ms, _Handler(self, gen))
+            nodes = [client.get_node(self._node[p.name]) for p in self.inputs]
+            # Trigger on timestamp changes too: a device refreshing an unchanged value must not
+            # look stale to us. (_subscribe is asyncua's filter-taking variant of
+            # subscribe_data_change; asyncua is pinned to 2.1.0.)
+            mfilter = ua.DataChangeFilter(Trigger=ua.DataChangeTrigger.StatusValueTimestamp)
+            handles = await sub._subscribe(
+                nodes, mfilter=mfilter, sampling_interval=ms, queuesize=1
+            )
+            for p, h in zip(self.inputs, handles):
+                if isinstance(h, ua.StatusCode):
+                    raise ProtocolError(
+                        "opcua", h.name, "monitored item refused by the server", point=p.name
+                    )
+        elif self.mode == "poll" and self.inputs:
+            await self._read_inputs_once(client)
+
+    def _map_error(self, exc: BaseException, what: str) -> Exception:
+        self._note_error(exc)
+        if isinstance(exc, ProtocolError | CommsLost | HilTimeout):
+            return exc
+        if isinstance(exc, UaStatusCodeError):
+            return ProtocolError(
+                "opcua", _status_name(exc.code), f"{what} on {self.endpoint} refused: {exc}"
+            )
+        if isinstance(exc, TimeoutError):
+            return HilTimeout(f"{self.name}: {what}", self.timeout_s)
+        return CommsLost(f"{self.name}: {what}: expected an OPC UA server, found {exc!r}")
+
+    def _discard(self, client: Client) -> None:
+        """Drop a client without waiting on it (a hung one must not block us)."""
+
+        async def bye() -> None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(client.disconnect(), 1.0)
+            # whatever disconnect() left behind (supervisor, renew, watchdog): gone now
+            for attr in ("_supervisor_task", "_stale_watchdog_task", "_renew_channel_task"):
+                task = getattr(client, attr, None)
+                if task is not None and not task.done():
+                    task.cancel()
+            with contextlib.suppress(Exception):
+                client.disconnect_socket()
+
+        task = asyncio.get_running_loop().create_task(bye(), name=f"{self.name} drop client")
+        self._old_clients.add(task)
+        task.add_done_callback(self._old_clients.discard)
+
+    def _lost(self, why: str) -> None:
+        if self._closing:
+            return
+        if self.connected:
+            _log.warning("%s lost: %s", self.name, why)
+        self.connected = False
+        self._generation += 1  # late callbacks of the old client are ignored from now on
+        if self._client is not None:
+            self._discard(self._client)
+            self._client = None
+        if self._reconnect_task is None or self._reconnect_task.done():
+            self._reconnect_task = asyncio.get_running_loop().create_task(
+                self._reconnect_loop(), name=f"{self.name} reconnect"
+            )
+
+    async def _reconnect_loop(self) -> None:
+        delay = self.backoff_min_s
+        while not self._closing:
+            await asyncio.sleep(delay)
+            self.stats["reconnect_attempts"] += 1
+            try:
+                await self._open()
+            except (CommsLost, HilTimeout, ProtocolError) as exc:
+                _log.debug("%s reconnect failed, next try in %.2g s: %s", self.name, delay, exc)
+                delay = min(delay * 2.0, self.backoff_max_s)
+                continue
+            if self._closing:  # close() came while connecting
+                if self._client is not None:
+                    self._discard(self._client)
+                    self._client = None
+                self.connected = False
+                return
+            self.stats["reconnects"] += 1
+            _log.info("%s reconnected", self.name)
+            return
+
+    async def close(self) -> None:
+        self._closing = True
+        self.connected = False
+        self._generation += 1
+        for task in (self._reconnect_task, self._poll_task):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._reconnect_task = self._poll_task = None
+        if self._client is not None:
+            self._discard(self._client)
+            self._client = None
+        if self._old_clients:
+            await asyncio.gather(*list(self._old_clients), return_exceptions=True)
+
+    # --- inputs --------------------------------------------------------------------------------
+    def _sample(self, dv: ua.DataValue) -> Sample:
+        ts = _timestamp(dv.SourceTimestamp) or _timestamp(dv.ServerTimestamp) or self.clock()
+        raw = dv.Value.Value if dv.Value is not None else None
+        try:
+            value = float(raw)  # bool -> 0.0/1.0
+        except (TypeError, ValueError):
+            value = math.nan
+        status = dv.StatusCode
+        if status is not None and not status.is_good():
+            return Sample(value, Quality.INVALID, ts)
+        return Sample.good(value, ts)
+
+    def _on_data(self, nodeid: ua.NodeId, dv: ua.DataValue) -> None:
+        name = self._name_of.get(nodeid)
+        if name is None:
+            return
+        self.stats["reads"] += 1
+        self._store_input(name, self._sample(dv))
+
+    async def _read_inputs_once(self, client: Client) -> None:
+        self.stats["requests"] += 1
+        dvs = await asyncio.wait_for(
+            client.uaclient.read_attributes(
+                [self._node[p.name] for p in self.inputs], ua.AttributeIds.Value
+            ),
+            self.timeout_s + 0.5,
+        )
+        for p, dv in zip(self.inputs, dvs):
+            self._store_input(p.name, self._sample(dv), notify=False)
+        self.stats["reads"] += 1
+        self._notify()
+
+    async def poll(self) -> None:
+        """Read every input in one Read request (works in subscription mode too)."""
+        client = self._require("read inputs")
+        try:
+            await self._read_inputs_once(client)
+        except Exception as exc:
+            raise self._failed(exc, "read inputs") from exc
+
+    async def _poll_loop(self) -> None:
+        assert self.poll_interval_s
+        while not self._closing:
+            if self.connected:
+                with contextlib.suppress(CommsLost, HilTimeout, ProtocolError):
+                    await self.poll()
+            await asyncio.sleep(self.poll_interval_s)
+
+    def _require(self, what: str) -> Client:
+        if self._client is None or not self.connected:
+            raise CommsLost(f"{self.name}: {what}: expected a connected link, found it down")
+        return self._client
+
+    def _failed(self, exc: BaseException, what: str) -> Exception:
+        err = self._map_error(exc, what)
+        if isinstance(err, CommsLost | HilTimeout):
+            self._lost(str(err))
+        return err
+
+    # --- outputs -------------------------------------------------------------------------------
+    async def _send(self, items: list[tuple[Point, float]]) -> None:
+        """All values in one Write request; bad per-node results raise ProtocolError."""
+        client = self._require("write")
+        ts = datetime.fromtimestamp(self.clock(), UTC) if self.write_timestamps else None
+        nodes: list[ua.NodeId] = []
+        dvs: list[ua.DataValue] = []
+        for p, v in items:
+            vt = self._vtype.get(p.name, ua.VariantType.Double)
+            if vt not in _NUMERIC:
+                raise ProtocolError(
+                    "opcua", "BadTypeMismatch", f"expected a numeric node, found {vt.name}", p.name
+                )
+            nodes.append(self._node[p.name])
+            dvs.append(ua.DataValue(ua.Variant(_to_python(v, vt), vt), SourceTimestamp=ts))
+        self.stats["requests"] += 1
+        try:
+            results = await asyncio.wait_for(
+                client.uaclient.write_attributes(nodes, dvs, ua.AttributeIds.Value),
+                self.timeout_s + 0.5,
+            )
+        except Exception as exc:
+            raise self._failed(exc, f"write {len(items)} value(s)") from exc
+        bad = [(p, r) for (p, _v), r in zip(items, results) if not r.is_good()]
+        if bad:
+            p, r = bad[0]
+            more = f" (and {len(bad) - 1} more: {', '.join(q.name for q, _ in bad[1:])})"
+            err = ProtocolError(
+                "opcua",
+                r.name,
+                f"write refused by {self.endpoint}" + (more if len(bad) > 1 else ""),
+                point=p.name,
+            )
+            self._note_error(err)
+            raise err
+        self.stats["writes"] += 1
