@@ -1,0 +1,440 @@
+"""The emulated substation's OPC UA server: the PointStore as a Substation/Bay/Element tree.
+
+Reads: node values are kept equal to the store by a store listener (set at once, then pushed
+through asyncua's ``write_attribute_value`` so subscriptions are notified).
+
+Writes: asyncua checks only the node's access-level bits, the same for every user, which cannot
+say "the plant may write measurements, an operator may not". So the server's AttributeService is
+replaced by a subclass that sends every client write to one of our point nodes through
+``PointStore.write()`` with the session user's role:
+
+- role may not write the point's kind -> BadUserAccessDenied
+- NaN, inf or outside the point's limits -> BadOutOfRange
+- not a number (or a fraction for an integer node) -> BadTypeMismatch
+- unknown node -> BadNodeIdUnknown (asyncua)
+
+Writes to other nodes (the standard address space) go to asyncua's own checks. Users are an
+explicit dict ``name -> (password, role)``; an anonymous session gets ``anonymous_role``
+(``"viewer"`` by default, ``None`` refuses anonymous sessions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from asyncua import Server, ua
+from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.address_space import AttributeService
+from asyncua.server.user_managers import UserManager
+
+from hil.errors import HilError, OutOfRange, WriteRejected
+from hil.store import ROLE_WRITES, PointStore
+from twin.pointmap import Point
+from twin.quality import Quality, Sample
+
+_log = logging.getLogger(__name__)
+
+_VARIANT: dict[str, ua.VariantType] = {
+    "bool": ua.VariantType.Boolean,
+    "int16": ua.VariantType.Int16,
+    "uint16": ua.VariantType.UInt16,
+    "int32": ua.VariantType.Int32,
+    "uint32": ua.VariantType.UInt32,
+    "float32": ua.VariantType.Float,
+    "float64": ua.VariantType.Double,
+}
+_INTEGER = {
+    ua.VariantType.Int16,
+    ua.VariantType.UInt16,
+    ua.VariantType.Int32,
+    ua.VariantType.UInt32,
+}
+_QUALITY_STATUS: dict[Quality, int] = {
+    Quality.GOOD: ua.StatusCodes.Good,
+    Quality.STALE: ua.StatusCodes.UncertainLastUsableValue,
+    Quality.INVALID: ua.StatusCodes.BadWaitingForInitialData,
+    Quality.COMMS_LOST: ua.StatusCodes.BadNoCommunication,
+}
+# UN/CEFACT common codes for EUInformation (OPC UA Part 8); -1 when there is none.
+_UNECE: dict[str, str] = {
+    "MW": "MAW",
+    "Mvar": "MAR",
+    "MVA": "MVA",
+    "kV": "KVT",
+    "kA": "B22",
+    "%": "P1",
+    "s": "SEC",
+    "A": "AMP",
+    "V": "VLT",
+    "Hz": "HTZ",
+}
+_UNECE_URI = "http://www.opcfoundation.org/UA/units/un/cefact"
+
+NAMESPACE_DEFAULT = "urn:gridtwin:substation"
+
+
+def variant_type(point: Point) -> ua.VariantType:
+    """The OPC UA type of a point: from its Modbus dtype, else Boolean for bits, else Double."""
+    if point.modbus is not None:
+        if point.modbus.table in ("coil", "discrete_input"):
+            return ua.VariantType.Boolean
+        return _VARIANT[point.modbus.dtype]
+    if point.column in ("closed", "cmd"):
+        return ua.VariantType.Boolean
+    return ua.VariantType.Double
+
+
+def _eu_information(unit: str) -> ua.EUInformation:
+    code = _UNECE.get(unit)
+    unit_id = -1
+    if code:
+        unit_id = 0
+        for ch in code:
+            unit_id = (unit_id << 8) | ord(ch)
+    return ua.EUInformation(
+        NamespaceUri=_UNECE_URI,
+        UnitId=unit_id,
+        DisplayName=ua.LocalizedText(unit),
+        Description=ua.LocalizedText(unit),
+    )
+
+
+def _to_python(value: float, vtype: ua.VariantType) -> Any:
+    if vtype == ua.VariantType.Boolean:
+        return bool(value)
+    if vtype in _INTEGER:
+        return int(round(value)) if math.isfinite(value) else 0
+    return float(value)
+
+
+def data_value(sample: Sample, vtype: ua.VariantType) -> ua.DataValue:
+    """A store sample as an OPC UA DataValue (quality -> status code, source timestamp)."""
+    ts = datetime.fromtimestamp(sample.timestamp, UTC)
+    return ua.DataValue(
+        Value=ua.Variant(_to_python(sample.value, vtype), vtype),
+        StatusCode=ua.StatusCode(_QUALITY_STATUS[sample.quality]),
+        SourceTimestamp=ts,
+        ServerTimestamp=datetime.now(UTC),
+    )
+
+
+class OpcuaConfigError(HilError, ValueError):
+    """An OPC UA server setting that cannot work (unknown role, ...)."""
+
+
+class RoleUserManager(UserManager):
+    """Users from an explicit dict ``name -> (password, role)``; anonymous gets one role."""
+
+    def __init__(
+        self, users: Mapping[str, tuple[str, str]], *, anonymous_role: str | None = "viewer"
+    ) -> None:
+        for name, (_pw, role) in users.items():
+            if role not in ROLE_WRITES:
+                raise OpcuaConfigError(
+                    f"user {name!r}: expected a role in {', '.join(ROLE_WRITES)}, found {role!r}"
+                )
+        if anonymous_role is not None and anonymous_role not in ROLE_WRITES:
+            raise OpcuaConfigError(
+                f"anonymous role: expected one of {', '.join(ROLE_WRITES)}, "
+                f"found {anonymous_role!r}"
+            )
+        self.users = dict(users)
+        self.anonymous_role = anonymous_role
+
+    def get_user(
+        self,
+        iserver: Any,
+        username: str | None = None,
+        password: str | None = None,
+        certificate: Any = None,
+    ) -> User | None:
+        # certificate is passed even for Anonymous/UserName tokens: it does not identify a user
+        if username is None:
+            if self.anonymous_role is None:
+                return None
+            return User(role=UserRole.User, name=None)
+        entry = self.users.get(username)
+        if entry is None or not hmac.compare_digest(entry[0].encode(), (password or "").encode()):
+            _log.info("OPC UA login refused for user %r", username)
+            return None
+        # never UserRole.Admin: that would bypass asyncua's checks on the standard nodes
+        return User(role=UserRole.User, name=username)
+
+    def role_of(self, user: User | None) -> str:
+        if user is None or user.name is None:
+            return self.anonymous_role or "viewer"
+        entry = self.users.get(user.name)
+        return entry[1] if entry else "viewer"
+
+
+class _GuardedAttributeService(AttributeService):
+    """asyncua's AttributeService with client writes to point nodes routed through the store."""
+
+    def __init__(self, base: AttributeService, owner: OpcuaServer) -> None:
+        super().__init__(base._aspace)
+        self._owner = owner
+
+    async def write(
+        self, params: ua.WriteParameters, user: User = User(role=UserRole.Admin)
+    ) -> list[ua.StatusCode]:
+        results: list[ua.StatusCode] = []
+        for wv in params.NodesToWrite:
+            point = self._owner.point_of(wv.NodeId)
+            if point is None:
+                if wv.NodeId not in self._aspace:
+                    # asyncua answers BadUserAccessDenied here for non-admin users
+                    results.append(ua.StatusCode(ua.StatusCodes.BadNodeIdUnknown))
+                    continue
+                one = ua.WriteParameters(NodesToWrite=[wv])
+                results.extend(await super().write(one, user=user))
+                continue
+            if wv.AttributeId != ua.AttributeIds.Value:
+                results.append(ua.StatusCode(ua.StatusCodes.BadUserAccessDenied))
+                continue
+            results.append(self._owner.client_write(point, wv.Value, user))
+        return results
+
+
+class OpcuaServer:
+    """asyncua server over a PointStore; a fresh asyncua Server per start (restartable)."""
+
+    def __init__(
+        self,
+        store: PointStore,
+        *,
+        host: str = "127.0.0.1",
+        port: int,
+        users: Mapping[str, tuple[str, str]] | None = None,
+        anonymous_role: str | None = "viewer",
+        security_policies: list[ua.SecurityPolicyType] | None = None,
+        certificate: str | None = None,
+        private_key: str | None = None,
+    ) -> None:
+        self.store = store
+        self.host = host
+        self.port = port
+        self.user_manager = RoleUserManager(users or {}, anonymous_role=anonymous_role)
+        self.security_policies = security_policies or [ua.SecurityPolicyType.NoSecurity]
+        self.certificate = certificate
+        self.private_key = private_key
+        self._server: Server | None = None
+        self._nodes: dict[ua.NodeId, Point] = {}
+        self._node_of: dict[str, ua.NodeId] = {}
+        self._vtype: dict[str, ua.VariantType] = {}
+        self._unsubscribe: Any = None
+        self._pending: dict[str, None] = {}  # ordered set of point names to push
+        self._wake: asyncio.Event | None = None
+        self._pump: asyncio.Task[None] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host  # IPv6 literal
+        return f"opc.tcp://{host}:{self.port}/gridtwin/"
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def node_id(self, name: str) -> ua.NodeId:
+        """The node id of a point (namespace index as registered on the server)."""
+        return self._node_of[name]
+
+    def point_of(self, node_id: ua.NodeId) -> Point | None:
+        return self._nodes.get(node_id)
+
+    # lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Build the address space and listen; raises OSError when the port is taken."""
+        if self._server is not None:
+            return
+        server = Server(user_manager=self.user_manager)
+        await server.init()
+        server.set_endpoint(self.endpoint)
+        server.set_server_name("gridtwin emulated substation")
+        server.set_security_policy(self.security_policies)
+        tokens: list[type] = [ua.UserNameIdentityToken]
+        if self.user_manager.anonymous_role is not None:
+            tokens.insert(0, ua.AnonymousIdentityToken)
+        server.set_identity_tokens(tokens)
+        if self.certificate and self.private_key:
+            await server.load_certificate(self.certificate)
+            await server.load_private_key(self.private_key)
+        await self._build(server)
+        server.iserver.attribute_service = _GuardedAttributeService(
+            server.iserver.attribute_service, self
+        )
+        await server.start()
+        self._server = server
+        self._wake = asyncio.Event()
+        self._unsubscribe = self.store.subscribe(self._on_change)
+        # the store may have changed while the server started: push every value once
+        self._pending = dict.fromkeys(self._node_of)
+        self._wake.set()
+        self._pump = asyncio.create_task(self._push_loop(), name="gridtwin-opcua-push")
+        _log.info("OPC UA server on %s with %d point nodes", self.endpoint, len(self._nodes))
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump
+            self._pump = None
+        # asyncua's stop() waits out the 1 s sleep of its server-time task; end it now instead
+        iserver = server.iserver
+        time_task = getattr(iserver, "time_task", None)
+        if time_task is not None:
+            iserver._time_task_stop = True
+            time_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await time_task
+            iserver.time_task = None
+        await server.stop()
+
+    async def _build(self, server: Server) -> None:
+        pm = self.store.pointmap
+        ns = await server.register_namespace(getattr(pm, "namespace", NAMESPACE_DEFAULT))
+        objects = server.nodes.objects
+        parents: dict[tuple[str, ...], Any] = {}
+        self._nodes.clear()
+        self._node_of.clear()
+        for point in pm.points:
+            if point.opcua is None:
+                continue
+            path = tuple(point.opcua.browse_path)
+            parent = objects
+            for depth in range(1, len(path)):
+                key = path[:depth]
+                if key not in parents:
+                    nid = ua.NodeId("/".join(key), ns)
+                    parents[key] = await parent.add_object(nid, ua.QualifiedName(key[-1], ns))
+                parent = parents[key]
+            nid = ua.NodeId.from_string(point.opcua.node_id)
+            if nid.NamespaceIndex != ns:
+                nid = ua.NodeId(nid.Identifier, ns, nid.NodeIdType)
+            vtype = variant_type(point)
+            sample = self.store.get(point.name)
+            var = await parent.add_variable(
+                nid,
+                ua.QualifiedName(path[-1], ns),
+                ua.Variant(_to_python(sample.value, vtype), vtype),
+                varianttype=vtype,
+            )
+            # AccessLevel says what anyone might write (the plant writes measurements);
+            # UserAccessLevel advertises the ordinary operator's view. The guarded
+            # AttributeService enforces the real per-role rule.
+            await var.set_writable(True)
+            if point.kind not in ("command", "setpoint"):
+                await var.unset_attr_bit(
+                    ua.AttributeIds.UserAccessLevel, ua.AccessLevel.CurrentWrite
+                )
+            if point.kind == "measurement" or point.unit:
+                await var.add_property(
+                    ns,
+                    "EngineeringUnits",
+                    _eu_information(point.unit),
+                    varianttype=ua.VariantType.ExtensionObject,
+                    datatype=ua.ObjectIds.EUInformation,
+                )
+            await server.write_attribute_value(nid, data_value(sample, vtype))
+            self._nodes[nid] = point
+            self._node_of[point.name] = nid
+            self._vtype[point.name] = vtype
+
+    # store -> nodes ---------------------------------------------------------------------------
+    def _on_change(self, point: Point, sample: Sample, source: str) -> None:
+        nid = self._node_of.get(point.name)
+        server = self._server
+        if nid is None or server is None:
+            return
+        dv = data_value(sample, self._vtype[point.name])
+        # set at once so a read right after a Modbus write sees it ...
+        node = server.iserver.aspace.get(nid)
+        if node is not None:
+            node.attributes[ua.AttributeIds.Value].value = dv
+        # ... and let the pump notify subscriptions (asyncua's callbacks are async)
+        self._pending[point.name] = None
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _push_loop(self) -> None:
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            names, self._pending = list(self._pending), {}
+            server = self._server
+            if server is None:
+                return
+            for name in names:
+                nid = self._node_of[name]
+                dv = data_value(self.store.get(name), self._vtype[name])
+                try:
+                    await server.write_attribute_value(nid, dv)
+                except Exception:  # keep serving; one bad node must not stop the pump
+                    _log.exception("OPC UA: could not update node %s", nid)
+
+    # client -> store --------------------------------------------------------------------------
+    def client_write(self, point: Point, dv: ua.DataValue, user: User) -> ua.StatusCode:
+        """Apply one client write to the store with the user's role; returns the status."""
+        role = self.user_manager.role_of(user)
+        timestamp = _posix(dv.SourceTimestamp)
+        bad_status = dv.StatusCode is not None and dv.StatusCode.is_bad()
+        variant = dv.Value
+        raw = variant.Value if variant is not None else None
+        if bad_status:
+            value = math.nan  # "no value": only the plant may say that (see below)
+        elif isinstance(raw, bool):
+            value = 1.0 if raw else 0.0
+        elif isinstance(raw, (int, float)):
+            value = float(raw)
+        else:
+            return ua.StatusCode(ua.StatusCodes.BadTypeMismatch)
+        if self._vtype[point.name] in _INTEGER and math.isfinite(value) and value != int(value):
+            return ua.StatusCode(ua.StatusCodes.BadTypeMismatch)
+        if math.isnan(value) and plant_not_available(point, role):
+            # the twin marks a measurement it cannot compute (isolated bus): INVALID, not refused
+            self.store.set(
+                point.name, math.nan, quality=Quality.INVALID, timestamp=timestamp, source="opcua"
+            )
+            return ua.StatusCode()
+        try:
+            self.store.check_write(point.name, value, role=role)
+        except WriteRejected as exc:
+            _log.info("OPC UA write refused: %s", exc)
+            return ua.StatusCode(ua.StatusCodes.BadUserAccessDenied)
+        except OutOfRange as exc:
+            _log.info("OPC UA write refused: %s", exc)
+            return ua.StatusCode(ua.StatusCodes.BadOutOfRange)
+        self.store.set(point.name, value, timestamp=timestamp, source="opcua")
+        return ua.StatusCode()
+
+
+def plant_not_available(point: Point, role: str) -> bool:
+    """Whether a NaN / bad-status write means "not available" rather than a refused value.
+
+    Only the plant (or admin) may say so, and only for what the plant computes: measurements
+    and statuses. Commands and setpoints from anyone must be finite and within limits.
+    """
+    return role in ("plant", "admin") and point.kind in ("measurement", "status")
+
+
+def _posix(ts: datetime | None) -> float | None:
+    """A client's SourceTimestamp as POSIX seconds (asyncua decodes naive UTC)."""
+    if ts is None:
+        return None
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    return ts.timestamp()

@@ -1,0 +1,343 @@
+"""EmulatedSubstation: one PointStore served over OPC UA and Modbus TCP, with device behaviours.
+
+Initial values: statuses and model inputs come from the net (``switch.closed``, ``trafo.tap_pos``,
+``sgen.p_mw`` ...); measurements come from one pandapower ``runpp`` on a copy of the net, so a
+Modbus master sees plausible values before the twin writes any (``initial_loadflow=False`` leaves
+them INVALID instead; if the load flow fails they stay INVALID, with a warning). Points that
+exist only in the field device (``switch.cmd``, ``trafo.avr_*``, ...) are left to the devices.
+
+The store outlives the servers: ``stop()`` then ``start()`` serves the same values on the same
+ports, which is what link-loss tests need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import math
+import socket
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from hil.emulator.modbus_server import ModbusServer
+from hil.emulator.opcua_server import OpcuaServer
+from hil.errors import HilError
+from hil.store import PointStore
+from twin.errors import PointMapError
+from twin.pointmap import Point, PointMap, resolve_element
+from twin.quality import Quality
+
+_log = logging.getLogger(__name__)
+
+#: Wall-clock device tick period (s).
+TICK_S = 0.05
+#: advance() never runs more device steps than this in one call (it widens the step instead).
+MAX_ADVANCE_STEPS = 100_000
+#: Tries to bind freshly picked ports on the first start.
+_PORT_ATTEMPTS = 3
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+
+
+class Device(Protocol):
+    def step(self, now: float) -> None: ...
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names a loopback address (``localhost`` counts)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _pick_port(host: str) -> int:
+    family, _type, _proto, _name, addr = socket.getaddrinfo(
+        host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind(addr)
+        return int(s.getsockname()[1])
+
+
+def initial_values(net: Any, store: PointStore, *, loadflow: bool = True) -> int:
+    """Fill the store from the net; returns how many points got a GOOD value."""
+    res_ok = False
+    res_net = None
+    if loadflow and any(p.kind == "measurement" for p in store.pointmap.points):
+        try:
+            import copy
+
+            import pandapower as pp
+
+            res_net = copy.deepcopy(net)
+            pp.runpp(res_net)
+            res_ok = True
+        except Exception as exc:  # any failure: leave measurements INVALID, say why
+            _log.warning("initial load flow failed, measurements stay INVALID: %s", exc)
+    count = 0
+    for point in store.pointmap.points:
+        value = _model_value(net, res_net if res_ok else None, point)
+        if value is not None and math.isfinite(value):
+            store.set(point.name, value, quality=Quality.GOOD, source="init")
+            count += 1
+    return count
+
+
+def _model_value(net: Any, res_net: Any, point: Point) -> float | None:
+    """A measurement from the load-flow results, anything else from the model inputs."""
+    if point.kind == "measurement":
+        key = "res_" + point.table
+        table = res_net[key] if res_net is not None and key in res_net else None
+    else:
+        table = net[point.table] if point.table in net else None
+    if table is None or point.column not in table.columns:
+        return None  # a device-only column (cmd, avr_*, ...) or no results
+    try:
+        idx = resolve_element(net, point)
+    except PointMapError:  # not in this net: nothing to start from
+        return None
+    if idx not in table.index:
+        return None
+    try:
+        return float(table.at[idx, point.column])
+    except (TypeError, ValueError):
+        return None
+
+
+def _build_devices(
+    net: Any, pointmap: PointMap, store: PointStore, rng: Any, settings: Any
+) -> list[Device]:
+    try:
+        from hil.emulator.devices import build_devices
+    except ImportError as exc:  # written in parallel; the servers work without it
+        _log.warning("device behaviours not available (%s): serving points only", exc)
+        return []
+    kwargs: dict[str, Any] = {"rng": rng}
+    if settings is not None:
+        kwargs["settings"] = settings
+    return list(build_devices(net, pointmap, store, **kwargs))
+
+
+class EmulatedSubstation:
+    """A substation emulated on loopback: OPC UA + Modbus TCP servers over one PointStore.
+
+    Args:
+        net: the pandapower net the substation belongs to.
+        pointmap: the points it serves.
+        host: address both servers bind (127.0.0.1 unless told otherwise).
+        opcua_port, modbus_port: 0 picks a free port once; restarts reuse it.
+        clock: None for the wall clock (devices tick every 50 ms), or an object with ``now()``
+            for simulated time (devices move only on ``advance(t)``).
+        users: OPC UA users ``name -> (password, role)``; anonymous sessions get
+            ``anonymous_role``.
+        devices: build device behaviours (``hil.emulator.devices.build_devices``), or False, or
+            a ready list of devices.
+        modbus_role: the role Modbus writes act with (Modbus has no authentication).
+        anonymous_role: role of anonymous OPC UA sessions; None refuses them.
+        security_policies: asyncua ``SecurityPolicyType`` list (default NoSecurity only);
+            encrypting policies need ``certificate`` and ``private_key`` (file paths).
+        initial_loadflow: measurements from one ``runpp`` at start (else INVALID).
+        rng, device_settings: passed to ``build_devices`` (RTU noise seed, device settings).
+    """
+
+    def __init__(
+        self,
+        net: Any,
+        pointmap: PointMap,
+        *,
+        host: str = "127.0.0.1",
+        opcua_port: int = 0,
+        modbus_port: int = 0,
+        clock: Clock | None = None,
+        users: Mapping[str, tuple[str, str]] | None = None,
+        devices: bool | list[Device] = True,
+        modbus_role: str = "operator",
+        anonymous_role: str | None = "viewer",
+        security_policies: list[Any] | None = None,
+        initial_loadflow: bool = True,
+        rng: Any = None,
+        device_settings: Any = None,
+        certificate: str | None = None,
+        private_key: str | None = None,
+    ) -> None:
+        self.net = net
+        self.pointmap = pointmap
+        self.host = host
+        self.clock = clock
+        now_fn: Callable[[], float] = clock.now if clock is not None else time.time
+        self.store = PointStore(pointmap, clock=now_fn)
+        initial_values(net, self.store, loadflow=initial_loadflow)
+        if devices is True:
+            self.devices: list[Device] = _build_devices(
+                net, pointmap, self.store, rng, device_settings
+            )
+        elif devices is False:
+            self.devices = []
+        else:
+            self.devices = list(devices)
+        self._requested = (opcua_port, modbus_port)
+        self._users = dict(users or {})
+        self._anonymous_role = anonymous_role
+        self._security_policies = security_policies
+        self._certificate = certificate
+        self._private_key = private_key
+        self._modbus_role = modbus_role
+        self.opcua: OpcuaServer | None = None
+        self.modbus: ModbusServer | None = None
+        self._tick: asyncio.Task[None] | None = None
+        self._last_t = now_fn()
+        self._failed_devices: set[int] = set()
+        if not is_loopback(host):
+            _log.warning("emulated substation binds %s, which is not a loopback address", host)
+
+    # properties ------------------------------------------------------------------------------
+    @property
+    def opcua_endpoint(self) -> str:
+        if self.opcua is None:
+            raise HilError("emulated substation: not started, no OPC UA endpoint yet")
+        return self.opcua.endpoint
+
+    @property
+    def opcua_port(self) -> int:
+        if self.opcua is None:
+            raise HilError("emulated substation: not started, no OPC UA port yet")
+        return self.opcua.port
+
+    @property
+    def modbus_port(self) -> int:
+        if self.modbus is None:
+            raise HilError("emulated substation: not started, no Modbus port yet")
+        return self.modbus.port
+
+    @property
+    def running(self) -> bool:
+        return self.opcua is not None and self.opcua.running
+
+    def node_id(self, name: str) -> str:
+        """The OPC UA node id string of a point, as served (after start)."""
+        if self.opcua is None:
+            raise HilError("emulated substation: not started")
+        return self.opcua.node_id(name).to_string()
+
+    # lifecycle ---------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start both servers (and the device tick on the wall clock). Idempotent."""
+        if self.running:
+            return
+        first = self.opcua is None or self.modbus is None
+        for attempt in range(1, _PORT_ATTEMPTS + 1):
+            if self.opcua is None or self.modbus is None:
+                self._create_servers()
+            assert self.opcua is not None and self.modbus is not None
+            try:
+                await self.modbus.start()
+                await self.opcua.start()
+                break
+            except OSError as exc:
+                await self._stop_servers()
+                # a port picked here can be taken by someone else before we bind it: pick
+                # again, but only on the first start (a restart must keep its ports)
+                if not first or 0 not in self._requested or attempt == _PORT_ATTEMPTS:
+                    raise
+                _log.info("port taken (%s), picking new ports (attempt %d)", exc, attempt)
+                self.opcua = self.modbus = None
+            except BaseException:
+                await self._stop_servers()
+                raise
+        if self.clock is None and self.devices:
+            self._tick = asyncio.create_task(self._tick_loop(), name="gridtwin-device-tick")
+        _log.info(
+            "emulated substation %s: OPC UA %s, Modbus %s:%d, %d points, %d devices",
+            self.pointmap.substation,
+            self.opcua.endpoint,
+            self.host,
+            self.modbus.port,
+            len(self.pointmap),
+            len(self.devices),
+        )
+
+    def _create_servers(self) -> None:
+        opcua_port, modbus_port = self._requested
+        # pick free ports once: asyncua advertises its endpoint URL before binding, so port 0
+        # cannot be passed through; restarts reuse the ports picked here
+        if opcua_port == 0:
+            opcua_port = _pick_port(self.host)
+        if modbus_port == 0:
+            modbus_port = _pick_port(self.host)
+        self.modbus = ModbusServer(
+            self.store, host=self.host, port=modbus_port, role=self._modbus_role
+        )
+        self.opcua = OpcuaServer(
+            self.store,
+            host=self.host,
+            port=opcua_port,
+            users=self._users,
+            anonymous_role=self._anonymous_role,
+            security_policies=self._security_policies,
+            certificate=self._certificate,
+            private_key=self._private_key,
+        )
+
+    async def stop(self) -> None:
+        """Stop the device tick and both servers; the store keeps its values."""
+        tick, self._tick = self._tick, None
+        if tick is not None:
+            tick.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await tick
+        await self._stop_servers()
+
+    async def _stop_servers(self) -> None:
+        if self.opcua is not None:
+            await self.opcua.stop()
+        if self.modbus is not None:
+            await self.modbus.stop()
+
+    async def __aenter__(self) -> EmulatedSubstation:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # device behaviours --------------------------------------------------------------------------
+    def _step_devices(self, now: float) -> None:
+        for i, dev in enumerate(self.devices):
+            try:
+                dev.step(now)
+            except Exception:  # one broken device must not stop the others
+                if i not in self._failed_devices:
+                    self._failed_devices.add(i)
+                    _log.exception(
+                        "device %r failed at t=%s (further failures not logged)", dev, now
+                    )
+
+    def advance(self, t: float) -> None:
+        """Run device behaviours up to time ``t`` in steps of at most 50 ms."""
+        last = self._last_t
+        if t <= last:
+            return
+        span = t - last
+        n = max(1, math.ceil(span / TICK_S - 1e-9))
+        if n > MAX_ADVANCE_STEPS:
+            n = MAX_ADVANCE_STEPS
+        for k in range(1, n + 1):
+            self._step_devices(last + span * k / n)
+        self._last_t = t
+
+    async def _tick_loop(self) -> None:
+        while True:
+            # devices need a monotonic now; the store stamps with time.time(), so follow it
+            # but never step back (NTP adjustments)
+            now = max(time.time(), self._last_t)
+            self._step_devices(now)
+            self._last_t = now
+            await asyncio.sleep(TICK_S)
