@@ -1,0 +1,820 @@
+"""The sync loop: read field inputs, apply them to the model, solve, write outputs, record.
+
+One step (``await loop.step(t)``)::
+
+    read     links' cached inputs (polled links are polled first)       -> Samples
+    apply    GOOD to_twin model inputs, a few vectorised model.update calls
+    solve    model.solve() (LoadflowNotConverged: event + alarm, no outputs this step)
+    estimate mirror mode only: WLS state estimation and divergence per measured point
+    results  hil mode only: the computed measurements taken from the Solution
+    write    hil mode only: one write_outputs per link
+    record   recorder.record / event / alarm
+    publish  listeners (the twin's own OPC UA server)
+
+Element resolution is done once, at construction, into index arrays per (table, column). The
+synchronous parts (model, estimation) live in ``twin/``; this module only orchestrates them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from hil.errors import HilError
+from twin.errors import (
+    DeadlineMissed,
+    LoadflowNotConverged,
+    StaleInputError,
+    TwinError,
+)
+from twin.estimation import (
+    Divergence,
+    EstimationResult,
+    StateEstimator,
+    divergences,
+    measured_points,
+    resolve_element,
+)
+from twin.pointmap import Point, PointMap
+from twin.quality import Quality, Sample
+
+_log = logging.getLogger(__name__)
+
+Mode = Literal["hil", "mirror"]
+StalePolicy = Literal["hold", "refuse"]
+DeadlinePolicy = Literal["skip", "catch_up", "stop"]
+
+PHASES: tuple[str, ...] = (
+    "read",
+    "apply",
+    "solve",
+    "estimate",
+    "results",
+    "write",
+    "record",
+    "publish",
+)
+
+#: Model columns a to_twin point may set with GridModel.update. Device columns (switch.cmd,
+#: trafo.avr_*, line.oc_*, sgen.p_limit_pct ...) are never in this set: the twin never applies
+#: them. Measurements of flows and voltages are not inputs either; in mirror mode they feed the
+#: estimator.
+INPUT_COLUMNS: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("switch", "closed"),
+        ("trafo", "tap_pos"),
+        ("load", "p_mw"),
+        ("load", "q_mvar"),
+        ("sgen", "p_mw"),
+        ("sgen", "q_mvar"),
+        ("gen", "p_mw"),
+        ("storage", "p_mw"),
+    }
+)
+#: Inputs whose measured value is the scaled one (pandapower: actual = p_mw * scaling).
+_SCALED: frozenset[tuple[str, str]] = frozenset(
+    {("load", "p_mw"), ("load", "q_mvar"), ("sgen", "p_mw"), ("sgen", "q_mvar")}
+)
+_BOOL_COLUMNS = frozenset({("switch", "closed")})
+_INT_COLUMNS = frozenset({("trafo", "tap_pos")})
+#: Columns that exist only in field devices (fallback when twin.pointmap has no helper).
+_DEVICE_COLUMNS: frozenset[str] = frozenset(
+    {
+        "cmd",
+        "operations",
+        "avr_vset_pu",
+        "avr_band_pu",
+        "avr_delay_s",
+        "avr_auto",
+        "oc_pickup_ka",
+        "oc_delay_s",
+        "p_limit_pct",
+        "voltvar",
+        "p_avail_mw",
+    }
+)
+
+
+def is_device_column(table: str, column: str) -> bool:
+    """Whether ``table.column`` lives only in the field device (never applied to the model)."""
+    try:
+        from twin import pointmap as _pm
+
+        fn = getattr(_pm, "is_device_column", None)
+        if fn is not None:
+            return bool(fn(table, column))
+    except TypeError:  # a different signature: fall back to our own list
+        pass
+    return column in _DEVICE_COLUMNS
+
+
+# --- reports and alarms ---------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Alarm:
+    """An alarm raised by the loop: a divergence, a non-converged load flow, a stale refusal."""
+
+    time_s: float
+    kind: str  # "divergence" | "not_converged" | "stale"
+    point: str
+    field_value: float
+    twin_value: float
+    tolerance: float
+    message: str
+
+
+@dataclass
+class StepReport:
+    """What one step did. Durations are seconds (perf_counter) per phase."""
+
+    t: float
+    durations: dict[str, float] = field(default_factory=dict)
+    converged: bool = False
+    iterations: int = 0
+    stale: tuple[str, ...] = ()
+    alarms: tuple[Alarm, ...] = ()
+    cleared: tuple[str, ...] = ()
+    applied: int = 0
+    written: int = 0
+    error: str = ""
+    estimation: EstimationResult | None = None
+    divergences: tuple[Divergence, ...] = ()
+
+    @property
+    def total_s(self) -> float:
+        return sum(self.durations.values())
+
+
+class _Ring:
+    """A bounded ring buffer of durations with numpy percentiles."""
+
+    def __init__(self, size: int) -> None:
+        self._buf = np.zeros(int(size))
+        self._n = 0
+
+    def add(self, x: float) -> None:
+        self._buf[self._n % len(self._buf)] = x
+        self._n += 1
+
+    def values(self) -> np.ndarray:
+        return self._buf[: min(self._n, len(self._buf))]
+
+    def summary(self) -> dict[str, float]:
+        v = self.values()
+        if not len(v):
+            return {"n": 0, "p50_ms": math.nan, "p99_ms": math.nan, "max_ms": math.nan}
+        p50, p99 = np.percentile(v, [50, 99])
+        return {
+            "n": int(self._n),
+            "p50_ms": float(p50) * 1e3,
+            "p99_ms": float(p99) * 1e3,
+            "max_ms": float(v.max()) * 1e3,
+            "mean_ms": float(v.mean()) * 1e3,
+        }
+
+
+@dataclass
+class _Group:
+    """The to_twin points of one (table, column): applied in one model.update."""
+
+    table: str
+    column: str
+    names: list[str]
+    index: np.ndarray  # pandapower indices
+    scaling: np.ndarray | None  # divide the measured value by this (load/sgen P, Q)
+    last: np.ndarray  # last applied (model-side) values, NaN before the first
+
+
+@dataclass
+class _OutGroup:
+    """The to_field measurement points of one (table, column), with their link routing."""
+
+    table: str
+    column: str
+    names: list[str]
+    positions: np.ndarray  # row positions in the table (Solution arrays are in table order)
+    links: list[int]  # index into SyncLoop.links per point
+    low: np.ndarray
+    high: np.ndarray
+
+
+Listener = Callable[["SyncLoop", StepReport, Any], Awaitable[None] | None]
+
+
+class SyncLoop:
+    """Keep a GridModel in step with field links.
+
+    Args:
+        model: a ``twin.GridModel`` (``net``, ``update``, ``solve``).
+        pointmap: the point map shared with the field.
+        links: connected (or connecting) ``hil.links`` FieldLinks.
+        mode: ``"hil"`` (the twin is the plant and writes computed measurements) or ``"mirror"``
+            (the field is the plant; the twin estimates and flags divergence).
+        period_s: step period of :meth:`run`.
+        recorder: a ``twin.recorder.Recorder`` or None.
+        stale_policy: for the inputs a step uses (applied or estimated from): ``"hold"`` keeps
+            the last good value of a stale input and flags the point; ``"refuse"`` raises
+            StaleInputError (recorded as an event and alarm).
+        deadline_policy: what :meth:`run` does when a step overruns its period: ``"skip"`` the
+            missed ticks, ``"catch_up"`` (run them back to back, at most ``max_catch_up``) or
+            ``"stop"`` (raise DeadlineMissed).
+        estimator: mirror mode's ``twin.estimation.StateEstimator``; built from the model's net
+            and the point map when None.
+        clock: seconds, monotonic (used for deadlines); ``sleep``: the matching async sleep.
+        link_now: passed as ``now`` to ``read_inputs`` (None: each link's own clock).
+        stop_on_not_converged: raise LoadflowNotConverged out of :meth:`step` instead of going on.
+        history: durations kept per phase for the percentiles.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        pointmap: PointMap,
+        links: Sequence[Any],
+        *,
+        mode: Mode = "hil",
+        period_s: float = 0.1,
+        recorder: Any = None,
+        stale_policy: StalePolicy = "hold",
+        deadline_policy: DeadlinePolicy = "skip",
+        estimator: StateEstimator | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        link_now: Callable[[], float] | None = None,
+        max_catch_up: int = 10,
+        stop_on_not_converged: bool = False,
+        history: int = 4096,
+        record_values: bool = True,
+    ) -> None:
+        _check_choice("mode", mode, ("hil", "mirror"))
+        _check_choice("stale_policy", stale_policy, ("hold", "refuse"))
+        _check_choice("deadline_policy", deadline_policy, ("skip", "catch_up", "stop"))
+        if not (period_s > 0 and math.isfinite(period_s)):
+            raise ValueError(f"period_s: expected a finite number > 0, found {period_s!r}")
+        self.model = model
+        self.pointmap = pointmap
+        self.links = list(links)
+        self.mode: Mode = mode
+        self.period_s = float(period_s)
+        self.recorder = recorder
+        self.stale_policy: StalePolicy = stale_policy
+        self.deadline_policy: DeadlinePolicy = deadline_policy
+        self.clock = clock
+        self.sleep = sleep
+        self.link_now = link_now
+        self.max_catch_up = int(max_catch_up)
+        self.stop_on_not_converged = bool(stop_on_not_converged)
+        self.record_values = bool(record_values)
+        self.listeners: list[Listener] = []
+        #: every alarm raised, newest last (bounded)
+        self.alarms: deque[Alarm] = deque(maxlen=1000)
+        #: alarms standing now, by point name (divergence alarms clear when back in band)
+        self.active_alarms: dict[str, Alarm] = {}
+        #: last samples read (point name -> Sample) and last outputs computed (name -> value)
+        self.samples: dict[str, Sample] = {}
+        self.outputs: dict[str, float] = {}
+        self.last_report: StepReport | None = None
+        self.last_solution: Any = None
+        self._stopping = False
+        self._hist = {ph: _Ring(history) for ph in (*PHASES, "step")}
+        self._counters = {
+            "steps": 0,
+            "not_converged": 0,
+            "stale_steps": 0,
+            "refused": 0,
+            "misses": 0,
+            "skipped_ticks": 0,
+            "caught_up_ticks": 0,
+            "write_errors": 0,
+            "poll_errors": 0,
+            "apply_errors": 0,
+            "alarms": 0,
+            "estimation_failures": 0,
+        }
+        net = model.net
+        carried: dict[str, Point] = {}
+        for link in self.links:
+            for p in link.points:
+                carried.setdefault(p.name, p)
+        self.inputs: tuple[Point, ...] = tuple(
+            p for p in pointmap.points if p.direction == "to_twin" and p.name in carried
+        )
+        self._groups = self._build_input_groups(net)
+        self._out_groups = self._build_output_groups(net) if mode == "hil" else []
+        self._poll_links = [lk for lk in self.links if _needs_poll(lk)]
+        self.measured: tuple[Point, ...] = ()
+        self.estimator: StateEstimator | None = None
+        if mode == "mirror":
+            self.measured = tuple(measured_points(self.inputs))
+            self.estimator = estimator or StateEstimator(net, self.measured)
+        self._labels = {p.name: _label(p) for p in pointmap.points}
+        # the inputs a step depends on: applied to the model or fed to the estimator; only these
+        # are checked by the stale policy (a device's operation counter does not stop a step)
+        used = {n for g in self._groups for n in g.names} | {p.name for p in self.measured}
+        self._used_inputs: tuple[Point, ...] = tuple(p for p in self.inputs if p.name in used)
+
+    # --- construction helpers -----------------------------------------------------------------
+    def _build_input_groups(self, net: Any) -> list[_Group]:
+        by_key: dict[tuple[str, str], list[Point]] = {}
+        for p in self.inputs:
+            key = (p.table, p.column)
+            if key not in INPUT_COLUMNS or is_device_column(p.table, p.column):
+                continue
+            by_key.setdefault(key, []).append(p)
+        groups = []
+        for (table, column), pts in by_key.items():
+            idx = np.array([resolve_element(net, p) for p in pts], dtype=np.int64)
+            scaling = None
+            if (table, column) in _SCALED and "scaling" in net[table]:
+                s = net[table]["scaling"].reindex(idx).to_numpy(dtype=float)
+                s[~np.isfinite(s) | (s == 0.0)] = 1.0
+                scaling = s if np.any(s != 1.0) else None
+            groups.append(
+                _Group(
+                    table, column, [p.name for p in pts], idx, scaling, np.full(len(pts), np.nan)
+                )
+            )
+        return groups
+
+    def _build_output_groups(self, net: Any) -> list[_OutGroup]:
+        by_key: dict[tuple[str, str], list[tuple[Point, int]]] = {}
+        for p in self.pointmap.points:
+            if p.direction != "to_field" or p.kind != "measurement":
+                continue
+            if is_device_column(p.table, p.column) or p.table not in net:
+                continue
+            li = self._route(p)
+            if li is None:
+                continue
+            by_key.setdefault((p.table, p.column), []).append((p, li))
+        groups = []
+        for (table, column), items in by_key.items():
+            idx = [resolve_element(net, p) for p, _ in items]
+            pos = net[table].index.get_indexer(idx)
+            groups.append(
+                _OutGroup(
+                    table,
+                    column,
+                    [p.name for p, _ in items],
+                    np.asarray(pos, dtype=np.int64),
+                    [li for _, li in items],
+                    np.array([-np.inf if p.low is None else p.low for p, _ in items]),
+                    np.array([np.inf if p.high is None else p.high for p, _ in items]),
+                )
+            )
+        return groups
+
+    def _route(self, point: Point) -> int | None:
+        """The first link that carries ``point`` and can write it (None: no link can)."""
+        for i, link in enumerate(self.links):
+            lp = getattr(link, "_by_name", {}).get(point.name)
+            if lp is None:
+                continue
+            why = link._not_writable(lp) if hasattr(link, "_not_writable") else None
+            if why is None:
+                return i
+        return None
+
+    # --- one step -------------------------------------------------------------------------------
+    async def step(self, t: float) -> StepReport:
+        """Run one step at (simulated or wall) time ``t`` and return its report.
+
+        Raises:
+            StaleInputError: an input is not GOOD and ``stale_policy`` is ``"refuse"``.
+            LoadflowNotConverged: only with ``stop_on_not_converged``.
+        """
+        rep = StepReport(t=t)
+        d = rep.durations
+        new_alarms: list[Alarm] = []
+        pc = time.perf_counter
+
+        t0 = pc()
+        samples = await self._read()
+        self.samples = samples
+        t1 = pc()
+        d["read"] = t1 - t0
+
+        try:
+            rep.applied, stale = self._apply(samples, t)
+        finally:
+            d["apply"] = pc() - t1
+        rep.stale = tuple(stale)
+        if stale:
+            self._counters["stale_steps"] += 1
+
+        t2 = pc()
+        sol = None
+        try:
+            sol = self.model.solve()
+            rep.converged = bool(getattr(sol, "converged", True))
+            rep.iterations = int(getattr(sol, "iterations", 0))
+        except LoadflowNotConverged as exc:
+            rep.converged = False
+            rep.error = str(exc)
+            rep.iterations = exc.iterations
+            self._counters["not_converged"] += 1
+            a = Alarm(t, "not_converged", "", math.nan, math.nan, math.nan, str(exc))
+            new_alarms.append(a)
+            self._event(t, "not_converged", str(exc), worst_bus=exc.worst_bus)
+            if self.stop_on_not_converged:
+                d["solve"] = pc() - t2
+                self._finish(rep, new_alarms)
+                raise
+        t3 = pc()
+        d["solve"] = t3 - t2
+
+        if self.mode == "mirror":
+            await self._estimate(samples, sol, t, rep, new_alarms)
+        t4 = pc()
+        d["estimate"] = t4 - t3
+
+        outputs: dict[str, float] = {}
+        if self.mode == "hil" and sol is not None and rep.converged:
+            outputs = self._outputs(sol)
+            t45 = pc()
+            d["results"] = t45 - t4
+            rep.written = await self._write(outputs, t)
+        else:
+            t45 = t4
+        self.outputs = outputs
+        t5 = pc()
+        d["write"] = t5 - t45
+
+        if self.recorder is not None:
+            self._record(t, samples, outputs, new_alarms)
+        # replacing the previous Solution frees its result tables: housekeeping, counted here
+        self.last_solution = sol
+        t6 = pc()
+        d["record"] = t6 - t5
+        self._finish(rep, new_alarms)
+
+        for listener in list(self.listeners):
+            try:
+                res = listener(self, rep, sol)
+                if inspect.isawaitable(res):
+                    await res
+            except Exception:  # a publisher must not stop the loop
+                _log.exception("sync-loop listener failed at t=%s", t)
+        d["publish"] = pc() - t6
+        for ph in PHASES:
+            self._hist[ph].add(d.get(ph, 0.0))
+        self._hist["step"].add(pc() - t0)
+        return rep
+
+    def _finish(self, rep: StepReport, new_alarms: list[Alarm]) -> None:
+        rep.alarms = tuple(new_alarms)
+        self._counters["steps"] += 1
+        self._counters["alarms"] += len(new_alarms)
+        self.alarms.extend(new_alarms)
+        self.last_report = rep
+
+    async def _read(self) -> dict[str, Sample]:
+        if self._poll_links:
+            results = await asyncio.gather(
+                *(lk.poll() for lk in self._poll_links if lk.connected), return_exceptions=True
+            )
+            for r in results:
+                if isinstance(r, BaseException):
+                    if not isinstance(r, (HilError, OSError, TimeoutError)):
+                        raise r
+                    self._counters["poll_errors"] += 1
+                    _log.debug("poll failed: %s", r)
+        now = self.link_now() if self.link_now is not None else None
+        merged: dict[str, Sample] = {}
+        for link in self.links:
+            for name, s in link.read_inputs(now).items():
+                old = merged.get(name)
+                # Several links may carry a point: a GOOD sample wins, then the newest.
+                if (
+                    old is None
+                    or (s.quality.is_good and not old.quality.is_good)
+                    or (s.quality.is_good == old.quality.is_good and s.timestamp > old.timestamp)
+                ):
+                    merged[name] = s
+        return merged
+
+    def _apply(self, samples: Mapping[str, Sample], t: float) -> tuple[int, list[str]]:
+        """Apply GOOD to_twin inputs; returns (values applied, points not GOOD)."""
+        stale = [
+            p.name
+            for p in self._used_inputs
+            if (s := samples.get(p.name)) is None
+            or not s.quality.is_good
+            or not math.isfinite(s.value)
+        ]
+        if stale and self.stale_policy == "refuse":
+            self._counters["refused"] += 1
+            qual = {n: (samples[n].quality.value if n in samples else "missing") for n in stale}
+            shown = ", ".join(f"{n} ({q})" for n, q in list(qual.items())[:10])
+            more = f" and {len(stale) - 10} more" if len(stale) > 10 else ""
+            msg = (
+                f"step at t={t:.3f} s refused: expected GOOD inputs, found {len(stale)} not GOOD: "
+                f"{shown}{more}"
+            )
+            self._event(t, "stale_refused", msg, points=len(stale))
+            a = Alarm(t, "stale", stale[0], math.nan, math.nan, math.nan, msg)
+            self.alarms.append(a)
+            self._counters["alarms"] += 1
+            if self.recorder is not None:
+                self.recorder.alarm(t, stale[0], math.nan, math.nan, math.nan, msg)
+            raise StaleInputError(msg)
+        applied = 0
+        for g in self._groups:
+            vals = np.full(len(g.names), np.nan)
+            for i, n in enumerate(g.names):
+                s = samples.get(n)
+                if s is not None and s.quality.is_good:
+                    vals[i] = s.value
+            if g.scaling is not None:
+                vals = vals / g.scaling
+            # Held points (not GOOD) keep what the model has; unchanged values are not re-sent,
+            # so a switch that did not move does not touch the compiled topology.
+            mask = np.isfinite(vals) & ~(vals == g.last)
+            if not mask.any():
+                continue
+            applied += self._update(g, vals, mask, t)
+        return applied, stale
+
+    def _update(self, g: _Group, vals: np.ndarray, mask: np.ndarray, t: float) -> int:
+        key = (g.table, g.column)
+        idx = g.index[mask]
+        new = vals[mask]
+        if key in _BOOL_COLUMNS:
+            out: Any = new >= 0.5
+            new = out.astype(float)
+        elif key in _INT_COLUMNS:
+            new = np.round(new)
+            out = new.astype(np.int64)
+        else:
+            out = new
+        try:
+            self.model.update(g.table, g.column, out, index=idx)
+        except (TwinError, ValueError) as exc:
+            # One bad value rejects the whole vectorised update: retry one by one so the good
+            # ones still go in, and report the bad ones.
+            self._counters["apply_errors"] += 1
+            self._event(t, "apply_error", str(exc), table=g.table, column=g.column)
+            done = 0
+            for j, (e, v, nv) in enumerate(zip(idx, np.atleast_1d(out), new)):
+                try:
+                    self.model.update(g.table, g.column, [v], index=[int(e)])
+                except (TwinError, ValueError) as exc1:
+                    _log.warning("input %s not applied: %s", g.names[j], exc1)
+                    continue
+                g.last[np.flatnonzero(mask)[j]] = nv
+                done += 1
+            return done
+        g.last[mask] = new
+        return int(mask.sum())
+
+    async def _estimate(
+        self,
+        samples: Mapping[str, Sample],
+        sol: Any,
+        t: float,
+        rep: StepReport,
+        new_alarms: list[Alarm],
+    ) -> None:
+        est = self.estimator
+        twin_values: dict[str, float] = {}
+        if est is not None and self.measured:
+            est.sync_from(self.model.net)
+            # The estimation is CPU work on the estimator's own net copy: run it off the event
+            # loop so subscriptions and the twin server keep being served.
+            res = await asyncio.to_thread(est.estimate, samples)
+            rep.estimation = res
+            if res.success:
+                twin_values = res.estimates
+            else:
+                self._counters["estimation_failures"] += 1
+                self._event(t, "estimation_failed", res.error)
+        if not twin_values and sol is not None and rep.converged:
+            twin_values = self._solution_values(sol, self.measured)
+        divs = divergences(self.measured, samples, twin_values, t)
+        rep.divergences = tuple(divs)
+        cleared = []
+        for dv in divs:
+            if dv.exceeded:
+                if dv.point not in self.active_alarms:
+                    a = Alarm(
+                        t,
+                        "divergence",
+                        dv.point,
+                        dv.field_value,
+                        dv.twin_value,
+                        dv.tolerance,
+                        dv.message,
+                    )
+                    self.active_alarms[dv.point] = a
+                    new_alarms.append(a)
+            elif dv.point in self.active_alarms:
+                del self.active_alarms[dv.point]
+                cleared.append(dv.point)
+                self._event(t, "alarm_cleared", f"{dv.point} back within its tolerance band")
+        rep.cleared = tuple(cleared)
+
+    def _solution_values(self, sol: Any, points: Iterable[Point]) -> dict[str, float]:
+        net = self.model.net
+        out: dict[str, float] = {}
+        for p in points:
+            try:
+                arr = sol.get(p.table, p.column)
+                pos = net[p.table].index.get_loc(resolve_element(net, p))
+                out[p.name] = float(arr[pos])
+            except (KeyError, TwinError, IndexError, AttributeError):
+                continue
+        return out
+
+    def _outputs(self, sol: Any) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for g in self._out_groups:
+            try:
+                arr = np.asarray(sol.get(g.table, g.column), dtype=float)
+            except (KeyError, AttributeError, TwinError) as exc:
+                _log.warning("no result %s.%s to write: %s", g.table, g.column, exc)
+                g.names = []  # do not try again every step
+                continue
+            vals = arr[g.positions]
+            # A de-energised element reads zero on a real RTU; pandapower gives NaN.
+            vals = np.where(np.isfinite(vals), vals, 0.0)
+            ok = (vals >= g.low) & (vals <= g.high)
+            out.update(zip([n for n, k in zip(g.names, ok) if k], vals[ok].tolist()))
+        return out
+
+    async def _write(self, outputs: Mapping[str, float], t: float) -> int:
+        per_link: dict[int, dict[str, float]] = {}
+        for g in self._out_groups:
+            for n, li in zip(g.names, g.links):
+                if n in outputs:
+                    per_link.setdefault(li, {})[n] = outputs[n]
+        todo = [(li, vals) for li, vals in per_link.items() if self.links[li].connected]
+        if not todo:
+            return 0
+        results = await asyncio.gather(
+            *(self.links[li].write_outputs(vals) for li, vals in todo), return_exceptions=True
+        )
+        written = 0
+        for (li, vals), r in zip(todo, results):
+            if isinstance(r, BaseException):
+                if not isinstance(r, (HilError, OSError, TimeoutError)):
+                    raise r
+                self._counters["write_errors"] += 1
+                self._event(t, "write_error", str(r), link=self.links[li].name)
+            else:
+                written += len(vals)
+        return written
+
+    def _record(
+        self,
+        t: float,
+        samples: Mapping[str, Sample],
+        outputs: Mapping[str, float],
+        new_alarms: Sequence[Alarm],
+    ) -> None:
+        rec = self.recorder
+        if self.record_values:
+            values: dict[str, float] = {}
+            for p in self.inputs:
+                s = samples.get(p.name)
+                values[self._column(p)] = (
+                    s.value if s is not None and s.quality is Quality.GOOD else math.nan
+                )
+            pm = self.pointmap
+            for n, v in outputs.items():
+                values[self._column(pm[n])] = v
+            rec.record(t, values)
+        for a in new_alarms:
+            if a.kind == "divergence":
+                rec.alarm(t, a.point, a.field_value, a.twin_value, a.tolerance, a.message)
+            elif a.kind == "not_converged":
+                rec.alarm(t, "", math.nan, math.nan, math.nan, a.message)
+
+    def _column(self, p: Point) -> str:
+        return f"{p.table}.{p.column}[{self._labels[p.name]}]"
+
+    def _event(self, t: float, kind: str, message: str, **fields: Any) -> None:
+        _log.info("t=%.3f %s: %s", t, kind, message)
+        if self.recorder is not None:
+            self.recorder.event(t, kind, message, **fields)
+
+    # --- running at a fixed period --------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the current step."""
+        self._stopping = True
+
+    async def run(
+        self, steps: int | None = None, duration_s: float | None = None, *, t0: float = 0.0
+    ) -> int:
+        """Step at a fixed period against absolute deadlines; returns the steps run.
+
+        Tick ``k`` is due at ``start + k * period_s`` and steps with ``t = t0 + k * period_s``.
+        A step that ends after the next tick is due is a deadline miss, handled by
+        ``deadline_policy``. Stops after ``steps`` steps, after ``duration_s`` (ticks, run or
+        skipped), or on :meth:`stop`; with neither, runs until stopped.
+        """
+        self._stopping = False
+        p = self.period_s
+        max_ticks = None if duration_s is None else max(1, math.ceil(duration_s / p - 1e-9))
+        start = self.clock()
+        k = 0
+        done = 0
+        backlog = False  # catching up: steps start late because an earlier one overran
+        while not self._stopping:
+            if steps is not None and done >= steps:
+                break
+            if max_ticks is not None and k >= max_ticks:
+                break
+            due = start + k * p
+            now = self.clock()
+            if now < due:
+                await self.sleep(due - now)
+            began = self.clock()
+            await self.step(t0 + k * p)
+            if backlog:
+                self._counters["caught_up_ticks"] += 1
+            done += 1
+            k += 1
+            now = self.clock()
+            late_ticks = math.floor((now - start) / p) - k + 1  # ticks already due
+            if late_ticks <= 0:
+                backlog = False
+                continue
+            if backlog and now - began <= p:
+                # a caught-up step that itself fitted in its period: not a new miss
+                excess = max(0, late_ticks - self.max_catch_up)
+                self._counters["skipped_ticks"] += excess
+                k += excess
+                continue
+            self._counters["misses"] += 1
+            overrun = now - (start + (k - 1) * p)
+            if self.deadline_policy == "stop":
+                msg = (
+                    f"step at t={t0 + (k - 1) * p:.3f} s took {overrun * 1e3:.1f} ms, expected at "
+                    f"most the period {p * 1e3:.1f} ms"
+                )
+                self._event(t0 + (k - 1) * p, "deadline_missed", msg)
+                raise DeadlineMissed(msg)
+            if self.deadline_policy == "skip":
+                self._counters["skipped_ticks"] += late_ticks
+                k += late_ticks
+            else:  # catch_up: the due ticks run back to back, the excess is skipped
+                excess = max(0, late_ticks - self.max_catch_up)
+                self._counters["skipped_ticks"] += excess
+                k += excess
+                backlog = True
+        return done
+
+    # --- statistics -----------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Counters plus per-phase and whole-step duration summaries (p50/p99/max in ms)."""
+        out: dict[str, Any] = dict(self._counters)
+        out["phases"] = {ph: self._hist[ph].summary() for ph in PHASES}
+        out["step"] = self._hist["step"].summary()
+        out["active_alarms"] = len(self.active_alarms)
+        return out
+
+    def reset_stats(self) -> None:
+        """Forget counters and durations (e.g. after warm-up steps); alarms are kept."""
+        size = len(self._hist["step"]._buf)
+        self._hist = {ph: _Ring(size) for ph in (*PHASES, "step")}
+        self._counters = dict.fromkeys(self._counters, 0)
+
+    def phase_durations(self, phase: str) -> np.ndarray:
+        """The kept durations (s) of one phase (or ``"step"``), oldest first when not wrapped."""
+        return self._hist[phase].values().copy()
+
+
+def _needs_poll(link: Any) -> bool:
+    """Whether the loop must call ``poll()`` each step.
+
+    Not for a link without inputs, a subscription link (the server pushes) or a link with its
+    own poll task (``poll_interval_s`` set); a link may also say so itself (``polled``).
+    """
+    if not getattr(link, "inputs", True):
+        return False
+    flag = getattr(link, "polled", None)
+    if flag is not None:
+        return bool(flag)
+    if getattr(link, "mode", None) == "subscription":
+        return False
+    return hasattr(link, "poll_interval_s") and link.poll_interval_s is None
+
+
+def _label(p: Point) -> str:
+    suffix = "." + p.column
+    if p.name.endswith(suffix) and len(p.name) > len(suffix):
+        return p.name[: -len(suffix)]
+    return str(p.element)
+
+
+def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}: expected one of {', '.join(allowed)}, found {value!r}")

@@ -1,0 +1,391 @@
+"""The twin's own OPC UA server: live state for SCADA and HMIs, read-only.
+
+Address space (namespace ``urn:gridtwin:twin``, string node ids = the browse path joined by
+``/`` under ``Objects``)::
+
+    Twin/Buses/<label>/{vm_pu, va_degree}
+    Twin/Lines/<label>/{p_from_mw, q_from_mvar, i_ka, loading_percent}
+    Twin/Trafos/<label>/{p_hv_mw, q_hv_mvar, loading_percent}
+    Twin/Points/<point name>/{Value, Quality, Divergence}
+    Twin/Alarms/{ActiveCount, Active, Last}
+    Twin/Stats/{Time_s, Steps, Converged, Iterations, DeadlineMisses, NotConverged,
+                StepP50Ms, StepP99Ms, SolveP99Ms, LastStepMs, PublishMs}
+
+Safe defaults (asyncua's are not, see FIELD-NOTES): binds 127.0.0.1, NoSecurity only (loopback),
+Anonymous only, an explicit user manager that never grants Admin, and no writable node at all.
+Values are updated once per step, server-side, straight into the address space (no client round
+trip, no per-node service call).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from asyncua import Server, ua
+from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.user_managers import UserManager
+
+from hil.errors import HilError
+
+_log = logging.getLogger(__name__)
+
+NAMESPACE = "urn:gridtwin:twin"
+
+#: Result columns published per table: (folder, table, columns).
+ELEMENT_FOLDERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("Buses", "bus", ("vm_pu", "va_degree")),
+    ("Lines", "line", ("p_from_mw", "q_from_mvar", "i_ka", "loading_percent")),
+    ("Trafos", "trafo", ("p_hv_mw", "q_hv_mvar", "loading_percent")),
+)
+STATS: tuple[tuple[str, ua.VariantType], ...] = (
+    ("Time_s", ua.VariantType.Double),
+    ("Steps", ua.VariantType.Int64),
+    ("Converged", ua.VariantType.Boolean),
+    ("Iterations", ua.VariantType.Int32),
+    ("DeadlineMisses", ua.VariantType.Int64),
+    ("NotConverged", ua.VariantType.Int64),
+    ("StepP50Ms", ua.VariantType.Double),
+    ("StepP99Ms", ua.VariantType.Double),
+    ("SolveP99Ms", ua.VariantType.Double),
+    ("LastStepMs", ua.VariantType.Double),
+    ("PublishMs", ua.VariantType.Double),
+)
+
+
+class ReadOnlyUserManager(UserManager):
+    """Anonymous (when allowed) and the given users, all as plain ``UserRole.User``.
+
+    Never ``UserRole.Admin``: that would bypass asyncua's access checks. Since no node of the
+    twin server is writable, every session can only browse, read and subscribe.
+    """
+
+    def __init__(self, users: Mapping[str, str] | None = None, *, anonymous: bool = True) -> None:
+        self.users = dict(users or {})
+        self.anonymous = anonymous
+
+    def get_user(
+        self,
+        iserver: Any,
+        username: str | None = None,
+        password: str | None = None,
+        certificate: Any = None,
+    ) -> User | None:
+        # certificate is passed even for Anonymous/UserName tokens: it does not identify a user
+        if username is None:
+            return User(role=UserRole.User, name=None) if self.anonymous else None
+        expected = self.users.get(username)
+        if expected is None or not hmac.compare_digest(
+            expected.encode(), (password or "").encode()
+        ):
+            _log.info("twin OPC UA login refused for user %r", username)
+            return None
+        return User(role=UserRole.User, name=username)
+
+
+class TwinServer:
+    """The twin's read-only OPC UA server.
+
+    Args:
+        net: the model's pandapower net (element labels and table order).
+        pointmap: a PointMap or an iterable of Points whose value, quality and divergence are
+            published (None: none). Inputs show the sample read, outputs the value written.
+        host, port: bind address (loopback by default); port 0 picks a free port once.
+        security_policies: asyncua policies; NoSecurity by default, meant for loopback only.
+        users: ``name -> password`` for UserName logins (none by default).
+        anonymous: whether anonymous sessions are accepted.
+        certificate, private_key: server certificate files, needed for signed policies.
+
+    Use ``async with TwinServer(...) as srv: loop.listeners.append(srv.publish)`` (or
+    :meth:`attach`).
+    """
+
+    def __init__(
+        self,
+        net: Any,
+        pointmap: Any = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        security_policies: Sequence[ua.SecurityPolicyType] = (ua.SecurityPolicyType.NoSecurity,),
+        users: Mapping[str, str] | None = None,
+        anonymous: bool = True,
+        certificate: str | None = None,
+        private_key: str | None = None,
+        namespace: str = NAMESPACE,
+    ) -> None:
+        self.net = net
+        if pointmap is None:
+            self.points: tuple[Any, ...] = ()
+        else:
+            self.points = tuple(getattr(pointmap, "points", pointmap))
+        self.host = host
+        self._port = int(port)
+        self.security_policies = list(security_policies)
+        self.user_manager = ReadOnlyUserManager(users, anonymous=anonymous)
+        self.certificate = certificate
+        self.private_key = private_key
+        self.namespace = namespace
+        self.ns = 0
+        self._server: Server | None = None
+        self._vars: dict[str, ua.NodeId] = {}
+        self._elem: list[tuple[str, str, list[ua.NodeId]]] = []  # (table, column, per row)
+        self._points: list[tuple[str, ua.NodeId, ua.NodeId, ua.NodeId]] = []
+        self._attvals: dict[ua.NodeId, Any] = {}
+        self.publish_count = 0
+        self.last_publish_s = math.nan
+        if ua.SecurityPolicyType.NoSecurity in self.security_policies and host not in (
+            "127.0.0.1",
+            "localhost",
+            "::1",
+        ):
+            _log.warning("twin OPC UA server offers NoSecurity on %s, which is not loopback", host)
+
+    # --- lifecycle --------------------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def endpoint(self) -> str:
+        return f"opc.tcp://{self.host}:{self._port}/gridtwin/twin/"
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def node_id(self, path: str) -> str:
+        """The node id string of a published variable, e.g. ``"Twin/Buses/bus1/vm_pu"``."""
+        try:
+            return self._vars[path].to_string()
+        except KeyError:
+            raise HilError(f"twin server: no published variable {path!r}") from None
+
+    async def start(self) -> None:
+        """Build the address space and listen. Raises OSError when the port is taken."""
+        if self._server is not None:
+            return
+        if self._port == 0:
+            # asyncua advertises its endpoint URL before binding: pick the port first
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind((self.host, 0))
+                self._port = int(s.getsockname()[1])
+        server = Server(user_manager=self.user_manager)
+        await server.init()
+        server.set_endpoint(self.endpoint)
+        server.set_server_name("gridtwin twin")
+        server.set_security_policy(self.security_policies)
+        ids = (["Anonymous"] if self.user_manager.anonymous else []) + (
+            ["Username"] if self.user_manager.users else []
+        )
+        tokens = {"Anonymous": ua.AnonymousIdentityToken, "Username": ua.UserNameIdentityToken}
+        server.set_identity_tokens([tokens[i] for i in ids or ["Username"]])
+        if self.certificate and self.private_key:
+            await server.load_certificate(self.certificate)
+            await server.load_private_key(self.private_key)
+        self.ns = await server.register_namespace(self.namespace)
+        await self._build(server)
+        await server.start()
+        self._server = server
+        self._cache_attribute_values(server)
+        _log.info("twin OPC UA server on %s with %d variables", self.endpoint, len(self._vars))
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            await server.stop()
+
+    async def __aenter__(self) -> TwinServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def attach(self, loop: Any) -> None:
+        """Publish after every step of ``loop`` (a ``hil.sync.SyncLoop``)."""
+        loop.listeners.append(self.publish)
+
+    # --- address space ----------------------------------------------------------------------
+    async def _folder(self, parent: Any, path: str, name: str) -> Any:
+        return await parent.add_folder(ua.NodeId(path, self.ns), ua.QualifiedName(name, self.ns))
+
+    async def _var(self, parent: Any, path: str, name: str, value: Any, vt: ua.VariantType) -> None:
+        nid = ua.NodeId(path, self.ns)
+        await parent.add_variable(
+            nid, ua.QualifiedName(name, self.ns), ua.Variant(value, vt), varianttype=vt
+        )
+        # add_variable leaves the node read-only (AccessLevel CurrentRead): nothing to unset
+        self._vars[path] = nid
+
+    async def _build(self, server: Server) -> None:
+        self._vars.clear()
+        self._elem.clear()
+        self._points.clear()
+        root = await self._folder(server.nodes.objects, "Twin", "Twin")
+        dbl = ua.VariantType.Double
+        for folder, table, columns in ELEMENT_FOLDERS:
+            df = self.net[table] if table in self.net else None
+            if df is None or not len(df):
+                continue
+            fnode = await self._folder(root, f"Twin/{folder}", folder)
+            labels = _labels(df, table, self.net)
+            per_col: dict[str, list[ua.NodeId]] = {c: [] for c in columns}
+            for label in labels:
+                base = f"Twin/{folder}/{label}"
+                enode = await self._folder(fnode, base, label)
+                for col in columns:
+                    await self._var(enode, f"{base}/{col}", col, math.nan, dbl)
+                    per_col[col].append(self._vars[f"{base}/{col}"])
+            for col in columns:
+                self._elem.append((table, col, per_col[col]))
+        if self.points:
+            pnode = await self._folder(root, "Twin/Points", "Points")
+            for p in self.points:
+                base = f"Twin/Points/{p.name}"
+                node = await self._folder(pnode, base, p.name)
+                await self._var(node, f"{base}/Value", "Value", math.nan, dbl)
+                await self._var(node, f"{base}/Quality", "Quality", "", ua.VariantType.String)
+                await self._var(node, f"{base}/Divergence", "Divergence", math.nan, dbl)
+                self._points.append(
+                    (
+                        p.name,
+                        self._vars[f"{base}/Value"],
+                        self._vars[f"{base}/Quality"],
+                        self._vars[f"{base}/Divergence"],
+                    )
+                )
+        anode = await self._folder(root, "Twin/Alarms", "Alarms")
+        await self._var(anode, "Twin/Alarms/ActiveCount", "ActiveCount", 0, ua.VariantType.Int32)
+        await self._var(anode, "Twin/Alarms/Active", "Active", [], ua.VariantType.String)
+        await self._var(anode, "Twin/Alarms/Last", "Last", "", ua.VariantType.String)
+        snode = await self._folder(root, "Twin/Stats", "Stats")
+        for name, vt in STATS:
+            init: Any = False if vt == ua.VariantType.Boolean else (0 if vt != dbl else math.nan)
+            await self._var(snode, f"Twin/Stats/{name}", name, init, vt)
+
+    # --- per-step update ----------------------------------------------------------------------
+    async def publish(self, loop: Any, report: Any, solution: Any) -> None:
+        """Write the step's state into the address space (a ``SyncLoop`` listener)."""
+        if self._server is None:
+            return
+        t0 = time.perf_counter()
+        now = datetime.now(UTC)
+        writes: list[tuple[ua.NodeId, ua.DataValue]] = []
+        dbl = ua.VariantType.Double
+
+        good = ua.StatusCode(ua.StatusCodes.Good)
+        uncertain = ua.StatusCode(ua.StatusCodes.Uncertain)
+
+        def dv(value: Any, vt: ua.VariantType, status: ua.StatusCode = good) -> ua.DataValue:
+            return ua.DataValue(
+                Value=ua.Variant(value, vt),
+                StatusCode=status,
+                SourceTimestamp=now,
+                ServerTimestamp=now,
+            )
+
+        if solution is not None and getattr(report, "converged", False):
+            for table, col, nodes in self._elem:
+                try:
+                    arr = solution.get(table, col)
+                except (KeyError, AttributeError) as exc:
+                    _log.debug("twin server: no result %s.%s: %s", table, col, exc)
+                    continue
+                for nid, v in zip(nodes, arr.tolist()):
+                    writes.append((nid, dv(float(v), dbl)))
+        samples = getattr(loop, "samples", {})
+        outputs = getattr(loop, "outputs", {})
+        divs = {d.point: d.difference for d in getattr(report, "divergences", ())}
+        for name, v_nid, q_nid, d_nid in self._points:
+            s = samples.get(name)
+            if s is not None:
+                status = good if s.quality.is_good else uncertain
+                writes.append((v_nid, dv(float(s.value), dbl, status)))
+                writes.append((q_nid, dv(s.quality.value, ua.VariantType.String)))
+            elif name in outputs:
+                writes.append((v_nid, dv(float(outputs[name]), dbl)))
+                writes.append((q_nid, dv("good", ua.VariantType.String)))
+            if name in divs:
+                writes.append((d_nid, dv(float(divs[name]), dbl)))
+        active = list(getattr(loop, "active_alarms", {}).values())
+        v = self._vars
+        writes.append((v["Twin/Alarms/ActiveCount"], dv(len(active), ua.VariantType.Int32)))
+        writes.append(
+            (v["Twin/Alarms/Active"], dv([a.message for a in active], ua.VariantType.String))
+        )
+        alarms = getattr(loop, "alarms", ())
+        if alarms:
+            writes.append((v["Twin/Alarms/Last"], dv(alarms[-1].message, ua.VariantType.String)))
+        st = loop.stats() if hasattr(loop, "stats") else {}
+        phases = st.get("phases", {})
+        stat_values: dict[str, Any] = {
+            "Time_s": float(getattr(report, "t", math.nan)),
+            "Steps": int(st.get("steps", 0)),
+            "Converged": bool(getattr(report, "converged", False)),
+            "Iterations": int(getattr(report, "iterations", 0)),
+            "DeadlineMisses": int(st.get("misses", 0)),
+            "NotConverged": int(st.get("not_converged", 0)),
+            "StepP50Ms": float(st.get("step", {}).get("p50_ms", math.nan)),
+            "StepP99Ms": float(st.get("step", {}).get("p99_ms", math.nan)),
+            "SolveP99Ms": float(phases.get("solve", {}).get("p99_ms", math.nan)),
+            "LastStepMs": float(sum(getattr(report, "durations", {}).values()) * 1e3),
+            "PublishMs": float(self.last_publish_s * 1e3),
+        }
+        for name, vt in STATS:
+            writes.append((v[f"Twin/Stats/{name}"], dv(stat_values[name], vt)))
+        await self.write_batch(writes)
+        self.publish_count += 1
+        self.last_publish_s = time.perf_counter() - t0
+
+    async def write_batch(self, writes: Sequence[tuple[ua.NodeId, ua.DataValue]]) -> None:
+        """Write many values straight into the address space in one pass.
+
+        Each Value attribute is resolved once (after the address space is built) and assigned
+        directly; the data-change callbacks that feed client subscriptions are still called.
+        This skips asyncua's per-write node lookup and type check: the types are ours and fixed.
+        A node that is not in the cache goes through ``AddressSpace.write_attribute_value``.
+        """
+        assert self._server is not None
+        cache = self._attvals
+        aspace = self._server.iserver.aspace
+        attr = ua.AttributeIds.Value
+        for nid, value in writes:
+            av = cache.get(nid)
+            if av is None or av.value_setter is not None:
+                await aspace.write_attribute_value(nid, attr, value)
+                continue
+            av.value = value
+            av.value_callback = None
+            if av.datachange_callbacks:
+                for key, callback in list(av.datachange_callbacks.items()):
+                    try:
+                        await callback(key, value)
+                    except Exception:  # one subscriber must not stop the publication
+                        _log.exception("twin server: data-change callback failed for %s", nid)
+
+    def _cache_attribute_values(self, server: Server) -> None:
+        """Resolve the Value attribute of every published variable (asyncua 2.1 internals)."""
+        self._attvals = {}
+        nodes = getattr(server.iserver.aspace, "_nodes", None)
+        if not isinstance(nodes, dict):
+            _log.info("twin server: asyncua address space layout unknown, using the slow path")
+            return
+        for nid in self._vars.values():
+            node = nodes.get(nid)
+            av = node.attributes.get(ua.AttributeIds.Value) if node is not None else None
+            if av is not None and hasattr(av, "datachange_callbacks"):
+                self._attvals[nid] = av
+
+
+def _labels(df: Any, table: str, net: Any) -> list[str]:
+    """Element labels as the point map makes them (``twin.pointmap.element_label``)."""
+    from twin.pointmap import element_label
+
+    return [element_label(net, table, int(i)) for i in df.index]
