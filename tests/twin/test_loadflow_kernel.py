@@ -1,0 +1,103 @@
+"""The two kernels (Cython and NumPy reference): one signature, same answers, same errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import grids
+from twin.errors import LoadflowNotConverged
+from twin.loadflow import _reference, build_info, kernel
+from twin.model import GridModel
+
+KERNELS = ["cython", "numpy"] if build_info()["cython_available"] else ["numpy"]
+
+
+def _system(name: str) -> dict:
+    """The compiled arrays of a bundled grid, taken from a GridModel."""
+    m = GridModel(grids.load(name), backend="numpy")
+    p, q = m._sbus(m._qzero)
+    vm = m._vm.copy()
+    vm[m._fixed] = m._vset[m._fixed]
+    return {
+        "indptr": m._y_indptr,
+        "indices": m._y_indices,
+        "y_re": m._y_re,
+        "y_im": m._y_im,
+        "kind": m._kind0,
+        "p_spec": p,
+        "q_spec": q,
+        "vset": m._vset,
+        "vm": vm,
+        "va": m._va.copy(),
+    }
+
+
+def _run(name: str, sysd: dict, **kw) -> tuple[int, float, np.ndarray, np.ndarray]:
+    k = kernel(name)
+    plan = k.analyse(sysd["indptr"], sysd["indices"], sysd["kind"])
+    vm, va = sysd["vm"].copy(), sysd["va"].copy()
+    args = [sysd[a] for a in ("indptr", "indices", "y_re", "y_im", "kind", "p_spec", "q_spec")]
+    it, nrm = k.newton(plan, *args, sysd["vset"], vm, va, **kw)
+    return it, nrm, vm, va
+
+
+@pytest.mark.parametrize("grid", ["ieee30", "mv_oberrhein", "case1354pegase"])
+def test_loadflow_kernels_agree_and_leave_inputs_alone(grid: str) -> None:
+    sysd = _system(grid)
+    for a in sysd.values():
+        a.setflags(write=False)  # read-only inputs must be accepted
+    before = {k: v.copy() for k, v in sysd.items()}
+    out = {name: _run(name, sysd, tol=1e-10, max_iter=15) for name in KERNELS}
+    for name, (it, nrm, _vm, _va) in out.items():
+        assert nrm <= 1e-10 and it >= 1, f"{name}: {it} iterations, mismatch {nrm}"
+    if len(out) == 2:
+        np.testing.assert_allclose(out["cython"][2], out["numpy"][2], atol=1e-9)
+        np.testing.assert_allclose(out["cython"][3], out["numpy"][3], atol=1e-9)
+        assert out["cython"][0] == out["numpy"][0]
+    for k, v in sysd.items():
+        np.testing.assert_array_equal(v, before[k], err_msg=f"input {k} was mutated")
+
+
+@pytest.mark.parametrize("name", KERNELS)
+def test_loadflow_kernel_not_converged_fields(name: str) -> None:
+    sysd = _system("ieee14")
+    sysd = {k: v.copy() for k, v in sysd.items()}
+    sysd["p_spec"] = sysd["p_spec"] * 50.0
+    with pytest.raises(LoadflowNotConverged) as info:
+        _run(name, sysd, tol=1e-8, max_iter=6)
+    assert info.value.iterations == 6
+    assert 0 <= info.value.worst_bus < sysd["kind"].shape[0]
+    assert info.value.mismatch > 1e-8
+
+
+@pytest.mark.parametrize("name", KERNELS)
+def test_loadflow_kernel_singular_jacobian_is_an_error(name: str) -> None:
+    # bus 1 is connected to nothing: its Jacobian block is zero, never a silent answer
+    sysd = {
+        "indptr": np.array([0, 1, 2], dtype=np.int32),
+        "indices": np.array([0, 1], dtype=np.int32),
+        "y_re": np.zeros(2),
+        "y_im": np.zeros(2),
+        "kind": np.array([0, 2], dtype=np.int8),
+        "p_spec": np.array([0.0, -0.5]),
+        "q_spec": np.zeros(2),
+        "vset": np.ones(2),
+        "vm": np.ones(2),
+        "va": np.zeros(2),
+    }
+    with pytest.raises(LoadflowNotConverged, match="singular"):
+        _run(name, sysd)
+
+
+@pytest.mark.parametrize("name", KERNELS)
+def test_loadflow_kernel_rejects_wrong_sizes(name: str) -> None:
+    sysd = _system("ieee9")
+    sysd["p_spec"] = sysd["p_spec"][:-1]
+    with pytest.raises(ValueError, match="expected"):
+        _run(name, sysd)
+
+
+def test_loadflow_reference_plan_is_cheap() -> None:
+    plan = _reference.analyse(np.array([0, 1]), np.array([0]), np.array([0], dtype=np.int8))
+    assert plan.n_bus == 1 and plan.memory_bytes() >= 0

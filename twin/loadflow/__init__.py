@@ -1,0 +1,92 @@
+"""Load-flow kernels: the compiled Cython kernel and the NumPy/SciPy reference, one signature.
+
+Both modules expose ``analyse(indptr, indices, kind, order=None) -> plan`` and
+``newton(plan, indptr, indices, y_re, y_im, kind, p_spec, q_spec, vset, vm, va, tol, max_iter)
+-> (iterations, max_mismatch)`` raising :class:`twin.errors.LoadflowNotConverged`.
+The backend is chosen per call (``"auto" | "cython" | "numpy"``); the environment variable
+``GRIDTWIN_BACKEND`` overrides the choice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from types import ModuleType
+from typing import Any
+
+from twin.errors import LoadflowError
+from twin.loadflow import _reference
+
+_log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "cython", "numpy")
+
+try:
+    from twin.loadflow import _newton as _cy
+
+    _CY_REASON = ""
+except ImportError as exc:  # no compiled kernel: the reference is used
+    _cy = None
+    _CY_REASON = f"compiled kernel twin.loadflow._newton not importable: {exc}"
+
+
+class BackendUnavailable(LoadflowError):
+    """The Cython backend was requested but the compiled kernel is not available."""
+
+
+def _env_backend() -> str | None:
+    value = os.environ.get("GRIDTWIN_BACKEND", "").strip().lower()
+    if not value:
+        return None
+    if value not in BACKENDS:
+        raise LoadflowError(
+            f"GRIDTWIN_BACKEND: expected one of {', '.join(BACKENDS)}, found {value!r}"
+        )
+    return value
+
+
+def resolve_backend(backend: str = "auto") -> str:
+    """Name of the backend actually used for a request ("cython" or "numpy").
+
+    Raises:
+        LoadflowError: unknown backend name.
+        BackendUnavailable: "cython" requested (or forced) without a compiled kernel.
+    """
+    if backend not in BACKENDS:
+        raise LoadflowError(f"backend: expected one of {', '.join(BACKENDS)}, found {backend!r}")
+    forced = _env_backend()
+    if forced is not None and forced != "auto":
+        backend = forced
+    if backend == "auto":
+        return "cython" if _cy is not None else "numpy"
+    if backend == "cython" and _cy is None:
+        raise BackendUnavailable(
+            f"backend 'cython' requested but unavailable ({_CY_REASON}); build it with "
+            "'python setup.py build_ext --inplace' or use backend='numpy'"
+        )
+    return backend
+
+
+def kernel(name: str) -> ModuleType:
+    """The kernel module for a resolved backend name."""
+    if name == "cython":
+        if _cy is None:
+            raise BackendUnavailable(f"backend 'cython' unavailable: {_CY_REASON}")
+        return _cy
+    if name == "numpy":
+        return _reference
+    raise LoadflowError(f"kernel: expected 'cython' or 'numpy', found {name!r}")
+
+
+def build_info() -> dict[str, Any]:
+    """How the load flow was built: kernel availability, default backend, module path."""
+    return {
+        "cython_available": _cy is not None,
+        "default_backend": "cython" if _cy is not None else "numpy",
+        "reason": _CY_REASON,
+        "kernel_module": getattr(_cy, "__file__", None) if _cy is not None else None,
+        "env_backend": os.environ.get("GRIDTWIN_BACKEND") or None,
+    }
+
+
+__all__ = ["BACKENDS", "BackendUnavailable", "build_info", "kernel", "resolve_backend"]

@@ -1,0 +1,484 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Compiled Newton-Raphson load-flow kernel with its own sparse LU on a fixed pattern.
+
+Formulation (shared with ``_reference.py``): unknowns are (angle, magnitude) of every non-slack
+bus, equations are (P, Q) mismatches; a PV bus keeps its Q row as ``dVm = vset - vm`` (an identity
+row), so PV<->PQ switching (Q limits) never changes the sparsity pattern. Each non-slack bus is one
+2x2 block; a fill-reducing order of the bus graph and the symbolic block LU pattern (elimination
+tree; no pivoting between blocks: the pattern is structurally symmetric, each 2x2 diagonal block is
+inverted exactly with a determinant check) are computed once by ``analyse``; the whole Newton loop
+(mismatch, Jacobian, numeric LU, triangular solves, update) runs in one ``nogil`` call on
+preallocated arrays.
+"""
+
+import numpy as np
+
+cimport cython
+cimport numpy as cnp
+from libc.math cimport cos, fabs, sin, sqrt
+
+cnp.import_array()
+
+from twin.errors import LoadflowNotConverged
+
+
+cdef class Plan:
+    """Symbolic analysis of one Jacobian pattern plus every work array the Newton loop needs."""
+
+    cdef public object arrays
+    cdef public int n_bus, n_unk
+    cdef public object bus_order
+    cdef public Py_ssize_t lu_nnz
+    cdef int[::1] blk          # bus -> block position (-1 for slack)
+    cdef int[::1] colptr, rowidx, diagpos
+    cdef int[::1] ypos         # per Ybus entry: its block in the LU storage (-1: slack)
+    cdef double[::1] lu, x, f, vre, vim, ire, iim
+
+    def __init__(self, dict arrays):
+        self.arrays = arrays
+        self.blk = arrays["blk"]
+        self.colptr = arrays["colptr"]
+        self.rowidx = arrays["rowidx"]
+        self.diagpos = arrays["diagpos"]
+        self.ypos = arrays["ypos"]
+        self.n_bus = arrays["blk"].shape[0]
+        self.n_unk = arrays["colptr"].shape[0] - 1
+        self.lu_nnz = arrays["rowidx"].shape[0]
+        self.bus_order = arrays["bus_order"]
+        self.lu = np.zeros(max(4 * self.lu_nnz, 1))
+        self.x = np.zeros(max(4 * self.n_unk, 1))
+        self.f = np.zeros(max(2 * self.n_unk, 1))
+        self.vre = np.zeros(max(self.n_bus, 1))
+        self.vim = np.zeros(max(self.n_bus, 1))
+        self.ire = np.zeros(max(self.n_bus, 1))
+        self.iim = np.zeros(max(self.n_bus, 1))
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the plan's arrays (pattern plus work arrays)."""
+        total = sum(a.nbytes for a in self.arrays.values() if hasattr(a, "nbytes"))
+        return int(total + 8 * (4 * self.lu_nnz + 6 * self.n_unk + 4 * self.n_bus))
+
+
+def _etree_rows(int n, int[::1] ap, int[::1] ai):
+    """Row patterns of L for a structurally symmetric CSC pattern (ap, ai): (rowptr, cols)."""
+    cdef int[::1] parent = np.full(n, -1, dtype=np.int32)
+    cdef int[::1] ancestor = np.full(n, -1, dtype=np.int32)
+    cdef int[::1] flag = np.full(n, -1, dtype=np.int32)
+    cdef int k, p, i, inext, cnt
+    for k in range(n):
+        for p in range(ap[k], ap[k + 1]):
+            i = ai[p]
+            while i != -1 and i < k:
+                inext = ancestor[i]
+                ancestor[i] = k
+                if inext == -1:
+                    parent[i] = k
+                i = inext
+    # count then fill row patterns of L (ereach by walking the elimination tree)
+    cdef cnp.ndarray[cnp.int64_t, ndim=1] rowcount = np.zeros(n + 1, dtype=np.int64)
+    for k in range(n):
+        flag[k] = k
+        cnt = 0
+        for p in range(ap[k], ap[k + 1]):
+            i = ai[p]
+            if i > k:
+                continue
+            while flag[i] != k:
+                flag[i] = k
+                cnt += 1
+                i = parent[i]
+        rowcount[k + 1] = cnt
+    rowptr = np.cumsum(rowcount)
+    cdef long long[::1] rp = rowptr
+    cdef int[::1] cols = np.empty(rowptr[n], dtype=np.int32)
+    flag[:] = -1
+    cdef long long q
+    for k in range(n):
+        flag[k] = k
+        q = rp[k]
+        for p in range(ap[k], ap[k + 1]):
+            i = ai[p]
+            if i > k:
+                continue
+            while flag[i] != k:
+                flag[i] = k
+                cols[q] = i
+                q += 1
+                i = parent[i]
+    return rowptr, np.asarray(cols)
+
+
+@cython.wraparound(True)
+@cython.boundscheck(True)
+def analyse(indptr, indices, kind, order=None):
+    """Symbolic analysis for the Ybus pattern (CSR ``indptr``/``indices``) and bus kinds.
+
+    Args:
+        indptr, indices: Ybus CSR pattern (internal buses), diagonal present on every bus.
+        kind: int8 per bus, 0 slack, 1 PV, 2 PQ (only slack vs non-slack matters here).
+        order: optional bus elimination order (non-slack buses); computed when None.
+
+    Returns:
+        A :class:`Plan` usable by :func:`newton` as long as the pattern is unchanged.
+    """
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import splu
+
+    indptr = np.asarray(indptr, dtype=np.int64)
+    indices = np.asarray(indices, dtype=np.int64)
+    kind = np.asarray(kind, dtype=np.int8)
+    n = kind.shape[0]
+    nonref = np.flatnonzero(kind != 0)
+    m = nonref.shape[0]
+    if order is None:
+        if m > 0:
+            # symmetric fill-reducing order of the bus graph (SuperLU's MMD on A'+A)
+            rows = np.repeat(np.arange(n), np.diff(indptr))
+            g = sp.csr_matrix((np.ones(indices.shape[0]), (rows, indices)), shape=(n, n))
+            g = g[nonref][:, nonref].tocsc()
+            g = abs(g) + sp.identity(m, format="csc") * (abs(g).sum() + 1.0)
+            order = splu(g, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0).perm_c
+            # perm_c[i] is the new position of column i: invert to get an elimination order
+            order = nonref[_inverse(order)]
+        else:
+            order = nonref
+    order = np.asarray(order, dtype=np.int64)
+    blk = np.full(n, -1, dtype=np.int32)
+    blk[order] = np.arange(m, dtype=np.int32)
+    nu = m  # one 2x2 block per non-slack bus: (P, Q) rows x (angle, magnitude) columns
+    # block pattern of the permuted Jacobian: one block per Ybus entry between non-slack buses
+    rows = np.repeat(np.arange(n), np.diff(indptr))
+    bi = blk[rows]
+    bk = blk[indices]
+    keep = (bi >= 0) & (bk >= 0)
+    bi = bi[keep].astype(np.int64)
+    bk = bk[keep].astype(np.int64)
+    jr = np.concatenate([bi, np.arange(nu)])
+    jc = np.concatenate([bk, np.arange(nu)])
+    a = sp.csc_matrix((np.ones(jr.shape[0]), (jr, jc)), shape=(nu, nu))
+    a.sum_duplicates()
+    a.sort_indices()
+    ap = a.indptr.astype(np.int32)
+    ai = a.indices.astype(np.int32)
+    rowptr, lcols = _etree_rows(nu, ap, ai)
+    # L row i = U column i (structural symmetry); build the column pattern of L from the rows
+    lrow_of = np.repeat(np.arange(nu, dtype=np.int64), np.diff(rowptr))
+    lmat = sp.csc_matrix(
+        (np.ones(lcols.shape[0]), (lrow_of, lcols.astype(np.int64))), shape=(nu, nu)
+    )
+    lmat.sort_indices()
+    umat = lmat.T.tocsc()
+    umat.sort_indices()
+    # combined column: U rows (< j), diagonal, L rows (> j)
+    ucnt = np.diff(umat.indptr)
+    lcnt = np.diff(lmat.indptr)
+    cnt = ucnt + 1 + lcnt
+    colptr = np.zeros(nu + 1, dtype=np.int64)
+    np.cumsum(cnt, out=colptr[1:])
+    rowidx = np.empty(colptr[-1], dtype=np.int32)
+    diagpos = (colptr[:-1] + ucnt).astype(np.int32)
+    for_u = np.repeat(colptr[:-1], ucnt) + (np.arange(umat.indices.shape[0]) - np.repeat(umat.indptr[:-1], ucnt))
+    rowidx[for_u] = umat.indices
+    rowidx[diagpos] = np.arange(nu, dtype=np.int32)
+    for_l = np.repeat(diagpos.astype(np.int64) + 1, lcnt) + (
+        np.arange(lmat.indices.shape[0]) - np.repeat(lmat.indptr[:-1], lcnt)
+    )
+    rowidx[for_l] = lmat.indices
+    if colptr[-1] > np.iinfo(np.int32).max:
+        raise MemoryError(f"LU pattern too large: expected < 2**31 entries, found {colptr[-1]}")
+    colptr32 = colptr.astype(np.int32)
+    # position of each Jacobian entry (r, c) inside the combined column c
+    def pos_of(r, c):
+        keys = c.astype(np.int64) * (nu + 1) + r
+        allkeys = np.repeat(np.arange(nu, dtype=np.int64), cnt) * (nu + 1) + rowidx
+        p = np.searchsorted(allkeys, keys)
+        return p.astype(np.int32)
+    ypos = np.full(indices.shape[0], -1, dtype=np.int32)
+    if keep.any():
+        ypos[keep] = pos_of(bi, bk)
+    arrays = {
+        "blk": blk,
+        "colptr": colptr32,
+        "rowidx": rowidx,
+        "diagpos": diagpos,
+        "ypos": ypos,
+        "bus_order": order,
+        "indptr": indptr.copy(),
+        "indices": indices.copy(),
+    }
+    return Plan(arrays)
+
+
+def _inverse(p):
+    inv = np.empty_like(p)
+    inv[p] = np.arange(p.shape[0])
+    return inv
+
+
+cdef inline void _mm_sub(double* x, const double* l, const double* u) noexcept nogil:
+    """x -= l @ u for row-major 2x2 blocks."""
+    x[0] -= l[0] * u[0] + l[1] * u[2]
+    x[1] -= l[0] * u[1] + l[1] * u[3]
+    x[2] -= l[2] * u[0] + l[3] * u[2]
+    x[3] -= l[2] * u[1] + l[3] * u[3]
+
+
+cdef int _newton_loop(
+    Plan plan,
+    const int[::1] yp, const int[::1] yi, const double[::1] yre, const double[::1] yim,
+    const signed char[::1] kind, const double[::1] pspec, const double[::1] qspec,
+    const double[::1] vset, double[::1] vm, double[::1] va,
+    double tol, int max_iter, int* iters, double* norm, int* worst,
+) noexcept nogil:
+    """The whole Newton loop; returns 0 converged, 1 not converged, 2 singular block pivot.
+
+    Block LU without pivoting between blocks: L has identity diagonal blocks, U keeps the
+    2x2 diagonal blocks D_j (inverted exactly, with a determinant check).
+    """
+    cdef int n = plan.n_bus, nb = plan.n_unk
+    cdef int[::1] blk = plan.blk, colptr = plan.colptr, rowidx = plan.rowidx
+    cdef int[::1] diagpos = plan.diagpos, ypos = plan.ypos
+    cdef double[::1] lu = plan.lu, x = plan.x, f = plan.f
+    cdef double[::1] vre = plan.vre, vim = plan.vim, ire = plan.ire, iim = plan.iim
+    cdef int i, k, p, q, j, b, it = 0, r, pd, kk
+    cdef double sr, si, a, c, gr, gi, nrm, vmag, det, scale
+    cdef double d0, d1, d2, d3, e0, e1, y0, y1
+    cdef double dsr_t, dsi_t, dsr_v, dsi_v, ur, ui
+    cdef double* xb
+    cdef double* lb
+    for i in range(n):
+        if kind[i] != 2:
+            vm[i] = vset[i]  # slack and PV magnitudes are set points
+        vre[i] = vm[i] * cos(va[i])
+        vim[i] = vm[i] * sin(va[i])
+    while True:
+        # mismatch and bus currents
+        nrm = 0.0
+        worst[0] = -1
+        for i in range(n):
+            sr = 0.0
+            si = 0.0
+            for p in range(yp[i], yp[i + 1]):
+                k = yi[p]
+                sr = sr + yre[p] * vre[k] - yim[p] * vim[k]
+                si = si + yre[p] * vim[k] + yim[p] * vre[k]
+            ire[i] = sr
+            iim[i] = si
+            b = blk[i]
+            if b < 0:
+                continue
+            # S = V conj(I)
+            a = vre[i] * sr + vim[i] * si - pspec[i]
+            c = vim[i] * sr - vre[i] * si - qspec[i]
+            f[2 * b] = a
+            if kind[i] == 1:
+                f[2 * b + 1] = vm[i] - vset[i]
+                c = 0.0
+            else:
+                f[2 * b + 1] = c
+            if fabs(a) > nrm:
+                nrm = fabs(a)
+                worst[0] = i
+            if fabs(c) > nrm:
+                nrm = fabs(c)
+                worst[0] = i
+        norm[0] = nrm
+        if nrm <= tol:
+            iters[0] = it
+            return 0
+        if it >= max_iter or nrm != nrm:
+            iters[0] = it
+            return 1
+        # Jacobian blocks straight into the LU storage
+        for p in range(4 * colptr[nb]):
+            lu[p] = 0.0
+        for i in range(n):
+            b = blk[i]
+            if b < 0:
+                continue
+            vmag = vm[i]
+            for p in range(yp[i], yp[i + 1]):
+                k = yi[p]
+                if blk[k] < 0:
+                    continue
+                # Y_ik V_k
+                gr = yre[p] * vre[k] - yim[p] * vim[k]
+                gi = yre[p] * vim[k] + yim[p] * vre[k]
+                # dS_i/dtheta_k = -j V_i conj(Y_ik V_k); dS_i/dVm_k = V_i conj(Y_ik V_k) / |V_k|
+                ur = vre[i] * gr + vim[i] * gi
+                ui = vim[i] * gr - vre[i] * gi
+                dsr_t = ui
+                dsi_t = -ur
+                dsr_v = ur / vm[k]
+                dsi_v = ui / vm[k]
+                if k == i:
+                    # + j V_i conj(I_i) for the angle, + conj(I_i) V_i/|V_i| for the magnitude
+                    ur = vre[i] * ire[i] + vim[i] * iim[i]
+                    ui = vim[i] * ire[i] - vre[i] * iim[i]
+                    dsr_t = dsr_t - ui
+                    dsi_t = dsi_t + ur
+                    dsr_v = dsr_v + ur / vmag
+                    dsi_v = dsi_v + ui / vmag
+                q = 4 * ypos[p]
+                lu[q] += dsr_t
+                lu[q + 1] += dsr_v
+                if kind[i] == 1:
+                    if k == i:
+                        lu[q + 3] += 1.0  # PV bus: the Q row fixes the magnitude
+                else:
+                    lu[q + 2] += dsi_t
+                    lu[q + 3] += dsi_v
+        # left-looking block LU on the fixed pattern, dense block work vector x
+        for j in range(nb):
+            for p in range(colptr[j], colptr[j + 1]):
+                r = 4 * rowidx[p]
+                x[r] = lu[4 * p]
+                x[r + 1] = lu[4 * p + 1]
+                x[r + 2] = lu[4 * p + 2]
+                x[r + 3] = lu[4 * p + 3]
+            pd = diagpos[j]
+            for p in range(colptr[j], pd):
+                kk = rowidx[p]
+                xb = &x[4 * kk]  # final U(kk, j)
+                if xb[0] == 0.0 and xb[1] == 0.0 and xb[2] == 0.0 and xb[3] == 0.0:
+                    continue
+                for q in range(diagpos[kk] + 1, colptr[kk + 1]):
+                    _mm_sub(&x[4 * rowidx[q]], &lu[4 * q], xb)
+            # diagonal block: store D_j inverted, checked
+            xb = &x[4 * j]
+            d0 = xb[0]
+            d1 = xb[1]
+            d2 = xb[2]
+            d3 = xb[3]
+            det = d0 * d3 - d1 * d2
+            scale = (fabs(d0) + fabs(d1)) * (fabs(d2) + fabs(d3))
+            if not (fabs(det) > 1e-14 * scale) or scale == 0.0:
+                for p in range(colptr[j], colptr[j + 1]):
+                    r = 4 * rowidx[p]
+                    x[r] = 0.0
+                    x[r + 1] = 0.0
+                    x[r + 2] = 0.0
+                    x[r + 3] = 0.0
+                iters[0] = it
+                return 2
+            for p in range(colptr[j], pd):
+                r = 4 * rowidx[p]
+                lu[4 * p] = x[r]
+                lu[4 * p + 1] = x[r + 1]
+                lu[4 * p + 2] = x[r + 2]
+                lu[4 * p + 3] = x[r + 3]
+                x[r] = 0.0
+                x[r + 1] = 0.0
+                x[r + 2] = 0.0
+                x[r + 3] = 0.0
+            # inverse of D_j kept in the diagonal slot
+            lu[4 * pd] = d3 / det
+            lu[4 * pd + 1] = -d1 / det
+            lu[4 * pd + 2] = -d2 / det
+            lu[4 * pd + 3] = d0 / det
+            xb[0] = 0.0
+            xb[1] = 0.0
+            xb[2] = 0.0
+            xb[3] = 0.0
+            e0 = lu[4 * pd]
+            e1 = lu[4 * pd + 1]
+            a = lu[4 * pd + 2]
+            c = lu[4 * pd + 3]
+            for p in range(pd + 1, colptr[j + 1]):
+                r = 4 * rowidx[p]
+                lb = &lu[4 * p]
+                # L(r, j) = X(r) D^-1
+                lb[0] = x[r] * e0 + x[r + 1] * a
+                lb[1] = x[r] * e1 + x[r + 1] * c
+                lb[2] = x[r + 2] * e0 + x[r + 3] * a
+                lb[3] = x[r + 2] * e1 + x[r + 3] * c
+                x[r] = 0.0
+                x[r + 1] = 0.0
+                x[r + 2] = 0.0
+                x[r + 3] = 0.0
+        # solve L U dx = -f  (x reused as a 2-per-block vector)
+        for j in range(2 * nb):
+            x[j] = -f[j]
+        for j in range(nb):
+            y0 = x[2 * j]
+            y1 = x[2 * j + 1]
+            if y0 == 0.0 and y1 == 0.0:
+                continue
+            for q in range(diagpos[j] + 1, colptr[j + 1]):
+                r = 2 * rowidx[q]
+                lb = &lu[4 * q]
+                x[r] -= lb[0] * y0 + lb[1] * y1
+                x[r + 1] -= lb[2] * y0 + lb[3] * y1
+        for j in range(nb - 1, -1, -1):
+            lb = &lu[4 * diagpos[j]]
+            y0 = lb[0] * x[2 * j] + lb[1] * x[2 * j + 1]
+            y1 = lb[2] * x[2 * j] + lb[3] * x[2 * j + 1]
+            x[2 * j] = y0
+            x[2 * j + 1] = y1
+            if y0 == 0.0 and y1 == 0.0:
+                continue
+            for q in range(colptr[j], diagpos[j]):
+                r = 2 * rowidx[q]
+                lb = &lu[4 * q]
+                x[r] -= lb[0] * y0 + lb[1] * y1
+                x[r + 1] -= lb[2] * y0 + lb[3] * y1
+        for i in range(n):
+            b = blk[i]
+            if b < 0:
+                continue
+            va[i] += x[2 * b]
+            vm[i] += x[2 * b + 1]
+            vre[i] = vm[i] * cos(va[i])
+            vim[i] = vm[i] * sin(va[i])
+        for j in range(2 * nb):
+            x[j] = 0.0
+        it += 1
+
+
+def newton(plan, indptr, indices, y_re, y_im, kind, p_spec, q_spec, vset, vm, va,
+           double tol=1e-8, int max_iter=10):
+    """Newton-Raphson on one compiled system; ``vm``/``va`` (radians) are updated in place.
+
+    Args:
+        plan: from :func:`analyse` for this Ybus pattern and slack set.
+        indptr, indices, y_re, y_im: Ybus in CSR (int32 / float64).
+        kind: int8 per bus (0 slack, 1 PV, 2 PQ); p_spec, q_spec: injections in per unit;
+        vset: voltage set points (copied into vm at slack and PV buses first);
+        vm, va: start values, overwritten.
+
+    Returns:
+        (iterations, max_mismatch).
+
+    Raises:
+        LoadflowNotConverged: with the internal bus index as ``worst_bus``; ``vm``/``va`` then
+        hold the diverged state (the caller restores its own copy).
+    """
+    cdef Plan pl = <Plan?>plan
+    cdef const int[::1] yp = indptr
+    cdef const int[::1] yi = indices
+    cdef const double[::1] yre = y_re
+    cdef const double[::1] yim = y_im
+    cdef const signed char[::1] kd = kind
+    cdef const double[::1] ps = p_spec
+    cdef const double[::1] qs = q_spec
+    cdef const double[::1] vs = vset
+    cdef double[::1] m = vm
+    cdef double[::1] a = va
+    cdef int n = pl.n_bus
+    if yp.shape[0] != n + 1 or kd.shape[0] != n or ps.shape[0] != n or qs.shape[0] != n \
+            or vs.shape[0] != n or m.shape[0] != n or a.shape[0] != n:
+        raise ValueError(f"expected arrays sized for {n} buses, found a mismatch")
+    if yi.shape[0] != pl.arrays["indices"].shape[0]:
+        raise ValueError(
+            f"expected a Ybus with {pl.arrays['indices'].shape[0]} entries, found {yi.shape[0]}"
+        )
+    cdef int iters = 0, worst = -1, status
+    cdef double nrm = 0.0
+    with nogil:
+        status = _newton_loop(pl, yp, yi, yre, yim, kd, ps, qs, vs, m, a, tol, max_iter,
+                              &iters, &nrm, &worst)
+    if status == 1:
+        raise LoadflowNotConverged(iters, worst, nrm)
+    if status == 2:
+        raise LoadflowNotConverged(iters, worst, nrm, "singular Jacobian (zero pivot)")
+    return iters, nrm

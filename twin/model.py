@@ -1,0 +1,940 @@
+"""The compiled grid model: a pandapower net compiled once, then updated and solved repeatedly.
+
+pandapower's own conversion (``_pd2ppc``, ``makeYbus``) builds the admittance model; this module
+keeps the index maps between pandapower elements and internal buses, the injection arrays and the
+kernel's symbolic analysis. Injection updates touch only the injection arrays; switching, outages
+and tap changes recompile the admittance model and keep the symbolic analysis whenever the new
+pattern fits into the old one. Results go to ``net.res_*`` only on :meth:`GridModel.to_net`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from twin.errors import InvalidInput, LoadflowNotConverged, TopologyError
+from twin.loadflow import kernel, resolve_backend
+
+_log = logging.getLogger(__name__)
+
+# (table, column) -> how an update is applied
+_INJECTION = {
+    ("load", "p_mw"),
+    ("load", "q_mvar"),
+    ("sgen", "p_mw"),
+    ("sgen", "q_mvar"),
+    ("gen", "p_mw"),
+}
+_SETPOINT = {("gen", "vm_pu"), ("ext_grid", "vm_pu")}
+_TOPOLOGY = {
+    ("switch", "closed"),
+    ("line", "in_service"),
+    ("trafo", "tap_pos"),
+    ("trafo", "in_service"),
+}
+UPDATABLE: tuple[tuple[str, str], ...] = tuple(sorted(_INJECTION | _SETPOINT | _TOPOLOGY))
+_UPDATABLE_SET = frozenset(UPDATABLE)
+_NO_LIMITS = np.zeros(0, dtype=np.int64)
+# branch results computed here from V (same formulas as pandapower's results_branch.py)
+_NATIVE_BRANCH = {
+    "line": frozenset(
+        ("p_from_mw", "q_from_mvar", "p_to_mw", "q_to_mvar", "pl_mw", "ql_mvar", "i_from_ka",
+         "i_to_ka", "i_ka", "loading_percent")
+    ),
+    "trafo": frozenset(
+        ("p_hv_mw", "q_hv_mvar", "p_lv_mw", "q_lv_mvar", "pl_mw", "ql_mvar", "i_hv_ka", "i_lv_ka",
+         "loading_percent")
+    ),
+}  # fmt: skip
+_BOOL_COLUMNS = {("switch", "closed"), ("line", "in_service"), ("trafo", "in_service")}
+
+_RES_TABLES = (
+    "bus", "line", "trafo", "trafo3w", "impedance", "ext_grid", "load", "sgen", "gen", "shunt",
+    "ward", "xward", "storage", "switch", "motor", "asymmetric_load", "asymmetric_sgen", "dcline",
+)  # fmt: skip
+
+
+def _pp():
+    """pandapower internals used to compile (imported lazily: importing pandapower takes ~2 s)."""
+    from pandapower.auxiliary import _add_auxiliary_elements, _init_runpp_options
+    from pandapower.pd2ppc import _pd2ppc
+    from pandapower.pf.ppci_variables import (
+        _get_pf_variables_from_ppci,
+        _store_results_from_pf_in_ppci,
+    )
+    from pandapower.pf.run_dc_pf import _run_dc_pf
+    from pandapower.pf.run_newton_raphson_pf import ppci_to_pfsoln
+    from pandapower.pypower.makeYbus import makeYbus
+    from pandapower.results import _copy_results_ppci_to_ppc, _extract_results, init_results
+
+    return {
+        "aux": _add_auxiliary_elements,
+        "options": _init_runpp_options,
+        "pd2ppc": _pd2ppc,
+        "pfvars": _get_pf_variables_from_ppci,
+        "store": _store_results_from_pf_in_ppci,
+        "dc": _run_dc_pf,
+        "pfsoln": ppci_to_pfsoln,
+        "makeYbus": makeYbus,
+        "copy_results": _copy_results_ppci_to_ppc,
+        "extract": _extract_results,
+        "init_results": init_results,
+    }
+
+
+def _copy_ppc(ppc: dict) -> dict:
+    """Copy of a ppc dict deep enough for pandapower's result functions to write into."""
+    out = {}
+    for key, val in ppc.items():
+        if isinstance(val, np.ndarray):
+            out[key] = val.copy()
+        elif isinstance(val, dict):
+            out[key] = _copy_ppc(val)
+        else:
+            out[key] = val
+    return out
+
+
+class Solution:
+    """One load-flow result. Bus voltages are computed eagerly; everything else on first access.
+
+    Arrays are ordered like the pandapower tables; ``get(table, column)`` returns what
+    ``net.res_<table>[column]`` would hold after ``pandapower.runpp``.
+    """
+
+    def __init__(
+        self,
+        *,
+        vm: np.ndarray,
+        va: np.ndarray,
+        bus_int: np.ndarray,
+        iterations: int,
+        converged: bool,
+        max_mismatch: float,
+        backend: str,
+        results: Callable[[], dict[str, Any]],
+        branch: Callable[[str], dict[str, np.ndarray] | None] | None = None,
+    ) -> None:
+        self._vm_int = vm
+        self._va_int = va
+        self._bus_int = bus_int
+        self._vm_pu: np.ndarray | None = None
+        self._va_degree: np.ndarray | None = None
+        self.iterations = iterations
+        self.converged = converged
+        self.max_mismatch = max_mismatch
+        self.backend = backend
+        self._results_fn = results
+        self._branch_fn = branch
+        self._branch: dict[str, dict[str, np.ndarray] | None] = {}
+        self._tables: dict[str, Any] | None = None
+
+    def _bus(self) -> None:
+        ib = self._bus_int
+        ok = ib >= 0
+        vm = np.full(ib.shape[0], np.nan)
+        va = np.full(ib.shape[0], np.nan)
+        vm[ok] = self._vm_int[ib[ok]]
+        # pandapower reports angle(V): wrapped to (-180, 180]
+        va[ok] = np.rad2deg(np.angle(np.exp(1j * self._va_int[ib[ok]])))
+        self._vm_pu, self._va_degree = vm, va
+
+    @property
+    def vm_pu(self) -> np.ndarray:
+        """Voltage magnitudes in per unit, ordered like net.bus (NaN when not energized)."""
+        if self._vm_pu is None:
+            self._bus()
+        return self._vm_pu  # type: ignore[return-value]
+
+    @property
+    def va_degree(self) -> np.ndarray:
+        """Voltage angles in degrees, ordered like net.bus (NaN when not energized)."""
+        if self._va_degree is None:
+            self._bus()
+        return self._va_degree  # type: ignore[return-value]
+
+    def _res(self) -> dict[str, Any]:
+        if self._tables is None:
+            self._tables = self._results_fn()
+        return self._tables
+
+    def get(self, table: str, column: str) -> np.ndarray:
+        """``net.res_<table>[column]`` as a float array (a copy).
+
+        Raises:
+            InvalidInput: unknown table or column (the message lists what exists).
+        """
+        if table == "bus" and column == "vm_pu":
+            return self.vm_pu.copy()
+        if table == "bus" and column == "va_degree":
+            return self.va_degree.copy()
+        if table in _NATIVE_BRANCH and column in _NATIVE_BRANCH[table] and self._branch_fn:
+            if table not in self._branch:
+                self._branch[table] = self._branch_fn(table)
+            cols = self._branch[table]
+            if cols is not None:
+                return cols[column].copy()
+        tables = self._res()
+        if table not in tables:
+            raise InvalidInput(table, column, None, table, "a result table: " + ", ".join(tables))
+        df = tables[table]
+        if column not in df.columns:
+            raise InvalidInput(
+                table, column, None, column, "a result column: " + ", ".join(map(str, df.columns))
+            )
+        return df[column].to_numpy(dtype=float, copy=True)
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        # sol.line_loading_percent -> get("line", "loading_percent"); longest table name first
+        if name.startswith("_"):
+            raise AttributeError(name)
+        for table in sorted(_RES_TABLES, key=len, reverse=True):
+            if name.startswith(table + "_"):
+                return self.get(table, name[len(table) + 1 :])
+        raise AttributeError(f"Solution has no attribute {name!r}")
+
+
+class GridModel:
+    """A pandapower net compiled for repeated Newton-Raphson solves.
+
+    Args:
+        net: the pandapower net; kept (not copied) as ``model.net`` and kept in sync by updates.
+        backend: "auto" | "cython" | "numpy" (``GRIDTWIN_BACKEND`` overrides).
+        enforce_q_lims: generator Q limits (PV -> PQ outer loop, as pandapower).
+        tolerance_mva: mismatch tolerance in per unit of ``net.sn_mva`` (pandapower's meaning).
+        max_iteration: Newton iterations per solve.
+
+    Raises:
+        TopologyError: the net has no slack or uses elements the kernel does not model.
+        BackendUnavailable: "cython" requested without the compiled kernel.
+    """
+
+    def __init__(
+        self,
+        net: Any,
+        backend: str = "auto",
+        *,
+        enforce_q_lims: bool = False,
+        tolerance_mva: float = 1e-8,
+        max_iteration: int = 10,
+    ) -> None:
+        self._net = net
+        self._inp: dict[tuple[str, str], np.ndarray] = {}  # inputs not yet written to net
+        self._dirty: set[tuple[str, str]] = set()
+        self.backend = resolve_backend(backend)
+        self._kernel = kernel(self.backend)
+        self.enforce_q_lims = bool(enforce_q_lims)
+        self.tolerance_mva = float(tolerance_mva)
+        self.max_iteration = int(max_iteration)
+        self._pp = _pp()
+        self._plan: Any = None
+        self._ybus_key: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self.analyses = 0  # how many symbolic analyses ran (tests check reuse)
+        self._last_vm_pp: np.ndarray | None = None
+        self._last_va_pp: np.ndarray | None = None
+        self._last_snap: dict[str, Any] | None = None
+        self._compile()
+
+    # ------------------------------------------------------------------ compile
+    def _compile(self) -> None:
+        pp = self._pp
+        net = self.net  # flushes pending inputs
+        self._inp.clear()
+        self._last_snap = None  # to_net() after a recompile solves the new structure first
+        net["_ppc"] = None  # a stale _ppc from a saved net would carry old options
+        pp["options"](
+            net, algorithm="nr", calculate_voltage_angles=True, init="auto",
+            max_iteration="auto", tolerance_mva=self.tolerance_mva, trafo_model="t",
+            trafo_loading="current", enforce_p_lims=False, enforce_q_lims=self.enforce_q_lims,
+            check_connectivity=True, voltage_depend_loads=True,
+            consider_line_temperature=False, tdpf=False, tdpf_delay_s=None,
+            distributed_slack=False, passed_parameters={},
+        )  # fmt: skip
+        pp["aux"](net)
+        empty = np.array([], dtype=np.int64)
+        net._pd2ppc_lookups = {
+            "bus": empty, "bus_dc": empty, "ext_grid": empty, "gen": empty,
+            "branch": empty, "branch_dc": empty,
+        }  # fmt: skip
+        ppc, ppci = pp["pd2ppc"](net)
+        net["_ppc"] = ppc
+        for key in ("svc", "tcsc", "ssc", "vsc"):
+            if key in ppci and len(ppci[key]):
+                raise TopologyError(
+                    f"expected no {key} elements in the grid, found {len(ppci[key])}"
+                )
+        if len(net.get("dcline", [])):
+            raise TopologyError(f"expected no dcline elements, found {len(net.dcline)}")
+        load = net.load
+        for col in ("const_z_p_percent", "const_z_q_percent", "const_i_p_percent",
+                    "const_i_q_percent"):  # fmt: skip
+            if col in load and np.any(load[col].to_numpy(dtype=float) != 0):
+                _log.warning("load.%s is not zero: loads are solved as constant power", col)
+        base_mva, bus, gen, branch, *_rest = pp["pfvars"](ppci, True)
+        ref, pv, pq, on, gbus, v0, ref_gens = _rest[4:]
+        if len(ref) == 0:
+            raise TopologyError("expected at least one slack (ext_grid or slack gen), found none")
+        ybus, yf, yt = pp["makeYbus"](base_mva, bus, branch)
+        n = bus.shape[0]
+        ybus = ybus.tocsr()
+        # the kernel needs every diagonal stored (assembly writes the diagonal block)
+        ybus = _with_diagonal(ybus, n)
+        kind = np.full(n, 2, dtype=np.int8)
+        kind[pv] = 1
+        kind[ref] = 0
+        self._base_mva = float(base_mva)
+        self._ppc = ppc
+        self._ppci = ppci
+        self._n = n
+        self._ybus_c = ybus
+        self._yf, self._yt = yf, yt
+        self._ref, self._pv, self._pq, self._ref_gens = ref, pv, pq, ref_gens
+        self._kind0 = kind
+        self._bus_pd = bus[:, 2].astype(float).copy()  # PD, QD columns (pypower idx 2, 3)
+        self._bus_qd = bus[:, 3].astype(float).copy()
+        self._gen_bus = gen[:, 0].real.astype(np.int64)
+        self._gen_on = gen[:, 7] > 0  # GEN_STATUS
+        self._gen_pg = gen[:, 1].astype(float).copy()  # PG
+        self._gen_qg = gen[:, 2].astype(float).copy()  # QG
+        self._vset = np.abs(v0).astype(float)
+        # pandapower bus -> internal bus (-1 when isolated / out of service)
+        lookup = np.asarray(net._pd2ppc_lookups["bus"], dtype=np.int64)
+        pp_bus = net.bus.index.to_numpy()
+        ib = np.where(pp_bus < lookup.shape[0], lookup[np.minimum(pp_bus, lookup.shape[0] - 1)], -1)
+        ib = np.where((ib >= 0) & (ib < n), ib, -1)
+        self._bus_lookup = lookup
+        self._bus_int = ib
+        rep = np.full(n, -1, dtype=np.int64)  # one pandapower bus per internal bus
+        valid = ib >= 0
+        rep[ib[valid][::-1]] = pp_bus[valid][::-1]
+        self._bus_rep = rep
+        self._gen_rows = self._gen_row_map()
+        self._elem_bus = {t: self._element_bus(t) for t in ("load", "sgen", "gen", "ext_grid")}
+        self._scale = {
+            t: net[t]["scaling"].to_numpy(float) * net[t]["in_service"].to_numpy(bool)
+            for t in ("load", "sgen")
+        }
+        # sgens are booked as negative load, like pandapower does
+        self._signed_scale = {"load": self._scale["load"], "sgen": -self._scale["sgen"]}
+        self._all_energized = {t: bool(np.all(self._elem_bus[t] >= 0)) for t in ("load", "sgen")}
+        self._gen_scale = net.gen["scaling"].to_numpy(float) if len(net.gen) else np.zeros(0)
+        self._all_pos: dict[str, np.ndarray] = {}
+        self._views: dict[tuple[str, str], tuple[Any, ...]] = {}
+        # ybus pattern: reuse the symbolic analysis when the new pattern fits the old one
+        self._install_ybus(ybus)
+        # initial state: warm start from the last converged state, else flat / DC like pandapower
+        vm, va = np.abs(v0).astype(float), np.angle(v0).astype(float)
+        if net._options.get("init_va_degree") == "dc":
+            dc = _copy_ppc(ppci)
+            try:
+                dc = pp["dc"](dc)
+                va = np.deg2rad(dc["bus"][:, 8].astype(float))  # VA column
+            except Exception as exc:  # a DC start is an optimisation, flat start still works
+                _log.warning("DC initialisation failed (%s); using a flat start", exc)
+        if self._last_vm_pp is not None:
+            have = valid & np.isfinite(self._last_vm_pp)
+            vm[ib[have]] = self._last_vm_pp[have]
+            va[ib[have]] = self._last_va_pp[have]
+        vm[kind != 2] = self._vset[kind != 2]
+        self._vm = vm
+        self._va = va
+        self._va_ref = np.angle(v0)[ref]
+        self._fixed = kind != 2
+        self._qzero = np.zeros(n)
+        self._inv_base = 1.0 / self._base_mva
+        self._gen_sums: tuple[np.ndarray, np.ndarray] | None = None
+        # what a solution needs to build its results later, even after a recompile
+        self._c = SimpleNamespace(
+            branch=self._branch_maps(ppc, ppci, n),
+            ppci=ppci, ppc=ppc, ref_gens=ref_gens, gen_bus=self._gen_bus, gen_on=self._gen_on,
+            y_indptr=self._y_indptr, y_indices=self._y_indices, y_re=self._y_re,
+            y_im=self._y_im, n=n, base_mva=self._base_mva, yf=yf, yt=yt, ref=ref, pv=pv, pq=pq,
+        )  # fmt: skip
+
+    def _branch_maps(self, ppc: dict, ppci: dict, n: int) -> dict[str, Any]:
+        """Per line / trafo: internal branch row (-1 if not solved), end buses, base kV, ratings."""
+        net = self._net
+        if net._options.get("trafo_loading", "current") != "current":
+            return {}
+        branch_is = np.asarray(ppci["internal"]["branch_is"], dtype=bool)
+        to_int = np.where(branch_is, np.cumsum(branch_is) - 1, -1)
+        base_kv = ppc["bus"][:, 9].real  # BASE_KV
+        maps: dict[str, Any] = {}
+        for table in ("line", "trafo"):
+            rng = net._pd2ppc_lookups["branch"].get(table)
+            if rng is None or len(net[table]) == 0:
+                continue
+            f, t = int(rng[0]), int(rng[1])
+            if t - f != len(net[table]):
+                continue  # unexpected layout: pandapower's own extraction is used instead
+            fb = ppc["branch"][f:t, 0].real.astype(np.int64)
+            tb = ppc["branch"][f:t, 1].real.astype(np.int64)
+            df = net[table]
+            if table == "line":
+                rating = df["max_i_ka"].to_numpy(float) * df["df"].to_numpy(float)
+                rating = rating * df["parallel"].to_numpy(float)
+                extra: tuple[np.ndarray, ...] = (rating,)
+            else:
+                extra = (
+                    df["vn_hv_kv"].to_numpy(float),
+                    df["vn_lv_kv"].to_numpy(float),
+                    df["sn_mva"].to_numpy(float),
+                    df["parallel"].to_numpy(float) * df["df"].to_numpy(float),
+                )
+            maps[table] = (to_int[f:t], fb, tb, base_kv[fb], base_kv[tb], *extra)
+        return maps
+
+    def _branch_results(self, snap: dict[str, Any], table: str) -> dict[str, np.ndarray] | None:
+        c = snap["c"]
+        if table not in c.branch or snap["limited"].size:
+            return None
+        rows, fb, tb, kv_f, kv_t, *extra = c.branch[table]
+        v = snap["vm"] * np.exp(1j * snap["va"])
+        ok = rows >= 0
+        r = rows[ok]
+        sf = np.zeros(rows.shape[0], dtype=complex)
+        st = np.zeros(rows.shape[0], dtype=complex)
+        yf = c.yf[r] if r.size else None
+        if r.size:
+            sf[ok] = v[fb[ok]] * np.conj(yf @ v) * c.base_mva
+            st[ok] = v[tb[ok]] * np.conj(c.yt[r] @ v) * c.base_mva
+        # |V| at both ends; NaN where the bus is not energized (pandapower's convention)
+        vmf = np.full(rows.shape[0], np.nan)
+        vmt = np.full(rows.shape[0], np.nan)
+        inf_ = fb < c.n
+        int_ = tb < c.n
+        vmf[inf_] = snap["vm"][fb[inf_]]
+        vmt[int_] = snap["vm"][tb[int_]]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            i_f = np.abs(sf) / (vmf * kv_f) / np.sqrt(3)
+            i_t = np.abs(st) / (vmt * kv_t) / np.sqrt(3)
+            i_max = np.max(np.stack([i_f, i_t], axis=1), axis=1)
+            if table == "line":
+                rating = extra[0]
+                loading = np.full(rows.shape[0], np.inf)
+                np.divide(i_max, rating, where=rating != 0, out=loading)
+                return {
+                    "p_from_mw": sf.real, "q_from_mvar": sf.imag, "p_to_mw": st.real,
+                    "q_to_mvar": st.imag, "pl_mw": sf.real + st.real,
+                    "ql_mvar": sf.imag + st.imag, "i_from_ka": i_f, "i_to_ka": i_t,
+                    "i_ka": i_max, "loading_percent": loading * 100,
+                }  # fmt: skip
+            vn_hv, vn_lv, sn, par_df = extra
+            lds = np.stack([i_f * vn_hv, i_t * vn_lv], axis=1) * np.sqrt(3) / sn[:, None] * 100.0
+            loading = np.max(lds, axis=1) / par_df
+        return {
+            "p_hv_mw": sf.real, "q_hv_mvar": sf.imag, "p_lv_mw": st.real, "q_lv_mvar": st.imag,
+            "pl_mw": sf.real + st.real, "ql_mvar": sf.imag + st.imag, "i_hv_ka": i_f,
+            "i_lv_ka": i_t, "loading_percent": loading,
+        }  # fmt: skip
+
+    def _gen_row_map(self) -> dict[str, np.ndarray]:
+        """pandapower gen / ext_grid index order -> internal gen row (-1 when not in service)."""
+        gen_is = self._ppci["internal"]["gen_is"]
+        ppc_to_ppci = np.where(gen_is, np.cumsum(gen_is) - 1, -1)
+        out = {}
+        for table in ("gen", "ext_grid"):
+            df = self.net[table]
+            lk = np.asarray(self.net._pd2ppc_lookups.get(table, []), dtype=np.int64)
+            if len(df) == 0 or lk.size == 0:
+                out[table] = np.full(len(df), -1, dtype=np.int64)
+                continue
+            idx = df.index.to_numpy()
+            rows = np.where(idx < lk.shape[0], lk[np.minimum(idx, lk.shape[0] - 1)], -1)
+            ok = (rows >= 0) & (rows < gen_is.shape[0])
+            out[table] = np.where(ok, ppc_to_ppci[np.where(ok, rows, 0)], -1)
+        return out
+
+    def _element_bus(self, table: str) -> np.ndarray:
+        df = self.net[table]
+        if len(df) == 0:
+            return np.zeros(0, dtype=np.int64)
+        b = df["bus"].to_numpy(dtype=np.int64)
+        lk = self._bus_lookup
+        ib = np.where(b < lk.shape[0], lk[np.minimum(b, lk.shape[0] - 1)], -1)
+        return np.where((ib >= 0) & (ib < self._n), ib, -1)
+
+    def _install_ybus(self, ybus) -> None:
+        kind = self._kind0
+        old = self._ybus_key
+        if (
+            self._plan is not None
+            and old is not None
+            and old[2].shape == kind.shape
+            and np.array_equal(old[2] == 0, kind == 0)
+        ):
+            indptr_o, indices_o = old[0], old[1]
+            if np.array_equal(indptr_o, ybus.indptr) and np.array_equal(indices_o, ybus.indices):
+                self._set_y(indptr_o, indices_o, ybus.data)
+                return
+            n = self._n
+            rows_n = np.repeat(np.arange(n), np.diff(ybus.indptr))
+            rows_o = np.repeat(np.arange(n), np.diff(indptr_o))
+            keys_o = rows_o * n + indices_o
+            keys_n = rows_n * n + ybus.indices
+            pos = np.searchsorted(keys_o, keys_n)
+            pos = np.minimum(pos, keys_o.shape[0] - 1)
+            if np.array_equal(keys_o[pos], keys_n):
+                data = np.zeros(indices_o.shape[0], dtype=complex)
+                data[pos] = ybus.data
+                self._set_y(indptr_o, indices_o, data)
+                _log.debug("topology change fits the compiled pattern: symbolic analysis kept")
+                return
+        indptr = ybus.indptr.astype(np.int32)
+        indices = ybus.indices.astype(np.int32)
+        self._plan = self._kernel.analyse(indptr, indices, kind)
+        self.analyses += 1
+        self._ybus_key = (indptr, indices, kind.copy())
+        self._set_y(indptr, indices, ybus.data)
+
+    def _set_y(self, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray) -> None:
+        self._y_indptr = np.ascontiguousarray(indptr, dtype=np.int32)
+        self._y_indices = np.ascontiguousarray(indices, dtype=np.int32)
+        self._y_re = np.ascontiguousarray(data.real, dtype=float)
+        self._y_im = np.ascontiguousarray(data.imag, dtype=float)
+
+    # ------------------------------------------------------------------ inputs
+    @property
+    def net(self) -> Any:
+        """The pandapower net, with every input given to :meth:`update` written into it."""
+        if self._dirty:
+            for table, column in self._dirty:
+                self._net[table][column] = self._inp[(table, column)].copy()
+            self._dirty.clear()
+        return self._net
+
+    def _write_through(self, table: str, column: str, pos: np.ndarray, new: np.ndarray) -> None:
+        """Write into the DataFrame's own float block when pandas gives a writable view."""
+        key = (table, column)
+        if key not in self._dirty:
+            df = self._net[table]
+            cached = self._views.get(key)
+            try:
+                # a cached view stays valid while the frame keeps the same blocks
+                if cached is not None and cached[1] is df and cached[2] is df._mgr.blocks:
+                    cached[0][pos] = new
+                    return
+                view = df[column].to_numpy()
+                if view.dtype == np.float64 and view.flags.writeable:
+                    view[pos] = new
+                    self._views[key] = (view, df, df._mgr.blocks)
+                    return
+            except AttributeError:  # pandas without block managers: no cached view
+                view = df[column].to_numpy()
+                if view.dtype == np.float64 and view.flags.writeable:
+                    view[pos] = new
+                    return
+        # copy-on-write pandas or a non-float column: written when model.net is next read
+        self._dirty.add(key)
+
+    def _input(self, table: str, column: str) -> np.ndarray:
+        arr = self._inp.get((table, column))
+        if arr is None:
+            arr = self._net[table][column].to_numpy(dtype=float).copy()
+            self._inp[(table, column)] = arr
+        return arr
+
+    def _check_table(self, table: str, column: str) -> None:
+        if (table, column) not in _UPDATABLE_SET:
+            allowed = ", ".join(f"{t}.{c}" for t, c in UPDATABLE)
+            raise InvalidInput(table, column, None, f"{table}.{column}", f"one of {allowed}")
+
+    def _positions(self, table: str, column: str, index: Sequence[int] | None) -> np.ndarray:
+        if index is None:
+            pos = self._all_pos.get(table)
+            if pos is None:
+                pos = self._all_pos[table] = np.arange(len(self._net[table]))
+            return pos
+        df = self._net[table]
+        idx = np.atleast_1d(np.asarray(index))
+        pos = df.index.get_indexer(idx) if idx.dtype.kind in "iu" else np.full(idx.shape, -1)
+        if np.any(pos < 0):
+            bad = idx[pos < 0][0]
+            known = list(df.index[:20])
+            raise InvalidInput(table, column, bad, bad, f"an index of net.{table} such as {known}")
+        return pos
+
+    def update(
+        self,
+        table: str,
+        column: str,
+        values: Any,
+        index: Sequence[int] | None = None,
+    ) -> None:
+        """Set input ``net.<table>.<column>`` for elements ``index`` (None = all, table order).
+
+        Raises:
+            InvalidInput: unknown table/column/element, wrong length, NaN or inf; nothing changes.
+        """
+        key = (table, column)
+        if index is None and key in _INJECTION and self._update_all(table, column, values):
+            return
+        self._check_table(table, column)
+        pos = self._positions(table, column, index)
+        df = self._net[table]
+        vals = np.asarray(values)
+        if vals.ndim == 0:
+            vals = vals.reshape(1)
+        if vals.shape[0] == 1 and pos.shape[0] != 1:
+            vals = np.repeat(vals, pos.shape[0])
+        if vals.ndim != 1 or vals.shape[0] != pos.shape[0]:
+            raise InvalidInput(
+                table, column, None, f"{vals.shape[0]} values", f"{pos.shape[0]} values"
+            )
+        if (table, column) in _BOOL_COLUMNS:
+            if vals.dtype.kind not in "biuf":
+                raise InvalidInput(table, column, None, vals.dtype, "booleans")
+            fv = vals.astype(float)
+            bad = ~np.isfinite(fv) | ((fv != 0) & (fv != 1))
+            if np.any(bad):
+                raise InvalidInput(table, column, df.index[pos[bad][0]], vals[bad][0], "True/False")
+            newv: np.ndarray = fv.astype(bool)
+        else:
+            try:
+                fv = vals.astype(float)
+            except (TypeError, ValueError):
+                raise InvalidInput(table, column, None, vals, "numbers") from None
+            bad = ~np.isfinite(fv)
+            if np.any(bad):
+                raise InvalidInput(
+                    table, column, df.index[pos[bad][0]], fv[bad][0], "a finite number"
+                )
+            if column == "tap_pos":
+                if np.any(fv != np.round(fv)):
+                    raise InvalidInput(table, column, df.index[pos[0]], fv, "integer tap positions")
+            if column == "vm_pu" and np.any(fv <= 0):
+                raise InvalidInput(table, column, df.index[pos[fv <= 0][0]], fv, "vm_pu > 0")
+            newv = fv
+        if (table, column) in _TOPOLOGY:
+            df = self.net[table]  # flushed: the recompile reads every input from the net
+            col = df.columns.get_loc(column)
+            old = df.iloc[pos, col].copy()
+            if np.array_equal(old.to_numpy(dtype=float), newv.astype(float)):
+                return  # unchanged: a sync loop may resend the same status every step
+            df.iloc[pos, col] = newv.astype(df[column].dtype) if column != "tap_pos" else newv
+            try:
+                self._recompile()
+            except Exception:
+                df.iloc[pos, col] = old.to_numpy()
+                self._recompile()
+                raise
+            return
+        # the hot path: numpy only; pandas sees the values when model.net is next read
+        arr = self._input(table, column)
+        old = arr[pos]
+        arr[pos] = newv
+        self._write_through(table, column, pos, newv)
+        self._apply_injection(table, column, pos, old, newv)
+
+    def _update_all(self, table: str, column: str, values: Any) -> bool:
+        """Fast path for a finite, full-length injection vector; False -> take the checked path."""
+        try:
+            fv = np.asarray(values, dtype=float)
+        except (TypeError, ValueError):
+            return False
+        arr = self._input(table, column)
+        if fv.shape != arr.shape or not np.isfinite(fv).all():
+            return False
+        pos = self._all_pos.get(table)
+        if pos is None:
+            pos = self._all_pos[table] = np.arange(arr.shape[0])
+        old = arr.copy()
+        arr[:] = fv
+        self._write_through(table, column, pos, fv)
+        self._apply_injection(table, column, pos, old, fv)
+        return True
+
+    def _apply_injection(
+        self, table: str, column: str, pos: np.ndarray, old: np.ndarray, new: np.ndarray
+    ) -> None:
+        if table in ("load", "sgen"):
+            name = "_bus_pd" if column == "p_mw" else "_bus_qd"
+            full = self._all_pos.get(table)
+            if pos is full and self._all_energized[table]:
+                # every element on an energized bus: no masking or gathering needed
+                delta = (new - old) * self._signed_scale[table]
+                target = getattr(self, name) + np.bincount(
+                    self._elem_bus[table], weights=delta, minlength=self._n
+                )
+                setattr(self, name, target)
+                return
+            ib = self._elem_bus[table][pos]
+            scale = self._scale[table][pos]
+            delta = (new - old) * scale
+            if table == "sgen":
+                delta = -delta  # pandapower books sgens as negative load
+            ok = ib >= 0
+            # new arrays, not in place: solutions keep references to the old ones
+            if pos.shape[0] > 8:
+                target = getattr(self, name) + np.bincount(
+                    ib[ok], weights=delta[ok], minlength=self._n
+                )
+            else:
+                target = getattr(self, name).copy()
+                np.add.at(target, ib[ok], delta[ok])
+            setattr(self, name, target)
+            return
+        rows = self._gen_rows[table][pos]
+        ok = rows >= 0
+        if column == "p_mw":  # gen
+            scale = self._gen_scale[pos]
+            self._gen_pg = self._gen_pg.copy()
+            self._gen_pg[rows[ok]] = (new * scale)[ok]
+            self._gen_sums = None
+        else:  # vm_pu set points of gen / ext_grid
+            ib = self._elem_bus[table][pos]
+            okb = ok & (ib >= 0)
+            self._vset[ib[okb]] = new[okb]
+            self._ppci["gen"][rows[ok], 5] = new[ok]  # VG
+
+    def _recompile(self) -> None:
+        if self._last_vm_pp is None:
+            self._last_vm_pp, self._last_va_pp = self._state_pp()
+        self._compile()
+
+    def value(self, table: str, column: str, element: int) -> float:
+        """The current input ``net.<table>.<column>`` of one element."""
+        if (table, column) in self._inp:
+            pos = self._positions(table, column, [element])
+            return float(self._inp[(table, column)][pos[0]])
+        df = self._net.get(table) if hasattr(self._net, "get") else None
+        if df is None or column not in getattr(df, "columns", []):
+            raise InvalidInput(table, column, element, f"{table}.{column}", "an existing input")
+        if element not in df.index:
+            raise InvalidInput(table, column, element, element, f"an index of net.{table}")
+        return df.at[element, column]
+
+    # ------------------------------------------------------------------ solve
+    def _sbus(self, qfix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self._gen_sums is None:
+            on = self._gen_on
+            pg = np.bincount(self._gen_bus[on], weights=self._gen_pg[on], minlength=self._n)
+            qg = np.bincount(self._gen_bus[on], weights=self._gen_qg[on], minlength=self._n)
+            self._gen_sums = (pg, qg)
+        pg, qg = self._gen_sums
+        p = (pg - self._bus_pd) * self._inv_base
+        q = (qg - self._bus_qd + qfix) * self._inv_base
+        return p, q
+
+    def _state_pp(self) -> tuple[np.ndarray, np.ndarray]:
+        ib = self._bus_int
+        vm = np.full(ib.shape[0], np.nan)
+        va = np.full(ib.shape[0], np.nan)
+        ok = ib >= 0
+        vm[ok] = self._vm[ib[ok]]
+        va[ok] = self._va[ib[ok]]
+        return vm, va
+
+    def solve(self) -> Solution:
+        """Newton-Raphson from the last converged state; structure and ordering reused.
+
+        Raises:
+            LoadflowNotConverged: ``worst_bus`` is a pandapower bus index; the model keeps the
+                last converged state for the next solve.
+        """
+        kind = self._kind0
+        qfix = self._qzero
+        limited: list[int] = []
+        total_it = 0
+        nrm = 0.0
+        vm = self._vm.copy()  # the kernel sets slack and PV magnitudes from vset
+        va = self._va.copy()
+        for _round in range(20):
+            p, q = self._sbus(qfix)
+            try:
+                it, nrm = self._kernel.newton(
+                    self._plan, self._y_indptr, self._y_indices, self._y_re, self._y_im, kind,
+                    p, q, self._vset, vm, va, self.tolerance_mva, self.max_iteration,
+                )  # fmt: skip
+            except LoadflowNotConverged as exc:
+                worst = int(self._bus_rep[exc.worst_bus]) if exc.worst_bus >= 0 else -1
+                detail = "singular Jacobian (zero pivot)" if "pivot" in str(exc) else ""
+                raise LoadflowNotConverged(
+                    total_it + exc.iterations, worst, exc.mismatch, detail
+                ) from None
+            total_it += it
+            if not self.enforce_q_lims:
+                break
+            if kind is self._kind0:
+                kind, qfix = kind.copy(), qfix.copy()
+            newly = self._q_limit_violations(kind, vm, va, qfix)
+            if not newly:
+                break
+            limited.extend(newly)
+        self._vm, self._va = vm, va
+        self._last_vm_pp = None
+        snap = {
+            "vm": vm,  # never written again: the next solve works on copies
+            "va": va,
+            "bus_pd": self._bus_pd,  # replaced, never changed in place, by update()
+            "bus_qd": self._bus_qd,
+            "gen_pg": self._gen_pg,
+            "limited": np.asarray(limited, dtype=np.int64) if limited else _NO_LIMITS,
+            "qfix": qfix,
+            "iterations": total_it,
+            "c": self._c,
+        }
+        self._last_snap = snap
+        return Solution(
+            vm=vm,
+            va=va,
+            bus_int=self._bus_int,
+            iterations=total_it,
+            converged=True,
+            max_mismatch=float(nrm),
+            backend=self.backend,
+            results=lambda: self._results(snap),
+            branch=lambda table: self._branch_results(snap, table),
+        )
+
+    def _q_limit_violations(
+        self, kind: np.ndarray, vm: np.ndarray, va: np.ndarray, qfix: np.ndarray
+    ) -> list[int]:
+        """Turn PV buses past their summed gen Q limits into PQ at the limit (pandapower-like)."""
+        gen = self._ppci["gen"]
+        on = self._gen_on & ~np.isin(np.arange(gen.shape[0]), self._ref_gens)
+        pv_buses = np.flatnonzero(kind == 1)
+        if pv_buses.size == 0:
+            return []
+        v = vm * np.exp(1j * va)
+        ybus = _csr(self._y_indptr, self._y_indices, self._y_re + 1j * self._y_im, self._n)
+        s = v * np.conj(ybus @ v) * self._base_mva
+        qgen = (
+            s.imag
+            + self._bus_qd
+            - np.bincount(
+                self._gen_bus[self._gen_on], weights=self._gen_qg[self._gen_on], minlength=self._n
+            )
+        )
+        qmax = np.bincount(self._gen_bus[on], weights=gen[on, 3].real, minlength=self._n)
+        qmin = np.bincount(self._gen_bus[on], weights=gen[on, 4].real, minlength=self._n)
+        changed = []
+        for b in pv_buses:
+            if qgen[b] > qmax[b] + 1e-9:
+                kind[b] = 2
+                qfix[b] = qmax[b]
+                changed.append(int(b) + 1)  # +1: at Q max
+            elif qgen[b] < qmin[b] - 1e-9:
+                kind[b] = 2
+                qfix[b] = qmin[b]
+                changed.append(-int(b) - 1)  # negative: at Q min
+        return changed
+
+    # ------------------------------------------------------------------ results
+    def _result_ppci(self, snap: dict[str, Any]) -> tuple[dict, dict]:
+        pp = self._pp
+        c = snap["c"]  # the compiled structure the snapshot was solved on
+        ppci = _copy_ppc(c.ppci)
+        bus, gen = ppci["bus"], ppci["gen"]
+        bus[:, 2] = snap["bus_pd"]
+        bus[:, 3] = snap["bus_qd"]
+        gen[:, 1] = snap["gen_pg"]
+        limited_gens = None
+        if snap["limited"].size:
+            code = snap["limited"]
+            lim_bus = np.abs(code) - 1
+            not_ref = ~np.isin(np.arange(gen.shape[0]), c.ref_gens)
+            limited_gens = np.flatnonzero(np.isin(c.gen_bus, lim_bus) & c.gen_on & not_ref)
+            # each limited gen sits at its own limit, like pandapower's fixedQg
+            for side, b in zip(code, lim_bus):
+                rows = limited_gens[c.gen_bus[limited_gens] == b]
+                gen[rows, 2] = gen[rows, 3 if side > 0 else 4]
+        v = snap["vm"] * np.exp(1j * snap["va"])
+        ybus = _csr(c.y_indptr, c.y_indices, c.y_re + 1j * c.y_im, c.n)
+        internal = ppci["internal"]
+        internal.update(
+            {
+                "bus": bus, "gen": gen, "branch": ppci["branch"], "baseMVA": c.base_mva,
+                "V": v, "Ybus": ybus, "Yf": c.yf, "Yt": c.yt, "ref": c.ref,
+                "pv": c.pv, "pq": c.pq, "ref_gens": c.ref_gens,
+                "svc": ppci["svc"], "tcsc": ppci["tcsc"], "ssc": ppci["ssc"], "vsc": ppci["vsc"],
+                "J": None, "Vm_it": None, "Va_it": None, "Sbus": None,
+                "r_theta_kelvin_per_mw": None, "T": None,
+            }
+        )  # fmt: skip
+        options = dict(self.net._options)
+        options["only_v_results"] = False
+        if limited_gens is not None:
+            # pfsoln skips "off" gens for Q: limited gens keep their fixed Q (pandapower does so)
+            saved = gen[limited_gens, 7].copy()
+            fixed_q = gen[limited_gens, 2].copy()
+            gen[limited_gens, 7] = 0
+            bus_r, gen_r, branch_r = pp["pfsoln"](ppci, options, limited_gens)
+            gen_r[limited_gens, 7] = saved
+            gen_r[limited_gens, 2] = fixed_q  # pfsoln zeroes every Qg first
+        else:
+            bus_r, gen_r, branch_r = pp["pfsoln"](ppci, options)
+        result = pp["store"](ppci, bus_r, gen_r, branch_r, True, snap["iterations"], 0.0)
+        ppc = _copy_ppc(c.ppc)
+        return result, ppc
+
+    def _results(self, snap: dict[str, Any]) -> dict[str, Any]:
+        """pandapower's own result tables for a snapshot, without touching ``net.res_*``."""
+        net = self.net
+        keys = [k for k in list(net.keys()) if isinstance(k, str) and k.startswith("res_")]
+        saved = {k: net[k] for k in keys}
+        saved_ppc = net["_ppc"]
+        saved_conv = net.get("converged", False)
+        try:
+            for k in keys:
+                net[k] = saved[k].iloc[0:0].copy()
+            self._write_results(snap)
+            return {k[4:]: net[k] for k in keys if k[4:] in _RES_TABLES and k in net}
+        finally:
+            for k in keys:
+                net[k] = saved[k]
+            net["_ppc"] = saved_ppc
+            net["converged"] = saved_conv
+
+    def _write_results(self, snap: dict[str, Any]) -> None:
+        pp = self._pp
+        net = self.net
+        result, ppc = self._result_ppci(snap)
+        pp["init_results"](net)
+        ppc = pp["copy_results"](result, ppc, "pf")
+        net["_ppc"] = ppc
+        net["converged"] = True
+        pp["extract"](net, ppc)
+
+    def to_net(self) -> None:
+        """Write the last solution into ``net.res_*`` with pandapower's semantics.
+
+        Solves first when the model has not been solved since it was built.
+        """
+        if self._last_snap is None:
+            self.solve()
+        self._write_results(self._last_snap)
+
+    def memory_bytes(self) -> int:
+        """Approximate bytes of the compiled arrays (Ybus, plan, state; not the pandapower net)."""
+        arrays = [self._y_indptr, self._y_indices, self._y_re, self._y_im, self._vm, self._va,
+                  self._bus_pd, self._bus_qd, self._vset]  # fmt: skip
+        return int(sum(a.nbytes for a in arrays) + self._plan.memory_bytes())
+
+
+def _with_diagonal(ybus, n: int):
+    """Ybus in sorted CSR with every diagonal entry stored (explicit zeros kept)."""
+    import scipy.sparse as sp
+
+    coo = ybus.tocoo()
+    rows = np.concatenate([coo.row, np.arange(n)])
+    cols = np.concatenate([coo.col, np.arange(n)])
+    data = np.concatenate([coo.data, np.zeros(n, dtype=complex)])
+    # COO -> CSR sums duplicates without dropping zeros
+    out = sp.csr_matrix((data, (rows, cols)), shape=(n, n))
+    out.sum_duplicates()
+    out.sort_indices()
+    return out
+
+
+def _csr(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, n: int):
+    import scipy.sparse as sp
+
+    return sp.csr_matrix((data, indices, indptr), shape=(n, n))
+
+
+__all__ = ["GridModel", "Solution", "UPDATABLE"]
