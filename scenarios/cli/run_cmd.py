@@ -1,0 +1,129 @@
+"""``gridtwin run FILE`` and ``gridtwin validate FILE``.
+
+``run`` exits 0 when every check passes, 1 when one fails (or the run stopped on an error; the
+results recorded so far are kept), 2 on bad input (from the CLI frame).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run a scenario file",
+        description="Run a scenario and write its results folder. Exit code 0: every check "
+        "passed; 1: a check failed or the run stopped on an error (results so far are kept); "
+        "2: bad input.",
+    )
+    p.add_argument("file", type=Path, help="scenario file (TOML)")
+    p.add_argument("--pace", choices=("fast", "realtime"), help="override the file's pace")
+    p.add_argument("--speed", type=float, help="realtime factor (with --pace realtime)")
+    p.add_argument("--hardware", help='"emulated", "none", or a hardware.toml')
+    p.add_argument("--out", type=Path, help="results folder (default results/<name>-<time>)")
+    p.add_argument("--junit", type=Path, help="also write the JUnit XML here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+    v = sub.add_parser(
+        "validate",
+        help="check a scenario file without running it",
+        description="Parse scenario files and check them against their grids. Exit code 0: "
+        "all valid; 2: a file is invalid (each problem names the key, line and what is allowed).",
+    )
+    v.add_argument("files", type=Path, nargs="+", help="scenario files (TOML)")
+    v.set_defaults(func=validate)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from scenarios.config import load_scenario
+    from scenarios.engine import run_scenario
+    from scenarios.timeparse import format_clock
+
+    console = Console(stderr=False)
+    sc = load_scenario(args.file)
+    show = not args.no_progress and console.is_terminal
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("sim {task.fields[clock]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not show,
+    )
+    with progress:
+        task = progress.add_task(sc.name, total=sc.steps + 1, clock="")
+
+        def tick(done: int, total: int, t: float) -> None:
+            if show and (done % 10 == 0 or done == total):
+                progress.update(task, completed=done, clock=format_clock(t, sc.start_sod))
+
+        res = run_scenario(
+            sc,
+            out_dir=args.out,
+            pace=args.pace,
+            speed=args.speed,
+            hardware=args.hardware,
+            junit=args.junit,
+            progress=tick,
+        )
+
+    table = Table(
+        title=f"{sc.name}: {res.steps} steps in {res.wall_s:.2f} s "
+        f"({res.summary['timings']['steps_per_s']} steps/s)"
+    )
+    table.add_column("check")
+    table.add_column("kind")
+    table.add_column("result")
+    table.add_column("detail", overflow="fold")
+    for c in res.checks:
+        mark = "[green]PASS[/green]" if c.passed else "[red]FAIL[/red]"
+        table.add_row(c.name, c.kind, mark, c.message)
+    console.print(table)
+    if res.error:
+        console.print(f"[red]run stopped on an error:[/red] {res.error}")
+    if res.out_dir is not None:
+        console.print(f"results: {res.out_dir}")
+    pace = res.summary["timings"]["pace"]
+    if pace.get("pace") == "realtime":
+        console.print(
+            f"realtime x{pace['speed']:g}: lag mean {pace['lag_mean_s'] * 1e3:.1f} ms, "
+            f"p95 {pace['lag_p95_s'] * 1e3:.1f} ms, max {pace['lag_max_s'] * 1e3:.1f} ms; "
+            f"deadline misses {res.summary['deadline_misses']}"
+        )
+    verdict = "[green]all checks passed[/green]" if res.passed else "[red]FAILED[/red]"
+    console.print(verdict)
+    return 0 if res.passed else 1
+
+
+def validate(args: argparse.Namespace) -> int:
+    from scenarios.validate import validate_file
+    from twin.errors import ConfigError
+
+    bad = 0
+    for f in args.files:
+        try:
+            sc, problems = validate_file(f)
+        except ConfigError as exc:
+            print(f"{f}: INVALID\n  {exc}", file=sys.stderr)
+            bad += 1
+            continue
+        if problems:
+            print(f"{f}: INVALID ({len(problems)} problems)", file=sys.stderr)
+            for p in problems:
+                print(f"  {p}", file=sys.stderr)
+            bad += 1
+            continue
+        print(
+            f"{f}: OK ({sc.name}: grid {sc.grid}, {sc.steps} steps of {sc.step:g} s, "
+            f"{len(sc.profiles)} profiles, {len(sc.events)} events, {len(sc.checks)} checks)"
+        )
+    return 2 if bad else 0

@@ -1,0 +1,745 @@
+"""The scenario engine: SimPy owns simulated time, the field (asyncio) is reached via the bridge.
+
+One run::
+
+    parse (scenarios.config) -> grid + checks against it (scenarios.validate)
+    model (twin.GridModel; the pandapower stand-in when it cannot be imported)
+    field (none / emulated substation + SyncLoop / real hardware)       scenarios.field, .hilfield
+    SimPy processes: the stepper, one per timed event, user processes    here
+    bridge.run(): steps SimPy, awaits field I/O in between               scenarios.bridge
+    results: timeseries.parquet, events.csv, alarms.csv, summary.json, junit.xml
+
+Within one simulated instant, events scheduled for it run before the step that solves it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import simpy
+
+from scenarios.bridge import Bridge
+from scenarios.checks import Check, CheckResult, StepState, build_check
+from scenarios.config import EventSpec, Scenario, load_scenario
+from scenarios.events import HANDLERS
+from scenarios.field import LocalField, SimClock
+from scenarios.profiles import Profile, element_labels, resolve_profile
+from scenarios.timeparse import format_clock
+from scenarios.validate import assert_against_grid, load_grid
+from twin.errors import ConfigError, TwinError
+from twin.recorder import Recorder, column_name
+
+_log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, float], None]
+
+
+def make_model(net: Any, backend: str = "auto") -> Any:
+    """``twin.GridModel`` on ``net``; the pandapower stand-in when the model layer is missing."""
+    try:
+        from twin.model import GridModel
+    except ImportError as exc:
+        from scenarios.localmodel import LocalModel
+
+        _log.warning("twin.model not available (%s): using the pandapower stand-in", exc)
+        return LocalModel(net, backend)
+    from scenarios.fastresults import FastModel
+
+    return FastModel(GridModel(net, backend=backend))
+
+
+def backend_info(model: Any) -> dict[str, Any]:
+    inner = getattr(model, "_model", model)
+    info: dict[str, Any] = {"model": type(inner).__module__ + "." + type(inner).__name__}
+    if inner is not model:
+        info["fast_results_disabled"] = sorted(f"{t}.{c}" for t, c in model.disabled)
+    b = getattr(model, "backend", None)
+    if b is not None:
+        info["backend"] = str(b)
+    try:
+        from twin.loadflow import build_info
+
+        info.update({k: v for k, v in build_info().items() if isinstance(v, str | bool | int)})
+    except Exception as exc:  # the kernel layer may be missing: say so, do not fail the run
+        info["build_info_error"] = str(exc)
+    return info
+
+
+@dataclass
+class RunResult:
+    """What a run produced; ``passed`` is True when every check passed."""
+
+    scenario: Scenario
+    out_dir: Path | None
+    checks: list[CheckResult]
+    steps: int
+    wall_s: float
+    summary: dict[str, Any] = field(default_factory=dict)
+    recorder: Recorder | None = None
+    error: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return not self.error and all(c.passed for c in self.checks)
+
+
+class TwinRuntime:
+    """The running twin as events and user processes see it (``fn(env, twin)``).
+
+    Attributes:
+        env: the SimPy environment (``env.now`` = seconds from the scenario start).
+        model, net: the twin's model and its pandapower net.
+        field: the field side (``has_hardware`` tells whether there is one).
+        solution: the last converged solution (None before the first step).
+        scenario, recorder.
+    """
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        env: simpy.Environment,
+        model: Any,
+        field: Any,
+        recorder: Recorder,
+        profiles: list[Profile],
+    ) -> None:
+        self.scenario = scenario
+        self.env = env
+        self.model = model
+        self.net = model.net
+        self.field = field
+        self.recorder = recorder
+        self.profiles = profiles
+        self.solution: Any = None
+        self.power_factor: dict[tuple[str, int], float] = {}
+        self.power_offset: dict[tuple[str, int], float] = {}
+        self._unprofiled_p: dict[tuple[str, int], float] = {}
+        self._labels = {
+            t: element_labels(self.net, t)
+            for t in ("bus", "line", "trafo", "switch", "load", "sgen")
+            if t in self.net
+        }
+        self._point_of: dict[tuple[str, int, str], str] = {}
+        pm = getattr(field, "pointmap", None)
+        if pm is not None:
+            from twin.pointmap import resolve_element
+
+            for p in pm.points:
+                try:
+                    self._point_of[(p.table, int(resolve_element(self.net, p)), p.column)] = p.name
+                except Exception:  # a point without a model element (device-only table)
+                    continue
+
+    # --- lookups --------------------------------------------------------------------------------
+    @property
+    def t(self) -> float:
+        return float(self.env.now)
+
+    @property
+    def plant(self) -> Any:
+        """The model the physical world acts on: the twin in hil mode, the plant in mirror."""
+        pm = getattr(self.field, "plant_model", None)
+        return pm if pm is not None else self.model
+
+    def index(self, table: str, label: str) -> int:
+        try:
+            return self._labels[table][label]
+        except KeyError:
+            raise ConfigError(
+                str(self.scenario.path), "element", f"no {table} named {label!r}"
+            ) from None
+
+    def point(self, table: str, idx: int, column: str) -> str | None:
+        return self._point_of.get((table, int(idx), column))
+
+    def value(self, table: str, column: str, label: str) -> float:
+        """A quantity of the running twin: the last solution's result, else the model input."""
+        i = self.index(table, label)
+        if self.solution is not None:
+            try:
+                arr = self.solution.get(table, column)
+                return float(arr[self.net[table].index.get_loc(i)])
+            except (KeyError, AttributeError, TwinError):
+                pass
+        return float(self.net[table].at[i, column])
+
+    def sync_clock(self) -> None:
+        """Bring the field's simulated clock to ``env.now`` (actions between steps)."""
+        clock = getattr(self.field, "clock", None)
+        if clock is not None and clock.t < self.env.now:
+            clock.t = float(self.env.now)
+
+    def log(self, kind: str, message: str, **fields: Any) -> None:
+        _log.info("t=%s %s: %s", format_clock(self.t, self.scenario.start_sod), kind, message)
+        self.recorder.event(self.t, kind, message, **fields)
+
+    # --- actions --------------------------------------------------------------------------------
+    def command_switch(self, label: str, closed: bool, *, why: str = "") -> None:
+        i = self.index("switch", label)
+        if self.field.has_hardware and self.point("switch", i, "cmd"):
+            self.field.command(self.point("switch", i, "cmd"), 1.0 if closed else 0.0)
+        else:
+            self.plant.update("switch", "closed", [bool(closed)], index=[i])
+        self.log(
+            "switch_close" if closed else "switch_open",
+            f"{why}: {'close' if closed else 'open'} {label}",
+            element=label,
+        )
+
+    def set_in_service(self, table: str, label: str, flag: bool, *, why: str = "") -> None:
+        self.set_in_service_idx(table, [self.index(table, label)], flag, why=why, label=label)
+
+    def set_in_service_idx(
+        self, table: str, idx: list[int], flag: bool, *, why: str = "", label: str | None = None
+    ) -> None:
+        if not idx:
+            return
+        if table == "sgen" and self.field.has_hardware and getattr(self.field, "emulated", False):
+            for i in idx:
+                lab = (self.point("sgen", i, "p_mw") or f"sgen{i}").rsplit(".", 1)[0]
+                self.field.der_trip(lab, not flag)
+        else:
+            self.plant.update(table, "in_service", [bool(flag)] * len(idx), index=list(idx))
+        what = label or f"{len(idx)} {table}(s)"
+        self.log(
+            f"{table}_{'return' if flag else 'outage'}",
+            f"{why}: {what} {'back in service' if flag else 'out of service'}",
+            table=table,
+            elements=len(idx),
+        )
+
+    def set_tap(self, label: str, pos: int, *, why: str = "") -> None:
+        i = self.index("trafo", label)
+        cur = int(round(float(self.plant.net.trafo.at[i, "tap_pos"])))
+        if self.field.has_hardware and self.point("trafo", i, "tap_pos"):
+            ok = self.field.tap_operate(label, pos - cur) if pos != cur else True
+            if not ok:
+                self.log(
+                    "tap_change",
+                    f"{why}: tap change on {label} refused by the device",
+                    element=label,
+                )
+                return
+        else:
+            self.plant.update("trafo", "tap_pos", [int(pos)], index=[i])
+        self.log("tap_change", f"{why}: {label} tap {cur} -> {pos}", element=label)
+
+    def start_fault(
+        self,
+        label: str,
+        current_ka: float,
+        *,
+        pickup_ka: float | None = None,
+        delay_s: float | None = None,
+        why: str = "",
+    ) -> None:
+        i = self.index("line", label)
+        self.log("fault", f"{why}: fault on line {label}, {current_ka:g} kA", element=label)
+        if self.field.has_hardware and self.point("line", i, "i_ka"):
+            self.field.start_fault(label, current_ka, self.t)
+            return
+        # No relay in the field: emulate a definite-time relay on the line's breaker here.
+        row = self.net.line.loc[i]
+        pickup = pickup_ka if pickup_ka is not None else 1.2 * float(row["max_i_ka"])
+        delay = 0.5 if delay_s is None else float(delay_s)
+        if current_ka <= pickup:
+            self.log(
+                "fault",
+                f"{label}: {current_ka:g} kA below relay pickup {pickup:g} kA, not cleared",
+                element=label,
+            )
+            return
+        sw = self.net.switch[(self.net.switch.et == "l") & (self.net.switch.element == i)]
+
+        def relay() -> Any:
+            yield self.env.timeout(delay)
+            if len(sw):
+                self.plant.update("switch", "closed", [False], index=[int(sw.index[0])])
+                brk = str(self.net.switch.at[sw.index[0], "name"])
+            else:
+                self.plant.update("line", "in_service", [False], index=[i])
+                brk = "(line taken out of service)"
+            self.log(
+                "fault_cleared",
+                f"fault on {label} cleared by relay after {delay:g} s: breaker {brk} opened",
+                line=label,
+                breaker=brk,
+            )
+
+        self.env.process(relay())
+
+    def clear_fault(self, label: str, *, why: str = "") -> None:
+        if self.field.has_hardware:
+            self.field.clear_fault(label)
+        self.log("fault_end", f"{why}: fault on {label} gone", element=label)
+
+    def _base_p(self, target: Any, table: str, i: int) -> float:
+        """P of an element no profile drives, as it was before any step touched it."""
+        key = (table, i)
+        if key not in self._unprofiled_p:
+            self._unprofiled_p[key] = float(target.net[table].at[i, "p_mw"])
+        return self._unprofiled_p[key]
+
+    def apply_profiles(self) -> None:
+        """Set every profiled element to its profile value at ``env.now`` (plus any steps)."""
+        t = self.t
+        target = self.plant
+        hw = self.field.has_hardware
+        by_table: dict[tuple[str, str], dict[int, float]] = {}
+        for prof in self.profiles:
+            if prof.index.size == 0:
+                continue
+            vals, q = prof.targets(t)
+            col = prof.spec.column
+            by_table.setdefault((prof.spec.table, col), {}).update(
+                zip(prof.index.tolist(), vals.tolist())
+            )
+            if q is not None:
+                by_table.setdefault((prof.spec.table, "q_mvar"), {}).update(
+                    zip(prof.index.tolist(), q.tolist())
+                )
+        # Steps stack on the profile value (or the element's own value when not profiled).
+        for (table, i), f in self.power_factor.items():
+            d = by_table.setdefault((table, "p_mw"), {})
+            d[i] = d.get(i, self._base_p(target, table, i)) * f
+        for (table, i), off in self.power_offset.items():
+            d = by_table.setdefault((table, "p_mw"), {})
+            d[i] = d.get(i, self._base_p(target, table, i)) + off
+        for (table, col), d in by_table.items():
+            if not d:
+                continue
+            idx = list(d)
+            vals = np.asarray([d[i] for i in idx], dtype=float)
+            if table == "sgen" and col == "p_mw" and hw:
+                # The inverters decide what they feed in: the twin tells them what the sun gives.
+                for i, v in zip(idx, vals):
+                    name = self.point("sgen", i, "p_avail_mw")
+                    if name is not None:
+                        self.field.pending_outputs[name] = max(float(v), 0.0)
+                continue
+            target.update(table, col, vals, index=idx)
+
+
+def _result_columns() -> frozenset[tuple[str, str]]:
+    from scenarios.fastresults import INJ_COLS, LINE_COLS, TRAFO_COLS
+
+    cols = {("bus", "vm_pu"), ("bus", "va_degree"), ("bus", "p_mw"), ("bus", "q_mvar")}
+    cols |= {("line", c) for c in LINE_COLS} | {("trafo", c) for c in TRAFO_COLS}
+    cols |= set(INJ_COLS) | {("ext_grid", "p_mw"), ("ext_grid", "q_mvar")}
+    cols |= {("gen", "p_mw"), ("gen", "q_mvar"), ("gen", "vm_pu")}
+    return frozenset(cols)
+
+
+#: Quantities a solution holds; anything else (switch.closed, trafo.tap_pos) is a model input.
+_RESULT_COLUMNS = _result_columns()
+
+
+class _Stepper:
+    """The SimPy side of a run: the step process, timed and triggered events, checks, records."""
+
+    def __init__(
+        self,
+        sc: Scenario,
+        rt: TwinRuntime,
+        bridge: Bridge,
+        checks: list[Check],
+        progress: Progress | None,
+    ) -> None:
+        self.sc = sc
+        self.rt = rt
+        self.bridge = bridge
+        self.checks = checks
+        self.progress = progress
+        self.steps_done = 0
+        self.not_converged = 0
+        self.deadline_misses = 0
+        self.stale_steps = 0
+        self.alarm_count = 0
+        self.solve_s: list[float] = []
+        self._fired: set[int] = set()
+        self._held: dict[int, bool] = {}
+        self._record_cols = self._plan_record()
+
+    # --- recording plan -------------------------------------------------------------------------
+    def _plan_record(self) -> list[tuple[str, str, list[str], np.ndarray | None]]:
+        net = self.rt.net
+        plan = []
+        for q in self.sc.record.quantities:
+            table, _, rest = q.partition(".")
+            column, _, label = rest.partition("[")
+            if table not in net or len(net[table]) == 0:
+                continue
+            labels = list(element_labels(net, table))
+            if label:
+                label = label.rstrip("]")
+                if label not in labels:
+                    continue
+                plan.append((table, column, [label], np.asarray([labels.index(label)])))
+            else:
+                plan.append((table, column, labels, None))
+        return plan
+
+    def _values(self, sol: Any) -> dict[str, float]:
+        net = self.rt.net
+        out: dict[str, float] = {}
+        for table, column, labels, pos in self._record_cols:
+            arr = None
+            if sol is not None and (table, column) in _RESULT_COLUMNS:
+                try:
+                    arr = np.asarray(sol.get(table, column), dtype=float)
+                except (KeyError, AttributeError, TwinError, ValueError):
+                    arr = None
+            if arr is None and column in net[table].columns:
+                arr = net[table][column].to_numpy(dtype=float)
+            if arr is None:
+                if sol is None:
+                    arr = np.full(len(net[table]), np.nan)
+                else:
+                    continue
+            if pos is not None:
+                arr = arr[pos]
+            for lab, v in zip(labels, arr.tolist()):
+                out[f"{table}.{column}[{lab}]"] = v
+        f = self.rt.field
+        if self.sc.record.setpoints and getattr(f, "sub", None) is not None:
+            store = f.sub.store
+            for p in f.pointmap.points:
+                if p.kind == "setpoint":
+                    lab = p.name[: -len(p.column) - 1]
+                    out[column_name(p.table, p.column, lab)] = store.get(p.name).value
+        out["alarms.active"] = float(len(getattr(getattr(f, "sync", None), "active_alarms", {})))
+        return out
+
+    # --- processes ------------------------------------------------------------------------------
+    def step_process(self) -> Any:
+        env, sc, rt = self.env, self.sc, self.rt
+        n = sc.steps
+        for k in range(n + 1):
+            t = k * sc.step
+            if env.now < t:
+                yield env.timeout(t - env.now)
+            yield env.timeout(0)  # let events due at this instant run first
+            rt.apply_profiles()
+            t0 = time.perf_counter()
+            outcome = yield self.bridge.io(rt.field.step(t))
+            self.solve_s.append(time.perf_counter() - t0)
+            miss = False
+            if self.bridge.pace == "realtime" and k < n:
+                miss = self.bridge.clock() > self.bridge.wall_target(t + sc.step)
+                if miss:
+                    self.deadline_misses += 1
+                    rt.log(
+                        "deadline_missed",
+                        f"step at t={t:g} s ended after the next step was due",
+                        lag_s=self.bridge.clock() - self.bridge.wall_target(t + sc.step),
+                    )
+            self._after_step(t, outcome, miss)
+            self.steps_done += 1
+            if self.progress is not None:
+                self.progress(k + 1, n + 1, t)
+
+    def _after_step(self, t: float, outcome: Any, miss: bool) -> None:
+        rt = self.rt
+        sol = outcome.solution if outcome.converged else None
+        if sol is not None:
+            rt.solution = sol
+        else:
+            self.not_converged += 1
+        if outcome.stale:
+            self.stale_steps += 1
+        self.alarm_count += len(outcome.alarms)
+        for a in outcome.alarms:
+            if rt.field.__class__.__name__ == "LocalField":
+                rt.recorder.alarm(
+                    t, a["point"], a["field_value"], a["twin_value"], a["tolerance"], a["message"]
+                )
+
+        def arr(table: str, column: str) -> np.ndarray | None:
+            if sol is None or table not in rt.net or len(rt.net[table]) == 0:
+                return None
+            try:
+                return np.asarray(sol.get(table, column), dtype=float)
+            except (KeyError, AttributeError, TwinError):
+                return None
+
+        st = StepState(
+            t=t,
+            converged=sol is not None,
+            vm_pu=arr("bus", "vm_pu"),
+            line_loading=arr("line", "loading_percent"),
+            trafo_loading=arr("trafo", "loading_percent"),
+            switch_closed=rt.net.switch["closed"].to_numpy(dtype=bool)
+            if "switch" in rt.net
+            else None,
+            stale=tuple(outcome.stale),
+            alarms=tuple(outcome.alarms),
+            deadline_miss=miss,
+            field=rt.field,
+        )
+        for c in self.checks:
+            c.observe(st)
+        k = self.steps_done
+        if k % self.sc.record.every == 0:
+            rt.recorder.record(t, self._values(sol))
+        self._conditions(t)
+
+    def _conditions(self, t: float) -> None:
+        for ev in self.sc.events:
+            if ev.when is None or (ev.index in self._fired and not ev.repeat):
+                continue
+            c = ev.when
+            try:
+                v = self.rt.value(c.table, c.column, c.element)
+            except (KeyError, IndexError, TwinError):
+                continue
+            holds = math.isfinite(v) and c.holds(v)
+            was = self._held.get(ev.index, False)
+            self._held[ev.index] = holds
+            if holds and not was:
+                self._fired.add(ev.index)
+                self.rt.log("trigger", f"{ev.title}: {c.text} ({v:.4g})", condition=c.text)
+                self.env.process(self._run_event(ev, ev.delay))
+
+    def timed_event(self, ev: EventSpec) -> Any:
+        assert ev.at is not None
+        yield self.env.timeout(ev.at + ev.delay)
+        yield from self._apply(ev)
+
+    def _run_event(self, ev: EventSpec, delay: float) -> Any:
+        if delay > 0:
+            yield self.env.timeout(delay)
+        yield from self._apply(ev)
+
+    def _apply(self, ev: EventSpec) -> Any:
+        self.rt.sync_clock()
+        try:
+            undo = HANDLERS[ev.kind](self.rt, ev)
+        except (KeyError, RuntimeError) as exc:
+            self.rt.log("event_error", f"{ev.title} not applied: {exc}", kind=ev.kind)
+            return
+        if ev.duration is not None and undo is not None:
+            yield self.env.timeout(ev.duration)
+            self.rt.sync_clock()
+            undo()
+
+    @property
+    def env(self) -> simpy.Environment:
+        return self.rt.env
+
+
+def default_out_dir(scenario: Scenario, base: Path | str = "results") -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(base) / f"{scenario.name}-{stamp}"
+    n = 1
+    while out.exists():
+        n += 1
+        out = Path(base) / f"{scenario.name}-{stamp}-{n}"
+    return out
+
+
+def run_scenario(
+    scenario: Scenario | Path | str,
+    *,
+    out_dir: Path | str | None = None,
+    pace: str | None = None,
+    speed: float | None = None,
+    hardware: str | None = None,
+    junit: Path | str | None = None,
+    progress: Progress | None = None,
+    write_files: bool = True,
+) -> RunResult:
+    """Run a scenario and write its results folder (see the module docstring).
+
+    Args:
+        scenario: a parsed Scenario or a scenario file.
+        out_dir: results folder (default ``./results/<name>-<timestamp>``).
+        pace, speed, hardware: override the file's values.
+        junit: also write the JUnit XML here (it is always written into the results folder).
+        progress: called after every step with (steps done, steps in all, t).
+        write_files: False keeps everything in memory (tests).
+
+    Raises:
+        ConfigError: the scenario does not fit its grid. Errors during the run are caught,
+        recorded (results so far are kept) and returned in ``RunResult.error``.
+    """
+    sc = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
+    if pace is not None or speed is not None or hardware is not None:
+        import dataclasses
+
+        sc = dataclasses.replace(
+            sc,
+            pace=pace or sc.pace,
+            speed=float(speed) if speed is not None else sc.speed,
+            hardware=hardware or sc.hardware,
+        )
+    t_start = time.perf_counter()
+    net = load_grid(sc)
+    assert_against_grid(sc, net)
+    hw_path = sc.hardware_path()
+    hw_cfg = None
+    if hw_path is not None:
+        from hil.hardware import load_hardware
+
+        hw_cfg = load_hardware(hw_path)
+    model = make_model(net, sc.backend)
+    if sc.hardware != "none":
+        from twin.pointmap import generate_pointmap
+
+        assert_against_grid(sc, net, generate_pointmap(net, mode=sc.mode))
+    profiles = [resolve_profile(p, net, start_sod=sc.start_sod, seed=sc.seed) for p in sc.profiles]
+    out = None
+    if write_files:
+        out = Path(out_dir) if out_dir is not None else default_out_dir(sc)
+    rec = Recorder(out, flush_every=60)
+    clock = SimClock(0.0)
+    if sc.hardware == "none":
+        fld: Any = LocalField(model, rec)
+    elif hw_cfg is not None:
+        from scenarios.hilfield import RealField
+
+        fld = RealField(
+            hardware=hw_cfg,
+            net=net,
+            model=model,
+            mode=sc.mode,
+            links=(),
+            recorder=rec,
+            clock=clock,
+            seed=sc.seed,
+        )
+    else:
+        from scenarios.hilfield import HilField
+
+        fld = HilField(
+            net=net,
+            model=model,
+            mode=sc.mode,
+            links=sc.links,
+            recorder=rec,
+            clock=clock,
+            seed=sc.seed,
+            device_tick=sc.device_tick,
+            plant_model_factory=lambda n: make_model(n, sc.backend),
+        )
+    env = simpy.Environment()
+    rt = TwinRuntime(sc, env, model, fld, rec, profiles)
+    labels = {
+        t: list(element_labels(net, t)) for t in ("bus", "line", "trafo", "switch") if t in net
+    }
+    checks = [build_check(c, labels) for c in sc.checks]
+    bridge = Bridge(env, pace=sc.pace, speed=sc.speed)
+    stepper = _Stepper(sc, rt, bridge, checks, progress)
+    rec.event(
+        0.0,
+        "start",
+        f"scenario {sc.name}: {sc.steps} steps of {sc.step:g} s, "
+        f"pace {sc.pace}, field {getattr(fld, 'description', '')}",
+        seed=sc.seed,
+    )
+
+    async def main() -> None:
+        await fld.start()
+        try:
+            env.process(stepper.step_process())
+            for ev in sc.events:
+                if ev.at is not None:
+                    env.process(stepper.timed_event(ev))
+            await bridge.run(until=sc.duration)
+        finally:
+            await fld.stop()
+
+    error = ""
+    t_run = time.perf_counter()
+    try:
+        asyncio.run(main())
+    except (TwinError, RuntimeError, OSError, ValueError) as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        _log.error("scenario %s stopped at t=%s: %s", sc.name, env.now, error)
+        rec.event(float(env.now), "error", error)
+    except BaseException as exc:
+        rec.event(float(env.now), "error", f"{type(exc).__name__}: {exc}")
+        rec.close()
+        raise
+    run_s = time.perf_counter() - t_run
+    results = [c.result() for c in checks]
+    rec.event(
+        float(env.now),
+        "end",
+        f"{stepper.steps_done} steps, "
+        f"{sum(r.passed for r in results)}/{len(results)} checks passed",
+    )
+    rec.close()
+    wall = time.perf_counter() - t_start
+    summary = _summary(sc, stepper, bridge, fld, model, results, wall, run_s, error)
+    res = RunResult(sc, out, results, stepper.steps_done, wall, summary, rec, error)
+    if out is not None:
+        from scenarios.results import write_junit, write_summary
+
+        write_summary(out / "summary.json", summary)
+        write_junit(out / "junit.xml", res)
+    if junit is not None:
+        from scenarios.results import write_junit
+
+        write_junit(Path(junit), res)
+    return res
+
+
+def _summary(
+    sc: Scenario,
+    st: _Stepper,
+    bridge: Bridge,
+    fld: Any,
+    model: Any,
+    results: list[CheckResult],
+    wall: float,
+    run_s: float,
+    error: str,
+) -> dict[str, Any]:
+    from scenarios.results import versions
+
+    solve = np.asarray(st.solve_s) if st.solve_s else np.zeros(1)
+    return {
+        "scenario": sc.name,
+        "file": str(sc.path) if sc.path else None,
+        "description": sc.description,
+        "grid": sc.grid,
+        "mode": sc.mode,
+        "hardware": sc.hardware,
+        "links": list(sc.links) if sc.hardware != "none" else [],
+        "pace": sc.pace,
+        "speed": sc.speed,
+        "seed": sc.seed,
+        "start": format_clock(0.0, sc.start_sod),
+        "duration_s": sc.duration,
+        "step_s": sc.step,
+        "passed": not error and all(r.passed for r in results),
+        "error": error,
+        "steps": st.steps_done,
+        "steps_planned": sc.steps + 1,
+        "not_converged_steps": st.not_converged,
+        "stale_steps": st.stale_steps,
+        "alarms": st.alarm_count,
+        "deadline_misses": st.deadline_misses,
+        "checks": [r.as_dict() for r in results],
+        "timings": {
+            "wall_s": round(wall, 4),
+            "run_s": round(run_s, 4),
+            "steps_per_s": round(st.steps_done / run_s, 1) if run_s > 0 else None,
+            "field_step_p50_ms": round(float(np.percentile(solve, 50)) * 1e3, 3),
+            "field_step_p99_ms": round(float(np.percentile(solve, 99)) * 1e3, 3),
+            "field_step_max_ms": round(float(solve.max()) * 1e3, 3),
+            "pace": bridge.stats.summary(),
+        },
+        "field": fld.stats(),
+        "backend": backend_info(model),
+        "versions": versions(),
+    }

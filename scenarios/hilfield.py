@@ -1,0 +1,670 @@
+"""The field with hardware in the loop: the emulated substation (or real devices) + SyncLoop.
+
+See ``scenarios.field`` for the role of this class in a run. Links to the emulated substation:
+
+- ``direct``: :class:`scenarios.field.StoreLink`, in-process, the fast default;
+- ``opcua``: an OPC UA client over loopback, logged in as the plant (it can write measurements),
+  polled once per step;
+- ``modbus``: a Modbus TCP client over loopback; Modbus cannot write input registers, so it
+  carries statuses, commands and setpoints and needs ``opcua`` (or ``direct``) beside it for the
+  twin's measurements.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import secrets
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from scenarios.field import SimClock, StepOutcome, StoreLink, alarm_dict
+from twin.errors import ConfigError
+
+_log = logging.getLogger(__name__)
+
+
+class _EventsOnly:
+    """Hands SyncLoop's events and alarms to the recorder; the engine records the rows itself."""
+
+    def __init__(self, recorder: Any) -> None:
+        self._rec = recorder
+
+    def record(self, time_s: float, values: Mapping[str, float]) -> None:
+        return None
+
+    def event(self, time_s: float, kind: str, message: str, **fields: Any) -> None:
+        self._rec.event(time_s, kind, message, **fields)
+
+    def alarm(self, *args: Any) -> None:
+        self._rec.alarm(*args)
+
+
+class HilField:
+    """Emulated substation on the simulated clock, links, and one or two sync loops."""
+
+    has_hardware = True
+    emulated = True
+
+    def __init__(
+        self,
+        *,
+        net: Any,
+        model: Any,
+        mode: str,
+        links: Sequence[str],
+        recorder: Any,
+        clock: SimClock,
+        seed: int,
+        plant_model_factory: Callable[[Any], Any] | None = None,
+        stale_factor: float = 3.0,
+        device_tick: float | None = None,
+    ) -> None:
+        from twin.pointmap import generate_pointmap
+
+        self.net = net
+        self.model = model
+        self.mode = mode
+        self.link_kinds = list(links)
+        self.recorder = recorder
+        self.clock = clock
+        self.seed = seed
+        self.stale_factor = stale_factor
+        self.device_tick = device_tick
+        self.pointmap = generate_pointmap(net, mode=mode)
+        # The plant's view of the same points (mirror mode): measurements go to the field.
+        self.plant_pointmap = self.pointmap if mode == "hil" else generate_pointmap(net, mode="hil")
+        self.plant_model = None
+        if mode == "mirror":
+            assert plant_model_factory is not None
+            self.plant_model = plant_model_factory(copy.deepcopy(net))
+        self.sub: Any = None
+        self.serving = False
+        self.links: list[Any] = []
+        self.plant_link: StoreLink | None = None
+        self.sync: Any = None
+        self.plant_sync: Any = None
+        self.devices: dict[str, Any] = {}
+        self.rtu: Any = None
+        self._deferred: list[Callable[[], Awaitable[None]]] = []
+        self.pending_outputs: dict[str, float] = {}
+        self.faults: dict[str, dict[str, Any]] = {}
+        self._scanned = [p for p in self.pointmap.points if p.direction == "to_twin"]
+        self._cut: set[str] = set()
+        self._password = secrets.token_urlsafe(12)
+
+    @property
+    def description(self) -> str:
+        return f"emulated substation, links: {', '.join(self.link_kinds)}"
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        from hil.emulator import EmulatedSubstation
+        from hil.sync import SyncLoop
+
+        users = {"plant": (self._password, "plant"), "operator": (self._password, "operator")}
+        # No initial load flow: the twin (or the plant) writes every measurement at t=0.
+        self.sub = EmulatedSubstation(
+            self.net, self.pointmap, clock=self.clock, users=users, initial_loadflow=False
+        )
+        # The protocol servers mirror every store write into their address spaces (~10 ms a
+        # step here); with only the in-process link nobody listens, so they are not started.
+        self.serving = any(k != "direct" for k in self.link_kinds)
+        if self.serving:
+            await self.sub.start()
+        for dev in self.sub.devices:
+            self.devices[dev.name] = dev
+            if type(dev).__name__ == "RTUMeasurements":
+                self.rtu = dev
+                dev.rng = np.random.default_rng(self.seed)  # same seed, same noise
+        twin_role = "plant" if self.mode == "hil" else "operator"
+        for kind in self.link_kinds:
+            self.links.append(self._make_link(kind, twin_role))
+        for link in self.links:
+            await link.connect()
+        events = _EventsOnly(self.recorder) if self.recorder is not None else None
+        self.sync = SyncLoop(
+            self.model,
+            _without_device_outputs(self.pointmap),
+            self.links,
+            mode=self.mode,
+            recorder=events,
+            record_values=False,
+            link_now=self.clock,
+            period_s=1.0,
+        )
+        if self.mode == "mirror":
+            self.plant_link = StoreLink(
+                self.sub.store,
+                self.plant_pointmap.points,
+                role="plant",
+                clock=self.clock,
+                name="plant",
+                stale_factor=self.stale_factor,
+            )
+            await self.plant_link.connect()
+            self.plant_sync = SyncLoop(
+                self.plant_model,
+                _without_device_outputs(self.plant_pointmap),
+                [self.plant_link],
+                mode="hil",
+                recorder=None,
+                record_values=False,
+                link_now=self.clock,
+                period_s=1.0,
+            )
+
+    def _make_link(self, kind: str, role: str) -> Any:
+        pts = self.pointmap.points
+        if kind == "direct":
+            return StoreLink(
+                self.sub.store, pts, role=role, clock=self.clock, stale_factor=self.stale_factor
+            )
+        if kind == "opcua":
+            from hil.links.opcua import OpcuaLink
+
+            return OpcuaLink(
+                self.sub.opcua_endpoint,
+                [p for p in pts if p.opcua is not None],
+                user=role,
+                password=self._password,
+                mode="poll",
+                namespace=self.pointmap.namespace,
+                clock=self.clock,
+                stale_factor=self.stale_factor,
+                write_timestamps=False,
+            )
+        if kind == "modbus":
+            from hil.links.modbus import ModbusLink
+
+            # Modbus cannot write input registers: it carries what a master reads and commands.
+            chosen = [
+                p
+                for p in pts
+                if p.modbus is not None
+                and (p.direction == "to_twin" or p.kind in ("command", "setpoint"))
+            ]
+            return ModbusLink(
+                "127.0.0.1",
+                self.sub.modbus_port,
+                chosen,
+                clock=self.clock,
+                stale_factor=self.stale_factor,
+            )
+        raise ConfigError(
+            "<scenario>", "links", f"expected one of direct, opcua, modbus, found {kind!r}"
+        )
+
+    async def stop(self) -> None:
+        for link in [*self.links, self.plant_link]:
+            if link is None:
+                continue
+            try:
+                await link.close()
+            except Exception:  # closing must go on for the others
+                _log.exception("closing link %s failed", link)
+        if self.sub is not None and self.serving:
+            await self.sub.stop()
+
+    # --- the step -----------------------------------------------------------------------------
+    def defer(self, fn: Callable[[], Awaitable[None]]) -> None:
+        """Run ``fn()`` at the start of the next step (actions taken by SimPy events)."""
+        self._deferred.append(fn)
+
+    async def step(self, t: float) -> StepOutcome:
+        self.clock.t = t
+        todo, self._deferred = self._deferred, []
+        for fn in todo:
+            await fn()
+        self.tick_devices(t)
+        if self.serving:
+            self._scan(t)
+        self._note_faults(t)
+        if self.pending_outputs:
+            outs, self.pending_outputs = self.pending_outputs, {}
+            await self._write_outputs(outs, plant=self.mode == "mirror")
+        if self.plant_sync is not None:
+            await self.plant_sync.step(t)
+        rep = await self.sync.step(t)
+        for name, f in self.faults.items():  # the relay keeps seeing the fault current
+            if not f.get("cleared"):
+                await self._write_outputs({f"{name}.i_ka": f["current_ka"]}, plant=True)
+        alarms = tuple(alarm_dict(a) for a in rep.alarms if a.kind == "divergence")
+        return StepOutcome(
+            rep.converged,
+            self.sync.last_solution if rep.converged else None,
+            stale=rep.stale,
+            alarms=alarms,
+            error=rep.error,
+            durations=dict(rep.durations),
+        )
+
+    async def _write_outputs(self, values: dict[str, float], *, plant: bool) -> None:
+        if plant and self.plant_link is not None:
+            await self.plant_link.write_outputs(values)
+            return
+        for link in self.links:
+            ok = {
+                n: v
+                for n, v in values.items()
+                if n in link._by_name and link._not_writable(link._by_name[n]) is None
+            }
+            if ok and link.connected:
+                await link.write_outputs(ok)
+                for n in ok:
+                    values.pop(n, None)
+        if values:
+            # Points no link of the twin can write (e.g. p_avail on a Modbus-only setup): set them
+            # inside the emulated substation, as its plant side would.
+            for n, v in values.items():
+                if n in self.sub.store:
+                    self.sub.store.set(n, v, source="plant")
+
+    def stats(self) -> dict[str, Any]:
+        out = {"sync": _jsonable(self.sync.stats()) if self.sync else {}}
+        out["links"] = {lk.name: _jsonable(dict(lk.stats)) for lk in self.links}
+        return out
+
+    # --- actions for events (synchronous: they queue async work for the next step) ------------
+    def _link_for(self, name: str) -> Any:
+        for link in self.links:
+            p = link._by_name.get(name)
+            if p is not None and link._not_writable(p) is None:
+                return link
+        return None
+
+    # --- device time ----------------------------------------------------------------------------
+    def tick_devices(self, t: float) -> None:
+        """Step the devices once at ``t`` (not every 50 ms since the last step).
+
+        Between two steps the twin's measurements do not change, so the devices only need time
+        for their timers: one call per step moves every timer that fell due, at the cost of
+        resolving it to the step (use a shorter ``device_tick`` or step for sub-step timing).
+        :meth:`burst` resolves the seconds after an action (command, fault) finely.
+        """
+        sub = self.sub
+        if t <= sub._last_t:
+            return
+        tick = self.device_tick
+        if tick is None or tick <= 0:
+            sub._step_devices(t)  # private, see the report: advance() has a fixed 50 ms tick
+            sub._last_t = t
+            return
+        now = sub._last_t
+        while now + tick < t - 1e-9:
+            now += tick
+            sub._step_devices(now)
+        sub._step_devices(t)
+        sub._last_t = t
+
+    def _scan(self, t: float) -> None:
+        """The RTU's scan: re-stamp every GOOD status a live device reports, at ``t``.
+
+        Devices write a status only when it changes, so over a protocol an unchanged breaker
+        position would carry the source timestamp of its last change and turn STALE. A real RTU
+        refreshes what it reports every scan; points of a device cut off by ``comms_loss`` are
+        not refreshed.
+        """
+        store = self.sub.store
+        for p in self._scanned:
+            if p.name in self._cut:
+                continue
+            smp = store.get(p.name)
+            if smp.quality.is_good:
+                store.set(p.name, smp.value, timestamp=t, source="device:rtu-scan")
+
+    def burst(self, t0: float, span_s: float = 2.0) -> None:
+        """Step the devices finely (50 ms) for ``span_s`` after an action at ``t0``."""
+        end = min(t0 + span_s, self.clock.t if self.clock.t > t0 else t0 + span_s)
+        k = 1
+        while t0 + 0.05 * k <= end + 1e-9 and k <= 200:
+            self.tick_devices(t0 + 0.05 * k)
+            k += 1
+
+    def command(self, name: str, value: float) -> None:
+        """A command or setpoint write, sent by the twin's link as an operator would."""
+        link = self._link_for(name)
+        t_cmd = self.clock.t
+
+        async def send() -> None:
+            self.tick_devices(t_cmd)
+            if link is not None and link.connected:
+                await link.write_point(name, value)
+            else:
+                self.sub.store.write(name, value, role="operator", source="scenario")
+            self.burst(t_cmd)
+
+        self.defer(send)
+
+    def read_point(self, name: str) -> float | None:
+        s = self.sub.store.get(name)
+        return s.value if s.quality.is_good else None
+
+    def write_setpoint(self, name: str, value: float) -> None:
+        self.command(name, value)
+
+    def device(self, name: str) -> Any:
+        dev = self.devices.get(name)
+        if dev is None:
+            raise KeyError(name)
+        return dev
+
+    def device_points(self, name: str) -> list[str]:
+        return [p.name for p in self.pointmap.points if p.name.startswith(name + ".")]
+
+    def comms_loss(self, target: str) -> None:
+        now = self.clock.t
+        link = next((lk for lk in self.links if target in (lk.name, lk.protocol)), None)
+        if link is not None:
+
+            async def down() -> None:
+                await link.close()
+
+            self.defer(down)
+            return
+        dev = self.devices.get(target)
+        names = self.device_points(target)
+        self._cut.update(names)
+        for lk in [*self.links, self.plant_link]:
+            if isinstance(lk, StoreLink):
+                lk.cut(names)
+        if dev is not None:
+            dev.comms_lost(now)
+
+    def comms_restore(self, target: str) -> None:
+        now = self.clock.t
+        link = next((lk for lk in self.links if target in (lk.name, lk.protocol)), None)
+        if link is not None:
+
+            async def up() -> None:
+                await link.connect()
+
+            self.defer(up)
+            return
+        names = self.device_points(target)
+        self._cut.difference_update(names)
+        for lk in [*self.links, self.plant_link]:
+            if isinstance(lk, StoreLink):
+                lk.restore(names)
+        dev = self.devices.get(target)
+        if dev is not None:
+            dev.comms_restored(now)
+
+    def device_restart(self, name: str) -> None:
+        """A restart: the device drops off the link and comes back with its fallback cleared."""
+        dev = self.devices.get(name)
+        if dev is None:
+            raise KeyError(name)
+        now = self.clock.t
+        dev.comms_lost(now)
+        dev.comms_restored(now)
+
+    def meas_error(
+        self,
+        point: str,
+        *,
+        sigma: float | None = None,
+        offset: float | None = None,
+        factor: float | None = None,
+    ) -> None:
+        if self.rtu is None:
+            raise RuntimeError("the emulated substation has no RTU device")
+        if sigma is not None:
+            self.rtu.set_noise(sigma, point=point)
+        if offset is not None:
+            self.rtu.set_bias(point, offset)
+        if point in getattr(self.rtu, "_true", {}):
+            self.rtu.refresh(point)
+
+    def der_trip(self, label: str, tripped: bool) -> None:
+        dev = self.devices.get(label)
+        if dev is not None and hasattr(dev, "tripped"):
+            dev.tripped = tripped
+            if not tripped:
+                dev._normal_since = None
+            return
+        self.command(f"{label}.p_limit_pct", 0.0 if tripped else 100.0)
+
+    def tap_operate(self, label: str, delta: int) -> bool:
+        """A manual raise/lower at the tap changer, queued behind earlier commands (an AVR set
+        to manual by a set point just before must see that first). False: no tap changer."""
+        dev = self.devices.get(label)
+        if dev is None or not hasattr(dev, "operate"):
+            return False
+        t_cmd = self.clock.t
+
+        async def operate() -> None:
+            self.tick_devices(t_cmd)
+            if int(delta) not in (1, -1) or not dev.operate(t_cmd, int(delta)):
+                why = (
+                    "one step at a time (delta +1 or -1)"
+                    if int(delta) not in (1, -1)
+                    else "manual mode, within the tap limits, mechanism at rest"
+                )
+                if self.recorder is not None:
+                    self.recorder.event(
+                        t_cmd,
+                        "tap_change_refused",
+                        f"{label}: tap change {int(delta):+d} refused by the tap changer; "
+                        f"expected {why}",
+                        element=label,
+                    )
+            self.burst(t_cmd)
+
+        self.defer(operate)
+        return True
+
+    def start_fault(self, line_label: str, current_ka: float, t: float) -> None:
+        relay = self.devices.get(line_label)
+        self.faults[line_label] = {
+            "current_ka": float(current_ka),
+            "t": t,
+            "relay": relay,
+            "trips": len(getattr(relay, "trips", [])),
+        }
+
+        async def inject() -> None:
+            self.tick_devices(t)
+            await self._write_outputs({f"{line_label}.i_ka": float(current_ka)}, plant=True)
+            self.burst(t)
+
+        self.defer(inject)
+
+    def clear_fault(self, line_label: str) -> None:
+        self.faults.pop(line_label, None)
+
+    def _note_faults(self, t: float) -> None:
+        for name, f in self.faults.items():
+            relay = f["relay"]
+            if f.get("cleared") or relay is None:
+                continue
+            trips = getattr(relay, "trips", [])
+            if len(trips) > f["trips"]:
+                trip = trips[-1]
+                f["cleared"] = True
+                f["cleared_at"] = trip.time
+                if self.recorder is not None:
+                    self.recorder.event(
+                        trip.time,
+                        "fault_cleared",
+                        f"fault on {name} cleared: relay {relay.name} tripped breaker "
+                        f"{relay.breaker.name} ({trip.cause})",
+                        line=name,
+                        breaker=relay.breaker.name,
+                    )
+
+
+def _without_device_outputs(pm: Any) -> Any:
+    """The point map minus ``sgen.p_avail_mw``: the engine writes it from the profiles itself
+    (it is no load-flow result, so the sync loop has nothing to write there)."""
+    import dataclasses
+
+    return dataclasses.replace(
+        pm,
+        points=tuple(p for p in pm.points if not (p.table == "sgen" and p.column == "p_avail_mw")),
+    )
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, np.generic):
+        return _jsonable(x.item())
+    return x
+
+
+class RealField(HilField):
+    """Real hardware from a ``hardware.toml``: links opened by ``hil.hardware``, wall clock.
+
+    The devices run on their own (wall) clock, so the simulated clock only stamps the steps;
+    use ``pace = "realtime"``. Actions on emulated devices (comms loss of one device, measurement
+    bias, device restart, field_value checks) are not available here.
+    """
+
+    emulated = False
+
+    def __init__(self, *, hardware: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.hardware = hardware
+        if hardware.pointmap is not None:
+            from twin.pointmap import assert_pointmap, load_pointmap
+
+            self.pointmap = load_pointmap(hardware.pointmap)
+            assert_pointmap(self.pointmap, self.net)
+        self._scanned = []
+
+    @property
+    def description(self) -> str:
+        return f"hardware {self.hardware.source}: {len(self.links)} links"
+
+    async def start(self) -> None:
+        from hil.hardware import open_links
+        from hil.sync import SyncLoop
+
+        if self.mode == "mirror":
+            raise ConfigError(
+                str(self.hardware.source),
+                "mode",
+                "mirror mode against real "
+                "hardware needs the plant to be real too; supported here: hil",
+            )
+        self.links = await open_links(self.hardware, self.pointmap)
+        events = _EventsOnly(self.recorder) if self.recorder is not None else None
+        self.sync = SyncLoop(
+            self.model,
+            _without_device_outputs(self.pointmap),
+            self.links,
+            mode=self.mode,
+            recorder=events,
+            record_values=False,
+            stale_policy=self.hardware.stale_policy,
+            period_s=1.0,
+        )
+
+    async def stop(self) -> None:
+        for link in self.links:
+            try:
+                await link.close()
+            except Exception:  # closing must go on for the others
+                _log.exception("closing link %s failed", link)
+
+    def tick_devices(self, t: float) -> None:
+        return None  # real devices keep their own time
+
+    def burst(self, t0: float, span_s: float = 2.0) -> None:
+        return None
+
+    async def _write_outputs(self, values: dict[str, float], *, plant: bool) -> None:
+        for link in self.links:
+            ok = {
+                n: v
+                for n, v in values.items()
+                if n in link._by_name and link._not_writable(link._by_name[n]) is None
+            }
+            if ok and link.connected:
+                await link.write_outputs(ok)
+
+    def command(self, name: str, value: float) -> None:
+        link = self._link_for(name)
+        if link is None:
+            raise RuntimeError(f"no link of {self.hardware.source} writes {name!r}")
+
+        async def send() -> None:
+            await link.write_point(name, value)
+
+        self.defer(send)
+
+    def read_point(self, name: str) -> float | None:
+        s = self.sync.samples.get(name) if self.sync is not None else None
+        return s.value if s is not None and s.quality.is_good else None
+
+    def _emulator_only(self, what: str) -> None:
+        raise RuntimeError(
+            f"{what} acts on the emulated substation; not available against "
+            f"real hardware ({self.hardware.source})"
+        )
+
+    def comms_loss(self, target: str) -> None:
+        link = next((lk for lk in self.links if target in (lk.name, lk.protocol)), None)
+        if link is None:
+            self._emulator_only(f"comms_loss of device {target!r}")
+        super().comms_loss(target)
+
+    def comms_restore(self, target: str) -> None:
+        link = next((lk for lk in self.links if target in (lk.name, lk.protocol)), None)
+        if link is None:
+            self._emulator_only(f"comms_restore of device {target!r}")
+        super().comms_restore(target)
+
+    def device_restart(self, name: str) -> None:
+        self._emulator_only("device_restart")
+
+    def meas_error(self, point: str, **kwargs: Any) -> None:
+        self._emulator_only("meas_noise/meas_bias")
+
+    def der_trip(self, label: str, tripped: bool) -> None:
+        self.command(f"{label}.p_limit_pct", 0.0 if tripped else 100.0)
+
+    def tap_operate(self, label: str, delta: int) -> bool:
+        self._emulator_only("tap_change on a field tap changer")
+        return False
+
+    def start_fault(self, line_label: str, current_ka: float, t: float) -> None:
+        self.faults[line_label] = {
+            "current_ka": float(current_ka),
+            "t": t,
+            "relay": None,
+            "trips": 0,
+        }
+
+        async def inject() -> None:
+            await self._write_outputs({f"{line_label}.i_ka": float(current_ka)}, plant=True)
+
+        self.defer(inject)
+
+    def _note_faults(self, t: float) -> None:
+        # No relay object to ask: the fault is over when the twin sees the line's breaker open.
+        for name, f in self.faults.items():
+            if f.get("cleared"):
+                continue
+            net = self.model.net
+            idx = net.line.index[net.line["name"] == name]
+            if not len(idx):
+                continue
+            sw = net.switch[(net.switch.et == "l") & (net.switch.element == idx[0])]
+            if len(sw) and not bool(sw["closed"].all()):
+                f["cleared"] = True
+                if self.recorder is not None:
+                    self.recorder.event(
+                        t,
+                        "fault_cleared",
+                        f"fault on {name} cleared: the line's breaker is open",
+                        line=name,
+                    )
