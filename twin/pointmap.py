@@ -512,11 +512,11 @@ class _Spec:
     idx: int
     label: str
     element: int | str
-    kind: str
-    direction: str
+    kind: Kind
+    direction: Direction
     unit: str
-    mb_table: str
-    dtype: str
+    mb_table: ModbusTable
+    dtype: DataType
     low: float | None = None
     high: float | None = None
     deadband: float = 0.0
@@ -543,18 +543,18 @@ def _tol(nominal: float | None, frac: float = 0.1, floor: float = 1e-3) -> float
 
 
 def _element_specs(net: Any, mode: str, labels: dict[str, dict[int, str]]) -> list[_Spec]:
-    meas_dir = "to_field" if mode == "hil" else "to_twin"
+    meas_dir: Direction = "to_field" if mode == "hil" else "to_twin"
     specs: list[_Spec] = []
 
     def add(
         table: str,
         idx: int,
         column: str,
-        kind: str,
-        direction: str,
+        kind: Kind,
+        direction: Direction,
         unit: str,
-        mb_table: str,
-        dtype: str,
+        mb_table: ModbusTable,
+        dtype: DataType,
         **kw: Any,
     ) -> None:
         label = labels[table][idx]

@@ -15,7 +15,7 @@ import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -56,8 +56,10 @@ class Recorder:
         self.events: list[dict[str, Any]] = []
         self.alarms: list[dict[str, Any]] = []
         self._closed = False
-        self._events_fh = self._alarms_fh = None
-        self._events_csv = self._alarms_csv = None
+        self._events_fh: TextIO | None = None
+        self._alarms_fh: TextIO | None = None
+        self._events_csv: Any = None
+        self._alarms_csv: Any = None
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self._events_fh = open(self.out_dir / EVENTS_FILE, "w", newline="", encoding="utf-8")
@@ -120,14 +122,13 @@ class Recorder:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        if self._writer is None:
+        if self._writer is None or self._schema_names is None:
             self._schema_names = list(self._names)
             schema = pa.schema([(name, pa.float64()) for name in self._schema_names])
             self._writer = pq.ParquetWriter(self.out_dir / TIMESERIES_FILE, schema)
+        names = self._schema_names
         lo, hi = self._written, self.rows
-        table = pa.table(
-            {name: pa.array(self._data[name][lo:hi], pa.float64()) for name in self._schema_names}
-        )
+        table = pa.table({name: pa.array(self._data[name][lo:hi], pa.float64()) for name in names})
         self._writer.write_table(table)
         self._written = hi
         self._pending = 0
@@ -138,7 +139,7 @@ class Recorder:
         self._check_open()
         row = {"time_s": float(time_s), "kind": kind, "message": message, "fields": fields}
         self.events.append(row)
-        if self._events_csv is not None:
+        if self._events_csv is not None and self._events_fh is not None:
             extra = json.dumps(fields, default=str, sort_keys=True) if fields else ""
             self._events_csv.writerow((f"{time_s:g}", kind, message, extra))
             self._events_fh.flush()
@@ -163,7 +164,7 @@ class Recorder:
             "message": message,
         }
         self.alarms.append(row)
-        if self._alarms_csv is not None:
+        if self._alarms_csv is not None and self._alarms_fh is not None:
             self._alarms_csv.writerow(
                 (
                     f"{time_s:g}",

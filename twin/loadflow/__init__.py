@@ -22,7 +22,7 @@ _log = logging.getLogger(__name__)
 BACKENDS = ("auto", "cython", "numpy")
 
 try:
-    from twin.loadflow import _newton as _cy
+    from twin.loadflow import _newton as _cy  # type: ignore[attr-defined]
 
     _CY_REASON = ""
 except ImportError as exc:  # no compiled kernel: the reference is used
