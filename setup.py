@@ -51,12 +51,18 @@ def _extensions():
     )
 
 
+class KernelRequired(RuntimeError):
+    """The kernel failed to build and GRIDTWIN_REQUIRE_KERNEL=1."""
+
+
 class OptionalBuildExt(build_ext):
     """Build the kernel; fall back loudly, or fail when the kernel is required."""
 
     def run(self):
         try:
             super().run()
+        except KernelRequired:
+            raise
         except Exception as exc:
             self._fail(exc)
 
@@ -68,7 +74,7 @@ class OptionalBuildExt(build_ext):
 
     def _fail(self, exc):
         if REQUIRE_KERNEL:
-            raise RuntimeError(
+            raise KernelRequired(
                 f"gridtwin: GRIDTWIN_REQUIRE_KERNEL=1 but the Cython kernel failed to build: {exc}"
             ) from exc
         print(
