@@ -28,6 +28,10 @@ MODES = ("hil", "mirror")
 PACES = ("fast", "realtime")
 BACKENDS = ("auto", "cython", "numpy")
 LINK_KINDS = ("direct", "opcua", "modbus")
+#: Links to the emulated substation when a file names none: the twin's computed measurements go
+#: in-process (the plant's analog side), statuses, commands and set points over Modbus TCP on
+#: 127.0.0.1 (docs/scenarios.md, "Links", has the measured costs of each choice).
+DEFAULT_LINKS: tuple[str, ...] = ("direct", "modbus")
 PROFILE_TABLES = ("load", "sgen")
 PROFILE_MODES = ("scale", "absolute")
 INTERPOLATIONS = ("linear", "step")
@@ -57,8 +61,6 @@ _TOP_KEYS = {
     "speed": "a realtime factor > 0 (2 = twice as fast as the wall clock)",
     "seed": "an integer",
     "backend": " | ".join(BACKENDS),
-    "device_tick": "how often emulated devices are stepped between steps (a duration; default: "
-    "once per step, plus 50 ms ticks for 2 s after each command or fault)",
     "links": 'links to the emulated substation: a list of "direct", "opcua", "modbus"',
     "record": "a table [record]",
     "profile": "an array of tables [[profile]]",
@@ -243,8 +245,7 @@ class Scenario:
     speed: float = 1.0
     seed: int = 0
     backend: str = "auto"
-    links: tuple[str, ...] = ("direct",)
-    device_tick: float | None = None
+    links: tuple[str, ...] = DEFAULT_LINKS
     description: str = ""
     record: RecordSpec = field(default_factory=RecordSpec)
     profiles: tuple[ProfileSpec, ...] = ()
@@ -424,7 +425,7 @@ def loads_scenario(text: str, *, path: Path | None = None) -> Scenario:
             "step",
         )
 
-    links = top("links", list, ["direct"])
+    links = top("links", list, list(DEFAULT_LINKS))
     if not links or any(k not in LINK_KINDS for k in links) or len(set(links)) != len(links):
         ps.fail(
             "links",
@@ -441,15 +442,6 @@ def loads_scenario(text: str, *, path: Path | None = None) -> Scenario:
             "",
             0,
             "links",
-        )
-    device_tick = _duration(ps, doc, "device_tick", None, "", 0) if "device_tick" in doc else None
-    if device_tick is not None and not 0 < device_tick <= step:
-        ps.fail(
-            "device_tick",
-            f"expected a duration > 0 and <= step ({step:g} s), found {doc['device_tick']!r}",
-            "",
-            0,
-            "device_tick",
         )
     record = _record(ps, doc.get("record", {}), step)
     profiles = tuple(_profile(ps, t, i, path) for i, t in enumerate(_array(ps, doc, "profile")))
@@ -480,7 +472,6 @@ def loads_scenario(text: str, *, path: Path | None = None) -> Scenario:
         seed=seed,
         backend=backend,
         links=tuple(links),
-        device_tick=device_tick,
         description=description,
         record=record,
         profiles=profiles,

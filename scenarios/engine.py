@@ -3,7 +3,7 @@
 One run::
 
     parse (scenarios.config) -> grid + checks against it (scenarios.validate)
-    model (twin.GridModel; the pandapower stand-in when it cannot be imported)
+    model (twin.GridModel)
     field (none / emulated substation + SyncLoop / real hardware)       scenarios.field, .hilfield
     SimPy processes: the stepper, one per timed event, user processes    here
     bridge.run(): steps SimPy, awaits field I/O in between               scenarios.bridge
@@ -44,33 +44,20 @@ Progress = Callable[[int, int, float], None]
 
 
 def make_model(net: Any, backend: str = "auto") -> Any:
-    """``twin.GridModel`` on ``net``; the pandapower stand-in when the model layer is missing."""
-    try:
-        from twin.model import GridModel
-    except ImportError as exc:
-        from scenarios.localmodel import LocalModel
+    """The twin's model of ``net``: ``twin.GridModel`` (compiled Newton kernel)."""
+    from twin.model import GridModel
 
-        _log.warning("twin.model not available (%s): using the pandapower stand-in", exc)
-        return LocalModel(net, backend)
-    from scenarios.fastresults import FastModel
-
-    return FastModel(GridModel(net, backend=backend))
+    return GridModel(net, backend=backend)
 
 
 def backend_info(model: Any) -> dict[str, Any]:
-    inner = getattr(model, "_model", model)
-    info: dict[str, Any] = {"model": type(inner).__module__ + "." + type(inner).__name__}
-    if inner is not model:
-        info["fast_results_disabled"] = sorted(f"{t}.{c}" for t, c in model.disabled)
+    info: dict[str, Any] = {"model": type(model).__module__ + "." + type(model).__name__}
     b = getattr(model, "backend", None)
     if b is not None:
         info["backend"] = str(b)
-    try:
-        from twin.loadflow import build_info
+    from twin.loadflow import build_info
 
-        info.update({k: v for k, v in build_info().items() if isinstance(v, str | bool | int)})
-    except Exception as exc:  # the kernel layer may be missing: say so, do not fail the run
-        info["build_info_error"] = str(exc)
+    info.update({k: v for k, v in build_info().items() if isinstance(v, str | bool | int)})
     return info
 
 
@@ -329,18 +316,11 @@ class TwinRuntime:
             target.update(table, col, vals, index=idx)
 
 
-def _result_columns() -> frozenset[tuple[str, str]]:
-    from scenarios.fastresults import INJ_COLS, LINE_COLS, TRAFO_COLS
-
-    cols = {("bus", "vm_pu"), ("bus", "va_degree"), ("bus", "p_mw"), ("bus", "q_mvar")}
-    cols |= {("line", c) for c in LINE_COLS} | {("trafo", c) for c in TRAFO_COLS}
-    cols |= set(INJ_COLS) | {("ext_grid", "p_mw"), ("ext_grid", "q_mvar")}
-    cols |= {("gen", "p_mw"), ("gen", "q_mvar"), ("gen", "vm_pu")}
-    return frozenset(cols)
-
-
-#: Quantities a solution holds; anything else (switch.closed, trafo.tap_pos) is a model input.
-_RESULT_COLUMNS = _result_columns()
+def _is_result(net: Any, table: str, column: str) -> bool:
+    """Whether a quantity is a load-flow result (a column of ``net.res_<table>``); anything else
+    (switch.closed, trafo.tap_pos) is a model input."""
+    res = "res_" + table
+    return res in net and column in net[res].columns
 
 
 class _Stepper:
@@ -370,7 +350,7 @@ class _Stepper:
         self._record_cols = self._plan_record()
 
     # --- recording plan -------------------------------------------------------------------------
-    def _plan_record(self) -> list[tuple[str, str, list[str], np.ndarray | None]]:
+    def _plan_record(self) -> list[tuple[str, str, list[str], np.ndarray | None, bool]]:
         net = self.rt.net
         plan = []
         for q in self.sc.record.quantities:
@@ -383,17 +363,18 @@ class _Stepper:
                 label = label.rstrip("]")
                 if label not in labels:
                     continue
-                plan.append((table, column, [label], np.asarray([labels.index(label)])))
+                pos = np.asarray([labels.index(label)])
+                plan.append((table, column, [label], pos, _is_result(net, table, column)))
             else:
-                plan.append((table, column, labels, None))
+                plan.append((table, column, labels, None, _is_result(net, table, column)))
         return plan
 
     def _values(self, sol: Any) -> dict[str, float]:
         net = self.rt.net
         out: dict[str, float] = {}
-        for table, column, labels, pos in self._record_cols:
+        for table, column, labels, pos, is_result in self._record_cols:
             arr = None
-            if sol is not None and (table, column) in _RESULT_COLUMNS:
+            if sol is not None and is_result:
                 try:
                     arr = np.asarray(sol.get(table, column), dtype=float)
                 except (KeyError, AttributeError, TwinError, ValueError):
@@ -627,7 +608,6 @@ def run_scenario(
             recorder=rec,
             clock=clock,
             seed=sc.seed,
-            device_tick=sc.device_tick,
             plant_model_factory=lambda n: make_model(n, sc.backend),
         )
     env = simpy.Environment()

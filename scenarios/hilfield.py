@@ -2,12 +2,20 @@
 
 See ``scenarios.field`` for the role of this class in a run. Links to the emulated substation:
 
-- ``direct``: :class:`scenarios.field.StoreLink`, in-process, the fast default;
+- ``direct``: :class:`scenarios.field.StoreLink`, in-process. Alone, it carries every point
+  (no sockets at all). Beside a protocol link it is the plant's analog side only: the twin's
+  computed measurements (and the PV available power, a fault current) go into the substation
+  in-process, as a plant's transducers would feed its RTU, and everything else (statuses the
+  twin applies, commands, set points) goes over the protocol link;
 - ``opcua``: an OPC UA client over loopback, logged in as the plant (it can write measurements),
   polled once per step;
 - ``modbus``: a Modbus TCP client over loopback; Modbus cannot write input registers, so it
-  carries statuses, commands and setpoints and needs ``opcua`` (or ``direct``) beside it for the
+  carries statuses, commands and setpoints and needs ``opcua`` or ``direct`` beside it for the
   twin's measurements.
+
+Only the protocol servers a link talks to are started. Device time is the substation's
+(``EmulatedSubstation.advance``): actions taken between steps run at their own time, so device
+timers (a breaker's operate time, a relay's delay) resolve exactly, not at the next step.
 """
 
 from __future__ import annotations
@@ -61,7 +69,6 @@ class HilField:
         seed: int,
         plant_model_factory: Callable[[Any], Any] | None = None,
         stale_factor: float = 3.0,
-        device_tick: float | None = None,
     ) -> None:
         from twin.pointmap import generate_pointmap
 
@@ -73,7 +80,6 @@ class HilField:
         self.clock = clock
         self.seed = seed
         self.stale_factor = stale_factor
-        self.device_tick = device_tick
         self.pointmap = generate_pointmap(net, mode=mode)
         # The plant's view of the same points (mirror mode): measurements go to the field.
         self.plant_pointmap = self.pointmap if mode == "hil" else generate_pointmap(net, mode="hil")
@@ -89,7 +95,7 @@ class HilField:
         self.plant_sync: Any = None
         self.devices: dict[str, Any] = {}
         self.rtu: Any = None
-        self._deferred: list[Callable[[], Awaitable[None]]] = []
+        self._deferred: list[tuple[float, Callable[[], Awaitable[None]]]] = []
         self.pending_outputs: dict[str, float] = {}
         self.faults: dict[str, dict[str, Any]] = {}
         self._scanned = [p for p in self.pointmap.points if p.direction == "to_twin"]
@@ -106,13 +112,19 @@ class HilField:
         from hil.sync import SyncLoop
 
         users = {"plant": (self._password, "plant"), "operator": (self._password, "operator")}
+        # Only the servers a link talks to: the OPC UA server mirrors every store write into
+        # its address space (~10 ms a step here), so it runs only when an OPC UA link needs it.
+        protocols = [k for k in self.link_kinds if k != "direct"]
         # No initial load flow: the twin (or the plant) writes every measurement at t=0.
         self.sub = EmulatedSubstation(
-            self.net, self.pointmap, clock=self.clock, users=users, initial_loadflow=False
+            self.net,
+            self.pointmap,
+            clock=self.clock,
+            users=users,
+            initial_loadflow=False,
+            protocols=protocols or ("modbus",),
         )
-        # The protocol servers mirror every store write into their address spaces (~10 ms a
-        # step here); with only the in-process link nobody listens, so they are not started.
-        self.serving = any(k != "direct" for k in self.link_kinds)
+        self.serving = bool(protocols)
         if self.serving:
             await self.sub.start()
         for dev in self.sub.devices:
@@ -160,6 +172,9 @@ class HilField:
     def _make_link(self, kind: str, role: str) -> Any:
         pts = self.pointmap.points
         if kind == "direct":
+            if self.serving:
+                # beside a protocol link: the plant's analog side only (module docstring)
+                pts = tuple(p for p in pts if p.kind == "measurement" and p.direction == "to_field")
             return StoreLink(
                 self.sub.store, pts, role=role, clock=self.clock, stale_factor=self.stale_factor
             )
@@ -178,8 +193,6 @@ class HilField:
                 write_timestamps=False,
             )
         if kind == "modbus":
-            from hil.links.modbus import ModbusLink
-
             # Modbus cannot write input registers: it carries what a master reads and commands.
             chosen = [
                 p
@@ -187,12 +200,15 @@ class HilField:
                 if p.modbus is not None
                 and (p.direction == "to_twin" or p.kind in ("command", "setpoint"))
             ]
-            return ModbusLink(
+            # The substation's register blocks are contiguous (every address is mapped), so a
+            # read may span the measurements between two statuses: a few requests per step.
+            return _modbus_link_class()(
                 "127.0.0.1",
                 self.sub.modbus_port,
                 chosen,
                 clock=self.clock,
                 stale_factor=self.stale_factor,
+                max_gap=_MODBUS_MAX_GAP,
             )
         raise ConfigError(
             "<scenario>", "links", f"expected one of direct, opcua, modbus, found {kind!r}"
@@ -211,15 +227,30 @@ class HilField:
 
     # --- the step -----------------------------------------------------------------------------
     def defer(self, fn: Callable[[], Awaitable[None]]) -> None:
-        """Run ``fn()`` at the start of the next step (actions taken by SimPy events)."""
-        self._deferred.append(fn)
+        """Run ``fn()`` in the next step, at the time it was asked for (``clock.t`` now): the
+        devices are brought to that time first (actions taken by SimPy events)."""
+        self._deferred.append((self.clock.t, fn))
+
+    def _defer_at_device(self, fn: Callable[[float], None]) -> None:
+        """Defer a direct action on a device, called with its time (see :meth:`defer`)."""
+
+        async def run() -> None:
+            fn(self.clock.t)
+
+        self.defer(run)
+
+    def advance_devices(self, t: float) -> None:
+        """Bring the emulated devices to ``t`` (every timer due by then resolves at its time)."""
+        self.sub.advance(t)
 
     async def step(self, t: float) -> StepOutcome:
-        self.clock.t = t
         todo, self._deferred = self._deferred, []
-        for fn in todo:
+        for at, fn in todo:
+            self.clock.t = min(at, t)
+            self.advance_devices(self.clock.t)
             await fn()
-        self.tick_devices(t)
+        self.clock.t = t
+        self.advance_devices(t)
         if self.serving:
             self._scan(t)
         self._note_faults(t)
@@ -229,9 +260,11 @@ class HilField:
         if self.plant_sync is not None:
             await self.plant_sync.step(t)
         rep = await self.sync.step(t)
-        for name, f in self.faults.items():  # the relay keeps seeing the fault current
+        for name, f in self.faults.items():
             if not f.get("cleared"):
-                await self._write_outputs({f"{name}.i_ka": f["current_ka"]}, plant=True)
+                # The relay keeps seeing the fault current, not the twin's computed current that
+                # the sync loop has just written: sent again, past the links' deadband.
+                await self._write_outputs({f"{name}.i_ka": f["current_ka"]}, plant=True, force=True)
         alarms = tuple(alarm_dict(a) for a in rep.alarms if a.kind == "divergence")
         return StepOutcome(
             rep.converged,
@@ -242,9 +275,13 @@ class HilField:
             durations=dict(rep.durations),
         )
 
-    async def _write_outputs(self, values: dict[str, float], *, plant: bool) -> None:
+    async def _write_outputs(
+        self, values: dict[str, float], *, plant: bool, force: bool = False
+    ) -> None:
+        """Write ``values`` over the links that can; ``force`` sends each one even when it is
+        within the link's deadband of the last value written."""
         if plant and self.plant_link is not None:
-            await self.plant_link.write_outputs(values)
+            await _send(self.plant_link, values, force)
             return
         for link in self.links:
             ok = {
@@ -253,7 +290,7 @@ class HilField:
                 if n in link._by_name and link._not_writable(link._by_name[n]) is None
             }
             if ok and link.connected:
-                await link.write_outputs(ok)
+                await _send(link, ok, force)
                 for n in ok:
                     values.pop(n, None)
         if values:
@@ -266,6 +303,8 @@ class HilField:
     def stats(self) -> dict[str, Any]:
         out = {"sync": _jsonable(self.sync.stats()) if self.sync else {}}
         out["links"] = {lk.name: _jsonable(dict(lk.stats)) for lk in self.links}
+        if self.sub is not None:
+            out["devices"] = {"count": len(self.sub.devices), "rounds": self.sub.device_steps}
         return out
 
     # --- actions for events (synchronous: they queue async work for the next step) ------------
@@ -275,30 +314,6 @@ class HilField:
             if p is not None and link._not_writable(p) is None:
                 return link
         return None
-
-    # --- device time ----------------------------------------------------------------------------
-    def tick_devices(self, t: float) -> None:
-        """Step the devices once at ``t`` (not every 50 ms since the last step).
-
-        Between two steps the twin's measurements do not change, so the devices only need time
-        for their timers: one call per step moves every timer that fell due, at the cost of
-        resolving it to the step (use a shorter ``device_tick`` or step for sub-step timing).
-        :meth:`burst` resolves the seconds after an action (command, fault) finely.
-        """
-        sub = self.sub
-        if t <= sub._last_t:
-            return
-        tick = self.device_tick
-        if tick is None or tick <= 0:
-            sub._step_devices(t)  # private, see the report: advance() has a fixed 50 ms tick
-            sub._last_t = t
-            return
-        now = sub._last_t
-        while now + tick < t - 1e-9:
-            now += tick
-            sub._step_devices(now)
-        sub._step_devices(t)
-        sub._last_t = t
 
     def _scan(self, t: float) -> None:
         """The RTU's scan: re-stamp every GOOD status a live device reports, at ``t``.
@@ -316,26 +331,15 @@ class HilField:
             if smp.quality.is_good:
                 store.set(p.name, smp.value, timestamp=t, source="device:rtu-scan")
 
-    def burst(self, t0: float, span_s: float = 2.0) -> None:
-        """Step the devices finely (50 ms) for ``span_s`` after an action at ``t0``."""
-        end = min(t0 + span_s, self.clock.t if self.clock.t > t0 else t0 + span_s)
-        k = 1
-        while t0 + 0.05 * k <= end + 1e-9 and k <= 200:
-            self.tick_devices(t0 + 0.05 * k)
-            k += 1
-
     def command(self, name: str, value: float) -> None:
         """A command or setpoint write, sent by the twin's link as an operator would."""
         link = self._link_for(name)
-        t_cmd = self.clock.t
 
         async def send() -> None:
-            self.tick_devices(t_cmd)
             if link is not None and link.connected:
                 await link.write_point(name, value)
             else:
                 self.sub.store.write(name, value, role="operator", source="scenario")
-            self.burst(t_cmd)
 
         self.defer(send)
 
@@ -356,7 +360,6 @@ class HilField:
         return [p.name for p in self.pointmap.points if p.name.startswith(name + ".")]
 
     def comms_loss(self, target: str) -> None:
-        now = self.clock.t
         link = next((lk for lk in self.links if target in (lk.name, lk.protocol)), None)
         if link is not None:
 
@@ -369,13 +372,12 @@ class HilField:
         names = self.device_points(target)
         self._cut.update(names)
         for lk in [*self.links, self.plant_link]:
-            if isinstance(lk, StoreLink):
+            if lk is not None and hasattr(lk, "cut"):
                 lk.cut(names)
         if dev is not None:
-            dev.comms_lost(now)
+            self._defer_at_device(dev.comms_lost)
 
     def comms_restore(self, target: str) -> None:
-        now = self.clock.t
         link = next((lk for lk in self.links if target in (lk.name, lk.protocol)), None)
         if link is not None:
 
@@ -387,20 +389,23 @@ class HilField:
         names = self.device_points(target)
         self._cut.difference_update(names)
         for lk in [*self.links, self.plant_link]:
-            if isinstance(lk, StoreLink):
+            if lk is not None and hasattr(lk, "restore"):
                 lk.restore(names)
         dev = self.devices.get(target)
         if dev is not None:
-            dev.comms_restored(now)
+            self._defer_at_device(dev.comms_restored)
 
     def device_restart(self, name: str) -> None:
         """A restart: the device drops off the link and comes back with its fallback cleared."""
         dev = self.devices.get(name)
         if dev is None:
             raise KeyError(name)
-        now = self.clock.t
-        dev.comms_lost(now)
-        dev.comms_restored(now)
+
+        def restart(now: float) -> None:
+            dev.comms_lost(now)
+            dev.comms_restored(now)
+
+        self._defer_at_device(restart)
 
     def meas_error(
         self,
@@ -420,11 +425,15 @@ class HilField:
             self.rtu.refresh(point)
 
     def der_trip(self, label: str, tripped: bool) -> None:
+        """Trip an inverter (held off) or release it; a set point where there is no inverter."""
+        from hil.emulator.devices import DERInverter
+
         dev = self.devices.get(label)
-        if dev is not None and hasattr(dev, "tripped"):
-            dev.tripped = tripped
-            if not tripped:
-                dev._normal_since = None
+        if isinstance(dev, DERInverter):
+            if tripped:
+                self._defer_at_device(lambda now: dev.force_trip(now, "der_trip event"))
+            else:
+                self._defer_at_device(dev.release)
             return
         self.command(f"{label}.p_limit_pct", 0.0 if tripped else 100.0)
 
@@ -437,7 +446,6 @@ class HilField:
         t_cmd = self.clock.t
 
         async def operate() -> None:
-            self.tick_devices(t_cmd)
             if int(delta) not in (1, -1) or not dev.operate(t_cmd, int(delta)):
                 why = (
                     "one step at a time (delta +1 or -1)"
@@ -452,7 +460,6 @@ class HilField:
                         f"expected {why}",
                         element=label,
                     )
-            self.burst(t_cmd)
 
         self.defer(operate)
         return True
@@ -467,9 +474,7 @@ class HilField:
         }
 
         async def inject() -> None:
-            self.tick_devices(t)
             await self._write_outputs({f"{line_label}.i_ka": float(current_ka)}, plant=True)
-            self.burst(t)
 
         self.defer(inject)
 
@@ -495,6 +500,56 @@ class HilField:
                         line=name,
                         breaker=relay.breaker.name,
                     )
+
+
+async def _send(link: Any, values: dict[str, float], force: bool) -> None:
+    """``link.write_outputs(values)``, or one ``write_point`` each (no deadband) with ``force``."""
+    if not force:
+        await link.write_outputs(values)
+        return
+    for n, v in values.items():
+        await link.write_point(n, v)
+
+
+#: Registers/bits a Modbus read may span between two carried points (at most one request's worth).
+_MODBUS_MAX_GAP = 125
+
+
+def _modbus_link_class() -> type:
+    """:class:`hil.links.modbus.ModbusLink` with per-device cut-off, like ``StoreLink.cut``.
+
+    A ``comms_loss`` of one device (not of the whole link) emulates the device dropping off the
+    bus behind the substation's RTU: its points read COMMS_LOST on this link and writes to them
+    are dropped, while the other devices' points keep flowing in the same requests.
+    """
+    from hil.links.modbus import ModbusLink
+    from twin.quality import Quality, Sample
+
+    class SubstationModbusLink(ModbusLink):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.cut_points: set[str] = set()
+
+        def cut(self, names: Any) -> None:
+            self.cut_points.update(n for n in names if n in self._by_name)
+
+        def restore(self, names: Any) -> None:
+            self.cut_points.difference_update(names)
+
+        def read_inputs(self, now: float | None = None) -> dict[str, Any]:
+            out = super().read_inputs(now)
+            for n in self.cut_points:
+                s = out.get(n)
+                if s is not None:
+                    out[n] = Sample(s.value, Quality.COMMS_LOST, s.timestamp)
+            return out
+
+        async def _send(self, items: list[tuple[Any, float]]) -> None:
+            items = [(p, v) for p, v in items if p.name not in self.cut_points]
+            if items:
+                await super()._send(items)
+
+    return SubstationModbusLink
 
 
 def _without_device_outputs(pm: Any) -> Any:
@@ -575,13 +630,12 @@ class RealField(HilField):
             except Exception:  # closing must go on for the others
                 _log.exception("closing link %s failed", link)
 
-    def tick_devices(self, t: float) -> None:
+    def advance_devices(self, t: float) -> None:
         return None  # real devices keep their own time
 
-    def burst(self, t0: float, span_s: float = 2.0) -> None:
-        return None
-
-    async def _write_outputs(self, values: dict[str, float], *, plant: bool) -> None:
+    async def _write_outputs(
+        self, values: dict[str, float], *, plant: bool, force: bool = False
+    ) -> None:
         for link in self.links:
             ok = {
                 n: v
@@ -589,7 +643,7 @@ class RealField(HilField):
                 if n in link._by_name and link._not_writable(link._by_name[n]) is None
             }
             if ok and link.connected:
-                await link.write_outputs(ok)
+                await _send(link, ok, force)
 
     def command(self, name: str, value: float) -> None:
         link = self._link_for(name)

@@ -7,6 +7,12 @@ depends on elapsed time, never on the number of calls. An input change is seen a
 after it was written (that step is the device's "scan"); from there on every delay is measured
 in elapsed time, and an action falls due at the first step with ``now >= due``.
 
+Devices are discrete-event: :meth:`Device.next_due` tells when a device next changes state by
+itself (a breaker operation completing, a relay's delay, an AVR's delay or tap mechanism, an
+inverter's trip or reconnect timer, the watchdog). The substation steps devices at those times
+and whenever something outside the devices writes the store, so timers resolve exactly however
+coarse the caller's steps are (``hil.emulator.substation.EmulatedSubstation.advance``).
+
 Devices:
 
 - :class:`Breaker`: ``<sw>.cmd`` (1 close, 0 open, written by clients) and :meth:`Breaker.trip`
@@ -23,8 +29,10 @@ Devices:
   ``avr_delay_s`` -> one tap step in the direction that brings the voltage back; the timer resets
   when the voltage is back in band, changes side, is not GOOD, or the AVR is in manual. The tap
   mechanism takes ``mechanism_s``: ``tap_pos`` changes when it completes, and the timer restarts
-  then (no step can start while the mechanism runs). Limits ``tap_min``/``tap_max`` come from the
-  net. The tap direction that raises the regulated voltage is computed from ``tap_side`` and the
+  then, from the first voltage measured after the step (a sample older than the new tap says
+  nothing about it: with a plant that measures once a minute, the AVR must not hunt on stale
+  values); no step can start while the mechanism runs. Limits ``tap_min``/``tap_max`` come from
+  the net. The tap direction that raises the regulated voltage is computed from ``tap_side`` and the
   sign of ``tap_step_percent`` (:func:`tap_delta_raising_voltage`): an HV-side tap with a positive
   step LOWERS the LV voltage when ``tap_pos`` rises (pandapower's ratio model).
 - :class:`OvercurrentRelay`: definite time. Picks up when ``i_ka > oc_pickup_ka``, drops out when
@@ -40,7 +48,9 @@ Devices:
   voltage has been within ``[reconnect_low_pu, reconnect_high_pu]`` (0.917, 1.05) continuously
   for ``reconnect_delay_s`` and ramps up again. A NaN voltage (what the twin writes for an
   isolated bus) counts as 0 pu, i.e. loss of mains (anti-islanding); any other non-GOOD voltage
-  (e.g. no measurement yet) is "no information" and trips nothing.
+  (e.g. no measurement yet) is "no information" and trips nothing. :meth:`DERInverter.force_trip`
+  trips it on an outside order (held off until :meth:`DERInverter.release`, which reconnects it
+  at once, ramping from zero).
 - :class:`RTUMeasurements`: turns the plant's true measurement values into what clients read:
   ``reported = true + bias[point] + N(0, sigma)``, noise from a seeded ``numpy.random.Generator``.
   The plant calls :meth:`RTUMeasurements.inject` (name, true value, now); alternatively
@@ -230,6 +240,26 @@ class Device(ABC):
     def _step(self, now: float) -> None:
         """One step of the behaviour; runs after the watchdog check."""
 
+    def next_due(self, now: float) -> float | None:
+        """When this device next changes state by itself, seen from ``now``; None: never.
+
+        The earliest of the watchdog expiry and the device's own timers (:meth:`_next_due`):
+        a step at that time (or later) is where the change happens. Input changes (a command,
+        a measurement crossing a pickup) are not timers: whoever writes the store steps the
+        device then. A time at or before the last step means "due now". Continuous behaviour
+        (ramps, lags) is computed from elapsed time and needs no due time.
+        """
+        due = self._next_due(float(now))
+        lost = self._comms_lost_at
+        if not self.fallback_active and lost is not None:
+            w = lost + self.comms_timeout_s
+            due = w if due is None else min(due, w)
+        return due
+
+    def _next_due(self, now: float) -> float | None:
+        """The device's own next timer expiry (None: no timer running). Default: none."""
+        return None
+
     # -- watchdog -------------------------------------------------------------------------
     def comms_lost(self, now: float) -> None:
         """The link to this device's master is down since ``now``; fallback after the timeout."""
@@ -342,6 +372,11 @@ class Breaker(Device):
             self.pending = _Operation(False, now + self.open_time_s, cause)
         self.locked_out = True
         _log.info("%s: trip by %s at %.3f s", self.name, cause, now)
+
+    def _next_due(self, now: float) -> float | None:
+        if self.store.get(self.cmd_point) is not self._seen_cmd:
+            return now  # a command not scanned yet
+        return self.pending.due if self.pending is not None else None
 
     def _step(self, now: float) -> None:
         sample = self.store.get(self.cmd_point)
@@ -471,6 +506,7 @@ class TapChangerAVR(Device):
         self._out_since: float | None = None
         self._out_sign = 0
         self._at_limit_logged = False
+        self._v_at_move: Sample | None = None  # the voltage sample seen when a step completed
         self._write(tap_point, self.tap_pos)
 
     @property
@@ -502,8 +538,21 @@ class TapChangerAVR(Device):
         assert self.moving_to is not None
         self.tap_pos = self.moving_to
         self.moving_to = None
-        self._out_since = None  # the definite-time timer restarts after each step
+        # The definite-time timer restarts after each step, from the first voltage measured
+        # after it: the sample in the store now predates the new tap.
+        self._out_since = None
+        self._v_at_move = self.store.get(self.voltage_point)
         self._write(self.tap_point, self.tap_pos)
+
+    def _next_due(self, now: float) -> float | None:
+        if self.moving_to is not None:
+            return self._move_due
+        if self._out_since is None or not self.auto_active:
+            return None
+        target = self.tap_pos + self._out_sign * self.raise_delta
+        if not self.tap_min <= target <= self.tap_max:
+            return None  # at the limit: the timer runs out with nothing to do
+        return self._out_since + max(self._read(self.delay_point, self.delay_s), 0.0)
 
     def _step(self, now: float) -> None:
         if self.moving_to is not None:
@@ -514,6 +563,10 @@ class TapChangerAVR(Device):
             self._out_since = None
             return
         s = self.store.get(self.voltage_point)
+        if self._v_at_move is not None:
+            if s is self._v_at_move:  # every store write is a new Sample object
+                return  # no voltage measured since the last tap step yet
+            self._v_at_move = None
         if s.quality is not Quality.GOOD:
             self._out_since = None
             return
@@ -567,6 +620,11 @@ class OvercurrentRelay(Device):
         self.picked_up_since: float | None = None
         self.latched = False
         self.trips: list[TripEvent] = []
+
+    def _next_due(self, now: float) -> float | None:
+        if self.picked_up_since is None or self.latched:
+            return None
+        return self.picked_up_since + max(self._read(self.delay_point, self.delay_s), 0.0)
 
     def _step(self, now: float) -> None:
         s = self.store.get(self.current_point)
@@ -649,6 +707,7 @@ class DERInverter(Device):
         self.reconnect_delay_s = float(reconnect_delay_s)
         self.fallback_p_limit_pct = fallback_p_limit_pct
         self.tripped = False
+        self.forced: str | None = None  # cause of a forced trip, held until release()
         self.trips: list[TripEvent] = []
         self._abnormal_since: float | None = None
         self._normal_since: float | None = None
@@ -671,6 +730,46 @@ class DERInverter(Device):
         if self.fallback_active and self.fallback_p_limit_pct is not None:
             pct = self.fallback_p_limit_pct
         return max(pct, 0.0) / 100.0 * self.sn_mva
+
+    def force_trip(self, now: float, cause: str) -> None:
+        """Trip at ``now`` on an outside order (a DER trip, a transfer trip): P = Q = 0 at once.
+
+        The inverter stays off until :meth:`release`; its voltage protection does not reconnect
+        it meanwhile. A forced trip of a tripped inverter only takes over the hold.
+        """
+        now = float(now)
+        if not self.tripped:
+            self.trips.append(TripEvent(now, self.name, cause, math.nan))
+            _log.info("%s: forced trip at %.3f s (%s)", self.name, now, cause)
+        self.forced = cause
+        self.tripped = True
+        self._abnormal_since = self._normal_since = None
+        self.p_mw = self.q_mvar = 0.0
+        self._write(self.p_point, 0.0)
+        self._write(self.q_point, 0.0)
+
+    def release(self, now: float) -> None:
+        """End a forced trip: the inverter reconnects at ``now`` and ramps up from zero.
+
+        Its voltage protection applies again from then on. No-op without a forced trip.
+        """
+        if self.forced is None:
+            return
+        now = float(now)
+        self.forced = None
+        self.tripped = False
+        self._abnormal_since = self._normal_since = None
+        self._prev = now  # the ramp starts at the release, not at the previous step
+        _log.info("%s: released at %.3f s", self.name, now)
+
+    def _next_due(self, now: float) -> float | None:
+        if self.forced is not None:
+            return None
+        if not self.tripped and self._abnormal_since is not None:
+            return self._abnormal_since + self.trip_delay_s
+        if self.tripped and self._normal_since is not None:
+            return self._normal_since + self.reconnect_delay_s
+        return None
 
     def _step(self, now: float) -> None:
         dt = 0.0 if self._prev is None else now - self._prev
@@ -704,6 +803,8 @@ class DERInverter(Device):
         self._write(self.q_point, self.q_mvar)
 
     def _protection(self, now: float, v: float | None) -> None:
+        if self.forced is not None:
+            return  # held off until release()
         if v is None:  # no information: neither trip nor reconnect timers run
             self._abnormal_since = self._normal_since = None
             return
@@ -757,6 +858,7 @@ class RTUMeasurements(Device):
         self._bias: dict[str, float] = {}
         self._true: dict[str, tuple[float, float | None]] = {}
         self._unsubscribe: Any = None
+        self._pass_through = True  # no noise, no bias anywhere: the per-write fast path
         self.set_noise(sigma)
 
     # -- configuration --------------------------------------------------------------------
@@ -776,12 +878,14 @@ class RTUMeasurements(Device):
             self._sigma_unit[unit] = sigma
         else:
             self._sigma_default = sigma
+        self._pass_through = self._exact
 
     def set_bias(self, point: str, value: float) -> None:
         """An additive bias on one point (engineering unit); 0 removes it. Applies from the next
         injected value; :meth:`refresh` re-reports the current true value at once."""
         self._check(point)
         self._bias[point] = float(value)
+        self._pass_through = self._exact
 
     def sigma(self, point: str) -> float:
         if point in self._sigma_point:
@@ -832,8 +936,18 @@ class RTUMeasurements(Device):
             self.store.set(n, self._report(n, value, q), quality=q, source=self.source)
             self._true[n] = (value, when)
 
+    @property
+    def _exact(self) -> bool:
+        """Whether no point has noise or bias: reported values are the true ones."""
+        return (
+            self._sigma_default == 0.0
+            and not any(self._sigma_unit.values())
+            and not any(self._sigma_point.values())
+            and not any(self._bias.values())
+        )
+
     def _report(self, name: str, v: float, quality: Quality) -> float:
-        if quality is not Quality.GOOD or not math.isfinite(v):
+        if self._pass_through or quality is not Quality.GOOD or not math.isfinite(v):
             return v
         sigma = self.sigma(name)
         noise = float(self.rng.normal(0.0, sigma)) if sigma > 0 else 0.0

@@ -8,6 +8,14 @@ exist only in the field device (``switch.cmd``, ``trafo.avr_*``, ...) are left t
 
 The store outlives the servers: ``stop()`` then ``start()`` serves the same values on the same
 ports, which is what link-loss tests need.
+
+Device time is discrete-event: devices are stepped when a timer of theirs falls due
+(``Device.next_due``: a breaker operation, a relay or AVR delay, an inverter trip/reconnect, a
+watchdog), when something outside the devices writes the store (a client command, the plant's
+measurements; devices are stepped at the time of the write), and at the time asked for. So
+``advance(t)`` costs a few device steps per call however far ``t`` is, and every timer resolves
+at its own time: a 0.5 s relay trips at fault + 0.5 s even when ``advance`` is called once a
+minute.
 """
 
 from __future__ import annotations
@@ -32,10 +40,13 @@ from twin.quality import Quality
 
 _log = logging.getLogger(__name__)
 
-#: Wall-clock device tick period (s).
+#: Wall clock: the longest the device task sleeps (s); it wakes earlier for a due timer.
 TICK_S = 0.05
-#: advance() never runs more device steps than this in one call (it widens the step instead).
+#: advance() runs at most this many due times in one call (a guard against a device that keeps
+#: reporting a due time it does not act on); the rest wait for the next call.
 MAX_ADVANCE_STEPS = 100_000
+#: The protocol servers a substation can serve.
+PROTOCOLS = ("opcua", "modbus")
 #: Tries to bind freshly picked ports on the first start.
 _PORT_ATTEMPTS = 3
 
@@ -45,6 +56,9 @@ class Clock(Protocol):
 
 
 class Device(Protocol):
+    """What the substation needs of a device; ``next_due(now) -> float | None`` is optional
+    (a device without it is stepped only at writes and at the times ``advance`` is asked for)."""
+
     def step(self, now: float) -> None: ...
 
 
@@ -146,6 +160,9 @@ class EmulatedSubstation:
             encrypting policies need ``certificate`` and ``private_key`` (file paths).
         initial_loadflow: measurements from one ``runpp`` at start (else INVALID).
         rng, device_settings: passed to ``build_devices`` (RTU noise seed, device settings).
+        protocols: the servers ``start()`` starts, some of ``("opcua", "modbus")``; a server
+            mirrors every store write (OPC UA) or answers from the store (Modbus), so leaving
+            out one nobody talks to saves its cost.
     """
 
     def __init__(
@@ -167,12 +184,21 @@ class EmulatedSubstation:
         device_settings: Any = None,
         certificate: str | None = None,
         private_key: str | None = None,
+        protocols: tuple[str, ...] | list[str] = PROTOCOLS,
     ) -> None:
+        bad = [p for p in protocols if p not in PROTOCOLS]
+        if bad or not protocols:
+            raise HilError(
+                f"emulated substation: expected protocols from {', '.join(PROTOCOLS)}, "
+                f"found {list(protocols)!r}"
+            )
+        self.protocols = tuple(dict.fromkeys(protocols))
         self.net = net
         self.pointmap = pointmap
         self.host = host
         self.clock = clock
         now_fn: Callable[[], float] = clock.now if clock is not None else time.time
+        self._now_fn = now_fn
         self.store = PointStore(pointmap, clock=now_fn)
         initial_values(net, self.store, loadflow=initial_loadflow)
         if devices is True:
@@ -192,9 +218,14 @@ class EmulatedSubstation:
         self._modbus_role = modbus_role
         self.opcua: OpcuaServer | None = None
         self.modbus: ModbusServer | None = None
+        self._modbus_started = False
         self._tick: asyncio.Task[None] | None = None
-        self._last_t = now_fn()
+        self._device_t = now_fn()  # the time devices were last stepped at
+        self._written_at: float | None = None  # first outside write since then
         self._failed_devices: set[int] = set()
+        self.device_steps = 0  # device rounds run (every device stepped once per round)
+        if self.devices:
+            self.store.subscribe(self._on_store_write)
         if not is_loopback(host):
             _log.warning("emulated substation binds %s, which is not a loopback address", host)
 
@@ -202,24 +233,29 @@ class EmulatedSubstation:
     @property
     def opcua_endpoint(self) -> str:
         if self.opcua is None:
-            raise HilError("emulated substation: not started, no OPC UA endpoint yet")
+            why = "not started" if "opcua" in self.protocols else "OPC UA not served"
+            raise HilError(f"emulated substation: {why}, no OPC UA endpoint")
         return self.opcua.endpoint
 
     @property
     def opcua_port(self) -> int:
         if self.opcua is None:
-            raise HilError("emulated substation: not started, no OPC UA port yet")
+            why = "not started" if "opcua" in self.protocols else "OPC UA not served"
+            raise HilError(f"emulated substation: {why}, no OPC UA port")
         return self.opcua.port
 
     @property
     def modbus_port(self) -> int:
         if self.modbus is None:
-            raise HilError("emulated substation: not started, no Modbus port yet")
+            why = "not started" if "modbus" in self.protocols else "Modbus not served"
+            raise HilError(f"emulated substation: {why}, no Modbus port")
         return self.modbus.port
 
     @property
     def running(self) -> bool:
-        return self.opcua is not None and self.opcua.running
+        if "opcua" in self.protocols:
+            return self.opcua is not None and self.opcua.running
+        return self._modbus_started
 
     def node_id(self, name: str) -> str:
         """The OPC UA node id string of a point, as served (after start)."""
@@ -232,14 +268,16 @@ class EmulatedSubstation:
         """Start both servers (and the device tick on the wall clock). Idempotent."""
         if self.running:
             return
-        first = self.opcua is None or self.modbus is None
+        first = not self._servers_created()
         for attempt in range(1, _PORT_ATTEMPTS + 1):
-            if self.opcua is None or self.modbus is None:
+            if not self._servers_created():
                 self._create_servers()
-            assert self.opcua is not None and self.modbus is not None
             try:
-                await self.modbus.start()
-                await self.opcua.start()
+                if self.modbus is not None:
+                    await self.modbus.start()
+                    self._modbus_started = True
+                if self.opcua is not None:
+                    await self.opcua.start()
                 break
             except OSError as exc:
                 await self._stop_servers()
@@ -255,26 +293,33 @@ class EmulatedSubstation:
         if self.clock is None and self.devices:
             self._tick = asyncio.create_task(self._tick_loop(), name="gridtwin-device-tick")
         _log.info(
-            "emulated substation %s: OPC UA %s, Modbus %s:%d, %d points, %d devices",
+            "emulated substation %s: OPC UA %s, Modbus %s, %d points, %d devices",
             self.pointmap.substation,
-            self.opcua.endpoint,
-            self.host,
-            self.modbus.port,
+            self.opcua.endpoint if self.opcua is not None else "not served",
+            f"{self.host}:{self.modbus.port}" if self.modbus is not None else "not served",
             len(self.pointmap),
             len(self.devices),
+        )
+
+    def _servers_created(self) -> bool:
+        return ("opcua" not in self.protocols or self.opcua is not None) and (
+            "modbus" not in self.protocols or self.modbus is not None
         )
 
     def _create_servers(self) -> None:
         opcua_port, modbus_port = self._requested
         # pick free ports once: asyncua advertises its endpoint URL before binding, so port 0
         # cannot be passed through; restarts reuse the ports picked here
+        if "modbus" in self.protocols:
+            if modbus_port == 0:
+                modbus_port = _pick_port(self.host)
+            self.modbus = ModbusServer(
+                self.store, host=self.host, port=modbus_port, role=self._modbus_role
+            )
+        if "opcua" not in self.protocols:
+            return
         if opcua_port == 0:
             opcua_port = _pick_port(self.host)
-        if modbus_port == 0:
-            modbus_port = _pick_port(self.host)
-        self.modbus = ModbusServer(
-            self.store, host=self.host, port=modbus_port, role=self._modbus_role
-        )
         self.opcua = OpcuaServer(
             self.store,
             host=self.host,
@@ -300,6 +345,7 @@ class EmulatedSubstation:
             await self.opcua.stop()
         if self.modbus is not None:
             await self.modbus.stop()
+        self._modbus_started = False
 
     async def __aenter__(self) -> EmulatedSubstation:
         await self.start()
@@ -309,35 +355,93 @@ class EmulatedSubstation:
         await self.stop()
 
     # device behaviours --------------------------------------------------------------------------
+    def _on_store_write(self, point: Any, sample: Any, source: str) -> None:
+        """A write from outside the devices (client, plant, twin): devices see it at its time."""
+        if self._written_at is None and not source.startswith("device:"):
+            self._written_at = max(self._now_fn(), self._device_t)
+
     def _step_devices(self, now: float) -> None:
-        for i, dev in enumerate(self.devices):
+        w = self._written_at
+        if w is not None and w <= now:
+            # seen now; writes made while stepping are seen at the next round. A write stamped
+            # later than ``now`` (the caller wrote before advancing to its time) stays pending.
+            self._written_at = None
+        self._device_t = now
+        self.device_steps += 1
+        # Device writes are stamped with the device time they happen at (a breaker that opened
+        # at 90.56 s says so even when advance() is called at 120 s).
+        self.store.clock = lambda: now
+        try:
+            for i, dev in enumerate(self.devices):
+                try:
+                    dev.step(now)
+                except Exception:  # one broken device must not stop the others
+                    if i not in self._failed_devices:
+                        self._failed_devices.add(i)
+                        _log.exception(
+                            "device %r failed at t=%s (further failures not logged)", dev, now
+                        )
+        finally:
+            self.store.clock = self._now_fn
+
+    def next_due(self) -> float | None:
+        """The next time devices must be stepped: the first outside store write since the last
+        device step, or the earliest device timer after it; None: nothing is pending."""
+        return self._pending(self._device_t)
+
+    def _pending(self, after: float | None) -> float | None:
+        """Earliest of the pending write time and the device due times later than ``after``
+        (None: every due time counts, also one at or before the last step)."""
+        due = self._written_at
+        now = self._device_t
+        for dev in self.devices:
+            fn = getattr(dev, "next_due", None)
+            if fn is None:
+                continue
             try:
-                dev.step(now)
-            except Exception:  # one broken device must not stop the others
-                if i not in self._failed_devices:
-                    self._failed_devices.add(i)
-                    _log.exception(
-                        "device %r failed at t=%s (further failures not logged)", dev, now
-                    )
+                d = fn(now)
+            except Exception:  # a broken device is logged when it is stepped
+                continue
+            if d is None or (after is not None and d <= after):
+                continue
+            if due is None or d < due:
+                due = d
+        return due
 
     def advance(self, t: float) -> None:
-        """Run device behaviours up to time ``t`` in steps of at most 50 ms."""
-        last = self._last_t
-        if t <= last:
-            return
-        span = t - last
-        n = max(1, math.ceil(span / TICK_S - 1e-9))
-        if n > MAX_ADVANCE_STEPS:
-            n = MAX_ADVANCE_STEPS
-        for k in range(1, n + 1):
-            self._step_devices(last + span * k / n)
-        self._last_t = t
+        """Run device behaviours up to time ``t`` (simulated clock, or the wall clock's now).
+
+        For exact timing, bring the devices to the time of a write (``advance(t_write)``)
+        before writing: the store holds current values only.
+
+        Devices are stepped at every time something falls due up to ``t``, in time order
+        (outside store writes, device timers; a timer started from outside since the last step,
+        e.g. ``Breaker.trip``, counts even when already due), then at ``t``. Time never goes
+        back: for a ``t`` before the last device step only what is already due runs, at that
+        last time.
+        """
+        t = float(t)
+        after: float | None = None  # first round: a timer that is already due counts too
+        rounds = 0
+        while True:
+            due = self._pending(after)
+            if due is None or due > t:
+                break
+            if rounds >= MAX_ADVANCE_STEPS:
+                _log.warning("advance(%s): %d due times in one call, rest deferred", t, rounds)
+                break
+            self._step_devices(max(due, self._device_t))
+            after = self._device_t  # every device has been stepped there
+            rounds += 1
+        if t > self._device_t:
+            self._step_devices(t)
 
     async def _tick_loop(self) -> None:
         while True:
             # devices need a monotonic now; the store stamps with time.time(), so follow it
             # but never step back (NTP adjustments)
-            now = max(time.time(), self._last_t)
-            self._step_devices(now)
-            self._last_t = now
-            await asyncio.sleep(TICK_S)
+            now = max(time.time(), self._device_t)
+            self.advance(now)
+            due = self.next_due()
+            wait = TICK_S if due is None else min(TICK_S, max(due - time.time(), 0.0))
+            await asyncio.sleep(wait)

@@ -89,6 +89,20 @@ def test_breaker_closes_after_operate_time_and_counts(brk_store):
     assert [e.value for e in brk.events] == [1.0, 0.0]
 
 
+def test_breaker_next_due_is_the_unscanned_command_then_the_operation(brk_store):
+    brk = _breaker(brk_store, closed=False)
+    brk.step(0.0)
+    assert brk.next_due(0.0) is None
+    brk_store.write("CB.cmd", 1, role="operator")
+    assert brk.next_due(0.5) == 0.5  # a command to scan: due now
+    brk.step(0.5)
+    assert brk.next_due(0.5) == pytest.approx(0.6)  # close time 0.1 s
+    brk.step(brk.next_due(0.5))
+    assert brk.closed and brk.next_due(0.6) is None
+    brk.trip(1.0, "test")
+    assert brk.next_due(1.0) == pytest.approx(1.06)
+
+
 def test_breaker_elapsed_time_not_call_count(brk_store):
     brk = _breaker(brk_store, closed=False)
     brk_store.write("CB.cmd", 1, role="operator")
@@ -234,16 +248,21 @@ def test_avr_steps_after_delay_and_mechanism(avr_store):
     assert avr_store.value("T.tap_pos") == 0
     avr.step(35.0)
     assert avr_store.value("T.tap_pos") == -1 and avr.moving_to is None
-    # still low: the timer restarted at completion, next step after another 30 s
-    _run(avr, [40.0, 64.9])
-    assert avr.moving_to is None
-    avr.step(65.0)
-    assert avr.moving_to == -2
-    # high voltage steps the other way
+    # the voltage in the store predates the new tap: no timer until a new one is measured
+    _run(avr, [40.0, 100.0])
+    assert avr.moving_to is None and avr.next_due(100.0) is None
+    # still low, measured at 100 s: the timer runs from there, next step after another 30 s
+    avr_store.set("B.vm_pu", 0.95)
+    _run(avr, [100.0, 129.9])
+    assert avr.moving_to is None and avr.next_due(129.9) == pytest.approx(130.0)
+    avr.step(130.0)
+    assert avr.moving_to == -2 and avr.next_due(130.0) == pytest.approx(135.0)
+    # high voltage, measured after the move completed at 135 s, steps the other way
+    avr.step(135.0)
     avr_store.set("B.vm_pu", 1.03)
-    _run(avr, [70.0, 71.0, 99.9])  # the move completed at 70 s: timer from there
+    _run(avr, [135.0, 136.0, 164.9])
     assert avr.tap_pos == -2 and avr.moving_to is None
-    avr.step(100.0)
+    avr.step(165.0)
     assert avr.moving_to == -1
 
 
@@ -410,6 +429,19 @@ def test_relay_trips_after_delay_not_before(relay_setup):
     assert len(relay.trips) == 1
 
 
+def test_relay_next_due_is_pickup_plus_delay(relay_setup):
+    store, brk, relay = relay_setup
+    store.set("L.i_ka", 0.5)
+    _step_both(relay, brk, [0.0])
+    assert relay.next_due(0.0) is None
+    store.set("L.i_ka", 1.3)
+    _step_both(relay, brk, [10.0])
+    assert relay.next_due(10.0) == pytest.approx(10.5)
+    _step_both(relay, brk, [relay.next_due(10.0)])
+    assert len(relay.trips) == 1 and relay.next_due(10.5) is None  # latched
+    assert brk.next_due(10.5) == pytest.approx(10.56)
+
+
 def test_relay_resets_below_pickup_with_dropout(relay_setup):
     store, brk, relay = relay_setup
     store.set("L.i_ka", 1.2)
@@ -555,6 +587,39 @@ def test_inverter_overvoltage_trip_and_reconnect(der_store):
     assert not inv.tripped
     inv.step(62.0)
     assert inv.p_mw == pytest.approx(0.1)  # ramps up again from 0
+
+
+def test_inverter_next_due_follows_trip_and_reconnect_timers(der_store):
+    inv = _inverter(der_store, p_mw=1.0)
+    inv.step(0.0)
+    assert inv.next_due(0.0) is None
+    der_store.set("B.vm_pu", 1.12)
+    inv.step(5.0)
+    assert inv.next_due(5.0) == pytest.approx(5.1)
+    inv.step(5.1)
+    assert inv.tripped and inv.next_due(5.1) is None  # waits for a normal voltage
+    der_store.set("B.vm_pu", 1.0)
+    inv.step(10.0)
+    assert inv.next_due(10.0) == pytest.approx(70.0)  # reconnect_delay_s 60
+    inv.comms_lost(20.0)
+    assert inv.next_due(20.0) == pytest.approx(30.0)  # the watchdog comes first
+
+
+def test_inverter_force_trip_holds_until_release(der_store):
+    inv = _inverter(der_store, p_mw=1.0)
+    inv.step(0.0)
+    inv.force_trip(1.0, "DER trip order")
+    assert inv.tripped and inv.forced == "DER trip order"
+    assert der_store.value("PV.p_mw") == 0.0 and der_store.value("PV.q_mvar") == 0.0
+    assert inv.trips[-1].time == 1.0 and inv.trips[-1].cause == "DER trip order"
+    _run(inv, [2.0, 500.0])  # normal voltage far past reconnect_delay_s: still held
+    assert inv.tripped and inv.next_due(500.0) is None and der_store.value("PV.p_mw") == 0.0
+    inv.release(500.0)
+    assert not inv.tripped and inv.forced is None
+    _run(inv, [500.0, 501.0])
+    assert inv.p_mw == pytest.approx(0.1)  # ramps up from the release (10 %/s)
+    inv.release(502.0)  # no forced trip: nothing
+    assert not inv.tripped
 
 
 def test_inverter_nan_voltage_is_loss_of_mains(der_store):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
 import struct
@@ -42,6 +43,21 @@ class Recorder:
     def step(self, now: float) -> None:
         self.steps.append(now)
         self.stepped.set()
+
+
+class Timers(Recorder):
+    """A device with timers that fall due at given times (each one is done once stepped)."""
+
+    def __init__(self, *due: float) -> None:
+        super().__init__()
+        self.due = sorted(due)
+
+    def next_due(self, now: float) -> float | None:
+        return self.due[0] if self.due else None
+
+    def step(self, now: float) -> None:
+        super().step(now)
+        self.due = [d for d in self.due if d > now]
 
 
 @pytest.fixture(scope="module")
@@ -135,15 +151,35 @@ async def test_simulated_clock_moves_devices_only_on_advance(ieee14):
         assert rec.steps == []
         clock.t = 101.0
         sub.advance(101.0)
-        assert rec.steps[-1] == 101.0
-        assert len(rec.steps) == 20  # 1 s in steps of at most 50 ms
-        assert all(b > a for a, b in zip(rec.steps, rec.steps[1:]))
+        assert rec.steps == [101.0]  # nothing due in between: one step at the time asked for
         sub.advance(100.5)  # the past: nothing
-        assert len(rec.steps) == 20
+        assert rec.steps == [101.0]
         # store timestamps come from the simulated clock
         name = pm.points[0].name
         sub.store.set(name, 1.0)
         assert sub.store.get(name).timestamp == 101.0
+
+
+async def test_advance_steps_at_writes_and_due_times_only(ieee14):
+    """Discrete-event device time: steps at outside writes and timers, not on a fixed tick."""
+    net, pm = ieee14
+    clock = SimClock(0.0)
+    dev = Timers(0.3, 59.95)
+    sub = EmulatedSubstation(net, pm, clock=clock, devices=[dev], initial_loadflow=False)
+    assert sub.next_due() == 0.3
+    clock.t = 20.0
+    sub.store.set(pm.points[0].name, 1.0, source="plant")  # an outside write at 20 s
+    assert sub.next_due() == 0.3  # the earliest first
+    clock.t = 60.0
+    sub.advance(60.0)
+    assert dev.steps == [0.3, 20.0, 59.95, 60.0]
+    assert sub.device_steps == 4
+    # a device's own writes do not wake the devices again
+    sub.store.set(pm.points[0].name, 2.0, source="device:x")
+    assert sub.next_due() is None
+    clock.t = 3600.0
+    sub.advance(3600.0)  # an hour in one call: one step, not 72,000 ticks
+    assert dev.steps[-1] == 3600.0 and sub.device_steps == 5
 
 
 async def test_wall_clock_ticks_devices(ieee14):
@@ -399,3 +435,93 @@ async def test_encrypted_endpoint_only(ieee14, tmp_path):
                 ua.Variant(1.0, ua.VariantType.Float)
             )
     assert sub.store.value(setpoint.name) == 1.0
+
+
+# --- exact device timers on the simulated clock -------------------------------------------------
+@pytest.fixture
+def urban_sub():
+    """urban_district's substation on a simulated clock, servers not started (no sockets)."""
+    net = grids.load("urban_district")
+    clock = SimClock(0.0)
+    sub = EmulatedSubstation(net, generate_pointmap(net), clock=clock, initial_loadflow=False)
+    devices = {d.name: d for d in sub.devices}
+
+    def at(t: float) -> None:
+        """The caller's step: devices brought to ``t`` first (as a plant does before writing)."""
+        clock.t = t
+        sub.advance(t)
+
+    return sub, devices, at
+
+
+def test_relay_trips_at_fault_plus_delay_with_one_minute_steps(urban_sub):
+    sub, dev, at = urban_sub
+    relay = dev["L_N1_N2"]
+    brk = relay.breaker
+    assert brk.name == "Q12" and brk.closed
+    at(60.0)
+    at(90.0)
+    sub.store.set("L_N1_N2.i_ka", 4.0, source="plant")  # the fault, at 90 s
+    at(120.0)  # the next step, a minute after the last
+    assert [e.time for e in relay.trips] == [pytest.approx(90.5)]  # oc_delay_s 0.5
+    assert brk.events[-1].time == pytest.approx(90.56)  # + the 60 ms open time
+    closed = sub.store.get("Q12.closed")
+    assert closed.value == 0.0 and closed.timestamp == pytest.approx(90.56)
+    assert sub.device_steps <= 6  # 60, 90 (write), 90.5, 90.56, 120 and no 50 ms ticks
+
+
+def test_breaker_command_completes_at_its_operate_time(urban_sub):
+    sub, dev, at = urban_sub
+    at(30.0)
+    sub.store.write("Q12.cmd", 0, role="operator")  # open, at 30 s
+    at(90.0)
+    assert sub.store.get("Q12.closed").value == 0.0
+    assert sub.store.get("Q12.closed").timestamp == pytest.approx(30.06)
+    assert dev["Q12"].events[-1].cause == "command"
+
+
+def test_avr_taps_after_its_delay_not_at_the_next_step(urban_sub):
+    sub, dev, at = urban_sub
+    avr = dev["T1"]
+    tap0 = avr.tap_pos
+    at(60.0)
+    sub.store.set("SS1_22.vm_pu", 0.95, source="plant")  # low from 60 s (band 1.0 +- 0.015)
+    at(120.0)
+    tap = sub.store.get("T1.tap_pos")
+    assert tap.value == tap0 + avr.raise_delta  # one step towards a higher voltage
+    assert tap.timestamp == pytest.approx(60.0 + 30.0 + 5.0)  # delay 30 s + mechanism 5 s
+    # no second step on the old voltage: it predates the new tap
+    at(600.0)
+    assert avr.tap_pos == tap0 + avr.raise_delta
+
+
+def test_inverter_trips_and_reconnects_on_its_timers(urban_sub):
+    sub, dev, at = urban_sub
+    inv = dev["PV_N1_F1_B2"]
+    at(10.0)
+    sub.store.set("N1_F1_B2.vm_pu", 1.0, source="plant")
+    at(60.0)
+    sub.store.set("N1_F1_B2.vm_pu", math.nan, source="plant")  # isolated: loss of mains
+    at(120.0)
+    assert [e.time for e in inv.trips] == [pytest.approx(60.1)]
+    assert sub.store.get("PV_N1_F1_B2.p_mw").value == 0.0
+    sub.store.set("N1_F1_B2.vm_pu", 1.0, source="plant")  # back at 120 s
+    at(1200.0)
+    assert not inv.tripped
+    # reconnected after 300 s of normal voltage: P written again from 420 s on
+    assert sub.store.get("PV_N1_F1_B2.p_mw").timestamp >= 420.0
+
+
+def test_forced_der_trip_holds_until_release(urban_sub):
+    sub, dev, at = urban_sub
+    inv = dev["PV_N1_F1_B2"]
+    sub.store.set("N1_F1_B2.vm_pu", 1.0, source="plant")
+    at(60.0)
+    assert sub.store.get("PV_N1_F1_B2.p_mw").value > 0.0
+    inv.force_trip(60.0, "test")
+    assert inv.tripped and sub.store.get("PV_N1_F1_B2.p_mw").value == 0.0
+    at(3600.0)  # normal voltage for an hour: a forced trip does not reconnect by itself
+    assert inv.tripped and sub.store.get("PV_N1_F1_B2.p_mw").value == 0.0
+    inv.release(3600.0)
+    at(3700.0)
+    assert not inv.tripped and sub.store.get("PV_N1_F1_B2.p_mw").value > 0.0

@@ -41,7 +41,8 @@ def test_minimal_scenario_defaults() -> None:
     assert sc.grid == "urban_district"
     assert sc.steps == 120
     assert sc.mode == "hil" and sc.pace == "fast" and sc.hardware == "emulated"
-    assert sc.links == ("direct",)
+    # the twin's measurements in-process, statuses and commands over Modbus TCP on loopback
+    assert sc.links == ("direct", "modbus")
     assert sc.start_sod == 6 * 3600
 
 
@@ -92,7 +93,7 @@ window = ["06:30", "07:30"]
         ('mode = "twin"', "mode", "hil, mirror"),
         ('colour = "red"', "colour", "allowed keys"),
         ('pace = "slow"', "pace", "fast, realtime"),
-        ('device_tick = "2min"', "device_tick", "<= step"),
+        ('device_tick = "1s"', "device_tick", "allowed keys"),  # devices are event-driven
         ('[[event]]\nkind = "explode"\nat = 1', "event[0].kind", "switch_open"),
         (
             '[[event]]\nkind = "switch_open"\nelement = "Q1"\nat = "09:00"',
