@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import math
+from typing import TYPE_CHECKING
+
 from twin.errors import TwinError
+
+if TYPE_CHECKING:
+    from twin.pointmap import Point
 
 
 class HilError(TwinError):
@@ -60,3 +66,22 @@ class UnknownPoint(HilError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+def value_within_limits(point: Point, value: object) -> float:
+    """``value`` as a float when it is finite and inside the point's write limits.
+
+    Raises:
+        OutOfRange: not a number, NaN/inf, or outside ``[point.low, point.high]``.
+    """
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise OutOfRange(point.name, value, point.low, point.high) from None
+    if (
+        not math.isfinite(v)
+        or (point.low is not None and v < point.low)
+        or (point.high is not None and v > point.high)
+    ):
+        raise OutOfRange(point.name, value, point.low, point.high)
+    return v

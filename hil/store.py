@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Callable
 
-from hil.errors import OutOfRange, UnknownPoint, WriteRejected
+from hil.errors import UnknownPoint, WriteRejected, value_within_limits
 from twin.pointmap import Point, PointMap
 from twin.quality import Quality, Sample
 
@@ -102,16 +102,7 @@ class PointStore:
                 f"point {name!r} is a {point.kind} and role {role!r} may write only "
                 f"{', '.join(sorted(allowed)) or 'nothing'}"
             )
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            raise OutOfRange(name, value, point.low, point.high) from None
-        if (
-            not math.isfinite(v)
-            or (point.low is not None and v < point.low)
-            or (point.high is not None and v > point.high)
-        ):
-            raise OutOfRange(name, value, point.low, point.high)
+        value_within_limits(point, value)
         return point
 
     def write(self, name: str, value: float, *, role: str, source: str = "client") -> None:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from hil.errors import OutOfRange, UnknownPoint, WriteRejected
+from hil.errors import UnknownPoint, WriteRejected, value_within_limits
 from twin.pointmap import Point
 from twin.quality import Quality, Sample
 
@@ -163,16 +163,7 @@ class FieldLink(abc.ABC):
         reason = self._not_writable(point)
         if reason:
             raise WriteRejected(f"point {name!r}: {reason}")
-        try:
-            v = float(value)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            raise OutOfRange(name, value, point.low, point.high) from None
-        if (
-            not math.isfinite(v)
-            or (point.low is not None and v < point.low)
-            or (point.high is not None and v > point.high)
-        ):
-            raise OutOfRange(name, value, point.low, point.high)
+        value_within_limits(point, value)
         return point
 
     def _not_writable(self, point: Point) -> str | None:
