@@ -11,13 +11,20 @@ Prints a markdown table of per-phase p50/p99 (ms), the load-flow share of the st
 deadline misses. Targets: p99 whole step < 20 ms, load flow < 10 % of the step, no misses.
 
     python bench/sync.py [--grid ieee118] [--rate 10] [--duration 60] [--policy skip]
+                         [--max-outputs N] [--write-mode await|pipelined]
+
+``--write-mode pipelined`` lets a step send its Write request and go on; the emulator's time to
+process it (decoding and storing every value, in its own process) is then reported as
+"write_ack" instead of being part of the step.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -42,13 +49,16 @@ def _build(grid: str):
         return net, generate_pointmap(net, mode="hil")
 
 
-def _emulator_process(grid: str, conn) -> None:
+def _emulator_process(grid: str, conn, gc_freeze: bool = True) -> None:
     """Child process: serve the emulated substation until the parent says stop."""
     from hil.emulator.substation import EmulatedSubstation
 
     async def serve() -> None:
         net, pm = _build(grid)
         async with EmulatedSubstation(net, pm, users=PLANT_USERS) as sub:
+            if gc_freeze:  # as in the twin's process (see run())
+                gc.collect()
+                gc.freeze()
             conn.send((sub.opcua_endpoint, sub.modbus_port))
             while not conn.poll():
                 await asyncio.sleep(0.2)
@@ -60,12 +70,14 @@ def _emulator_process(grid: str, conn) -> None:
 class _Remote:
     """The emulated substation in its own process (its CPU is not the twin's)."""
 
-    def __init__(self, grid: str) -> None:
+    def __init__(self, grid: str, gc_freeze: bool = True) -> None:
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_emulator_process, args=(grid, child), daemon=True)
+        self._proc = ctx.Process(
+            target=_emulator_process, args=(grid, child, gc_freeze), daemon=True
+        )
 
     async def __aenter__(self):
         self._proc.start()
@@ -93,6 +105,8 @@ async def run(args: argparse.Namespace) -> dict:
     from twin.recorder import Recorder
 
     net, pm = _build(args.grid)
+    import pyarrow.parquet  # noqa: F401 - the recorder's first flush would import it mid-run
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = GridModel(net)
@@ -115,7 +129,7 @@ async def run(args: argparse.Namespace) -> dict:
         model.update("load", "q_mvar", q0 * scale)
 
     if args.emulator == "process":
-        substation = _Remote(args.grid)
+        substation = _Remote(args.grid, args.gc_freeze)
     else:
         substation = EmulatedSubstation(net, pm, users=PLANT_USERS)
     with tempfile.TemporaryDirectory(prefix="gridtwin-bench-sync-") as out:
@@ -140,6 +154,7 @@ async def run(args: argparse.Namespace) -> dict:
                 period_s=1.0 / args.rate,
                 recorder=rec,
                 deadline_policy=args.policy,
+                write_mode=args.write_mode,
             )
             loop.listeners.append(walk)
             server = None
@@ -147,16 +162,26 @@ async def run(args: argparse.Namespace) -> dict:
                 # the twin's own OPC UA server: every bus, line, trafo and the inputs
                 server = TwinServer(net, inputs)
                 await server.start()
-                server.attach(loop)
+                server.attach(loop, background=args.publish == "background")
             # warm-up (first compile, first full write), not counted
             for k in range(3):
                 await loop.step(-1.0 + k * 0.1)
             loop.reset_stats()
+            if args.gc_freeze:
+                # everything built so far (pandapower, both OPC UA address spaces) lives for the
+                # whole run: keep it out of the collector's full passes, which otherwise stall
+                # the event loop for ~0.2 s every few hundred steps
+                gc.collect()
+                gc.freeze()
+            pauses = _GcPauses()
+            load_before = os.getloadavg()
             t0 = time.perf_counter()
             n = await loop.run(duration_s=args.duration)
             wall = time.perf_counter() - t0
+            load_after = os.getloadavg()
+            pauses.stop()
             st = loop.stats()
-            durations = {ph: loop.phase_durations(ph) for ph in (*PHASES, "step")}
+            durations = {ph: loop.phase_durations(ph) for ph in (*PHASES, "step", "write_ack")}
             await mb.close()
             await ua.close()
             if server is not None:
@@ -173,6 +198,11 @@ async def run(args: argparse.Namespace) -> dict:
         "durations": durations,
         "link_stats": {"modbus": dict(mb.stats), "opcua": dict(ua.stats)},
         "server_vars": len(server._vars) if server is not None else 0,
+        "publish_s": np.array(server.publish_durations[-max(1, n) :]) if server else np.zeros(0),
+        "publish_skipped": server.publish_skipped if server is not None else 0,
+        "load": (load_before, load_after),
+        "gc": pauses.summary(),
+        "cpus": os.cpu_count(),
     }
 
 
@@ -184,8 +214,10 @@ def table(res: dict, args: argparse.Namespace) -> str:
         f"Sync loop on {res['grid']}: {res['points']} points in the map "
         f"({res['inputs']} read over Modbus, "
         f"{res['outputs']} written over OPC UA), {args.rate:g} steps/s for {args.duration:g} s, "
-        f"deadline policy {args.policy}, emulator {args.emulator}; {res['steps']} steps in "
-        f"{res['wall_s']:.1f} s.",
+        f"deadline policy {args.policy}, write mode {args.write_mode}, emulator {args.emulator}; "
+        f"{res['steps']} steps in {res['wall_s']:.1f} s. Machine: {res['cpus']} CPUs, load "
+        f"average (1/5/15 min) {'/'.join(f'{x:.2f}' for x in res['load'][0])} before, "
+        f"{'/'.join(f'{x:.2f}' for x in res['load'][1])} after.",
         "",
         "| phase | p50 ms | p99 ms | max ms | mean ms | share of step (mean) |",
         "|---|---|---|---|---|---|",
@@ -210,19 +242,77 @@ def table(res: dict, args: argparse.Namespace) -> str:
         f"extraction (Solution.get of flows, pandapower's result code): "
         f"{float(lf.mean()) / total_mean * 100:.1f} %",
         f"- deadline misses: {st['misses']}, skipped ticks: {st['skipped_ticks']}, caught-up "
-        f"ticks: {st['caught_up_ticks']}",
+        f"ticks: {st['caught_up_ticks']}; recorder row groups written between steps: "
+        f"{st['idle_flushes']}",
+        _ack_line(d["write_ack"], st, args),
+        f"- garbage collector: {res['gc']}"
+        + (" (start-up objects frozen with gc.freeze())" if args.gc_freeze else ""),
         f"- not converged: {st['not_converged']}, write errors: {st['write_errors']}, poll "
         f"errors: {st['poll_errors']}, stale steps: {st['stale_steps']}",
         f"- OPC UA link: {res['link_stats']['opcua'].get('writes')} writes, Modbus link: "
         f"{res['link_stats']['modbus'].get('reads')} block reads",
-        f"- twin OPC UA server: {res['server_vars']} variables updated per step "
-        "(the publish phase; 0: not run)",
+        _publish_line(res, args),
         f"- targets: p99 step < 20 ms: {'met' if np.percentile(step, 99) * 1e3 < 20 else 'NOT met'}"
         f"; load flow < 10 %: "
         f"{'met' if float(d['solve'].mean()) / total_mean < 0.10 else 'NOT met'}; "
         f"zero misses: {'met' if st['misses'] == 0 else 'NOT met'}",
     ]
     return "\n".join(lines)
+
+
+class _GcPauses:
+    """Time spent in the garbage collector during the run, per generation."""
+
+    def __init__(self) -> None:
+        self._t0 = 0.0
+        self.pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        gc.callbacks.append(self._cb)
+
+    def _cb(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            self.pauses[info["generation"]].append(time.perf_counter() - self._t0)
+
+    def stop(self) -> None:
+        gc.callbacks.remove(self._cb)
+
+    def summary(self) -> str:
+        parts = []
+        for gen, p in self.pauses.items():
+            if p:
+                parts.append(f"gen{gen} {len(p)} runs, max {max(p) * 1e3:.1f} ms")
+            else:
+                parts.append(f"gen{gen} 0 runs")
+        return "; ".join(parts)
+
+
+def _publish_line(res: dict, args: argparse.Namespace) -> str:
+    pub = res["publish_s"]
+    if not res["server_vars"] or not len(pub):
+        return "- twin OPC UA server: not run"
+    p50, p99 = np.percentile(pub, [50, 99]) * 1e3
+    where = (
+        "as a task after the step (the publish phase only starts it)"
+        if args.publish == "background"
+        else "inside the step (the publish phase)"
+    )
+    return (
+        f"- twin OPC UA server: {res['server_vars']} variables, changed values written {where}; "
+        f"publication p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {pub.max() * 1e3:.2f} ms; skipped "
+        f"(previous still running): {res['publish_skipped']}"
+    )
+
+
+def _ack_line(ack: np.ndarray, st: dict, args: argparse.Namespace) -> str:
+    if args.write_mode != "pipelined" or not len(ack):
+        return "- write mode await: the write phase includes the emulator's processing"
+    p50, p99 = np.percentile(ack, [50, 99]) * 1e3
+    return (
+        f"- pipelined writes: send-to-response time (emulator decoding and storing, off the "
+        f"step) p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {ack.max() * 1e3:.1f} ms; steps whose "
+        f"write was skipped because the previous was still in flight: {st['writes_busy']}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,6 +345,25 @@ def main(argv: list[str] | None = None) -> int:
         default="process",
         choices=("process", "inprocess"),
         help="run the emulated substation in its own process (default) or in the twin's loop",
+    )
+    parser.add_argument(
+        "--write-mode",
+        default="await",
+        choices=("await", "pipelined"),
+        help="SyncLoop write_mode: wait for the write response in the step, or collect it in "
+        "the next step",
+    )
+    parser.add_argument(
+        "--no-gc-freeze",
+        dest="gc_freeze",
+        action="store_false",
+        help="do not gc.freeze() the objects built before the run",
+    )
+    parser.add_argument(
+        "--publish",
+        default="step",
+        choices=("step", "background"),
+        help="twin server publication inside the step, or as a task after it",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

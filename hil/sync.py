@@ -6,13 +6,19 @@ One step (``await loop.step(t)``)::
     apply    GOOD to_twin model inputs, a few vectorised model.update calls
     solve    model.solve() (LoadflowNotConverged: event + alarm, no outputs this step)
     estimate mirror mode only: WLS state estimation and divergence per measured point
-    results  hil mode only: the computed measurements taken from the Solution
-    write    hil mode only: one write_outputs per link
+    results  hil mode only: the computed measurements taken from the Solution, gathered into
+             one value array per link
+    write    hil mode only: one request per link (``write_batch`` with the link's vectorised
+             deadband where the link has it, else ``write_outputs``); ``write_mode`` says
+             whether the step waits for the response or collects it in the next step
     record   recorder.record / event / alarm
     publish  listeners (the twin's own OPC UA server)
 
-Element resolution is done once, at construction, into index arrays per (table, column). The
-synchronous parts (model, estimation) live in ``twin/``; this module only orchestrates them.
+Element resolution is done once, at construction, into index arrays per (table, column) and per
+link (which output goes where, the recorder's column names), so a step does array work and no
+per-point lookups. :meth:`SyncLoop.run` also lets the recorder write its row group in the idle
+time before a tick rather than inside a step. The synchronous parts (model, estimation) live in
+``twin/``; this module only orchestrates them.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ from twin.quality import Quality, Sample
 _log = logging.getLogger(__name__)
 
 Mode = Literal["hil", "mirror"]
+WriteMode = Literal["await", "pipelined"]
 StalePolicy = Literal["hold", "refuse"]
 DeadlinePolicy = Literal["skip", "catch_up", "stop"]
 
@@ -204,6 +211,22 @@ class _OutGroup:
     links: list[int]  # index into SyncLoop.links per point
     low: np.ndarray
     high: np.ndarray
+    columns: list[str] = field(default_factory=list)  # recorder column per point
+    enabled: bool = True  # False once the Solution had no such result
+    values: np.ndarray | None = None  # this step's values (NaN -> 0) and which are in range
+    ok: np.ndarray | None = None
+
+
+@dataclass
+class _LinkOutputs:
+    """Everything one link writes per step, gathered from the groups into one array."""
+
+    link: int
+    names: list[str]
+    sources: list[tuple[int, np.ndarray, np.ndarray]]  # (group, rows in group, slots here)
+    values: np.ndarray
+    valid: np.ndarray
+    batch: Any = None  # the link's prepared output set (links with write_batch), else None
 
 
 Listener = Callable[["SyncLoop", StepReport, Any], Awaitable[None] | None]
@@ -232,6 +255,14 @@ class SyncLoop:
         link_now: passed as ``now`` to ``read_inputs`` (None: each link's own clock).
         stop_on_not_converged: raise LoadflowNotConverged out of :meth:`step` instead of going on.
         history: durations kept per phase for the percentiles.
+        write_mode: ``"await"`` (default): a step's write phase waits for every link's write
+            response, so a step ends with the field holding its values and write errors belong
+            to that step. ``"pipelined"``: the step encodes and sends its request and goes on;
+            the response (the device's own processing time) is collected by the next step,
+            which reports its errors and counts its values in ``written``. At most one request
+            per link is in flight: while one is, that link's writes are skipped (counted as
+            ``writes_busy``) and the changed values go with the next request. The time from
+            send to response is kept as ``"write_ack"`` (:meth:`phase_durations`, ``stats()``).
     """
 
     def __init__(
@@ -253,10 +284,12 @@ class SyncLoop:
         stop_on_not_converged: bool = False,
         history: int = 4096,
         record_values: bool = True,
+        write_mode: WriteMode = "await",
     ) -> None:
         _check_choice("mode", mode, ("hil", "mirror"))
         _check_choice("stale_policy", stale_policy, ("hold", "refuse"))
         _check_choice("deadline_policy", deadline_policy, ("skip", "catch_up", "stop"))
+        _check_choice("write_mode", write_mode, ("await", "pipelined"))
         if not (period_s > 0 and math.isfinite(period_s)):
             raise ValueError(f"period_s: expected a finite number > 0, found {period_s!r}")
         self.model = model
@@ -273,6 +306,9 @@ class SyncLoop:
         self.max_catch_up = int(max_catch_up)
         self.stop_on_not_converged = bool(stop_on_not_converged)
         self.record_values = bool(record_values)
+        self.write_mode: WriteMode = write_mode
+        self._in_flight: dict[int, asyncio.Task[int]] = {}  # pipelined writes, per link
+        self._rows_since_flush = 0  # rows recorded since the recorder last wrote a row group
         self.listeners: list[Listener] = []
         #: every alarm raised, newest last (bounded)
         self.alarms: deque[Alarm] = deque(maxlen=1000)
@@ -284,7 +320,7 @@ class SyncLoop:
         self.last_report: StepReport | None = None
         self.last_solution: Any = None
         self._stopping = False
-        self._hist = {ph: _Ring(history) for ph in (*PHASES, "step")}
+        self._hist = {ph: _Ring(history) for ph in (*PHASES, "step", "write_ack")}
         self._counters = {
             "steps": 0,
             "not_converged": 0,
@@ -294,6 +330,8 @@ class SyncLoop:
             "skipped_ticks": 0,
             "caught_up_ticks": 0,
             "write_errors": 0,
+            "writes_busy": 0,
+            "idle_flushes": 0,
             "poll_errors": 0,
             "apply_errors": 0,
             "alarms": 0,
@@ -308,14 +346,16 @@ class SyncLoop:
             p for p in pointmap.points if p.direction == "to_twin" and p.name in carried
         )
         self._groups = self._build_input_groups(net)
+        self._labels = {p.name: _label(p) for p in pointmap.points}
         self._out_groups = self._build_output_groups(net) if mode == "hil" else []
+        self._link_outs = self._build_link_outputs()
+        self._in_columns = [self._column(p) for p in self.inputs]
         self._poll_links = [lk for lk in self.links if _needs_poll(lk)]
         self.measured: tuple[Point, ...] = ()
         self.estimator: StateEstimator | None = None
         if mode == "mirror":
             self.measured = tuple(measured_points(self.inputs))
             self.estimator = estimator or StateEstimator(net, self.measured)
-        self._labels = {p.name: _label(p) for p in pointmap.points}
         # the inputs a step depends on: applied to the model or fed to the estimator; only these
         # are checked by the stale policy (a device's operation counter does not stop a step)
         used = {n for g in self._groups for n in g.names} | {p.name for p in self.measured}
@@ -368,9 +408,36 @@ class SyncLoop:
                     [li for _, li in items],
                     np.array([-np.inf if p.low is None else p.low for p, _ in items]),
                     np.array([np.inf if p.high is None else p.high for p, _ in items]),
+                    [self._column(p) for p, _ in items],
                 )
             )
         return groups
+
+    def _build_link_outputs(self) -> list[_LinkOutputs]:
+        """Per link: the output names in one fixed order and where each value comes from."""
+        slots: dict[int, list[tuple[int, int, str]]] = {}
+        for gi, g in enumerate(self._out_groups):
+            for row, (n, li) in enumerate(zip(g.names, g.links)):
+                slots.setdefault(li, []).append((gi, row, n))
+        outs = []
+        for li, items in slots.items():
+            names = [n for _, _, n in items]
+            sources = []
+            gis = np.array([gi for gi, _, _ in items])
+            rows = np.array([row for _, row, _ in items])
+            for gi in np.unique(gis):
+                here = np.flatnonzero(gis == gi)
+                sources.append((int(gi), rows[here], here))
+            link = self.links[li]
+            batch = None
+            if hasattr(link, "prepare_outputs") and hasattr(link, "write_batch"):
+                batch = link.prepare_outputs(names)
+            outs.append(
+                _LinkOutputs(
+                    li, names, sources, np.zeros(len(names)), np.zeros(len(names), bool), batch
+                )
+            )
+        return outs
 
     def _route(self, point: Point) -> int | None:
         """The first link that carries ``point`` and can write it (None: no link can)."""
@@ -636,41 +703,116 @@ class SyncLoop:
     def _outputs(self, sol: Any) -> dict[str, float]:
         out: dict[str, float] = {}
         for g in self._out_groups:
+            if not g.enabled:
+                continue
             try:
                 arr = np.asarray(sol.get(g.table, g.column), dtype=float)
             except (KeyError, AttributeError, TwinError) as exc:
                 _log.warning("no result %s.%s to write: %s", g.table, g.column, exc)
-                g.names = []  # do not try again every step
+                g.enabled = False  # do not try again every step
+                g.values = g.ok = None
                 continue
             vals = arr[g.positions]
             # A de-energised element reads zero on a real RTU; pandapower gives NaN.
-            vals = np.where(np.isfinite(vals), vals, 0.0)
+            vals[~np.isfinite(vals)] = 0.0
             ok = (vals >= g.low) & (vals <= g.high)
-            out.update(zip([n for n, k in zip(g.names, ok) if k], vals[ok].tolist()))
+            g.values, g.ok = vals, ok
+            if ok.all():
+                out.update(zip(g.names, vals.tolist()))
+            else:
+                out.update(zip([n for n, k in zip(g.names, ok) if k], vals[ok].tolist()))
+        groups = self._out_groups
+        for lo in self._link_outs:
+            for gi, rows, here in lo.sources:
+                g = groups[gi]
+                if g.values is None or g.ok is None:
+                    lo.valid[here] = False
+                    continue
+                lo.values[here] = g.values[rows]
+                lo.valid[here] = g.ok[rows]
         return out
 
     async def _write(self, outputs: Mapping[str, float], t: float) -> int:
-        per_link: dict[int, dict[str, float]] = {}
-        for g in self._out_groups:
-            for n, li in zip(g.names, g.links):
-                if n in outputs:
-                    per_link.setdefault(li, {})[n] = outputs[n]
-        todo = [(li, vals) for li, vals in per_link.items() if self.links[li].connected]
+        if self.write_mode == "pipelined":
+            return await self._write_pipelined(t)
+        todo = [lo for lo in self._link_outs if self.links[lo.link].connected and lo.valid.any()]
         if not todo:
             return 0
         results = await asyncio.gather(
-            *(self.links[li].write_outputs(vals) for li, vals in todo), return_exceptions=True
+            *(self._write_link(lo) for lo in todo), return_exceptions=True
         )
         written = 0
-        for (li, vals), r in zip(todo, results):
-            if isinstance(r, BaseException):
-                if not isinstance(r, (HilError, OSError, TimeoutError)):
-                    raise r
-                self._counters["write_errors"] += 1
-                self._event(t, "write_error", str(r), link=self.links[li].name)
-            else:
-                written += len(vals)
+        for lo, r in zip(todo, results):
+            written += self._write_result(lo, r, t)
         return written
+
+    def _write_result(self, lo: _LinkOutputs, r: int | BaseException, t: float) -> int:
+        if isinstance(r, BaseException):
+            if not isinstance(r, (HilError, OSError, TimeoutError)):
+                raise r
+            self._counters["write_errors"] += 1
+            self._event(t, "write_error", str(r), link=self.links[lo.link].name)
+            return 0
+        return int(r)
+
+    async def _write_pipelined(self, t: float) -> int:
+        """Collect finished writes, then send this step's (see ``write_mode``)."""
+        written = 0
+        started = []
+        for lo in self._link_outs:
+            task = self._in_flight.get(lo.link)
+            if task is not None:
+                if not task.done():
+                    self._counters["writes_busy"] += 1
+                    continue
+                del self._in_flight[lo.link]
+                written += self._write_result(lo, _task_outcome(task), t)
+            if not self.links[lo.link].connected or not lo.valid.any():
+                continue
+            # the task gets copies: the next step's gather overwrites lo.values
+            task = asyncio.get_running_loop().create_task(
+                self._timed_write(lo, lo.values.copy(), lo.valid.copy()),
+                name=f"sync write {self.links[lo.link].name}",
+            )
+            self._in_flight[lo.link] = task
+            started.append(task)
+        if started:
+            # let the writes encode and send now, inside the write phase; their responses come
+            # while the loop waits for the next tick
+            await asyncio.sleep(0)
+        return written
+
+    async def _timed_write(self, lo: _LinkOutputs, values: np.ndarray, valid: np.ndarray) -> int:
+        t0 = time.perf_counter()
+        n = await self._write_link(lo, values, valid)
+        self._hist["write_ack"].add(time.perf_counter() - t0)
+        return n
+
+    async def drain(self) -> None:
+        """Wait for pipelined writes still in flight and account for them (errors as events)."""
+        t = self.last_report.t if self.last_report is not None else math.nan
+        while self._in_flight:
+            li, task = next(iter(self._in_flight.items()))
+            await asyncio.wait([task])
+            del self._in_flight[li]
+            lo = next(lo for lo in self._link_outs if lo.link == li)
+            self._write_result(lo, _task_outcome(task), t)
+
+    async def _write_link(
+        self,
+        lo: _LinkOutputs,
+        values: np.ndarray | None = None,
+        valid: np.ndarray | None = None,
+    ) -> int:
+        """One link's outputs: the prepared batch (vectorised deadband) or a dict of values."""
+        link = self.links[lo.link]
+        values = lo.values if values is None else values
+        valid = lo.valid if valid is None else valid
+        if lo.batch is not None:
+            return int(await link.write_batch(lo.batch, values, valid))
+        vals = {n: v for n, v, k in zip(lo.names, values.tolist(), valid) if k}
+        await link.write_outputs(vals)
+        return len(vals)
 
     def _record(
         self,
@@ -681,16 +823,27 @@ class SyncLoop:
     ) -> None:
         rec = self.recorder
         if self.record_values:
+            nan = math.nan
+            good = Quality.GOOD
             values: dict[str, float] = {}
-            for p in self.inputs:
+            for col, p in zip(self._in_columns, self.inputs):
                 s = samples.get(p.name)
-                values[self._column(p)] = (
-                    s.value if s is not None and s.quality is Quality.GOOD else math.nan
-                )
-            pm = self.pointmap
-            for n, v in outputs.items():
-                values[self._column(pm[n])] = v
+                values[col] = s.value if s is not None and s.quality is good else nan
+            # outputs: the arrays of this step's groups (what ``outputs`` holds, by column)
+            for g in self._out_groups if outputs else ():
+                if g.values is None or g.ok is None or not g.enabled:
+                    continue
+                if g.ok.all():
+                    values.update(zip(g.columns, g.values.tolist()))
+                else:
+                    values.update(
+                        (c, v) for c, v, k in zip(g.columns, g.values.tolist(), g.ok) if k
+                    )
             rec.record(t, values)
+            every = getattr(rec, "flush_every", 0)
+            self._rows_since_flush += 1
+            if every and self._rows_since_flush >= every:
+                self._rows_since_flush = 0  # the recorder wrote its row group inside record()
         for a in new_alarms:
             if a.kind == "divergence":
                 rec.alarm(t, a.point, a.field_value, a.twin_value, a.tolerance, a.message)
@@ -704,6 +857,29 @@ class SyncLoop:
         _log.info("t=%.3f %s: %s", t, kind, message)
         if self.recorder is not None:
             self.recorder.event(t, kind, message, **fields)
+
+    def _idle_flush(self, slack_s: float) -> bool:
+        """Let the recorder write its row group now, between steps, when there is time.
+
+        A recorder writes a row group from inside ``record()`` every ``flush_every`` rows
+        (tens of ms with a thousand columns): that step would miss its deadline. Flushing in the
+        idle time before the next tick, one row early, keeps that work out of the steps. The
+        work is the same either way; done here it starts earlier, so even a flush longer than
+        the idle time delays the next step less than one inside it would. Returns whether it
+        flushed.
+        """
+        rec = self.recorder
+        every = getattr(rec, "flush_every", 0)
+        if not every or not self.record_values or not hasattr(rec, "flush"):
+            return False
+        if self._rows_since_flush < max(1, every - 1):
+            return False
+        if slack_s < 0.25 * self.period_s:
+            return False  # a late step: leave the row group to record()
+        rec.flush()
+        self._rows_since_flush = 0
+        self._counters["idle_flushes"] += 1
+        return True
 
     # --- running at a fixed period --------------------------------------------------------------
     def stop(self) -> None:
@@ -734,6 +910,8 @@ class SyncLoop:
                 break
             due = start + k * p
             now = self.clock()
+            if now < due and self._idle_flush(due - now):
+                now = self.clock()
             if now < due:
                 await self.sleep(due - now)
             began = self.clock()
@@ -770,6 +948,7 @@ class SyncLoop:
                 self._counters["skipped_ticks"] += excess
                 k += excess
                 backlog = True
+        await self.drain()
         return done
 
     # --- statistics -----------------------------------------------------------------------------
@@ -778,18 +957,32 @@ class SyncLoop:
         out: dict[str, Any] = dict(self._counters)
         out["phases"] = {ph: self._hist[ph].summary() for ph in PHASES}
         out["step"] = self._hist["step"].summary()
+        out["write_ack"] = self._hist["write_ack"].summary()
         out["active_alarms"] = len(self.active_alarms)
         return out
+
+    def counters(self) -> dict[str, int]:
+        """The counters of :meth:`stats` alone (cheap: no percentiles)."""
+        return dict(self._counters)
 
     def reset_stats(self) -> None:
         """Forget counters and durations (e.g. after warm-up steps); alarms are kept."""
         size = len(self._hist["step"]._buf)
-        self._hist = {ph: _Ring(size) for ph in (*PHASES, "step")}
+        self._hist = {ph: _Ring(size) for ph in (*PHASES, "step", "write_ack")}
         self._counters = dict.fromkeys(self._counters, 0)
 
     def phase_durations(self, phase: str) -> np.ndarray:
-        """The kept durations (s) of one phase (or ``"step"``), oldest first when not wrapped."""
+        """The kept durations (s) of one phase (or ``"step"``, ``"write_ack"``), oldest first
+        when not wrapped."""
         return self._hist[phase].values().copy()
+
+
+def _task_outcome(task: asyncio.Task[int]) -> int | BaseException:
+    """A finished task's result, or the exception it ended with."""
+    if task.cancelled():
+        return 0  # only drain()/close cancel: nothing to report
+    exc = task.exception()
+    return exc if exc is not None else task.result()
 
 
 def _needs_poll(link: Any) -> bool:

@@ -14,11 +14,15 @@ Address space (namespace ``urn:gridtwin:twin``, string node ids = the browse pat
 Safe defaults (asyncua's are not, see FIELD-NOTES): binds 127.0.0.1, NoSecurity only (loopback),
 Anonymous only, an explicit user manager that never grants Admin, and no writable node at all.
 Values are updated once per step, server-side, straight into the address space (no client round
-trip, no per-node service call).
+trip, no per-node service call). Element results are written only when they changed, and at least
+every ``refresh_s`` (so a SourceTimestamp never gets older than that); the stats' percentiles are
+recomputed at most every ``stats_interval_s``. ``attach(loop, background=True)`` publishes after
+the step instead of inside it, skipping a step while the previous publication still runs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import math
@@ -28,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 from asyncua import Server, ua
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.user_managers import UserManager
@@ -101,6 +106,8 @@ class TwinServer:
         users: ``name -> password`` for UserName logins (none by default).
         anonymous: whether anonymous sessions are accepted.
         certificate, private_key: server certificate files, needed for signed policies.
+        refresh_s: an unchanged element value is written again after this long (None: never).
+        stats_interval_s: how often the step-time percentiles under Stats are recomputed.
 
     Use ``async with TwinServer(...) as srv: loop.listeners.append(srv.publish)`` (or
     :meth:`attach`).
@@ -119,8 +126,12 @@ class TwinServer:
         certificate: str | None = None,
         private_key: str | None = None,
         namespace: str = NAMESPACE,
+        refresh_s: float | None = 1.0,
+        stats_interval_s: float = 1.0,
     ) -> None:
         self.net = net
+        self.refresh_s = refresh_s
+        self.stats_interval_s = float(stats_interval_s)
         if pointmap is None:
             self.points: tuple[Any, ...] = ()
         else:
@@ -140,6 +151,14 @@ class TwinServer:
         self._attvals: dict[ua.NodeId, Any] = {}
         self.publish_count = 0
         self.last_publish_s = math.nan
+        #: background publications skipped because the previous one still ran
+        self.publish_skipped = 0
+        #: duration (s) of every publication, newest last (bounded)
+        self.publish_durations: list[float] = []
+        self._last: list[tuple[np.ndarray, np.ndarray] | None] = []  # per _elem: values, times
+        self._percentiles: dict[str, float] = {}
+        self._percentiles_at = -math.inf
+        self._task: asyncio.Task[None] | None = None
         if ua.SecurityPolicyType.NoSecurity in self.security_policies and host not in (
             "127.0.0.1",
             "localhost",
@@ -197,6 +216,9 @@ class TwinServer:
         _log.info("twin OPC UA server on %s with %d variables", self.endpoint, len(self._vars))
 
     async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            await asyncio.wait([task])
         server, self._server = self._server, None
         if server is not None:
             await server.stop()
@@ -208,9 +230,29 @@ class TwinServer:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    def attach(self, loop: Any) -> None:
-        """Publish after every step of ``loop`` (a ``hil.sync.SyncLoop``)."""
-        loop.listeners.append(self.publish)
+    def attach(self, loop: Any, *, background: bool = False) -> None:
+        """Publish after every step of ``loop`` (a ``hil.sync.SyncLoop``).
+
+        With ``background`` the publication runs as a task after the step (the step's publish
+        phase only starts it); a step whose previous publication still runs is not published
+        (``publish_skipped``), the next one carries its changes.
+        """
+        loop.listeners.append(self.publish_soon if background else self.publish)
+
+    def publish_soon(self, loop: Any, report: Any, solution: Any) -> None:
+        """Start :meth:`publish` as a task unless the previous one still runs."""
+        if self._task is not None and not self._task.done():
+            self.publish_skipped += 1
+            return
+        self._task = asyncio.get_running_loop().create_task(
+            self._publish_logged(loop, report, solution), name="twin server publish"
+        )
+
+    async def _publish_logged(self, loop: Any, report: Any, solution: Any) -> None:
+        try:
+            await self.publish(loop, report, solution)
+        except Exception:  # a publication must not end the task with an unseen error
+            _log.exception("twin server: publication failed")
 
     # --- address space ----------------------------------------------------------------------
     async def _folder(self, parent: Any, path: str, name: str) -> Any:
@@ -228,6 +270,7 @@ class TwinServer:
         self._vars.clear()
         self._elem.clear()
         self._points.clear()
+        self._last = []
         root = await self._folder(server.nodes.objects, "Twin", "Twin")
         dbl = ua.VariantType.Double
         for folder, table, columns in ELEMENT_FOLDERS:
@@ -245,6 +288,7 @@ class TwinServer:
                     per_col[col].append(self._vars[f"{base}/{col}"])
             for col in columns:
                 self._elem.append((table, col, per_col[col]))
+                self._last.append(None)
         if self.points:
             pnode = await self._folder(root, "Twin/Points", "Points")
             for p in self.points:
@@ -292,14 +336,29 @@ class TwinServer:
             )
 
         if solution is not None and getattr(report, "converged", False):
-            for table, col, nodes in self._elem:
+            wall = time.monotonic()
+            refresh = self.refresh_s
+            for i, (table, col, nodes) in enumerate(self._elem):
                 try:
-                    arr = solution.get(table, col)
+                    arr = np.asarray(solution.get(table, col), dtype=float)
                 except (KeyError, AttributeError) as exc:
                     _log.debug("twin server: no result %s.%s: %s", table, col, exc)
                     continue
-                for nid, v in zip(nodes, arr.tolist()):
-                    writes.append((nid, dv(float(v), dbl)))
+                last = self._last[i]
+                if last is None or last[0].shape != arr.shape:
+                    idx = np.arange(arr.shape[0])
+                    last = self._last[i] = (arr.copy(), np.full(arr.shape[0], wall))
+                else:
+                    old, at = last
+                    send = ~((arr == old) | (np.isnan(arr) & np.isnan(old)))
+                    if refresh is not None:
+                        send |= wall - at >= refresh
+                    idx = np.flatnonzero(send)
+                    old[idx] = arr[idx]
+                    at[idx] = wall
+                writes.extend(
+                    (nodes[j], dv(v, dbl)) for j, v in zip(idx.tolist(), arr[idx].tolist())
+                )
         samples = getattr(loop, "samples", {})
         outputs = getattr(loop, "outputs", {})
         divs = {d.point: d.difference for d in getattr(report, "divergences", ())}
@@ -323,8 +382,23 @@ class TwinServer:
         alarms = getattr(loop, "alarms", ())
         if alarms:
             writes.append((v["Twin/Alarms/Last"], dv(alarms[-1].message, ua.VariantType.String)))
-        st = loop.stats() if hasattr(loop, "stats") else {}
-        phases = st.get("phases", {})
+        # counters every step; the percentiles (sorting the whole history) now and then
+        if hasattr(loop, "counters"):
+            st = loop.counters()
+        else:
+            st = loop.stats() if hasattr(loop, "stats") else {}
+        mono = time.monotonic()
+        if hasattr(loop, "stats") and mono - self._percentiles_at >= self.stats_interval_s:
+            full = st if "step" in st else loop.stats()
+            self._percentiles = {
+                "StepP50Ms": float(full.get("step", {}).get("p50_ms", math.nan)),
+                "StepP99Ms": float(full.get("step", {}).get("p99_ms", math.nan)),
+                "SolveP99Ms": float(
+                    full.get("phases", {}).get("solve", {}).get("p99_ms", math.nan)
+                ),
+            }
+            self._percentiles_at = mono
+        pct = self._percentiles
         stat_values: dict[str, Any] = {
             "Time_s": float(getattr(report, "t", math.nan)),
             "Steps": int(st.get("steps", 0)),
@@ -332,9 +406,9 @@ class TwinServer:
             "Iterations": int(getattr(report, "iterations", 0)),
             "DeadlineMisses": int(st.get("misses", 0)),
             "NotConverged": int(st.get("not_converged", 0)),
-            "StepP50Ms": float(st.get("step", {}).get("p50_ms", math.nan)),
-            "StepP99Ms": float(st.get("step", {}).get("p99_ms", math.nan)),
-            "SolveP99Ms": float(phases.get("solve", {}).get("p99_ms", math.nan)),
+            "StepP50Ms": pct.get("StepP50Ms", math.nan),
+            "StepP99Ms": pct.get("StepP99Ms", math.nan),
+            "SolveP99Ms": pct.get("SolveP99Ms", math.nan),
             "LastStepMs": float(sum(getattr(report, "durations", {}).values()) * 1e3),
             "PublishMs": float(self.last_publish_s * 1e3),
         }
@@ -343,6 +417,9 @@ class TwinServer:
         await self.write_batch(writes)
         self.publish_count += 1
         self.last_publish_s = time.perf_counter() - t0
+        self.publish_durations.append(self.last_publish_s)
+        if len(self.publish_durations) > 8192:
+            del self.publish_durations[:4096]
 
     async def write_batch(self, writes: Sequence[tuple[ua.NodeId, ua.DataValue]]) -> None:
         """Write many values straight into the address space in one pass.

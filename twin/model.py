@@ -39,17 +39,32 @@ _TOPOLOGY = {
 UPDATABLE: tuple[tuple[str, str], ...] = tuple(sorted(_INJECTION | _SETPOINT | _TOPOLOGY))
 _UPDATABLE_SET = frozenset(UPDATABLE)
 _NO_LIMITS = np.zeros(0, dtype=np.int64)
-# branch results computed here from V (same formulas as pandapower's results_branch.py)
+# result columns computed here from V and the compiled ppc, with pandapower's formulas
+# (results_branch.py, results_gen.py, results_bus.py, pypower's pfsoln); anything else goes
+# through pandapower's own result extraction
 _NATIVE_BRANCH = {
     "line": frozenset(
         ("p_from_mw", "q_from_mvar", "p_to_mw", "q_to_mvar", "pl_mw", "ql_mvar", "i_from_ka",
-         "i_to_ka", "i_ka", "loading_percent")
+         "i_to_ka", "i_ka", "loading_percent", "vm_from_pu", "va_from_degree", "vm_to_pu",
+         "va_to_degree")
     ),
     "trafo": frozenset(
         ("p_hv_mw", "q_hv_mvar", "p_lv_mw", "q_lv_mvar", "pl_mw", "ql_mvar", "i_hv_ka", "i_lv_ka",
-         "loading_percent")
+         "loading_percent", "vm_hv_pu", "va_hv_degree", "vm_lv_pu", "va_lv_degree")
     ),
 }  # fmt: skip
+_NATIVE_ELEMENT = {
+    "ext_grid": frozenset(("p_mw", "q_mvar")),
+    "gen": frozenset(("p_mw", "q_mvar", "vm_pu", "va_degree")),
+    "load": frozenset(("p_mw", "q_mvar")),
+    "sgen": frozenset(("p_mw", "q_mvar")),
+}
+_NATIVE: dict[str, frozenset[str]] = {**_NATIVE_BRANCH, **_NATIVE_ELEMENT}
+# inputs whose value at solve time the load / sgen results need (update() changes them in place)
+_ELEMENT_INPUTS = frozenset({("load", "p_mw"), ("load", "q_mvar"), ("sgen", "p_mw"),
+                             ("sgen", "q_mvar")})  # fmt: skip
+_EPS = float(np.finfo(float).eps)  # pypower's guard in the reactive-power split
+_SL_FAC = 25  # pypower gen column: slack contribution factor
 _BOOL_COLUMNS = {("switch", "closed"), ("line", "in_service"), ("trafo", "in_service")}
 
 _RES_TABLES = (
@@ -118,6 +133,7 @@ class Solution:
         backend: str,
         results: Callable[[], dict[str, Any]],
         branch: Callable[[str], dict[str, np.ndarray] | None] | None = None,
+        native: Callable[[str], dict[str, np.ndarray] | None] | None = None,
     ) -> None:
         self._vm_int = vm
         self._va_int = va
@@ -129,8 +145,9 @@ class Solution:
         self.max_mismatch = max_mismatch
         self.backend = backend
         self._results_fn = results
-        self._branch_fn = branch
-        self._branch: dict[str, dict[str, np.ndarray] | None] = {}
+        # native(table) -> {column: array} for the columns computed without pandapower
+        self._native_fn = native if native is not None else branch
+        self._native: dict[str, dict[str, np.ndarray] | None] = {}
         self._tables: dict[str, Any] | None = None
 
     def _bus(self) -> None:
@@ -172,12 +189,9 @@ class Solution:
             return self.vm_pu.copy()
         if table == "bus" and column == "va_degree":
             return self.va_degree.copy()
-        if table in _NATIVE_BRANCH and column in _NATIVE_BRANCH[table] and self._branch_fn:
-            if table not in self._branch:
-                self._branch[table] = self._branch_fn(table)
-            cols = self._branch[table]
-            if cols is not None:
-                return cols[column].copy()
+        cols = self._native_columns(table, column)
+        if cols is not None:
+            return cols[column].copy()
         tables = self._res()
         if table not in tables:
             raise InvalidInput(table, column, None, table, "a result table: " + ", ".join(tables))
@@ -187,6 +201,24 @@ class Solution:
                 table, column, None, column, "a result column: " + ", ".join(map(str, df.columns))
             )
         return df[column].to_numpy(dtype=float, copy=True)
+
+    def _native_columns(self, table: str, column: str) -> dict[str, np.ndarray] | None:
+        """The natively computed columns of ``table`` when they include ``column``."""
+        if column not in _NATIVE.get(table, ()) or self._native_fn is None:
+            return None
+        try:
+            cols = self._native[table]
+        except KeyError:
+            cols = self._native[table] = self._native_fn(table)
+        if cols is None or column not in cols:
+            return None
+        return cols
+
+    def native(self, table: str, column: str) -> bool:
+        """Whether ``get(table, column)`` is computed here, without pandapower's extraction."""
+        if table == "bus" and column in ("vm_pu", "va_degree"):
+            return True
+        return self._native_columns(table, column) is not None
 
     def __getattr__(self, name: str) -> np.ndarray:
         # sol.line_loading_percent -> get("line", "loading_percent"); longest table name first
@@ -349,20 +381,22 @@ class GridModel:
         self._gen_sums: tuple[np.ndarray, np.ndarray] | None = None
         # what a solution needs to build its results later, even after a recompile
         self._c = SimpleNamespace(
-            branch=self._branch_maps(ppc, ppci, n),
+            branch=self._branch_maps(ppc, ppci, n, yf, yt),
+            element=self._element_maps(ppci, ybus, n),
             ppci=ppci, ppc=ppc, ref_gens=ref_gens, gen_bus=self._gen_bus, gen_on=self._gen_on,
             y_indptr=self._y_indptr, y_indices=self._y_indices, y_re=self._y_re,
             y_im=self._y_im, n=n, base_mva=self._base_mva, yf=yf, yt=yt, ref=ref, pv=pv, pq=pq,
         )  # fmt: skip
 
-    def _branch_maps(self, ppc: dict, ppci: dict, n: int) -> dict[str, Any]:
-        """Per line / trafo: internal branch row (-1 if not solved), end buses, base kV, ratings."""
+    def _branch_maps(self, ppc: dict, ppci: dict, n: int, yf: Any, yt: Any) -> dict[str, Any]:
+        """Per line / trafo: the Yf / Yt rows of its solved branches, end buses, ratings."""
         net = self._net
         if net._options.get("trafo_loading", "current") != "current":
             return {}
         branch_is = np.asarray(ppci["internal"]["branch_is"], dtype=bool)
         to_int = np.where(branch_is, np.cumsum(branch_is) - 1, -1)
         base_kv = ppc["bus"][:, 9].real  # BASE_KV
+        yf, yt = yf.tocsr(), yt.tocsr()
         maps: dict[str, Any] = {}
         for table in ("line", "trafo"):
             rng = net._pd2ppc_lookups["branch"].get(table)
@@ -385,52 +419,222 @@ class GridModel:
                     df["sn_mva"].to_numpy(float),
                     df["parallel"].to_numpy(float) * df["df"].to_numpy(float),
                 )
-            maps[table] = (to_int[f:t], fb, tb, base_kv[fb], base_kv[tb], *extra)
+            rows = to_int[f:t]
+            ok = np.flatnonzero(rows >= 0)
+            # the rows of the solved branches, sliced once here rather than every step
+            yfr = yf[rows[ok]] if ok.size else None
+            ytr = yt[rows[ok]] if ok.size else None
+            # energized end buses (ppc buses past the internal ones are out of service)
+            maps[table] = SimpleNamespace(
+                ok=ok, fb=fb, tb=tb, kv_f=base_kv[fb], kv_t=base_kv[tb], fb_ok=fb[ok],
+                tb_ok=tb[ok], yf=yfr, yt=ytr, f_on=np.flatnonzero(fb < n),
+                t_on=np.flatnonzero(tb < n), extra=extra,
+            )  # fmt: skip
         return maps
 
     def _branch_results(self, snap: dict[str, Any], table: str) -> dict[str, np.ndarray] | None:
         c = snap["c"]
-        if table not in c.branch or snap["limited"].size:
+        m = c.branch.get(table)
+        if m is None:
             return None
-        rows, fb, tb, kv_f, kv_t, *extra = c.branch[table]
-        v = snap["vm"] * np.exp(1j * snap["va"])
-        ok = rows >= 0
-        r = rows[ok]
-        sf = np.zeros(rows.shape[0], dtype=complex)
-        st = np.zeros(rows.shape[0], dtype=complex)
-        yf = c.yf[r] if r.size else None
-        if r.size:
-            sf[ok] = v[fb[ok]] * np.conj(yf @ v) * c.base_mva
-            st[ok] = v[tb[ok]] * np.conj(c.yt[r] @ v) * c.base_mva
-        # |V| at both ends; NaN where the bus is not energized (pandapower's convention)
-        vmf = np.full(rows.shape[0], np.nan)
-        vmt = np.full(rows.shape[0], np.nan)
-        inf_ = fb < c.n
-        int_ = tb < c.n
-        vmf[inf_] = snap["vm"][fb[inf_]]
-        vmt[int_] = snap["vm"][tb[int_]]
+        v = _snap_v(snap)
+        vm_int = snap["vm"]
+        nb = m.fb.shape[0]
+        sf = np.zeros(nb, dtype=complex)
+        st = np.zeros(nb, dtype=complex)
+        if m.ok.size:
+            sf[m.ok] = v[m.fb_ok] * np.conj(m.yf @ v) * c.base_mva
+            st[m.ok] = v[m.tb_ok] * np.conj(m.yt @ v) * c.base_mva
+        # |V| and angle at both ends; NaN where the bus is not energized (pandapower's convention)
+        vmf = np.full(nb, np.nan)
+        vmt = np.full(nb, np.nan)
+        vaf = np.full(nb, np.nan)
+        vat = np.full(nb, np.nan)
+        vmf[m.f_on] = vm_int[m.fb[m.f_on]]
+        vmt[m.t_on] = vm_int[m.tb[m.t_on]]
+        va_deg = _snap_va_degree(snap)
+        vaf[m.f_on] = va_deg[m.fb[m.f_on]]
+        vat[m.t_on] = va_deg[m.tb[m.t_on]]
         with np.errstate(invalid="ignore", divide="ignore"):
-            i_f = np.abs(sf) / (vmf * kv_f) / np.sqrt(3)
-            i_t = np.abs(st) / (vmt * kv_t) / np.sqrt(3)
-            i_max = np.max(np.stack([i_f, i_t], axis=1), axis=1)
+            i_f = np.abs(sf) / (vmf * m.kv_f) / np.sqrt(3)
+            i_t = np.abs(st) / (vmt * m.kv_t) / np.sqrt(3)
+            i_max = np.maximum(i_f, i_t)
+            # np.maximum propagates NaN like pandapower's np.max over the two ends
             if table == "line":
-                rating = extra[0]
-                loading = np.full(rows.shape[0], np.inf)
+                rating = m.extra[0]
+                loading = np.full(nb, np.inf)
                 np.divide(i_max, rating, where=rating != 0, out=loading)
                 return {
                     "p_from_mw": sf.real, "q_from_mvar": sf.imag, "p_to_mw": st.real,
                     "q_to_mvar": st.imag, "pl_mw": sf.real + st.real,
                     "ql_mvar": sf.imag + st.imag, "i_from_ka": i_f, "i_to_ka": i_t,
-                    "i_ka": i_max, "loading_percent": loading * 100,
+                    "i_ka": i_max, "loading_percent": loading * 100, "vm_from_pu": vmf,
+                    "va_from_degree": vaf, "vm_to_pu": vmt, "va_to_degree": vat,
                 }  # fmt: skip
-            vn_hv, vn_lv, sn, par_df = extra
-            lds = np.stack([i_f * vn_hv, i_t * vn_lv], axis=1) * np.sqrt(3) / sn[:, None] * 100.0
-            loading = np.max(lds, axis=1) / par_df
+            vn_hv, vn_lv, sn, par_df = m.extra
+            lds = np.maximum(i_f * vn_hv, i_t * vn_lv) * np.sqrt(3) / sn * 100.0
+            loading = lds / par_df
         return {
             "p_hv_mw": sf.real, "q_hv_mvar": sf.imag, "p_lv_mw": st.real, "q_lv_mvar": st.imag,
             "pl_mw": sf.real + st.real, "ql_mvar": sf.imag + st.imag, "i_hv_ka": i_f,
-            "i_lv_ka": i_t, "loading_percent": loading,
+            "i_lv_ka": i_t, "loading_percent": loading, "vm_hv_pu": vmf, "va_hv_degree": vaf,
+            "vm_lv_pu": vmt, "va_lv_degree": vat,
         }  # fmt: skip
+
+    def _element_maps(self, ppci: dict, ybus: Any, n: int) -> dict[str, Any]:
+        """What ext_grid, gen, load and sgen results need, resolved once per compile.
+
+        A table left out here (or a column left out of its entry) goes through pandapower's
+        own extraction: voltage-dependent loads, controllable (OPF) elements, clipped sgen Q,
+        an in-service gen without an internal row.
+        """
+        net = self._net
+        is_el = net._is_elements
+        opts = net._options
+        out: dict[str, Any] = {}
+        for table in ("load", "sgen"):
+            df = net[table]
+            if len(df) == 0 or f"{table}_controllable" in is_el:
+                continue
+            if table == "load" and any(
+                col in df and np.any(df[col].to_numpy(dtype=float) != 0)
+                for col in ("const_z_p_percent", "const_z_q_percent", "const_i_p_percent",
+                            "const_i_q_percent")
+            ):  # fmt: skip
+                continue  # pandapower reports these with the voltage-dependent share
+            cols = ["p_mw", "q_mvar"]
+            if table == "sgen" and (opts.get("enforce_q_lims") or opts.get("enforce_p_lims")):
+                cols = [] if opts.get("enforce_p_lims") else ["p_mw"]
+            if not cols:
+                continue
+            out[table] = SimpleNamespace(
+                scaling=df["scaling"].to_numpy(dtype=float),
+                on=np.asarray(is_el[table], dtype=bool),
+                base={col: df[col].to_numpy(dtype=float).copy() for col in cols},
+            )
+        gen = ppci["gen"]
+        eg_on = np.asarray(is_el.get("ext_grid", np.zeros(0, dtype=bool)), dtype=bool)
+        g_on = np.asarray(is_el.get("gen", np.zeros(0, dtype=bool)), dtype=bool)
+        eg_rows = self._gen_rows["ext_grid"]
+        g_rows = self._gen_rows["gen"]
+        g_bus = self._elem_bus["gen"]
+        usable = (
+            not opts.get("distributed_slack")
+            and eg_on.shape[0] == len(net.ext_grid)
+            and g_on.shape[0] == len(net.gen)
+            and not np.any(eg_rows[eg_on] < 0)
+            and not np.any(g_rows[g_on] < 0)
+            and not np.any(g_bus[g_on] < 0)
+        )
+        if usable and gen.shape[0]:
+            on = np.flatnonzero(gen[:, 7].real > 0)  # GEN_STATUS
+            gbus = gen[on, 0].real.astype(np.int64)  # GEN_BUS
+            qmax = gen[on, 3].real.astype(float)
+            qmin = gen[on, 4].real.astype(float)
+            split = None
+            if on.size > 1:
+                ngg = np.bincount(gbus, minlength=n)[gbus].astype(float)
+                qgmin = np.bincount(gbus, weights=qmin, minlength=n)
+                qgmax = np.bincount(gbus, weights=qmax, minlength=n)
+                same = qgmin[gbus] == qgmax[gbus]  # no reactive range: the equal split stays
+                split = (ngg, qgmin[gbus], qgmax[gbus] - qgmin[gbus] + _EPS, qmax - qmin, same)
+            rows = np.unique(np.concatenate([gbus, np.asarray(self._ref, dtype=np.int64)]))
+            slack = []
+            for ref_bus in np.asarray(self._ref, dtype=np.int64):
+                # pypower's _update_p uses positions in `on` as gen rows; so do we
+                at = np.flatnonzero(gbus == ref_bus)
+                if at.size == 0:
+                    continue  # a ref bus without a gen (xward): only res_bus changes
+                pos = int(np.searchsorted(rows, ref_bus))
+                if at.size == 1:
+                    slack.append((int(ref_bus), pos, at, None, None, None))
+                    continue
+                ext = np.intersect1d(at, self._ref_gens)
+                pvg = np.setdiff1d(at, ext)
+                w = gen[ext, _SL_FAC].real.astype(float)
+                slack.append((int(ref_bus), pos, at, ext, pvg, w))
+            out["gen_rows"] = SimpleNamespace(
+                ng=gen.shape[0], on=on, gbus=gbus, qmin=qmin, split=split, slack=slack,
+                y_rows=ybus.tocsr()[rows], rows=rows, gpos=np.searchsorted(rows, gbus),
+                eg_on=eg_on, eg_rows=eg_rows[eg_on], g_on=g_on, g_rows=g_rows[g_on],
+                g_bus=g_bus[g_on],
+            )  # fmt: skip
+        return out
+
+    def _gen_results(self, snap: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
+        """PG and QG of every internal gen row, as pypower's pfsoln sets them."""
+        c = snap["c"]
+        m = c.element.get("gen_rows")
+        if m is None or snap["limited"].size:
+            return None  # Q-limited gens keep their fixed Q: pandapower's extraction does that
+        cached = snap.get("gen_pq")
+        if cached is not None:
+            return cached
+        v = _snap_v(snap)
+        base = c.base_mva
+        s = v[m.rows] * np.conj(m.y_rows @ v)  # bus injections at gen and ref buses, pu
+        bus_pd, bus_qd = snap["bus_pd"], snap["bus_qd"]
+        q_on = s[m.gpos].imag * base + bus_qd[m.gbus]
+        if m.split is not None:
+            ngg, qgmin, qrange, qspan, same = m.split
+            q_on = q_on / ngg
+            qtot = np.bincount(m.gbus, weights=q_on, minlength=c.n)[m.gbus]
+            q_new = m.qmin + (qtot - qgmin) / qrange * qspan
+            q_new[same] = q_on[same]
+            q_on = q_new
+        qg = np.zeros(m.ng)
+        qg[m.on] = q_on
+        pg = np.array(snap["gen_pg"], dtype=float)
+        for ref_bus, pos, at, ext, pvg, w in m.slack:
+            p_bus = s[pos].real * base + bus_pd[ref_bus]
+            if ext is None:
+                pg[at[0]] = p_bus
+                continue
+            p_ext = p_bus - np.sum(pg[pvg])
+            sw = np.sum(w)
+            if sw > 0:
+                pg[ext] = pg[ext] + (p_ext - np.sum(pg[ext])) * w / sw
+            else:
+                pg[ext] = p_ext / len(ext)
+        snap["gen_pq"] = (pg, qg)
+        return pg, qg
+
+    def _native_results(self, snap: dict[str, Any], table: str) -> dict[str, np.ndarray] | None:
+        """Natively computed result columns of ``table`` (None: use pandapower's extraction)."""
+        if table in _NATIVE_BRANCH:
+            if snap["limited"].size:
+                return None
+            return self._branch_results(snap, table)
+        c = snap["c"]
+        if table in ("load", "sgen"):
+            m = c.element.get(table)
+            if m is None:
+                return None
+            inputs = snap["inputs"]
+            return {
+                col: inputs.get((table, col), base) * m.scaling * m.on
+                for col, base in m.base.items()
+            }
+        if table not in ("ext_grid", "gen"):
+            return None
+        pq = self._gen_results(snap)
+        if pq is None:
+            return None
+        pg, qg = pq
+        m = c.element["gen_rows"]
+        if table == "ext_grid":
+            p = np.zeros(m.eg_on.shape[0])
+            q = np.zeros(m.eg_on.shape[0])
+            p[m.eg_on] = pg[m.eg_rows]
+            q[m.eg_on] = qg[m.eg_rows]
+            return {"p_mw": p, "q_mvar": q}
+        ng = m.g_on.shape[0]
+        p, q, vm, va = np.zeros(ng), np.zeros(ng), np.zeros(ng), np.zeros(ng)
+        p[m.g_on] = pg[m.g_rows]
+        q[m.g_on] = qg[m.g_rows]
+        vm[m.g_on] = snap["vm"][m.g_bus]
+        va[m.g_on] = _snap_va_degree(snap)[m.g_bus]
+        return {"p_mw": p, "q_mvar": q, "vm_pu": vm, "va_degree": va}
 
     def _gen_row_map(self) -> dict[str, np.ndarray]:
         """pandapower gen / ext_grid index order -> internal gen row (-1 when not in service)."""
@@ -777,6 +981,8 @@ class GridModel:
             "qfix": qfix,
             "iterations": total_it,
             "c": self._c,
+            # load / sgen inputs as solved (update() writes those arrays in place)
+            "inputs": {k: a.copy() for k, a in self._inp.items() if k in _ELEMENT_INPUTS},
         }
         self._last_snap = snap
         return Solution(
@@ -788,7 +994,7 @@ class GridModel:
             max_mismatch=float(nrm),
             backend=self.backend,
             results=lambda: self._results(snap),
-            branch=lambda table: self._branch_results(snap, table),
+            native=lambda table: self._native_results(snap, table),
         )
 
     def _q_limit_violations(
@@ -914,6 +1120,22 @@ class GridModel:
         arrays = [self._y_indptr, self._y_indices, self._y_re, self._y_im, self._vm, self._va,
                   self._bus_pd, self._bus_qd, self._vset]  # fmt: skip
         return int(sum(a.nbytes for a in arrays) + self._plan.memory_bytes())
+
+
+def _snap_v(snap: dict[str, Any]) -> np.ndarray:
+    """Complex internal bus voltages of a snapshot (computed once, kept in it)."""
+    v = snap.get("v")
+    if v is None:
+        v = snap["v"] = snap["vm"] * np.exp(1j * snap["va"])
+    return v
+
+
+def _snap_va_degree(snap: dict[str, Any]) -> np.ndarray:
+    """Internal bus angles in degrees, wrapped like pandapower's angle(V) (kept in the snapshot)."""
+    va = snap.get("va_degree")
+    if va is None:
+        va = snap["va_degree"] = np.rad2deg(np.angle(_snap_v(snap)))
+    return va
 
 
 def _with_diagonal(ybus, n: int):

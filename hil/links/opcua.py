@@ -4,7 +4,12 @@
   :meth:`OpcuaLink.poll` in polled mode. A value's timestamp is its SourceTimestamp, so the first,
   possibly old, value after a reconnect is aged like any other (FIELD-NOTES).
 - All outputs of a step go in one Write request; per-node bad status codes become ProtocolError
-  naming the point and the status code.
+  naming the point and the status code. The request body is assembled from byte strings encoded
+  once per point (node id, attribute, DataValue mask, variant type) plus the packed value and
+  timestamp, and sent through asyncua's own secure channel (sequence numbers, chunking, signing):
+  building and encoding asyncua's WriteValue objects costs ~25 us per value, this ~0.5 us.
+  :meth:`OpcuaLink.prepare_outputs` and :meth:`OpcuaLink.write_batch` add a vectorised deadband
+  for the sync loop's fixed set of outputs.
 - Reconnection is managed here with asyncua's ``auto_reconnect`` off: on a loss (socket closed,
   watchdog probe failed, subscription status bad) the old client is dropped and a *fresh* Client
   object connects, with a bounded exponential backoff. Reusing a client after a network
@@ -17,14 +22,24 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterable
+import struct
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 from asyncua import Client, Node, ua
+from asyncua.common.utils import Buffer
+from asyncua.ua.ua_binary import (
+    Primitives,
+    nodeid_from_binary,
+    nodeid_to_binary,
+    struct_from_binary,
+    struct_to_binary,
+)
 from asyncua.ua.uaerrors import UaStatusCodeError
 
-from hil.errors import CommsLost, HilTimeout, ProtocolError
+from hil.errors import CommsLost, HilTimeout, OutOfRange, ProtocolError, WriteRejected
 from hil.links.base import FieldLink
 from twin.pointmap import Point
 from twin.quality import Quality, Sample
@@ -42,6 +57,29 @@ _INTEGER = {
     ua.VariantType.UInt64,
 }
 _NUMERIC = _INTEGER | {ua.VariantType.Float, ua.VariantType.Double, ua.VariantType.Boolean}
+
+
+#: struct formats of the numeric variant types (OPC UA binary is little-endian)
+_PACK: dict[ua.VariantType, struct.Struct] = {
+    ua.VariantType.Boolean: struct.Struct("<?"),
+    ua.VariantType.SByte: struct.Struct("<b"),
+    ua.VariantType.Byte: struct.Struct("<B"),
+    ua.VariantType.Int16: struct.Struct("<h"),
+    ua.VariantType.UInt16: struct.Struct("<H"),
+    ua.VariantType.Int32: struct.Struct("<i"),
+    ua.VariantType.UInt32: struct.Struct("<I"),
+    ua.VariantType.Int64: struct.Struct("<q"),
+    ua.VariantType.UInt64: struct.Struct("<Q"),
+    ua.VariantType.Float: struct.Struct("<f"),
+    ua.VariantType.Double: struct.Struct("<d"),
+}
+_INT32 = struct.Struct("<i")
+# WriteValue after the NodeId: AttributeId Value (UInt32), IndexRange null (String length -1)
+_VALUE_ATTRIBUTE = struct.pack("<Ii", int(ua.AttributeIds.Value), -1)
+_DV_VALUE = 0x01  # DataValue encoding mask bits (OPC UA Part 6, 5.2.2.17)
+_DV_STATUS = 0x02  # asyncua always sends StatusCode Good with a value: so do we
+_DV_SOURCE_TIMESTAMP = 0x04
+_GOOD = struct.pack("<I", 0)
 
 
 def _status_name(code: ua.StatusCode | int) -> str:
@@ -175,6 +213,10 @@ class OpcuaLink(FieldLink):
         self._reconnect_task: asyncio.Task[None] | None = None
         self._poll_task: asyncio.Task[None] | None = None
         self._old_clients: set[asyncio.Task[None]] = set()
+        self._node_version = 0  # bumped whenever node ids are (re)resolved
+        self._prefix: dict[str, bytes] = {}  # encoded WriteValue head per point
+        self._prefix_version = -1
+        self._fast_send = True  # asyncua's channel internals as expected (checked on use)
 
     @property
     def polled(self) -> bool:
@@ -251,6 +293,7 @@ class OpcuaLink(FieldLink):
             ns_index = await client.get_namespace_index(self.namespace)
         self._node.clear()
         self._name_of.clear()
+        self._node_version += 1
         for p in self.points:
             assert p.opcua is not None
             nid = ua.NodeId.from_string(p.opcua.node_id)
@@ -436,38 +479,288 @@ class OpcuaLink(FieldLink):
         return err
 
     # --- outputs -------------------------------------------------------------------------------
+    def _vtype_checked(self, point: Point) -> ua.VariantType:
+        vt = self._vtype.get(point.name, ua.VariantType.Double)
+        if vt not in _NUMERIC:
+            raise ProtocolError(
+                "opcua", "BadTypeMismatch", f"expected a numeric node, found {vt.name}", point.name
+            )
+        return vt
+
+    def _prefixes(self) -> dict[str, bytes]:
+        """Encoded WriteValue heads (node id, attribute, DataValue mask, variant type) per point.
+
+        Rebuilt after each (re)connect: the namespace index and data types are looked up again.
+        """
+        if self._prefix_version != self._node_version:
+            mask = _DV_VALUE | _DV_STATUS | (_DV_SOURCE_TIMESTAMP if self.write_timestamps else 0)
+            self._prefix = {}
+            for p in self.outputs:
+                nid = self._node.get(p.name)
+                vt = self._vtype.get(p.name, ua.VariantType.Double)
+                if nid is None or vt not in _NUMERIC:
+                    continue
+                self._prefix[p.name] = (
+                    nodeid_to_binary(nid) + _VALUE_ATTRIBUTE + bytes((mask, vt.value))
+                )
+            self._prefix_version = self._node_version
+        return self._prefix
+
+    def _timestamp_bytes(self) -> bytes:
+        """What follows each value: StatusCode Good, then the SourceTimestamp (if sent)."""
+        if not self.write_timestamps:
+            return _GOOD
+        return _GOOD + Primitives.DateTime.pack(datetime.fromtimestamp(self.clock(), UTC))
+
+    def _encode(self, items: list[tuple[Point, float]]) -> bytes:
+        """Int32 count + the encoded WriteValues of ``items`` (the Write request's NodesToWrite)."""
+        prefixes = self._prefixes()
+        ts = self._timestamp_bytes()
+        parts = [_INT32.pack(len(items))]
+        for p, v in items:
+            vt = self._vtype_checked(p)
+            try:
+                parts.append(prefixes[p.name] + _PACK[vt].pack(_to_python(v, vt)) + ts)
+            except struct.error as exc:
+                raise ProtocolError(
+                    "opcua", "BadOutOfRange", f"value {v!r} does not fit {vt.name}: {exc}", p.name
+                ) from None
+        return b"".join(parts)
+
     async def _send(self, items: list[tuple[Point, float]]) -> None:
         """All values in one Write request; bad per-node results raise ProtocolError."""
         client = self._require("write")
-        ts = datetime.fromtimestamp(self.clock(), UTC) if self.write_timestamps else None
-        nodes: list[ua.NodeId] = []
-        dvs: list[ua.DataValue] = []
-        for p, v in items:
-            vt = self._vtype.get(p.name, ua.VariantType.Double)
-            if vt not in _NUMERIC:
-                raise ProtocolError(
-                    "opcua", "BadTypeMismatch", f"expected a numeric node, found {vt.name}", p.name
-                )
-            nodes.append(self._node[p.name])
-            dvs.append(ua.DataValue(ua.Variant(_to_python(v, vt), vt), SourceTimestamp=ts))
+        for p, _v in items:
+            self._vtype_checked(p)
+        body = self._encode(items)
+        await self._write_encoded(client, body, [p.name for p, _v in items])
+
+    async def _write_encoded(self, client: Client, body: bytes, names: Sequence[str]) -> None:
+        """Send one Write request whose NodesToWrite is ``body``; check every node's status."""
         self.stats["requests"] += 1
         try:
-            results = await asyncio.wait_for(
-                client.uaclient.write_attributes(nodes, dvs, ua.AttributeIds.Value),
-                self.timeout_s + 0.5,
-            )
+            codes = await asyncio.wait_for(self._request(client, body), self.timeout_s + 0.5)
         except Exception as exc:
-            raise self._failed(exc, f"write {len(items)} value(s)") from exc
-        bad = [(p, r) for (p, _v), r in zip(items, results) if not r.is_good()]
-        if bad:
-            p, r = bad[0]
-            more = f" (and {len(bad) - 1} more: {', '.join(q.name for q, _ in bad[1:])})"
+            raise self._failed(exc, f"write {len(names)} value(s)") from exc
+        if codes.shape[0] != len(names):
             err = ProtocolError(
                 "opcua",
-                r.name,
-                f"write refused by {self.endpoint}" + (more if len(bad) > 1 else ""),
-                point=p.name,
+                "BadUnexpectedError",
+                f"expected {len(names)} write results from {self.endpoint}, found {codes.shape[0]}",
+            )
+            self._note_error(err)
+            raise err
+        bad = np.flatnonzero(codes >> 30)  # severity bits: uncertain or bad
+        if bad.size:
+            first = int(bad[0])
+            more = ", ".join(names[int(i)] for i in bad[1:])
+            err = ProtocolError(
+                "opcua",
+                _status_name(int(codes[first])),
+                f"write refused by {self.endpoint}"
+                + (f" (and {bad.size - 1} more: {more})" if bad.size > 1 else ""),
+                point=names[first],
             )
             self._note_error(err)
             raise err
         self.stats["writes"] += 1
+
+    async def _request(self, client: Client, body: bytes) -> np.ndarray:
+        """One Write request with a pre-encoded NodesToWrite; the per-node status codes.
+
+        Goes through asyncua's secure channel (request header, token, chunking, signing) with
+        only the request body assembled here; the header and type id are encoded by asyncua
+        itself. Falls back to asyncua's ``write_attributes`` when its internals are not the
+        ones this was written against (asyncua 2.1.0).
+        """
+        uac = client.uaclient
+        if self._fast_send:
+            try:
+                proto = uac.protocol
+                sem = uac._request_semaphore
+                observe = uac.observer.observe_request
+                proto._setup_request_header  # noqa: B018 - capability checks
+                proto._callbackmap  # noqa: B018
+                proto._connection.message_to_binary  # noqa: B018
+            except AttributeError as exc:
+                _log.warning(
+                    "%s: asyncua internals differ (%s); using write_attributes", self.name, exc
+                )
+                self._fast_send = False
+        if not self._fast_send:
+            return await self._request_slow(client, body)
+        request = ua.WriteRequest()  # empty NodesToWrite: asyncua encodes type id and header
+        with observe(request):
+            async with sem:
+                proto = uac.protocol
+                if proto is None:
+                    raise ConnectionError("Connection is not open")
+                if proto.pre_request_hook:
+                    await proto.pre_request_hook()
+                data = await asyncio.wait_for(
+                    _send_encoded(proto, request, body, self.timeout_s), self.timeout_s
+                )
+                proto.check_answer(data, " in response to WriteRequest")
+        return _write_results(data)
+
+    async def _request_slow(self, client: Client, body: bytes) -> np.ndarray:
+        request = ua.WriteRequest()
+        head = struct_to_binary(request)[:-4]
+        parsed = struct_from_binary(ua.WriteRequest, Buffer(head + body))
+        nodes = [wv.NodeId for wv in parsed.Parameters.NodesToWrite]
+        dvs = [wv.Value for wv in parsed.Parameters.NodesToWrite]
+        results = await client.uaclient.write_attributes(nodes, dvs, ua.AttributeIds.Value)
+        return np.array([r.value for r in results], dtype=np.uint32)
+
+    # --- the sync loop's fixed output set ---------------------------------------------------
+    def prepare_outputs(self, names: Sequence[str]) -> OutputBatch:
+        """A fixed, ordered set of ``to_field`` points for :meth:`write_batch`.
+
+        Raises:
+            WriteRejected: a name not on this link, not ``to_field``, or not writable here.
+        """
+        points = []
+        for n in names:
+            p = self._by_name.get(n)
+            if p is None or p.direction != "to_field":
+                raise WriteRejected(
+                    f"point {n!r}: expected a to_field point carried by link {self.name}"
+                )
+            why = self._not_writable(p)
+            if why:
+                raise WriteRejected(f"point {n!r}: {why}")
+            points.append(p)
+        return OutputBatch(points)
+
+    async def write_batch(
+        self, batch: OutputBatch, values: np.ndarray, mask: np.ndarray | None = None
+    ) -> int:
+        """Write ``values`` (ordered like ``batch.names``) in one request; returns how many went.
+
+        Only entries in ``mask`` (all when None) are considered; of those, a value within its
+        point's deadband of the last one sent is skipped unless that was ``interval_s`` or more
+        ago (the field never sees a value go stale because the twin was quiet). Values are
+        checked before anything is sent.
+
+        Raises:
+            OutOfRange: a considered value is NaN/inf or outside its limits; nothing is sent.
+            CommsLost, HilTimeout, ProtocolError: as :meth:`write_outputs`.
+        """
+        vals = np.asarray(values, dtype=float)
+        if vals.shape != batch.last.shape:
+            raise ValueError(
+                f"write_batch: expected {batch.last.shape[0]} values, found {vals.shape}"
+            )
+        now = self.clock()
+        with np.errstate(invalid="ignore"):
+            send = (
+                (batch.deadband <= 0.0)
+                | ~(np.abs(vals - batch.last) < batch.deadband)  # NaN last: never sent
+                | (now - batch.last_t >= batch.interval)
+            )
+        if mask is not None:
+            send &= mask
+        sel = np.flatnonzero(send)
+        if sel.size == 0:
+            return 0
+        v = vals[sel]
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(v) | (v < batch.low[sel]) | (v > batch.high[sel])
+        if bad.any():
+            i = int(sel[np.argmax(bad)])
+            p = batch.points[i]
+            raise OutOfRange(p.name, float(vals[i]), p.low, p.high)
+        client = self._require("write")
+        body = self._encode_batch(batch, sel, v)
+        await self._write_encoded(client, body, [batch.names[i] for i in sel.tolist()])
+        batch.last[sel] = v
+        batch.last_t[sel] = now
+        return int(sel.size)
+
+    def _encode_batch(self, batch: OutputBatch, sel: np.ndarray, v: np.ndarray) -> bytes:
+        prefixes = self._prefixes()
+        if batch.version != self._prefix_version:
+            batch.bind(
+                [prefixes.get(n) for n in batch.names], [self._vtype.get(n) for n in batch.names]
+            )
+            batch.version = self._prefix_version
+        if batch.missing:
+            p = batch.points[batch.missing[0]]
+            self._vtype_checked(p)  # raises for a non-numeric node
+            raise ProtocolError("opcua", "BadNodeIdUnknown", "node not resolved", p.name)
+        ts = self._timestamp_bytes()
+        pre = batch.prefix
+        idx = sel.tolist()
+        parts = [_INT32.pack(len(idx))]
+        if batch.all_float:
+            raw = v.astype("<f4").tobytes()  # values are range-checked: no overflow here
+            parts += [pre[i] + raw[4 * k : 4 * k + 4] + ts for k, i in enumerate(idx)]
+        else:
+            items = [(batch.points[i], float(x)) for i, x in zip(idx, v.tolist())]
+            return self._encode(items)
+        return b"".join(parts)
+
+
+class OutputBatch:
+    """A link's fixed output set: limits, deadbands and what was last sent, as arrays."""
+
+    def __init__(self, points: Sequence[Point]) -> None:
+        self.points: tuple[Point, ...] = tuple(points)
+        self.names: tuple[str, ...] = tuple(p.name for p in self.points)
+        self.low = np.array([-np.inf if p.low is None else p.low for p in self.points], dtype=float)
+        self.high = np.array(
+            [np.inf if p.high is None else p.high for p in self.points], dtype=float
+        )
+        self.deadband = np.array([p.deadband for p in self.points], dtype=float)
+        self.interval = np.array([p.interval_s for p in self.points], dtype=float)
+        self.last = np.full(len(self.points), np.nan)  # last value sent (NaN: never)
+        self.last_t = np.full(len(self.points), -np.inf)
+        self.version = -1
+        self.prefix: list[bytes] = []
+        self.missing: list[int] = []
+        self.all_float = False
+
+    def bind(self, prefixes: Sequence[bytes | None], vtypes: Sequence[Any]) -> None:
+        """Take the encoded heads of a (re)connected link."""
+        self.missing = [i for i, b in enumerate(prefixes) if b is None]
+        self.prefix = [b or b"" for b in prefixes]
+        self.all_float = all(vt == ua.VariantType.Float for vt in vtypes)
+
+    def forget(self) -> None:
+        """Send everything again on the next write (e.g. after the device restarted)."""
+        self.last[:] = np.nan
+        self.last_t[:] = -np.inf
+
+
+def _send_encoded(proto: Any, request: Any, body: bytes, timeout: float) -> asyncio.Future[Any]:
+    """asyncua 2.1.0's ``UASocketProtocol._send_request`` with NodesToWrite pre-encoded."""
+    if proto.transport is None:
+        raise ConnectionError("Connection is not open")
+    proto._setup_request_header(request.RequestHeader, timeout)
+    next_request_id = proto._request_id + 1
+    try:
+        # the empty request ends with NodesToWrite's Int32 count 0: replace it by the body
+        binreq = struct_to_binary(request)[:-4] + body
+        proto.revolve_security_token()
+        msg = proto._connection.message_to_binary(
+            binreq, message_type=ua.MessageType.SecureMessage, request_id=next_request_id
+        )
+    except Exception:
+        proto._request_handle -= 1
+        raise
+    proto._request_id = next_request_id
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    proto._callbackmap[next_request_id] = future
+    proto.transport.write(msg)
+    return future
+
+
+def _write_results(data: Buffer) -> np.ndarray:
+    """The status codes of a WriteResponse (service faults are raised by ``check_answer``)."""
+    nodeid_from_binary(data)  # type id
+    header = struct_from_binary(ua.ResponseHeader, data)
+    header.ServiceResult.check()
+    n = _INT32.unpack(data.read(4))[0]
+    if n <= 0:
+        return np.zeros(0, dtype=np.uint32)
+    return np.frombuffer(data.read(4 * n), dtype="<u4").astype(np.uint32)
