@@ -103,7 +103,7 @@ def _pp():
 
 def _copy_ppc(ppc: dict) -> dict:
     """Copy of a ppc dict deep enough for pandapower's result functions to write into."""
-    out = {}
+    out: dict[str, Any] = {}
     for key, val in ppc.items():
         if isinstance(val, np.ndarray):
             out[key] = val.copy()
@@ -367,7 +367,7 @@ class GridModel:
                 va = np.deg2rad(dc["bus"][:, 8].astype(float))  # VA column
             except Exception as exc:  # a DC start is an optimisation, flat start still works
                 _log.warning("DC initialisation failed (%s); using a flat start", exc)
-        if self._last_vm_pp is not None:
+        if self._last_vm_pp is not None and self._last_va_pp is not None:
             have = valid & np.isfinite(self._last_vm_pp)
             vm[ib[have]] = self._last_vm_pp[have]
             va[ib[have]] = self._last_va_pp[have]
@@ -539,7 +539,7 @@ class GridModel:
                 same = qgmin[gbus] == qgmax[gbus]  # no reactive range: the equal split stays
                 split = (ngg, qgmin[gbus], qgmax[gbus] - qgmin[gbus] + _EPS, qmax - qmin, same)
             rows = np.unique(np.concatenate([gbus, np.asarray(self._ref, dtype=np.int64)]))
-            slack = []
+            slack: list[tuple[int, int, np.ndarray, Any, Any, Any]] = []
             for ref_bus in np.asarray(self._ref, dtype=np.int64):
                 # pypower's _update_p uses positions in `on` as gen rows; so do we
                 at = np.flatnonzero(gbus == ref_bus)
@@ -1113,6 +1113,7 @@ class GridModel:
         """
         if self._last_snap is None:
             self.solve()
+        assert self._last_snap is not None  # solve() sets it or raises
         self._write_results(self._last_snap)
 
     def memory_bytes(self) -> int:
