@@ -36,7 +36,7 @@ def _extensions():
                 [pyx],
                 include_dirs=[numpy.get_include()],
                 define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-                extra_compile_args=["-O3"],
+                extra_compile_args=["-O3", "-fno-math-errno"],  # lets sin+cos become sincos
             )
         )
     return cythonize(

@@ -2,9 +2,11 @@
 
 pandapower's own conversion (``_pd2ppc``, ``makeYbus``) builds the admittance model; this module
 keeps the index maps between pandapower elements and internal buses, the injection arrays and the
-kernel's symbolic analysis. Injection updates touch only the injection arrays; switching, outages
-and tap changes recompile the admittance model and keep the symbolic analysis whenever the new
-pattern fits into the old one. Results go to ``net.res_*`` only on :meth:`GridModel.to_net`.
+kernel's symbolic analysis. Injection updates touch only the injection arrays: load / sgen inputs
+are written in place into arrays the kernel's ``Stepper`` reads, and the bus injections are
+assembled inside the kernel call at the next solve; switching, outages and tap changes recompile
+the admittance model and keep the symbolic analysis whenever the new pattern fits into the old
+one. Results go to ``net.res_*`` only on :meth:`GridModel.to_net`.
 """
 
 from __future__ import annotations
@@ -39,6 +41,11 @@ _TOPOLOGY = {
 UPDATABLE: tuple[tuple[str, str], ...] = tuple(sorted(_INJECTION | _SETPOINT | _TOPOLOGY))
 _UPDATABLE_SET = frozenset(UPDATABLE)
 _NO_LIMITS = np.zeros(0, dtype=np.int64)
+_F64 = np.dtype(np.float64)
+_ALL = slice(None)
+# the element inputs the kernel assembles into the bus injections at every solve, in the
+# order of its four element groups (load P, sgen P, load Q, sgen Q)
+_GROUPS = (("load", "p_mw"), ("sgen", "p_mw"), ("load", "q_mvar"), ("sgen", "q_mvar"))
 # result columns computed here from V and the compiled ppc, with pandapower's formulas
 # (results_branch.py, results_gen.py, results_bus.py, pypower's pfsoln); anything else goes
 # through pandapower's own result extraction
@@ -60,9 +67,6 @@ _NATIVE_ELEMENT = {
     "sgen": frozenset(("p_mw", "q_mvar")),
 }
 _NATIVE: dict[str, frozenset[str]] = {**_NATIVE_BRANCH, **_NATIVE_ELEMENT}
-# inputs whose value at solve time the load / sgen results need (update() changes them in place)
-_ELEMENT_INPUTS = frozenset({("load", "p_mw"), ("load", "q_mvar"), ("sgen", "p_mw"),
-                             ("sgen", "q_mvar")})  # fmt: skip
 _EPS = float(np.finfo(float).eps)  # pypower's guard in the reactive-power split
 _SL_FAC = 25  # pypower gen column: slack contribution factor
 _BOOL_COLUMNS = {("switch", "closed"), ("line", "in_service"), ("trafo", "in_service")}
@@ -259,6 +263,7 @@ class GridModel:
         self._dirty: set[tuple[str, str]] = set()
         self.backend = resolve_backend(backend)
         self._kernel = kernel(self.backend)
+        self._copy_if_finite = self._kernel.copy_if_finite
         self.enforce_q_lims = bool(enforce_q_lims)
         self.tolerance_mva = float(tolerance_mva)
         self.max_iteration = int(max_iteration)
@@ -326,8 +331,8 @@ class GridModel:
         self._yf, self._yt = yf, yt
         self._ref, self._pv, self._pq, self._ref_gens = ref, pv, pq, ref_gens
         self._kind0 = kind
-        self._bus_pd = bus[:, 2].astype(float).copy()  # PD, QD columns (pypower idx 2, 3)
-        self._bus_qd = bus[:, 3].astype(float).copy()
+        bus_pd = bus[:, 2].astype(float).copy()  # PD, QD columns (pypower idx 2, 3)
+        bus_qd = bus[:, 3].astype(float).copy()
         self._gen_bus = gen[:, 0].real.astype(np.int64)
         self._gen_on = gen[:, 7] > 0  # GEN_STATUS
         self._gen_pg = gen[:, 1].astype(float).copy()  # PG
@@ -352,7 +357,21 @@ class GridModel:
         }
         # sgens are booked as negative load, like pandapower does
         self._signed_scale = {"load": self._scale["load"], "sgen": -self._scale["sgen"]}
-        self._all_energized = {t: bool(np.all(self._elem_bus[t] >= 0)) for t in ("load", "sgen")}
+        # the demand that is not a load / sgen input ("rest") and the element groups the kernel
+        # adds back at every solve from the input arrays (update() writes those in place)
+        groups = []
+        rest = {"p_mw": bus_pd, "q_mvar": bus_qd}
+        for table, column in _GROUPS:
+            val = self._input(table, column)
+            b = np.ascontiguousarray(self._elem_bus[table], dtype=np.int64)
+            w = np.ascontiguousarray(self._signed_scale[table], dtype=float)
+            ok = b >= 0
+            rest[column] = rest[column] - np.bincount(b[ok], weights=(w * val)[ok], minlength=n)
+            groups.append((b, w, val))
+        self._rest_p, self._rest_q = rest["p_mw"], rest["q_mvar"]
+        self._fast = {key: self._inp[key] for key in _GROUPS}
+        self._changed: set[tuple[str, str]] = set()
+        self._snap_inputs = {key: self._inp[key].copy() for key in _GROUPS}
         self._gen_scale = net.gen["scaling"].to_numpy(float) if len(net.gen) else np.zeros(0)
         self._all_pos: dict[str, np.ndarray] = {}
         self._views: dict[tuple[str, str], tuple[Any, ...]] = {}
@@ -379,6 +398,11 @@ class GridModel:
         self._qzero = np.zeros(n)
         self._inv_base = 1.0 / self._base_mva
         self._gen_sums: tuple[np.ndarray, np.ndarray] | None = None
+        zeros = np.zeros(n)
+        self._stepper = self._kernel.Stepper(
+            self._plan, self._y_indptr, self._y_indices, self._y_re, self._y_im, kind,
+            self._vset, zeros, zeros, groups, self._inv_base,
+        )  # fmt: skip
         # what a solution needs to build its results later, even after a recompile
         self._c = SimpleNamespace(
             branch=self._branch_maps(ppc, ppci, n, yf, yt),
@@ -386,6 +410,7 @@ class GridModel:
             ppci=ppci, ppc=ppc, ref_gens=ref_gens, gen_bus=self._gen_bus, gen_on=self._gen_on,
             y_indptr=self._y_indptr, y_indices=self._y_indices, y_re=self._y_re,
             y_im=self._y_im, n=n, base_mva=self._base_mva, yf=yf, yt=yt, ref=ref, pv=pv, pq=pq,
+            rest_p=self._rest_p, rest_q=self._rest_q, groups=[(b, w) for b, w, _ in groups],
         )  # fmt: skip
 
     def _branch_maps(self, ppc: dict, ppci: dict, n: int, yf: Any, yt: Any) -> dict[str, Any]:
@@ -573,7 +598,7 @@ class GridModel:
         v = _snap_v(snap)
         base = c.base_mva
         s = v[m.rows] * np.conj(m.y_rows @ v)  # bus injections at gen and ref buses, pu
-        bus_pd, bus_qd = snap["bus_pd"], snap["bus_qd"]
+        bus_pd, bus_qd = _snap_demand(snap)
         q_on = s[m.gpos].imag * base + bus_qd[m.gbus]
         if m.split is not None:
             ngg, qgmin, qrange, qspan, same = m.split
@@ -711,7 +736,9 @@ class GridModel:
             self._dirty.clear()
         return self._net
 
-    def _write_through(self, table: str, column: str, pos: np.ndarray, new: np.ndarray) -> None:
+    def _write_through(
+        self, table: str, column: str, pos: np.ndarray | slice, new: np.ndarray
+    ) -> None:
         """Write into the DataFrame's own float block when pandas gives a writable view."""
         key = (table, column)
         if key not in self._dirty:
@@ -774,9 +801,29 @@ class GridModel:
         Raises:
             InvalidInput: unknown table/column/element, wrong length, NaN or inf; nothing changes.
         """
-        key = (table, column)
-        if index is None and key in _INJECTION and self._update_all(table, column, values):
-            return
+        if index is None:
+            fast = self._fast.get((table, column))
+            if (
+                fast is not None
+                and type(values) is np.ndarray
+                and values.dtype is _F64
+                and values.shape == fast.shape
+                # copied only when every value is finite; otherwise nothing is written and the
+                # checked path below names the offending element
+                and self._copy_if_finite(values, fast)
+            ):
+                # the hot path: a full float vector of a load / sgen input
+                key = (table, column)
+                self._changed.add(key)
+                df = self._net[table]
+                view = self._views.get(key)
+                # the frame's own float block, while the frame keeps its blocks (_write_through)
+                if view is not None and view[1] is df and view[2] is df._mgr.blocks:
+                    if key not in self._dirty:
+                        view[0][:] = fast
+                    return
+                self._write_through(table, column, _ALL, fast)
+                return
         self._check_table(table, column)
         pos = self._positions(table, column, index)
         df = self._net[table]
@@ -834,53 +881,12 @@ class GridModel:
         self._write_through(table, column, pos, newv)
         self._apply_injection(table, column, pos, old, newv)
 
-    def _update_all(self, table: str, column: str, values: Any) -> bool:
-        """Fast path for a finite, full-length injection vector; False -> take the checked path."""
-        try:
-            fv = np.asarray(values, dtype=float)
-        except (TypeError, ValueError):
-            return False
-        arr = self._input(table, column)
-        if fv.shape != arr.shape or not np.isfinite(fv).all():
-            return False
-        pos = self._all_pos.get(table)
-        if pos is None:
-            pos = self._all_pos[table] = np.arange(arr.shape[0])
-        old = arr.copy()
-        arr[:] = fv
-        self._write_through(table, column, pos, fv)
-        self._apply_injection(table, column, pos, old, fv)
-        return True
-
     def _apply_injection(
         self, table: str, column: str, pos: np.ndarray, old: np.ndarray, new: np.ndarray
     ) -> None:
         if table in ("load", "sgen"):
-            name = "_bus_pd" if column == "p_mw" else "_bus_qd"
-            full = self._all_pos.get(table)
-            if pos is full and self._all_energized[table]:
-                # every element on an energized bus: no masking or gathering needed
-                delta = (new - old) * self._signed_scale[table]
-                target = getattr(self, name) + np.bincount(
-                    self._elem_bus[table], weights=delta, minlength=self._n
-                )
-                setattr(self, name, target)
-                return
-            ib = self._elem_bus[table][pos]
-            scale = self._scale[table][pos]
-            delta = (new - old) * scale
-            if table == "sgen":
-                delta = -delta  # pandapower books sgens as negative load
-            ok = ib >= 0
-            # new arrays, not in place: solutions keep references to the old ones
-            if pos.shape[0] > 8:
-                target = getattr(self, name) + np.bincount(
-                    ib[ok], weights=delta[ok], minlength=self._n
-                )
-            else:
-                target = getattr(self, name).copy()
-                np.add.at(target, ib[ok], delta[ok])
-            setattr(self, name, target)
+            # the input array is the kernel's: the bus injections are assembled at the next solve
+            self._changed.add((table, column))
             return
         rows = self._gen_rows[table][pos]
         ok = rows >= 0
@@ -913,16 +919,19 @@ class GridModel:
         return df.at[element, column]
 
     # ------------------------------------------------------------------ solve
-    def _sbus(self, qfix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _refresh_base(self) -> None:
+        """Per-bus generation minus the non-element demand, after a generator change."""
         if self._gen_sums is None:
             on = self._gen_on
             pg = np.bincount(self._gen_bus[on], weights=self._gen_pg[on], minlength=self._n)
             qg = np.bincount(self._gen_bus[on], weights=self._gen_qg[on], minlength=self._n)
             self._gen_sums = (pg, qg)
-        pg, qg = self._gen_sums
-        p = (pg - self._bus_pd) * self._inv_base
-        q = (qg - self._bus_qd + qfix) * self._inv_base
-        return p, q
+            self._stepper.set_base(pg - self._rest_p, qg - self._rest_q)
+
+    def _sbus(self, qfix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(p, q) bus injection specification in per unit, as the kernel assembles it."""
+        self._refresh_base()
+        return self._stepper.spec(qfix)
 
     def _state_pp(self) -> tuple[np.ndarray, np.ndarray]:
         ib = self._bus_int
@@ -947,12 +956,13 @@ class GridModel:
         nrm = 0.0
         vm = self._vm.copy()  # the kernel sets slack and PV magnitudes from vset
         va = self._va.copy()
+        if self._gen_sums is None:
+            self._refresh_base()
         for _round in range(20):
-            p, q = self._sbus(qfix)
             try:
-                it, nrm = self._kernel.newton(
-                    self._plan, self._y_indptr, self._y_indices, self._y_re, self._y_im, kind,
-                    p, q, self._vset, vm, va, self.tolerance_mva, self.max_iteration,
+                it, nrm = self._stepper.run(
+                    vm, va, None if kind is self._kind0 else kind,
+                    None if qfix is self._qzero else qfix, self.tolerance_mva, self.max_iteration,
                 )  # fmt: skip
             except LoadflowNotConverged as exc:
                 worst = int(self._bus_rep[exc.worst_bus]) if exc.worst_bus >= 0 else -1
@@ -971,18 +981,22 @@ class GridModel:
             limited.extend(newly)
         self._vm, self._va = vm, va
         self._last_vm_pp = None
+        if self._changed:
+            # load / sgen inputs as solved: copies of the arrays update() writes in place
+            inputs = dict(self._snap_inputs)
+            for key in self._changed:
+                inputs[key] = self._inp[key].copy()
+            self._changed.clear()
+            self._snap_inputs = inputs
         snap = {
             "vm": vm,  # never written again: the next solve works on copies
             "va": va,
-            "bus_pd": self._bus_pd,  # replaced, never changed in place, by update()
-            "bus_qd": self._bus_qd,
-            "gen_pg": self._gen_pg,
+            "gen_pg": self._gen_pg,  # replaced, never changed in place, by update()
             "limited": np.asarray(limited, dtype=np.int64) if limited else _NO_LIMITS,
             "qfix": qfix,
             "iterations": total_it,
             "c": self._c,
-            # load / sgen inputs as solved (update() writes those arrays in place)
-            "inputs": {k: a.copy() for k, a in self._inp.items() if k in _ELEMENT_INPUTS},
+            "inputs": self._snap_inputs,  # never changed in place: the demand derives from it
         }
         self._last_snap = snap
         return Solution(
@@ -1011,7 +1025,7 @@ class GridModel:
         s = v * np.conj(ybus @ v) * self._base_mva
         qgen = (
             s.imag
-            + self._bus_qd
+            + _demand(self._c, self._inp)[1]
             - np.bincount(
                 self._gen_bus[self._gen_on], weights=self._gen_qg[self._gen_on], minlength=self._n
             )
@@ -1036,8 +1050,7 @@ class GridModel:
         c = snap["c"]  # the compiled structure the snapshot was solved on
         ppci = _copy_ppc(c.ppci)
         bus, gen = ppci["bus"], ppci["gen"]
-        bus[:, 2] = snap["bus_pd"]
-        bus[:, 3] = snap["bus_qd"]
+        bus[:, 2], bus[:, 3] = _snap_demand(snap)
         gen[:, 1] = snap["gen_pg"]
         limited_gens = None
         if snap["limited"].size:
@@ -1119,8 +1132,25 @@ class GridModel:
     def memory_bytes(self) -> int:
         """Approximate bytes of the compiled arrays (Ybus, plan, state; not the pandapower net)."""
         arrays = [self._y_indptr, self._y_indices, self._y_re, self._y_im, self._vm, self._va,
-                  self._bus_pd, self._bus_qd, self._vset]  # fmt: skip
+                  self._rest_p, self._rest_q, self._vset]  # fmt: skip
         return int(sum(a.nbytes for a in arrays) + self._plan.memory_bytes())
+
+
+def _demand(c: Any, inputs: dict[tuple[str, str], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Bus PD / QD (MW / Mvar) of compiled structure ``c`` for load / sgen ``inputs``."""
+    out = {"p_mw": c.rest_p.copy(), "q_mvar": c.rest_q.copy()}
+    for (table, column), (b, w) in zip(_GROUPS, c.groups):
+        ok = b >= 0
+        out[column] += np.bincount(b[ok], weights=(w * inputs[(table, column)])[ok], minlength=c.n)
+    return out["p_mw"], out["q_mvar"]
+
+
+def _snap_demand(snap: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Bus PD / QD of a snapshot (computed once, kept in it)."""
+    d = snap.get("demand")
+    if d is None:
+        d = snap["demand"] = _demand(snap["c"], snap["inputs"])
+    return d
 
 
 def _snap_v(snap: dict[str, Any]) -> np.ndarray:

@@ -101,3 +101,66 @@ def test_loadflow_kernel_rejects_wrong_sizes(name: str) -> None:
 def test_loadflow_reference_plan_is_cheap() -> None:
     plan = _reference.analyse(np.array([0, 1]), np.array([0]), np.array([0], dtype=np.int8))
     assert plan.n_bus == 1 and plan.memory_bytes() >= 0
+
+
+def _stepper(name: str, sysd: dict, groups: list | None = None):
+    k = kernel(name)
+    plan = k.analyse(sysd["indptr"], sysd["indices"], sysd["kind"])
+    empty = (np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0))
+    y = [sysd[a] for a in ("indptr", "indices", "y_re", "y_im", "kind", "vset")]
+    base = 100.0  # the stepper takes MW / Mvar and a 1 / base_mva factor
+    return k.Stepper(
+        plan, *y, sysd["p_spec"] * base, sysd["q_spec"] * base, groups or [empty] * 4, 1 / base
+    )
+
+
+@pytest.mark.parametrize("name", KERNELS)
+def test_loadflow_stepper_matches_newton_and_reads_its_inputs_in_place(name: str) -> None:
+    sysd = _system("mv_oberrhein")
+    it, nrm, vm, va = _run(name, sysd, tol=1e-10, max_iter=15)
+    st = _stepper(name, sysd)
+    vm2, va2 = sysd["vm"].copy(), sysd["va"].copy()
+    it2, nrm2 = st.run(vm2, va2, None, None, 1e-10, 15)
+    assert it2 == it and nrm2 <= 1e-10
+    np.testing.assert_allclose(vm2, vm, atol=1e-12)
+    np.testing.assert_allclose(va2, va, atol=1e-12)
+    # one element group: 2 MW (weight 1) at the first PQ bus, read from the array at each call
+    bus = int(np.flatnonzero(sysd["kind"] == 2)[0])
+    val = np.array([0.0])
+    grp = (np.array([bus, -1], dtype=np.int64), np.array([1.0, 5.0]), np.array([0.0, 9.0]))
+    empty = (np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0))
+    st = _stepper(name, sysd, [grp, empty, empty, empty])
+    val = grp[2]
+    p0, q0 = st.spec()
+    val[0] = 2.0  # in place, like GridModel.update; the -1 bus entry is never added
+    p1, q1 = st.spec(np.full(q0.shape[0], 3.0))
+    expected = p0.copy()
+    expected[bus] -= 0.02
+    np.testing.assert_allclose(p1, expected, atol=1e-15)
+    np.testing.assert_allclose(q1, q0 + 0.03, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", KERNELS)
+def test_loadflow_stepper_rejects_wrong_sizes(name: str) -> None:
+    sysd = _system("ieee9")
+    st = _stepper(name, sysd)
+    with pytest.raises(ValueError, match="expected"):
+        st.run(sysd["vm"][:-1].copy(), sysd["va"].copy())
+    bad = (np.array([99], dtype=np.int64), np.ones(1), np.ones(1))
+    empty = (np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0))
+    with pytest.raises(ValueError, match="expected"):
+        _stepper(name, sysd, [bad, empty, empty, empty])
+
+
+@pytest.mark.parametrize("name", KERNELS)
+def test_loadflow_copy_if_finite_writes_all_or_nothing(name: str) -> None:
+    k = kernel(name)
+    dst = np.zeros(3)
+    src = np.arange(6.0)[::2]  # strided and read-only sources are accepted
+    src.setflags(write=False)
+    assert k.copy_if_finite(src, dst) and dst.tolist() == [0.0, 2.0, 4.0]
+    for bad in (np.nan, np.inf, -np.inf):
+        assert not k.copy_if_finite(np.array([9.0, 9.0, bad]), dst)
+        assert dst.tolist() == [0.0, 2.0, 4.0]
+    with pytest.raises(ValueError, match="expected"):
+        k.copy_if_finite(np.zeros(2), dst)

@@ -231,3 +231,33 @@ def test_model_unchanged_status_does_not_recompile(backend: str) -> None:
     t = net.trafo.index[net.trafo.tap_pos.notna()][0]
     model.update("trafo", "tap_pos", [net.trafo.at[t, "tap_pos"]], index=[t])
     assert model._plan is plan and model.analyses == 1
+
+
+def test_model_full_vector_fast_path_agrees_with_checked_path(backend: str) -> None:
+    net = grids.load("mv_oberrhein")
+    fast = GridModel(copy.deepcopy(net), backend=backend)
+    checked = GridModel(copy.deepcopy(net), backend=backend)
+    fast.solve()
+    checked.solve()
+    p = net.load.p_mw.to_numpy(float) * 1.2
+    q = np.repeat(net.load.q_mvar.to_numpy(float) * 0.8, 2)[::2]  # strided float64: fast path
+    fast.update("load", "p_mw", p)
+    fast.update("load", "q_mvar", q)
+    checked.update("load", "p_mw", p.tolist())  # a list takes the checked path
+    checked.update("load", "q_mvar", q.tolist(), index=list(net.load.index))
+    a, b = fast.solve(), checked.solve()
+    np.testing.assert_allclose(a.vm_pu, b.vm_pu, atol=1e-12)
+    np.testing.assert_allclose(a.get("load", "p_mw"), b.get("load", "p_mw"), atol=1e-12)
+    # the caller's net object holds the inputs without going through model.net
+    np.testing.assert_array_equal(fast._net.load.p_mw.to_numpy(), p)
+    np.testing.assert_array_equal(fast.net.load.q_mvar.to_numpy(), q)
+    ref = _runpp(fast.net)
+    assert np.nanmax(np.abs(a.vm_pu - ref.res_bus.vm_pu.to_numpy())) < 1e-6
+    # a rejected full vector (inf) leaves inputs and the next solve untouched
+    bad = p * 2
+    bad[-1] = np.inf
+    with pytest.raises(InvalidInput) as info:
+        fast.update("load", "p_mw", bad)
+    assert info.value.element == net.load.index[-1] and info.value.column == "p_mw"
+    np.testing.assert_array_equal(fast.net.load.p_mw.to_numpy(), p)
+    np.testing.assert_allclose(fast.solve().vm_pu, a.vm_pu, atol=1e-12)

@@ -2,7 +2,11 @@
 
 Both modules expose ``analyse(indptr, indices, kind, order=None) -> plan`` and
 ``newton(plan, indptr, indices, y_re, y_im, kind, p_spec, q_spec, vset, vm, va, tol, max_iter)
--> (iterations, max_mismatch)`` raising :class:`twin.errors.LoadflowNotConverged`.
+-> (iterations, max_mismatch)`` raising :class:`twin.errors.LoadflowNotConverged`, plus
+``Stepper(plan, indptr, indices, y_re, y_im, kind, vset, base_p, base_q, groups, inv_base)``: one
+compiled system bound once, whose ``run(vm, va, kind=None, qfix=None, tol, max_iter)`` assembles
+the bus injections from the element input arrays (read in place) and runs ``newton`` in one call,
+and ``copy_if_finite(src, dst) -> bool`` (the update fast path's all-or-nothing finite copy).
 The backend is chosen per call (``"auto" | "cython" | "numpy"``); the environment variable
 ``GRIDTWIN_BACKEND`` overrides the choice.
 """

@@ -15,7 +15,7 @@ import numpy as np
 
 cimport cython
 cimport numpy as cnp
-from libc.math cimport cos, fabs, sin, sqrt
+from libc.math cimport cos, fabs, isfinite, sin, sqrt
 
 cnp.import_array()
 
@@ -249,8 +249,11 @@ cdef int _newton_loop(
     for i in range(n):
         if kind[i] != 2:
             vm[i] = vset[i]  # slack and PV magnitudes are set points
-        vre[i] = vm[i] * cos(va[i])
-        vim[i] = vm[i] * sin(va[i])
+        # locals: the stores cannot alias the angle, so sin and cos share one sincos call
+        a = va[i]
+        vmag = vm[i]
+        vre[i] = vmag * cos(a)
+        vim[i] = vmag * sin(a)
     while True:
         # mismatch and bus currents
         nrm = 0.0
@@ -426,10 +429,12 @@ cdef int _newton_loop(
             b = blk[i]
             if b < 0:
                 continue
-            va[i] += x[2 * b]
-            vm[i] += x[2 * b + 1]
-            vre[i] = vm[i] * cos(va[i])
-            vim[i] = vm[i] * sin(va[i])
+            a = va[i] + x[2 * b]
+            vmag = vm[i] + x[2 * b + 1]
+            va[i] = a
+            vm[i] = vmag
+            vre[i] = vmag * cos(a)
+            vim[i] = vmag * sin(a)
         for j in range(2 * nb):
             x[j] = 0.0
         it += 1
@@ -482,3 +487,163 @@ def newton(plan, indptr, indices, y_re, y_im, kind, p_spec, q_spec, vset, vm, va
     if status == 2:
         raise LoadflowNotConverged(iters, worst, nrm, "singular Jacobian (zero pivot)")
     return iters, nrm
+
+
+cdef inline void _scatter(double[::1] out, long long[::1] bus, double[::1] w,
+                          double[::1] val) noexcept nogil:
+    """out[bus[k]] -= w[k] * val[k] for every element on an energized bus (bus >= 0)."""
+    cdef Py_ssize_t k
+    cdef long long b
+    for k in range(bus.shape[0]):
+        b = bus[k]
+        if b >= 0:
+            out[b] -= w[k] * val[k]
+
+
+cdef class Stepper:
+    """One compiled system bound once, so that a solve passes only the start state.
+
+    Holds the plan, Ybus, bus kinds and set points, and the injection specification: per bus
+    ``base_p`` / ``base_q`` (generation minus the demand that is not a load / sgen input, MW /
+    Mvar) and four element groups (load P, sgen P, load Q, sgen Q) as (internal bus or -1,
+    signed weight, input array). The input arrays are read at every :meth:`run`, so the caller
+    updates them in place; ``vset`` too. ``p = (base_p - sum w*val) / base_mva`` and
+    ``q = (base_q - sum w*val + qfix) / base_mva`` are assembled inside the call.
+    """
+
+    cdef Plan plan
+    cdef int[::1] yp, yi
+    cdef double[::1] yre, yim, vset, base_p, base_q, p, q
+    cdef signed char[::1] kind0
+    cdef long long[::1] b0, b1, b2, b3
+    cdef double[::1] w0, w1, w2, w3, v0, v1, v2, v3
+    cdef double inv_base
+    cdef public object refs
+
+    def __init__(self, plan, indptr, indices, y_re, y_im, kind, vset, base_p, base_q,
+                 groups, double inv_base):
+        cdef Plan pl = <Plan?>plan
+        cdef int n = pl.n_bus
+        if len(groups) != 4:
+            raise ValueError(f"expected 4 element groups, found {len(groups)}")
+        self.refs = (plan, indptr, indices, y_re, y_im, kind, vset, groups)
+        self.plan = pl
+        self.yp = indptr
+        self.yi = indices
+        self.yre = y_re
+        self.yim = y_im
+        self.kind0 = kind
+        self.vset = vset
+        if self.yp.shape[0] != n + 1 or self.kind0.shape[0] != n or self.vset.shape[0] != n:
+            raise ValueError(f"expected arrays sized for {n} buses, found a mismatch")
+        if self.yi.shape[0] != pl.arrays["indices"].shape[0]:
+            raise ValueError(
+                f"expected a Ybus with {pl.arrays['indices'].shape[0]} entries, "
+                f"found {self.yi.shape[0]}"
+            )
+        for bus, w, val in groups:
+            if not (len(bus) == len(w) == len(val)):
+                raise ValueError("expected bus, weight and value arrays of one length per group")
+            if len(bus) and int(np.max(bus)) >= n:
+                raise ValueError(f"expected internal buses < {n}")
+        self.b0, self.w0, self.v0 = groups[0]
+        self.b1, self.w1, self.v1 = groups[1]
+        self.b2, self.w2, self.v2 = groups[2]
+        self.b3, self.w3, self.v3 = groups[3]
+        self.inv_base = inv_base
+        self.p = np.zeros(n)
+        self.q = np.zeros(n)
+        self.set_base(base_p, base_q)
+
+    def set_base(self, base_p, base_q):
+        """New per-bus fixed parts (after a generator set-point change); copied."""
+        cdef double[::1] bp = np.array(base_p, dtype=float)
+        cdef double[::1] bq = np.array(base_q, dtype=float)
+        if bp.shape[0] != self.plan.n_bus or bq.shape[0] != self.plan.n_bus:
+            raise ValueError(f"expected arrays sized for {self.plan.n_bus} buses")
+        self.base_p = bp
+        self.base_q = bq
+
+    cdef void _assemble(self, const double* qfix) noexcept nogil:
+        """p / q in per unit into the work arrays; ``qfix`` NULL: no fixed reactive injection."""
+        cdef Py_ssize_t i, n = self.p.shape[0]
+        for i in range(n):
+            self.p[i] = self.base_p[i]
+            self.q[i] = self.base_q[i]
+        _scatter(self.p, self.b0, self.w0, self.v0)
+        _scatter(self.p, self.b1, self.w1, self.v1)
+        _scatter(self.q, self.b2, self.w2, self.v2)
+        _scatter(self.q, self.b3, self.w3, self.v3)
+        if qfix != NULL:
+            for i in range(n):
+                self.q[i] += qfix[i]
+        for i in range(n):
+            self.p[i] *= self.inv_base
+            self.q[i] *= self.inv_base
+
+    def spec(self, qfix=None):
+        """(p_spec, q_spec) in per unit as :meth:`run` would use them (copies)."""
+        cdef double[::1] qf
+        cdef const double* qptr = NULL
+        if qfix is not None:
+            qf = qfix
+            if qf.shape[0] != self.plan.n_bus:
+                raise ValueError(f"expected arrays sized for {self.plan.n_bus} buses")
+            if qf.shape[0]:
+                qptr = &qf[0]
+        self._assemble(qptr)
+        return np.array(self.p), np.array(self.q)
+
+    def run(self, vm, va, kind=None, qfix=None, double tol=1e-8, int max_iter=10):
+        """Assemble p / q, then Newton-Raphson like :func:`newton` (``vm``/``va`` in place).
+
+        ``kind`` None: the bound kinds; ``qfix`` None: no fixed reactive injections.
+        """
+        cdef double[::1] m = vm
+        cdef double[::1] a = va
+        cdef signed char[::1] kd
+        cdef double[::1] qf
+        cdef const double* qptr = NULL
+        cdef int n = self.plan.n_bus
+        if kind is None:
+            kd = self.kind0
+        else:
+            kd = kind
+        if qfix is not None:
+            qf = qfix
+            if qf.shape[0] != n:
+                raise ValueError(f"expected arrays sized for {n} buses, found a mismatch")
+            if n:
+                qptr = &qf[0]
+        if m.shape[0] != n or a.shape[0] != n or kd.shape[0] != n:
+            raise ValueError(f"expected arrays sized for {n} buses, found a mismatch")
+        cdef int iters = 0, worst = -1, status
+        cdef double nrm = 0.0
+        with nogil:
+            self._assemble(qptr)
+            status = _newton_loop(self.plan, self.yp, self.yi, self.yre, self.yim, kd, self.p,
+                                  self.q, self.vset, m, a, tol, max_iter, &iters, &nrm, &worst)
+        if status == 1:
+            raise LoadflowNotConverged(iters, worst, nrm)
+        if status == 2:
+            raise LoadflowNotConverged(iters, worst, nrm, "singular Jacobian (zero pivot)")
+        return iters, nrm
+
+
+def copy_if_finite(src, dst):
+    """Copy 1-D float64 ``src`` into ``dst`` when every value is finite.
+
+    Returns False, with ``dst`` untouched, when a value is NaN or infinite (no floating-point
+    flags are raised, so no NumPy warning either).
+    """
+    cdef const double[:] s = src
+    cdef double[::1] d = dst
+    cdef Py_ssize_t i, n = s.shape[0]
+    if d.shape[0] != n:
+        raise ValueError(f"expected {d.shape[0]} values, found {n}")
+    for i in range(n):
+        if not isfinite(s[i]):
+            return False
+    for i in range(n):
+        d[i] = s[i]
+    return True

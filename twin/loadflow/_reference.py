@@ -103,3 +103,72 @@ def newton(
         va[nr] += dx[:m]
         vm[nr] += dx[m:]
         it += 1
+
+
+class Stepper:
+    """Same contract as ``_newton.Stepper``: a compiled system bound once, solved from a state.
+
+    ``groups``: four (internal bus or -1, signed weight, input array) element groups (load P,
+    sgen P, load Q, sgen Q); the input arrays and ``vset`` are read at every :meth:`run`.
+    """
+
+    def __init__(
+        self, plan: Plan, indptr, indices, y_re, y_im, kind, vset, base_p, base_q, groups,
+        inv_base: float,
+    ) -> None:  # fmt: skip
+        if len(groups) != 4:
+            raise ValueError(f"expected 4 element groups, found {len(groups)}")
+        n = plan.n_bus
+        _validate(plan, indptr, indices, kind, vset, vset, vset, vset, vset)
+        for bus, w, val in groups:
+            if not (len(bus) == len(w) == len(val)):
+                raise ValueError("expected bus, weight and value arrays of one length per group")
+            if len(bus) and int(np.max(bus)) >= n:
+                raise ValueError(f"expected internal buses < {n}")
+        self.plan = plan
+        self._y = (indptr, indices, y_re, y_im)
+        self.kind0 = kind
+        self.vset = vset
+        self.groups = [(np.asarray(b), np.asarray(w), val) for b, w, val in groups]
+        self.inv_base = float(inv_base)
+        self.set_base(base_p, base_q)
+
+    def set_base(self, base_p, base_q) -> None:
+        """New per-bus fixed parts (after a generator set-point change); copied."""
+        bp = np.array(base_p, dtype=float)
+        bq = np.array(base_q, dtype=float)
+        if bp.shape[0] != self.plan.n_bus or bq.shape[0] != self.plan.n_bus:
+            raise ValueError(f"expected arrays sized for {self.plan.n_bus} buses")
+        self.base_p, self.base_q = bp, bq
+
+    def spec(self, qfix=None) -> tuple[np.ndarray, np.ndarray]:
+        """(p_spec, q_spec) in per unit as :meth:`run` uses them."""
+        n = self.plan.n_bus
+        out = []
+        for base, groups in ((self.base_p, self.groups[:2]), (self.base_q, self.groups[2:])):
+            s = base.copy()
+            for bus, w, val in groups:
+                ok = bus >= 0
+                s -= np.bincount(bus[ok], weights=(w * val)[ok], minlength=n)
+            out.append(s)
+        p, q = out
+        if qfix is not None:
+            q = q + qfix
+        return p * self.inv_base, q * self.inv_base
+
+    def run(self, vm, va, kind=None, qfix=None, tol: float = 1e-8, max_iter: int = 10):
+        """Assemble p / q, then :func:`newton` (``vm``/``va`` in place)."""
+        p, q = self.spec(qfix)
+        kind = self.kind0 if kind is None else kind
+        return newton(self.plan, *self._y, kind, p, q, self.vset, vm, va, tol, max_iter)
+
+
+def copy_if_finite(src, dst) -> bool:
+    """Same contract as ``_newton.copy_if_finite``: copy when every value is finite."""
+    src = np.asarray(src, dtype=float)
+    if src.shape[0] != dst.shape[0]:
+        raise ValueError(f"expected {dst.shape[0]} values, found {src.shape[0]}")
+    if not np.isfinite(src).all():
+        return False
+    dst[:] = src
+    return True
