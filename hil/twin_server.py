@@ -23,7 +23,6 @@ the step instead of inside it, skipping a step while the previous publication st
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import math
 import socket
@@ -34,10 +33,9 @@ from typing import Any
 
 import numpy as np
 from asyncua import Server, ua
-from asyncua.crypto.permission_rules import User, UserRole
-from asyncua.server.user_managers import UserManager
 
 from hil.errors import HilError
+from hil.opcua_common import PasswordUserManager, new_server
 
 _log = logging.getLogger(__name__)
 
@@ -64,34 +62,25 @@ STATS: tuple[tuple[str, ua.VariantType], ...] = (
 )
 
 
-class ReadOnlyUserManager(UserManager):
+class ReadOnlyUserManager(PasswordUserManager):
     """Anonymous (when allowed) and the given users, all as plain ``UserRole.User``.
 
     Never ``UserRole.Admin``: that would bypass asyncua's access checks. Since no node of the
     twin server is writable, every session can only browse, read and subscribe.
     """
 
+    server_label = "twin OPC UA"
+    _log = _log
+
     def __init__(self, users: Mapping[str, str] | None = None, *, anonymous: bool = True) -> None:
         self.users = dict(users or {})
         self.anonymous = anonymous
 
-    def get_user(
-        self,
-        iserver: Any,
-        username: str | None = None,
-        password: str | None = None,
-        certificate: Any = None,
-    ) -> User | None:
-        # certificate is passed even for Anonymous/UserName tokens: it does not identify a user
-        if username is None:
-            return User(role=UserRole.User, name=None) if self.anonymous else None
-        expected = self.users.get(username)
-        if expected is None or not hmac.compare_digest(
-            expected.encode(), (password or "").encode()
-        ):
-            _log.info("twin OPC UA login refused for user %r", username)
-            return None
-        return User(role=UserRole.User, name=username)
+    def _password(self, username: str) -> str | None:
+        return self.users.get(username)
+
+    def _anonymous_ok(self) -> bool:
+        return self.anonymous
 
 
 class TwinServer:
@@ -195,19 +184,19 @@ class TwinServer:
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
                 s.bind((self.host, 0))
                 self._port = int(s.getsockname()[1])
-        server = Server(user_manager=self.user_manager)
-        await server.init()
-        server.set_endpoint(self.endpoint)
-        server.set_server_name("gridtwin twin")
-        server.set_security_policy(self.security_policies)
         ids = (["Anonymous"] if self.user_manager.anonymous else []) + (
             ["Username"] if self.user_manager.users else []
         )
         tokens = {"Anonymous": ua.AnonymousIdentityToken, "Username": ua.UserNameIdentityToken}
-        server.set_identity_tokens([tokens[i] for i in ids or ["Username"]])
-        if self.certificate and self.private_key:
-            await server.load_certificate(self.certificate)
-            await server.load_private_key(self.private_key)
+        server = await new_server(
+            endpoint=self.endpoint,
+            name="gridtwin twin",
+            user_manager=self.user_manager,
+            security_policies=self.security_policies,
+            identity_tokens=[tokens[i] for i in ids or ["Username"]],
+            certificate=self.certificate,
+            private_key=self.private_key,
+        )
         self.ns = await server.register_namespace(self.namespace)
         await self._build(server)
         await server.start()

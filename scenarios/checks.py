@@ -182,7 +182,17 @@ class TrafoLoading(Loading):
     table = "trafo"
 
 
-class SwitchState(Check):
+class _AtTime(Check):
+    """A check made once, at the first step at or after its ``at`` (``extra["done"]`` then)."""
+
+    def _final_ok(self) -> bool:
+        if "done" not in self.extra:
+            self.detail = "the run ended before the check time"
+            return False
+        return True
+
+
+class SwitchState(_AtTime):
     def observe(self, st: StepState) -> None:
         at = float(self.spec.param("at"))
         if "done" in self.extra or st.t < at - 1e-9 or st.switch_closed is None:
@@ -201,12 +211,6 @@ class SwitchState(Check):
                 f"{'closed' if got else 'open'}, expected "
                 f"{'closed' if want else 'open'}"
             )
-
-    def _final_ok(self) -> bool:
-        if "done" not in self.extra:
-            self.detail = "the run ended before the check time"
-            return False
-        return True
 
     def _message(self, passed: bool) -> str:
         if not passed and self.failures == 0:
@@ -276,7 +280,7 @@ class ExpectStale(Check):
         return f"expected {point} to be flagged stale in the window, found it never was"
 
 
-class FieldValue(Check):
+class FieldValue(_AtTime):
     """A point's value in the field (the emulated substation's store) at a time."""
 
     def observe(self, st: StepState) -> None:
@@ -303,12 +307,6 @@ class FieldValue(Check):
                 f"{point} = {v:.6g}, expected {lo if lo is not None else '-inf'}.."
                 f"{hi if hi is not None else 'inf'}"
             )
-
-    def _final_ok(self) -> bool:
-        if "done" not in self.extra:
-            self.detail = "the run ended before the check time"
-            return False
-        return True
 
     def _message(self, passed: bool) -> str:
         if passed:

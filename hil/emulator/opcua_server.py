@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import math
 from collections.abc import Mapping
@@ -32,9 +31,9 @@ from typing import Any
 from asyncua import Server, ua
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.address_space import AttributeService
-from asyncua.server.user_managers import UserManager
 
 from hil.errors import HilError, OutOfRange, WriteRejected
+from hil.opcua_common import PasswordUserManager, new_server
 from hil.store import ROLE_WRITES, PointStore
 from twin.pointmap import Point
 from twin.quality import Quality, Sample
@@ -129,8 +128,10 @@ class OpcuaConfigError(HilError, ValueError):
     """An OPC UA server setting that cannot work (unknown role, ...)."""
 
 
-class RoleUserManager(UserManager):
+class RoleUserManager(PasswordUserManager):
     """Users from an explicit dict ``name -> (password, role)``; anonymous gets one role."""
+
+    _log = _log
 
     def __init__(
         self, users: Mapping[str, tuple[str, str]], *, anonymous_role: str | None = "viewer"
@@ -148,24 +149,12 @@ class RoleUserManager(UserManager):
         self.users = dict(users)
         self.anonymous_role = anonymous_role
 
-    def get_user(
-        self,
-        iserver: Any,
-        username: str | None = None,
-        password: str | None = None,
-        certificate: Any = None,
-    ) -> User | None:
-        # certificate is passed even for Anonymous/UserName tokens: it does not identify a user
-        if username is None:
-            if self.anonymous_role is None:
-                return None
-            return User(role=UserRole.User, name=None)
+    def _password(self, username: str) -> str | None:
         entry = self.users.get(username)
-        if entry is None or not hmac.compare_digest(entry[0].encode(), (password or "").encode()):
-            _log.info("OPC UA login refused for user %r", username)
-            return None
-        # never UserRole.Admin: that would bypass asyncua's checks on the standard nodes
-        return User(role=UserRole.User, name=username)
+        return entry[0] if entry else None
+
+    def _anonymous_ok(self) -> bool:
+        return self.anonymous_role is not None
 
     def role_of(self, user: User | None) -> str:
         if user is None or user.name is None:
@@ -254,18 +243,18 @@ class OpcuaServer:
         """Build the address space and listen; raises OSError when the port is taken."""
         if self._server is not None:
             return
-        server = Server(user_manager=self.user_manager)
-        await server.init()
-        server.set_endpoint(self.endpoint)
-        server.set_server_name("gridtwin emulated substation")
-        server.set_security_policy(self.security_policies)
         tokens: list[type] = [ua.UserNameIdentityToken]
         if self.user_manager.anonymous_role is not None:
             tokens.insert(0, ua.AnonymousIdentityToken)
-        server.set_identity_tokens(tokens)
-        if self.certificate and self.private_key:
-            await server.load_certificate(self.certificate)
-            await server.load_private_key(self.private_key)
+        server = await new_server(
+            endpoint=self.endpoint,
+            name="gridtwin emulated substation",
+            user_manager=self.user_manager,
+            security_policies=self.security_policies,
+            identity_tokens=tokens,
+            certificate=self.certificate,
+            private_key=self.private_key,
+        )
         await self._build(server)
         server.iserver.attribute_service = _GuardedAttributeService(
             server.iserver.attribute_service, self

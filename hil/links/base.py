@@ -11,14 +11,25 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from hil.errors import UnknownPoint, WriteRejected, value_within_limits
+from hil.errors import (
+    CommsLost,
+    HilTimeout,
+    ProtocolError,
+    UnknownPoint,
+    WriteRejected,
+    value_within_limits,
+)
 from twin.pointmap import Point
 from twin.quality import Quality, Sample
+
+_log = logging.getLogger(__name__)
 
 #: Placeholder for an input never received: NaN, no trustworthy timestamp.
 _NEVER = 0.0
@@ -37,6 +48,8 @@ class FieldLink(abc.ABC):
         points: the points this link carries (reads its ``to_twin`` ones, writes its ``to_field``).
         connected: whether the link is up right now.
         stale_factor: a value older than ``stale_factor * point.interval_s`` is STALE.
+        clock: the time source of timestamps and ages (``time.time`` unless one is given).
+        backoff_min_s, backoff_max_s: reconnect delay, doubling from min up to max.
         stats: ``reads`` (read responses / notifications), ``writes`` (write requests that
             succeeded), ``errors``, ``reconnects`` (successful), ``last_error`` (str or None);
             concrete links add ``requests`` and ``reconnect_attempts``.
@@ -45,9 +58,18 @@ class FieldLink(abc.ABC):
 
     Subclasses implement ``connect``, ``close``, ``poll`` and ``_send`` and feed input samples
     through ``_store_input``; checks, deadband, staleness and COMMS_LOST marking live here.
+    Socket links also implement ``_open`` and ``_discard``: :meth:`_lost` and the reconnect loop
+    with its bounded exponential backoff (``backoff_min_s`` doubling up to ``backoff_max_s``)
+    live here too.
     """
 
     protocol: str = "?"
+    #: exceptions of :meth:`_open` that count as a failed reconnect attempt (tried again later)
+    _retry_on: tuple[type[BaseException], ...] = (CommsLost,)
+    #: where the connection messages go (a concrete link sets its own module's logger)
+    _log: logging.Logger = _log
+    #: period of the link's own background poll task (None: none)
+    poll_interval_s: float | None = None
 
     def __init__(
         self,
@@ -55,13 +77,22 @@ class FieldLink(abc.ABC):
         points: Iterable[Point],
         *,
         stale_factor: float = 3.0,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
+        backoff_min_s: float = 0.1,
+        backoff_max_s: float = 5.0,
     ) -> None:
         self.name = name
         self.points: tuple[Point, ...] = tuple(points)
         self.stale_factor = float(stale_factor)
-        self.clock = clock
+        self.clock = clock or time.time
         self.connected = False
+        self.backoff_min_s = max(float(backoff_min_s), 0.01)  # never 0: no busy loop
+        self.backoff_max_s = max(float(backoff_max_s), self.backoff_min_s)
+        self._client: Any = None
+        self._closing = False
+        self._generation = 0  # bumped per client: callbacks of older clients are ignored
+        self._reconnect_task: asyncio.Task[None] | None = None
+        self._poll_task: asyncio.Task[None] | None = None
         self.stats: dict[str, Any] = new_stats()
         self._by_name: dict[str, Point] = {p.name: p for p in self.points}
         self.inputs: tuple[Point, ...] = tuple(p for p in self.points if p.direction == "to_twin")
@@ -211,6 +242,107 @@ class FieldLink(abc.ABC):
         except TimeoutError:
             return False
         return True
+
+    # --- connection loss and reconnection (socket links) -----------------------------------
+    async def _open(self) -> Any:
+        """Connect a fresh client and return it; the caller makes it ``self._client``.
+
+        Runs on :meth:`connect` and on every reconnect attempt. Raises one of ``_retry_on``
+        when the attempt failed; cancelled, it leaves nothing open.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not reconnect")
+
+    def _discard(self, client: Any) -> None:
+        """Drop ``client`` without waiting on it (runs on a loss, on close, after a late open)."""
+        raise NotImplementedError(f"{type(self).__name__} does not reconnect")
+
+    async def _stop_reconnecting(self) -> None:
+        """Cancel the reconnect task, if any, and wait for it (before a connect of our own)."""
+        task, self._reconnect_task = self._reconnect_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _shut_down(self) -> None:
+        """Stop reconnecting and polling and drop the client (the common part of ``close``)."""
+        self._closing = True
+        self.connected = False
+        self._generation += 1
+        for task in (self._reconnect_task, self._poll_task):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._reconnect_task = self._poll_task = None
+        if self._client is not None:
+            self._discard(self._client)
+            self._client = None
+
+    def _start_polling(self) -> None:
+        """Start the background poll task unless it runs (on connect, for a self-polling link)."""
+        if self._poll_task is None or self._poll_task.done():
+            self._poll_task = asyncio.create_task(self._poll_loop(), name=f"{self.name} poll")
+
+    async def _poll_loop(self) -> None:
+        """The background poll task: :meth:`poll` every ``poll_interval_s`` while connected.
+
+        A failed poll is logged (debug) and the next one tried; reconnecting is :meth:`_lost`'s.
+        """
+        assert self.poll_interval_s
+        while not self._closing:
+            if self.connected:
+                try:
+                    await self.poll()
+                except (CommsLost, HilTimeout, ProtocolError) as exc:
+                    self._log.debug("%s poll: %s", self.name, exc)
+            await asyncio.sleep(self.poll_interval_s)
+
+    def _lost(self, why: str) -> None:
+        """The connection is gone: mark inputs COMMS_LOST and start reconnecting.
+
+        Runs when a request finds the connection broken or a client reports the loss.
+        """
+        if self._closing:
+            return
+        if self.connected:
+            self._log.warning("%s lost: %s", self.name, why)
+        self.connected = False
+        self._generation += 1  # late callbacks of the old client are ignored from now on
+        if self._client is not None:
+            self._discard(self._client)
+            self._client = None
+        if self._reconnect_task is None or self._reconnect_task.done():
+            self._reconnect_task = asyncio.get_running_loop().create_task(
+                self._reconnect_loop(), name=f"{self.name} reconnect"
+            )
+
+    async def _reconnect_loop(self) -> None:
+        """Retry :meth:`_open` on a fresh client, with a bounded exponential backoff."""
+        delay = self.backoff_min_s
+        while not self._closing:
+            await asyncio.sleep(delay)
+            self.stats["reconnect_attempts"] += 1
+            try:
+                client = await self._open()
+            except self._retry_on as exc:
+                self._log.debug(
+                    "%s reconnect failed, next try in %.2g s: %s", self.name, delay, exc
+                )
+                delay = min(delay * 2.0, self.backoff_max_s)
+                continue
+            if self._closing:  # close() came while connecting
+                self._discard(client)
+                return
+            self._adopt(client)
+            self.stats["reconnects"] += 1
+            self._log.info("%s reconnected", self.name)
+            return
+
+    def _adopt(self, client: Any) -> None:
+        """Make a freshly opened client the link's own (on connect and on each reconnect)."""
+        self._client = client
+        self.connected = True
 
     async def __aenter__(self) -> FieldLink:
         await self.connect()

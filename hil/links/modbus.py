@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import struct
@@ -156,6 +155,7 @@ class ModbusLink(FieldLink):
     """
 
     protocol = "modbus"
+    _log = _log
 
     def __init__(
         self,
@@ -179,25 +179,23 @@ class ModbusLink(FieldLink):
                 f"modbus link {host}:{port}: expected points with a Modbus binding, "
                 f"found none on {', '.join(missing[:5])}"
             )
-        kw: dict[str, Any] = {"stale_factor": stale_factor}
-        if clock is not None:
-            kw["clock"] = clock
-        super().__init__(name or f"modbus:{host}:{port}", pts, **kw)
+        super().__init__(
+            name or f"modbus:{host}:{port}",
+            pts,
+            stale_factor=stale_factor,
+            clock=clock,
+            backoff_min_s=backoff_min_s,
+            backoff_max_s=backoff_max_s,
+        )
         self.host = host
         self.port = int(port)
         self.timeout_s = float(timeout_s)
         self.poll_interval_s = poll_interval_s
-        self.backoff_min_s = max(float(backoff_min_s), 0.01)  # never 0: no busy loop
-        self.backoff_max_s = max(float(backoff_max_s), self.backoff_min_s)
         self.blocks: list[Block] = coalesce(self.inputs, max_gap=max_gap)
         self.stats["requests"] = 0
         self.stats["reconnect_attempts"] = 0
         self._client: AsyncModbusTcpClient | None = None
         self._lock = asyncio.Lock()
-        self._closing = False
-        self._reconnect_task: asyncio.Task[None] | None = None
-        self._poll_task: asyncio.Task[None] | None = None
-        self._generation = 0
 
     @property
     def polled(self) -> bool:
@@ -246,69 +244,16 @@ class ModbusLink(FieldLink):
         if self.connected:
             return
         await self._stop_reconnecting()
-        self._client = await self._open()
-        self.connected = True
+        self._adopt(await self._open())
         _log.info("%s connected", self.name)
-        if self.poll_interval_s and (self._poll_task is None or self._poll_task.done()):
-            self._poll_task = asyncio.create_task(self._poll_loop(), name=f"{self.name} poll")
-
-    async def _stop_reconnecting(self) -> None:
-        task, self._reconnect_task = self._reconnect_task, None
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self.poll_interval_s:
+            self._start_polling()
 
     async def close(self) -> None:
-        self._closing = True
-        self.connected = False
-        for task in (self._reconnect_task, self._poll_task):
-            if task is not None and not task.done():
-                task.cancel()
-                try:
-                    await task
-                except (asyncio.CancelledError, Exception):
-                    pass
-        self._reconnect_task = self._poll_task = None
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        await self._shut_down()
 
-    def _lost(self, why: str) -> None:
-        """The connection is gone: mark inputs COMMS_LOST and start reconnecting."""
-        if self._closing:
-            return
-        was = self.connected
-        self.connected = False
-        if was:
-            _log.warning("%s lost: %s", self.name, why)
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-        if self._reconnect_task is None or self._reconnect_task.done():
-            self._reconnect_task = asyncio.get_running_loop().create_task(
-                self._reconnect_loop(), name=f"{self.name} reconnect"
-            )
-
-    async def _reconnect_loop(self) -> None:
-        delay = self.backoff_min_s
-        while not self._closing:
-            await asyncio.sleep(delay)
-            self.stats["reconnect_attempts"] += 1
-            try:
-                client = await self._open()
-            except CommsLost as exc:
-                _log.debug("%s reconnect failed, next try in %.2g s: %s", self.name, delay, exc)
-                delay = min(delay * 2.0, self.backoff_max_s)
-                continue
-            if self._closing:
-                client.close()
-                return
-            self._client = client
-            self.connected = True
-            self.stats["reconnects"] += 1
-            _log.info("%s reconnected", self.name)
-            return
+    def _discard(self, client: AsyncModbusTcpClient) -> None:
+        client.close()
 
     # --- requests ------------------------------------------------------------------------------
     async def _call(self, what: str, fn: str, *args: Any, **kw: Any) -> Any:
@@ -387,16 +332,6 @@ class ModbusLink(FieldLink):
         self._notify()
         if first_error is not None:
             raise first_error
-
-    async def _poll_loop(self) -> None:
-        assert self.poll_interval_s
-        while not self._closing:
-            if self.connected:
-                try:
-                    await self.poll()
-                except (CommsLost, HilTimeout, ProtocolError) as exc:
-                    _log.debug("%s poll: %s", self.name, exc)
-            await asyncio.sleep(self.poll_interval_s)
 
     # --- writes --------------------------------------------------------------------------------
     def _not_writable(self, point: Point) -> str | None:

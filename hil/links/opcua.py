@@ -150,6 +150,8 @@ class OpcuaLink(FieldLink):
     """
 
     protocol = "opcua"
+    _retry_on = (CommsLost, HilTimeout, ProtocolError)
+    _log = _log
 
     def __init__(
         self,
@@ -184,10 +186,14 @@ class OpcuaLink(FieldLink):
             raise ValueError(
                 f"opcua link {endpoint}: mode: expected subscription or poll, found {mode!r}"
             )
-        kw: dict[str, Any] = {"stale_factor": stale_factor}
-        if clock is not None:
-            kw["clock"] = clock
-        super().__init__(name or f"opcua:{endpoint}", pts, **kw)
+        super().__init__(
+            name or f"opcua:{endpoint}",
+            pts,
+            stale_factor=stale_factor,
+            clock=clock,
+            backoff_min_s=backoff_min_s,
+            backoff_max_s=backoff_max_s,
+        )
         self.endpoint = endpoint
         self.user = user
         self.password = password
@@ -198,20 +204,14 @@ class OpcuaLink(FieldLink):
         self.timeout_s = float(timeout_s)
         self.watchdog_s = float(watchdog_s)
         self.session_timeout_s = float(session_timeout_s)
-        self.backoff_min_s = max(float(backoff_min_s), 0.01)  # never 0: no busy loop
-        self.backoff_max_s = max(float(backoff_max_s), self.backoff_min_s)
         self.namespace = namespace
         self.write_timestamps = write_timestamps
         self.stats["reconnect_attempts"] = 0
         self.stats["requests"] = 0
         self._client: Client | None = None
-        self._generation = 0
-        self._closing = False
         self._node: dict[str, ua.NodeId] = {}
         self._name_of: dict[ua.NodeId, str] = {}
         self._vtype: dict[str, ua.VariantType] = {}
-        self._reconnect_task: asyncio.Task[None] | None = None
-        self._poll_task: asyncio.Task[None] | None = None
         self._old_clients: set[asyncio.Task[None]] = set()
         self._node_version = 0  # bumped whenever node ids are (re)resolved
         self._prefix: dict[str, bytes] = {}  # encoded WriteValue head per point
@@ -234,17 +234,12 @@ class OpcuaLink(FieldLink):
         self._closing = False
         if self.connected:
             return
-        task, self._reconnect_task = self._reconnect_task, None
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        await self._open()
+        await self._stop_reconnecting()
+        self._adopt(await self._open())
         if self.poll_interval_s and self.mode == "poll":
-            if self._poll_task is None or self._poll_task.done():
-                self._poll_task = asyncio.create_task(self._poll_loop(), name=f"{self.name} poll")
+            self._start_polling()
 
-    async def _open(self) -> None:
+    async def _open(self) -> Client:
         self._generation += 1
         gen = self._generation
         client = Client(
@@ -282,8 +277,10 @@ class OpcuaLink(FieldLink):
                 self._lost(f"connection lost ({exc!r})")
 
         client.connection_lost_callback = lost
-        self._client = client
-        self.connected = True
+        return client
+
+    def _adopt(self, client: Client) -> None:
+        super()._adopt(client)
         _log.info("%s connected (%s mode)", self.name, self.mode)
 
     async def _setup(self, client: Client, gen: int) -> None:
@@ -366,55 +363,8 @@ class OpcuaLink(FieldLink):
         self._old_clients.add(task)
         task.add_done_callback(self._old_clients.discard)
 
-    def _lost(self, why: str) -> None:
-        if self._closing:
-            return
-        if self.connected:
-            _log.warning("%s lost: %s", self.name, why)
-        self.connected = False
-        self._generation += 1  # late callbacks of the old client are ignored from now on
-        if self._client is not None:
-            self._discard(self._client)
-            self._client = None
-        if self._reconnect_task is None or self._reconnect_task.done():
-            self._reconnect_task = asyncio.get_running_loop().create_task(
-                self._reconnect_loop(), name=f"{self.name} reconnect"
-            )
-
-    async def _reconnect_loop(self) -> None:
-        delay = self.backoff_min_s
-        while not self._closing:
-            await asyncio.sleep(delay)
-            self.stats["reconnect_attempts"] += 1
-            try:
-                await self._open()
-            except (CommsLost, HilTimeout, ProtocolError) as exc:
-                _log.debug("%s reconnect failed, next try in %.2g s: %s", self.name, delay, exc)
-                delay = min(delay * 2.0, self.backoff_max_s)
-                continue
-            if self._closing:  # close() came while connecting
-                if self._client is not None:
-                    self._discard(self._client)
-                    self._client = None
-                self.connected = False
-                return
-            self.stats["reconnects"] += 1
-            _log.info("%s reconnected", self.name)
-            return
-
     async def close(self) -> None:
-        self._closing = True
-        self.connected = False
-        self._generation += 1
-        for task in (self._reconnect_task, self._poll_task):
-            if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-        self._reconnect_task = self._poll_task = None
-        if self._client is not None:
-            self._discard(self._client)
-            self._client = None
+        await self._shut_down()
         if self._old_clients:
             await asyncio.gather(*list(self._old_clients), return_exceptions=True)
 
@@ -458,14 +408,6 @@ class OpcuaLink(FieldLink):
             await self._read_inputs_once(client)
         except Exception as exc:
             raise self._failed(exc, "read inputs") from exc
-
-    async def _poll_loop(self) -> None:
-        assert self.poll_interval_s
-        while not self._closing:
-            if self.connected:
-                with contextlib.suppress(CommsLost, HilTimeout, ProtocolError):
-                    await self.poll()
-            await asyncio.sleep(self.poll_interval_s)
 
     def _require(self, what: str) -> Client:
         if self._client is None or not self.connected:

@@ -6,7 +6,6 @@ import asyncio
 import math
 from pathlib import Path
 
-import pandapower as pp
 import pytest
 
 from hil.emulator.substation import EmulatedSubstation
@@ -60,19 +59,6 @@ units = [1, 2]
 timeout_s = 0.5
 max_gap = 2
 """
-
-
-def small_net():
-    net = pp.create_empty_network(name="hw-test")
-    b0 = pp.create_bus(net, 110.0, name="HV")
-    b1 = pp.create_bus(net, 20.0, name="MV")
-    b2 = pp.create_bus(net, 20.0, name="F1")
-    pp.create_ext_grid(net, b0, vm_pu=1.0, name="Grid")
-    pp.create_transformer(net, b0, b1, "25 MVA 110/20 kV", name="T1")
-    ln = pp.create_line(net, b1, b2, 3.0, "NA2XS2Y 1x240 RM/25 12/20 kV", name="L1")
-    pp.create_switch(net, b1, ln, "l", closed=True, name="Q1")
-    pp.create_load(net, b2, 14.0, 4.0, name="LD1")
-    return net
 
 
 @pytest.fixture
@@ -181,8 +167,8 @@ def test_example_in_docs_parses(tmp_path):
 
 # --- which link carries which point ----------------------------------------------------------
 @pytest.fixture(scope="module")
-def pm():
-    return generate_pointmap(small_net(), mode="hil")
+def pm(feeder_net):
+    return generate_pointmap(feeder_net("hw-test"), mode="hil")
 
 
 def _split(cfg: HardwareConfig, pm):
@@ -263,9 +249,9 @@ def test_make_links_passes_settings(pm):
 PLANT = {"plant": ("plant-pw", "plant")}
 
 
-async def test_open_links_on_emulator(pm):
+async def test_open_links_on_emulator(feeder_net, pm):
     before = asyncio.all_tasks()
-    async with EmulatedSubstation(small_net(), pm, users=PLANT, devices=False) as sub:
+    async with EmulatedSubstation(feeder_net("hw-test"), pm, users=PLANT, devices=False) as sub:
         cfg = default_hardware(password="plant-pw").bind_emulator(
             sub.opcua_endpoint, sub.modbus_port
         )
@@ -305,8 +291,8 @@ def _in_limits(p, v):
     return (p.low is None or v >= p.low) and (p.high is None or v <= p.high)
 
 
-async def test_open_links_wrong_password_fails_cleanly(pm):
-    async with EmulatedSubstation(small_net(), pm, users=PLANT, devices=False) as sub:
+async def test_open_links_wrong_password_fails_cleanly(feeder_net, pm):
+    async with EmulatedSubstation(feeder_net("hw-test"), pm, users=PLANT, devices=False) as sub:
         cfg = default_hardware(password="wrong").bind_emulator(sub.opcua_endpoint, sub.modbus_port)
         with pytest.raises(HilError) as ei:
             await open_links(cfg, pm)

@@ -62,36 +62,25 @@ INITIAL = {ua.VariantType.Boolean: False, ua.VariantType.Float: 0.0, ua.VariantT
 class Plant:
     """A plain asyncua server with one variable per point; counts Write requests."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, start_server) -> None:
         self.port = port
+        self._start_server = start_server
         self.endpoint = f"opc.tcp://127.0.0.1:{port}/plant/"
         self.server: Server | None = None
         self.writes: list[int] = []  # number of nodes per Write request
         self.ns = 0
 
     async def start(self) -> None:
-        server = Server()
-        await server.init()
-        server.set_endpoint(self.endpoint)
-        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
-        self.ns = await server.register_namespace(NS)
-        for p, vt in SPEC:
-            path = "/".join(p.opcua.browse_path)
-            var = await server.nodes.objects.add_variable(
-                ua.NodeId(path, self.ns), p.name, ua.Variant(INITIAL.get(vt, 0), vt)
+        variables = [
+            (
+                "/".join(p.opcua.browse_path),
+                p.name,
+                ua.Variant(INITIAL.get(vt, 0), vt),
+                p.direction == "to_field" and p.name != "L3.i_ka",
             )
-            if p.direction == "to_field" and p.name != "L3.i_ka":
-                await var.set_writable()
-        svc = server.iserver.attribute_service
-        orig = svc.write
-
-        async def counting_write(params, *a, **kw):
-            self.writes.append(len(params.NodesToWrite))
-            return await orig(params, *a, **kw)
-
-        svc.write = counting_write
-        await server.start()
-        self.server = server
+            for p, vt in SPEC
+        ]
+        self.server, self.ns = await self._start_server(self.endpoint, NS, variables, self.writes)
 
     async def stop(self) -> None:
         if self.server is not None:
@@ -115,8 +104,8 @@ class Plant:
 
 
 @pytest.fixture
-async def plant(free_port):
-    p = Plant(free_port)
+async def plant(free_port, start_plain_server):
+    p = Plant(free_port, start_plain_server)
     await p.start()
     yield p
     await p.stop()

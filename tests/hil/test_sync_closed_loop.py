@@ -11,7 +11,6 @@ import asyncio
 import math
 import warnings
 
-import pandapower as pp
 import pytest
 
 from hil.emulator.substation import EmulatedSubstation
@@ -38,25 +37,13 @@ class SimClock:
         return self.t
 
 
-def small_net():
-    """110/20 kV trafo with a tap changer, one feeder behind a line breaker, one heavy load."""
-    net = pp.create_empty_network(name="avr-feeder")
-    b0 = pp.create_bus(net, 110.0, name="HV")
-    b1 = pp.create_bus(net, 20.0, name="MV")
-    b2 = pp.create_bus(net, 20.0, name="F1")
-    pp.create_ext_grid(net, b0, vm_pu=1.0, name="Grid")
-    pp.create_transformer(net, b0, b1, "25 MVA 110/20 kV", name="T1")
-    ln = pp.create_line(net, b1, b2, 3.0, "NA2XS2Y 1x240 RM/25 12/20 kV", name="L1")
-    pp.create_switch(net, b1, ln, "l", closed=True, name="Q1")
-    pp.create_load(net, b2, 14.0, 4.0, name="LD1")
-    return net
-
-
 class Rig:
     """An emulated substation plus the twin's two links and its sync loop."""
 
-    def __init__(self, mode: str = "hil", inputs_over: str = "modbus", **loop_kw) -> None:
-        self.net = small_net()
+    def __init__(
+        self, feeder_net, mode: str = "hil", inputs_over: str = "modbus", **loop_kw
+    ) -> None:
+        self.net = feeder_net("avr-feeder")
         self.pm = generate_pointmap(self.net, mode=mode)
         self.clock = SimClock()
         self.sub = EmulatedSubstation(self.net, self.pm, clock=self.clock, users=PLANT)
@@ -130,8 +117,8 @@ class Rig:
 
 
 # --- (1) AVR ---------------------------------------------------------------------------------
-async def test_avr_brings_low_voltage_back_into_band():
-    async with Rig() as rig:
+async def test_avr_brings_low_voltage_back_into_band(feeder_net):
+    async with Rig(feeder_net) as rig:
         store = rig.sub.store
         store.set("T1.avr_delay_s", 3.0)  # definite time; the mechanism takes 5 s more
         vset, band = store.value("T1.avr_vset_pu"), store.value("T1.avr_band_pu")
@@ -159,9 +146,9 @@ async def test_avr_brings_low_voltage_back_into_band():
 
 
 # --- (2) relay trips a breaker ---------------------------------------------------------------
-async def test_relay_trip_is_followed_by_the_twin_within_one_step(tmp_path):
+async def test_relay_trip_is_followed_by_the_twin_within_one_step(feeder_net, tmp_path):
     rec = Recorder(tmp_path / "run")
-    async with Rig(recorder=rec) as rig:
+    async with Rig(feeder_net, recorder=rec) as rig:
         store = rig.sub.store
         rep = await rig.tick(0.1)
         i_ka = store.value("L1.i_ka")
@@ -191,9 +178,9 @@ async def test_relay_trip_is_followed_by_the_twin_within_one_step(tmp_path):
 
 # --- (3) mirror mode: divergence alarm on a biased measurement ---------------------------------
 @pytest.mark.parametrize("inputs_over", ["modbus", "opcua"])
-async def test_mirror_bias_raises_an_alarm_naming_the_point(tmp_path, inputs_over):
+async def test_mirror_bias_raises_an_alarm_naming_the_point(feeder_net, tmp_path, inputs_over):
     rec = Recorder(tmp_path / "mirror")
-    async with Rig(mode="mirror", inputs_over=inputs_over, recorder=rec) as rig:
+    async with Rig(feeder_net, mode="mirror", inputs_over=inputs_over, recorder=rec) as rig:
         assert rig.opcua is None  # nothing to write in mirror mode
         for _ in range(3):
             rep = await rig.tick()
@@ -231,8 +218,8 @@ async def test_mirror_bias_raises_an_alarm_naming_the_point(tmp_path, inputs_ove
 
 
 # --- (4) kill and restart the emulated servers -----------------------------------------------
-async def test_server_kill_and_restart_goes_stale_and_resumes():
-    async with Rig() as rig:
+async def test_server_kill_and_restart_goes_stale_and_resumes(feeder_net):
+    async with Rig(feeder_net) as rig:
         store = rig.sub.store
         rep = await rig.tick()
         assert not rep.stale and rep.written > 0

@@ -13,7 +13,6 @@ import warnings
 from datetime import UTC, datetime
 
 import numpy as np
-import pandapower as pp
 import pytest
 from asyncua import Server, ua
 from asyncua.ua.ua_binary import struct_to_binary
@@ -60,36 +59,21 @@ POINTS = (
 class Plant:
     """An asyncua server with one variable per point; records each Write request's size."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, start_server) -> None:
+        self._start_server = start_server
         self.endpoint = f"opc.tcp://127.0.0.1:{port}/outputs/"
         self.server: Server | None = None
         self.writes: list[int] = []
         self.ns = 0
 
     async def start(self) -> None:
-        server = Server()
-        await server.init()
-        server.set_endpoint(self.endpoint)
-        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
-        self.ns = await server.register_namespace(NS)
+        variables = []
         for p in POINTS:
             vt = VTYPES[p.name]
             init = False if vt == ua.VariantType.Boolean else 0
-            var = await server.nodes.objects.add_variable(
-                ua.NodeId("/".join(p.opcua.browse_path), self.ns), p.name, ua.Variant(init, vt)
-            )
-            if p.name != "L2.i_ka":
-                await var.set_writable()
-        svc = server.iserver.attribute_service
-        orig = svc.write
-
-        async def counting_write(params, *a, **kw):
-            self.writes.append(len(params.NodesToWrite))
-            return await orig(params, *a, **kw)
-
-        svc.write = counting_write
-        await server.start()
-        self.server = server
+            path = "/".join(p.opcua.browse_path)
+            variables.append((path, p.name, ua.Variant(init, vt), p.name != "L2.i_ka"))
+        self.server, self.ns = await self._start_server(self.endpoint, NS, variables, self.writes)
 
     async def get(self, name: str):
         p = next(p for p in POINTS if p.name == name)
@@ -98,8 +82,8 @@ class Plant:
 
 
 @pytest.fixture
-async def plant(free_port):
-    p = Plant(free_port)
+async def plant(free_port, start_plain_server):
+    p = Plant(free_port, start_plain_server)
     await p.start()
     yield p
     await p.server.stop()
@@ -185,18 +169,6 @@ async def test_write_batch_deadband_refresh_and_checks(plant):
 
 
 # --- the loop ------------------------------------------------------------------------------
-def small_net():
-    net = pp.create_empty_network()
-    b0 = pp.create_bus(net, 110.0, name="HV")
-    b1 = pp.create_bus(net, 20.0, name="MV")
-    b2 = pp.create_bus(net, 20.0, name="F1")
-    pp.create_ext_grid(net, b0, vm_pu=1.0, name="Grid")
-    pp.create_transformer(net, b0, b1, "25 MVA 110/20 kV", name="T1")
-    pp.create_line(net, b1, b2, 3.0, "NA2XS2Y 1x240 RM/25 12/20 kV", name="L1")
-    pp.create_load(net, b2, 14.0, 4.0, name="LD1")
-    return net
-
-
 class SlowLink(FieldLink):
     """Writes take until ``release`` is set; inputs are whatever the net has."""
 
@@ -230,8 +202,8 @@ class SlowLink(FieldLink):
         return {p.name: Sample(0.0, Quality.GOOD, 0.0) for p in self.inputs}
 
 
-def _loop(**kw):
-    net = small_net()
+def _loop(feeder_net, **kw):
+    net = feeder_net(breaker=False)
     pm = generate_pointmap(net, mode="hil")
     points = [p for p in pm.points if p.table != "switch" and p.column != "tap_pos"]
     link = SlowLink(points)
@@ -242,8 +214,8 @@ def _loop(**kw):
 
 
 @pytest.mark.usefixtures("no_task_leak")
-async def test_pipelined_writes_are_collected_by_the_next_step():
-    model, link, loop = _loop(write_mode="pipelined")
+async def test_pipelined_writes_are_collected_by_the_next_step(feeder_net):
+    model, link, loop = _loop(feeder_net, write_mode="pipelined")
     n_out = len([p for p in link.outputs if p.kind == "measurement"])
     link.release.clear()
     rep0 = await loop.step(0.0)
@@ -268,8 +240,8 @@ async def test_pipelined_writes_are_collected_by_the_next_step():
         SyncLoop(model, loop.pointmap, [link], write_mode="later")
 
 
-async def test_await_mode_outputs_match_the_solution():
-    model, link, loop = _loop()
+async def test_await_mode_outputs_match_the_solution(feeder_net):
+    model, link, loop = _loop(feeder_net)
     rep = await loop.step(0.0)
     sol = loop.last_solution
     assert rep.written == len(link.sent[0]) > 0
@@ -307,9 +279,9 @@ class CountingRecorder:
         pass
 
 
-async def test_recorder_row_groups_are_written_between_steps():
+async def test_recorder_row_groups_are_written_between_steps(feeder_net):
     rec = CountingRecorder(flush_every=5)
-    model, link, loop = _loop(recorder=rec, period_s=0.02)
+    model, link, loop = _loop(feeder_net, recorder=rec, period_s=0.02)
     await loop.run(steps=22)
     assert rec.between >= 4 and rec.in_record == 0
     assert loop.stats()["idle_flushes"] == rec.between

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import warnings
 
-import pandapower as pp
 import pytest
 
 from hil.links.base import FieldLink
@@ -21,17 +20,9 @@ from twin.quality import Quality, Sample
 from twin.recorder import Recorder
 
 
-def small_net():
-    net = pp.create_empty_network(name="policies")
-    b0 = pp.create_bus(net, 110.0, name="HV")
-    b1 = pp.create_bus(net, 20.0, name="MV")
-    b2 = pp.create_bus(net, 20.0, name="F1")
-    pp.create_ext_grid(net, b0, vm_pu=1.0, name="Grid")
-    pp.create_transformer(net, b0, b1, "25 MVA 110/20 kV", name="T1")
-    ln = pp.create_line(net, b1, b2, 3.0, "NA2XS2Y 1x240 RM/25 12/20 kV", name="L1")
-    pp.create_switch(net, b1, ln, "l", closed=True, name="Q1")
-    pp.create_load(net, b2, 14.0, 4.0, name="LD1")
-    return net
+@pytest.fixture
+def net(feeder_net):
+    return feeder_net("policies")
 
 
 class FakeClock:
@@ -93,8 +84,7 @@ class FakeLink(FieldLink):
         self.values[name] = Sample(float(value), quality, 0.0)
 
 
-def _rig(mode="hil", clock=None, **kw):
-    net = small_net()
+def _rig(net, mode="hil", clock=None, **kw):
     pm = generate_pointmap(net, mode=mode)
     link = FakeLink(pm.points, clock)
     for p in link.inputs:  # every input GOOD, as the net has it
@@ -117,8 +107,7 @@ def _rig(mode="hil", clock=None, **kw):
 
 
 # --- construction ----------------------------------------------------------------------------
-def test_bad_choices_are_refused():
-    net = small_net()
+def test_bad_choices_are_refused(net):
     pm = generate_pointmap(net)
     model = GridModel(net)
     for kw, word in (
@@ -132,8 +121,8 @@ def test_bad_choices_are_refused():
 
 
 # --- apply and write ---------------------------------------------------------------------------
-async def test_hil_step_applies_statuses_and_writes_one_batch_per_link():
-    model, link, loop = _rig()
+async def test_hil_step_applies_statuses_and_writes_one_batch_per_link(net):
+    model, link, loop = _rig(net)
     link.set("T1.tap_pos", 3)
     rep = await loop.step(0.0)
     assert rep.converged and not rep.stale
@@ -158,8 +147,8 @@ async def test_hil_step_applies_statuses_and_writes_one_batch_per_link():
     assert rep.applied == 0 and len(link.calls) == 2
 
 
-async def test_stale_hold_keeps_last_good_value_and_flags_the_point():
-    model, link, loop = _rig(stale_policy="hold")
+async def test_stale_hold_keeps_last_good_value_and_flags_the_point(net):
+    model, link, loop = _rig(net, stale_policy="hold")
     link.set("T1.tap_pos", 2)
     await loop.step(0.0)
     link.set("T1.tap_pos", 7, Quality.STALE)
@@ -178,9 +167,9 @@ async def test_stale_hold_keeps_last_good_value_and_flags_the_point():
     assert loop.stats()["stale_steps"] == 2
 
 
-async def test_stale_refuse_raises_and_records(tmp_path):
+async def test_stale_refuse_raises_and_records(net, tmp_path):
     rec = Recorder(tmp_path)
-    model, link, loop = _rig(stale_policy="refuse", recorder=rec)
+    model, link, loop = _rig(net, stale_policy="refuse", recorder=rec)
     await loop.step(0.0)
     link.set("T1.tap_pos", 5, Quality.STALE)
     with pytest.raises(StaleInputError, match=r"T1\.tap_pos \(stale\)"):
@@ -193,9 +182,9 @@ async def test_stale_refuse_raises_and_records(tmp_path):
     rec.close()
 
 
-async def test_not_converged_is_an_alarm_writes_nothing_and_the_loop_goes_on(tmp_path):
+async def test_not_converged_is_an_alarm_writes_nothing_and_the_loop_goes_on(net, tmp_path):
     rec = Recorder(tmp_path)
-    model, link, loop = _rig(mode="mirror", recorder=rec)
+    model, link, loop = _rig(net, mode="mirror", recorder=rec)
     rep = await loop.step(0.0)
     assert rep.converged
     link.set("LD1.p_mw", 5000.0)  # far beyond what the feeder can carry
@@ -210,8 +199,8 @@ async def test_not_converged_is_an_alarm_writes_nothing_and_the_loop_goes_on(tmp
     rec.close()
 
 
-async def test_not_converged_outputs_are_not_written():
-    model, link, loop = _rig(mode="hil")
+async def test_not_converged_outputs_are_not_written(net):
+    model, link, loop = _rig(net, mode="hil")
     await loop.step(0.0)
     # hil has no load input: make the model itself unsolvable
     model.update("load", "p_mw", [5000.0], index=[0])
@@ -223,9 +212,9 @@ async def test_not_converged_outputs_are_not_written():
 P = 0.125  # binary fractions: exact tick arithmetic
 
 
-async def test_deadline_skip_skips_the_missed_ticks():
+async def test_deadline_skip_skips_the_missed_ticks(net):
     clk = FakeClock()
-    model, link, loop = _rig(clock=clk, period_s=P, deadline_policy="skip")
+    model, link, loop = _rig(net, clock=clk, period_s=P, deadline_policy="skip")
     link.costs = [0.0, 0.0, 2.5 * P]  # the third step overruns into ticks 3 and 4
     n = await loop.run(steps=5)
     assert n == 5
@@ -234,9 +223,9 @@ async def test_deadline_skip_skips_the_missed_ticks():
     assert st["misses"] == 1 and st["skipped_ticks"] == 2 and st["caught_up_ticks"] == 0
 
 
-async def test_deadline_catch_up_runs_missed_ticks_back_to_back_bounded():
+async def test_deadline_catch_up_runs_missed_ticks_back_to_back_bounded(net):
     clk = FakeClock()
-    model, link, loop = _rig(clock=clk, period_s=P, deadline_policy="catch_up", max_catch_up=2)
+    model, link, loop = _rig(net, clock=clk, period_s=P, deadline_policy="catch_up", max_catch_up=2)
     link.costs = [0.0, 4.5 * P]  # ends at 5.5 P: ticks 2..5 are due, only 2 are caught up
     n = await loop.run(steps=4)
     assert n == 4
@@ -246,18 +235,18 @@ async def test_deadline_catch_up_runs_missed_ticks_back_to_back_bounded():
     assert loop.last_report.t == pytest.approx(5 * P)
 
 
-async def test_deadline_stop_raises():
+async def test_deadline_stop_raises(net):
     clk = FakeClock()
-    model, link, loop = _rig(clock=clk, period_s=P, deadline_policy="stop")
+    model, link, loop = _rig(net, clock=clk, period_s=P, deadline_policy="stop")
     link.costs = [0.0, 1.5 * P]
     with pytest.raises(DeadlineMissed, match="expected at most the period"):
         await loop.run(steps=10)
     assert loop.stats()["steps"] == 2 and loop.stats()["misses"] == 1
 
 
-async def test_run_duration_uses_absolute_deadlines():
+async def test_run_duration_uses_absolute_deadlines(net):
     clk = FakeClock()
-    model, link, loop = _rig(clock=clk, period_s=P)
+    model, link, loop = _rig(net, clock=clk, period_s=P)
     link.costs = [0.01] * 100  # every step costs a little: no drift from sleep(period)
     n = await loop.run(duration_s=1.0)
     assert n == 8
@@ -270,9 +259,9 @@ async def test_run_duration_uses_absolute_deadlines():
     assert st["step"]["p99_ms"] > 0
 
 
-async def test_stop_ends_run_after_the_current_step():
+async def test_stop_ends_run_after_the_current_step(net):
     clk = FakeClock()
-    model, link, loop = _rig(clock=clk, period_s=P)
+    model, link, loop = _rig(net, clock=clk, period_s=P)
     seen = []
 
     def listener(lp, rep, sol):

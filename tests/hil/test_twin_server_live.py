@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import warnings
 
-import pandapower as pp
 import pytest
 from asyncua import Client, ua
 from asyncua.ua.uaerrors import UaStatusCodeError
@@ -22,19 +21,6 @@ from twin.pointmap import generate_pointmap, resolve_element
 from twin.quality import Quality, Sample
 
 pytestmark = pytest.mark.usefixtures("no_task_leak")
-
-
-def small_net():
-    net = pp.create_empty_network(name="twin-server")
-    b0 = pp.create_bus(net, 110.0, name="HV")
-    b1 = pp.create_bus(net, 20.0, name="MV")
-    b2 = pp.create_bus(net, 20.0, name="F1")
-    pp.create_ext_grid(net, b0, vm_pu=1.0, name="Grid")
-    pp.create_transformer(net, b0, b1, "25 MVA 110/20 kV", name="T1")
-    ln = pp.create_line(net, b1, b2, 3.0, "NA2XS2Y 1x240 RM/25 12/20 kV", name="L1")
-    pp.create_switch(net, b1, ln, "l", closed=True, name="Q1")
-    pp.create_load(net, b2, 14.0, 4.0, name="LD1")
-    return net
 
 
 class FakeLink(FieldLink):
@@ -64,8 +50,8 @@ class FakeLink(FieldLink):
         }
 
 
-def _loop(mode: str):
-    net = small_net()
+def _loop(feeder_net, mode: str):
+    net = feeder_net("twin-server")
     pm = generate_pointmap(net, mode=mode)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -90,8 +76,8 @@ async def _value(client: Client, srv: TwinServer, path: str):
     return await client.get_node(srv.node_id(path)).read_value()
 
 
-async def test_publishes_bus_line_and_stats_after_each_step():
-    net, pm, model, link, loop = _loop("hil")
+async def test_publishes_bus_line_and_stats_after_each_step(feeder_net):
+    net, pm, model, link, loop = _loop(feeder_net, "hil")
     async with TwinServer(net, pm) as srv:
         srv.attach(loop)
         assert srv.endpoint.startswith("opc.tcp://127.0.0.1:")
@@ -120,8 +106,8 @@ async def test_publishes_bus_line_and_stats_after_each_step():
             assert srv.publish_count == 2 and srv.last_publish_s > 0
 
 
-async def test_mirror_divergence_and_alarm_are_exposed():
-    net, pm, model, link, loop = _loop("mirror")
+async def test_mirror_divergence_and_alarm_are_exposed(feeder_net):
+    net, pm, model, link, loop = _loop(feeder_net, "mirror")
     async with TwinServer(net, pm) as srv:
         srv.attach(loop)
         async with Client(srv.endpoint, timeout=5) as client:
@@ -142,8 +128,8 @@ async def test_mirror_divergence_and_alarm_are_exposed():
             assert d1 == pytest.approx(0.08, abs=0.01)
 
 
-async def test_read_only_and_safe_defaults():
-    net, pm, model, link, loop = _loop("hil")
+async def test_read_only_and_safe_defaults(feeder_net):
+    net, pm, model, link, loop = _loop(feeder_net, "hil")
     async with TwinServer(net, pm, users={"scada": "s3cret"}) as srv:
         srv.attach(loop)
         await loop.step(0.0)
@@ -173,8 +159,8 @@ async def test_read_only_and_safe_defaults():
         await bad.disconnect()
 
 
-async def test_unknown_path_is_an_error():
-    net, pm, model, link, loop = _loop("hil")
+async def test_unknown_path_is_an_error(feeder_net):
+    net, pm, model, link, loop = _loop(feeder_net, "hil")
     srv = TwinServer(net, pm)
     await srv.start()
     try:
@@ -186,10 +172,10 @@ async def test_unknown_path_is_an_error():
         await srv.stop()
 
 
-async def test_subscribers_get_the_values_published_in_bulk():
+async def test_subscribers_get_the_values_published_in_bulk(feeder_net):
     import asyncio
 
-    net, pm, model, link, loop = _loop("hil")
+    net, pm, model, link, loop = _loop(feeder_net, "hil")
     async with TwinServer(net, pm) as srv:
         srv.attach(loop)
         async with Client(srv.endpoint, timeout=5) as client:
