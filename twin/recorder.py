@@ -1,10 +1,11 @@
 """The results recorder: columns in memory, streamed to Parquet and CSV as the run goes.
 
 One column per recorded quantity, named ``<table>.<column>[<label>]``, plus ``time_s``. Rows are
-buffered and written as one Parquet row group every ``flush_every`` records, so a long run does not
-hold the file open in an unknown state. ``close()`` writes the Parquet footer; callers close the
-recorder in a ``finally`` so an exception or Ctrl-C keeps what was recorded (a hard kill of the
-process loses the footer of ``timeseries.parquet``; events.csv and alarms.csv are flushed per line).
+buffered and written every ``flush_every`` records as a complete Parquet file of their own under
+``timeseries.parts/`` (footer included), so even a hard kill of the process keeps every flushed
+part readable. ``close()`` writes the whole run as ``timeseries.parquet`` (temporary file, then
+rename) and removes the parts. ``read_timeseries`` reads ``timeseries.parquet`` or, after a crash,
+the parts. events.csv and alarms.csv are flushed per line.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 _log = logging.getLogger(__name__)
 
 TIMESERIES_FILE = "timeseries.parquet"
+PARTS_DIR = "timeseries.parts"
 EVENTS_FILE = "events.csv"
 ALARMS_FILE = "alarms.csv"
 EVENT_FIELDS = ("time_s", "kind", "message", "fields")
@@ -50,9 +52,7 @@ class Recorder:
         self._data: dict[str, list[float]] = {"time_s": []}
         self._pending = 0  # rows not yet written to Parquet
         self._written = 0  # rows already written
-        self._schema_names: list[str] | None = None
-        self._writer: Any = None
-        self._grown = False  # a column appeared after the Parquet schema was fixed
+        self._parts = 0  # part files written
         self.events: list[dict[str, Any]] = []
         self.alarms: list[dict[str, Any]] = []
         self._closed = False
@@ -90,8 +90,6 @@ class Recorder:
             if col is None:
                 col = self._data[name] = [math.nan] * n
                 self._names.append(name)
-                if self._schema_names is not None:
-                    self._grown = True
             col.append(float(value))
         self._data["time_s"].append(float(time_s))
         for name in self._names:
@@ -115,23 +113,28 @@ class Recorder:
         return pd.DataFrame({name: self._data[name] for name in self._names})
 
     def flush(self) -> None:
-        """Write pending rows as one row group (no-op in memory-only mode)."""
-        if self.out_dir is None or self._pending == 0 or self._grown:
-            self._pending = 0 if self.out_dir is None else self._pending
+        """Write pending rows as one complete Parquet part file (no-op in memory-only mode)."""
+        if self.out_dir is None or self._pending == 0:
+            self._pending = 0
             return
+        lo, hi = self._written, self.rows
+        parts = self.out_dir / PARTS_DIR
+        parts.mkdir(exist_ok=True)
+        self._write_parquet(parts / f"part-{self._parts:05d}.parquet", lo, hi)
+        self._parts += 1
+        self._written = hi
+        self._pending = 0
+
+    def _write_parquet(self, path: Path, lo: int, hi: int) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        if self._writer is None or self._schema_names is None:
-            self._schema_names = list(self._names)
-            schema = pa.schema([(name, pa.float64()) for name in self._schema_names])
-            self._writer = pq.ParquetWriter(self.out_dir / TIMESERIES_FILE, schema)
-        names = self._schema_names
-        lo, hi = self._written, self.rows
-        table = pa.table({name: pa.array(self._data[name][lo:hi], pa.float64()) for name in names})
-        self._writer.write_table(table)
-        self._written = hi
-        self._pending = 0
+        table = pa.table(
+            {name: pa.array(self._data[name][lo:hi], pa.float64()) for name in self._names}
+        )
+        tmp = path.with_name(path.name + ".tmp")
+        pq.write_table(table, tmp, row_group_size=max(self.flush_every, 1))
+        tmp.replace(path)
 
     # --- events and alarms ------------------------------------------------------------------
     def event(self, time_s: float, kind: str, message: str, **fields: Any) -> None:
@@ -179,44 +182,25 @@ class Recorder:
 
     # --- lifecycle ---------------------------------------------------------------------------
     def close(self) -> None:
-        """Write what is pending and the Parquet footer; close the CSV files. Idempotent."""
+        """Write the whole run as timeseries.parquet, remove the parts, close the CSV files.
+
+        Idempotent. When writing fails, the parts already on disk stay where they are.
+        """
         if self._closed:
             return
         try:
             if self.out_dir is not None:
-                if self._grown:
-                    self._rewrite_whole()
-                else:
-                    self.flush()
-                    if self._writer is None:  # nothing recorded: still leave a readable file
-                        self._write_table_at_once()
+                self._write_parquet(self.out_dir / TIMESERIES_FILE, 0, self.rows)
+                parts = self.out_dir / PARTS_DIR
+                if parts.is_dir():
+                    for part in parts.glob("part-*.parquet"):
+                        part.unlink()
+                    parts.rmdir()
         finally:
-            if self._writer is not None:
-                self._writer.close()
-                self._writer = None
             for fh in (self._events_fh, self._alarms_fh):
                 if fh is not None:
                     fh.close()
             self._closed = True
-
-    def _rewrite_whole(self) -> None:
-        # The schema grew after the first row group: Parquet cannot add a column to an open file,
-        # so rewrite it from memory (the earlier row groups stay on disk until this succeeds).
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-        _log.info("recorder: columns were added mid-run; rewriting %s whole", TIMESERIES_FILE)
-        self._write_table_at_once()
-
-    def _write_table_at_once(self) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        assert self.out_dir is not None
-        table = pa.table({name: pa.array(self._data[name], pa.float64()) for name in self._names})
-        tmp = self.out_dir / (TIMESERIES_FILE + ".tmp")
-        pq.write_table(table, tmp, row_group_size=max(self.flush_every, 1))
-        tmp.replace(self.out_dir / TIMESERIES_FILE)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -230,10 +214,19 @@ class Recorder:
 
 
 def read_timeseries(out_dir: Path | str):
-    """Read ``<out_dir>/timeseries.parquet`` back as a pandas DataFrame."""
+    """Read ``<out_dir>/timeseries.parquet`` back as a pandas DataFrame.
+
+    After a crash (no ``timeseries.parquet`` yet) the flushed parts are read and joined; columns
+    that appeared mid-run are NaN in the parts written before them.
+    """
     import pandas as pd
 
-    return pd.read_parquet(Path(out_dir) / TIMESERIES_FILE)
+    out = Path(out_dir)
+    whole = out / TIMESERIES_FILE
+    parts = sorted((out / PARTS_DIR).glob("part-*.parquet")) if (out / PARTS_DIR).is_dir() else []
+    if whole.exists() or not parts:
+        return pd.read_parquet(whole)
+    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
 
 
 def read_events(out_dir: Path | str):

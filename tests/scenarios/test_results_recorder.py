@@ -22,14 +22,30 @@ def test_streams_row_groups_and_reads_back(tmp_path: Path) -> None:
     for k in range(10):
         rec.record(k * 60.0, {column_name("bus", "vm_pu", "N1"): 1.0 + k / 100, "x": float(k)})
     assert rec.rows == 10
-    # two full row groups are on disk before close; the rest is written by close()
+    # two complete part files are on disk before close; close() writes the whole run
+    assert sorted(p.name for p in (tmp_path / "timeseries.parts").iterdir()) == [
+        "part-00000.parquet",
+        "part-00001.parquet",
+    ]
     rec.close()
+    assert not (tmp_path / "timeseries.parts").exists()
     f = pq.ParquetFile(tmp_path / "timeseries.parquet")
     assert f.metadata.num_row_groups == 3 and f.metadata.num_rows == 10
     df = read_timeseries(tmp_path)
     assert list(df.columns) == ["time_s", "bus.vm_pu[N1]", "x"]
     assert df["time_s"].iloc[-1] == 540.0
     assert df["bus.vm_pu[N1]"].iloc[3] == pytest.approx(1.03)
+
+
+def test_a_hard_kill_keeps_every_flushed_part_readable(tmp_path: Path) -> None:
+    rec = Recorder(tmp_path, flush_every=3)
+    for k in range(8):  # 2 parts of 3 rows flushed, 2 rows pending
+        rec.record(float(k), {"a": float(k), **({"late": 1.0} if k >= 4 else {})})
+    # no close(): the process died here. Every flushed row is readable from the parts.
+    assert not (tmp_path / "timeseries.parquet").exists()
+    df = read_timeseries(tmp_path)
+    assert list(df["time_s"]) == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert math.isnan(df["late"].iloc[3]) and df["late"].iloc[4] == 1.0
 
 
 def test_missing_values_are_nan_and_late_columns_are_kept(tmp_path: Path) -> None:
