@@ -239,7 +239,7 @@ def table(res: dict, args: argparse.Namespace) -> str:
         "",
         f"- load-flow share of the step: {float(d['solve'].mean()) / total_mean * 100:.1f} % "
         f"(mean), {solve_share_p50:.1f} % (median of per-step shares); with the result "
-        f"extraction (Solution.get of flows, pandapower's result code): "
+        f"extraction (Solution.get of the point map's columns): "
         f"{float(lf.mean()) / total_mean * 100:.1f} %",
         f"- deadline misses: {st['misses']}, skipped ticks: {st['skipped_ticks']}, caught-up "
         f"ticks: {st['caught_up_ticks']}; recorder row groups written between steps: "
