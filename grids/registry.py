@@ -144,6 +144,25 @@ def _pn(func: str) -> str:
     return f"pandapower.networks:{func}"
 
 
+def _kerber_landnetz() -> pandapowerNet:
+    """pandapower.networks.create_kerber_landnetz_kabel_1 built with a fixed seed.
+
+    pandapower picks the cable types of the house connections with Python's global ``random``,
+    so each process got a different grid. Seeded here (and the caller's random state restored)
+    so a bundled grid is the same grid in every run.
+    """
+    import random
+
+    import pandapower.networks as pn
+
+    state = random.getstate()
+    try:
+        random.seed(20110101)
+        return pn.create_kerber_landnetz_kabel_1()
+    finally:
+        random.setstate(state)
+
+
 def _mv_oberrhein() -> pandapowerNet:
     """pandapower.networks.mv_oberrhein(scenario="load") without its final ``runpp``.
 
@@ -278,7 +297,7 @@ _SPECS: tuple[GridSpec, ...] = (
     ),
     GridSpec(
         "kerber_landnetz",
-        _pn("create_kerber_landnetz_kabel_1"),
+        "grids.registry:_kerber_landnetz",
         "G. Kerber, 'Aufnahmefaehigkeit von Niederspannungsverteilnetzen fuer die Einspeisung aus "
         "Photovoltaikkleinanlagen', Dissertation, TU Muenchen, 2011; via "
         "pandapower.networks.create_kerber_landnetz_kabel_1",

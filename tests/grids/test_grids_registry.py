@@ -110,3 +110,22 @@ def test_mv_oberrhein_matches_pandapower_networks_inputs() -> None:
     skip = [k for k in theirs.keys() if k.startswith("res_")] + ["_options", "_ppc"]
     assert nets_equal(ours, theirs, check_only_results=False, exclude_elms=skip)
     assert list(ours.load.scaling.unique()) == [0.6]
+
+
+def test_kerber_landnetz_is_the_same_grid_whatever_the_random_state() -> None:
+    # pandapower draws its cable types from Python's global random: bundled means reproducible
+    import random
+
+    from grids.registry import _kerber_landnetz
+
+    random.seed(1)
+    a = _kerber_landnetz()
+    random.seed(2)
+    b = _kerber_landnetz()
+    assert list(a.line.std_type) == list(b.line.std_type)
+    assert a.line.r_ohm_per_km.tolist() == b.line.r_ohm_per_km.tolist()
+    random.seed(3)
+    expected = random.random()
+    random.seed(3)
+    _kerber_landnetz()
+    assert random.random() == expected  # the caller's random state is left as it was
