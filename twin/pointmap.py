@@ -564,6 +564,10 @@ def _element_specs(net: Any, mode: str, labels: dict[str, dict[int, str]]) -> li
             _Spec(table, column, idx, label, element, kind, direction, unit, mb_table, dtype, **kw)
         )
 
+    def meas(table: str, idx: int, column: str, unit: str, **kw: Any) -> None:
+        # a computed measurement: an input register, float32, to the field in hil mode
+        add(table, idx, column, "measurement", meas_dir, unit, "input_register", "float32", **kw)
+
     def present(table: str) -> list[int]:
         return [int(i) for i in net[table].index] if table in net and len(net[table]) else []
 
@@ -640,55 +644,11 @@ def _element_specs(net: Any, mode: str, labels: dict[str, dict[int, str]]) -> li
                 high=1.0,
             )
         sn = _col(net, "trafo", "sn_mva", i)
-        add(
-            "trafo",
-            i,
-            "loading_percent",
-            "measurement",
-            meas_dir,
-            "%",
-            "input_register",
-            "float32",
-            deadband=0.1,
-            tolerance=10.0,
-        )
-        add(
-            "trafo",
-            i,
-            "p_hv_mw",
-            "measurement",
-            meas_dir,
-            "MW",
-            "input_register",
-            "float32",
-            deadband=0.001,
-            tolerance=_tol(sn),
-        )
-        add(
-            "trafo",
-            i,
-            "q_hv_mvar",
-            "measurement",
-            meas_dir,
-            "Mvar",
-            "input_register",
-            "float32",
-            deadband=0.001,
-            tolerance=_tol(sn),
-        )
+        meas("trafo", i, "loading_percent", "%", deadband=0.1, tolerance=10.0)
+        meas("trafo", i, "p_hv_mw", "MW", deadband=0.001, tolerance=_tol(sn))
+        meas("trafo", i, "q_hv_mvar", "Mvar", deadband=0.001, tolerance=_tol(sn))
     for i in present("bus"):
-        add(
-            "bus",
-            i,
-            "vm_pu",
-            "measurement",
-            meas_dir,
-            "pu",
-            "input_register",
-            "float32",
-            deadband=0.0005,
-            tolerance=0.02,
-        )
+        meas("bus", i, "vm_pu", "pu", deadband=0.0005, tolerance=0.02)
     relay_lines: set[int] = set()
     if "switch" in net and len(net.switch):
         sw = net.switch
@@ -701,54 +661,10 @@ def _element_specs(net: Any, mode: str, labels: dict[str, dict[int, str]]) -> li
         except (KeyError, AttributeError):
             pass
         s_nom = imax * vn * math.sqrt(3.0) if imax and vn else None
-        add(
-            "line",
-            i,
-            "i_ka",
-            "measurement",
-            meas_dir,
-            "kA",
-            "input_register",
-            "float32",
-            deadband=0.001,
-            tolerance=_tol(imax),
-        )
-        add(
-            "line",
-            i,
-            "loading_percent",
-            "measurement",
-            meas_dir,
-            "%",
-            "input_register",
-            "float32",
-            deadband=0.1,
-            tolerance=10.0,
-        )
-        add(
-            "line",
-            i,
-            "p_from_mw",
-            "measurement",
-            meas_dir,
-            "MW",
-            "input_register",
-            "float32",
-            deadband=0.001,
-            tolerance=_tol(s_nom),
-        )
-        add(
-            "line",
-            i,
-            "q_from_mvar",
-            "measurement",
-            meas_dir,
-            "Mvar",
-            "input_register",
-            "float32",
-            deadband=0.001,
-            tolerance=_tol(s_nom),
-        )
+        meas("line", i, "i_ka", "kA", deadband=0.001, tolerance=_tol(imax))
+        meas("line", i, "loading_percent", "%", deadband=0.1, tolerance=10.0)
+        meas("line", i, "p_from_mw", "MW", deadband=0.001, tolerance=_tol(s_nom))
+        meas("line", i, "q_from_mvar", "Mvar", deadband=0.001, tolerance=_tol(s_nom))
         if i in relay_lines:
             high = round(20.0 * imax, 6) if imax else 100.0
             add(
@@ -780,18 +696,7 @@ def _element_specs(net: Any, mode: str, labels: dict[str, dict[int, str]]) -> li
             abs(_col(net, "load", "p_mw", i) or 0.0), abs(_col(net, "load", "q_mvar", i) or 0.0)
         )
         for col, u in (("p_mw", "MW"), ("q_mvar", "Mvar")):
-            add(
-                "load",
-                i,
-                col,
-                "measurement",
-                meas_dir,
-                u,
-                "input_register",
-                "float32",
-                deadband=0.001,
-                tolerance=_tol(nom),
-            )
+            meas("load", i, col, u, deadband=0.001, tolerance=_tol(nom))
     for i in present("sgen"):
         nom = _col(net, "sgen", "sn_mva", i) or abs(_col(net, "sgen", "p_mw", i) or 0.0)
         for col, u in (("p_mw", "MW"), ("q_mvar", "Mvar")):
@@ -807,18 +712,7 @@ def _element_specs(net: Any, mode: str, labels: dict[str, dict[int, str]]) -> li
                 deadband=0.001,
                 tolerance=_tol(nom),
             )
-        add(
-            "sgen",
-            i,
-            "p_avail_mw",
-            "measurement",
-            meas_dir,
-            "MW",
-            "input_register",
-            "float32",
-            deadband=0.001,
-            tolerance=_tol(nom),
-        )
+        meas("sgen", i, "p_avail_mw", "MW", deadband=0.001, tolerance=_tol(nom))
         add(
             "sgen",
             i,
@@ -852,18 +746,7 @@ def _element_specs(net: Any, mode: str, labels: dict[str, dict[int, str]]) -> li
                 else total_load
             )
             for col, u in (("p_mw", "MW"), ("q_mvar", "Mvar")):
-                add(
-                    table,
-                    i,
-                    col,
-                    "measurement",
-                    meas_dir,
-                    u,
-                    "input_register",
-                    "float32",
-                    deadband=0.001,
-                    tolerance=_tol(nom),
-                )
+                meas(table, i, col, u, deadband=0.001, tolerance=_tol(nom))
     return specs
 
 
