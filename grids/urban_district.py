@@ -29,6 +29,13 @@ Naming, so scenarios can address elements by name:
 - rooftop PV as sgens ``PV_...`` with ``type == "PV"``; ``sn_mva`` is the inverter rating and
   ``p_mw`` the full (peak) output.
 
+Geodata: WGS84 longitude/latitude on ``bus.geo`` and ``line.geo`` (GeoJSON, as pandapower 3
+keeps it), laid out as a plausible street-level plan of a few blocks of Hai Chau district, Da
+Nang: the 110/22 kV substation near the Han river, the 22 kV ring around the blocks to the west
+(node spacing follows the cable lengths only roughly), and each kiosk's LV feeders along the
+streets of its block (segment spacing = cable length). The coordinates are made up for the
+diagram; they are not a survey of real assets.
+
 Run ``python -m grids.urban_district`` to rewrite the JSON file; the build is deterministic (no
 random numbers), and a test checks that the stored file equals a rebuild.
 """
@@ -202,6 +209,37 @@ OPEN_POINT = "Q45"
 _SS_TO_N8_KM = 1.0
 
 
+# --- geodata (see the module docstring) ------------------------------------------------------
+# The substation (lon, lat), Hai Chau district, Da Nang, a few hundred metres west of the river.
+_SS_LONLAT = (108.2205, 16.0640)
+_M_PER_DEG_LAT = 111_320.0
+# The ring's centre, relative to the substation (east, north) in metres, and its radius.
+_RING_CENTRE_M = (-900.0, 250.0)
+_RING_RADIUS_M = 800.0
+
+
+def _lonlat(east_m: float, north_m: float) -> tuple[float, float]:
+    """(lon, lat) of a point ``east_m``/``north_m`` metres from the substation, to ~0.1 m."""
+    lon0, lat0 = _SS_LONLAT
+    m_per_deg_lon = _M_PER_DEG_LAT * math.cos(math.radians(lat0))
+    return (round(lon0 + east_m / m_per_deg_lon, 6), round(lat0 + north_m / _M_PER_DEG_LAT, 6))
+
+
+def _ring_xy(i: int, n: int) -> tuple[float, float]:
+    """Ring node ``i`` of ``n`` (0-based) in metres: clockwise from the substation's side."""
+    # N1 starts south-east of the centre (next to the substation), N8 ends north-east of it.
+    ang = math.radians(-60.0 - 300.0 * i / (n - 1))
+    cx, cy = _RING_CENTRE_M
+    return (cx + _RING_RADIUS_M * math.cos(ang), cy + _RING_RADIUS_M * math.sin(ang))
+
+
+def _street(dx: float, dy: float) -> tuple[float, float]:
+    """The street direction (a unit step along east-west or north-south) closest to (dx, dy)."""
+    if abs(dx) >= abs(dy):
+        return (math.copysign(1.0, dx), 0.0)
+    return (0.0, math.copysign(1.0, dy))
+
+
 def _q(p_mw: float, pf: float) -> float:
     return p_mw * math.tan(math.acos(pf))
 
@@ -211,8 +249,9 @@ def build() -> pandapowerNet:
     import pandapower as pp
 
     net = pp.create_empty_network(name="urban_district", f_hz=50.0, sn_mva=1.0)
-    hv = pp.create_bus(net, 110.0, name="HV_110", type="b", zone="SS1")
-    ss = pp.create_bus(net, 22.0, name="SS1_22", type="b", zone="SS1")
+    hv = pp.create_bus(net, 110.0, name="HV_110", type="b", zone="SS1", geodata=_lonlat(40.0, 0.0))
+    ss = pp.create_bus(net, 22.0, name="SS1_22", type="b", zone="SS1", geodata=_lonlat(0.0, 0.0))
+    xy: dict[int, tuple[float, float]] = {hv: (40.0, 0.0), ss: (0.0, 0.0)}
     pp.create_ext_grid(
         net, hv, vm_pu=_EXT_GRID_VM_PU, va_degree=0.0, name="GRID_110",
         s_sc_max_mva=5000.0, s_sc_min_mva=3000.0, rx_max=0.1, rx_min=0.1,
@@ -222,11 +261,19 @@ def build() -> pandapowerNet:
                         name="MV_OTHER_FEEDERS")  # fmt: skip
     categories: dict[int, str] = {lo: "aggregate"}
 
-    ring = [pp.create_bus(net, 22.0, name=n.name, type="b", zone="RING1") for n in _NODES]
+    ring = []
+    for i, node in enumerate(_NODES):
+        pos = _ring_xy(i, len(_NODES))
+        b = pp.create_bus(net, 22.0, name=node.name, type="b", zone="RING1", geodata=_lonlat(*pos))
+        xy[b] = pos
+        ring.append(b)
+
+    def geo(a: int, b: int) -> list[tuple[float, float]]:
+        return [_lonlat(*xy[a]), _lonlat(*xy[b])]
 
     def mv_line(a: int, b: int, km: float, name: str) -> int:
         return pp.create_line_from_parameters(
-            net, a, b, length_km=km, name=name, type="cs", **_MV_CABLE
+            net, a, b, length_km=km, name=name, type="cs", geodata=geo(a, b), **_MV_CABLE
         )
 
     def ring_switch(bus: int, line: int, name: str, kind: str = "LBS") -> None:
@@ -256,7 +303,18 @@ def build() -> pandapowerNet:
             idx = pp.create_load(net, mv, p_mw=p, q_mvar=_q(p, _PF_COM), name=f"COM_{node.name}_MV",
                                  sn_mva=p / _PF_COM)  # fmt: skip
             categories[idx] = "commercial"
-        lv = pp.create_bus(net, 0.4, name=f"{node.name}_LV", type="b", zone=node.name)
+        # The kiosk stands 25 m outwards of its ring node; its feeders run along the streets.
+        mx, my = xy[mv]
+        ox, oy = mx - _RING_CENTRE_M[0], my - _RING_CENTRE_M[1]
+        norm = math.hypot(ox, oy) or 1.0
+        kx, ky = mx + 25.0 * ox / norm, my + 25.0 * oy / norm
+        lv = pp.create_bus(
+            net, 0.4, name=f"{node.name}_LV", type="b", zone=node.name, geodata=_lonlat(kx, ky)
+        )
+        xy[lv] = (kx, ky)
+        out_dir = _street(ox, oy)
+        # Feeder 1 runs outwards along one street, feeder 2 along the cross street (turned left).
+        dirs = (out_dir, (-out_dir[1], out_dir[0]))
         pp.create_transformer_from_parameters(
             net, mv, lv, sn_mva=node.kva / 1000.0, vk_percent=node.vk_percent,
             name=f"TD_{node.name}", **_TD,
@@ -264,11 +322,17 @@ def build() -> pandapowerNet:
         for fi, feeder in enumerate(node.feeders, start=1):
             prefix = f"{node.name}_F{fi}"
             prev = lv
+            sx, sy = dirs[(fi - 1) % len(dirs)]
+            px, py = kx, ky
             for bi, ((res, com, ev, pv), km) in enumerate(
                 zip(feeder.buses, feeder.seg_km, strict=True), start=1
             ):
                 tag = f"{prefix}_B{bi}"
-                bus = pp.create_bus(net, 0.4, name=tag, type="n", zone=node.name)
+                px, py = px + sx * km * 1000.0, py + sy * km * 1000.0
+                bus = pp.create_bus(
+                    net, 0.4, name=tag, type="n", zone=node.name, geodata=_lonlat(px, py)
+                )
+                xy[bus] = (px, py)
                 # Trunk for the first half of the feeder, lighter cable for the tail.
                 params = _LV_TRUNK if bi <= (len(feeder.buses) + 1) // 2 else _LV_TAIL
                 ln = pp.create_line_from_parameters(
@@ -279,6 +343,7 @@ def build() -> pandapowerNet:
                     name=f"L_{tag}",
                     type="cs",
                     parallel=feeder.parallel,
+                    geodata=geo(prev, bus),
                     **params,
                 )
                 if bi == 1:
