@@ -98,7 +98,8 @@ setup(
         "twin": ["py.typed", "**/*.pyx", "**/*.pxd"],
         "hil": ["py.typed"],
         "grids": ["py.typed", "data/*.json", "data/*.m", "data/*.toml"],
-        "scenarios": ["py.typed", "library/*.toml", "library/*.csv", "profiles/*.csv"],
+        "scenarios": ["py.typed", "library/*.toml", "library/*.csv", "profiles/*.csv",
+                      "baselines/*/*.json", "baselines/*/*.csv"],
     },
     ext_modules=_extensions(),
     cmdclass={"build_ext": OptionalBuildExt},
@@ -115,6 +116,9 @@ setup(
         "rich>=13",
         "tomli-w>=1.0",
         "matpowercaseframes>=2.0",
+        # the run report: plots (Agg backend) and the generated grid layout where no geodata
+        "matplotlib>=3.7",
+        "networkx>=3.0",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-asyncio>=1.0", "pytest-timeout>=2.3", "ruff>=0.6"],

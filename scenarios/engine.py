@@ -345,6 +345,7 @@ class _Stepper:
         self.stale_steps = 0
         self.alarm_count = 0
         self.solve_s: list[float] = []
+        self.late_s: list[float] = []  # realtime: how far past the next step's due time
         self._fired: set[int] = set()
         self._held: dict[int, bool] = {}
         self._record_cols = self._plan_record()
@@ -415,7 +416,9 @@ class _Stepper:
             self.solve_s.append(time.perf_counter() - t0)
             miss = False
             if self.bridge.pace == "realtime" and k < n:
-                miss = self.bridge.clock() > self.bridge.wall_target(t + sc.step)
+                late = self.bridge.clock() - self.bridge.wall_target(t + sc.step)
+                self.late_s.append(max(0.0, late))
+                miss = late > 0
                 if miss:
                     self.deadline_misses += 1
                     rt.log(
@@ -658,6 +661,11 @@ def run_scenario(
         f"{sum(r.passed for r in results)}/{len(results)} checks passed",
     )
     rec.close()
+    if out is not None:
+        try:
+            _write_timing(out / TIMING_FILE, stepper, fld)
+        except (OSError, ValueError) as exc:  # the timing file is for the report only
+            _log.warning("could not write %s: %s", out / TIMING_FILE, exc)
     wall = time.perf_counter() - t_start
     summary = _summary(sc, stepper, bridge, fld, model, results, wall, run_s, error)
     res = RunResult(sc, out, results, stepper.steps_done, wall, summary, rec, error)
@@ -671,6 +679,33 @@ def run_scenario(
 
         write_junit(Path(junit), res)
     return res
+
+
+TIMING_FILE = "timing.csv"
+
+
+def _write_timing(path: Path, st: _Stepper, fld: Any) -> None:
+    """Per-step wall durations (ms) for the report: the field step, lateness against the next
+    step's due time (realtime pace), and the sync loop's phases where the field has one."""
+    import csv
+
+    n = len(st.solve_s)
+    cols: dict[str, list[float]] = {
+        "field_step_ms": [x * 1e3 for x in st.solve_s],
+        "late_ms": [x * 1e3 for x in st.late_s] + [math.nan] * (n - len(st.late_s)),
+    }
+    sync = getattr(fld, "sync", None)
+    if sync is not None and hasattr(sync, "phase_durations"):
+        from hil.sync import PHASES
+
+        for ph in PHASES:
+            v = [float(x) * 1e3 for x in sync.phase_durations(ph)][-n:]
+            cols[f"{ph}_ms"] = [math.nan] * (n - len(v)) + v
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["time_s", *cols])
+        for k in range(n):
+            w.writerow([f"{k * st.sc.step:g}", *(f"{c[k]:.4f}" for c in cols.values())])
 
 
 def _summary(

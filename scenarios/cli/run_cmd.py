@@ -26,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="results folder (default results/<name>-<time>)")
     p.add_argument("--junit", type=Path, help="also write the JUnit XML here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-report", action="store_true", help="do not write report.html")
     p.set_defaults(func=run)
 
     v = sub.add_parser(
@@ -92,6 +93,12 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[red]run stopped on an error:[/red] {res.error}")
     if res.out_dir is not None:
         console.print(f"results: {res.out_dir}")
+        if not args.no_report:
+            from scenarios.cli.report_cmd import write_run_report
+
+            rep = write_run_report(res.out_dir)
+            if rep is not None:
+                console.print(f"report: {rep}")
     pace = res.summary["timings"]["pace"]
     if pace.get("pace") == "realtime":
         console.print(
