@@ -469,7 +469,7 @@ def _section_switching(rd: RunData, clk: _Clock) -> str:
                 _mark_events(ax, rd, clk)
                 clk.axis(ax)
                 parts.append(f'<div class="fig">{_img(fig, "switch states over time")}</div>')
-        rows = []
+        rows: list[list[Any]] = []
         for j in changed:
             col = np.nan_to_num(sv[:, j])
             ks = np.flatnonzero(np.diff(col) != 0) + 1
@@ -495,10 +495,10 @@ def _section_switching(rd: RunData, clk: _Clock) -> str:
             _mark_events(ax, rd, clk)
             clk.axis(ax)
             parts.append(f'<div class="fig">{_img(fig, "tap positions over time")}</div>')
-        rows: list[list[Any]] = [[lab, _fmt(np.nanmin(tv[:, j])), _fmt(np.nanmax(tv[:, j])),
+        trows: list[list[Any]] = [[lab, _fmt(np.nanmin(tv[:, j])), _fmt(np.nanmax(tv[:, j])),
                  int(np.sum(np.diff(np.nan_to_num(tv[:, j])) != 0))]
                 for j, lab in enumerate(tl)]  # fmt: skip
-        parts.append(_table(["trafo", "lowest tap", "highest tap", "changes"], rows))
+        parts.append(_table(["trafo", "lowest tap", "highest tap", "changes"], trows))
     else:
         parts.append("<p>trafo.tap_pos was not recorded.</p>")
     parts.append("</section>")

@@ -22,6 +22,7 @@ _COMMAND_MODULES = [
     "scenarios.cli.emulate_cmd",
     "scenarios.cli.run_cmd",
     "scenarios.cli.report_cmd",
+    "scenarios.cli.compare_cmd",
 ]
 
 

@@ -27,6 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--junit", type=Path, help="also write the JUnit XML here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-report", action="store_true", help="do not write report.html")
+    p.add_argument("--baseline", type=Path, metavar="DIR",
+                   help="compare the run with this baseline (or results folder) at the end; "
+                   "a difference beyond tolerance makes the exit code 1")  # fmt: skip
+    from scenarios.cli.compare_cmd import add_tolerances
+
+    add_tolerances(p)
     p.set_defaults(func=run)
 
     v = sub.add_parser(
@@ -50,6 +56,15 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console(stderr=False)
     sc = load_scenario(args.file)
+    if args.baseline is not None and not args.baseline.is_dir():
+        from twin.errors import ConfigError
+
+        raise ConfigError(
+            str(args.baseline),
+            "--baseline",
+            "expected a baseline folder "
+            "(scenarios/baselines/<name>) or a results folder, found no folder",
+        )
     show = not args.no_progress and console.is_terminal
     progress = Progress(
         TextColumn("[bold]{task.description}"),
@@ -106,9 +121,16 @@ def run(args: argparse.Namespace) -> int:
             f"p95 {pace['lag_p95_s'] * 1e3:.1f} ms, max {pace['lag_max_s'] * 1e3:.1f} ms; "
             f"deadline misses {res.summary['deadline_misses']}"
         )
+    same = True
+    if args.baseline is not None and res.out_dir is not None:
+        from scenarios.cli.compare_cmd import compare_to_baseline
+
+        same = compare_to_baseline(res.out_dir, args.baseline, args)
     verdict = "[green]all checks passed[/green]" if res.passed else "[red]FAILED[/red]"
     console.print(verdict)
-    return 0 if res.passed else 1
+    if not same:
+        console.print("[red]differs from the baseline[/red]")
+    return 0 if res.passed and same else 1
 
 
 def validate(args: argparse.Namespace) -> int:
