@@ -41,6 +41,8 @@ from twin.recorder import Recorder, column_name
 _log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int, float], None]
+#: Called after every step with a small dict (see ``_Stepper.snapshot``) for live views.
+OnStep = Callable[[dict[str, Any]], None]
 
 
 def make_model(net: Any, backend: str = "auto") -> Any:
@@ -333,12 +335,14 @@ class _Stepper:
         bridge: Bridge,
         checks: list[Check],
         progress: Progress | None,
+        on_step: OnStep | None = None,
     ) -> None:
         self.sc = sc
         self.rt = rt
         self.bridge = bridge
         self.checks = checks
         self.progress = progress
+        self.on_step = on_step
         self.steps_done = 0
         self.not_converged = 0
         self.deadline_misses = 0
@@ -430,6 +434,8 @@ class _Stepper:
             self.steps_done += 1
             if self.progress is not None:
                 self.progress(k + 1, n + 1, t)
+            if self.on_step is not None:
+                self.on_step(self.snapshot(k + 1, n + 1, t))
 
     def _after_step(self, t: float, outcome: Any, miss: bool) -> None:
         rt = self.rt
@@ -471,6 +477,7 @@ class _Stepper:
         )
         for c in self.checks:
             c.observe(st)
+        self._last = st
         k = self.steps_done
         if k % self.sc.record.every == 0:
             rt.recorder.record(t, self._values(sol))
@@ -515,6 +522,30 @@ class _Stepper:
             self.rt.sync_clock()
             undo()
 
+    def snapshot(self, done: int, total: int, t: float) -> dict[str, Any]:
+        """The last step for a live view: worst voltage and loading, alarms, stale, lag."""
+        st = getattr(self, "_last", None)
+
+        def ext(a: np.ndarray | None, fn: Any) -> float:
+            return float(fn(a)) if a is not None and a.size and np.isfinite(a).any() else math.nan
+
+        lds = [x for x in (st.line_loading, st.trafo_loading) if x is not None] if st else []
+        return {
+            "done": done,
+            "total": total,
+            "t": t,
+            "converged": bool(st.converged) if st else False,
+            "vm_min": ext(st.vm_pu, np.nanmin) if st else math.nan,
+            "vm_max": ext(st.vm_pu, np.nanmax) if st else math.nan,
+            "loading_max": max((ext(x, np.nanmax) for x in lds), default=math.nan),
+            "alarms": self.alarm_count,
+            "stale": len(st.stale) if st else 0,
+            "deadline_misses": self.deadline_misses,
+            "late_s": self.late_s[-1] if self.late_s else 0.0,
+            "pace": self.bridge.pace,
+            "field": self.rt.field,
+        }
+
     @property
     def env(self) -> simpy.Environment:
         return self.rt.env
@@ -540,6 +571,7 @@ def run_scenario(
     junit: Path | str | None = None,
     progress: Progress | None = None,
     write_files: bool = True,
+    on_step: OnStep | None = None,
 ) -> RunResult:
     """Run a scenario and write its results folder (see the module docstring).
 
@@ -550,6 +582,7 @@ def run_scenario(
         junit: also write the JUnit XML here (it is always written into the results folder).
         progress: called after every step with (steps done, steps in all, t).
         write_files: False keeps everything in memory (tests).
+        on_step: called after every step with ``_Stepper.snapshot`` (live views).
 
     Raises:
         ConfigError: the scenario does not fit its grid. Errors during the run are caught,
@@ -620,7 +653,7 @@ def run_scenario(
     }
     checks = [build_check(c, labels) for c in sc.checks]
     bridge = Bridge(env, pace=sc.pace, speed=sc.speed)
-    stepper = _Stepper(sc, rt, bridge, checks, progress)
+    stepper = _Stepper(sc, rt, bridge, checks, progress, on_step)
     rec.event(
         0.0,
         "start",

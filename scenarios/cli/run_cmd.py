@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="results folder (default results/<name>-<time>)")
     p.add_argument("--junit", type=Path, help="also write the JUnit XML here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no live view (also quiet when stdout is not a terminal)")  # fmt: skip
     p.add_argument("--no-report", action="store_true", help="do not write report.html")
     p.add_argument("--baseline", type=Path, metavar="DIR",
                    help="compare the run with this baseline (or results folder) at the end; "
@@ -47,12 +49,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
     from scenarios.config import load_scenario
     from scenarios.engine import run_scenario
-    from scenarios.timeparse import format_clock
+    from scenarios.live import LiveView
 
     console = Console(stderr=False)
     sc = load_scenario(args.file)
@@ -65,23 +66,15 @@ def run(args: argparse.Namespace) -> int:
             "expected a baseline folder "
             "(scenarios/baselines/<name>) or a results folder, found no folder",
         )
-    show = not args.no_progress and console.is_terminal
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} steps"),
-        TextColumn("sim {task.fields[clock]}"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not show,
-    )
-    with progress:
-        task = progress.add_task(sc.name, total=sc.steps + 1, clock="")
-
-        def tick(done: int, total: int, t: float) -> None:
-            if show and (done % 10 == 0 or done == total):
-                progress.update(task, completed=done, clock=format_clock(t, sc.start_sod))
-
+    pace = args.pace or sc.pace
+    with LiveView(
+        console,
+        name=sc.name,
+        total=sc.steps + 1,
+        start_sod=sc.start_sod,
+        realtime=pace == "realtime",
+        enabled=not (args.no_progress or args.quiet),
+    ) as live:
         res = run_scenario(
             sc,
             out_dir=args.out,
@@ -89,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
             speed=args.speed,
             hardware=args.hardware,
             junit=args.junit,
-            progress=tick,
+            progress=live.progress,
+            on_step=live.on_step if live.shown else None,
         )
 
     table = Table(
