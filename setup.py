@@ -119,6 +119,7 @@ setup(
         # the run report: plots (Agg backend) and the generated grid layout where no geodata
         "matplotlib>=3.7",
         "networkx>=3.0",
+        "igraph>=0.11",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-asyncio>=1.0", "pytest-timeout>=2.3", "ruff>=0.6"],

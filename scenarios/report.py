@@ -407,8 +407,9 @@ def _section_voltage(rd: RunData, clk: _Clock) -> str:
         heat_img = _img(fig, "bus by time voltage heatmap")
     return (
         '<section id="voltage"><h2>Voltage band</h2>'
-        f'<div class="fig">{band_img}</div>{stats}'
-        f'<h3 id="heatmap">Voltage heatmap</h3><div class="fig">{heat_img}</div></section>'
+        f'<div class="fig">{band_img}</div>{stats}</section>'
+        f'<section id="heatmap"><h2>Voltage heatmap</h2><div class="fig">{heat_img}</div>'
+        "</section>"
     )
 
 
@@ -607,11 +608,27 @@ def _bus_xy(net: Any) -> tuple[Any, str]:
     try:
         create_generic_coordinates(net, library="igraph", overwrite=True)
         how = "generated layout (igraph)"
-    except (ImportError, ModuleNotFoundError):
-        create_generic_coordinates(net, library="networkx", overwrite=True)
-        how = "generated layout (networkx)"
+    except ImportError:
+        try:  # networkx through pandapower needs pygraphviz (Graphviz) as well
+            create_generic_coordinates(net, library="networkx", overwrite=True)
+            how = "generated layout (networkx, graphviz)"
+        except ImportError:
+            return _spring_xy(net), "generated layout (networkx Kamada-Kawai)"
     return pd.DataFrame([parse(g) for g in net.bus["geo"]], index=net.bus.index,
                         columns=["x", "y"]), how  # fmt: skip
+
+
+def _spring_xy(net: Any) -> Any:
+    """A deterministic networkx layout of the bus graph (no Graphviz needed)."""
+    import networkx as nx
+    import pandas as pd
+    from pandapower.topology import create_nxgraph
+
+    g = nx.Graph(create_nxgraph(net, respect_switches=False, include_out_of_service=True))
+    g.add_nodes_from(net.bus.index)
+    pos = nx.kamada_kawai_layout(g, weight=None) if len(g) > 1 else {n: (0.0, 0.0) for n in g}
+    return pd.DataFrame([pos[b] for b in net.bus.index], index=net.bus.index,
+                        columns=["x", "y"])  # fmt: skip
 
 
 def _section_diagram(rd: RunData, clk: _Clock) -> str:
