@@ -550,6 +550,8 @@ def _section_alarms(rd: RunData, clk: _Clock) -> str:
                         ms=4, label=str(point))  # fmt: skip
             ax.set_ylabel("|field - twin|")
             ax.set_title("divergence per point at each alarm")
+            if len(rd.t) > 1:
+                ax.set_xlim(clk.x(rd.t[0]), clk.x(rd.t[-1]))
             if al["point"].nunique() <= 12:
                 ax.legend(fontsize=7, ncol=4)
             clk.axis(ax)

@@ -138,3 +138,60 @@ def test_generated_layout_where_the_grid_has_no_geodata() -> None:
     # Without igraph or Graphviz: networkx's own layout, the same on every call.
     a, b = report._spring_xy(net), report._spring_xy(net)
     assert a.notna().all(axis=None) and a.equals(b)
+
+
+def _chromium() -> str:
+    import os
+
+    exe = shutil.which("chromium")
+    if exe is None:
+        if os.environ.get("GRIDTWIN_REQUIRE_KERNEL", "") not in ("", "0"):  # set by .ci/run
+            pytest.fail("chromium missing, but .ci/run installs it (apt-get install -y chromium)")
+        pytest.skip("chromium not installed here (.ci/run installs it: apt-get install chromium)")
+    return exe
+
+
+def _render(exe: str, page: Path, shot: Path) -> list[str]:
+    """Open ``page`` in headless Chromium, screenshot it; return its console messages."""
+    import subprocess
+
+    proc = subprocess.run(
+        [exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+         "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000",
+         "--window-size=1400,4200", f"--screenshot={shot}", page.resolve().as_uri()],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert shot.is_file(), proc.stderr[-2000:]
+    return [ln for ln in proc.stderr.splitlines() if ":CONSOLE" in ln]
+
+
+def test_report_opens_in_headless_chromium_without_console_errors(run_dir, tmp_path) -> None:
+    exe = _chromium()
+    # The detector itself: a page that logs an error is caught.
+    bad = tmp_path / "bad.html"
+    bad.write_text('<html><body><script>console.error("boom")</script></body></html>')
+    assert any('"boom"' in m for m in _render(exe, bad, tmp_path / "bad.png"))
+
+    page = run_dir / "report.html"
+    shot = tmp_path / "report.png"
+    assert _render(exe, page, shot) == []
+    # Every embedded plot decodes in the browser: a copy with a checking script says so.
+    text = page.read_text(encoding="utf-8")
+    n = text.count("<img ")
+    probe = tmp_path / "probe.html"
+    probe.write_text(text.replace("</body>", """<script>
+window.addEventListener("load", () => {
+  const bad = [...document.images].filter(i => !(i.complete && i.naturalWidth > 0));
+  console.log("IMAGES " + document.images.length + " BROKEN " + bad.length);
+});</script></body>"""), encoding="utf-8")  # fmt: skip
+    msgs = _render(exe, probe, tmp_path / "probe.png")
+    assert any(f'"IMAGES {n} BROKEN 0"' in m for m in msgs), msgs
+    # The screenshot shows the plots: far from blank, many colours (heatmap, diagram).
+    from PIL import Image
+
+    im = Image.open(shot).convert("RGB")
+    px = np.asarray(im, dtype=np.int16)
+    ink = np.mean(np.any(np.abs(px - 250) > 30, axis=2))
+    colours = len(set(map(tuple, px[::4, ::4].reshape(-1, 3).tolist())))
+    assert ink > 0.05 and colours > 200, (ink, colours)
+    shutil.copy(shot, run_dir / "report-screenshot.png")
