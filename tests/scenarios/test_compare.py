@@ -129,3 +129,19 @@ def test_bad_input_exits_2_with_a_clear_message(runs, tmp_path, capsys) -> None:
         main(["compare", str(runs / "a"), str(runs / "b"), "--time-tol", "soon"])
     assert e.value.code == 2
     assert load_compact(runs / "a").kind == "results"
+
+
+def test_run_with_baseline_exit_codes(tmp_path, capsys) -> None:
+    f = str(LIBRARY / "storm_restoration.toml")
+    common = ["--hardware", "none", "--quiet", "--no-report"]
+    assert main(["run", f, *common, "--out", str(tmp_path / "a")]) == 0
+    capsys.readouterr()
+    assert main(["run", f, *common, "--out", str(tmp_path / "b"),
+                 "--baseline", str(tmp_path / "a")]) == 0  # fmt: skip
+    assert "EQUAL within tolerance" in capsys.readouterr().out
+    other = Path(__file__).resolve().parents[2] / "scenarios" / "baselines" / "relay_trip_modbus"
+    assert main(["run", f, *common, "--out", str(tmp_path / "c"), "--baseline", str(other)]) == 1
+    out = capsys.readouterr().out
+    assert "DIFFERENT" in out and "differs from the baseline" in out
+    assert main(["run", f, *common, "--baseline", str(tmp_path / "nope")]) == 2
+    assert "--baseline" in capsys.readouterr().err
