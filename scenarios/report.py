@@ -154,7 +154,7 @@ def _figure(w: float = 10.0, h: float = 3.2, nrows: int = 1, **kw: Any) -> Itera
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(nrows, 1, figsize=(w, h), squeeze=True, **kw)
+    fig, ax = plt.subplots(nrows, 1, figsize=(w, h), squeeze=True, layout="constrained", **kw)
     try:
         yield fig, ax
     finally:
@@ -163,7 +163,7 @@ def _figure(w: float = 10.0, h: float = 3.2, nrows: int = 1, **kw: Any) -> Itera
 
 def _png(fig: Any) -> str:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=_DPI)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -737,19 +737,19 @@ def _section_timing(rd: RunData, clk: _Clock) -> str:
             nr = math.ceil(len(cols) / nc)
             import matplotlib.pyplot as plt
 
-            fig, axes = plt.subplots(nr, nc, figsize=(10.0, 2.0 * nr + 0.4), squeeze=False)
+            fig, axes = plt.subplots(nr, nc, figsize=(10.0, 2.0 * nr + 0.4), squeeze=False,
+                                     layout="constrained")  # fmt: skip
             try:
                 for ax, c in zip(axes.flat, cols):
                     v = tdf[c].to_numpy(float)
                     v = v[np.isfinite(v)]
-                    ax.hist(v, bins=40, color="tab:blue")
+                    ax.hist(v, bins=40, color="tab:blue", histtype="stepfilled")
                     ax.set_title(f"{c[:-3]}: p50 {np.median(v):.3g} ms, max {v.max():.3g} ms",
                                  fontsize=8)  # fmt: skip
                     ax.tick_params(labelsize=7)
                 for ax in list(axes.flat)[len(cols) :]:
                     ax.set_visible(False)
                 fig.supxlabel("duration per step (ms)", fontsize=8)
-                fig.tight_layout()
                 img = _img(fig, "per-phase step time histograms")
                 parts.append(f'<div class="fig">{img}</div>')
             finally:
