@@ -213,6 +213,9 @@ def _mark_events(ax: Any, rd: RunData, clk: _Clock) -> None:
 def _band(rd: RunData) -> tuple[float, float, str]:
     """The voltage band the run was checked against (the scenario's voltage_band check)."""
     f = rd.summary.get("file")
+    if f and not Path(f).is_file():  # a relative path from another folder: a bundled one?
+        bundled = Path(__file__).resolve().parent / "library" / Path(f).name
+        f = str(bundled) if bundled.is_file() else f
     if f and Path(f).is_file():
         try:
             from scenarios.config import load_scenario
