@@ -286,9 +286,12 @@ def export_net(net: pandapowerNet, out: str | Path, fmt: str, *, force: bool = F
             "(replace it with --force)",
         )
     if fmt == "csv":
-        out.mkdir(parents=True, exist_ok=True)
-        for table in element_tables(net):
-            net[table].to_csv(out / f"{table}.csv", index_label="index")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            for table in element_tables(net):
+                net[table].to_csv(out / f"{table}.csv", index_label="index")
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot write {out}: {exc.strerror}") from exc
         return out
     if fmt == "json":
         import pandapower
@@ -302,16 +305,21 @@ def export_net(net: pandapowerNet, out: str | Path, fmt: str, *, force: bool = F
         ppc = to_ppc(net, trafo_model="pi", init="flat", check_connectivity=False)
         _branch_g_to_bus_shunts(ppc)
         text = write_case(ppc, str(net.name or out.stem))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    except OSError as exc:  # name the file asked for, not the temporary one
+        raise OSError(exc.errno, f"cannot write {out}: {exc.strerror}") from exc
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
         os.chmod(tmp, 0o644)
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise OSError(exc.errno, f"cannot write {out}: {exc.strerror}") from exc
         raise
     return out
 
