@@ -39,7 +39,9 @@ def _decode(raw: bytes, path: str) -> str:
     if b"\x00" in raw[:4096]:
         at = raw.index(b"\x00")
         raise GridFileError(
-            path, f"expected a MATPOWER case (a text .m file), found binary data (byte 0 at {at})"
+            path,
+            f"expected a MATPOWER case (a text .m file), found binary data (a NUL byte at "
+            f"offset {at})",
         )
     try:
         return raw.decode("utf-8-sig")
@@ -91,7 +93,9 @@ def _statements(text: str) -> list[tuple[int, int, str]]:
             elif ch in "]}":
                 depth -= 1
                 if depth < 0:
-                    raise GridFileError("", f"unexpected {ch!r} with no opening bracket", n)
+                    raise GridFileError(
+                        "", f"expected brackets in pairs, found a {ch!r} with no opening one", n
+                    )
             if ch == ";" and depth == 0:
                 stmt = "".join(buf).strip()
                 if stmt:
@@ -122,11 +126,12 @@ def _statements(text: str) -> list[tuple[int, int, str]]:
     return out
 
 
-def _matrix(body: str, name: str, first_line: int, path: str) -> np.ndarray:
+def _matrix(body: str, name: str, first_line: int, path: str) -> tuple[np.ndarray, list[int]]:
     inner = body.strip()
     if not (inner.startswith("[") and inner.endswith("]")):
         raise GridFileError(path, f"expected {name} = [ ... ]; found {inner[:40]!r}", first_line)
     rows: list[list[float]] = []
+    row_lines: list[int] = []
     width: int | None = None
     line = first_line
     for chunk in re.split(r"([;\n])", inner[1:-1]):
@@ -153,9 +158,10 @@ def _matrix(body: str, name: str, first_line: int, path: str) -> np.ndarray:
                 line,
             )
         rows.append(row)
+        row_lines.append(line)
     if not rows:
-        return np.zeros((0, _MIN_COLS.get(name, 0)))
-    return np.asarray(rows, dtype=float)
+        return np.zeros((0, _MIN_COLS.get(name, 0))), []
+    return np.asarray(rows, dtype=float), row_lines
 
 
 def read_case(path: str | Path) -> dict[str, Any]:
@@ -217,9 +223,10 @@ def read_case(path: str | Path) -> dict[str, Any]:
     ppc: dict[str, Any] = {"baseMVA": base}
     version = fields.get("version", (0, "'2'" if struct else "'1'"))[1].strip("'\" ")
     ppc["version"] = version or "2"
+    row_lines: dict[str, list[int]] = {}
     for name in ("bus", "gen", "branch"):
         line, body = fields[name]
-        arr = _matrix(body, name, line, where)
+        arr, row_lines[name] = _matrix(body, name, line, where)
         need = _MIN_COLS[name]
         if arr.shape[0] == 0:
             raise GridFileError(where, f"{name}: expected at least one row, found none", line)
@@ -236,10 +243,10 @@ def read_case(path: str | Path) -> dict[str, Any]:
     if "gencost" in fields:
         line, body = fields["gencost"]
         try:
-            ppc["gencost"] = _matrix(body, "gencost", line, where)
+            ppc["gencost"] = _matrix(body, "gencost", line, where)[0]
         except GridFileError:
             pass  # costs are not needed for a load flow; a malformed table is left out
-    _check_ids(ppc, where, fields)
+    _check_ids(ppc, where, row_lines)
     bus, gen, branch = ppc["bus"], ppc["gen"], ppc["branch"]
     if gen.shape[1] < 21:  # version 1 -> 2: the extra columns are zeros, as in MATPOWER
         gen = np.hstack([gen, np.zeros((gen.shape[0], 21 - gen.shape[1]))])
@@ -256,39 +263,43 @@ def read_case(path: str | Path) -> dict[str, Any]:
     return ppc
 
 
-def _check_ids(ppc: dict[str, Any], where: str, fields: dict[str, tuple[int, str]]) -> None:
+def _check_ids(ppc: dict[str, Any], where: str, row_lines: dict[str, list[int]]) -> None:
+    """Bus numbers, types and base voltages; gen and branch ends that name existing buses."""
+
+    def fail(name: str, row: int, problem: str) -> None:
+        raise GridFileError(where, f"{name}: {problem}", row_lines[name][row])
+
     bus = ppc["bus"]
     ids = bus[:, 0]
-    if not (np.isfinite(ids).all() and (ids == np.round(ids)).all() and (ids >= 1).all()):
-        raise GridFileError(
-            where, "bus: expected positive whole bus numbers in column 1 (bus_i)", fields["bus"][0]
-        )
-    uniq, counts = np.unique(ids, return_counts=True)
-    if (counts > 1).any():
+    for r, x in enumerate(ids):
+        if not (math.isfinite(x) and x == round(x) and x >= 1):
+            fail("bus", r, f"expected a positive whole bus number in column 1, found {x:g}")
+    seen: dict[float, int] = {}
+    for r, x in enumerate(ids):
+        if x in seen:
+            fail("bus", r, f"expected unique bus numbers, found {x:g} again (first on line "
+                 f"{row_lines['bus'][seen[x]]})")  # fmt: skip
+        seen[x] = r
+    for r, t in enumerate(bus[:, 1]):
+        if t not in (1, 2, 3, 4):
+            fail("bus", r, f"expected bus type 1 (PQ), 2 (PV), 3 (ref) or 4 (isolated) in "
+                 f"column 2, found {t:g}")  # fmt: skip
+    for r, kv in enumerate(bus[:, 9]):
+        if not (math.isfinite(kv) and kv > 0):
+            fail("bus", r, f"expected a positive baseKV (kV) in column 10 of bus {ids[r]:g}, "
+                 f"found {kv:g}; set the nominal voltages in the case file")  # fmt: skip
+    if not (bus[:, 1] == 3).any():
         raise GridFileError(
             where,
-            f"bus: expected unique bus numbers, found {int(uniq[counts > 1][0])} more than once",
-            fields["bus"][0],
+            "bus: expected a reference bus (type 3 in column 2), found none",
+            row_lines["bus"][0],
         )
-    types = bus[:, 1]
-    if not np.isin(types, (1, 2, 3, 4)).all():
-        bad = types[~np.isin(types, (1, 2, 3, 4))][0]
-        raise GridFileError(
-            where,
-            f"bus: expected bus type 1 (PQ), 2 (PV), 3 (ref) or 4 (isolated), found {bad:g}",
-            fields["bus"][0],
-        )
-    known = set(ids.tolist())
     for name, cols in (("gen", (0,)), ("branch", (0, 1))):
         for c in cols:
-            missing = [x for x in ppc[name][:, c].tolist() if x not in known]
-            if missing:
-                raise GridFileError(
-                    where,
-                    f"{name}: expected bus numbers from mpc.bus in column {c + 1}, found "
-                    f"{missing[0]:g}, which is not a bus",
-                    fields[name][0],
-                )
+            for r, x in enumerate(ppc[name][:, c]):
+                if x not in seen:
+                    fail(name, r, f"expected a bus number from mpc.bus in column {c + 1}, "
+                         f"found {x:g}, which is not a bus")  # fmt: skip
 
 
 def _fmt(x: float) -> str:

@@ -258,6 +258,7 @@ def _parse_profile_csv(
             )
             continue
         a, b = cells
+        semi = " (values separated by ';'? use ',')" if ";" in a + b else ""
         clock = _clock_seconds(a) if ":" in a else None
         secs = _number(a) if ":" not in a else None
         v = _number(b)
@@ -270,11 +271,11 @@ def _parse_profile_csv(
             t, is_clock = clock, True
         else:
             if secs is None or not math.isfinite(secs):
-                bad(lineno, 0, 'a time "HH:MM[:SS]" or a finite number of seconds', repr(a))
+                bad(lineno, 0, 'a time "HH:MM[:SS]" or a finite number of seconds', repr(a) + semi)
                 continue
             t, is_clock = secs, False
         if v is None or not math.isfinite(v):
-            bad(lineno, 1, "a finite number", repr(b) if b else "an empty cell")
+            bad(lineno, 1, "a finite number", (repr(b) if b else "an empty cell") + semi)
             continue
         if periodic is None:
             periodic = is_clock
