@@ -87,7 +87,15 @@ def _statements(text: str) -> list[tuple[int, int, str]]:
             line, cont = line.rstrip()[:-3], True
         if not buf:
             start = n
-        for ch in line:
+        in_str = False
+        for i, ch in enumerate(line):
+            if ch == "'" and (
+                in_str or i == 0 or not (line[i - 1].isalnum() or line[i - 1] in ")]}")
+            ):
+                in_str = not in_str  # brackets and ';' inside 'strings' are text
+            if in_str or ch == "'":
+                buf.append(ch)
+                continue
             if ch in "[{":
                 depth += 1
             elif ch in "]}":

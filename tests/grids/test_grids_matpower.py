@@ -102,3 +102,11 @@ def test_import_of_an_existing_name_needs_force(tmp_path: Path, gridtwin_home: P
     assert (
         json.loads((gridtwin_home / "grids" / "c3.json").read_text())["_class"] == "pandapowerNet"
     )
+
+
+def test_brackets_and_semicolons_inside_strings_are_text(tmp_path: Path) -> None:
+    text = (DATA / "case3_v2.m").read_text().replace("'Load';", "'Load [a; b';")
+    path = tmp_path / "s.m"
+    path.write_text(text + "\ndisp('done ] ;');\n")
+    case = read_case(path)
+    assert case["bus"].shape == (3, 13) and case["branch"].shape == (3, 13)
