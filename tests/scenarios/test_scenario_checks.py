@@ -220,3 +220,12 @@ def test_a_bus_that_goes_dark_is_not_counted() -> None:
     a = by["all"]
     assert a.passed and a.steps_judged == 4
     assert "bus(es) dark and not judged" in a.message and "N3_LV" in a.message
+
+
+def test_summary_entry_carries_evidence_fields() -> None:
+    states = [StepState(t=0.0, converged=True, vm_pu=vm(1.0, 0.99, 0.97, np.nan))]
+    d = run("voltage_band", states).as_dict()
+    assert d["worst_element"] == "N4_F1_B5" and d["worst_at_s"] == 0.0
+    assert d["steps_seen"] == 1 and d["steps_judged"] == 1 and d["no_data"] is False
+    d = run("voltage_band", [StepState(t=0.0, converged=False)]).as_dict()
+    assert d["passed"] is False and d["no_data"] is True and d["steps_judged"] == 0
