@@ -12,7 +12,19 @@ Importing this package is cheap: pandapower is imported on the first load.
 
 from __future__ import annotations
 
-from grids.importers import import_file
+from grids.importers import EXPORT_FORMATS, element_tables, export_net, import_file, load_file
 from grids.registry import COUNT_TABLES, GridInfo, info, load, names, user_grid_dir
 
-__all__ = ["COUNT_TABLES", "GridInfo", "import_file", "info", "load", "names", "user_grid_dir"]
+__all__ = [
+    "COUNT_TABLES",
+    "EXPORT_FORMATS",
+    "GridInfo",
+    "element_tables",
+    "export_net",
+    "import_file",
+    "info",
+    "load",
+    "load_file",
+    "names",
+    "user_grid_dir",
+]

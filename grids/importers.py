@@ -47,27 +47,43 @@ _BUS_REFS: tuple[tuple[str, str], ...] = (
 
 
 def read_matpower(path: str | Path, *, f_hz: float = 50.0) -> pandapowerNet:
-    """Convert a MATPOWER ``.m`` case with pandapower's converter.
+    """Convert a MATPOWER ``.m`` case (version 1 or 2) with pandapower's ``from_ppc``.
+
+    The file is read by :mod:`grids.matpower` (which checks it line by line), then converted
+    as pandapower's ``from_mpc`` would.
 
     Raises:
-        GridFileError: the file does not parse or converts into a net without nominal voltages
+        GridFileError: the file is not a MATPOWER case (the message names the line, what was
+            expected and what was found), or converts into a net without nominal voltages
             (MATPOWER cases may leave ``baseKV`` at 0, as MATPOWER's own case14.m does).
     """
     import numpy as np
-    from pandapower.converter.matpower.from_mpc import from_mpc
+    from pandapower.converter.pypower.from_ppc import from_ppc
+
+    from grids.matpower import read_case
 
     path = Path(path)
+    ppc = read_case(path)
     try:
         # The converter divides by baseKV; with baseKV = 0 numpy only warns and leaves NaN/inf
         # ratings: silence that and check the nominal voltages below.
         with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # pandas noise inside the converter
-            net = from_mpc(str(path), f_hz=f_hz)
-    except Exception as exc:  # the converter and matpowercaseframes raise many types
+            try:
+                net = from_ppc(ppc, f_hz=f_hz)
+            except Exception:
+                if "gencost" not in ppc:
+                    raise
+                # costs do not matter to a load flow; MATPOWER's version 1 piecewise-linear
+                # costs, for one, are laid out in a way pandapower's converter refuses
+                _log.info("%s: gencost not converted, importing without costs", path)
+                del ppc["gencost"]
+                net = from_ppc(ppc, f_hz=f_hz)
+    except Exception as exc:  # pandapower's converter raises many types on odd data
         raise GridFileError(
             str(path),
-            f"expected a MATPOWER case (mpc.bus, mpc.gen, mpc.branch), could not "
-            f"convert it: {type(exc).__name__}: {exc}",
+            f"expected a MATPOWER case pandapower can convert; its converter refused it: "
+            f"{type(exc).__name__}: {exc}",
         ) from exc
     vn = net.bus["vn_kv"].to_numpy(dtype=float)
     bad = ~np.isfinite(vn) | (vn <= 0)
@@ -151,8 +167,37 @@ def _write_atomic(net: pandapowerNet, target: Path) -> None:
         raise
 
 
-def import_file(path: str | Path, name: str, *, store: bool = True) -> pandapowerNet:
+def load_file(path: str | Path) -> pandapowerNet:
+    """A grid from a file without storing it: ``.m`` (MATPOWER) or ``.json`` (pandapower).
+
+    Raises:
+        GridFileError: unknown extension, no such file, not a grid, not a usable grid.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise GridFileError(str(path), "expected a grid file (.m or .json), found no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".m":
+        net = read_matpower(path)
+    elif suffix == ".json":
+        net = read_pandapower_json(path)
+    else:
+        raise GridFileError(
+            str(path), f"expected a .m (MATPOWER) or .json (pandapower) file, found {suffix!r}"
+        )
+    problems = validate(net, path)
+    if problems:
+        raise GridFileError(str(path), "not a usable grid: " + "; ".join(problems))
+    net["_ppc"] = None
+    return net
+
+
+def import_file(
+    path: str | Path, name: str, *, store: bool = True, force: bool = False
+) -> pandapowerNet:
     """Read, validate and (with ``store``) save a grid file as user grid ``name``.
+
+    An existing user grid ``name`` is replaced only with ``force``.
 
     ``.m`` files are read as MATPOWER cases, ``.json`` files as pandapower nets. A grid that
     does not converge is still imported (a warning is logged): the twin may be meant to study it.
@@ -162,7 +207,8 @@ def import_file(path: str | Path, name: str, *, store: bool = True) -> pandapowe
 
     Raises:
         GridFileError: unknown extension, a file that is corrupt, not a grid, fails conversion,
-            a bundled or invalid ``name``. Nothing is written then.
+            a bundled or invalid ``name``, an existing user grid ``name`` without ``force``.
+            Nothing is written then.
     """
     path = Path(path)
     if name in SPECS:
@@ -200,7 +246,136 @@ def import_file(path: str | Path, name: str, *, store: bool = True) -> pandapowe
     if store:
         target = user_grid_dir() / f"{name}.json"
         if target.exists():
+            if not force:
+                raise GridFileError(
+                    str(path),
+                    f"expected a new grid name, found {name!r}, a user grid that already exists "
+                    f"({target}); choose another name or replace it with --force "
+                    "(force=True)",
+                )
             _log.info("replacing user grid %s at %s", name, target)
         _write_atomic(net, target)
         _log.info("imported %s as user grid %s (%s)", path, name, target)
     return net
+
+
+#: Formats :func:`export_net` writes.
+EXPORT_FORMATS = ("json", "matpower", "csv")
+
+
+def export_net(net: pandapowerNet, out: str | Path, fmt: str, *, force: bool = False) -> Path:
+    """Write ``net`` as pandapower JSON, a MATPOWER version 2 case or a folder of CSV tables.
+
+    ``matpower`` is the bus-branch model pandapower builds for its load flow (trafos become
+    branches, loads and sgens bus injections; names are not kept). ``csv`` writes one
+    ``<table>.csv`` per non-empty element table into the folder ``out``.
+
+    Raises:
+        GridFileError: an unknown format, or ``out`` exists and ``force`` is not set.
+    """
+    out = Path(out)
+    if fmt not in EXPORT_FORMATS:
+        raise GridFileError(
+            str(out), f"expected a format {', '.join(EXPORT_FORMATS)}, found {fmt!r}"
+        )
+    if out.exists() and not force:
+        what = "folder" if out.is_dir() else "file"
+        raise GridFileError(
+            str(out),
+            f"expected a path that does not exist, found an existing {what} "
+            "(replace it with --force)",
+        )
+    if fmt == "csv":
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            for table in element_tables(net):
+                net[table].to_csv(out / f"{table}.csv", index_label="index")
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot write {out}: {exc.strerror}") from exc
+        return out
+    if fmt == "json":
+        import pandapower
+
+        text = pandapower.to_json(net)
+    else:
+        from pandapower.converter.pypower.to_ppc import to_ppc
+
+        from grids.matpower import write_case
+
+        ppc = to_ppc(net, trafo_model="pi", init="flat", check_connectivity=False)
+        _branch_g_to_bus_shunts(ppc)
+        text = write_case(ppc, str(net.name or out.stem))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    except OSError as exc:  # name the file asked for, not the temporary one
+        raise OSError(exc.errno, f"cannot write {out}: {exc.strerror}") from exc
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise OSError(exc.errno, f"cannot write {out}: {exc.strerror}") from exc
+        raise
+    return out
+
+
+def element_tables(net: pandapowerNet) -> list[str]:
+    """Names of the net's non-empty element tables (no results, no internal tables)."""
+    import pandas as pd
+
+    order = ["bus", "line", "trafo", "trafo3w", "switch", "load", "sgen", "gen", "ext_grid"]
+    order += [
+        "shunt",
+        "storage",
+        "impedance",
+        "ward",
+        "xward",
+        "dcline",
+        "motor",
+        "asymmetric_load",
+    ]
+    found = [
+        t
+        for t in net.keys()
+        if isinstance(t, str)
+        and not t.startswith(("res_", "_"))
+        and isinstance(net[t], pd.DataFrame)
+        and len(net[t])
+        and t not in ("std_types", "bus_geodata", "line_geodata")
+    ]
+    return [t for t in order if t in found] + sorted(t for t in found if t not in order)
+
+
+def _branch_g_to_bus_shunts(ppc: dict) -> None:
+    """Move pandapower's branch conductance (trafo iron losses; MATPOWER has no such column)
+    into the end buses' ``Gs``, as ``makeYbus`` applies it: G/2 at each end, over |tap|^2 at
+    the from end. In-service branches only."""
+    import numpy as np
+    from pandapower.pypower.idx_brch import BR_G, BR_STATUS, F_BUS, T_BUS, TAP
+    from pandapower.pypower.idx_bus import GS
+
+    branch, bus = ppc["branch"], ppc["bus"]
+    if "branch_g" in ppc:  # pandapower 3 keeps it beside the branch matrix
+        g = np.real(np.asarray(ppc["branch_g"], dtype=complex)).reshape(-1)
+    elif branch.shape[1] > BR_G:
+        g = np.real(branch[:, BR_G])
+    else:
+        return
+    g = g * np.real(branch[:, BR_STATUS])
+    g = np.where(np.isfinite(g), g, 0.0)
+    if not g.any():
+        return
+    tap = np.real(branch[:, TAP])
+    tap = np.where(tap != 0, tap, 1.0)
+    base = float(ppc["baseMVA"])
+    f = np.real(branch[:, F_BUS]).astype(int)
+    t = np.real(branch[:, T_BUS]).astype(int)
+    gs = np.real(bus[:, GS]).astype(float)
+    np.add.at(gs, f, g / 2 / tap**2 * base)
+    np.add.at(gs, t, g / 2 * base)
+    bus[:, GS] = gs

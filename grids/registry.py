@@ -402,10 +402,14 @@ def read_net_json(path: Path) -> pandapowerNet:
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
+        if not text.strip():
+            found = "an empty file"
+        elif exc.pos >= len(text.rstrip()) - 1:
+            found = "invalid JSON: the file ends inside it (a truncated file?)"
+        else:
+            found = f"invalid JSON at column {exc.colno}: {exc.msg}"
         raise GridFileError(
-            str(path),
-            f"expected a pandapower JSON net, found invalid JSON (line {exc.lineno}, column "
-            f"{exc.colno}: {exc.msg})",
+            str(path), f"expected a pandapower JSON net, found {found}", exc.lineno
         ) from exc
     if not (isinstance(doc, dict) and doc.get("_class") == "pandapowerNet"):
         found = f"a JSON {type(doc).__name__}"

@@ -173,67 +173,176 @@ def builtin_shape(name: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     raise KeyError(f"unknown built-in profile shape {name!r}")
 
 
+#: What a profile CSV holds, for messages.
+CSV_FORMAT = (
+    "two columns, time and value (a header row is optional, '#' starts a comment line); "
+    'times are clock times "HH:MM[:SS]" or seconds from the start, increasing; values are '
+    "finite numbers"
+)
+_COLUMNS = ("time", "value")
+_MAX_PROBLEMS = 20
+
+
+def _clock_seconds(text: str) -> float | None:
+    """Seconds of day of "HH:MM[:SS[.fff]]" (00:00 to 24:00), else None."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3):
+        return None
+    try:
+        h, m = int(parts[0]), int(parts[1])
+        sec = float(parts[2]) if len(parts) == 3 else 0.0
+    except ValueError:
+        return None
+    if not (0 <= h <= 24 and 0 <= m < 60 and 0.0 <= sec < 60.0):
+        return None
+    t = h * 3600.0 + m * 60.0 + sec
+    return t if t <= DAY else None
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _parse_profile_csv(
+    path: Path,
+) -> tuple[list[float], list[float], bool, list[ConfigError]]:
+    """(times, values, periodic, problems) of a profile CSV; reads the whole file."""
+    where = str(path)
+    problems: list[ConfigError] = []
+
+    def bad(line: int | None, column: int | None, expected: str, found: str) -> None:
+        key = "file" if line is None else f"line {line}"
+        if column is not None:
+            key += f", column {column + 1} ({_COLUMNS[column] if column < 2 else 'extra'})"
+        problems.append(ConfigError(where, key, f"expected {expected}, found {found}", line))
+
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        bad(None, None, "a readable CSV file", exc.strerror or type(exc).__name__)
+        return [], [], False, problems
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        bad(line, None, "UTF-8 text", f"the byte 0x{raw[exc.start]:02x} (a binary file?)")
+        return [], [], False, problems
+    times: list[float] = []
+    values: list[float] = []
+    periodic: bool | None = None
+    last: tuple[int, str] | None = None  # (line, text) of the last good time
+    rows = 0
+    for lineno, row in enumerate(csv.reader(text.splitlines()), start=1):
+        if len(problems) >= _MAX_PROBLEMS:
+            break
+        if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
+            continue
+        cells = [c.strip() for c in row]
+        while len(cells) > 2 and not cells[-1]:
+            cells.pop()  # trailing empty cells ("0,1,,") carry nothing
+        first_row = rows == 0
+        rows += 1
+        if len(cells) < 2:
+            hint = " (values separated by ';'? use ',')" if ";" in cells[0] else ""
+            bad(lineno, None, "two columns: time, value", f"one column {cells[0]!r}{hint}")
+            continue
+        if len(cells) > 2:
+            bad(
+                lineno,
+                2,
+                "two columns: time, value",
+                f"{len(cells)} columns (third: {cells[2]!r})",
+            )
+            continue
+        a, b = cells
+        semi = " (values separated by ';'? use ',')" if ";" in a + b else ""
+        clock = _clock_seconds(a) if ":" in a else None
+        secs = _number(a) if ":" not in a else None
+        v = _number(b)
+        if first_row and clock is None and secs is None and v is None:
+            continue  # the header row
+        if ":" in a:
+            if clock is None:
+                bad(lineno, 0, 'a clock time "HH:MM[:SS]" from 00:00 to 24:00', repr(a))
+                continue
+            t, is_clock = clock, True
+        else:
+            if secs is None or not math.isfinite(secs):
+                bad(lineno, 0, 'a time "HH:MM[:SS]" or a finite number of seconds', repr(a) + semi)
+                continue
+            t, is_clock = secs, False
+        if v is None or not math.isfinite(v):
+            bad(lineno, 1, "a finite number", (repr(b) if b else "an empty cell") + semi)
+            continue
+        if periodic is None:
+            periodic = is_clock
+        elif periodic != is_clock:
+            kind = "clock times (HH:MM)" if periodic else "seconds"
+            bad(
+                lineno,
+                0,
+                f"one time format in the whole file ({kind}, as on the first row)",
+                repr(a),
+            )
+            continue
+        if last is not None and t <= times[-1]:
+            bad(
+                lineno,
+                0,
+                "increasing times",
+                f"{a!r} after {last[1]!r} (line {last[0]}) = {times[-1]:g} s",
+            )
+            continue
+        times.append(t)
+        values.append(v)
+        last = (lineno, a)
+    if not times and not problems:
+        found = "an empty file" if not text.strip() else "no time,value row"
+        bad(None, None, "at least one time,value row", found)
+    return times, values, bool(periodic), problems
+
+
+def check_profile_csv(path: Path | str) -> list[ConfigError]:
+    """Every problem of a profile CSV (at most 20), without running; empty when it is valid.
+
+    Each is a :class:`~twin.errors.ConfigError` with ``path``, ``line`` and ``key`` (line and
+    column) set, its message saying what was expected and what was found.
+    """
+    return _parse_profile_csv(Path(path))[3]
+
+
+def assert_profile_csv(path: Path | str) -> None:
+    """Raise the first problem of :func:`check_profile_csv` (naming how many more there are)."""
+    problems = check_profile_csv(path)
+    if problems:
+        raise _first(problems)
+
+
+def _first(problems: list[ConfigError]) -> ConfigError:
+    e = problems[0]
+    if len(problems) == 1:
+        return e
+    more = len(problems) - 1
+    msg = str(e).split(f"{e.key}: ", 1)[-1]
+    tail = f" (and {more}{'+' if len(problems) >= _MAX_PROBLEMS else ''} more problem(s))"
+    return ConfigError(e.path, e.key, msg + tail, e.line)
+
+
 def read_csv_profile(path: Path) -> tuple[np.ndarray, np.ndarray, bool]:
     """(times, values, periodic) from a two-column CSV (a header row is optional).
 
     Times are clock times "HH:MM[:SS]" (periodic over a day) or seconds from the start.
+
+    Raises:
+        ConfigError: the first problem :func:`check_profile_csv` finds.
     """
-    times: list[float] = []
-    values: list[float] = []
-    periodic: bool | None = None
-    with open(path, newline="", encoding="utf-8") as fh:
-        for lineno, row in enumerate(csv.reader(fh), start=1):
-            if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
-                continue
-            if len(row) < 2:
-                raise ConfigError(
-                    str(path), f"line {lineno}", "expected two columns: time, value", lineno
-                )
-            a, b = row[0].strip(), row[1].strip()
-            try:
-                v = float(b)
-            except ValueError:
-                if not times:  # header row
-                    continue
-                raise ConfigError(
-                    str(path), f"line {lineno}", f"expected a number, found {b!r}", lineno
-                ) from None
-            if ":" in a:
-                parts = [float(x) for x in a.split(":")]
-                t = parts[0] * 3600 + parts[1] * 60 + (parts[2] if len(parts) > 2 else 0.0)
-                is_clock = True
-            else:
-                try:
-                    t = float(a)
-                except ValueError:
-                    raise ConfigError(
-                        str(path),
-                        f"line {lineno}",
-                        f"expected a time HH:MM or seconds, found {a!r}",
-                        lineno,
-                    ) from None
-                is_clock = False
-            if periodic is None:
-                periodic = is_clock
-            elif periodic != is_clock:
-                raise ConfigError(
-                    str(path),
-                    f"line {lineno}",
-                    "expected one time format in the whole file (all HH:MM or all seconds)",
-                    lineno,
-                )
-            if times and t <= times[-1]:
-                raise ConfigError(
-                    str(path),
-                    f"line {lineno}",
-                    f"expected increasing times, found {a!r} after {times[-1]:g} s",
-                    lineno,
-                )
-            times.append(t)
-            values.append(v)
-    if not times:
-        raise ConfigError(str(path), "csv", "expected at least one time,value row, found none")
-    return np.asarray(times), np.asarray(values), bool(periodic)
+    times, values, periodic, problems = _parse_profile_csv(Path(path))
+    if problems:
+        raise _first(problems)
+    return np.asarray(times), np.asarray(values), periodic
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from scenarios.config import Scenario
-from scenarios.profiles import element_labels, select_elements
+from scenarios.profiles import check_profile_csv, element_labels, select_elements
 from twin.errors import ConfigError
 
 #: The table an event kind's ``element`` names.
@@ -92,6 +92,7 @@ def check_against_grid(scenario: Scenario, net: Any, pointmap: Any = None) -> li
         return f"{section}[{i}].{key}" + (f" (line {line})" if line else "")
 
     for i, p in enumerate(scenario.profiles):
+        problems += [str(e) for e in check_profile_csv(p.csv)] if p.csv is not None else []
         lab = labels.get(p.table, {})
         for e in p.elements:
             if e not in lab:

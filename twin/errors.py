@@ -30,10 +30,11 @@ class UnknownGridError(GridDataError, KeyError):
 class GridFileError(GridDataError):
     """A grid file (pandapower JSON, MATPOWER .m) that is corrupt or not a grid."""
 
-    def __init__(self, path: str, problem: str) -> None:
+    def __init__(self, path: str, problem: str, line: int | None = None) -> None:
         self.path = str(path)
         self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
+        self.line = line
+        super().__init__(f"{self.path}" + (f":{line}" if line else "") + f": {problem}")
 
 
 # --- load flow -------------------------------------------------------------------------------

@@ -95,3 +95,50 @@ def test_grids_without_action_prints_help(capsys: pytest.CaptureFixture[str]) ->
     rc, out, _ = _run(capsys, "grids")
     assert rc == 2
     assert "list" in out and "import" in out
+
+
+def test_show_prints_every_table(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = _run(capsys, "grids", "show", "urban_district", "--rows", "1")
+    assert rc == 0
+    for title in (
+        "bus (first 1",
+        "line (",
+        "trafo (",
+        "switch (",
+        "load (",
+        "sgen (",
+        "ext_grid (",
+    ):
+        assert title in out, title
+    assert "category" in out and "load by category: residential 57" in out
+    rc, out, _ = _run(capsys, "grids", "show", "urban_district", "--table", "trafo", "--all")
+    assert rc == 0 and "trafo (first 9 of 9)" in out and "tap_step_percent" in out
+    assert "bus (" not in out
+    rc, _, err = _run(capsys, "grids", "show", "urban_district", "--table", "trafos")
+    assert rc == 2 and "expected one of the grid's tables" in err
+
+
+def test_import_twice_refuses_without_force(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, gridtwin_home: Path
+) -> None:
+    case = tmp_path / "case2.m"
+    case.write_text(CASE2.replace("BASEKV", "22"), encoding="utf-8")
+    assert _run(capsys, "grids", "import", str(case), "--name", "tiny")[0] == 0
+    rc, _, err = _run(capsys, "grids", "import", str(case), "--name", "tiny")
+    assert rc == 2 and "already exists" in err and "--force" in err
+    assert _run(capsys, "grids", "import", str(case), "--name", "tiny", "--force")[0] == 0
+
+
+def test_export_formats_and_overwrite(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    for fmt, name in (("json", "k.json"), ("matpower", "k.m"), ("csv", "k_csv")):
+        out = tmp_path / name
+        rc, text, _ = _run(
+            capsys, "grids", "export", "kerber_landnetz", "--format", fmt, "--out", str(out)
+        )
+        assert rc == 0 and out.exists() and str(out) in text
+        rc, _, err = _run(
+            capsys, "grids", "export", "kerber_landnetz", "--format", fmt, "--out", str(out)
+        )
+        assert rc == 2 and "--force" in err
+    rc, out, _ = _run(capsys, "grids", "show", str(tmp_path / "k.m"))
+    assert rc == 0 and "(file, not imported)" in out

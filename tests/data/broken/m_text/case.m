@@ -1,0 +1,2 @@
+hello world
+this is not a case
