@@ -71,6 +71,16 @@ _EPS = float(np.finfo(float).eps)  # pypower's guard in the reactive-power split
 _SL_FAC = 25  # pypower gen column: slack contribution factor
 _BOOL_COLUMNS = {("switch", "closed"), ("line", "in_service"), ("trafo", "in_service")}
 
+# inputs the compile reads that update() does not carry in its own arrays: the model compares
+# them with what it compiled before every solve (edits made to the net behind its back)
+_GUARDED = (
+    ("bus", "in_service"), ("switch", "closed"), ("line", "in_service"), ("trafo", "in_service"),
+    ("trafo", "tap_pos"), ("trafo3w", "in_service"), ("trafo3w", "tap_pos"),
+    ("ext_grid", "in_service"), ("gen", "in_service"), ("sgen", "in_service"),
+    ("load", "in_service"), ("shunt", "in_service"), ("impedance", "in_service"),
+    ("ward", "in_service"), ("xward", "in_service"), ("storage", "in_service"),
+)  # fmt: skip
+
 _RES_TABLES = (
     "bus", "line", "trafo", "trafo3w", "impedance", "ext_grid", "load", "sgen", "gen", "shunt",
     "ward", "xward", "storage", "switch", "motor", "asymmetric_load", "asymmetric_sgen", "dcline",
@@ -138,8 +148,13 @@ class Solution:
         results: Callable[[], dict[str, Any]],
         branch: Callable[[str], dict[str, np.ndarray] | None] | None = None,
         native: Callable[[str], dict[str, np.ndarray] | None] | None = None,
+        unsupplied_buses: np.ndarray | None = None,
     ) -> None:
         self._vm_int = vm
+        #: pandapower indices of in-service buses with no path to a slack (NaN in the results)
+        self.unsupplied_buses = (
+            np.zeros(0, dtype=np.int64) if unsupplied_buses is None else unsupplied_buses
+        )
         self._va_int = va
         self._bus_int = bus_int
         self._vm_pu: np.ndarray | None = None
@@ -378,19 +393,24 @@ class GridModel:
         # ybus pattern: reuse the symbolic analysis when the new pattern fits the old one
         self._install_ybus(ybus)
         # initial state: warm start from the last converged state, else flat / DC like pandapower
-        vm, va = np.abs(v0).astype(float), np.angle(v0).astype(float)
-        if net._options.get("init_va_degree") == "dc":
-            dc = _copy_ppc(ppci)
-            try:
-                dc = pp["dc"](dc)
-                va = np.deg2rad(dc["bus"][:, 8].astype(float))  # VA column
-            except Exception as exc:  # a DC start is an optimisation, flat start still works
-                _log.warning("DC initialisation failed (%s); using a flat start", exc)
+        vm, va = self._cold_start(ppci, v0, kind)
+        self._start = (vm.copy(), va.copy())  # the retry start of a failed warm solve
         if self._last_vm_pp is not None and self._last_va_pp is not None:
-            have = valid & np.isfinite(self._last_vm_pp)
-            vm[ib[have]] = self._last_vm_pp[have]
-            va[ib[have]] = self._last_va_pp[have]
+            have_pp = valid & np.isfinite(self._last_vm_pp)
+            have = np.zeros(n, dtype=bool)
+            have[ib[have_pp]] = True
+            vm[ib[have_pp]] = self._last_vm_pp[have_pp]
+            va[ib[have_pp]] = self._last_va_pp[have_pp]
+            # buses without a warm value (re-energised, auxiliary buses of open switches) start
+            # from their warm neighbours, not from a cold start beside a warm one
+            _fill_from_neighbours(vm, va, have, ybus.indptr, ybus.indices)
         vm[kind != 2] = self._vset[kind != 2]
+        self._unsupplied = self._unsupplied_buses(net, ib)
+        if self._unsupplied.size:
+            _log.warning(
+                "%d in-service buses have no connection to a slack and are not solved (NaN): %s",
+                self._unsupplied.size, _short_list(self._unsupplied),
+            )  # fmt: skip
         self._vm = vm
         self._va = va
         self._va_ref = np.angle(v0)[ref]
@@ -412,6 +432,73 @@ class GridModel:
             y_im=self._y_im, n=n, base_mva=self._base_mva, yf=yf, yt=yt, ref=ref, pv=pv, pq=pq,
             rest_p=self._rest_p, rest_q=self._rest_q, groups=[(b, w) for b, w, _ in groups],
         )  # fmt: skip
+        self._guard = self._make_guard(net)
+
+    def _make_guard(self, net: Any) -> list[list[Any]]:
+        """Per guarded column: [table, column, frame, blocks, view or None, compiled values]."""
+        guard = []
+        for table, column in _GUARDED:
+            df = net.get(table) if table in net else None
+            if df is None or column not in df.columns:
+                continue
+            values = df[column].to_numpy().copy()
+            guard.append([table, column, None, None, None, values])
+        self._guard_sizes = {t: len(net[t]) for t in _RES_TABLES if t in net}
+        return guard
+
+    def _guard_stale(self) -> bool:
+        """Whether a guarded net column (or a table's length) differs from what was compiled.
+
+        A cached read-only view of the column's block makes the check a few microseconds
+        while pandas keeps the frame's blocks; otherwise the column is read again.
+        """
+        net = self._net
+        for g in self._guard:
+            table, column, frame, blocks, view, compiled = g
+            df = net[table]
+            mgr = getattr(df, "_mgr", None)
+            cur_blocks = getattr(mgr, "blocks", None)
+            if view is None or frame is not df or blocks is not cur_blocks:
+                try:
+                    view = df[column].to_numpy()
+                except KeyError:
+                    return True
+                g[2], g[3], g[4] = df, cur_blocks, view
+            if view.shape != compiled.shape or not np.array_equal(
+                view, compiled, equal_nan=compiled.dtype.kind == "f"
+            ):
+                return True
+        for table, size in self._guard_sizes.items():
+            if len(net[table]) != size:
+                return True
+        return False
+
+    def _guard_values(self, table: str, column: str) -> np.ndarray | None:
+        for g in self._guard:
+            if g[0] == table and g[1] == column:
+                return g[5]
+        return None
+
+    def _cold_start(
+        self, ppci: dict, v0: np.ndarray, kind: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """pandapower's start for this compile: set-point magnitudes, DC angles when asked."""
+        vm, va = np.abs(v0).astype(float), np.angle(v0).astype(float)
+        if self._net._options.get("init_va_degree") == "dc":
+            dc = _copy_ppc(ppci)
+            try:
+                dc = self._pp["dc"](dc)
+                va = np.deg2rad(dc["bus"][:, 8].astype(float))  # VA column
+            except Exception as exc:  # a DC start is an optimisation, flat start still works
+                _log.warning("DC initialisation failed (%s); using a flat start", exc)
+        vm[kind != 2] = self._vset[kind != 2]
+        return vm, va
+
+    @staticmethod
+    def _unsupplied_buses(net: Any, ib: np.ndarray) -> np.ndarray:
+        """pandapower indices of in-service buses left out of the solve (no path to a slack)."""
+        on = net.bus["in_service"].to_numpy(dtype=bool)
+        return net.bus.index.to_numpy()[on & (ib < 0)]
 
     def _branch_maps(self, ppc: dict, ppci: dict, n: int, yf: Any, yt: Any) -> dict[str, Any]:
         """Per line / trafo: the Yf / Yt rows of its solved branches, end buses, ratings."""
@@ -864,7 +951,14 @@ class GridModel:
             df = self.net[table]  # flushed: the recompile reads every input from the net
             col = df.columns.get_loc(column)
             old = df.iloc[pos, col].copy()
-            if np.array_equal(old.to_numpy(dtype=float), newv.astype(float)):
+            compiled = self._guard_values(table, column)
+            if (
+                compiled is not None
+                and compiled.shape[0] == len(df)
+                and np.array_equal(compiled[pos].astype(float), newv.astype(float), equal_nan=True)
+                and np.array_equal(old.to_numpy(dtype=float), newv.astype(float), equal_nan=True)
+                and not self._guard_stale()
+            ):
                 return  # unchanged: a sync loop may resend the same status every step
             df.iloc[pos, col] = newv.astype(df[column].dtype) if column != "tap_pos" else newv
             try:
@@ -942,22 +1036,15 @@ class GridModel:
         va[ok] = self._va[ib[ok]]
         return vm, va
 
-    def solve(self) -> Solution:
-        """Newton-Raphson from the last converged state; structure and ordering reused.
-
-        Raises:
-            LoadflowNotConverged: ``worst_bus`` is a pandapower bus index; the model keeps the
-                last converged state for the next solve.
-        """
+    def _newton(self, vm0: np.ndarray, va0: np.ndarray) -> tuple[Any, ...]:
+        """Newton (plus the Q-limit outer loop) from a start; copies, the model is not changed."""
         kind = self._kind0
         qfix = self._qzero
         limited: list[int] = []
         total_it = 0
         nrm = 0.0
-        vm = self._vm.copy()  # the kernel sets slack and PV magnitudes from vset
-        va = self._va.copy()
-        if self._gen_sums is None:
-            self._refresh_base()
+        vm = vm0.copy()  # the kernel sets slack and PV magnitudes from vset
+        va = va0.copy()
         for _round in range(20):
             try:
                 it, nrm = self._stepper.run(
@@ -979,6 +1066,35 @@ class GridModel:
             if not newly:
                 break
             limited.extend(newly)
+        return vm, va, kind, qfix, limited, total_it, nrm
+
+    def solve(self) -> Solution:
+        """Newton-Raphson from the last converged state; structure and ordering reused.
+
+        Raises:
+            LoadflowNotConverged: ``worst_bus`` is a pandapower bus index; the model keeps the
+                last converged state for the next solve.
+        """
+        if self._guard_stale():
+            _log.info("topology inputs of the net changed outside update(): recompiled")
+            self._recompile()
+        if self._gen_sums is None:
+            self._refresh_base()
+        try:
+            vm, va, kind, qfix, limited, total_it, nrm = self._newton(self._vm, self._va)
+        except LoadflowNotConverged as first:
+            # a warm start can sit in the wrong basin after a topology change: retry once from
+            # pandapower's cold start (DC angles) before giving up; the model state is unchanged
+            _log.debug("warm start did not converge (%s); retrying from a DC start", first)
+            try:
+                vm, va, kind, qfix, limited, total_it, nrm = self._newton(*self._start)
+            except LoadflowNotConverged as exc:
+                raise LoadflowNotConverged(
+                    first.iterations + exc.iterations,
+                    exc.worst_bus,
+                    exc.mismatch,
+                    "also from a DC start" + (f"; {exc.detail}" if exc.detail else ""),
+                ) from None
         self._vm, self._va = vm, va
         self._last_vm_pp = None
         if self._changed:
@@ -1009,6 +1125,7 @@ class GridModel:
             backend=self.backend,
             results=lambda: self._results(snap),
             native=lambda table: self._native_results(snap, table),
+            unsupplied_buses=self._unsupplied,
         )
 
     def _q_limit_violations(
@@ -1167,6 +1284,38 @@ def _snap_va_degree(snap: dict[str, Any]) -> np.ndarray:
     if va is None:
         va = snap["va_degree"] = np.rad2deg(np.angle(_snap_v(snap)))
     return va
+
+
+def _fill_from_neighbours(
+    vm: np.ndarray, va: np.ndarray, have: np.ndarray, indptr: np.ndarray, indices: np.ndarray
+) -> None:
+    """Give buses without a value (``~have``) the mean voltage of their valued neighbours.
+
+    Layer by layer over the Ybus graph (bounded); buses no valued bus reaches keep their value.
+    """
+    import scipy.sparse as sp
+
+    if have.all() or not have.any():
+        return
+    n = have.shape[0]
+    rows = np.repeat(np.arange(n), np.diff(indptr))
+    off = rows != indices
+    adj = sp.csr_matrix((np.ones(int(off.sum())), (rows[off], indices[off])), shape=(n, n))
+    have = have.copy()
+    for _layer in range(64):
+        h = have.astype(float)
+        cnt = adj @ h
+        new = ~have & (cnt > 0)
+        if not new.any():
+            break
+        vm[new] = (adj @ (vm * h))[new] / cnt[new]
+        va[new] = (adj @ (va * h))[new] / cnt[new]
+        have |= new
+
+
+def _short_list(values: np.ndarray, limit: int = 10) -> str:
+    head = ", ".join(str(v) for v in values[:limit])
+    return head + (f", ... ({values.size} in all)" if values.size > limit else "")
 
 
 def _with_diagonal(ybus, n: int):
