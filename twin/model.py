@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from twin.errors import InvalidInput, LoadflowNotConverged, TopologyError
+from twin.errors import InvalidInput, LoadflowError, LoadflowNotConverged, TopologyError
 from twin.loadflow import kernel, resolve_backend
 
 _log = logging.getLogger(__name__)
@@ -1245,6 +1245,33 @@ class GridModel:
             self.solve()
         assert self._last_snap is not None  # solve() sets it or raises
         self._write_results(self._last_snap)
+
+    def compiled(self) -> SimpleNamespace:
+        """The compiled system and base state the batch API (:mod:`twin.batch`) solves from.
+
+        Solves first when the model has no converged state for its topology. Arrays are the
+        model's own: read them, do not write them.
+
+        Raises:
+            LoadflowError: ``enforce_q_lims`` is on (batches solve without Q limits).
+        """
+        if self.enforce_q_lims:
+            raise LoadflowError(
+                "batch solves: expected a model with enforce_q_lims=False, found True"
+            )
+        if self._last_snap is None or self._guard_stale():
+            self.solve()
+        self._refresh_base()
+        spec = self._stepper.spec(None)
+        inputs = {key: self._inp[key] for key in _GROUPS}
+        groups = {key: (b, w, inputs[key].copy()) for key, (b, w) in zip(_GROUPS, self._c.groups)}
+        c = self._c
+        return SimpleNamespace(
+            plan=self._plan, y_indptr=self._y_indptr, y_indices=self._y_indices,
+            y_re=self._y_re, y_im=self._y_im, kind=self._kind0, vset=self._vset,
+            vm=self._vm, va=self._va, retry=self._start, spec=spec, n=self._n,
+            bus_int=self._bus_int, ppci=c.ppci, base_mva=self._base_mva, groups=groups,
+        )  # fmt: skip
 
     def memory_bytes(self) -> int:
         """Approximate bytes of the compiled arrays (Ybus, plan, state; not the pandapower net)."""

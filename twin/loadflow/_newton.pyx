@@ -15,7 +15,7 @@ import numpy as np
 
 cimport cython
 cimport numpy as cnp
-from libc.math cimport cos, fabs, isfinite, sin, sqrt
+from libc.math cimport NAN, cos, fabs, isfinite, sin, sqrt
 
 cnp.import_array()
 
@@ -271,6 +271,10 @@ cdef int _newton_loop(
             if b < 0:
                 continue
             # S = V conj(I)
+            if kind[i] == 3:
+                f[2 * b] = 0.0  # a dead bus (island without slack): both rows are identities
+                f[2 * b + 1] = 0.0
+                continue
             a = vre[i] * sr + vim[i] * si - pspec[i]
             c = vim[i] * sr - vre[i] * si - qspec[i]
             f[2 * b] = a
@@ -300,9 +304,16 @@ cdef int _newton_loop(
             if b < 0:
                 continue
             vmag = vm[i]
+            if kind[i] == 3:
+                for p in range(yp[i], yp[i + 1]):
+                    if yi[p] == i:
+                        q = 4 * ypos[p]
+                        lu[q] += 1.0
+                        lu[q + 3] += 1.0
+                continue
             for p in range(yp[i], yp[i + 1]):
                 k = yi[p]
-                if blk[k] < 0:
+                if blk[k] < 0 or kind[k] == 3:
                     continue
                 # Y_ik V_k
                 gr = yre[p] * vre[k] - yim[p] * vim[k]
@@ -447,7 +458,8 @@ def newton(plan, indptr, indices, y_re, y_im, kind, p_spec, q_spec, vset, vm, va
     Args:
         plan: from :func:`analyse` for this Ybus pattern and slack set.
         indptr, indices, y_re, y_im: Ybus in CSR (int32 / float64).
-        kind: int8 per bus (0 slack, 1 PV, 2 PQ); p_spec, q_spec: injections in per unit;
+        kind: int8 per bus (0 slack, 1 PV, 2 PQ, 3 dead: a non-slack bus cut off from every
+        slack, held where it is; its admittances to live buses must be zero); p_spec, q_spec: injections in per unit;
         vset: voltage set points (copied into vm at slack and PV buses first);
         vm, va: start values, overwritten.
 
@@ -647,3 +659,142 @@ def copy_if_finite(src, dst):
     for i in range(n):
         d[i] = s[i]
     return True
+
+
+def batch(plan, indptr, indices, y_re, y_im, kind, p_spec, q_spec, vset, vm0, va0,
+          patch_ptr, patch_pos, patch_re, patch_im, dead_ptr, dead_bus, case_branch,
+          branch, out_vm, out_va, out_loading, out_it, out_status, out_nrm,
+          Py_ssize_t start, Py_ssize_t stop, double tol=1e-8, int max_iter=10, retry=None):
+    """Solve cases ``start:stop`` of a batch on one compiled system, without the GIL.
+
+    Case ``c`` adds ``patch_re/im[patch_ptr[c]:patch_ptr[c+1]]`` to the Ybus entries at
+    ``patch_pos`` (a branch outage subtracts its admittances), marks ``dead_bus[dead_ptr[c]:
+    dead_ptr[c+1]]`` as dead (kind 3: cut off from every slack), takes injections from row ``c``
+    of ``p_spec``/``q_spec`` (or row 0 when they have one row) and starts from ``vm0``/``va0``
+    (then from ``retry`` = (vm, va) when given and the first start fails). Results go to row
+    ``c`` of the ``out_*`` arrays: voltages (NaN at dead buses, NaN rows when not converged),
+    iterations, status (0 converged, 1 not converged, 2 singular) and the final mismatch.
+    ``branch`` = (f, t, yff_re, yff_im, yft_re, yft_im, ytf_re, ytf_im, ytt_re, ytt_im, cf, ct)
+    gives ``out_loading[c, j] = max(|I_f| cf, |I_t| ct)`` per branch (0 for branch
+    ``case_branch[c]`` and branches at dead or missing (-1) buses); ``branch`` may be None.
+    The Ybus arrays and inputs are not changed (each call works on its own copies). Indices in
+    ``patch_pos``, ``dead_bus``, ``f``/``t`` are not bounds-checked here: the caller validates.
+    """
+    cdef Plan pl = Plan((<Plan?>plan).arrays)  # own work arrays: calls may run in parallel
+    cdef int n = pl.n_bus
+    cdef const int[::1] yp = indptr
+    cdef const int[::1] yi = indices
+    cdef double[::1] yre = np.array(y_re, dtype=float)
+    cdef double[::1] yim = np.array(y_im, dtype=float)
+    cdef const double[::1] yre0 = y_re
+    cdef const double[::1] yim0 = y_im
+    cdef signed char[::1] kd = np.array(kind, dtype=np.int8)
+    cdef const signed char[::1] kd0 = kind
+    cdef const double[:, ::1] ps = p_spec
+    cdef const double[:, ::1] qs = q_spec
+    cdef const double[::1] vs = vset
+    cdef const double[::1] m0 = vm0
+    cdef const double[::1] a0 = va0
+    cdef const double[::1] m1
+    cdef const double[::1] a1
+    cdef const long long[::1] pptr = patch_ptr
+    cdef const int[::1] ppos = patch_pos
+    cdef const double[::1] pre = patch_re
+    cdef const double[::1] pim = patch_im
+    cdef const long long[::1] dptr = dead_ptr
+    cdef const int[::1] dbus = dead_bus
+    cdef const int[::1] cbr = case_branch
+    cdef double[:, ::1] ovm = out_vm
+    cdef double[:, ::1] ova = out_va
+    cdef int[::1] oit = out_it
+    cdef signed char[::1] ost = out_status
+    cdef double[::1] onrm = out_nrm
+    cdef bint has_retry = retry is not None
+    cdef bint has_branch = branch is not None
+    cdef const int[::1] bf
+    cdef const int[::1] bt
+    cdef const double[::1] ffr, ffi, ftr, fti, tfr, tfi, ttr, tti, cf, ct
+    cdef double[:, ::1] oload
+    cdef Py_ssize_t nbr = 0
+    if yp.shape[0] != n + 1 or kd.shape[0] != n or vs.shape[0] != n or m0.shape[0] != n \
+            or a0.shape[0] != n or ps.shape[1] != n or qs.shape[1] != n \
+            or ovm.shape[1] != n or ova.shape[1] != n:
+        raise ValueError(f"expected arrays sized for {n} buses, found a mismatch")
+    if yi.shape[0] != pl.arrays["indices"].shape[0] or yre.shape[0] != yi.shape[0]:
+        raise ValueError(
+            f"expected a Ybus with {pl.arrays['indices'].shape[0]} entries, found {yi.shape[0]}"
+        )
+    if has_retry:
+        m1 = retry[0]
+        a1 = retry[1]
+    else:
+        m1 = m0
+        a1 = a0
+    if has_branch:
+        bf, bt, ffr, ffi, ftr, fti, tfr, tfi, ttr, tti, cf, ct = branch
+        nbr = bf.shape[0]
+        oload = out_loading
+        if oload.shape[1] != nbr:
+            raise ValueError(f"expected out_loading with {nbr} columns, found {oload.shape[1]}")
+    if start < 0 or stop > ovm.shape[0] or stop > pptr.shape[0] - 1 or stop > dptr.shape[0] - 1 \
+            or stop > cbr.shape[0]:
+        raise ValueError(f"expected a case range inside the batch, found {start}:{stop}")
+    cdef Py_ssize_t c, p, i, j, row
+    cdef int iters, worst, status, fb, tb
+    cdef double nrm, vfr, vfi, vtr, vti, ir, ii, lf, lt
+    with nogil:
+        for c in range(start, stop):
+            row = c if ps.shape[0] > 1 else 0
+            for p in range(pptr[c], pptr[c + 1]):
+                yre[ppos[p]] += pre[p]
+                yim[ppos[p]] += pim[p]
+            for p in range(dptr[c], dptr[c + 1]):
+                kd[dbus[p]] = 3
+            for i in range(n):
+                ovm[c, i] = m0[i]
+                ova[c, i] = a0[i]
+            iters = 0
+            worst = -1
+            nrm = 0.0
+            status = _newton_loop(pl, yp, yi, yre, yim, kd, ps[row], qs[row], vs, ovm[c],
+                                  ova[c], tol, max_iter, &iters, &nrm, &worst)
+            if status != 0 and has_retry:
+                for i in range(n):
+                    ovm[c, i] = m1[i]
+                    ova[c, i] = a1[i]
+                status = _newton_loop(pl, yp, yi, yre, yim, kd, ps[row], qs[row], vs, ovm[c],
+                                      ova[c], tol, max_iter, &iters, &nrm, &worst)
+            oit[c] = iters
+            ost[c] = status
+            onrm[c] = nrm
+            if has_branch:
+                for j in range(nbr):
+                    fb = bf[j]
+                    tb = bt[j]
+                    if status != 0:
+                        oload[c, j] = NAN
+                        continue
+                    if fb < 0 or tb < 0 or j == cbr[c] or kd[fb] == 3 or kd[tb] == 3:
+                        oload[c, j] = 0.0
+                        continue
+                    vfr = ovm[c, fb] * cos(ova[c, fb])
+                    vfi = ovm[c, fb] * sin(ova[c, fb])
+                    vtr = ovm[c, tb] * cos(ova[c, tb])
+                    vti = ovm[c, tb] * sin(ova[c, tb])
+                    ir = ffr[j] * vfr - ffi[j] * vfi + ftr[j] * vtr - fti[j] * vti
+                    ii = ffr[j] * vfi + ffi[j] * vfr + ftr[j] * vti + fti[j] * vtr
+                    lf = sqrt(ir * ir + ii * ii) * cf[j]
+                    ir = tfr[j] * vfr - tfi[j] * vfi + ttr[j] * vtr - tti[j] * vti
+                    ii = tfr[j] * vfi + tfi[j] * vfr + ttr[j] * vti + tti[j] * vtr
+                    lt = sqrt(ir * ir + ii * ii) * ct[j]
+                    oload[c, j] = lf if lf > lt else lt
+            for i in range(n):
+                if status != 0 or kd[i] == 3:
+                    ovm[c, i] = NAN
+                    ova[c, i] = NAN
+            for p in range(pptr[c], pptr[c + 1]):
+                yre[ppos[p]] = yre0[ppos[p]]
+                yim[ppos[p]] = yim0[ppos[p]]
+            for p in range(dptr[c], dptr[c + 1]):
+                kd[dbus[p]] = kd0[dbus[p]]
+    return None
