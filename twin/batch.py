@@ -108,8 +108,11 @@ def _branches(c: Any, net: Any) -> _Branches:
             cfs.append((k_hv, k_lv))
         cts.append(table)
     row = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
-    ok = row >= 0
     br = ppci["branch"]
+    # a branch patched out of the compile (GridModel topology patch) is not a candidate
+    out_rows = np.asarray(sorted(getattr(c, "out_rows", ())), dtype=np.int64)
+    row = np.where(np.isin(row, out_rows), -1, row)
+    ok = row >= 0
     f = np.full(row.shape[0], -1, dtype=np.int64)
     t = np.full(row.shape[0], -1, dtype=np.int64)
     f[ok] = br[row[ok], 0].real.astype(np.int64)
@@ -365,14 +368,20 @@ def n_minus_1(
     ncase = picks.shape[0]
     # every compiled branch (trafo3w, impedance, switches included) makes the bus graph
     allb = cm.ppci["branch"]
-    ef = allb[:, 0].real.astype(np.int64)
-    et = allb[:, 1].real.astype(np.int64)
+    live = np.ones(allb.shape[0], dtype=bool)
+    live[np.asarray(sorted(cm.out_rows), dtype=np.int64)] = False  # patched out of the compile
+    ef = allb[live, 0].real.astype(np.int64)
+    et = allb[live, 1].real.astype(np.int64)
+    live_rows = np.flatnonzero(live)
     dead_of = _dead_sets(cm, ef, et, cm.kind)
     pos = _ybus_positions(cm, br.f[picks], br.t[picks])  # (4, ncase)
     patch_ptr = np.arange(0, 4 * ncase + 1, 4, dtype=np.int64)
     patch_pos = np.ascontiguousarray(pos.T.reshape(-1), dtype=np.int32)
     delta = -br.stamps[:, picks].T.reshape(-1)
-    dead_lists = [dead_of.get(int(br.row[k]), np.zeros(0, dtype=np.int64)) for k in picks]
+    edge_of_row = np.full(allb.shape[0], -1, dtype=np.int64)
+    edge_of_row[live_rows] = np.arange(live_rows.shape[0])
+    none = np.zeros(0, dtype=np.int64)
+    dead_lists = [dead_of.get(int(edge_of_row[br.row[k]]), none) for k in picks]
     islanded = np.array([d.size > 0 for d in dead_lists], dtype=bool)
     dead_ptr = np.zeros(ncase + 1, dtype=np.int64)
     dead_ptr[1:] = np.cumsum([d.size for d in dead_lists])

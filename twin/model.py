@@ -424,7 +424,8 @@ class GridModel:
             self._vset, zeros, zeros, groups, self._inv_base,
         )  # fmt: skip
         # what a solution needs to build its results later, even after a recompile
-        self._c = SimpleNamespace(
+        self._groups = groups
+        self._c = _Structure(
             branch=self._branch_maps(ppc, ppci, n, yf, yt),
             element=self._element_maps(ppci, ybus, n),
             ppci=ppci, ppc=ppc, ref_gens=ref_gens, gen_bus=self._gen_bus, gen_on=self._gen_on,
@@ -433,6 +434,126 @@ class GridModel:
             rest_p=self._rest_p, rest_q=self._rest_q, groups=[(b, w) for b, w, _ in groups],
         )  # fmt: skip
         self._guard = self._make_guard(net)
+        # branch outages patched onto this compile (compiled branch rows) and what patching needs
+        self._c_base = self._c
+        self._y_base = (self._y_re, self._y_im)
+        self._out: frozenset[int] = frozenset()
+        self._patch_info: SimpleNamespace | None = None
+        self.patches = getattr(self, "patches", 0)
+
+    # ------------------------------------------------------------------ topology patches
+    def _patch_data(self) -> SimpleNamespace:
+        """Per compiled branch: Ybus positions and admittances; per line / trafo: its row."""
+        if self._patch_info is not None:
+            return self._patch_info
+        from pandapower.pypower.makeYbus import branch_vectors
+
+        from twin import batch
+
+        c = self._c_base
+        br = c.ppci["branch"]
+        f = br[:, 0].real.astype(np.int64)
+        t = br[:, 1].real.astype(np.int64)
+        ytt, yff, yft, ytf = branch_vectors(br, br.shape[0])
+        pos = batch._ybus_positions(c, f, t)  # (4, rows)
+        stamps = np.vstack([yff, yft, ytf, ytt])
+        branch_is = np.asarray(c.ppci["internal"]["branch_is"], dtype=bool)
+        to_int = np.where(branch_is, np.cumsum(branch_is) - 1, -1)
+        rows: dict[str, np.ndarray] = {}
+        for table in ("line", "trafo"):
+            rng = self._net._pd2ppc_lookups["branch"].get(table)
+            if rng is not None and int(rng[1]) - int(rng[0]) == len(self._net[table]):
+                rows[table] = to_int[int(rng[0]) : int(rng[1])]
+        dead = batch._dead_sets(c, f, t, self._kind0)
+        self._patch_info = SimpleNamespace(
+            f=f, t=t, pos=pos, stamps=stamps, rows=rows, bridge_dead=dead
+        )
+        return self._patch_info
+
+    def _all_supplied(self, out: frozenset[int], info: SimpleNamespace) -> bool:
+        """Whether every compiled bus keeps a path to a slack with branches ``out`` removed."""
+        if len(out) == 1:
+            return next(iter(out)) not in info.bridge_dead
+        import scipy.sparse as sp
+        from scipy.sparse.csgraph import connected_components
+
+        keep = np.ones(info.f.shape[0], dtype=bool)
+        keep[list(out)] = False
+        n = self._n
+        g = sp.coo_matrix((np.ones(int(keep.sum())), (info.f[keep], info.t[keep])), shape=(n, n))
+        _, comp = connected_components(g, directed=False)
+        has_slack = np.zeros(int(comp.max()) + 1, dtype=bool)
+        has_slack[comp[self._kind0 == 0]] = True
+        return bool(has_slack[comp].all())
+
+    def _try_patch(self, table: str, pos: np.ndarray, new: np.ndarray) -> bool:
+        """Branch in_service changes as Ybus patches on this compile (False: recompile instead).
+
+        Only branches of the compile (in service when it was built) whose change keeps every
+        bus supplied: no pandapower conversion, same pattern, same symbolic analysis.
+        """
+        info = self._patch_data()
+        rows_of = info.rows.get(table)
+        if rows_of is None:
+            return False
+        rows = rows_of[pos]
+        if np.any(rows < 0):
+            return False
+        out = set(self._out)
+        for r, on in zip(rows.tolist(), np.asarray(new, dtype=bool).tolist()):
+            if on:
+                out.discard(r)
+            else:
+                out.add(r)
+        new_out = frozenset(out)
+        if new_out == self._out:
+            return True
+        if new_out - self._out and not self._all_supplied(new_out, info):
+            return False
+        self._install_patch(new_out, info)
+        return True
+
+    def _install_patch(self, out: frozenset[int], info: SimpleNamespace) -> None:
+        import scipy.sparse as sp
+
+        y_re0, y_im0 = self._y_base
+        yre = y_re0.copy()
+        yim = y_im0.copy()
+        rows = np.asarray(sorted(out), dtype=np.int64)
+        if rows.size:
+            pos = info.pos[:, rows].reshape(-1)
+            d = info.stamps[:, rows].reshape(-1)
+            np.subtract.at(yre, pos, d.real)
+            np.subtract.at(yim, pos, d.imag)
+        self._y_re: np.ndarray = yre
+        self._y_im: np.ndarray = yim
+        self._stepper = self._kernel.Stepper(
+            self._plan, self._y_indptr, self._y_indices, yre, yim, self._kind0, self._vset,
+            self._qzero, self._qzero, self._groups, self._inv_base,
+        )  # fmt: skip
+        self._gen_sums = None  # the new stepper needs its generation base
+        c0 = self._c_base
+        # ppci keeps BR_STATUS 1 (pypower's pfsoln refuses status 0): the zeroed Yf / Yt rows
+        # give the patched-out branches zero flows, as pandapower reports for them
+        ppci = c0.ppci
+        yf, yt = c0.yf.tocsr(copy=True), c0.yt.tocsr(copy=True)
+        for y in (yf, yt):
+            for r in rows:
+                y.data[y.indptr[r] : y.indptr[r + 1]] = 0.0
+        n = self._n
+        ybus = sp.csr_matrix((yre + 1j * yim, self._y_indices, self._y_indptr), shape=(n, n))
+        fields = {k: v for k, v in vars(c0).items() if k not in ("branch", "element", "lazy")}
+        fields.update(ppci=ppci, yf=yf, yt=yt, y_re=yre, y_im=yim)
+
+        def lazy(name: str) -> Any:
+            if name == "branch":
+                return self._branch_maps(c0.ppc, ppci, n, yf, yt)
+            return self._element_maps(ppci, ybus, n)
+
+        self._c = _Structure(lazy=lazy, **fields)
+        self._out = out
+        self._last_snap = None
+        self.patches += 1
 
     def _make_guard(self, net: Any) -> list[list[Any]]:
         """Per guarded column: [table, column, frame, blocks, view or None, compiled values]."""
@@ -454,7 +575,7 @@ class GridModel:
         """
         net = self._net
         for g in self._guard:
-            table, column, frame, blocks, view, compiled = g
+            table, column, frame, blocks, view, compiled = g[:6]
             df = net[table]
             mgr = getattr(df, "_mgr", None)
             cur_blocks = getattr(mgr, "blocks", None)
@@ -471,6 +592,27 @@ class GridModel:
         for table, size in self._guard_sizes.items():
             if len(net[table]) != size:
                 return True
+        return False
+
+    def _write_guarded(self, table: str, column: str, pos: np.ndarray, new: np.ndarray) -> bool:
+        """Write a boolean column through the guard's view of the frame's block (no pandas).
+
+        False when pandas gives no writable view of its own block (the caller uses iloc).
+        """
+        for g in self._guard:
+            if g[0] != table or g[1] != column:
+                continue
+            view = g[4]
+            if view is None or view.dtype != np.bool_ or not view.flags.writeable:
+                return False
+            if len(g) < 7 or g[6] is not g[3]:
+                # once per block layout: is the view the block's memory (not a copy)?
+                shares = any(np.shares_memory(view, b.values) for b in (g[3] or ()))
+                g[6:] = [g[3], shares]
+            if not g[7]:
+                return False
+            view[pos] = new
+            return True
         return False
 
     def _guard_values(self, table: str, column: str) -> np.ndarray | None:
@@ -949,17 +1091,25 @@ class GridModel:
             newv = fv
         if (table, column) in _TOPOLOGY:
             df = self.net[table]  # flushed: the recompile reads every input from the net
-            col = df.columns.get_loc(column)
-            old = df.iloc[pos, col].copy()
             compiled = self._guard_values(table, column)
+            # the guard holds what was compiled; when the net still agrees with it (not stale),
+            # it stands for the net's column and no pandas read is needed
+            fresh = compiled is not None and not self._guard_stale()
             if (
-                compiled is not None
-                and compiled.shape[0] == len(df)
+                fresh
+                and compiled is not None
                 and np.array_equal(compiled[pos].astype(float), newv.astype(float), equal_nan=True)
-                and np.array_equal(old.to_numpy(dtype=float), newv.astype(float), equal_nan=True)
-                and not self._guard_stale()
             ):
                 return  # unchanged: a sync loop may resend the same status every step
+            if fresh and column == "in_service" and self._write_guarded(table, column, pos, newv):
+                assert compiled is not None
+                old_values = compiled[pos].copy()
+                compiled[pos] = newv  # the guard's record of what the model now solves
+                if self._try_patch(table, pos, newv):
+                    return
+                compiled[pos] = old_values  # the recompile below refreshes the guard
+            col = df.columns.get_loc(column)
+            old = df.iloc[pos, col].copy()
             df.iloc[pos, col] = newv.astype(df[column].dtype) if column != "tap_pos" else newv
             try:
                 self._recompile()
@@ -1271,6 +1421,7 @@ class GridModel:
             y_re=self._y_re, y_im=self._y_im, kind=self._kind0, vset=self._vset,
             vm=self._vm, va=self._va, retry=self._start, spec=spec, n=self._n,
             bus_int=self._bus_int, ppci=c.ppci, base_mva=self._base_mva, groups=groups,
+            out_rows=self._out,
         )  # fmt: skip
 
     def memory_bytes(self) -> int:
@@ -1278,6 +1429,18 @@ class GridModel:
         arrays = [self._y_indptr, self._y_indices, self._y_re, self._y_im, self._vm, self._va,
                   self._rest_p, self._rest_q, self._vset]  # fmt: skip
         return int(sum(a.nbytes for a in arrays) + self._plan.memory_bytes())
+
+
+class _Structure(SimpleNamespace):
+    """The compiled structure a solution keeps; ``branch`` / ``element`` maps may be lazy."""
+
+    def __getattr__(self, name: str) -> Any:
+        lazy = self.__dict__.get("lazy")
+        if lazy is not None and name in ("branch", "element"):
+            value = lazy(name)
+            setattr(self, name, value)
+            return value
+        raise AttributeError(name)
 
 
 def _demand(c: Any, inputs: dict[tuple[str, str], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
