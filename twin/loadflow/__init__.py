@@ -13,6 +13,7 @@ The backend is chosen per call (``"auto" | "cython" | "numpy"``); the environmen
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from types import ModuleType
@@ -31,7 +32,15 @@ try:
     _CY_REASON = ""
 except ImportError as exc:  # no compiled kernel: the reference is used
     _cy = None
-    _CY_REASON = f"compiled kernel twin.loadflow._newton not importable: {exc}"
+    if importlib.util.find_spec("twin.loadflow._newton") is None:
+        # Python's own message here is "partially initialized module ... circular import"
+        _CY_REASON = (
+            f"no compiled kernel file (_newton*.so) in {os.path.dirname(__file__)}: this source "
+            "tree was never built; 'pip install .' and run outside it, or build it in place "
+            "with 'python setup.py build_ext --inplace'"
+        )
+    else:
+        _CY_REASON = f"compiled kernel twin.loadflow._newton not importable: {exc}"
 
 
 class BackendUnavailable(LoadflowError):
