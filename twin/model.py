@@ -275,6 +275,7 @@ class GridModel:
     ) -> None:
         self._net = net
         self._inp: dict[tuple[str, str], np.ndarray] = {}  # inputs not yet written to net
+        self._pos_cache: dict[str, tuple[Any, dict[int, int] | None]] = {}
         self._dirty: set[tuple[str, str]] = set()
         self.backend = resolve_backend(backend)
         self._kernel = kernel(self.backend)
@@ -527,30 +528,32 @@ class GridModel:
             np.subtract.at(yim, pos, d.imag)
         self._y_re: np.ndarray = yre
         self._y_im: np.ndarray = yim
-        self._stepper = self._kernel.Stepper(
-            self._plan, self._y_indptr, self._y_indices, yre, yim, self._kind0, self._vset,
-            self._qzero, self._qzero, self._groups, self._inv_base,
-        )  # fmt: skip
-        self._gen_sums = None  # the new stepper needs its generation base
+        self._stepper.set_y(yre, yim)  # same pattern, plan and injections: new values only
         c0 = self._c_base
         # ppci keeps BR_STATUS 1 (pypower's pfsoln refuses status 0): the zeroed Yf / Yt rows
         # give the patched-out branches zero flows, as pandapower reports for them
         ppci = c0.ppci
-        yf, yt = c0.yf.tocsr(copy=True), c0.yt.tocsr(copy=True)
-        for y in (yf, yt):
-            for r in rows:
-                y.data[y.indptr[r] : y.indptr[r + 1]] = 0.0
         n = self._n
-        ybus = sp.csr_matrix((yre + 1j * yim, self._y_indices, self._y_indptr), shape=(n, n))
-        fields = {k: v for k, v in vars(c0).items() if k not in ("branch", "element", "lazy")}
-        fields.update(ppci=ppci, yf=yf, yt=yt, y_re=yre, y_im=yim)
+        fields = {
+            k: v for k, v in vars(c0).items() if k not in ("branch", "element", "yf", "yt", "lazy")
+        }
+        fields.update(ppci=ppci, y_re=yre, y_im=yim)
+        y_ind, y_ptr = self._y_indices, self._y_indptr
 
         def lazy(name: str) -> Any:
+            # built when a solution's results are first read, not on every toggle
+            if name in ("yf", "yt"):
+                y = (c0.yf if name == "yf" else c0.yt).tocsr(copy=True)
+                for r in rows:
+                    y.data[y.indptr[r] : y.indptr[r + 1]] = 0.0
+                return y
             if name == "branch":
-                return self._branch_maps(c0.ppc, ppci, n, yf, yt)
+                return self._branch_maps(c0.ppc, ppci, n, c.yf, c.yt)
+            ybus = sp.csr_matrix((yre + 1j * yim, y_ind, y_ptr), shape=(n, n))
             return self._element_maps(ppci, ybus, n)
 
-        self._c = _Structure(lazy=lazy, **fields)
+        c = _Structure(lazy=lazy, **fields)
+        self._c = c
         self._out = out
         self._last_snap = None
         self.patches += 1
@@ -564,7 +567,9 @@ class GridModel:
                 continue
             values = df[column].to_numpy().copy()
             guard.append([table, column, None, None, None, values])
-        self._guard_sizes = {t: len(net[t]) for t in _RES_TABLES if t in net}
+        # lengths of the other tables (a guarded column covers its own table's length)
+        covered = {g[0] for g in guard}
+        self._guard_sizes = [(t, len(net[t])) for t in _RES_TABLES if t in net and t not in covered]
         return guard
 
     def _guard_stale(self) -> bool:
@@ -585,12 +590,11 @@ class GridModel:
                 except KeyError:
                     return True
                 g[2], g[3], g[4] = df, cur_blocks, view
-            if view.shape != compiled.shape or not np.array_equal(
-                view, compiled, equal_nan=compiled.dtype.kind == "f"
-            ):
+            # bytes, not values: NaN tap positions compare equal, any dtype change is stale
+            if view.dtype != compiled.dtype or view.tobytes() != compiled.tobytes():
                 return True
-        for table, size in self._guard_sizes.items():
-            if len(net[table]) != size:
+        for table, size in self._guard_sizes:
+            if len(net[table].index) != size:
                 return True
         return False
 
@@ -1011,7 +1015,27 @@ class GridModel:
             return pos
         df = self._net[table]
         idx = np.atleast_1d(np.asarray(index))
-        pos = df.index.get_indexer(idx) if idx.dtype.kind in "iu" else np.full(idx.shape, -1)
+        if idx.dtype.kind not in "iu":
+            pos = np.full(idx.shape, -1)
+        elif idx.shape[0] <= 8:
+            # a few elements (a breaker, an outage): a dict per pandas Index object, which
+            # pandas replaces (never changes in place) when rows are added or relabelled
+            cached = self._pos_cache.get(table)
+            if cached is None or cached[0] is not df.index:
+                labels = df.index
+                lookup = (
+                    {int(k): i for i, k in enumerate(labels.tolist())}
+                    if labels.is_unique and labels.dtype.kind in "iu"
+                    else None
+                )
+                cached = self._pos_cache[table] = (labels, lookup)
+            lookup = cached[1]
+            if lookup is None:
+                pos = df.index.get_indexer(idx)
+            else:
+                pos = np.fromiter((lookup.get(int(k), -1) for k in idx), np.int64, idx.shape[0])
+        else:
+            pos = df.index.get_indexer(idx)
         if np.any(pos < 0):
             bad = idx[pos < 0][0]
             known = list(df.index[:20])
@@ -1436,7 +1460,7 @@ class _Structure(SimpleNamespace):
 
     def __getattr__(self, name: str) -> Any:
         lazy = self.__dict__.get("lazy")
-        if lazy is not None and name in ("branch", "element"):
+        if lazy is not None and name in ("branch", "element", "yf", "yt"):
             value = lazy(name)
             setattr(self, name, value)
             return value

@@ -567,6 +567,16 @@ cdef class Stepper:
         self.q = np.zeros(n)
         self.set_base(base_p, base_q)
 
+    def set_y(self, y_re, y_im):
+        """New Ybus values on the same pattern (a topology patch); read in place, not copied."""
+        cdef double[::1] yr = y_re
+        cdef double[::1] yi = y_im
+        if yr.shape[0] != self.yi.shape[0] or yi.shape[0] != self.yi.shape[0]:
+            raise ValueError(f"expected {self.yi.shape[0]} Ybus values, found {yr.shape[0]}")
+        self.yre = yr
+        self.yim = yi
+        self.refs = self.refs[:3] + (y_re, y_im) + self.refs[5:]
+
     def set_base(self, base_p, base_q):
         """New per-bus fixed parts (after a generator set-point change); copied."""
         cdef double[::1] bp = np.array(base_p, dtype=float)

@@ -140,6 +140,12 @@ class Stepper:
         self.inv_base = float(inv_base)
         self.set_base(base_p, base_q)
 
+    def set_y(self, y_re, y_im) -> None:
+        """New Ybus values on the same pattern (a topology patch); read in place, not copied."""
+        if np.shape(y_re)[0] != self.plan.nnz or np.shape(y_im)[0] != self.plan.nnz:
+            raise ValueError(f"expected {self.plan.nnz} Ybus values, found {np.shape(y_re)[0]}")
+        self._y = (self._y[0], self._y[1], y_re, y_im)
+
     def set_base(self, base_p, base_q) -> None:
         """New per-bus fixed parts (after a generator set-point change); copied."""
         bp = np.array(base_p, dtype=float)
