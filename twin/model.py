@@ -6,7 +6,8 @@ kernel's symbolic analysis. Injection updates touch only the injection arrays: l
 are written in place into arrays the kernel's ``Stepper`` reads, and the bus injections are
 assembled inside the kernel call at the next solve; switching, outages and tap changes recompile
 the admittance model and keep the symbolic analysis whenever the new pattern fits into the old
-one. Results go to ``net.res_*`` only on :meth:`GridModel.to_net`.
+one, except line / trafo outages that keep every bus supplied, which patch the compiled Ybus
+values. Results go to ``net.res_*`` only on :meth:`GridModel.to_net`.
 """
 
 from __future__ import annotations
@@ -251,6 +252,12 @@ class Solution:
 
 class GridModel:
     """A pandapower net compiled for repeated Newton-Raphson solves.
+
+    The model keeps the caller's net (no copy) and detects topology edits made to it directly:
+    before every solve the topology columns and table lengths it compiled are compared with the
+    net, and a difference recompiles (see docs/architecture.md "Topology and the net"). Injections
+    go through :meth:`update`; parameter edits need a new model. Line / trafo outages that keep
+    every bus supplied are patched onto the compiled Ybus; other topology changes recompile.
 
     Args:
         net: the pandapower net; kept (not copied) as ``model.net`` and kept in sync by updates.
