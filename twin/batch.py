@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from twin.model import GridModel
 
 _BRANCH_TABLES = ("line", "trafo")
+# chord steps on the base case's factors before Newton steps (the kernel's ``batch(chord=)``)
+CHORD_STEPS = 10
 
 
 @dataclass(frozen=True)
@@ -281,7 +283,7 @@ def _run(
     def work(k: int) -> None:
         kern.batch(
             *args, int(bounds[k]), int(bounds[k + 1]), model.tolerance_mva, model.max_iteration,
-            cm.retry,
+            cm.retry, CHORD_STEPS,
         )  # fmt: skip
 
     if nthreads == 1 or ncase < 2:

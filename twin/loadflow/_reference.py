@@ -191,9 +191,12 @@ def batch(
     plan: Plan, indptr, indices, y_re, y_im, kind, p_spec, q_spec, vset, vm0, va0,
     patch_ptr, patch_pos, patch_re, patch_im, dead_ptr, dead_bus, case_branch,
     branch, out_vm, out_va, out_loading, out_it, out_status, out_nrm,
-    start: int, stop: int, tol: float = 1e-8, max_iter: int = 10, retry=None,
+    start: int, stop: int, tol: float = 1e-8, max_iter: int = 10, retry=None, chord: int = 10,
 ) -> None:  # fmt: skip
-    """Same contract as ``_newton.batch``: cases ``start:stop`` solved one by one."""
+    """Same contract as ``_newton.batch``: cases ``start:stop`` solved one by one.
+
+    ``chord`` is accepted and not used: the reference takes full Newton steps (same tolerance).
+    """
     n = plan.n_bus
     y_re0 = np.asarray(y_re, dtype=float)
     y_im0 = np.asarray(y_im, dtype=float)
