@@ -1,10 +1,22 @@
-"""Load-flow benchmark: the same workload for every method, one process, a markdown table.
+"""Load-flow benchmark: the same workload for every method, one process, markdown tables.
 
-Workload per grid: consecutive solves, each after scaling every load (P and Q) by a seeded random
-factor in 0.7-1.3 (one factor per load and step). Times include applying the new loads.
+Every method solves to the same per-unit tolerance (``--tol``, on the ``sn_mva`` base:
+lightsim2grid divides its tolerance by ``sn_mva``, so it is given ``tol * sn_mva``).
 
-    python bench/loadflow.py [--cases ieee14 ieee118 ...] [--steps 1000] [--pegase-steps 200]
-                             [--pp-steps 50] [--methods ...]
+1. Injection steps: consecutive solves, each after scaling every load (P and Q) by a seeded random
+   factor in 0.7-1.3 (one factor per load and step); times include applying the new loads.
+   "solve" is the solve only, "+results" also reads line, trafo, ext_grid, gen, sgen and load
+   results (gridtwin: ``Solution.get``; lightsim2grid: its ``get_*_res`` arrays; pandapower's
+   runpp always writes every result).
+2. Topology toggle: one line out, solve, back in, solve (median per toggle + solve).
+3. N-1 over the in-service lines and trafos: gridtwin ``twin.n_minus_1`` vs lightsim2grid's
+   ContingencyAnalysisCPP (same threads) vs pandapower's contingency module (a few cases).
+
+    python bench/loadflow.py [--quick] [--cases ...] [--steps 1000] [--pegase-steps 200]
+                             [--pp-steps 50] [--methods ...] [--threads 1 2] [--n1-max N]
+
+Run it from the repository root after ``pip install .`` (the installed kernel is imported) or
+with ``PYTHONPATH=.`` after ``python setup.py build_ext --inplace``.
 """
 
 from __future__ import annotations
@@ -22,13 +34,18 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+try:  # the installed gridtwin first; the source tree only when nothing is installed
+    import twin  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 DEFAULT_CASES = [
     "ieee14", "ieee118", "mv_oberrhein", "case1354pegase", "case2869pegase", "case9241pegase",
     "urban_district",
 ]  # fmt: skip
 METHODS = ["pp_runpp", "pp_recycle", "ls2g_step", "ls2g_batch", "gridtwin_cython", "gridtwin_numpy"]
+QUICK_CASES = ["ieee14", "ieee118", "case2869pegase"]
+TOL = 1e-8  # per unit on sn_mva, pandapower's default tolerance_mva
 SLOW = {"pp_runpp", "pp_recycle"}
 
 
@@ -55,7 +72,7 @@ def run_pandapower(net, fac, recycle: bool):
     net["_ppc"] = None
     p0 = net.load.p_mw.to_numpy(float).copy()
     q0 = net.load.q_mvar.to_numpy(float).copy()
-    kwargs = {"lightsim2grid": False}
+    kwargs: dict = {"lightsim2grid": False, "tolerance_mva": TOL}
     if recycle:
         pp.runpp(net, **kwargs)  # the recycle mode needs one full run first
         kwargs["recycle"] = {"bus_pq": True, "trafo": False, "gen": False}
@@ -81,7 +98,14 @@ def _v_start(net) -> np.ndarray:
     return vm * np.exp(1j * va)
 
 
-def run_ls2g_step(net, fac):
+def _ls2g_results(model) -> None:
+    for get in (model.get_line_res1, model.get_line_res2, model.get_trafo_res1,
+                model.get_trafo_res2, model.get_gen_res, model.get_sgens_res,
+                model.get_loads_res):  # fmt: skip
+        get()
+
+
+def run_ls2g_step(net, fac, results: bool = False):
     from lightsim2grid.network import init_from_pandapower
 
     net = copy.deepcopy(net)
@@ -89,7 +113,8 @@ def run_ls2g_step(net, fac):
     model = init_from_pandapower(net)
     p0 = net.load.p_mw.to_numpy(float)
     q0 = net.load.q_mvar.to_numpy(float)
-    first = model.ac_pf(_v_start(net), 10, 1e-8)
+    tol = TOL * net.sn_mva  # lightsim2grid divides by sn_mva
+    first = model.ac_pf(_v_start(net), 10, tol)
     if first.shape[0] == 0:
         raise RuntimeError("lightsim2grid did not converge on the base case")
     state = {"v": first}
@@ -98,9 +123,11 @@ def run_ls2g_step(net, fac):
     def step(k: int) -> int:
         model.update_loads_p(mask, (p0 * fac[k]).astype(np.float32))
         model.update_loads_q(mask, (q0 * fac[k]).astype(np.float32))
-        v = model.ac_pf(state["v"], 10, 1e-8)
+        v = model.ac_pf(state["v"], 10, tol)
         if v.shape[0] == 0:
             raise RuntimeError(f"lightsim2grid did not converge at step {k}")
+        if results:
+            _ls2g_results(model)
         state["v"] = v
         return int(model.get_solver().get_nb_iter())
 
@@ -114,7 +141,8 @@ def run_ls2g_batch(net, fac):
     net = copy.deepcopy(net)
     net["_ppc"] = None
     model = init_from_pandapower(net)
-    v0 = model.ac_pf(_v_start(net), 10, 1e-8)
+    tol = TOL * net.sn_mva
+    v0 = model.ac_pf(_v_start(net), 10, tol)
     ts = TimeSeriesCPP(model)
     steps = fac.shape[0]
     # lightsim2grid counts its own generators (ext_grids and slack included): use its targets
@@ -125,7 +153,7 @@ def run_ls2g_batch(net, fac):
     load_p = np.ascontiguousarray(net.load.p_mw.to_numpy(float) * fac)
     load_q = np.ascontiguousarray(net.load.q_mvar.to_numpy(float) * fac)
     t0 = time.perf_counter()
-    status = ts.compute_Vs(gen_p, sgen_p, load_p, load_q, v0, 10, 1e-8)
+    status = ts.compute_Vs(gen_p, sgen_p, load_p, load_q, v0, 10, tol)
     total = time.perf_counter() - t0
     if status != 1:
         raise RuntimeError(f"TimeSeriesCPP status {status}")
@@ -136,19 +164,31 @@ def run_ls2g_batch(net, fac):
     return [total / steps] * steps, iters
 
 
-def run_gridtwin(net, fac, backend: str):
+_RESULTS = [
+    ("line", "p_from_mw"), ("line", "q_from_mvar"), ("line", "loading_percent"),
+    ("trafo", "p_hv_mw"), ("trafo", "loading_percent"), ("ext_grid", "p_mw"),
+    ("gen", "q_mvar"), ("sgen", "p_mw"), ("load", "p_mw"),
+]  # fmt: skip
+
+
+def run_gridtwin(net, fac, backend: str, results: bool = False):
     from twin.model import GridModel
 
     net = copy.deepcopy(net)
-    model = GridModel(net, backend=backend)
+    model = GridModel(net, backend=backend, tolerance_mva=TOL)
     model.solve()
     p0 = net.load.p_mw.to_numpy(float).copy()
     q0 = net.load.q_mvar.to_numpy(float).copy()
+    wanted = [(t, c) for t, c in _RESULTS if len(net[t])]
 
     def step(k: int) -> int:
         model.update("load", "p_mw", p0 * fac[k])
         model.update("load", "q_mvar", q0 * fac[k])
-        return model.solve().iterations
+        sol = model.solve()
+        if results:
+            for table, column in wanted:
+                sol.get(table, column)
+        return sol.iterations
 
     return _time_steps(step, fac.shape[0])
 
@@ -167,26 +207,180 @@ def gridtwin_memory(net, backend: str = "cython") -> tuple[float, float]:
     return peak / 1e6, model.memory_bytes() / 1e6
 
 
+def _toggle_line(net) -> int:
+    """A line whose outage keeps every bus supplied (the same one for every method)."""
+    from twin import batch
+    from twin.model import GridModel
+
+    model = GridModel(copy.deepcopy(net))
+    first = net.line.index[net.line.in_service][:50]
+    res = batch.n_minus_1(model, [("line", int(i)) for i in first])
+    ok = [k for k in range(len(res)) if res.converged[k] and not res.islanded[k]]
+    return int(res.element[ok[len(ok) // 2]][1])
+
+
+def run_toggle_gridtwin(net, line: int, steps: int):
+    from twin.model import GridModel
+
+    model = GridModel(copy.deepcopy(net), tolerance_mva=TOL)
+    model.solve()
+
+    def step(k: int) -> int:
+        model.update("line", "in_service", [k % 2 == 1], index=[line])
+        return model.solve().iterations
+
+    return _time_steps(step, steps)
+
+
+def run_toggle_ls2g(net, line: int, steps: int):
+    from lightsim2grid.network import init_from_pandapower
+
+    net = copy.deepcopy(net)
+    net["_ppc"] = None
+    model = init_from_pandapower(net)
+    tol = TOL * net.sn_mva
+    state = {"v": model.ac_pf(_v_start(net), 10, tol)}
+    pos = int(net.line.index.get_loc(line))
+
+    def step(k: int) -> int:
+        if k % 2 == 0:
+            model.deactivate_powerline(pos)
+        else:
+            model.reactivate_powerline(pos)
+        v = model.ac_pf(state["v"], 10, tol)
+        if v.shape[0] == 0:
+            raise RuntimeError(f"lightsim2grid did not converge at toggle {k}")
+        state["v"] = v
+        return int(model.get_solver().get_nb_iter())
+
+    return _time_steps(step, steps)
+
+
+def _n1_elements(net, limit: int | None) -> list[tuple[str, int]]:
+    els = [("line", int(i)) for i in net.line.index[net.line.in_service]]
+    els += [("trafo", int(i)) for i in net.trafo.index[net.trafo.in_service]]
+    return els[:limit] if limit else els
+
+
+def run_n1_gridtwin(net, elements, threads: int) -> tuple[float, int]:
+    """(cases per second, converged cases)."""
+    import twin
+    from twin.model import GridModel
+
+    model = GridModel(copy.deepcopy(net), tolerance_mva=TOL)
+    model.solve()
+    t0 = time.perf_counter()
+    res = twin.n_minus_1(model, elements, threads=threads)
+    dt = time.perf_counter() - t0
+    return len(res) / dt, int(res.converged.sum())
+
+
+def run_n1_ls2g(net, elements, threads: int) -> tuple[float, int]:
+    from lightsim2grid.contingencyAnalysis import ContingencyAnalysisCPP
+    from lightsim2grid.network import init_from_pandapower
+
+    net = copy.deepcopy(net)
+    net["_ppc"] = None
+    model = init_from_pandapower(net)
+    tol = TOL * net.sn_mva
+    v0 = model.ac_pf(_v_start(net), 10, tol)
+    nline = len(net.line)
+    ids = [
+        int(net.line.index.get_loc(i)) if t == "line" else nline + int(net.trafo.index.get_loc(i))
+        for t, i in elements
+    ]
+    ca = ContingencyAnalysisCPP(model)
+    ca.nb_thread = threads
+    ca.add_multiple_n1(ids)
+    t0 = time.perf_counter()
+    ca.compute(v0, 10, tol)
+    ca.compute_flows()
+    dt = time.perf_counter() - t0
+    volts = np.asarray(ca.get_voltages())
+    conv = int(np.sum(np.abs(volts).sum(axis=1) > 0)) if volts.size else 0
+    return len(ids) / dt, conv
+
+
+def run_n1_pandapower(net, elements) -> tuple[float, int]:
+    from pandapower.contingency import run_contingency
+
+    net = copy.deepcopy(net)
+    net["_ppc"] = None
+    cases: dict[str, dict[str, list[int]]] = {}
+    for t, i in elements:
+        cases.setdefault(t, {"index": []})["index"].append(i)
+    t0 = time.perf_counter()
+    run_contingency(net, cases, lightsim2grid=False, tolerance_mva=TOL)
+    dt = time.perf_counter() - t0
+    return len(elements) / dt, len(elements)
+
+
+def _kernel_line() -> str:
+    from twin.loadflow import build_info
+
+    info = build_info()
+    if info["cython_available"]:
+        return f"gridtwin kernel: compiled ({info['kernel_module']})"
+    return (
+        "gridtwin kernel: NOT AVAILABLE - the compiled kernel twin.loadflow._newton is missing "
+        f"({info['reason']}); the gridtwin_cython rows are skipped. Install with 'pip install .' "
+        "and run from the repository root, or build in place with "
+        "'python setup.py build_ext --inplace' and set PYTHONPATH=."
+    )
+
+
+def _cell(r, base) -> str:
+    if isinstance(r, tuple):
+        ratio = f", x{r[0] / base[0]:.1f}" if isinstance(base, tuple) and base[0] > 0 else ""
+        return f"{r[0]:.4g} ({r[1]:.1f} it{ratio})"
+    return str(r)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES)
+    quick = f"{' '.join(QUICK_CASES)}, few steps, a bounded N-1 (about 2 min)"
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--cases", nargs="+", default=None)
     parser.add_argument("--steps", type=int, default=1000, help="steps per non-pegase grid")
     parser.add_argument("--pegase-steps", type=int, default=200, help="steps per pegase grid")
     parser.add_argument("--pp-steps", type=int, default=50, help="steps for pandapower methods")
+    parser.add_argument("--toggle-steps", type=int, default=200, help="toggles per grid")
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--n1-cases", nargs="+", default=None, help="grids of the N-1 table")
+    parser.add_argument("--n1-max", type=int, default=None, help="at most this many outages")
+    parser.add_argument("--n1-pp", type=int, default=20, help="outages for pandapower's module")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.pegase_steps, args.pp_steps, args.toggle_steps = 50, 10, 5, 20
+        args.n1_max = args.n1_max or 1000
+        args.n1_pp = min(args.n1_pp, 5)
+        args.methods = [m for m in args.methods if m != "gridtwin_numpy"]
+    cases = args.cases or (QUICK_CASES if args.quick else DEFAULT_CASES)
+    n1_cases = args.n1_cases or [c for c in ("ieee118", "case2869pegase") if c in cases]
     warnings.filterwarnings("ignore")
     import grids
+    from twin.loadflow import build_info
 
-    rows = []
+    kernel_line = _kernel_line()
+    print("# " + kernel_line, file=sys.stderr, flush=True)
+    methods = list(args.methods)
+    if not build_info()["cython_available"]:
+        methods = [m for m in methods if m != "gridtwin_cython"]
+    cols = []  # (label, method, with results)
+    for m in methods:
+        cols.append((m, m, False))
+        if m in ("ls2g_step", "gridtwin_cython", "gridtwin_numpy"):
+            cols.append((m + " +results", m, True))
+    rows, toggles, n1 = [], [], []
     memory = None
-    for case in args.cases:
+    for case in cases:
         net = grids.load(case)
         net["_ppc"] = None
         steps = args.pegase_steps if "pegase" in case else args.steps
         results: dict[str, tuple[float, float] | str] = {}
-        for method in args.methods:
+        for label, method, with_res in cols:
             n = min(steps, args.pp_steps) if method in SLOW else steps
             fac = _factors(args.seed, n, len(net.load))
             try:
@@ -195,43 +389,90 @@ def main(argv: list[str] | None = None) -> int:
                 elif method == "pp_recycle":
                     times, iters = run_pandapower(net, fac, recycle=True)
                 elif method == "ls2g_step":
-                    times, iters = run_ls2g_step(net, fac)
+                    times, iters = run_ls2g_step(net, fac, with_res)
                 elif method == "ls2g_batch":
                     times, iters = run_ls2g_batch(net, fac)
                 else:
-                    times, iters = run_gridtwin(net, fac, method.split("_")[1])
+                    times, iters = run_gridtwin(net, fac, method.split("_")[1], with_res)
             except Exception as exc:  # a comparison method failing must not stop the table
-                results[method] = f"failed: {type(exc).__name__}: {exc}"[:60]
+                results[label] = f"failed: {type(exc).__name__}: {exc}"[:60]
                 continue
             med = statistics.median(times) * 1e3
             it = statistics.mean(iters) if iters else float("nan")
-            results[method] = (med, it)
-            print(f"# {case:16s} {method:16s} {med:10.4f} ms  iters {it:.2f}  ({n} steps)",
+            results[label] = (med, it)
+            print(f"# {case:16s} {label:26s} {med:10.4f} ms  iters {it:.2f}  ({n} steps)",
                   file=sys.stderr, flush=True)  # fmt: skip
         rows.append((case, results))
-        if case == "case9241pegase":
+        if case == "case9241pegase" and not args.quick:
             memory = gridtwin_memory(net)
+        if len(net.line) and build_info()["cython_available"]:
+            line = _toggle_line(net)
+            cell: dict[str, tuple[float, float] | str] = {}
+            for name, fn in (("gridtwin", run_toggle_gridtwin), ("ls2g", run_toggle_ls2g)):
+                try:
+                    times, iters = fn(net, line, args.toggle_steps)
+                    cell[name] = (statistics.median(times) * 1e3, statistics.mean(iters))
+                except Exception as exc:
+                    cell[name] = f"failed: {type(exc).__name__}: {exc}"[:60]
+                print(f"# {case:16s} toggle line {line} {name:10s} {cell[name]}", file=sys.stderr,
+                      flush=True)  # fmt: skip
+            toggles.append((case, line, cell))
+        if case in n1_cases and build_info()["cython_available"]:
+            els = _n1_elements(net, args.n1_max)
+            cell2: dict[str, str] = {}
+            for th in args.threads:
+                for name, fn in (("gridtwin", run_n1_gridtwin), ("ls2g", run_n1_ls2g)):
+                    try:
+                        rate, conv = fn(net, els, th)
+                        cell2[f"{name} {th}t"] = f"{rate:.0f}/s ({conv} conv)"
+                    except Exception as exc:
+                        cell2[f"{name} {th}t"] = f"failed: {type(exc).__name__}: {exc}"[:60]
+                    print(f"# {case:16s} N-1 {name} {th}t {cell2[f'{name} {th}t']}",
+                          file=sys.stderr, flush=True)  # fmt: skip
+            try:
+                rate, _ = run_n1_pandapower(net, els[: args.n1_pp])
+                cell2["pandapower"] = f"{rate:.1f}/s ({min(args.n1_pp, len(els))} cases)"
+            except Exception as exc:
+                cell2["pandapower"] = f"failed: {type(exc).__name__}: {exc}"[:60]
+            n1.append((case, len(els), cell2))
 
-    print("\nMedian ms per solve (mean NR iterations); ratio = method time / gridtwin cython\n")
-    header = "| grid | " + " | ".join(args.methods) + " |"
-    print(header)
-    print("|" + "---|" * (len(args.methods) + 1))
+    print("\n" + kernel_line)
+    print(f"Tolerance {TOL:g} pu on sn_mva for every method (lightsim2grid given tol * sn_mva).")
+    print("\nInjection steps: median ms per step (mean NR iterations); "
+          "ratio = method time / gridtwin cython (same column kind)\n")  # fmt: skip
+    labels = [c[0] for c in cols]
+    print("| grid | " + " | ".join(labels) + " |")
+    print("|" + "---|" * (len(labels) + 1))
     for case, results in rows:
-        base = results.get("gridtwin_cython")
         cells = []
-        for m in args.methods:
-            r = results.get(m)
-            if isinstance(r, tuple):
-                ratio = f", x{r[0] / base[0]:.1f}" if isinstance(base, tuple) else ""
-                cells.append(f"{r[0]:.4g} ({r[1]:.1f} it{ratio})")
-            else:
-                cells.append(str(r))
+        for label, _m, with_res in cols:
+            base = results.get("gridtwin_cython +results" if with_res else "gridtwin_cython")
+            cells.append(_cell(results.get(label), base))
         print(f"| {case} | " + " | ".join(cells) + " |")
     if memory is not None:
         print(
             f"\ncase9241pegase GridModel (cython): tracemalloc peak while compiling "
             f"{memory[0]:.1f} MB; compiled arrays {memory[1]:.1f} MB"
         )
+    if toggles:
+        print(
+            "\nTopology toggle: one line out / back in + solve, median ms per toggle "
+            "(gridtwin update + solve; lightsim2grid deactivate/reactivate + ac_pf)\n"
+        )
+        print("| grid | line | gridtwin | lightsim2grid | gridtwin / lightsim2grid |")
+        print("|---|---|---|---|---|")
+        for case, line, cell in toggles:
+            g, ls = cell.get("gridtwin"), cell.get("ls2g")
+            ratio = (f"{g[0] / ls[0]:.2f}" if isinstance(g, tuple) and isinstance(ls, tuple)
+                     else "-")  # fmt: skip
+            print(f"| {case} | {line} | {_cell(g, None)} | {_cell(ls, None)} | {ratio} |")
+    if n1:
+        keys = [f"{n} {t}t" for t in args.threads for n in ("gridtwin", "ls2g")] + ["pandapower"]
+        print("\nN-1 over in-service lines and trafos: cases per second (converged cases)\n")
+        print("| grid | outages | " + " | ".join(keys) + " |")
+        print("|" + "---|" * (len(keys) + 2))
+        for case, count, cell2 in n1:
+            print(f"| {case} | {count} | " + " | ".join(cell2.get(k, "-") for k in keys) + " |")
     return 0
 
 

@@ -19,10 +19,12 @@ from twin.errors import (
 )
 
 if TYPE_CHECKING:
+    from twin.batch import BatchResult, n_minus_1, solve_batch
     from twin.loadflow import build_info
     from twin.model import GridModel, Solution
 
 __all__ = [
+    "BatchResult",
     "ConfigError",
     "GridDataError",
     "GridModel",
@@ -34,6 +36,8 @@ __all__ = [
     "SyncError",
     "TwinError",
     "build_info",
+    "n_minus_1",
+    "solve_batch",
 ]
 
 
@@ -42,6 +46,10 @@ def __getattr__(name: str) -> Any:
         from twin.loadflow import build_info
 
         return build_info
+    if name in ("BatchResult", "n_minus_1", "solve_batch"):
+        from twin import batch
+
+        return getattr(batch, name)
     if name in ("GridModel", "Solution"):
         from twin import model
 

@@ -55,6 +55,7 @@ class LoadflowNotConverged(LoadflowError):
         self.iterations = int(iterations)
         self.worst_bus = int(worst_bus)
         self.mismatch = float(mismatch)
+        self.detail = detail
         msg = (
             f"load flow did not converge after {self.iterations} iterations: "
             f"worst bus {self.worst_bus} with mismatch {self.mismatch:.3g} pu"

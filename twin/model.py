@@ -6,7 +6,8 @@ kernel's symbolic analysis. Injection updates touch only the injection arrays: l
 are written in place into arrays the kernel's ``Stepper`` reads, and the bus injections are
 assembled inside the kernel call at the next solve; switching, outages and tap changes recompile
 the admittance model and keep the symbolic analysis whenever the new pattern fits into the old
-one. Results go to ``net.res_*`` only on :meth:`GridModel.to_net`.
+one, except line / trafo outages that keep every bus supplied, which patch the compiled Ybus
+values. Results go to ``net.res_*`` only on :meth:`GridModel.to_net`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from twin.errors import InvalidInput, LoadflowNotConverged, TopologyError
+from twin.errors import InvalidInput, LoadflowError, LoadflowNotConverged, TopologyError
 from twin.loadflow import kernel, resolve_backend
 
 _log = logging.getLogger(__name__)
@@ -70,6 +71,16 @@ _NATIVE: dict[str, frozenset[str]] = {**_NATIVE_BRANCH, **_NATIVE_ELEMENT}
 _EPS = float(np.finfo(float).eps)  # pypower's guard in the reactive-power split
 _SL_FAC = 25  # pypower gen column: slack contribution factor
 _BOOL_COLUMNS = {("switch", "closed"), ("line", "in_service"), ("trafo", "in_service")}
+
+# inputs the compile reads that update() does not carry in its own arrays: the model compares
+# them with what it compiled before every solve (edits made to the net behind its back)
+_GUARDED = (
+    ("bus", "in_service"), ("switch", "closed"), ("line", "in_service"), ("trafo", "in_service"),
+    ("trafo", "tap_pos"), ("trafo3w", "in_service"), ("trafo3w", "tap_pos"),
+    ("ext_grid", "in_service"), ("gen", "in_service"), ("sgen", "in_service"),
+    ("load", "in_service"), ("shunt", "in_service"), ("impedance", "in_service"),
+    ("ward", "in_service"), ("xward", "in_service"), ("storage", "in_service"),
+)  # fmt: skip
 
 _RES_TABLES = (
     "bus", "line", "trafo", "trafo3w", "impedance", "ext_grid", "load", "sgen", "gen", "shunt",
@@ -138,8 +149,13 @@ class Solution:
         results: Callable[[], dict[str, Any]],
         branch: Callable[[str], dict[str, np.ndarray] | None] | None = None,
         native: Callable[[str], dict[str, np.ndarray] | None] | None = None,
+        unsupplied_buses: np.ndarray | None = None,
     ) -> None:
         self._vm_int = vm
+        #: pandapower indices of in-service buses with no path to a slack (NaN in the results)
+        self.unsupplied_buses = (
+            np.zeros(0, dtype=np.int64) if unsupplied_buses is None else unsupplied_buses
+        )
         self._va_int = va
         self._bus_int = bus_int
         self._vm_pu: np.ndarray | None = None
@@ -237,6 +253,12 @@ class Solution:
 class GridModel:
     """A pandapower net compiled for repeated Newton-Raphson solves.
 
+    The model keeps the caller's net (no copy) and detects topology edits made to it directly:
+    before every solve the topology columns and table lengths it compiled are compared with the
+    net, and a difference recompiles (see docs/architecture.md "Topology and the net"). Injections
+    go through :meth:`update`; parameter edits need a new model. Line / trafo outages that keep
+    every bus supplied are patched onto the compiled Ybus; other topology changes recompile.
+
     Args:
         net: the pandapower net; kept (not copied) as ``model.net`` and kept in sync by updates.
         backend: "auto" | "cython" | "numpy" (``GRIDTWIN_BACKEND`` overrides).
@@ -260,6 +282,7 @@ class GridModel:
     ) -> None:
         self._net = net
         self._inp: dict[tuple[str, str], np.ndarray] = {}  # inputs not yet written to net
+        self._pos_cache: dict[str, tuple[Any, dict[int, int] | None]] = {}
         self._dirty: set[tuple[str, str]] = set()
         self.backend = resolve_backend(backend)
         self._kernel = kernel(self.backend)
@@ -378,19 +401,24 @@ class GridModel:
         # ybus pattern: reuse the symbolic analysis when the new pattern fits the old one
         self._install_ybus(ybus)
         # initial state: warm start from the last converged state, else flat / DC like pandapower
-        vm, va = np.abs(v0).astype(float), np.angle(v0).astype(float)
-        if net._options.get("init_va_degree") == "dc":
-            dc = _copy_ppc(ppci)
-            try:
-                dc = pp["dc"](dc)
-                va = np.deg2rad(dc["bus"][:, 8].astype(float))  # VA column
-            except Exception as exc:  # a DC start is an optimisation, flat start still works
-                _log.warning("DC initialisation failed (%s); using a flat start", exc)
+        vm, va = self._cold_start(ppci, v0, kind)
+        self._start = (vm.copy(), va.copy())  # the retry start of a failed warm solve
         if self._last_vm_pp is not None and self._last_va_pp is not None:
-            have = valid & np.isfinite(self._last_vm_pp)
-            vm[ib[have]] = self._last_vm_pp[have]
-            va[ib[have]] = self._last_va_pp[have]
+            have_pp = valid & np.isfinite(self._last_vm_pp)
+            have = np.zeros(n, dtype=bool)
+            have[ib[have_pp]] = True
+            vm[ib[have_pp]] = self._last_vm_pp[have_pp]
+            va[ib[have_pp]] = self._last_va_pp[have_pp]
+            # buses without a warm value (re-energised, auxiliary buses of open switches) start
+            # from their warm neighbours, not from a cold start beside a warm one
+            _fill_from_neighbours(vm, va, have, ybus.indptr, ybus.indices)
         vm[kind != 2] = self._vset[kind != 2]
+        self._unsupplied = self._unsupplied_buses(net, ib)
+        if self._unsupplied.size:
+            _log.warning(
+                "%d in-service buses have no connection to a slack and are not solved (NaN): %s",
+                self._unsupplied.size, _short_list(self._unsupplied),
+            )  # fmt: skip
         self._vm = vm
         self._va = va
         self._va_ref = np.angle(v0)[ref]
@@ -404,7 +432,8 @@ class GridModel:
             self._vset, zeros, zeros, groups, self._inv_base,
         )  # fmt: skip
         # what a solution needs to build its results later, even after a recompile
-        self._c = SimpleNamespace(
+        self._groups = groups
+        self._c = _Structure(
             branch=self._branch_maps(ppc, ppci, n, yf, yt),
             element=self._element_maps(ppci, ybus, n),
             ppci=ppci, ppc=ppc, ref_gens=ref_gens, gen_bus=self._gen_bus, gen_on=self._gen_on,
@@ -412,6 +441,217 @@ class GridModel:
             y_im=self._y_im, n=n, base_mva=self._base_mva, yf=yf, yt=yt, ref=ref, pv=pv, pq=pq,
             rest_p=self._rest_p, rest_q=self._rest_q, groups=[(b, w) for b, w, _ in groups],
         )  # fmt: skip
+        self._guard = self._make_guard(net)
+        # branch outages patched onto this compile (compiled branch rows) and what patching needs
+        self._c_base = self._c
+        self._y_base = (self._y_re, self._y_im)
+        self._out: frozenset[int] = frozenset()
+        self._patch_info: SimpleNamespace | None = None
+        self.patches = getattr(self, "patches", 0)
+
+    # ------------------------------------------------------------------ topology patches
+    def _patch_data(self) -> SimpleNamespace:
+        """Per compiled branch: Ybus positions and admittances; per line / trafo: its row."""
+        if self._patch_info is not None:
+            return self._patch_info
+        from pandapower.pypower.makeYbus import branch_vectors
+
+        from twin import batch
+
+        c = self._c_base
+        br = c.ppci["branch"]
+        f = br[:, 0].real.astype(np.int64)
+        t = br[:, 1].real.astype(np.int64)
+        ytt, yff, yft, ytf = branch_vectors(br, br.shape[0])
+        pos = batch._ybus_positions(c, f, t)  # (4, rows)
+        stamps = np.vstack([yff, yft, ytf, ytt])
+        branch_is = np.asarray(c.ppci["internal"]["branch_is"], dtype=bool)
+        to_int = np.where(branch_is, np.cumsum(branch_is) - 1, -1)
+        rows: dict[str, np.ndarray] = {}
+        for table in ("line", "trafo"):
+            rng = self._net._pd2ppc_lookups["branch"].get(table)
+            if rng is not None and int(rng[1]) - int(rng[0]) == len(self._net[table]):
+                rows[table] = to_int[int(rng[0]) : int(rng[1])]
+        dead = batch._dead_sets(c, f, t, self._kind0)
+        self._patch_info = SimpleNamespace(
+            f=f, t=t, pos=pos, stamps=stamps, rows=rows, bridge_dead=dead
+        )
+        return self._patch_info
+
+    def _all_supplied(self, out: frozenset[int], info: SimpleNamespace) -> bool:
+        """Whether every compiled bus keeps a path to a slack with branches ``out`` removed."""
+        if len(out) == 1:
+            return next(iter(out)) not in info.bridge_dead
+        import scipy.sparse as sp
+        from scipy.sparse.csgraph import connected_components
+
+        keep = np.ones(info.f.shape[0], dtype=bool)
+        keep[list(out)] = False
+        n = self._n
+        g = sp.coo_matrix((np.ones(int(keep.sum())), (info.f[keep], info.t[keep])), shape=(n, n))
+        _, comp = connected_components(g, directed=False)
+        has_slack = np.zeros(int(comp.max()) + 1, dtype=bool)
+        has_slack[comp[self._kind0 == 0]] = True
+        return bool(has_slack[comp].all())
+
+    def _try_patch(self, table: str, pos: np.ndarray, new: np.ndarray) -> bool:
+        """Branch in_service changes as Ybus patches on this compile (False: recompile instead).
+
+        Only branches of the compile (in service when it was built) whose change keeps every
+        bus supplied: no pandapower conversion, same pattern, same symbolic analysis.
+        """
+        info = self._patch_data()
+        rows_of = info.rows.get(table)
+        if rows_of is None:
+            return False
+        rows = rows_of[pos]
+        if np.any(rows < 0):
+            return False
+        out = set(self._out)
+        for r, on in zip(rows.tolist(), np.asarray(new, dtype=bool).tolist()):
+            if on:
+                out.discard(r)
+            else:
+                out.add(r)
+        new_out = frozenset(out)
+        if new_out == self._out:
+            return True
+        if new_out - self._out and not self._all_supplied(new_out, info):
+            return False
+        self._install_patch(new_out, info)
+        return True
+
+    def _install_patch(self, out: frozenset[int], info: SimpleNamespace) -> None:
+        import scipy.sparse as sp
+
+        y_re0, y_im0 = self._y_base
+        yre = y_re0.copy()
+        yim = y_im0.copy()
+        rows = np.asarray(sorted(out), dtype=np.int64)
+        if rows.size:
+            pos = info.pos[:, rows].reshape(-1)
+            d = info.stamps[:, rows].reshape(-1)
+            np.subtract.at(yre, pos, d.real)
+            np.subtract.at(yim, pos, d.imag)
+        self._y_re: np.ndarray = yre
+        self._y_im: np.ndarray = yim
+        self._stepper.set_y(yre, yim)  # same pattern, plan and injections: new values only
+        c0 = self._c_base
+        # ppci keeps BR_STATUS 1 (pypower's pfsoln refuses status 0): the zeroed Yf / Yt rows
+        # give the patched-out branches zero flows, as pandapower reports for them
+        ppci = c0.ppci
+        n = self._n
+        fields = {
+            k: v for k, v in vars(c0).items() if k not in ("branch", "element", "yf", "yt", "lazy")
+        }
+        fields.update(ppci=ppci, y_re=yre, y_im=yim)
+        y_ind, y_ptr = self._y_indices, self._y_indptr
+
+        def lazy(name: str) -> Any:
+            # built when a solution's results are first read, not on every toggle
+            if name in ("yf", "yt"):
+                y = (c0.yf if name == "yf" else c0.yt).tocsr(copy=True)
+                for r in rows:
+                    y.data[y.indptr[r] : y.indptr[r + 1]] = 0.0
+                return y
+            if name == "branch":
+                return self._branch_maps(c0.ppc, ppci, n, c.yf, c.yt)
+            ybus = sp.csr_matrix((yre + 1j * yim, y_ind, y_ptr), shape=(n, n))
+            return self._element_maps(ppci, ybus, n)
+
+        c = _Structure(lazy=lazy, **fields)
+        self._c = c
+        self._out = out
+        self._last_snap = None
+        self.patches += 1
+
+    def _make_guard(self, net: Any) -> list[list[Any]]:
+        """Per guarded column: [table, column, frame, blocks, view or None, compiled values]."""
+        guard = []
+        for table, column in _GUARDED:
+            df = net.get(table) if table in net else None
+            if df is None or column not in df.columns:
+                continue
+            values = df[column].to_numpy().copy()
+            guard.append([table, column, None, None, None, values])
+        # lengths of the other tables (a guarded column covers its own table's length)
+        covered = {g[0] for g in guard}
+        self._guard_sizes = [(t, len(net[t])) for t in _RES_TABLES if t in net and t not in covered]
+        return guard
+
+    def _guard_stale(self) -> bool:
+        """Whether a guarded net column (or a table's length) differs from what was compiled.
+
+        A cached read-only view of the column's block makes the check a few microseconds
+        while pandas keeps the frame's blocks; otherwise the column is read again.
+        """
+        net = self._net
+        for g in self._guard:
+            table, column, frame, blocks, view, compiled = g[:6]
+            df = net[table]
+            mgr = getattr(df, "_mgr", None)
+            cur_blocks = getattr(mgr, "blocks", None)
+            if view is None or frame is not df or blocks is not cur_blocks:
+                try:
+                    view = df[column].to_numpy()
+                except KeyError:
+                    return True
+                g[2], g[3], g[4] = df, cur_blocks, view
+            # bytes, not values: NaN tap positions compare equal, any dtype change is stale
+            if view.dtype != compiled.dtype or view.tobytes() != compiled.tobytes():
+                return True
+        for table, size in self._guard_sizes:
+            if len(net[table].index) != size:
+                return True
+        return False
+
+    def _write_guarded(self, table: str, column: str, pos: np.ndarray, new: np.ndarray) -> bool:
+        """Write a boolean column through the guard's view of the frame's block (no pandas).
+
+        False when pandas gives no writable view of its own block (the caller uses iloc).
+        """
+        for g in self._guard:
+            if g[0] != table or g[1] != column:
+                continue
+            view = g[4]
+            if view is None or view.dtype != np.bool_ or not view.flags.writeable:
+                return False
+            if len(g) < 7 or g[6] is not g[3]:
+                # once per block layout: is the view the block's memory (not a copy)?
+                shares = any(np.shares_memory(view, b.values) for b in (g[3] or ()))
+                g[6:] = [g[3], shares]
+            if not g[7]:
+                return False
+            view[pos] = new
+            return True
+        return False
+
+    def _guard_values(self, table: str, column: str) -> np.ndarray | None:
+        for g in self._guard:
+            if g[0] == table and g[1] == column:
+                return g[5]
+        return None
+
+    def _cold_start(
+        self, ppci: dict, v0: np.ndarray, kind: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """pandapower's start for this compile: set-point magnitudes, DC angles when asked."""
+        vm, va = np.abs(v0).astype(float), np.angle(v0).astype(float)
+        if self._net._options.get("init_va_degree") == "dc":
+            dc = _copy_ppc(ppci)
+            try:
+                dc = self._pp["dc"](dc)
+                va = np.deg2rad(dc["bus"][:, 8].astype(float))  # VA column
+            except Exception as exc:  # a DC start is an optimisation, flat start still works
+                _log.warning("DC initialisation failed (%s); using a flat start", exc)
+        vm[kind != 2] = self._vset[kind != 2]
+        return vm, va
+
+    @staticmethod
+    def _unsupplied_buses(net: Any, ib: np.ndarray) -> np.ndarray:
+        """pandapower indices of in-service buses left out of the solve (no path to a slack)."""
+        on = net.bus["in_service"].to_numpy(dtype=bool)
+        return net.bus.index.to_numpy()[on & (ib < 0)]
 
     def _branch_maps(self, ppc: dict, ppci: dict, n: int, yf: Any, yt: Any) -> dict[str, Any]:
         """Per line / trafo: the Yf / Yt rows of its solved branches, end buses, ratings."""
@@ -782,7 +1022,27 @@ class GridModel:
             return pos
         df = self._net[table]
         idx = np.atleast_1d(np.asarray(index))
-        pos = df.index.get_indexer(idx) if idx.dtype.kind in "iu" else np.full(idx.shape, -1)
+        if idx.dtype.kind not in "iu":
+            pos = np.full(idx.shape, -1)
+        elif idx.shape[0] <= 8:
+            # a few elements (a breaker, an outage): a dict per pandas Index object, which
+            # pandas replaces (never changes in place) when rows are added or relabelled
+            cached = self._pos_cache.get(table)
+            if cached is None or cached[0] is not df.index:
+                labels = df.index
+                lookup = (
+                    {int(k): i for i, k in enumerate(labels.tolist())}
+                    if labels.is_unique and labels.dtype.kind in "iu"
+                    else None
+                )
+                cached = self._pos_cache[table] = (labels, lookup)
+            lookup = cached[1]
+            if lookup is None:
+                pos = df.index.get_indexer(idx)
+            else:
+                pos = np.fromiter((lookup.get(int(k), -1) for k in idx), np.int64, idx.shape[0])
+        else:
+            pos = df.index.get_indexer(idx)
         if np.any(pos < 0):
             bad = idx[pos < 0][0]
             known = list(df.index[:20])
@@ -862,10 +1122,25 @@ class GridModel:
             newv = fv
         if (table, column) in _TOPOLOGY:
             df = self.net[table]  # flushed: the recompile reads every input from the net
+            compiled = self._guard_values(table, column)
+            # the guard holds what was compiled; when the net still agrees with it (not stale),
+            # it stands for the net's column and no pandas read is needed
+            fresh = compiled is not None and not self._guard_stale()
+            if (
+                fresh
+                and compiled is not None
+                and np.array_equal(compiled[pos].astype(float), newv.astype(float), equal_nan=True)
+            ):
+                return  # unchanged: a sync loop may resend the same status every step
+            if fresh and column == "in_service" and self._write_guarded(table, column, pos, newv):
+                assert compiled is not None
+                old_values = compiled[pos].copy()
+                compiled[pos] = newv  # the guard's record of what the model now solves
+                if self._try_patch(table, pos, newv):
+                    return
+                compiled[pos] = old_values  # the recompile below refreshes the guard
             col = df.columns.get_loc(column)
             old = df.iloc[pos, col].copy()
-            if np.array_equal(old.to_numpy(dtype=float), newv.astype(float)):
-                return  # unchanged: a sync loop may resend the same status every step
             df.iloc[pos, col] = newv.astype(df[column].dtype) if column != "tap_pos" else newv
             try:
                 self._recompile()
@@ -942,22 +1217,15 @@ class GridModel:
         va[ok] = self._va[ib[ok]]
         return vm, va
 
-    def solve(self) -> Solution:
-        """Newton-Raphson from the last converged state; structure and ordering reused.
-
-        Raises:
-            LoadflowNotConverged: ``worst_bus`` is a pandapower bus index; the model keeps the
-                last converged state for the next solve.
-        """
+    def _newton(self, vm0: np.ndarray, va0: np.ndarray) -> tuple[Any, ...]:
+        """Newton (plus the Q-limit outer loop) from a start; copies, the model is not changed."""
         kind = self._kind0
         qfix = self._qzero
         limited: list[int] = []
         total_it = 0
         nrm = 0.0
-        vm = self._vm.copy()  # the kernel sets slack and PV magnitudes from vset
-        va = self._va.copy()
-        if self._gen_sums is None:
-            self._refresh_base()
+        vm = vm0.copy()  # the kernel sets slack and PV magnitudes from vset
+        va = va0.copy()
         for _round in range(20):
             try:
                 it, nrm = self._stepper.run(
@@ -979,6 +1247,35 @@ class GridModel:
             if not newly:
                 break
             limited.extend(newly)
+        return vm, va, kind, qfix, limited, total_it, nrm
+
+    def solve(self) -> Solution:
+        """Newton-Raphson from the last converged state; structure and ordering reused.
+
+        Raises:
+            LoadflowNotConverged: ``worst_bus`` is a pandapower bus index; the model keeps the
+                last converged state for the next solve.
+        """
+        if self._guard_stale():
+            _log.info("topology inputs of the net changed outside update(): recompiled")
+            self._recompile()
+        if self._gen_sums is None:
+            self._refresh_base()
+        try:
+            vm, va, kind, qfix, limited, total_it, nrm = self._newton(self._vm, self._va)
+        except LoadflowNotConverged as first:
+            # a warm start can sit in the wrong basin after a topology change: retry once from
+            # pandapower's cold start (DC angles) before giving up; the model state is unchanged
+            _log.debug("warm start did not converge (%s); retrying from a DC start", first)
+            try:
+                vm, va, kind, qfix, limited, total_it, nrm = self._newton(*self._start)
+            except LoadflowNotConverged as exc:
+                raise LoadflowNotConverged(
+                    first.iterations + exc.iterations,
+                    exc.worst_bus,
+                    exc.mismatch,
+                    "also from a DC start" + (f"; {exc.detail}" if exc.detail else ""),
+                ) from None
         self._vm, self._va = vm, va
         self._last_vm_pp = None
         if self._changed:
@@ -1009,6 +1306,7 @@ class GridModel:
             backend=self.backend,
             results=lambda: self._results(snap),
             native=lambda table: self._native_results(snap, table),
+            unsupplied_buses=self._unsupplied,
         )
 
     def _q_limit_violations(
@@ -1129,11 +1427,51 @@ class GridModel:
         assert self._last_snap is not None  # solve() sets it or raises
         self._write_results(self._last_snap)
 
+    def compiled(self) -> SimpleNamespace:
+        """The compiled system and base state the batch API (:mod:`twin.batch`) solves from.
+
+        Solves first when the model has no converged state for its topology. Arrays are the
+        model's own: read them, do not write them.
+
+        Raises:
+            LoadflowError: ``enforce_q_lims`` is on (batches solve without Q limits).
+        """
+        if self.enforce_q_lims:
+            raise LoadflowError(
+                "batch solves: expected a model with enforce_q_lims=False, found True"
+            )
+        if self._last_snap is None or self._guard_stale():
+            self.solve()
+        self._refresh_base()
+        spec = self._stepper.spec(None)
+        inputs = {key: self._inp[key] for key in _GROUPS}
+        groups = {key: (b, w, inputs[key].copy()) for key, (b, w) in zip(_GROUPS, self._c.groups)}
+        c = self._c
+        return SimpleNamespace(
+            plan=self._plan, y_indptr=self._y_indptr, y_indices=self._y_indices,
+            y_re=self._y_re, y_im=self._y_im, kind=self._kind0, vset=self._vset,
+            vm=self._vm, va=self._va, retry=self._start, spec=spec, n=self._n,
+            bus_int=self._bus_int, ppci=c.ppci, base_mva=self._base_mva, groups=groups,
+            out_rows=self._out,
+        )  # fmt: skip
+
     def memory_bytes(self) -> int:
         """Approximate bytes of the compiled arrays (Ybus, plan, state; not the pandapower net)."""
         arrays = [self._y_indptr, self._y_indices, self._y_re, self._y_im, self._vm, self._va,
                   self._rest_p, self._rest_q, self._vset]  # fmt: skip
         return int(sum(a.nbytes for a in arrays) + self._plan.memory_bytes())
+
+
+class _Structure(SimpleNamespace):
+    """The compiled structure a solution keeps; ``branch`` / ``element`` maps may be lazy."""
+
+    def __getattr__(self, name: str) -> Any:
+        lazy = self.__dict__.get("lazy")
+        if lazy is not None and name in ("branch", "element", "yf", "yt"):
+            value = lazy(name)
+            setattr(self, name, value)
+            return value
+        raise AttributeError(name)
 
 
 def _demand(c: Any, inputs: dict[tuple[str, str], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -1167,6 +1505,38 @@ def _snap_va_degree(snap: dict[str, Any]) -> np.ndarray:
     if va is None:
         va = snap["va_degree"] = np.rad2deg(np.angle(_snap_v(snap)))
     return va
+
+
+def _fill_from_neighbours(
+    vm: np.ndarray, va: np.ndarray, have: np.ndarray, indptr: np.ndarray, indices: np.ndarray
+) -> None:
+    """Give buses without a value (``~have``) the mean voltage of their valued neighbours.
+
+    Layer by layer over the Ybus graph (bounded); buses no valued bus reaches keep their value.
+    """
+    import scipy.sparse as sp
+
+    if have.all() or not have.any():
+        return
+    n = have.shape[0]
+    rows = np.repeat(np.arange(n), np.diff(indptr))
+    off = rows != indices
+    adj = sp.csr_matrix((np.ones(int(off.sum())), (rows[off], indices[off])), shape=(n, n))
+    have = have.copy()
+    for _layer in range(64):
+        h = have.astype(float)
+        cnt = adj @ h
+        new = ~have & (cnt > 0)
+        if not new.any():
+            break
+        vm[new] = (adj @ (vm * h))[new] / cnt[new]
+        va[new] = (adj @ (va * h))[new] / cnt[new]
+        have |= new
+
+
+def _short_list(values: np.ndarray, limit: int = 10) -> str:
+    head = ", ".join(str(v) for v in values[:limit])
+    return head + (f", ... ({values.size} in all)" if values.size > limit else "")
 
 
 def _with_diagonal(ybus, n: int):

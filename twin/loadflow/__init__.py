@@ -5,7 +5,9 @@ Both modules expose ``analyse(indptr, indices, kind, order=None) -> plan`` and
 -> (iterations, max_mismatch)`` raising :class:`twin.errors.LoadflowNotConverged`, plus
 ``Stepper(plan, indptr, indices, y_re, y_im, kind, vset, base_p, base_q, groups, inv_base)``: one
 compiled system bound once, whose ``run(vm, va, kind=None, qfix=None, tol, max_iter)`` assembles
-the bus injections from the element input arrays (read in place) and runs ``newton`` in one call,
+the bus injections from the element input arrays (read in place) and runs ``newton`` in one call
+(``set_y(y_re, y_im)`` swaps the Ybus values after a topology patch), ``batch(...)`` (many cases
+on one plan without the GIL: see ``_newton.batch``),
 and ``copy_if_finite(src, dst) -> bool`` (the update fast path's all-or-nothing finite copy).
 The backend is chosen per call (``"auto" | "cython" | "numpy"``); the environment variable
 ``GRIDTWIN_BACKEND`` overrides the choice.
@@ -13,6 +15,7 @@ The backend is chosen per call (``"auto" | "cython" | "numpy"``); the environmen
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from types import ModuleType
@@ -31,7 +34,15 @@ try:
     _CY_REASON = ""
 except ImportError as exc:  # no compiled kernel: the reference is used
     _cy = None
-    _CY_REASON = f"compiled kernel twin.loadflow._newton not importable: {exc}"
+    if importlib.util.find_spec("twin.loadflow._newton") is None:
+        # Python's own message here is "partially initialized module ... circular import"
+        _CY_REASON = (
+            f"no compiled kernel file (_newton*.so) in {os.path.dirname(__file__)}: this source "
+            "tree was never built; 'pip install .' and run outside it, or build it in place "
+            "with 'python setup.py build_ext --inplace'"
+        )
+    else:
+        _CY_REASON = f"compiled kernel twin.loadflow._newton not importable: {exc}"
 
 
 class BackendUnavailable(LoadflowError):

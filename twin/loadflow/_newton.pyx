@@ -15,7 +15,7 @@ import numpy as np
 
 cimport cython
 cimport numpy as cnp
-from libc.math cimport cos, fabs, isfinite, sin, sqrt
+from libc.math cimport NAN, cos, fabs, isfinite, sin, sqrt
 
 cnp.import_array()
 
@@ -229,8 +229,15 @@ cdef int _newton_loop(
     const signed char[::1] kind, const double[::1] pspec, const double[::1] qspec,
     const double[::1] vset, double[::1] vm, double[::1] va,
     double tol, int max_iter, int* iters, double* norm, int* worst,
+    const double* lu_fixed=NULL, int chord_max=0,
+    const double* zc=NULL, const double* kc=NULL, const int* vc=NULL,
 ) noexcept nogil:
     """The whole Newton loop; returns 0 converged, 1 not converged, 2 singular block pivot.
+
+    ``lu_fixed`` (with ``chord_max`` > 0): factors of a nearby Jacobian on this plan (a base
+    case): up to ``chord_max`` first steps reuse them (chord steps: mismatch and two triangular
+    solves, no Jacobian or factorization) while each step at least halves the mismatch; then
+    full Newton steps. Every step checks the true mismatch, so the tolerance is the same.
 
     Block LU without pivoting between blocks: L has identity diagonal blocks, U keeps the
     2x2 diagonal blocks D_j (inverted exactly, with a determinant check).
@@ -246,6 +253,11 @@ cdef int _newton_loop(
     cdef double dsr_t, dsi_t, dsr_v, dsi_v, ur, ui
     cdef double* xb
     cdef double* lb
+    cdef const double* lup
+    cdef int chord_left = chord_max if lu_fixed != NULL else 0, chord_used = 0
+    cdef double prev_nrm = 0.0
+    cdef double tv[4]
+    cdef double sv[4]
     for i in range(n):
         if kind[i] != 2:
             vm[i] = vset[i]  # slack and PV magnitudes are set points
@@ -271,6 +283,10 @@ cdef int _newton_loop(
             if b < 0:
                 continue
             # S = V conj(I)
+            if kind[i] == 3:
+                f[2 * b] = 0.0  # a dead bus (island without slack): both rows are identities
+                f[2 * b + 1] = 0.0
+                continue
             a = vre[i] * sr + vim[i] * si - pspec[i]
             c = vim[i] * sr - vre[i] * si - qspec[i]
             f[2 * b] = a
@@ -289,9 +305,214 @@ cdef int _newton_loop(
         if nrm <= tol:
             iters[0] = it
             return 0
-        if it >= max_iter or nrm != nrm:
+        if it - chord_used >= max_iter or nrm != nrm:
             iters[0] = it
             return 1
+        if chord_left > 0 and it > 0 and nrm > 0.5 * prev_nrm:
+            chord_left = 0  # the fixed factors no longer contract well: Newton from here
+        prev_nrm = nrm
+        if chord_left > 0:
+            chord_left -= 1
+            chord_used += 1
+            lup = lu_fixed
+        else:
+            if _jacobian_lu(plan, yp, yi, yre, yim, kind, vm) != 0:
+                iters[0] = it
+                return 2
+            lup = &lu[0]
+        # solve L U dx = -f  (x reused as a 2-per-block vector)
+        for j in range(2 * nb):
+            x[j] = -f[j]
+        _lu_solve(plan, lup, &x[0])
+        if lup == lu_fixed and zc != NULL:
+            # Woodbury: the fixed factors are of J0, the step wants J0 + U C V^T (the case's
+            # Ybus change at the base voltages): dx = y - Z K (V^T y), K = (I + C V^T Z)^-1 C
+            for j in range(4):
+                tv[j] = x[vc[j]] if vc[j] >= 0 else 0.0
+            for j in range(4):
+                sv[j] = kc[4 * j] * tv[0] + kc[4 * j + 1] * tv[1] + kc[4 * j + 2] * tv[2] \
+                    + kc[4 * j + 3] * tv[3]
+            for k in range(2 * nb):
+                x[k] -= zc[k] * sv[0] + zc[2 * nb + k] * sv[1] + zc[4 * nb + k] * sv[2] \
+                    + zc[6 * nb + k] * sv[3]
+        for i in range(n):
+            b = blk[i]
+            if b < 0:
+                continue
+            a = va[i] + x[2 * b]
+            vmag = vm[i] + x[2 * b + 1]
+            va[i] = a
+            vm[i] = vmag
+            vre[i] = vmag * cos(a)
+            vim[i] = vmag * sin(a)
+        for j in range(2 * nb):
+            x[j] = 0.0
+        it += 1
+
+
+cdef void _lu_solve(Plan plan, const double* lup, double* x) noexcept nogil:
+    """Solve L U z = x in place (x: two values per block) with the factors ``lup``."""
+    cdef int nb = plan.n_unk, j, q, r
+    cdef int[::1] colptr = plan.colptr, rowidx = plan.rowidx, diagpos = plan.diagpos
+    cdef double y0, y1
+    cdef const double* lb
+    for j in range(nb):
+        y0 = x[2 * j]
+        y1 = x[2 * j + 1]
+        if y0 == 0.0 and y1 == 0.0:
+            continue
+        for q in range(diagpos[j] + 1, colptr[j + 1]):
+            r = 2 * rowidx[q]
+            lb = &lup[4 * q]
+            x[r] -= lb[0] * y0 + lb[1] * y1
+            x[r + 1] -= lb[2] * y0 + lb[3] * y1
+    for j in range(nb - 1, -1, -1):
+        lb = &lup[4 * diagpos[j]]
+        y0 = lb[0] * x[2 * j] + lb[1] * x[2 * j + 1]
+        y1 = lb[2] * x[2 * j] + lb[3] * x[2 * j + 1]
+        x[2 * j] = y0
+        x[2 * j + 1] = y1
+        if y0 == 0.0 and y1 == 0.0:
+            continue
+        for q in range(colptr[j], diagpos[j]):
+            r = 2 * rowidx[q]
+            lb = &lup[4 * q]
+            x[r] -= lb[0] * y0 + lb[1] * y1
+            x[r + 1] -= lb[2] * y0 + lb[3] * y1
+
+
+cdef bint _woodbury(Plan plan, const double* lup, const signed char[::1] kind,
+                    const double[::1] vm0, const double[::1] va0, const double[::1] vset,
+                    int f, int t, const double* dy, double* zc, double* kc,
+                    int* vc) noexcept nogil:
+    """Z, K and the column indices of a branch change ``dy`` (Yff, Yft, Ytf, Ytt as re, im
+    pairs, the change added to Ybus) for :func:`_newton_loop`'s corrected chord steps.
+
+    Returns False when the small system is singular (then plain chord steps are used).
+    """
+    cdef int nb = plan.n_unk
+    cdef int[::1] blk = plan.blk
+    cdef int bus[2]
+    cdef double vr[2]
+    cdef double vi[2]
+    cdef double vmag[2]
+    cdef double c[16]
+    cdef double m[16]
+    cdef int a, b, i, k, j, piv, col
+    cdef double gr, gi, ur, ui, yr, yim_, ir, ii, mag, tmp, fac
+    bus[0] = f
+    bus[1] = t
+    for a in range(2):
+        i = bus[a]
+        mag = vset[i] if kind[i] != 2 else vm0[i]
+        vmag[a] = mag
+        vr[a] = mag * cos(va0[i])
+        vi[a] = mag * sin(va0[i])
+        if blk[i] >= 0:
+            vc[2 * a] = 2 * blk[i]
+            vc[2 * a + 1] = 2 * blk[i] + 1
+        else:
+            vc[2 * a] = -1
+            vc[2 * a + 1] = -1
+    for j in range(16):
+        c[j] = 0.0
+    for a in range(2):  # row bus
+        if vc[2 * a] < 0:
+            continue
+        ir = 0.0
+        ii = 0.0
+        for b in range(2):  # column bus
+            yr = dy[2 * (2 * a + b)]
+            yim_ = dy[2 * (2 * a + b) + 1]
+            gr = yr * vr[b] - yim_ * vi[b]
+            gi = yr * vi[b] + yim_ * vr[b]
+            ir += gr
+            ii += gi
+            if vc[2 * b] < 0:
+                continue
+            ur = vr[a] * gr + vi[a] * gi
+            ui = vi[a] * gr - vr[a] * gi
+            c[(2 * a) * 4 + 2 * b] += ui
+            c[(2 * a) * 4 + 2 * b + 1] += ur / vmag[b]
+            c[(2 * a + 1) * 4 + 2 * b] += -ur
+            c[(2 * a + 1) * 4 + 2 * b + 1] += ui / vmag[b]
+        ur = vr[a] * ir + vi[a] * ii
+        ui = vi[a] * ir - vr[a] * ii
+        c[(2 * a) * 4 + 2 * a] -= ui
+        c[(2 * a) * 4 + 2 * a + 1] += ur / vmag[a]
+        c[(2 * a + 1) * 4 + 2 * a] += ur
+        c[(2 * a + 1) * 4 + 2 * a + 1] += ui / vmag[a]
+        if kind[bus[a]] == 1:  # PV: the Q row is the fixed identity row
+            for b in range(4):
+                c[(2 * a + 1) * 4 + b] = 0.0
+    # Z = J0^-1 U, one solve per valid column
+    for a in range(4):
+        for k in range(2 * nb):
+            zc[2 * nb * a + k] = 0.0
+        if vc[a] >= 0:
+            zc[2 * nb * a + vc[a]] = 1.0
+            _lu_solve(plan, lup, &zc[2 * nb * a])
+    # M = I + C W with W[b][a] = Z_a[vc[b]]
+    for a in range(4):
+        for b in range(4):
+            tmp = 1.0 if a == b else 0.0
+            for j in range(4):
+                if vc[j] >= 0 and vc[b] >= 0:
+                    tmp += c[4 * a + j] * zc[2 * nb * b + vc[j]]
+            m[4 * a + b] = tmp
+    # K = M^-1 C (Gauss-Jordan with partial pivoting, 4 right-hand sides)
+    for j in range(16):
+        kc[j] = c[j]
+    for col in range(4):
+        piv = col
+        for a in range(col + 1, 4):
+            if fabs(m[4 * a + col]) > fabs(m[4 * piv + col]):
+                piv = a
+        if fabs(m[4 * piv + col]) < 1e-12:
+            return False
+        if piv != col:
+            for b in range(4):
+                tmp = m[4 * col + b]
+                m[4 * col + b] = m[4 * piv + b]
+                m[4 * piv + b] = tmp
+                tmp = kc[4 * col + b]
+                kc[4 * col + b] = kc[4 * piv + b]
+                kc[4 * piv + b] = tmp
+        fac = m[4 * col + col]
+        for b in range(4):
+            m[4 * col + b] /= fac
+            kc[4 * col + b] /= fac
+        for a in range(4):
+            if a != col:
+                fac = m[4 * a + col]
+                if fac != 0.0:
+                    for b in range(4):
+                        m[4 * a + b] -= fac * m[4 * col + b]
+                        kc[4 * a + b] -= fac * kc[4 * col + b]
+    return True
+
+
+cdef int _jacobian_lu(
+    Plan plan,
+    const int[::1] yp, const int[::1] yi, const double[::1] yre, const double[::1] yim,
+    const signed char[::1] kind, double[::1] vm,
+) noexcept nogil:
+    """Jacobian at the plan's current voltages and currents, factorized in ``plan.lu``.
+
+    Returns 0, or 2 for a singular diagonal block (x is left zeroed).
+    """
+    cdef int n = plan.n_bus, nb = plan.n_unk
+    cdef int[::1] blk = plan.blk, colptr = plan.colptr, rowidx = plan.rowidx
+    cdef int[::1] diagpos = plan.diagpos, ypos = plan.ypos
+    cdef double[::1] lu = plan.lu, x = plan.x
+    cdef double[::1] vre = plan.vre, vim = plan.vim, ire = plan.ire, iim = plan.iim
+    cdef int i, k, p, q, j, b, r, pd, kk
+    cdef double a, c, gr, gi, vmag, det, scale
+    cdef double d0, d1, d2, d3, e0, e1
+    cdef double dsr_t, dsi_t, dsr_v, dsi_v, ur, ui
+    cdef double* xb
+    cdef double* lb
+    if True:
         # Jacobian blocks straight into the LU storage
         for p in range(4 * colptr[nb]):
             lu[p] = 0.0
@@ -300,9 +521,16 @@ cdef int _newton_loop(
             if b < 0:
                 continue
             vmag = vm[i]
+            if kind[i] == 3:
+                for p in range(yp[i], yp[i + 1]):
+                    if yi[p] == i:
+                        q = 4 * ypos[p]
+                        lu[q] += 1.0
+                        lu[q + 3] += 1.0
+                continue
             for p in range(yp[i], yp[i + 1]):
                 k = yi[p]
-                if blk[k] < 0:
+                if blk[k] < 0 or kind[k] == 3:
                     continue
                 # Y_ik V_k
                 gr = yre[p] * vre[k] - yim[p] * vim[k]
@@ -362,7 +590,6 @@ cdef int _newton_loop(
                     x[r + 1] = 0.0
                     x[r + 2] = 0.0
                     x[r + 3] = 0.0
-                iters[0] = it
                 return 2
             for p in range(colptr[j], pd):
                 r = 4 * rowidx[p]
@@ -399,45 +626,7 @@ cdef int _newton_loop(
                 x[r + 1] = 0.0
                 x[r + 2] = 0.0
                 x[r + 3] = 0.0
-        # solve L U dx = -f  (x reused as a 2-per-block vector)
-        for j in range(2 * nb):
-            x[j] = -f[j]
-        for j in range(nb):
-            y0 = x[2 * j]
-            y1 = x[2 * j + 1]
-            if y0 == 0.0 and y1 == 0.0:
-                continue
-            for q in range(diagpos[j] + 1, colptr[j + 1]):
-                r = 2 * rowidx[q]
-                lb = &lu[4 * q]
-                x[r] -= lb[0] * y0 + lb[1] * y1
-                x[r + 1] -= lb[2] * y0 + lb[3] * y1
-        for j in range(nb - 1, -1, -1):
-            lb = &lu[4 * diagpos[j]]
-            y0 = lb[0] * x[2 * j] + lb[1] * x[2 * j + 1]
-            y1 = lb[2] * x[2 * j] + lb[3] * x[2 * j + 1]
-            x[2 * j] = y0
-            x[2 * j + 1] = y1
-            if y0 == 0.0 and y1 == 0.0:
-                continue
-            for q in range(colptr[j], diagpos[j]):
-                r = 2 * rowidx[q]
-                lb = &lu[4 * q]
-                x[r] -= lb[0] * y0 + lb[1] * y1
-                x[r + 1] -= lb[2] * y0 + lb[3] * y1
-        for i in range(n):
-            b = blk[i]
-            if b < 0:
-                continue
-            a = va[i] + x[2 * b]
-            vmag = vm[i] + x[2 * b + 1]
-            va[i] = a
-            vm[i] = vmag
-            vre[i] = vmag * cos(a)
-            vim[i] = vmag * sin(a)
-        for j in range(2 * nb):
-            x[j] = 0.0
-        it += 1
+    return 0
 
 
 def newton(plan, indptr, indices, y_re, y_im, kind, p_spec, q_spec, vset, vm, va,
@@ -447,7 +636,8 @@ def newton(plan, indptr, indices, y_re, y_im, kind, p_spec, q_spec, vset, vm, va
     Args:
         plan: from :func:`analyse` for this Ybus pattern and slack set.
         indptr, indices, y_re, y_im: Ybus in CSR (int32 / float64).
-        kind: int8 per bus (0 slack, 1 PV, 2 PQ); p_spec, q_spec: injections in per unit;
+        kind: int8 per bus (0 slack, 1 PV, 2 PQ, 3 dead: a non-slack bus cut off from every
+        slack, held where it is; its admittances to live buses must be zero); p_spec, q_spec: injections in per unit;
         vset: voltage set points (copied into vm at slack and PV buses first);
         vm, va: start values, overwritten.
 
@@ -555,6 +745,16 @@ cdef class Stepper:
         self.q = np.zeros(n)
         self.set_base(base_p, base_q)
 
+    def set_y(self, y_re, y_im):
+        """New Ybus values on the same pattern (a topology patch); read in place, not copied."""
+        cdef double[::1] yr = y_re
+        cdef double[::1] yi = y_im
+        if yr.shape[0] != self.yi.shape[0] or yi.shape[0] != self.yi.shape[0]:
+            raise ValueError(f"expected {self.yi.shape[0]} Ybus values, found {yr.shape[0]}")
+        self.yre = yr
+        self.yim = yi
+        self.refs = self.refs[:3] + (y_re, y_im) + self.refs[5:]
+
     def set_base(self, base_p, base_q):
         """New per-bus fixed parts (after a generator set-point change); copied."""
         cdef double[::1] bp = np.array(base_p, dtype=float)
@@ -647,3 +847,181 @@ def copy_if_finite(src, dst):
     for i in range(n):
         d[i] = s[i]
     return True
+
+
+def batch(plan, indptr, indices, y_re, y_im, kind, p_spec, q_spec, vset, vm0, va0,
+          patch_ptr, patch_pos, patch_re, patch_im, dead_ptr, dead_bus, case_branch,
+          branch, out_vm, out_va, out_loading, out_it, out_status, out_nrm,
+          Py_ssize_t start, Py_ssize_t stop, double tol=1e-8, int max_iter=10, retry=None,
+          int chord=10):
+    """Solve cases ``start:stop`` of a batch on one compiled system, without the GIL.
+
+    Case ``c`` adds ``patch_re/im[patch_ptr[c]:patch_ptr[c+1]]`` to the Ybus entries at
+    ``patch_pos`` (a branch outage subtracts its admittances), marks ``dead_bus[dead_ptr[c]:
+    dead_ptr[c+1]]`` as dead (kind 3: cut off from every slack), takes injections from row ``c``
+    of ``p_spec``/``q_spec`` (or row 0 when they have one row) and starts from ``vm0``/``va0``
+    (then from ``retry`` = (vm, va) when given and the first start fails). Results go to row
+    ``c`` of the ``out_*`` arrays: voltages (NaN at dead buses, NaN rows when not converged),
+    iterations, status (0 converged, 1 not converged, 2 singular) and the final mismatch.
+    ``branch`` = (f, t, yff_re, yff_im, yft_re, yft_im, ytf_re, ytf_im, ytt_re, ytt_im, cf, ct)
+    gives ``out_loading[c, j] = max(|I_f| cf, |I_t| ct)`` per branch (0 for branch
+    ``case_branch[c]`` and branches at dead or missing (-1) buses); ``branch`` may be None.
+    ``chord`` > 0: cases without dead buses first take up to that many chord steps on the
+    factors of the base case's Jacobian (``vm0``/``va0``, unpatched Ybus, row 0 injections),
+    then Newton steps; the tolerance is the same.
+    The Ybus arrays and inputs are not changed (each call works on its own copies). Indices in
+    ``patch_pos``, ``dead_bus``, ``f``/``t`` are not bounds-checked here: the caller validates.
+    """
+    cdef Plan pl = Plan((<Plan?>plan).arrays)  # own work arrays: calls may run in parallel
+    cdef int n = pl.n_bus
+    cdef const int[::1] yp = indptr
+    cdef const int[::1] yi = indices
+    cdef double[::1] yre = np.array(y_re, dtype=float)
+    cdef double[::1] yim = np.array(y_im, dtype=float)
+    cdef const double[::1] yre0 = y_re
+    cdef const double[::1] yim0 = y_im
+    cdef signed char[::1] kd = np.array(kind, dtype=np.int8)
+    cdef const signed char[::1] kd0 = kind
+    cdef const double[:, ::1] ps = p_spec
+    cdef const double[:, ::1] qs = q_spec
+    cdef const double[::1] vs = vset
+    cdef const double[::1] m0 = vm0
+    cdef const double[::1] a0 = va0
+    cdef const double[::1] m1
+    cdef const double[::1] a1
+    cdef const long long[::1] pptr = patch_ptr
+    cdef const int[::1] ppos = patch_pos
+    cdef const double[::1] pre = patch_re
+    cdef const double[::1] pim = patch_im
+    cdef const long long[::1] dptr = dead_ptr
+    cdef const int[::1] dbus = dead_bus
+    cdef const int[::1] cbr = case_branch
+    cdef double[:, ::1] ovm = out_vm
+    cdef double[:, ::1] ova = out_va
+    cdef int[::1] oit = out_it
+    cdef signed char[::1] ost = out_status
+    cdef double[::1] onrm = out_nrm
+    cdef bint has_retry = retry is not None
+    cdef bint has_branch = branch is not None
+    cdef const int[::1] bf
+    cdef const int[::1] bt
+    cdef const double[::1] ffr, ffi, ftr, fti, tfr, tfi, ttr, tti, cf, ct
+    cdef double[:, ::1] oload
+    cdef Py_ssize_t nbr = 0
+    if yp.shape[0] != n + 1 or kd.shape[0] != n or vs.shape[0] != n or m0.shape[0] != n \
+            or a0.shape[0] != n or ps.shape[1] != n or qs.shape[1] != n \
+            or ovm.shape[1] != n or ova.shape[1] != n:
+        raise ValueError(f"expected arrays sized for {n} buses, found a mismatch")
+    if yi.shape[0] != pl.arrays["indices"].shape[0] or yre.shape[0] != yi.shape[0]:
+        raise ValueError(
+            f"expected a Ybus with {pl.arrays['indices'].shape[0]} entries, found {yi.shape[0]}"
+        )
+    if has_retry:
+        m1 = retry[0]
+        a1 = retry[1]
+    else:
+        m1 = m0
+        a1 = a0
+    if has_branch:
+        bf, bt, ffr, ffi, ftr, fti, tfr, tfi, ttr, tti, cf, ct = branch
+        nbr = bf.shape[0]
+        oload = out_loading
+        if oload.shape[1] != nbr:
+            raise ValueError(f"expected out_loading with {nbr} columns, found {oload.shape[1]}")
+    if start < 0 or stop > ovm.shape[0] or stop > pptr.shape[0] - 1 or stop > dptr.shape[0] - 1 \
+            or stop > cbr.shape[0]:
+        raise ValueError(f"expected a case range inside the batch, found {start}:{stop}")
+    cdef Py_ssize_t c, p, i, j, row
+    cdef int iters, worst, status, fb, tb
+    cdef double nrm, vfr, vfi, vtr, vti, ir, ii, lf, lt
+    cdef double[::1] lu_base
+    cdef const double* lu_ptr = NULL
+    cdef double[::1] bvm, bva
+    if chord > 0 and stop > start:
+        # factors of the base Jacobian: one Newton step at the base state (never "converged")
+        bvm = np.array(vm0, dtype=float)
+        bva = np.array(va0, dtype=float)
+        with nogil:
+            status = _newton_loop(pl, yp, yi, yre, yim, kd, ps[0], qs[0], vs, bvm, bva, -1.0, 1,
+                                  &iters, &nrm, &worst)
+        if status == 1 and pl.lu.shape[0]:
+            lu_base = np.array(pl.lu)
+            lu_ptr = &lu_base[0]
+    cdef double[::1] zbuf = np.zeros(max(8 * pl.n_unk, 1))
+    cdef double kbuf[16]
+    cdef int vbuf[4]
+    cdef double dy[8]
+    cdef bint corr
+    cdef int br
+    with nogil:
+        for c in range(start, stop):
+            row = c if ps.shape[0] > 1 else 0
+            for p in range(pptr[c], pptr[c + 1]):
+                yre[ppos[p]] += pre[p]
+                yim[ppos[p]] += pim[p]
+            for p in range(dptr[c], dptr[c + 1]):
+                kd[dbus[p]] = 3
+            for i in range(n):
+                ovm[c, i] = m0[i]
+                ova[c, i] = a0[i]
+            iters = 0
+            worst = -1
+            nrm = 0.0
+            corr = False
+            br = cbr[c]
+            if lu_ptr != NULL and dptr[c + 1] == dptr[c] and has_branch and br >= 0 \
+                    and bf[br] >= 0 and bt[br] >= 0:
+                dy[0] = -ffr[br]
+                dy[1] = -ffi[br]
+                dy[2] = -ftr[br]
+                dy[3] = -fti[br]
+                dy[4] = -tfr[br]
+                dy[5] = -tfi[br]
+                dy[6] = -ttr[br]
+                dy[7] = -tti[br]
+                corr = _woodbury(pl, lu_ptr, kd, m0, a0, vs, bf[br], bt[br], dy, &zbuf[0],
+                                 kbuf, vbuf)
+            status = _newton_loop(pl, yp, yi, yre, yim, kd, ps[row], qs[row], vs, ovm[c],
+                                  ova[c], tol, max_iter, &iters, &nrm, &worst,
+                                  lu_ptr if dptr[c + 1] == dptr[c] else NULL, chord,
+                                  &zbuf[0] if corr else NULL, kbuf, vbuf)
+            if status != 0 and has_retry:
+                for i in range(n):
+                    ovm[c, i] = m1[i]
+                    ova[c, i] = a1[i]
+                status = _newton_loop(pl, yp, yi, yre, yim, kd, ps[row], qs[row], vs, ovm[c],
+                                      ova[c], tol, max_iter, &iters, &nrm, &worst)
+            oit[c] = iters
+            ost[c] = status
+            onrm[c] = nrm
+            if has_branch:
+                for j in range(nbr):
+                    fb = bf[j]
+                    tb = bt[j]
+                    if status != 0:
+                        oload[c, j] = NAN
+                        continue
+                    if fb < 0 or tb < 0 or j == cbr[c] or kd[fb] == 3 or kd[tb] == 3:
+                        oload[c, j] = 0.0
+                        continue
+                    vfr = ovm[c, fb] * cos(ova[c, fb])
+                    vfi = ovm[c, fb] * sin(ova[c, fb])
+                    vtr = ovm[c, tb] * cos(ova[c, tb])
+                    vti = ovm[c, tb] * sin(ova[c, tb])
+                    ir = ffr[j] * vfr - ffi[j] * vfi + ftr[j] * vtr - fti[j] * vti
+                    ii = ffr[j] * vfi + ffi[j] * vfr + ftr[j] * vti + fti[j] * vtr
+                    lf = sqrt(ir * ir + ii * ii) * cf[j]
+                    ir = tfr[j] * vfr - tfi[j] * vfi + ttr[j] * vtr - tti[j] * vti
+                    ii = tfr[j] * vfi + tfi[j] * vfr + ttr[j] * vti + tti[j] * vtr
+                    lt = sqrt(ir * ir + ii * ii) * ct[j]
+                    oload[c, j] = lf if lf > lt else lt
+            for i in range(n):
+                if status != 0 or kd[i] == 3:
+                    ovm[c, i] = NAN
+                    ova[c, i] = NAN
+            for p in range(pptr[c], pptr[c + 1]):
+                yre[ppos[p]] = yre0[ppos[p]]
+                yim[ppos[p]] = yim0[ppos[p]]
+            for p in range(dptr[c], dptr[c + 1]):
+                kd[dbus[p]] = kd0[dbus[p]]
+    return None

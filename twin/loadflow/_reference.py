@@ -68,6 +68,7 @@ def newton(
     kind = np.asarray(kind)
     nr = plan.nonref
     pv_rows = kind[nr] == 1
+    dead_rows = kind[nr] == 3  # cut off from every slack: both rows are identities
     sspec = np.asarray(p_spec) + 1j * np.asarray(q_spec)
     it = 0
     m = nr.shape[0]
@@ -77,8 +78,8 @@ def newton(
         v = vm * np.exp(1j * va)
         ibus = ybus @ v
         mis = v * np.conj(ibus) - sspec
-        fp = mis.real[nr]
-        fq = np.where(pv_rows, 0.0, mis.imag[nr])
+        fp = np.where(dead_rows, 0.0, mis.real[nr])
+        fq = np.where(pv_rows | dead_rows, 0.0, mis.imag[nr])
         f = np.concatenate([fp, np.where(pv_rows, (vm - vset)[nr], fq)])
         both = np.abs(np.concatenate([fp, fq]))
         nrm = float(both.max()) if both.size else 0.0
@@ -93,9 +94,15 @@ def newton(
         ds_dva = 1j * dv @ np.conj(sp.diags(ibus) - ybus @ dv)
         a = ds_dva[nr][:, nr]
         b = ds_dvm[nr][:, nr]
-        keep = sp.diags((~pv_rows).astype(float))
-        eye_pv = sp.diags(pv_rows.astype(float))
-        jac = sp.bmat([[a.real, b.real], [keep @ a.imag, keep @ b.imag + eye_pv]], format="csc")
+        live = sp.diags((~dead_rows).astype(float))
+        a = live @ a @ live
+        b = live @ b @ live
+        keep = sp.diags((~pv_rows & ~dead_rows).astype(float))
+        eye_pv = sp.diags((pv_rows | dead_rows).astype(float))
+        eye_dead = sp.diags(dead_rows.astype(float))
+        jac = sp.bmat(
+            [[a.real + eye_dead, b.real], [keep @ a.imag, keep @ b.imag + eye_pv]], format="csc"
+        )
         try:
             dx = splu(jac).solve(-f)
         except RuntimeError as exc:  # SuperLU: "Factor is exactly singular"
@@ -132,6 +139,12 @@ class Stepper:
         self.groups = [(np.asarray(b), np.asarray(w), val) for b, w, val in groups]
         self.inv_base = float(inv_base)
         self.set_base(base_p, base_q)
+
+    def set_y(self, y_re, y_im) -> None:
+        """New Ybus values on the same pattern (a topology patch); read in place, not copied."""
+        if np.shape(y_re)[0] != self.plan.nnz or np.shape(y_im)[0] != self.plan.nnz:
+            raise ValueError(f"expected {self.plan.nnz} Ybus values, found {np.shape(y_re)[0]}")
+        self._y = (self._y[0], self._y[1], y_re, y_im)
 
     def set_base(self, base_p, base_q) -> None:
         """New per-bus fixed parts (after a generator set-point change); copied."""
@@ -172,3 +185,73 @@ def copy_if_finite(src, dst) -> bool:
         return False
     dst[:] = src
     return True
+
+
+def batch(
+    plan: Plan, indptr, indices, y_re, y_im, kind, p_spec, q_spec, vset, vm0, va0,
+    patch_ptr, patch_pos, patch_re, patch_im, dead_ptr, dead_bus, case_branch,
+    branch, out_vm, out_va, out_loading, out_it, out_status, out_nrm,
+    start: int, stop: int, tol: float = 1e-8, max_iter: int = 10, retry=None, chord: int = 10,
+) -> None:  # fmt: skip
+    """Same contract as ``_newton.batch``: cases ``start:stop`` solved one by one.
+
+    ``chord`` is accepted and not used: the reference takes full Newton steps (same tolerance).
+    """
+    n = plan.n_bus
+    y_re0 = np.asarray(y_re, dtype=float)
+    y_im0 = np.asarray(y_im, dtype=float)
+    kind0 = np.asarray(kind, dtype=np.int8)
+    p_spec = np.asarray(p_spec, dtype=float)
+    q_spec = np.asarray(q_spec, dtype=float)
+    if p_spec.shape[1] != n or q_spec.shape[1] != n or np.shape(vm0)[0] != n:
+        raise ValueError(f"expected arrays sized for {n} buses, found a mismatch")
+    if branch is not None:
+        f, t, ffr, ffi, ftr, fti, tfr, tfi, ttr, tti, cf, ct = (np.asarray(b) for b in branch)
+        yff, yft = ffr + 1j * ffi, ftr + 1j * fti
+        ytf, ytt = tfr + 1j * tfi, ttr + 1j * tti
+    for c in range(start, stop):
+        row = c if p_spec.shape[0] > 1 else 0
+        yre = y_re0.copy()
+        yim = y_im0.copy()
+        pos = np.asarray(patch_pos[patch_ptr[c] : patch_ptr[c + 1]])
+        np.add.at(yre, pos, patch_re[patch_ptr[c] : patch_ptr[c + 1]])
+        np.add.at(yim, pos, patch_im[patch_ptr[c] : patch_ptr[c + 1]])
+        kd = kind0.copy()
+        kd[np.asarray(dead_bus[dead_ptr[c] : dead_ptr[c + 1]], dtype=np.int64)] = 3
+        status, it, nrm = 1, 0, 0.0
+        for start_vm, start_va in [(vm0, va0)] + ([retry] if retry is not None else []):
+            vm = np.array(start_vm, dtype=float)
+            va = np.array(start_va, dtype=float)
+            try:
+                it, nrm = newton(
+                    plan, indptr, indices, yre, yim, kd, p_spec[row], q_spec[row], vset, vm,
+                    va, tol, max_iter,
+                )  # fmt: skip
+                status = 0
+                break
+            except LoadflowNotConverged as exc:
+                status = 2 if "pivot" in str(exc) else 1
+                it, nrm = exc.iterations, exc.mismatch
+        out_it[c], out_status[c], out_nrm[c] = it, status, nrm
+        dead = kd == 3
+        if branch is not None:
+            if status != 0:
+                out_loading[c, :] = np.nan
+            else:
+                v = vm * np.exp(1j * va)
+                ok = (f >= 0) & (t >= 0)
+                fs, ts = np.where(ok, f, 0), np.where(ok, t, 0)
+                i_f = np.abs(yff * v[fs] + yft * v[ts]) * cf
+                i_t = np.abs(ytf * v[fs] + ytt * v[ts]) * ct
+                load = np.maximum(i_f, i_t)
+                load[~ok | dead[fs] | dead[ts]] = 0.0
+                if case_branch[c] >= 0:
+                    load[case_branch[c]] = 0.0
+                out_loading[c, :] = load
+        if status != 0:
+            vm[:] = np.nan
+            va[:] = np.nan
+        vm[dead] = np.nan
+        va[dead] = np.nan
+        out_vm[c, :] = vm
+        out_va[c, :] = va

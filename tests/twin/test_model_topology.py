@@ -1,0 +1,144 @@
+"""Topology changes on GridModel: named regressions, retry after a failed solve, no stale model."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pandapower as pp
+import pytest
+
+import grids
+from twin.errors import LoadflowNotConverged
+from twin.loadflow import build_info
+from twin.model import GridModel
+
+BACKENDS = ["cython", "numpy"] if build_info()["cython_available"] else ["numpy"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
+def _ref_vm(net) -> np.ndarray:
+    ref = copy.deepcopy(net)
+    ref["_ppc"] = None
+    pp.runpp(ref, lightsim2grid=False)
+    return ref.res_bus.vm_pu.to_numpy()
+
+
+def _assert_like_pandapower(sol, net, atol: float = 1e-6) -> None:
+    ref = _ref_vm(net)
+    np.testing.assert_array_equal(np.isnan(sol.vm_pu), np.isnan(ref))
+    assert np.nanmax(np.abs(sol.vm_pu - ref)) < atol
+
+
+def test_cigre_mv_open_switch_0_then_close_switch_1(backend: str) -> None:
+    net = grids.load("cigre_mv")
+    model = GridModel(net, backend=backend)
+    model.solve()
+    model.update("switch", "closed", [False], index=[0])
+    _assert_like_pandapower(model.solve(), net)
+    model.update("switch", "closed", [True], index=[1])  # re-energised through the other path
+    _assert_like_pandapower(model.solve(), net)
+
+
+def _outage_and_return(name: str, position: int, backend: str) -> None:
+    net = grids.load(name)
+    model = GridModel(net, backend=backend)
+    base = model.solve().vm_pu.copy()
+    line = net.line.index[position]
+    model.update("line", "in_service", [False], index=[line])
+    out = model.solve()
+    _assert_like_pandapower(out, net)
+    model.update("line", "in_service", [True], index=[line])
+    back = model.solve()
+    _assert_like_pandapower(back, net)
+    np.testing.assert_allclose(back.vm_pu, base, atol=1e-6)
+
+
+def test_ieee118_line_7_out_then_back(backend: str) -> None:
+    _outage_and_return("ieee118", 7, backend)
+
+
+def test_ieee118_islanded_generator_bus_is_reported(backend: str) -> None:
+    net = grids.load("ieee118")
+    model = GridModel(net, backend=backend)
+    model.update("line", "in_service", [False], index=[net.line.index[7]])
+    sol = model.solve()
+    isolated = set(int(b) for b in net.bus.index[np.isnan(sol.vm_pu)])
+    assert isolated
+    assert set(sol.unsupplied_buses.tolist()) == isolated
+    model.update("line", "in_service", [True], index=[net.line.index[7]])
+    assert model.solve().unsupplied_buses.size == 0
+
+
+@pytest.mark.slow
+def test_case9241pegase_line_5390_out_then_back() -> None:
+    _outage_and_return("case9241pegase", 5390, BACKENDS[0])
+
+
+def test_failed_solve_then_solvable_case_solves(backend: str) -> None:
+    net = grids.load("ieee30")
+    model = GridModel(net, backend=backend)
+    good = model.solve().vm_pu.copy()
+    p0 = net.load.p_mw.to_numpy().copy()
+    model.update("load", "p_mw", p0 * 30.0)
+    with pytest.raises(LoadflowNotConverged) as info:
+        model.solve()
+    assert "DC start" in str(info.value)  # the retry from a cold start ran too
+    model.update("load", "p_mw", p0)
+    np.testing.assert_allclose(model.solve().vm_pu, good, atol=1e-9)
+
+
+def test_failed_solve_after_outage_then_return_solves(backend: str) -> None:
+    net = grids.load("ieee118")
+    model = GridModel(net, backend=backend)
+    base = model.solve().vm_pu.copy()
+    p0 = net.load.p_mw.to_numpy().copy()
+    model.update("line", "in_service", [False], index=[net.line.index[7]])
+    model.update("load", "p_mw", p0 * 25.0)
+    with pytest.raises(LoadflowNotConverged):
+        model.solve()
+    model.update("load", "p_mw", p0)
+    model.update("line", "in_service", [True], index=[net.line.index[7]])
+    np.testing.assert_allclose(model.solve().vm_pu, base, atol=1e-6)
+
+
+# --- no stale model ------------------------------------------------------------------------
+def test_direct_switch_edit_then_update_with_the_same_value(backend: str) -> None:
+    net = grids.load("mv_oberrhein")
+    model = GridModel(net, backend=backend)
+    model.solve()
+    sw = net.switch.index[net.switch.closed & (net.switch.et == "l")][0]
+    net.switch.at[sw, "closed"] = False  # behind the model's back
+    model.update("switch", "closed", [False], index=[sw])  # same value as the net now holds
+    _assert_like_pandapower(model.solve(), net)
+
+
+def test_direct_edits_without_update_are_seen_at_solve(backend: str) -> None:
+    net = grids.load("ieee118")
+    model = GridModel(net, backend=backend)
+    model.solve()
+    net.line.at[net.line.index[20], "in_service"] = False
+    _assert_like_pandapower(model.solve(), net)
+    net.trafo.at[net.trafo.index[0], "tap_pos"] = 0  # from NaN
+    _assert_like_pandapower(model.solve(), net)
+    net.line["in_service"] = True  # a whole new column
+    _assert_like_pandapower(model.solve(), net)
+    net.line.loc[net.line.index.max() + 1] = net.line.iloc[3]  # a parallel line: new shape
+    _assert_like_pandapower(model.solve(), net)
+
+
+def test_unchanged_status_resend_does_not_recompile(backend: str) -> None:
+    net = grids.load("ieee14")
+    model = GridModel(net, backend=backend)
+    model.solve()
+    calls = []
+    orig = model._compile
+    model._compile = lambda: (calls.append(1), orig())[1]  # type: ignore[method-assign]
+    for _ in range(3):
+        model.update("line", "in_service", [True], index=[net.line.index[0]])
+        model.solve()
+    assert calls == []
