@@ -110,6 +110,10 @@ class TwinRuntime:
         self.power_factor: dict[tuple[str, int], float] = {}
         self.power_offset: dict[tuple[str, int], float] = {}
         self._unprofiled_p: dict[tuple[str, int], float] = {}
+        self._unprofiled_q: dict[tuple[str, int], float] = {}
+        #: (table, index) of elements held at zero P and Q (a DER trip without field hardware)
+        self.tripped: set[tuple[str, int]] = set()
+        self._was_tripped: set[tuple[str, int]] = set()
         self._labels = {
             t: element_labels(self.net, t)
             for t in ("bus", "line", "trafo", "switch", "load", "sgen")
@@ -190,10 +194,19 @@ class TwinRuntime:
     ) -> None:
         if not idx:
             return
-        if table == "sgen" and self.field.has_hardware and getattr(self.field, "emulated", False):
+        if table == "sgen" and self.field.has_hardware:
             for i in idx:
                 lab = (self.point("sgen", i, "p_mw") or f"sgen{i}").rsplit(".", 1)[0]
                 self.field.der_trip(lab, not flag)
+        elif table == "sgen":
+            # The model has no sgen.in_service input: a tripped inverter feeds nothing in.
+            for i in idx:
+                if flag:
+                    self.tripped.discard(("sgen", int(i)))
+                else:
+                    self._base_p(self.plant, "sgen", int(i))  # remember P and Q before the trip
+                    self.tripped.add(("sgen", int(i)))
+            self.apply_profiles()
         else:
             self.plant.update(table, "in_service", [bool(flag)] * len(idx), index=list(idx))
         what = label or f"{len(idx)} {table}(s)"
@@ -274,6 +287,7 @@ class TwinRuntime:
         key = (table, i)
         if key not in self._unprofiled_p:
             self._unprofiled_p[key] = float(target.net[table].at[i, "p_mw"])
+            self._unprofiled_q[key] = float(target.net[table].at[i, "q_mvar"])
         return self._unprofiled_p[key]
 
     def apply_profiles(self) -> None:
@@ -301,6 +315,16 @@ class TwinRuntime:
         for (table, i), off in self.power_offset.items():
             d = by_table.setdefault((table, "p_mw"), {})
             d[i] = d.get(i, self._base_p(target, table, i)) + off
+        for table, i in self.tripped:
+            by_table.setdefault((table, "p_mw"), {})[i] = 0.0
+            by_table.setdefault((table, "q_mvar"), {})[i] = 0.0
+        for table, i in self._was_tripped - self.tripped:
+            # back in service: to the profile value, else to what it was before the trip
+            d = by_table.setdefault((table, "p_mw"), {})
+            d.setdefault(i, self._base_p(target, table, i))
+            dq = by_table.setdefault((table, "q_mvar"), {})
+            dq.setdefault(i, self._unprofiled_q.get((table, i), 0.0))
+        self._was_tripped = set(self.tripped)
         for (table, col), d in by_table.items():
             if not d:
                 continue
@@ -345,6 +369,7 @@ class _Stepper:
         self.stale_steps = 0
         self.alarm_count = 0
         self.solve_s: list[float] = []
+        self.failure: Exception | None = None
         self._fired: set[int] = set()
         self._held: dict[int, bool] = {}
         self._record_cols = self._plan_record()
@@ -402,6 +427,15 @@ class _Stepper:
 
     # --- processes ------------------------------------------------------------------------------
     def step_process(self) -> Any:
+        """The stepper; a failure of the field step (a lost link with ``stale_policy =
+        "refuse"``, a device error) ends the run cleanly with that error, never a traceback."""
+        try:
+            yield from self._steps()
+        except Exception as exc:  # handed to run_scenario as the run's error
+            self.failure = exc
+            self.bridge.stop()
+
+    def _steps(self) -> Any:
         env, sc, rt = self.env, self.sc, self.rt
         n = sc.steps
         for k in range(n + 1):
@@ -502,15 +536,24 @@ class _Stepper:
 
     def _apply(self, ev: EventSpec) -> Any:
         self.rt.sync_clock()
-        try:
-            undo = HANDLERS[ev.kind](self.rt, ev)
-        except (KeyError, RuntimeError) as exc:
-            self.rt.log("event_error", f"{ev.title} not applied: {exc}", kind=ev.kind)
-            return
+        undo = self._guarded(ev, "not applied", lambda: HANDLERS[ev.kind](self.rt, ev))
         if ev.duration is not None and undo is not None:
             yield self.env.timeout(ev.duration)
             self.rt.sync_clock()
-            undo()
+            self._guarded(ev, "not undone at its end", undo)
+
+    def _guarded(self, ev: EventSpec, what: str, fn: Callable[[], Any]) -> Any:
+        """``fn()``, or None after logging an ``event_error``: an event that fails at run time
+        (a device refusing, an element the model cannot change) never ends the run with a
+        traceback; the run goes on and the record says which event failed and why."""
+        try:
+            return fn()
+        except Exception as exc:  # any failure of one event is that event's, not the run's
+            line = f" (line {ev.line})" if getattr(ev, "line", None) else ""
+            msg = f"{ev.title}{line} {what}: {type(exc).__name__}: {exc}"
+            _log.warning("%s", msg)
+            self.rt.log("event_error", msg, event=ev.kind, error=type(exc).__name__)
+            return None
 
     @property
     def env(self) -> simpy.Environment:
@@ -641,7 +684,9 @@ def run_scenario(
     t_run = time.perf_counter()
     try:
         asyncio.run(main())
-    except (TwinError, RuntimeError, OSError, ValueError) as exc:
+        if stepper.failure is not None:
+            raise stepper.failure
+    except (TwinError, RuntimeError, OSError, ValueError, KeyError, TypeError) as exc:
         error = f"{type(exc).__name__}: {exc}"
         _log.error("scenario %s stopped at t=%s: %s", sc.name, env.now, error)
         rec.event(float(env.now), "error", error)
