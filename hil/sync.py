@@ -442,11 +442,7 @@ class SyncLoop:
     def _route(self, point: Point) -> int | None:
         """The first link that carries ``point`` and can write it (None: no link can)."""
         for i, link in enumerate(self.links):
-            lp = getattr(link, "_by_name", {}).get(point.name)
-            if lp is None:
-                continue
-            why = link._not_writable(lp) if hasattr(link, "_not_writable") else None
-            if why is None:
+            if link.carries(point.name) and link.why_not_writable(link.point(point.name)) is None:
                 return i
         return None
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,3 +134,8 @@ class Bridge:
                     close()
             self._pending.clear()
             self.stats.wall_s = self.clock() - self._wall0
+
+
+def run_blocking(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``main()`` on a fresh asyncio event loop until it returns (the run's one loop)."""
+    asyncio.run(main())

@@ -13,7 +13,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from scenarios.timeparse import (
     DURATION_HELP,
@@ -321,7 +321,7 @@ class _Parser:
 
     def fail(
         self, key: str, problem: str, section: str = "", index: int = 0, sub: str | None = None
-    ):
+    ) -> NoReturn:
         raise ConfigError(self.where, key, problem, self.lines.find(section, index, sub))
 
     def unknown_keys(
@@ -496,7 +496,13 @@ def _choice(ps: _Parser, doc: Mapping[str, Any], key: str, allowed, default: str
 
 
 def _duration(
-    ps: _Parser, table, key: str, default: float, section: str, index: int, prefix: str = ""
+    ps: _Parser,
+    table: Any,
+    key: str,
+    default: float,
+    section: str,
+    index: int,
+    prefix: str = "",
 ) -> float:
     if key not in table:
         return default
@@ -793,7 +799,7 @@ def _event(ps: _Parser, t: Mapping[str, Any], i: int, start_sod, start_dt, durat
         except ValueError as exc:
             ps.fail(pre + "when", str(exc), "event", i, "when")
     delay = _duration(ps, t, "delay", 0.0, "event", i, pre)
-    dur = _duration(ps, t, "duration", None, "event", i, pre) if "duration" in t else None
+    dur = _duration(ps, t, "duration", 0.0, "event", i, pre) if "duration" in t else None
     if kind in ("load_step", "gen_step") and not ({"delta_mw", "factor"} & set(t)):
         ps.fail(pre + "delta_mw", f"a {kind} needs delta_mw or factor", "event", i)
     if kind in ("load_step", "gen_step", "der_trip", "der_reconnect") and not (

@@ -14,7 +14,6 @@ Within one simulated instant, events scheduled for it run before the step that s
 
 from __future__ import annotations
 
-import asyncio
 import datetime as _dt
 import logging
 import math
@@ -27,11 +26,11 @@ from typing import Any
 import numpy as np
 import simpy
 
-from scenarios.bridge import Bridge
+from hil.field import EmulatedField, Field, HardwareField, LocalField, SimClock
+from scenarios.bridge import Bridge, run_blocking
 from scenarios.checks import Check, CheckResult, StepState, build_check
 from scenarios.config import EventSpec, Scenario, load_scenario
 from scenarios.events import HANDLERS
-from scenarios.field import LocalField, SimClock
 from scenarios.profiles import Profile, element_labels, resolve_profile
 from scenarios.timeparse import format_clock
 from scenarios.validate import assert_against_grid, load_grid
@@ -95,7 +94,7 @@ class TwinRuntime:
         scenario: Scenario,
         env: simpy.Environment,
         model: Any,
-        field: Any,
+        field: Field,
         recorder: Recorder,
         profiles: list[Profile],
     ) -> None:
@@ -120,7 +119,7 @@ class TwinRuntime:
             if t in self.net
         }
         self._point_of: dict[tuple[str, int, str], str] = {}
-        pm = getattr(field, "pointmap", None)
+        pm = field.pointmap
         if pm is not None:
             from twin.pointmap import resolve_element
 
@@ -138,7 +137,7 @@ class TwinRuntime:
     @property
     def plant(self) -> Any:
         """The model the physical world acts on: the twin in hil mode, the plant in mirror."""
-        pm = getattr(self.field, "plant_model", None)
+        pm = self.field.plant_model
         return pm if pm is not None else self.model
 
     def index(self, table: str, label: str) -> int:
@@ -165,7 +164,7 @@ class TwinRuntime:
 
     def sync_clock(self) -> None:
         """Bring the field's simulated clock to ``env.now`` (actions between steps)."""
-        clock = getattr(self.field, "clock", None)
+        clock = self.field.clock
         if clock is not None and clock.t < self.env.now:
             clock.t = float(self.env.now)
 
@@ -176,8 +175,9 @@ class TwinRuntime:
     # --- actions --------------------------------------------------------------------------------
     def command_switch(self, label: str, closed: bool, *, why: str = "") -> None:
         i = self.index("switch", label)
-        if self.field.has_hardware and self.point("switch", i, "cmd"):
-            self.field.command(self.point("switch", i, "cmd"), 1.0 if closed else 0.0)
+        cmd = self.point("switch", i, "cmd") if self.field.has_hardware else None
+        if cmd is not None:
+            self.field.command(cmd, 1.0 if closed else 0.0)
         else:
             self.plant.update("switch", "closed", [bool(closed)], index=[i])
         self.log(
@@ -335,7 +335,7 @@ class TwinRuntime:
                 for i, v in zip(idx, vals):
                     name = self.point("sgen", i, "p_avail_mw")
                     if name is not None:
-                        self.field.pending_outputs[name] = max(float(v), 0.0)
+                        self.field.offer_output(name, max(float(v), 0.0))
                 continue
             target.update(table, col, vals, index=idx)
 
@@ -377,7 +377,7 @@ class _Stepper:
     # --- recording plan -------------------------------------------------------------------------
     def _plan_record(self) -> list[tuple[str, str, list[str], np.ndarray | None, bool]]:
         net = self.rt.net
-        plan = []
+        plan: list[tuple[str, str, list[str], np.ndarray | None, bool]] = []
         for q in self.sc.record.quantities:
             table, _, rest = q.partition(".")
             column, _, label = rest.partition("[")
@@ -416,13 +416,11 @@ class _Stepper:
             for lab, v in zip(labels, arr.tolist()):
                 out[f"{table}.{column}[{lab}]"] = v
         f = self.rt.field
-        if self.sc.record.setpoints and getattr(f, "sub", None) is not None:
-            store = f.sub.store
-            for p in f.pointmap.points:
-                if p.kind == "setpoint":
-                    lab = p.name[: -len(p.column) - 1]
-                    out[column_name(p.table, p.column, lab)] = store.get(p.name).value
-        out["alarms.active"] = float(len(getattr(getattr(f, "sync", None), "active_alarms", {})))
+        if self.sc.record.setpoints:
+            for name, v in f.setpoint_values().items():
+                p = f.pointmap[name]
+                out[column_name(p.table, p.column, name[: -len(p.column) - 1])] = v
+        out["alarms.active"] = float(f.active_alarms())
         return out
 
     # --- processes ------------------------------------------------------------------------------
@@ -471,12 +469,7 @@ class _Stepper:
             self.not_converged += 1
         if outcome.stale:
             self.stale_steps += 1
-        self.alarm_count += len(outcome.alarms)
-        for a in outcome.alarms:
-            if rt.field.__class__.__name__ == "LocalField":
-                rt.recorder.alarm(
-                    t, a["point"], a["field_value"], a["twin_value"], a["tolerance"], a["message"]
-                )
+        self.alarm_count += len(outcome.alarms)  # the field's sync loop has recorded them
 
         def arr(table: str, column: str) -> np.ndarray | None:
             if sol is None or table not in rt.net or len(rt.net[table]) == 0:
@@ -625,12 +618,11 @@ def run_scenario(
         out = Path(out_dir) if out_dir is not None else default_out_dir(sc)
     rec = Recorder(out, flush_every=60)
     clock = SimClock(0.0)
+    fld: Field
     if sc.hardware == "none":
-        fld: Any = LocalField(model, rec)
+        fld = LocalField(model, rec)
     elif hw_cfg is not None:
-        from scenarios.hilfield import RealField
-
-        fld = RealField(
+        fld = HardwareField(
             hardware=hw_cfg,
             net=net,
             model=model,
@@ -641,9 +633,7 @@ def run_scenario(
             seed=sc.seed,
         )
     else:
-        from scenarios.hilfield import HilField
-
-        fld = HilField(
+        fld = EmulatedField(
             net=net,
             model=model,
             mode=sc.mode,
@@ -665,12 +655,20 @@ def run_scenario(
         0.0,
         "start",
         f"scenario {sc.name}: {sc.steps} steps of {sc.step:g} s, "
-        f"pace {sc.pace}, field {getattr(fld, 'description', '')}",
+        f"pace {sc.pace}, field {fld.description}",
         seed=sc.seed,
     )
 
     async def main() -> None:
         await fld.start()
+        used = fld.links_used()
+        if sc.hardware != "none":
+            rec.event(
+                0.0,
+                "field",
+                f"{fld.description}; links: {', '.join(used) or 'none'}",
+                links=used,
+            )
         try:
             env.process(stepper.step_process())
             for ev in sc.events:
@@ -683,7 +681,7 @@ def run_scenario(
     error = ""
     t_run = time.perf_counter()
     try:
-        asyncio.run(main())
+        run_blocking(main)
         if stepper.failure is not None:
             raise stepper.failure
     except (TwinError, RuntimeError, OSError, ValueError, KeyError, TypeError) as exc:
@@ -722,7 +720,7 @@ def _summary(
     sc: Scenario,
     st: _Stepper,
     bridge: Bridge,
-    fld: Any,
+    fld: Field,
     model: Any,
     results: list[CheckResult],
     wall: float,
@@ -739,7 +737,7 @@ def _summary(
         "grid": sc.grid,
         "mode": sc.mode,
         "hardware": sc.hardware,
-        "links": list(sc.links) if sc.hardware != "none" else [],
+        "links": fld.links_used(),
         "pace": sc.pace,
         "speed": sc.speed,
         "seed": sc.seed,

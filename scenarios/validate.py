@@ -60,14 +60,25 @@ def load_grid(scenario: Scenario) -> Any:
             "grid",
             f"expected a bundled grid name or an existing grid file, found no file at {path}",
         )
-    loader = getattr(grids, "load_file", None)
-    if loader is not None:
-        return loader(path)
-    if path.suffix == ".json":
-        import pandapower as pp
+    from grids import importers
+    from twin.errors import GridDataError
 
-        return pp.from_json(str(path))
-    raise ConfigError(where, "grid", f"expected a pandapower .json grid file, found {path.name}")
+    readers = {".m": importers.read_matpower, ".json": importers.read_pandapower_json}
+    reader = readers.get(path.suffix.lower())
+    if reader is None:
+        raise ConfigError(
+            where,
+            "grid",
+            f"expected a MATPOWER .m or pandapower .json grid file, found {path.name}",
+        )
+    try:
+        net = reader(path)
+    except GridDataError as exc:
+        raise ConfigError(where, "grid", str(exc)) from None
+    problems = importers.validate(net, path)
+    if problems:
+        raise ConfigError(where, "grid", f"{path.name}: " + "; ".join(problems))
+    return net
 
 
 def _unknown(kind: str, name: str, labels: dict[str, int]) -> str:

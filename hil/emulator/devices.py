@@ -1055,7 +1055,7 @@ def build_devices(
             return
         store.set(name, value, source="device:build")
 
-    kw = {"comms_timeout_s": cfg.comms_timeout_s}
+    kw: dict[str, Any] = {"comms_timeout_s": cfg.comms_timeout_s}
     breakers: dict[int, Breaker] = {}
     for idx, row in net.switch.iterrows():
         closed_pt, cmd_pt = pt("switch", idx, "closed"), pt("switch", idx, "cmd")

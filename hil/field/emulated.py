@@ -1,8 +1,11 @@
 """The field with hardware in the loop: the emulated substation (or real devices) + SyncLoop.
 
-See ``scenarios.field`` for the role of this class in a run. Links to the emulated substation:
+The emulated substation starts on the simulated clock and ``hil.sync.SyncLoop`` drives it: in
+``hil`` mode the twin is the plant and the devices answer; in ``mirror`` mode a second model plays
+the plant (writing true measurements that the emulated RTU turns into reported ones, with bias
+and noise) and the twin follows it, flagging divergence. Links to the emulated substation:
 
-- ``direct``: :class:`scenarios.field.StoreLink`, in-process. Alone, it carries every point
+- ``direct``: :class:`hil.links.store.StoreLink`, in-process. Alone, it carries every point
   (no sockets at all). Beside a protocol link it is the plant's analog side only: the twin's
   computed measurements (and the PV available power, a fault current) go into the substation
   in-process, as a plant's transducers would feed its RTU, and everything else (statuses the
@@ -29,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from scenarios.field import SimClock, StepOutcome, StoreLink, alarm_dict
+from hil.field.base import SimClock, StepOutcome, alarm_dict
+from hil.links.store import StoreLink
 from twin.errors import ConfigError
 
 _log = logging.getLogger(__name__)
@@ -51,7 +55,7 @@ class _EventsOnly:
         self._rec.alarm(*args)
 
 
-class HilField:
+class EmulatedField:
     """Emulated substation on the simulated clock, links, and one or two sync loops."""
 
     has_hardware = True
@@ -142,7 +146,7 @@ class HilField:
             self.model,
             _without_device_outputs(self.pointmap),
             self.links,
-            mode=self.mode,
+            mode="mirror" if self.mode == "mirror" else "hil",
             recorder=events,
             record_values=False,
             link_now=self.clock,
@@ -193,6 +197,8 @@ class HilField:
                 write_timestamps=False,
             )
         if kind == "modbus":
+            from hil.links.modbus import ModbusLink
+
             # Modbus cannot write input registers: it carries what a master reads and commands.
             chosen = [
                 p
@@ -202,7 +208,7 @@ class HilField:
             ]
             # The substation's register blocks are contiguous (every address is mapped), so a
             # read may span the measurements between two statuses: a few requests per step.
-            return _modbus_link_class()(
+            return ModbusLink(
                 "127.0.0.1",
                 self.sub.modbus_port,
                 chosen,
@@ -284,11 +290,7 @@ class HilField:
             await _send(self.plant_link, values, force)
             return
         for link in self.links:
-            ok = {
-                n: v
-                for n, v in values.items()
-                if n in link._by_name and link._not_writable(link._by_name[n]) is None
-            }
+            ok = {n: v for n, v in values.items() if link.can_write(n)}
             if ok and link.connected:
                 await _send(link, ok, force)
                 for n in ok:
@@ -300,6 +302,22 @@ class HilField:
                 if n in self.sub.store:
                     self.sub.store.set(n, v, source="plant")
 
+    def links_used(self) -> list[str]:
+        return [lk.name for lk in self.links]
+
+    def active_alarms(self) -> int:
+        return len(self.sync.active_alarms) if self.sync is not None else 0
+
+    def setpoint_values(self) -> dict[str, float]:
+        if self.sub is None:
+            return {}
+        store = self.sub.store
+        pts = self.pointmap.points
+        return {p.name: store.get(p.name).value for p in pts if p.kind == "setpoint"}
+
+    def offer_output(self, name: str, value: float) -> None:
+        self.pending_outputs[name] = float(value)
+
     def stats(self) -> dict[str, Any]:
         out = {"sync": _jsonable(self.sync.stats()) if self.sync else {}}
         out["links"] = {lk.name: _jsonable(dict(lk.stats)) for lk in self.links}
@@ -309,11 +327,7 @@ class HilField:
 
     # --- actions for events (synchronous: they queue async work for the next step) ------------
     def _link_for(self, name: str) -> Any:
-        for link in self.links:
-            p = link._by_name.get(name)
-            if p is not None and link._not_writable(p) is None:
-                return link
-        return None
+        return next((link for link in self.links if link.can_write(name)), None)
 
     def _scan(self, t: float) -> None:
         """The RTU's scan: re-stamp every GOOD status a live device reports, at ``t``.
@@ -372,7 +386,7 @@ class HilField:
         names = self.device_points(target)
         self._cut.update(names)
         for lk in [*self.links, self.plant_link]:
-            if lk is not None and hasattr(lk, "cut"):
+            if lk is not None:
                 lk.cut(names)
         if dev is not None:
             self._defer_at_device(dev.comms_lost)
@@ -389,7 +403,7 @@ class HilField:
         names = self.device_points(target)
         self._cut.difference_update(names)
         for lk in [*self.links, self.plant_link]:
-            if lk is not None and hasattr(lk, "restore"):
+            if lk is not None:
                 lk.restore(names)
         dev = self.devices.get(target)
         if dev is not None:
@@ -515,43 +529,6 @@ async def _send(link: Any, values: dict[str, float], force: bool) -> None:
 _MODBUS_MAX_GAP = 125
 
 
-def _modbus_link_class() -> type:
-    """:class:`hil.links.modbus.ModbusLink` with per-device cut-off, like ``StoreLink.cut``.
-
-    A ``comms_loss`` of one device (not of the whole link) emulates the device dropping off the
-    bus behind the substation's RTU: its points read COMMS_LOST on this link and writes to them
-    are dropped, while the other devices' points keep flowing in the same requests.
-    """
-    from hil.links.modbus import ModbusLink
-    from twin.quality import Quality, Sample
-
-    class SubstationModbusLink(ModbusLink):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.cut_points: set[str] = set()
-
-        def cut(self, names: Any) -> None:
-            self.cut_points.update(n for n in names if n in self._by_name)
-
-        def restore(self, names: Any) -> None:
-            self.cut_points.difference_update(names)
-
-        def read_inputs(self, now: float | None = None) -> dict[str, Any]:
-            out = super().read_inputs(now)
-            for n in self.cut_points:
-                s = out.get(n)
-                if s is not None:
-                    out[n] = Sample(s.value, Quality.COMMS_LOST, s.timestamp)
-            return out
-
-        async def _send(self, items: list[tuple[Any, float]]) -> None:
-            items = [(p, v) for p, v in items if p.name not in self.cut_points]
-            if items:
-                await super()._send(items)
-
-    return SubstationModbusLink
-
-
 def _without_device_outputs(pm: Any) -> Any:
     """The point map minus ``sgen.p_avail_mw``: the engine writes it from the profiles itself
     (it is no load-flow result, so the sync loop has nothing to write there)."""
@@ -573,145 +550,3 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, np.generic):
         return _jsonable(x.item())
     return x
-
-
-class RealField(HilField):
-    """Real hardware from a ``hardware.toml``: links opened by ``hil.hardware``, wall clock.
-
-    The devices run on their own (wall) clock, so the simulated clock only stamps the steps;
-    use ``pace = "realtime"``. Actions on emulated devices (comms loss of one device, measurement
-    bias, device restart, field_value checks) are not available here.
-    """
-
-    emulated = False
-
-    def __init__(self, *, hardware: Any, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.hardware = hardware
-        if hardware.pointmap is not None:
-            from twin.pointmap import assert_pointmap, load_pointmap
-
-            self.pointmap = load_pointmap(hardware.pointmap)
-            assert_pointmap(self.pointmap, self.net)
-        self._scanned = []
-
-    @property
-    def description(self) -> str:
-        return f"hardware {self.hardware.source}: {len(self.links)} links"
-
-    async def start(self) -> None:
-        from hil.hardware import open_links
-        from hil.sync import SyncLoop
-
-        self.links = await open_links(self.hardware, self.pointmap)
-        events = _EventsOnly(self.recorder) if self.recorder is not None else None
-        self.sync = SyncLoop(
-            self.model,
-            _without_device_outputs(self.pointmap),
-            self.links,
-            mode=self.mode,
-            recorder=events,
-            record_values=False,
-            stale_policy=self.hardware.stale_policy,
-            period_s=1.0,
-        )
-
-    async def stop(self) -> None:
-        for link in self.links:
-            try:
-                await link.close()
-            except Exception:  # closing must go on for the others
-                _log.exception("closing link %s failed", link)
-
-    def advance_devices(self, t: float) -> None:
-        return None  # real devices keep their own time
-
-    async def _write_outputs(
-        self, values: dict[str, float], *, plant: bool, force: bool = False
-    ) -> None:
-        for link in self.links:
-            ok = {
-                n: v
-                for n, v in values.items()
-                if n in link._by_name and link._not_writable(link._by_name[n]) is None
-            }
-            if ok and link.connected:
-                await _send(link, ok, force)
-
-    def command(self, name: str, value: float) -> None:
-        link = self._link_for(name)
-        if link is None:
-            raise RuntimeError(f"no link of {self.hardware.source} writes {name!r}")
-
-        async def send() -> None:
-            await link.write_point(name, value)
-
-        self.defer(send)
-
-    def read_point(self, name: str) -> float | None:
-        s = self.sync.samples.get(name) if self.sync is not None else None
-        return s.value if s is not None and s.quality.is_good else None
-
-    def _emulator_only(self, what: str) -> None:
-        raise RuntimeError(
-            f"{what} acts on the emulated substation; not available against "
-            f"real hardware ({self.hardware.source})"
-        )
-
-    def comms_loss(self, target: str) -> None:
-        link = next((lk for lk in self.links if target in (lk.name, lk.protocol)), None)
-        if link is None:
-            self._emulator_only(f"comms_loss of device {target!r}")
-        super().comms_loss(target)
-
-    def comms_restore(self, target: str) -> None:
-        link = next((lk for lk in self.links if target in (lk.name, lk.protocol)), None)
-        if link is None:
-            self._emulator_only(f"comms_restore of device {target!r}")
-        super().comms_restore(target)
-
-    def device_restart(self, name: str) -> None:
-        self._emulator_only("device_restart")
-
-    def meas_error(self, point: str, **kwargs: Any) -> None:
-        self._emulator_only("meas_noise/meas_bias")
-
-    def der_trip(self, label: str, tripped: bool) -> None:
-        self.command(f"{label}.p_limit_pct", 0.0 if tripped else 100.0)
-
-    def tap_operate(self, label: str, delta: int) -> bool:
-        self._emulator_only("tap_change on a field tap changer")
-        return False
-
-    def start_fault(self, line_label: str, current_ka: float, t: float) -> None:
-        self.faults[line_label] = {
-            "current_ka": float(current_ka),
-            "t": t,
-            "relay": None,
-            "trips": 0,
-        }
-
-        async def inject() -> None:
-            await self._write_outputs({f"{line_label}.i_ka": float(current_ka)}, plant=True)
-
-        self.defer(inject)
-
-    def _note_faults(self, t: float) -> None:
-        # No relay object to ask: the fault is over when the twin sees the line's breaker open.
-        for name, f in self.faults.items():
-            if f.get("cleared"):
-                continue
-            net = self.model.net
-            idx = net.line.index[net.line["name"] == name]
-            if not len(idx):
-                continue
-            sw = net.switch[(net.switch.et == "l") & (net.switch.element == idx[0])]
-            if len(sw) and not bool(sw["closed"].all()):
-                f["cleared"] = True
-                if self.recorder is not None:
-                    self.recorder.event(
-                        t,
-                        "fault_cleared",
-                        f"fault on {name} cleared: the line's breaker is open",
-                        line=name,
-                    )
