@@ -33,8 +33,14 @@ from scenarios.config import EventSpec, Scenario, load_scenario
 from scenarios.events import HANDLERS
 from scenarios.profiles import Profile, element_labels, resolve_profile
 from scenarios.timeparse import format_clock
-from scenarios.validate import assert_against_grid, load_grid
+from scenarios.validate import (
+    assert_against_grid,
+    field_pointmap,
+    load_grid,
+    load_hardware_of,
+)
 from twin.errors import ConfigError, TwinError
+from twin.labels import unknown_label
 from twin.recorder import Recorder, column_name
 
 _log = logging.getLogger(__name__)
@@ -145,7 +151,7 @@ class TwinRuntime:
             return self._labels[table][label]
         except KeyError:
             raise ConfigError(
-                str(self.scenario.path), "element", f"no {table} named {label!r}"
+                str(self.scenario.path), "element", unknown_label(self.net, table, label)
             ) from None
 
     def point(self, table: str, idx: int, column: str) -> str | None:
@@ -220,7 +226,9 @@ class TwinRuntime:
     def set_tap(self, label: str, pos: int, *, why: str = "") -> None:
         i = self.index("trafo", label)
         cur = int(round(float(self.plant.net.trafo.at[i, "tap_pos"])))
-        if self.field.has_hardware and self.point("trafo", i, "tap_pos"):
+        if self.field.has_hardware and (
+            self.point("trafo", i, "tap_pos") or self.point("trafo", i, "tap_raise")
+        ):
             ok = self.field.tap_operate(label, pos - cur) if pos != cur else True
             if not ok:
                 self.log(
@@ -421,6 +429,7 @@ class _Stepper:
                 p = f.pointmap[name]
                 out[column_name(p.table, p.column, name[: -len(p.column) - 1])] = v
         out["alarms.active"] = float(f.active_alarms())
+        out.update(f.link_quality())
         return out
 
     # --- processes ------------------------------------------------------------------------------
@@ -600,18 +609,11 @@ def run_scenario(
         )
     t_start = time.perf_counter()
     net = load_grid(sc)
-    assert_against_grid(sc, net)
-    hw_path = sc.hardware_path()
-    hw_cfg = None
-    if hw_path is not None:
-        from hil.hardware import load_hardware
-
-        hw_cfg = load_hardware(hw_path)
+    hw_cfg = load_hardware_of(sc)
+    # validated against the point map that will actually run (the hardware file's, if any)
+    pointmap = field_pointmap(sc, net, hw_cfg)
+    assert_against_grid(sc, net, pointmap, hw_cfg)
     model = make_model(net, sc.backend)
-    if sc.hardware != "none":
-        from twin.pointmap import generate_pointmap
-
-        assert_against_grid(sc, net, generate_pointmap(net, mode=sc.mode))
     profiles = [resolve_profile(p, net, start_sod=sc.start_sod, seed=sc.seed) for p in sc.profiles]
     out = None
     if write_files:
@@ -624,6 +626,7 @@ def run_scenario(
     elif hw_cfg is not None:
         fld = HardwareField(
             hardware=hw_cfg,
+            pointmap=pointmap,
             net=net,
             model=model,
             mode=sc.mode,

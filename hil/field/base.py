@@ -94,6 +94,9 @@ class Field(Protocol):
     def links_used(self) -> list[str]:
         """Names of the links this field really talks over (``"opcua:..."``, ``"direct"``)."""
 
+    def link_quality(self) -> dict[str, float]:
+        """Record columns ``link.up[<link>]`` and ``link.good[<link>]`` (share of GOOD inputs)."""
+
     def active_alarms(self) -> int:
         """Number of divergence alarms active now (mirror mode)."""
 

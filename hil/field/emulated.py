@@ -105,6 +105,14 @@ class EmulatedField:
         self._scanned = [p for p in self.pointmap.points if p.direction == "to_twin"]
         self._cut: set[str] = set()
         self._password = secrets.token_urlsafe(12)
+        #: link name -> connected at the last step (link lost/restored events)
+        self._link_up: dict[str, bool] = {}
+        #: status point -> last GOOD value seen (status changes the field made by itself)
+        self._status_seen: dict[str, float] = {}
+        #: element label -> simulated time of the twin's last command to it
+        self._commanded: dict[str, float] = {}
+        #: point -> source of its last write in the emulated store (who changed it)
+        self._last_source: dict[str, str] = {}
 
     @property
     def description(self) -> str:
@@ -129,6 +137,7 @@ class EmulatedField:
             protocols=protocols or ("modbus",),
         )
         self.serving = bool(protocols)
+        self.sub.store.subscribe(self._note_source)
         if self.serving:
             await self.sub.start()
         for dev in self.sub.devices:
@@ -271,6 +280,7 @@ class EmulatedField:
                 # The relay keeps seeing the fault current, not the twin's computed current that
                 # the sync loop has just written: sent again, past the links' deadband.
                 await self._write_outputs({f"{name}.i_ka": f["current_ka"]}, plant=True, force=True)
+        self._note_field(t)
         alarms = tuple(alarm_dict(a) for a in rep.alarms if a.kind == "divergence")
         return StepOutcome(
             rep.converged,
@@ -301,6 +311,72 @@ class EmulatedField:
             for n, v in values.items():
                 if n in self.sub.store:
                     self.sub.store.set(n, v, source="plant")
+
+    # --- what the field did by itself -----------------------------------------------------------
+    def _note_source(self, point: Any, sample: Any, source: str) -> None:
+        name = point if isinstance(point, str) else point.name
+        self._last_source[name] = source
+
+    def _event(self, t: float, kind: str, message: str, **fields: Any) -> None:
+        if self.recorder is not None:
+            self.recorder.event(t, kind, message, **fields)
+
+    def _note_field(self, t: float) -> None:
+        """Link lost/restored and status changes nobody in the scenario asked for, as events
+        (noticed at the step ``t``; the source is the device or master that wrote the point)."""
+        for link in self.links:
+            was = self._link_up.get(link.name)
+            now = bool(link.connected)
+            if was is not None and was != now:
+                if now:
+                    self._event(t, "link_restored", f"link {link.name} restored", link=link.name)
+                else:
+                    why = link.stats.get("last_error") or "connection lost"
+                    self._event(t, "link_lost", f"link {link.name} lost: {why}", link=link.name)
+            self._link_up[link.name] = now
+        samples = self.sync.samples if self.sync is not None else {}
+        for p in self.pointmap.points:
+            if p.kind != "status" or p.direction != "to_twin":
+                continue
+            smp = samples.get(p.name)
+            if smp is None or not smp.quality.is_good:
+                continue
+            before = self._status_seen.get(p.name)
+            self._status_seen[p.name] = smp.value
+            if before is None or before == smp.value:
+                continue
+            label = p.name[: -len(p.column) - 1] if p.name.endswith("." + p.column) else p.name
+            asked = self._commanded.get(label)
+            if asked is not None and t - asked <= 60.0:
+                continue  # the twin's own command, logged by the scenario
+            source = self._status_source(p.name, label)
+            self._event(
+                t,
+                "field_change",
+                f"{p.name} {before:g} -> {smp.value:g} by the field ({source})",
+                point=p.name,
+                source=source,
+                before=before,
+                after=smp.value,
+            )
+
+    def _status_source(self, point: str, label: str) -> str:
+        """Who changed a status: the last writer of the element's command, else of the point."""
+        cmd = self._last_source.get(f"{label}.cmd")
+        if cmd is not None and not cmd.startswith("device:") and cmd != "scenario":
+            return f"command from {cmd}"
+        return self._last_source.get(point, "field")
+
+    def link_quality(self) -> dict[str, float]:
+        """Per link: ``link.up[<name>]`` (1/0) and ``link.good[<name>]``, the share of its
+        inputs that are GOOD now (record columns)."""
+        out: dict[str, float] = {}
+        for link in self.links:
+            out[f"link.up[{link.name}]"] = 1.0 if link.connected else 0.0
+            inputs = link.read_inputs()
+            good = sum(1 for smp in inputs.values() if smp.quality.is_good)
+            out[f"link.good[{link.name}]"] = good / len(inputs) if inputs else math.nan
+        return out
 
     def links_used(self) -> list[str]:
         return [lk.name for lk in self.links]
@@ -347,6 +423,7 @@ class EmulatedField:
 
     def command(self, name: str, value: float) -> None:
         """A command or setpoint write, sent by the twin's link as an operator would."""
+        self._commanded[name.rsplit(".", 1)[0]] = self.clock.t
         link = self._link_for(name)
 
         async def send() -> None:

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from hil.field.emulated import EmulatedField, _EventsOnly, _send, _without_device_outputs
+from twin.labels import label_index
 
 _log = logging.getLogger(__name__)
 
@@ -20,14 +21,18 @@ class HardwareField(EmulatedField):
 
     emulated = False
 
-    def __init__(self, *, hardware: Any, **kwargs: Any) -> None:
+    def __init__(self, *, hardware: Any, pointmap: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.hardware = hardware
-        if hardware.pointmap is not None:
-            from twin.pointmap import assert_pointmap, load_pointmap
+        if pointmap is not None:  # the map the scenario was validated against
+            self.pointmap = pointmap
+        elif hardware.pointmap is not None:
+            from twin.pointmap import load_pointmap
 
             self.pointmap = load_pointmap(hardware.pointmap)
-            assert_pointmap(self.pointmap, self.net)
+        from twin.pointmap import assert_pointmap
+
+        assert_pointmap(self.pointmap, self.net)
         self._scanned = []
 
     @property
@@ -70,6 +75,7 @@ class HardwareField(EmulatedField):
                 await _send(link, ok, force)
 
     def command(self, name: str, value: float) -> None:
+        self._commanded[name.rsplit(".", 1)[0]] = self.clock.t
         link = self._link_for(name)
         if link is None:
             raise RuntimeError(f"no link of {self.hardware.source} writes {name!r}")
@@ -111,8 +117,14 @@ class HardwareField(EmulatedField):
         self.command(f"{label}.p_limit_pct", 0.0 if tripped else 100.0)
 
     def tap_operate(self, label: str, delta: int) -> bool:
-        self._emulator_only("tap_change on a field tap changer")
-        return False
+        """A SCADA raise/lower: one pulse (1) on ``<label>.tap_raise`` or ``<label>.tap_lower``
+        per step of ``delta``. False: the point map has no such command point."""
+        name = f"{label}.tap_raise" if delta > 0 else f"{label}.tap_lower"
+        if self._link_for(name) is None:
+            return False
+        for _ in range(abs(int(delta))):
+            self.command(name, 1.0)
+        return True
 
     def start_fault(self, line_label: str, current_ka: float, t: float) -> None:
         self.faults[line_label] = {
@@ -133,10 +145,10 @@ class HardwareField(EmulatedField):
             if f.get("cleared"):
                 continue
             net = self.model.net
-            idx = net.line.index[net.line["name"] == name]
-            if not len(idx):
+            i = label_index(net, "line").get(name)
+            if i is None:
                 continue
-            sw = net.switch[(net.switch.et == "l") & (net.switch.element == idx[0])]
+            sw = net.switch[(net.switch.et == "l") & (net.switch.element == i)]
             if len(sw) and not bool(sw["closed"].all()):
                 f["cleared"] = True
                 if self.recorder is not None:

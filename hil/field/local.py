@@ -55,6 +55,9 @@ class LocalField:
     def links_used(self) -> list[str]:
         return []
 
+    def link_quality(self) -> dict[str, float]:
+        return {}
+
     def active_alarms(self) -> int:
         return 0
 

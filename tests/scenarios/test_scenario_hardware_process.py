@@ -7,13 +7,15 @@ Every event kind either runs or is refused before the run; an event that fails a
 
 from __future__ import annotations
 
-import json
+import re
 import sys
 from pathlib import Path
 
 import pytest
 
 from scenarios.engine import run_scenario
+from scenarios.validate import validate_file
+from twin.errors import ConfigError
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -74,28 +76,59 @@ def _events(out: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+#: Refused against real hardware in hil mode (scenarios.validate.EVENT_SUPPORT), with why.
+REFUSED = {
+    "device_restart": "acts inside the emulated substation",
+    "meas_noise": "acts inside the emulated substation",
+    "meas_bias": "acts inside the emulated substation",
+    "comms_loss": "cuts a link; expected one of modbus, opcua, found 'Q12'",
+    "comms_restore": "cuts a link; expected one of modbus, opcua, found 'Q12'",
+    "tap_change": "needs to_field point(s) T1.tap_raise, T1.tap_lower",
+}
+
+
 @pytest.mark.parametrize("kind", sorted(EVENTS))
-def test_every_event_kind_runs_or_fails_as_an_event(
+def test_every_event_kind_runs_or_is_refused_by_validate(
     tmp_path: Path, emulator_process, kind, monkeypatch
 ):
     monkeypatch.syspath_prepend(str(Path(__file__).parent))  # the "process" event's module
     monkeypatch.delitem(sys.modules, "scenario_user_process", raising=False)
     body = f'\n[[event]]\nkind = "{kind}"\n{EVENTS[kind]}\nat = "+1s"\n'
     f = _scenario(tmp_path, emulator_process, kind, body)
+    _, problems = validate_file(f)
+    if kind in REFUSED:
+        assert len(problems) == 1, problems
+        assert problems[0].startswith("event[0].") and "(line 19)" in problems[0]
+        assert REFUSED[kind] in problems[0]
+        with pytest.raises(ConfigError, match=re.escape(REFUSED[kind].split(";")[0])):
+            run_scenario(f, out_dir=tmp_path / "out")  # run refuses it before it starts
+        return
+    assert problems == []
     res = run_scenario(f, out_dir=tmp_path / "out")
     assert res.error == "", res.error
     rows = _events(tmp_path / "out")
-    kinds = [r["kind"] for r in rows]
-    assert "end" in kinds
-    errors = [r for r in rows if r["kind"] == "event_error"]
-    applied = [r for r in rows if r["kind"] not in ("start", "end", "event_error", "trigger")]
-    # it ran (a row of its own at 1 s), or it failed as an event naming its kind and line
-    if errors:
-        fields = json.loads(errors[0]["fields"])
-        assert fields["event"] == kind
-        assert "(line " in errors[0]["message"]
-    else:
-        assert any(float(r["time_s"]) == pytest.approx(1.0) for r in applied), rows
+    assert [r for r in rows if r["kind"] == "event_error"] == []
+    applied = [r for r in rows if r["kind"] not in ("start", "field", "end", "trigger")]
+    assert any(float(r["time_s"]) == pytest.approx(1.0) for r in applied), rows
+    field = next(r for r in rows if r["kind"] == "field")
+    assert "opcua:" in field["message"] and "modbus:" in field["message"]
+
+
+def test_a_switch_without_a_command_point_is_refused(tmp_path: Path, emulator_process) -> None:
+    import dataclasses
+
+    import grids
+    from twin.pointmap import dumps_pointmap, generate_pointmap
+
+    pm = generate_pointmap(grids.load("urban_district"), mode="hil")
+    pm = dataclasses.replace(pm, points=tuple(p for p in pm.points if p.name != "Q45.cmd"))
+    (tmp_path / "points.toml").write_text(dumps_pointmap(pm))
+    body = '\n[[event]]\nkind = "switch_open"\nelement = "Q45"\nat = "+1s"\n'
+    f = _scenario(tmp_path, emulator_process, "nocmd", body)
+    hw = tmp_path / "hardware.toml"
+    hw.write_text('pointmap = "points.toml"\n' + hw.read_text())
+    _, problems = validate_file(f)
+    assert len(problems) == 1 and "needs to_field point(s) Q45.cmd" in problems[0], problems
 
 
 def test_mirror_against_a_hardware_file(tmp_path: Path, emulator_process):
@@ -106,3 +139,60 @@ def test_mirror_against_a_hardware_file(tmp_path: Path, emulator_process):
     links = res.summary["field"]["links"]
     assert any(k.startswith("opcua:") for k in links)
     assert any(k.startswith("modbus:") for k in links)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.timeout(300)
+def test_killing_and_restarting_the_emulator_is_lost_and_restored(
+    tmp_path: Path, emulator_starter
+) -> None:
+    import threading
+    import time
+
+    from twin.recorder import read_events, read_timeseries
+
+    ua, mb = _free_port(), _free_port()
+    emu = emulator_starter(opcua_port=ua, modbus_port=mb)
+    f = _scenario(tmp_path, emu, "killed", "", duration="40s")
+    out = tmp_path / "out"
+    result: dict = {}
+    stepping, back = threading.Event(), threading.Event()
+
+    def progress(done: int, total: int, t: float) -> None:
+        if done >= 4:
+            stepping.set()
+
+    def run() -> None:
+        result["res"] = run_scenario(f, out_dir=out, progress=progress)
+
+    t = threading.Thread(target=run)
+    t.start()
+    try:
+        # the run is stepping: kill the emulator, let the twin notice, bring it back
+        assert stepping.wait(120), "the run did not start stepping"
+        emu.stop()
+        time.sleep(3.0)
+        emulator_starter(opcua_port=ua, modbus_port=mb)
+        back.set()
+    finally:
+        t.join(timeout=200)
+    res = result["res"]
+    assert res.error == "", res.error
+    ev = read_events(out)
+    lost = ev[ev["kind"] == "link_lost"]
+    restored = ev[ev["kind"] == "link_restored"]
+    assert len(lost) >= 1 and len(restored) >= 1, ev[["time_s", "kind", "message"]]
+    assert restored["time_s"].max() > lost["time_s"].min()
+    ts = read_timeseries(out)
+    up = [c for c in ts.columns if c.startswith("link.up[")]
+    good = [c for c in ts.columns if c.startswith("link.good[")]
+    assert len(up) == 2 and len(good) == 2
+    assert ts[up].min().min() == 0.0 and ts[up].iloc[-1].min() == 1.0
+    assert ts[good].iloc[0].min() > 0.9 and ts[good].min().min() < 0.1
