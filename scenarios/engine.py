@@ -582,6 +582,9 @@ def run_scenario(
     junit: Path | str | None = None,
     progress: Progress | None = None,
     write_files: bool = True,
+    serve: tuple[int, int] | None = None,
+    twin_server: int | None = None,
+    on_ready: Callable[[dict[str, str]], None] | None = None,
 ) -> RunResult:
     """Run a scenario and write its results folder (see the module docstring).
 
@@ -592,6 +595,10 @@ def run_scenario(
         junit: also write the JUnit XML here (it is always written into the results folder).
         progress: called after every step with (steps done, steps in all, t).
         write_files: False keeps everything in memory (tests).
+        serve: (OPC UA port, Modbus port) to serve the embedded emulated substation on for an
+            outside controller while the run goes (0: a free port); needs hardware = "emulated".
+        twin_server: port of the twin's read-only OPC UA server for the run (0: free; None: none).
+        on_ready: called with the field's endpoints once it runs (before the first step).
 
     Raises:
         ConfigError: the scenario does not fit its grid. Errors during the run are caught,
@@ -608,6 +615,21 @@ def run_scenario(
             hardware=hardware or sc.hardware,
         )
     t_start = time.perf_counter()
+    where = str(sc.path) if sc.path else "<scenario>"
+    if serve is not None and (sc.hardware != "emulated"):
+        raise ConfigError(
+            where,
+            "hardware",
+            '--serve exposes the embedded emulated substation: expected hardware = "emulated", '
+            f"found {sc.hardware!r}",
+        )
+    if twin_server is not None and sc.hardware == "none":
+        raise ConfigError(
+            where,
+            "hardware",
+            '--twin-server publishes the sync loop\'s state: expected hardware = "emulated" or '
+            'a hardware file, found "none"',
+        )
     net = load_grid(sc)
     hw_cfg = load_hardware_of(sc)
     # validated against the point map that will actually run (the hardware file's, if any)
@@ -634,6 +656,7 @@ def run_scenario(
             recorder=rec,
             clock=clock,
             seed=sc.seed,
+            twin_server_port=twin_server,
         )
     else:
         fld = EmulatedField(
@@ -645,6 +668,8 @@ def run_scenario(
             clock=clock,
             seed=sc.seed,
             plant_model_factory=lambda n: make_model(n, sc.backend),
+            serve=serve,
+            twin_server_port=twin_server,
         )
     env = simpy.Environment()
     rt = TwinRuntime(sc, env, model, fld, rec, profiles)
@@ -664,6 +689,11 @@ def run_scenario(
 
     async def main() -> None:
         await fld.start()
+        ends = fld.endpoints()
+        if ends:
+            rec.event(0.0, "serving", "; ".join(f"{k} {v}" for k, v in ends.items()), **ends)
+            if on_ready is not None:
+                on_ready(ends)
         used = fld.links_used()
         if sc.hardware != "none":
             rec.event(

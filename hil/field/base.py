@@ -94,6 +94,9 @@ class Field(Protocol):
     def links_used(self) -> list[str]:
         """Names of the links this field really talks over (``"opcua:..."``, ``"direct"``)."""
 
+    def endpoints(self) -> dict[str, str]:
+        """Where the field serves for outside clients (``--serve``, ``--twin-server``)."""
+
     def link_quality(self) -> dict[str, float]:
         """Record columns ``link.up[<link>]`` and ``link.good[<link>]`` (share of GOOD inputs)."""
 

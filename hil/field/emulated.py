@@ -73,6 +73,8 @@ class EmulatedField:
         seed: int,
         plant_model_factory: Callable[[Any], Any] | None = None,
         stale_factor: float = 3.0,
+        serve: tuple[int, int] | None = None,
+        twin_server_port: int | None = None,
     ) -> None:
         from twin.pointmap import generate_pointmap
 
@@ -113,6 +115,13 @@ class EmulatedField:
         self._commanded: dict[str, float] = {}
         #: point -> source of its last write in the emulated store (who changed it)
         self._last_source: dict[str, str] = {}
+        #: (OPC UA port, Modbus port) to serve the substation on for an outside controller
+        self.serve = serve
+        #: the operator login an outside OPC UA client may use while serving
+        self.serve_password = secrets.token_urlsafe(9)
+        self.twin_server_port = twin_server_port
+        self.twin_server: Any = None
+        self._sub_started = False
 
     @property
     def description(self) -> str:
@@ -124,22 +133,28 @@ class EmulatedField:
         from hil.sync import SyncLoop
 
         users = {"plant": (self._password, "plant"), "operator": (self._password, "operator")}
+        if self.serve is not None:
+            users["controller"] = (self.serve_password, "operator")
         # Only the servers a link talks to: the OPC UA server mirrors every store write into
         # its address space (~10 ms a step here), so it runs only when an OPC UA link needs it.
         protocols = [k for k in self.link_kinds if k != "direct"]
         # No initial load flow: the twin (or the plant) writes every measurement at t=0.
+        ports = self.serve or (0, 0)
         self.sub = EmulatedSubstation(
             self.net,
             self.pointmap,
             clock=self.clock,
             users=users,
             initial_loadflow=False,
-            protocols=protocols or ("modbus",),
+            protocols=("opcua", "modbus") if self.serve else (protocols or ("modbus",)),
+            opcua_port=ports[0],
+            modbus_port=ports[1],
         )
-        self.serving = bool(protocols)
+        self.serving = bool(protocols)  # a protocol link of the twin's own (see _make_link)
         self.sub.store.subscribe(self._note_source)
-        if self.serving:
+        if self.serving or self.serve is not None:
             await self.sub.start()
+            self._sub_started = True
         for dev in self.sub.devices:
             self.devices[dev.name] = dev
             if type(dev).__name__ == "RTUMeasurements":
@@ -181,6 +196,28 @@ class EmulatedField:
                 link_now=self.clock,
                 period_s=1.0,
             )
+        await self._start_twin_server()
+
+    async def _start_twin_server(self) -> None:
+        """The twin's read-only OPC UA server for the run (``twin_server_port``, 0: free)."""
+        if self.twin_server_port is None or self.sync is None:
+            return
+        from hil.twin_server import TwinServer
+
+        self.twin_server = TwinServer(self.model.net, self.pointmap, port=self.twin_server_port)
+        await self.twin_server.start()
+        self.sync.listeners.append(self.twin_server.publish)
+
+    def endpoints(self) -> dict[str, str]:
+        """Where this field serves: the substation for an outside controller, the twin server."""
+        out: dict[str, str] = {}
+        if self.serve is not None and self.sub is not None:
+            out["opcua"] = self.sub.opcua_endpoint
+            out["modbus"] = f"127.0.0.1:{self.sub.modbus_port}"
+            out["opcua_user"] = f"controller / {self.serve_password} (role operator)"
+        if self.twin_server is not None:
+            out["twin_server"] = self.twin_server.endpoint
+        return out
 
     def _make_link(self, kind: str, role: str) -> Any:
         pts = self.pointmap.points
@@ -237,7 +274,12 @@ class EmulatedField:
                 await link.close()
             except Exception:  # closing must go on for the others
                 _log.exception("closing link %s failed", link)
-        if self.sub is not None and self.serving:
+        if self.twin_server is not None:
+            try:
+                await self.twin_server.stop()
+            except Exception:  # stopping must go on
+                _log.exception("stopping the twin's OPC UA server failed")
+        if self.sub is not None and self._sub_started:
             await self.sub.stop()
 
     # --- the step -----------------------------------------------------------------------------
@@ -266,7 +308,7 @@ class EmulatedField:
             await fn()
         self.clock.t = t
         self.advance_devices(t)
-        if self.serving:
+        if self._sub_started:
             self._scan(t)
         self._note_faults(t)
         if self.pending_outputs:
@@ -372,11 +414,17 @@ class EmulatedField:
         inputs that are GOOD now (record columns)."""
         out: dict[str, float] = {}
         for link in self.links:
-            out[f"link.up[{link.name}]"] = 1.0 if link.connected else 0.0
+            key = self._link_key(link)
+            out[f"link.up[{key}]"] = 1.0 if link.connected else 0.0
             inputs = link.read_inputs()
             good = sum(1 for smp in inputs.values() if smp.quality.is_good)
-            out[f"link.good[{link.name}]"] = good / len(inputs) if inputs else math.nan
+            out[f"link.good[{key}]"] = good / len(inputs) if inputs else math.nan
         return out
+
+    def _link_key(self, link: Any) -> str:
+        # the emulated substation's ports are random: name its links by kind (one per kind),
+        # so the same seed gives the same columns
+        return str(link.protocol)
 
     def links_used(self) -> list[str]:
         return [lk.name for lk in self.links]

@@ -55,13 +55,22 @@ class HardwareField(EmulatedField):
             stale_policy=self.hardware.stale_policy,
             period_s=1.0,
         )
+        await self._start_twin_server()
 
     async def stop(self) -> None:
+        if self.twin_server is not None:
+            try:
+                await self.twin_server.stop()
+            except Exception:  # stopping must go on
+                _log.exception("stopping the twin's OPC UA server failed")
         for link in self.links:
             try:
                 await link.close()
             except Exception:  # closing must go on for the others
                 _log.exception("closing link %s failed", link)
+
+    def _link_key(self, link: Any) -> str:
+        return str(link.name)  # configured endpoints: stable across runs
 
     def advance_devices(self, t: float) -> None:
         return None  # real devices keep their own time

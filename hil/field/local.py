@@ -58,6 +58,9 @@ class LocalField:
     def link_quality(self) -> dict[str, float]:
         return {}
 
+    def endpoints(self) -> dict[str, str]:
+        return {}
+
     def active_alarms(self) -> int:
         return 0
 

@@ -26,6 +26,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="results folder (default results/<name>-<time>)")
     p.add_argument("--junit", type=Path, help="also write the JUnit XML here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="serve the embedded emulated substation (OPC UA + Modbus TCP on 127.0.0.1) for an "
+        "outside controller while the run goes; implies --pace realtime unless --pace is given",
+    )
+    p.add_argument("--modbus-port", type=int, default=0, help="with --serve (default: free)")
+    p.add_argument("--opcua-port", type=int, default=0, help="with --serve (default: free)")
+    p.add_argument(
+        "--twin-server",
+        nargs="?",
+        type=int,
+        const=0,
+        default=None,
+        metavar="PORT",
+        help="start the twin's read-only OPC UA server for the run (default port: free)",
+    )
     p.set_defaults(func=run)
 
     v = sub.add_parser(
@@ -66,10 +83,18 @@ def run(args: argparse.Namespace) -> int:
             if show and (done % 10 == 0 or done == total):
                 progress.update(task, completed=done, clock=format_clock(t, sc.start_sod))
 
+        def ready(ends: dict[str, str]) -> None:
+            for k, v in ends.items():
+                print(f"serving {k}: {v}", flush=True)
+
+        serve = (args.opcua_port, args.modbus_port) if args.serve else None
         res = run_scenario(
             sc,
             out_dir=args.out,
-            pace=args.pace,
+            pace=args.pace or ("realtime" if args.serve else None),
+            serve=serve,
+            twin_server=args.twin_server,
+            on_ready=ready,
             speed=args.speed,
             hardware=args.hardware,
             junit=args.junit,
