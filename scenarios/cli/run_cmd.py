@@ -43,6 +43,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="PORT",
         help="start the twin's read-only OPC UA server for the run (default port: free)",
     )
+    p.add_argument(
+        "--inject",
+        action="append",
+        default=[],
+        metavar="KIND:POINT=VALUE[@TIME]",
+        help="fault injection in the served field, from the command line: meas_bias or "
+        "meas_noise on a point, e.g. meas_bias:N3.vm_pu=0.05@+20s (repeatable)",
+    )
     p.set_defaults(func=run)
 
     v = sub.add_parser(
@@ -66,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console(stderr=False)
     sc = load_scenario(args.file)
+    if args.inject:
+        from scenarios.config import with_injections
+
+        sc = with_injections(sc, args.inject)
     show = not args.no_progress and console.is_terminal
     progress = Progress(
         TextColumn("[bold]{task.description}"),
