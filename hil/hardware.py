@@ -426,6 +426,7 @@ def plan_links(config: HardwareConfig, pointmap: PointMap) -> list[LinkPlan]:
                 f"found none matching {list(dev.points)}",
             )
         mb_read: set[str] = set()
+        n_before = len(plans)
         if dev.modbus is not None:
             mb = dev.modbus
             pts = []
@@ -457,6 +458,27 @@ def plan_links(config: HardwareConfig, pointmap: PointMap) -> list[LinkPlan]:
                         pts.append(p)
             if pts:
                 plans.append(LinkPlan(dev.name, "opcua", tuple(pts)))
+        # every output of the device goes somewhere, or the file is refused: an output that
+        # cannot be written would otherwise be dropped silently (a Modbus server under test
+        # with measurements in input registers, a device without OPC UA writes)
+        written = {p.name for plan in plans[n_before:] for p in plan.points}
+        lost = [p for p in mine if p.direction == "to_field" and p.name not in written]
+        if lost:
+            first = lost[0]
+            where_mb = (
+                f"Modbus {first.modbus.table} {first.modbus.address}"
+                if first.modbus is not None
+                else "no Modbus binding"
+            )
+            raise ConfigError(
+                where,
+                f"device[{i}]",
+                f"expected every to_field point of device {dev.name!r} to be written by one of "
+                f"its links (OPC UA write = true, or Modbus write = true with coils/holding "
+                f"registers), found {len(lost)} that none can write, e.g. {first.name!r} "
+                f"({where_mb}); bind them to holding registers in the point map, enable a "
+                "writer, or leave them out of the device's points",
+            )
     writers: dict[str, str] = {}
     for plan in plans:
         for p in plan.points:

@@ -93,35 +93,15 @@ _SCALED: frozenset[tuple[str, str]] = frozenset(
 )
 _BOOL_COLUMNS = frozenset({("switch", "closed")})
 _INT_COLUMNS = frozenset({("trafo", "tap_pos")})
-#: Columns that exist only in field devices (fallback when twin.pointmap has no helper).
-_DEVICE_COLUMNS: frozenset[str] = frozenset(
-    {
-        "cmd",
-        "operations",
-        "avr_vset_pu",
-        "avr_band_pu",
-        "avr_delay_s",
-        "avr_auto",
-        "oc_pickup_ka",
-        "oc_delay_s",
-        "p_limit_pct",
-        "voltvar",
-        "p_avail_mw",
-    }
-)
 
 
 def is_device_column(table: str, column: str) -> bool:
-    """Whether ``table.column`` lives only in the field device (never applied to the model)."""
-    try:
-        from twin import pointmap as _pm
+    """Whether ``table.column`` lives only in the field device or is computed by the twin
+    (never applied to the model): ``twin.pointmap``'s vocabulary, the one (table, column) list."""
+    from twin.pointmap import TWIN_COLUMNS
+    from twin.pointmap import is_device_column as _device
 
-        fn = getattr(_pm, "is_device_column", None)
-        if fn is not None:
-            return bool(fn(table, column))
-    except TypeError:  # a different signature: fall back to our own list
-        pass
-    return column in _DEVICE_COLUMNS
+    return _device(table, column) or column in TWIN_COLUMNS.get(table, ())
 
 
 # --- reports and alarms ---------------------------------------------------------------------
@@ -442,11 +422,7 @@ class SyncLoop:
     def _route(self, point: Point) -> int | None:
         """The first link that carries ``point`` and can write it (None: no link can)."""
         for i, link in enumerate(self.links):
-            lp = getattr(link, "_by_name", {}).get(point.name)
-            if lp is None:
-                continue
-            why = link._not_writable(lp) if hasattr(link, "_not_writable") else None
-            if why is None:
+            if link.carries(point.name) and link.why_not_writable(link.point(point.name)) is None:
                 return i
         return None
 

@@ -451,7 +451,8 @@ class TwinServer:
 
 
 def _labels(df: Any, table: str, net: Any) -> list[str]:
-    """Element labels as the point map makes them (``twin.pointmap.element_label``)."""
-    from twin.pointmap import element_label
+    """Element labels as the point map makes them (``twin.labels``)."""
+    from twin.labels import table_labels
 
-    return [element_label(net, table, int(i)) for i in df.index]
+    labels = table_labels(net, table)
+    return [labels[int(i)] for i in df.index]

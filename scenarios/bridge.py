@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +79,11 @@ class Bridge:
         self.stats = PaceStats(pace, self.speed)
         self._pending: list[tuple[simpy.Event, Awaitable[Any]]] = []
         self._wall0: float | None = None
+        self._stopped = False
+
+    def stop(self) -> None:
+        """End :meth:`run` after the current SimPy step (a process that cannot go on)."""
+        self._stopped = True
 
     def io(self, awaitable: Awaitable[Any]) -> simpy.Event:
         """An event a SimPy process yields; it fires with the awaitable's result."""
@@ -109,6 +114,8 @@ class Bridge:
                         ev.succeed(result)
                     self.stats.io_s.append(self.clock() - t0)
                     self.stats.steps += 1
+                if self._stopped:
+                    break
                 nxt = env.peek()
                 if nxt == math.inf or nxt > until:
                     break
@@ -127,3 +134,8 @@ class Bridge:
                     close()
             self._pending.clear()
             self.stats.wall_s = self.clock() - self._wall0
+
+
+def run_blocking(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``main()`` on a fresh asyncio event loop until it returns (the run's one loop)."""
+    asyncio.run(main())

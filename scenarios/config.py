@@ -10,10 +10,10 @@ from __future__ import annotations
 import datetime as _dt
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from scenarios.timeparse import (
     DURATION_HELP,
@@ -321,7 +321,7 @@ class _Parser:
 
     def fail(
         self, key: str, problem: str, section: str = "", index: int = 0, sub: str | None = None
-    ):
+    ) -> NoReturn:
         raise ConfigError(self.where, key, problem, self.lines.find(section, index, sub))
 
     def unknown_keys(
@@ -496,7 +496,13 @@ def _choice(ps: _Parser, doc: Mapping[str, Any], key: str, allowed, default: str
 
 
 def _duration(
-    ps: _Parser, table, key: str, default: float, section: str, index: int, prefix: str = ""
+    ps: _Parser,
+    table: Any,
+    key: str,
+    default: float,
+    section: str,
+    index: int,
+    prefix: str = "",
 ) -> float:
     if key not in table:
         return default
@@ -793,7 +799,7 @@ def _event(ps: _Parser, t: Mapping[str, Any], i: int, start_sod, start_dt, durat
         except ValueError as exc:
             ps.fail(pre + "when", str(exc), "event", i, "when")
     delay = _duration(ps, t, "delay", 0.0, "event", i, pre)
-    dur = _duration(ps, t, "duration", None, "event", i, pre) if "duration" in t else None
+    dur = _duration(ps, t, "duration", 0.0, "event", i, pre) if "duration" in t else None
     if kind in ("load_step", "gen_step") and not ({"delta_mw", "factor"} & set(t)):
         ps.fail(pre + "delta_mw", f"a {kind} needs delta_mw or factor", "event", i)
     if kind in ("load_step", "gen_step", "der_trip", "der_reconnect") and not (
@@ -874,3 +880,44 @@ def _check(ps: _Parser, t: Mapping[str, Any], i: int, start_sod, start_dt, durat
         params=tuple(params),
         line=ps.lines.find("check", i, None),
     )
+
+
+#: what ``gridtwin run --inject`` may inject, and the event key its value goes to
+INJECTIONS = {"meas_bias": "offset", "meas_noise": "sigma"}
+
+
+def with_injections(scenario: Scenario, specs: Sequence[str]) -> Scenario:
+    """``scenario`` plus one event per ``KIND:POINT=VALUE[@TIME]`` (``--inject``).
+
+    Raises:
+        ConfigError: a spec of another form, an unknown kind, a value that is no number.
+    """
+    import dataclasses
+
+    events = list(scenario.events)
+    for spec in specs:
+        kind, _, rest = spec.partition(":")
+        point, _, rest = rest.partition("=")
+        value, _, when = rest.partition("@")
+        if kind not in INJECTIONS or not point or not value:
+            raise ConfigError(
+                "--inject",
+                spec,
+                f"expected KIND:POINT=VALUE[@TIME] with KIND one of {', '.join(INJECTIONS)}, "
+                f"found {spec!r}",
+            )
+        try:
+            v = float(value)
+            at = parse_time(when, scenario.start_sod, scenario.start_dt) if when else 0.0
+        except ValueError as exc:
+            raise ConfigError("--inject", spec, f"expected a number and a time: {exc}") from None
+        events.append(
+            EventSpec(
+                kind=kind,
+                index=len(events),
+                at=float(at),
+                label=f"injected {kind} on {point}",
+                params=(("point", point), (INJECTIONS[kind], v)),
+            )
+        )
+    return dataclasses.replace(scenario, events=tuple(events))

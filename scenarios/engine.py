@@ -14,7 +14,6 @@ Within one simulated instant, events scheduled for it run before the step that s
 
 from __future__ import annotations
 
-import asyncio
 import datetime as _dt
 import logging
 import math
@@ -27,15 +26,21 @@ from typing import Any
 import numpy as np
 import simpy
 
-from scenarios.bridge import Bridge
+from hil.field import EmulatedField, Field, HardwareField, LocalField, SimClock
+from scenarios.bridge import Bridge, run_blocking
 from scenarios.checks import Check, CheckResult, StepState, build_check
 from scenarios.config import EventSpec, Scenario, load_scenario
 from scenarios.events import HANDLERS
-from scenarios.field import LocalField, SimClock
 from scenarios.profiles import Profile, element_labels, resolve_profile
 from scenarios.timeparse import format_clock
-from scenarios.validate import assert_against_grid, load_grid
+from scenarios.validate import (
+    assert_against_grid,
+    field_pointmap,
+    load_grid,
+    load_hardware_of,
+)
 from twin.errors import ConfigError, TwinError
+from twin.labels import unknown_label
 from twin.recorder import Recorder, column_name
 
 _log = logging.getLogger(__name__)
@@ -97,7 +102,7 @@ class TwinRuntime:
         scenario: Scenario,
         env: simpy.Environment,
         model: Any,
-        field: Any,
+        field: Field,
         recorder: Recorder,
         profiles: list[Profile],
     ) -> None:
@@ -112,13 +117,17 @@ class TwinRuntime:
         self.power_factor: dict[tuple[str, int], float] = {}
         self.power_offset: dict[tuple[str, int], float] = {}
         self._unprofiled_p: dict[tuple[str, int], float] = {}
+        self._unprofiled_q: dict[tuple[str, int], float] = {}
+        #: (table, index) of elements held at zero P and Q (a DER trip without field hardware)
+        self.tripped: set[tuple[str, int]] = set()
+        self._was_tripped: set[tuple[str, int]] = set()
         self._labels = {
             t: element_labels(self.net, t)
             for t in ("bus", "line", "trafo", "switch", "load", "sgen")
             if t in self.net
         }
         self._point_of: dict[tuple[str, int, str], str] = {}
-        pm = getattr(field, "pointmap", None)
+        pm = field.pointmap
         if pm is not None:
             from twin.pointmap import resolve_element
 
@@ -136,7 +145,7 @@ class TwinRuntime:
     @property
     def plant(self) -> Any:
         """The model the physical world acts on: the twin in hil mode, the plant in mirror."""
-        pm = getattr(self.field, "plant_model", None)
+        pm = self.field.plant_model
         return pm if pm is not None else self.model
 
     def index(self, table: str, label: str) -> int:
@@ -144,7 +153,7 @@ class TwinRuntime:
             return self._labels[table][label]
         except KeyError:
             raise ConfigError(
-                str(self.scenario.path), "element", f"no {table} named {label!r}"
+                str(self.scenario.path), "element", unknown_label(self.net, table, label)
             ) from None
 
     def point(self, table: str, idx: int, column: str) -> str | None:
@@ -163,7 +172,7 @@ class TwinRuntime:
 
     def sync_clock(self) -> None:
         """Bring the field's simulated clock to ``env.now`` (actions between steps)."""
-        clock = getattr(self.field, "clock", None)
+        clock = self.field.clock
         if clock is not None and clock.t < self.env.now:
             clock.t = float(self.env.now)
 
@@ -174,8 +183,9 @@ class TwinRuntime:
     # --- actions --------------------------------------------------------------------------------
     def command_switch(self, label: str, closed: bool, *, why: str = "") -> None:
         i = self.index("switch", label)
-        if self.field.has_hardware and self.point("switch", i, "cmd"):
-            self.field.command(self.point("switch", i, "cmd"), 1.0 if closed else 0.0)
+        cmd = self.point("switch", i, "cmd") if self.field.has_hardware else None
+        if cmd is not None:
+            self.field.command(cmd, 1.0 if closed else 0.0)
         else:
             self.plant.update("switch", "closed", [bool(closed)], index=[i])
         self.log(
@@ -192,10 +202,19 @@ class TwinRuntime:
     ) -> None:
         if not idx:
             return
-        if table == "sgen" and self.field.has_hardware and getattr(self.field, "emulated", False):
+        if table == "sgen" and self.field.has_hardware:
             for i in idx:
                 lab = (self.point("sgen", i, "p_mw") or f"sgen{i}").rsplit(".", 1)[0]
                 self.field.der_trip(lab, not flag)
+        elif table == "sgen":
+            # The model has no sgen.in_service input: a tripped inverter feeds nothing in.
+            for i in idx:
+                if flag:
+                    self.tripped.discard(("sgen", int(i)))
+                else:
+                    self._base_p(self.plant, "sgen", int(i))  # remember P and Q before the trip
+                    self.tripped.add(("sgen", int(i)))
+            self.apply_profiles()
         else:
             self.plant.update(table, "in_service", [bool(flag)] * len(idx), index=list(idx))
         what = label or f"{len(idx)} {table}(s)"
@@ -209,7 +228,9 @@ class TwinRuntime:
     def set_tap(self, label: str, pos: int, *, why: str = "") -> None:
         i = self.index("trafo", label)
         cur = int(round(float(self.plant.net.trafo.at[i, "tap_pos"])))
-        if self.field.has_hardware and self.point("trafo", i, "tap_pos"):
+        if self.field.has_hardware and (
+            self.point("trafo", i, "tap_pos") or self.point("trafo", i, "tap_raise")
+        ):
             ok = self.field.tap_operate(label, pos - cur) if pos != cur else True
             if not ok:
                 self.log(
@@ -276,6 +297,7 @@ class TwinRuntime:
         key = (table, i)
         if key not in self._unprofiled_p:
             self._unprofiled_p[key] = float(target.net[table].at[i, "p_mw"])
+            self._unprofiled_q[key] = float(target.net[table].at[i, "q_mvar"])
         return self._unprofiled_p[key]
 
     def apply_profiles(self) -> None:
@@ -303,6 +325,16 @@ class TwinRuntime:
         for (table, i), off in self.power_offset.items():
             d = by_table.setdefault((table, "p_mw"), {})
             d[i] = d.get(i, self._base_p(target, table, i)) + off
+        for table, i in self.tripped:
+            by_table.setdefault((table, "p_mw"), {})[i] = 0.0
+            by_table.setdefault((table, "q_mvar"), {})[i] = 0.0
+        for table, i in self._was_tripped - self.tripped:
+            # back in service: to the profile value, else to what it was before the trip
+            d = by_table.setdefault((table, "p_mw"), {})
+            d.setdefault(i, self._base_p(target, table, i))
+            dq = by_table.setdefault((table, "q_mvar"), {})
+            dq.setdefault(i, self._unprofiled_q.get((table, i), 0.0))
+        self._was_tripped = set(self.tripped)
         for (table, col), d in by_table.items():
             if not d:
                 continue
@@ -313,7 +345,7 @@ class TwinRuntime:
                 for i, v in zip(idx, vals):
                     name = self.point("sgen", i, "p_avail_mw")
                     if name is not None:
-                        self.field.pending_outputs[name] = max(float(v), 0.0)
+                        self.field.offer_output(name, max(float(v), 0.0))
                 continue
             target.update(table, col, vals, index=idx)
 
@@ -350,6 +382,7 @@ class _Stepper:
         self.alarm_count = 0
         self.solve_s: list[float] = []
         self.late_s: list[float] = []  # realtime: how far past the next step's due time
+        self.failure: Exception | None = None
         self._fired: set[int] = set()
         self._held: dict[int, bool] = {}
         self._record_cols = self._plan_record()
@@ -357,7 +390,7 @@ class _Stepper:
     # --- recording plan -------------------------------------------------------------------------
     def _plan_record(self) -> list[tuple[str, str, list[str], np.ndarray | None, bool]]:
         net = self.rt.net
-        plan = []
+        plan: list[tuple[str, str, list[str], np.ndarray | None, bool]] = []
         for q in self.sc.record.quantities:
             table, _, rest = q.partition(".")
             column, _, label = rest.partition("[")
@@ -396,17 +429,25 @@ class _Stepper:
             for lab, v in zip(labels, arr.tolist()):
                 out[f"{table}.{column}[{lab}]"] = v
         f = self.rt.field
-        if self.sc.record.setpoints and getattr(f, "sub", None) is not None:
-            store = f.sub.store
-            for p in f.pointmap.points:
-                if p.kind == "setpoint":
-                    lab = p.name[: -len(p.column) - 1]
-                    out[column_name(p.table, p.column, lab)] = store.get(p.name).value
-        out["alarms.active"] = float(len(getattr(getattr(f, "sync", None), "active_alarms", {})))
+        if self.sc.record.setpoints:
+            for name, v in f.setpoint_values().items():
+                p = f.pointmap[name]
+                out[column_name(p.table, p.column, name[: -len(p.column) - 1])] = v
+        out["alarms.active"] = float(f.active_alarms())
+        out.update(f.link_quality())
         return out
 
     # --- processes ------------------------------------------------------------------------------
     def step_process(self) -> Any:
+        """The stepper; a failure of the field step (a lost link with ``stale_policy =
+        "refuse"``, a device error) ends the run cleanly with that error, never a traceback."""
+        try:
+            yield from self._steps()
+        except Exception as exc:  # handed to run_scenario as the run's error
+            self.failure = exc
+            self.bridge.stop()
+
+    def _steps(self) -> Any:
         env, sc, rt = self.env, self.sc, self.rt
         n = sc.steps
         for k in range(n + 1):
@@ -446,12 +487,7 @@ class _Stepper:
             self.not_converged += 1
         if outcome.stale:
             self.stale_steps += 1
-        self.alarm_count += len(outcome.alarms)
-        for a in outcome.alarms:
-            if rt.field.__class__.__name__ == "LocalField":
-                rt.recorder.alarm(
-                    t, a["point"], a["field_value"], a["twin_value"], a["tolerance"], a["message"]
-                )
+        self.alarm_count += len(outcome.alarms)  # the field's sync loop has recorded them
 
         def arr(table: str, column: str) -> np.ndarray | None:
             if sol is None or table not in rt.net or len(rt.net[table]) == 0:
@@ -512,15 +548,24 @@ class _Stepper:
 
     def _apply(self, ev: EventSpec) -> Any:
         self.rt.sync_clock()
-        try:
-            undo = HANDLERS[ev.kind](self.rt, ev)
-        except (KeyError, RuntimeError) as exc:
-            self.rt.log("event_error", f"{ev.title} not applied: {exc}", kind=ev.kind)
-            return
+        undo = self._guarded(ev, "not applied", lambda: HANDLERS[ev.kind](self.rt, ev))
         if ev.duration is not None and undo is not None:
             yield self.env.timeout(ev.duration)
             self.rt.sync_clock()
-            undo()
+            self._guarded(ev, "not undone at its end", undo)
+
+    def _guarded(self, ev: EventSpec, what: str, fn: Callable[[], Any]) -> Any:
+        """``fn()``, or None after logging an ``event_error``: an event that fails at run time
+        (a device refusing, an element the model cannot change) never ends the run with a
+        traceback; the run goes on and the record says which event failed and why."""
+        try:
+            return fn()
+        except Exception as exc:  # any failure of one event is that event's, not the run's
+            line = f" (line {ev.line})" if getattr(ev, "line", None) else ""
+            msg = f"{ev.title}{line} {what}: {type(exc).__name__}: {exc}"
+            _log.warning("%s", msg)
+            self.rt.log("event_error", msg, event=ev.kind, error=type(exc).__name__)
+            return None
 
     def snapshot(self, done: int, total: int, t: float) -> dict[str, Any]:
         """The last step for a live view: worst voltage and loading, alarms, stale, lag."""
@@ -572,6 +617,9 @@ def run_scenario(
     progress: Progress | None = None,
     write_files: bool = True,
     on_step: OnStep | None = None,
+    serve: tuple[int, int] | None = None,
+    twin_server: int | None = None,
+    on_ready: Callable[[dict[str, str]], None] | None = None,
 ) -> RunResult:
     """Run a scenario and write its results folder (see the module docstring).
 
@@ -583,6 +631,10 @@ def run_scenario(
         progress: called after every step with (steps done, steps in all, t).
         write_files: False keeps everything in memory (tests).
         on_step: called after every step with ``_Stepper.snapshot`` (live views).
+        serve: (OPC UA port, Modbus port) to serve the embedded emulated substation on for an
+            outside controller while the run goes (0: a free port); needs hardware = "emulated".
+        twin_server: port of the twin's read-only OPC UA server for the run (0: free; None: none).
+        on_ready: called with the field's endpoints once it runs (before the first step).
 
     Raises:
         ConfigError: the scenario does not fit its grid. Errors during the run are caught,
@@ -599,32 +651,40 @@ def run_scenario(
             hardware=hardware or sc.hardware,
         )
     t_start = time.perf_counter()
+    where = str(sc.path) if sc.path else "<scenario>"
+    if serve is not None and (sc.hardware != "emulated"):
+        raise ConfigError(
+            where,
+            "hardware",
+            '--serve exposes the embedded emulated substation: expected hardware = "emulated", '
+            f"found {sc.hardware!r}",
+        )
+    if twin_server is not None and sc.hardware == "none":
+        raise ConfigError(
+            where,
+            "hardware",
+            '--twin-server publishes the sync loop\'s state: expected hardware = "emulated" or '
+            'a hardware file, found "none"',
+        )
     net = load_grid(sc)
-    assert_against_grid(sc, net)
-    hw_path = sc.hardware_path()
-    hw_cfg = None
-    if hw_path is not None:
-        from hil.hardware import load_hardware
-
-        hw_cfg = load_hardware(hw_path)
+    hw_cfg = load_hardware_of(sc)
+    # validated against the point map that will actually run (the hardware file's, if any)
+    pointmap = field_pointmap(sc, net, hw_cfg)
+    assert_against_grid(sc, net, pointmap, hw_cfg)
     model = make_model(net, sc.backend)
-    if sc.hardware != "none":
-        from twin.pointmap import generate_pointmap
-
-        assert_against_grid(sc, net, generate_pointmap(net, mode=sc.mode))
     profiles = [resolve_profile(p, net, start_sod=sc.start_sod, seed=sc.seed) for p in sc.profiles]
     out = None
     if write_files:
         out = Path(out_dir) if out_dir is not None else default_out_dir(sc)
     rec = Recorder(out, flush_every=60)
     clock = SimClock(0.0)
+    fld: Field
     if sc.hardware == "none":
-        fld: Any = LocalField(model, rec)
+        fld = LocalField(model, rec)
     elif hw_cfg is not None:
-        from scenarios.hilfield import RealField
-
-        fld = RealField(
+        fld = HardwareField(
             hardware=hw_cfg,
+            pointmap=pointmap,
             net=net,
             model=model,
             mode=sc.mode,
@@ -632,11 +692,10 @@ def run_scenario(
             recorder=rec,
             clock=clock,
             seed=sc.seed,
+            twin_server_port=twin_server,
         )
     else:
-        from scenarios.hilfield import HilField
-
-        fld = HilField(
+        fld = EmulatedField(
             net=net,
             model=model,
             mode=sc.mode,
@@ -645,25 +704,40 @@ def run_scenario(
             clock=clock,
             seed=sc.seed,
             plant_model_factory=lambda n: make_model(n, sc.backend),
+            serve=serve,
+            twin_server_port=twin_server,
         )
     env = simpy.Environment()
     rt = TwinRuntime(sc, env, model, fld, rec, profiles)
     labels = {
         t: list(element_labels(net, t)) for t in ("bus", "line", "trafo", "switch") if t in net
     }
-    checks = [build_check(c, labels) for c in sc.checks]
+    checks = [build_check(c, labels, start_sod=sc.start_sod) for c in sc.checks]
     bridge = Bridge(env, pace=sc.pace, speed=sc.speed)
     stepper = _Stepper(sc, rt, bridge, checks, progress, on_step)
     rec.event(
         0.0,
         "start",
         f"scenario {sc.name}: {sc.steps} steps of {sc.step:g} s, "
-        f"pace {sc.pace}, field {getattr(fld, 'description', '')}",
+        f"pace {sc.pace}, field {fld.description}",
         seed=sc.seed,
     )
 
     async def main() -> None:
         await fld.start()
+        ends = fld.endpoints()
+        if ends:
+            rec.event(0.0, "serving", "; ".join(f"{k} {v}" for k, v in ends.items()), **ends)
+            if on_ready is not None:
+                on_ready(ends)
+        used = fld.links_used()
+        if sc.hardware != "none":
+            rec.event(
+                0.0,
+                "field",
+                f"{fld.description}; links: {', '.join(used) or 'none'}",
+                links=used,
+            )
         try:
             env.process(stepper.step_process())
             for ev in sc.events:
@@ -676,8 +750,10 @@ def run_scenario(
     error = ""
     t_run = time.perf_counter()
     try:
-        asyncio.run(main())
-    except (TwinError, RuntimeError, OSError, ValueError) as exc:
+        run_blocking(main)
+        if stepper.failure is not None:
+            raise stepper.failure
+    except (TwinError, RuntimeError, OSError, ValueError, KeyError, TypeError) as exc:
         error = f"{type(exc).__name__}: {exc}"
         _log.error("scenario %s stopped at t=%s: %s", sc.name, env.now, error)
         rec.event(float(env.now), "error", error)
@@ -745,7 +821,7 @@ def _summary(
     sc: Scenario,
     st: _Stepper,
     bridge: Bridge,
-    fld: Any,
+    fld: Field,
     model: Any,
     results: list[CheckResult],
     wall: float,
@@ -762,7 +838,7 @@ def _summary(
         "grid": sc.grid,
         "mode": sc.mode,
         "hardware": sc.hardware,
-        "links": list(sc.links) if sc.hardware != "none" else [],
+        "links": fld.links_used(),
         "pace": sc.pace,
         "speed": sc.speed,
         "seed": sc.seed,

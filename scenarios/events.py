@@ -207,8 +207,23 @@ def process(rt: TwinRuntime, spec: EventSpec) -> Undo:
     gen = fn(rt.env, rt)
     rt.log("process", f"{spec.title}: started {spec.param('function')}")
     if gen is not None and hasattr(gen, "send"):
-        rt.env.process(gen)
+        rt.env.process(_guarded_process(rt, spec, gen))
     return None
+
+
+def _guarded_process(rt: TwinRuntime, spec: EventSpec, gen: Generator[Any, Any, Any]) -> Any:
+    """A user process whose failure is logged as an ``event_error``; the run goes on (SimPy
+    would otherwise end the whole run, and re-raise our attributed errors as a TypeError)."""
+    try:
+        return (yield from gen)
+    except Exception as exc:  # the user's code: any failure is that process's
+        rt.log(
+            "event_error",
+            f"{spec.title}: process {spec.param('function')} failed: {type(exc).__name__}: {exc}",
+            event=spec.kind,
+            error=type(exc).__name__,
+        )
+        return None
 
 
 HANDLERS: dict[str, Handler] = {

@@ -394,20 +394,10 @@ class Profile:
 
 
 def element_labels(net, table: str) -> dict[str, int]:
-    """Label -> pandapower index, labels as the point map makes them (name, else table+index)."""
-    df = net[table]
-    names = df["name"] if "name" in df.columns else None
-    counts: dict[str, int] = {}
-    if names is not None:
-        for n in names:
-            if isinstance(n, str) and n:
-                counts[n] = counts.get(n, 0) + 1
-    out: dict[str, int] = {}
-    for idx in df.index:
-        n = names.loc[idx] if names is not None else None
-        label = n if isinstance(n, str) and n and counts.get(n) == 1 else f"{table}{idx}"
-        out[label] = int(idx)
-    return out
+    """Label -> pandapower index (``twin.labels.label_index``: the point map's labels)."""
+    from twin.labels import label_index
+
+    return label_index(net, table)
 
 
 def select_elements(

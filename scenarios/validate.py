@@ -13,6 +13,7 @@ from typing import Any
 from scenarios.config import Scenario
 from scenarios.profiles import check_profile_csv, element_labels, select_elements
 from twin.errors import ConfigError
+from twin.labels import unknown_label as _unknown
 
 #: The table an event kind's ``element`` names.
 EVENT_TABLE = {
@@ -43,6 +44,184 @@ FIELD_EVENTS = (
 FIELD_CHECKS = ("field_value", "expect_stale", "expect_alarm")
 
 
+#: Where each event kind works (docs/scenarios.md, "Events and checks by field"): with the
+#: emulated substation, against real hardware (a hardware.toml) in hil mode, and in mirror mode
+#: against hardware. "yes"; "points": when the running point map has the points named in the
+#: reason (checked per event); "links": a comms target must be a link of the hardware file;
+#: anything else is the reason it is refused.
+_PLANT_IS_HW = (
+    "in mirror mode against hardware the hardware is the plant: the twin follows what it reads "
+    "and cannot change the plant's loads, lines or faults"
+)
+_EMULATOR_ONLY = (
+    "acts inside the emulated substation (a device restart, a meter's noise or bias); the twin "
+    "cannot do that to a real device"
+)
+EVENT_SUPPORT: dict[str, tuple[str, str, str]] = {
+    # kind: (emulated, hardware hil, hardware mirror)
+    "switch_open": ("yes", "points", "points"),
+    "switch_close": ("yes", "points", "points"),
+    "load_step": ("yes", "yes", _PLANT_IS_HW),
+    "gen_step": ("yes", "yes", _PLANT_IS_HW),
+    "line_outage": ("yes", "yes", _PLANT_IS_HW),
+    "line_return": ("yes", "yes", _PLANT_IS_HW),
+    "trafo_outage": ("yes", "yes", _PLANT_IS_HW),
+    "trafo_return": ("yes", "yes", _PLANT_IS_HW),
+    "fault": ("yes", "yes", _PLANT_IS_HW),
+    "der_trip": ("yes", "points", "points"),
+    "der_reconnect": ("yes", "points", "points"),
+    "tap_change": ("yes", "points", "points"),
+    "setpoint": ("yes", "points", "points"),
+    "comms_loss": ("yes", "links", "links"),
+    "comms_restore": ("yes", "links", "links"),
+    "device_restart": ("yes", _EMULATOR_ONLY, _EMULATOR_ONLY),
+    "meas_noise": ("yes", _EMULATOR_ONLY, _EMULATOR_ONLY),
+    "meas_bias": ("yes", _EMULATOR_ONLY, _EMULATOR_ONLY),
+    "process": ("yes", "yes", "yes"),
+}
+#: The command points an event needs against hardware: (table, columns) per element.
+EVENT_POINTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "switch_open": ("switch", ("cmd",)),
+    "switch_close": ("switch", ("cmd",)),
+    "der_trip": ("sgen", ("p_limit_pct",)),
+    "der_reconnect": ("sgen", ("p_limit_pct",)),
+    "tap_change": ("trafo", ("tap_raise", "tap_lower")),
+}
+#: Check kinds by field, as EVENT_SUPPORT (a check reads; "yes" unless a reason is given).
+CHECK_SUPPORT: dict[str, tuple[str, str, str]] = {
+    "field_value": (
+        "yes",
+        "reads the emulated substation's point store; against hardware use a when= condition "
+        "or a check on the twin's values",
+        "reads the emulated substation's point store; against hardware use a check on the "
+        "twin's values",
+    ),
+    "no_divergence": ("yes", "divergence is flagged in mirror mode only", "yes"),
+    "expect_alarm": ("yes", "divergence alarms are raised in mirror mode only", "yes"),
+}
+
+
+def field_kind(scenario: Scenario) -> str:
+    """``"none"``, ``"emulated"``, ``"hardware"`` (hil) or ``"mirror"`` (mirror on hardware)."""
+    if scenario.hardware == "none":
+        return "none"
+    if scenario.hardware_path() is None:
+        return "emulated"
+    return "mirror" if scenario.mode == "mirror" else "hardware"
+
+
+def _support(table: dict[str, tuple[str, str, str]], kind: str, fk: str) -> str:
+    row = table.get(kind, ("yes", "yes", "yes"))
+    return {"emulated": row[0], "hardware": row[1], "mirror": row[2]}.get(fk, "yes")
+
+
+def field_problems(scenario: Scenario, net: Any, pointmap: Any, hardware: Any = None) -> list[str]:
+    """Events and checks the scenario's field cannot carry out (EVENT_SUPPORT/CHECK_SUPPORT),
+    each naming the event or check, its line and why; setpoints that are not writable points."""
+    fk = field_kind(scenario)
+    if fk == "none" or pointmap is None:
+        return []
+    problems: list[str] = []
+    names = {p.name: p for p in pointmap.points}
+    against = (
+        "against real hardware" if fk == "hardware" else "in mirror mode against real hardware"
+    )
+
+    def where(section: str, i: int, key: str, line: int | None) -> str:
+        return f"{section}[{i}].{key}" + (f" (line {line})" if line else "")
+
+    for ev in scenario.events:
+        sup = _support(EVENT_SUPPORT, ev.kind, fk)
+        at = where("event", ev.index, "kind", ev.line)
+        if sup in ("yes",):
+            pass
+        elif sup == "points" and ev.kind in EVENT_POINTS:
+            table, cols = EVENT_POINTS[ev.kind]
+            elements = list(ev.param("elements", ()) or ())
+            if ev.param("element"):
+                elements.append(ev.param("element"))
+            idx = select_elements(net, table, elements=elements, match=ev.param("match"))
+            from twin.labels import table_labels
+
+            labels = table_labels(net, table)
+            missing = [
+                f"{labels[i]}.{c}"
+                for i in idx
+                for c in cols
+                if f"{labels[i]}.{c}" not in names
+                or names[f"{labels[i]}.{c}"].direction != "to_field"
+            ]
+            if missing:
+                problems.append(
+                    f"{at}: a {ev.kind} {against} is sent as a command and needs to_field "
+                    f"point(s) {', '.join(missing[:5])}"
+                    + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
+                    + f" in the point map {pointmap.source or '(generated)'}; found none"
+                )
+        elif sup == "points" and ev.kind == "setpoint":
+            p = names.get(ev.param("point"))
+            if p is not None and (
+                p.direction != "to_field" or p.kind not in ("setpoint", "command")
+            ):
+                problems.append(
+                    f"{where('event', ev.index, 'point', ev.line)}: expected a to_field setpoint "
+                    f"or command point, found {p.name!r} ({p.kind}, {p.direction})"
+                )
+        elif sup == "links":
+            target = ev.param("target")
+            allowed = _link_targets(hardware)
+            if target not in allowed:
+                problems.append(
+                    f"{where('event', ev.index, 'target', ev.line)}: a {ev.kind} {against} "
+                    f"cuts a link; expected one of {', '.join(sorted(allowed)) or '(no links)'}, "
+                    f"found {target!r} (cutting one device off is emulator-only)"
+                )
+        elif sup != "yes":
+            problems.append(f"{at}: a {ev.kind} event is not supported {against}: {sup}")
+    for ck in scenario.checks:
+        sup = _support(CHECK_SUPPORT, ck.kind, fk)
+        if sup != "yes":
+            problems.append(
+                f"{where('check', ck.index, 'kind', ck.line)}: a {ck.kind} check is not "
+                f"supported {against}: {sup}"
+            )
+    return problems
+
+
+def _link_targets(hardware: Any) -> set[str]:
+    """What a comms_loss may name against hardware: a protocol a device of the file uses."""
+    out: set[str] = set()
+    for d in getattr(hardware, "devices", ()):
+        if d.opcua is not None:
+            out.add("opcua")
+        if d.modbus is not None:
+            out.add("modbus")
+    return out
+
+
+def field_pointmap(scenario: Scenario, net: Any, hardware: Any = None) -> Any:
+    """The point map the run will use: the hardware file's, else generated for the grid."""
+    if scenario.hardware == "none":
+        return None
+    if hardware is not None and hardware.pointmap is not None:
+        from twin.pointmap import load_pointmap
+
+        return load_pointmap(hardware.pointmap)
+    from twin.pointmap import generate_pointmap
+
+    return generate_pointmap(net, mode=scenario.mode)
+
+
+def load_hardware_of(scenario: Scenario) -> Any:
+    """The parsed hardware.toml of the scenario (None without one)."""
+    path = scenario.hardware_path()
+    if path is None:
+        return None
+    from hil.hardware import load_hardware
+
+    return load_hardware(path)
+
+
 def load_grid(scenario: Scenario) -> Any:
     """The scenario's pandapower net: a bundled grid by name, or a grid file."""
     import grids
@@ -60,20 +239,25 @@ def load_grid(scenario: Scenario) -> Any:
             "grid",
             f"expected a bundled grid name or an existing grid file, found no file at {path}",
         )
-    loader = getattr(grids, "load_file", None)
-    if loader is not None:
-        return loader(path)
-    if path.suffix == ".json":
-        import pandapower as pp
+    from grids import importers
+    from twin.errors import GridDataError
 
-        return pp.from_json(str(path))
-    raise ConfigError(where, "grid", f"expected a pandapower .json grid file, found {path.name}")
-
-
-def _unknown(kind: str, name: str, labels: dict[str, int]) -> str:
-    close = difflib.get_close_matches(name, list(labels), n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else f"; the grid has {len(labels)}"
-    return f"no {kind} named {name!r}{hint}"
+    readers = {".m": importers.read_matpower, ".json": importers.read_pandapower_json}
+    reader = readers.get(path.suffix.lower())
+    if reader is None:
+        raise ConfigError(
+            where,
+            "grid",
+            f"expected a MATPOWER .m or pandapower .json grid file, found {path.name}",
+        )
+    try:
+        net = reader(path)
+    except GridDataError as exc:
+        raise ConfigError(where, "grid", str(exc)) from None
+    problems = importers.validate(net, path)
+    if problems:
+        raise ConfigError(where, "grid", f"{path.name}: " + "; ".join(problems))
+    return net
 
 
 def check_against_grid(scenario: Scenario, net: Any, pointmap: Any = None) -> list[str]:
@@ -97,7 +281,7 @@ def check_against_grid(scenario: Scenario, net: Any, pointmap: Any = None) -> li
         for e in p.elements:
             if e not in lab:
                 problems.append(
-                    f"{where('profile', i, 'elements', p.line)}: {_unknown(p.table, e, lab)}"
+                    f"{where('profile', i, 'elements', p.line)}: {_unknown(net, p.table, e, lab)}"
                 )
         try:
             idx = select_elements(
@@ -136,7 +320,8 @@ def check_against_grid(scenario: Scenario, net: Any, pointmap: Any = None) -> li
             for e in names:
                 if e not in lab:
                     problems.append(
-                        f"{where('event', ev.index, 'element', ev.line)}: {_unknown(table, e, lab)}"
+                        f"{where('event', ev.index, 'element', ev.line)}: "
+                        f"{_unknown(net, table, e, lab)}"
                     )
             if ev.param("match") and not select_elements(net, table, match=ev.param("match")):
                 problems.append(
@@ -153,7 +338,7 @@ def check_against_grid(scenario: Scenario, net: Any, pointmap: Any = None) -> li
             elif c.element not in labels[c.table]:
                 problems.append(
                     f"{where('event', ev.index, 'when', ev.line)}: "
-                    f"{_unknown(c.table, c.element, labels[c.table])}"
+                    f"{_unknown(net, c.table, c.element, labels[c.table])}"
                 )
         if ev.kind in POINT_KINDS and pointmap is not None:
             name = ev.param("point")
@@ -185,12 +370,12 @@ def check_against_grid(scenario: Scenario, net: Any, pointmap: Any = None) -> li
                 if e not in labels.get(table, {}):
                     problems.append(
                         f"{where('check', ck.index, key, ck.line)}: "
-                        f"{_unknown(table, e, labels.get(table, {}))}"
+                        f"{_unknown(net, table, e, labels.get(table, {}))}"
                     )
         if ck.kind == "switch_state" and ck.param("element") not in labels.get("switch", {}):
             problems.append(
                 f"{where('check', ck.index, 'element', ck.line)}: "
-                f"{_unknown('switch', ck.param('element'), labels.get('switch', {}))}"
+                f"{_unknown(net, 'switch', ck.param('element'), labels.get('switch', {}))}"
             )
         if ck.kind in ("expect_alarm", "expect_stale", "field_value") and pointmap is not None:
             if ck.param("point") not in {p.name for p in pointmap.points}:
@@ -201,8 +386,14 @@ def check_against_grid(scenario: Scenario, net: Any, pointmap: Any = None) -> li
     return problems
 
 
-def assert_against_grid(scenario: Scenario, net: Any, pointmap: Any = None) -> None:
+def assert_against_grid(
+    scenario: Scenario, net: Any, pointmap: Any = None, hardware: Any = None
+) -> None:
+    """Raise ``ConfigError`` listing every problem of :func:`check_against_grid` and, with a
+    point map, of :func:`field_problems` (the field that will run)."""
     problems = check_against_grid(scenario, net, pointmap)
+    if pointmap is not None:
+        problems += field_problems(scenario, net, pointmap, hardware)
     if problems:
         where = str(scenario.path) if scenario.path else "<scenario>"
         first = problems[0].split(":", 1)[0]
@@ -220,9 +411,6 @@ def validate_file(path: Path | str) -> tuple[Scenario, list[str]]:
 
     sc = load_scenario(path)
     net = load_grid(sc)
-    pm = None
-    if sc.hardware != "none":
-        from twin.pointmap import generate_pointmap
-
-        pm = generate_pointmap(net, mode=sc.mode)
-    return sc, check_against_grid(sc, net, pm)
+    hw = load_hardware_of(sc)
+    pm = field_pointmap(sc, net, hw)
+    return sc, check_against_grid(sc, net, pm) + field_problems(sc, net, pm, hw)

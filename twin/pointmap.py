@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from twin.errors import InvalidInput, PointMapError
+from twin.labels import element_label as element_label  # re-exported: the one label rule
+from twin.labels import label_index, table_labels
 
 _log = logging.getLogger(__name__)
 
@@ -171,7 +173,10 @@ class PointMap:
 #: applies them (docs/architecture.md, "Generated point names and kinds").
 DEVICE_COLUMNS: dict[str, frozenset[str]] = {
     "switch": frozenset({"cmd", "operations"}),
-    "trafo": frozenset({"avr_vset_pu", "avr_band_pu", "avr_delay_s", "avr_auto"}),
+    # tap_raise/tap_lower: one-step commands of a tap changer (a SCADA raise/lower), optional
+    "trafo": frozenset(
+        {"avr_vset_pu", "avr_band_pu", "avr_delay_s", "avr_auto", "tap_raise", "tap_lower"}
+    ),
     "line": frozenset({"oc_pickup_ka", "oc_delay_s"}),
     "sgen": frozenset({"p_limit_pct", "voltvar"}),
 }
@@ -255,40 +260,7 @@ def known_columns(net: Any, table: str) -> frozenset[str]:
     return frozenset(cols)
 
 
-def _usable_name(name: Any) -> str | None:
-    # Only real, non-empty strings are names; numeric names (case14's buses are 1..14) would be
-    # confused with indices, and "/" would break the OPC UA browse path.
-    # Names are used as they are (not stripped) so that binding by the label finds the element.
-    if not isinstance(name, str) or not name.strip() or "/" in name:
-        return None
-    return name
-
-
-def _table_labels(net: Any, table: str) -> dict[int, str]:
-    """Label of every element of ``table``, in table order (see :func:`element_label`)."""
-    df = net[table]
-    idx = [int(i) for i in df.index]
-    if "name" not in df.columns:
-        return {i: f"{table}{i}" for i in idx}
-    names = [_usable_name(n) for n in df["name"].tolist()]
-    counts: dict[str, int] = {}
-    for n in names:
-        if n is not None:
-            counts[n] = counts.get(n, 0) + 1
-    return {
-        i: (n if n is not None and counts[n] == 1 else f"{table}{i}") for i, n in zip(idx, names)
-    }
-
-
-def element_label(net: Any, table: str, idx: int) -> str:
-    """The element's ``name`` when it is a non-empty string, unique in its table and free of
-    ``/``; else ``<table><index>`` (e.g. ``line3``)."""
-    df = net[table]
-    if "name" in df.columns:
-        name = _usable_name(df.at[idx, "name"])
-        if name is not None and int((df["name"] == df.at[idx, "name"]).sum()) == 1:
-            return name
-    return f"{table}{int(idx)}"
+# Labels are twin.labels' rule (one rule, one place); re-exported here for the point map's users.
 
 
 def _where(point: Point, source: str | None) -> str:
@@ -338,6 +310,9 @@ def resolve_element(net: Any, point: Point, *, source: str | None = None) -> int
     if len(hits) == 1:
         return hits[0]
     if not hits:
+        by_label = label_index(net, table).get(element)  # "<table><index>" of an unnamed one
+        if by_label is not None:
+            return by_label
         raise PointMapError(
             f"{_where(point, source)}: point {point.name!r}: element: expected the name of a "
             f"{table} element, found {element!r} (no {table} has that name)"
@@ -784,7 +759,7 @@ def generate_pointmap(
         for t in ("switch", "trafo", "bus", "line", "load", "sgen", "gen", "ext_grid")
         if t in net and len(net[t])
     ]
-    labels = {t: _table_labels(net, t) for t in tables}
+    labels = {t: table_labels(net, t) for t in tables}
     # A name used in two tables (a load and an sgen both called "X") would give two points
     # named "X.p_mw": fall back to <table><index> for those elements.
     owners: dict[str, set[str]] = {}

@@ -986,14 +986,16 @@ def _resolve_element(net: Any, table: str, element: int | str) -> int | None:
     df = net[table]
     if isinstance(element, (int, np.integer)):
         return int(element) if int(element) in df.index else None
-    names = df["name"] if "name" in df else None
+    from twin.labels import label_index
+
+    hit = label_index(net, table).get(element)
+    if hit is not None:
+        return hit
+    names = df["name"] if "name" in df else None  # a hand-written map binding a raw name
     if names is not None:
         hits = df.index[names == element]
         if len(hits) == 1:
             return int(hits[0])
-    if element.startswith(table) and element[len(table) :].isdigit():
-        idx = int(element[len(table) :])
-        return idx if idx in df.index else None
     return None
 
 
@@ -1055,7 +1057,7 @@ def build_devices(
             return
         store.set(name, value, source="device:build")
 
-    kw = {"comms_timeout_s": cfg.comms_timeout_s}
+    kw: dict[str, Any] = {"comms_timeout_s": cfg.comms_timeout_s}
     breakers: dict[int, Breaker] = {}
     for idx, row in net.switch.iterrows():
         closed_pt, cmd_pt = pt("switch", idx, "closed"), pt("switch", idx, "cmd")

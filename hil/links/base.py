@@ -101,6 +101,8 @@ class FieldLink(abc.ABC):
         self._last_written: dict[str, float] = {}
         self._last_write_time: dict[str, float] = {}
         self._update_event: asyncio.Event | None = None
+        #: points of devices cut off behind this link (:meth:`cut`): they read COMMS_LOST
+        self.cut_points: set[str] = set()
 
     # --- the API the sync loop uses ----------------------------------------------------------
     @abc.abstractmethod
@@ -140,6 +142,10 @@ class FieldLink(abc.ABC):
             else:
                 s = s.aged(t, self.stale_factor * p.interval_s)
             out[p.name] = s
+        for n in self.cut_points:
+            s = out.get(n)
+            if s is not None:
+                out[n] = Sample(s.value, Quality.COMMS_LOST, s.timestamp)
         return out
 
     async def write_outputs(self, values: dict[str, float]) -> None:
@@ -150,7 +156,11 @@ class FieldLink(abc.ABC):
             OutOfRange: NaN/inf or outside ``[low, high]``. Nothing is sent in either case.
         """
         items = [(self.check_write(n, v), float(v)) for n, v in values.items()]
-        todo = [(p, v) for p, v in items if not self._within_deadband(p, v)]
+        todo = [
+            (p, v)
+            for p, v in items
+            if p.name not in self.cut_points and not self._within_deadband(p, v)
+        ]
         if not todo:
             return
         await self._send(todo)
@@ -162,6 +172,8 @@ class FieldLink(abc.ABC):
     async def write_point(self, name: str, value: float) -> None:
         """Write one command or setpoint now (no deadband: a command is always sent)."""
         point = self.check_write(name, value)
+        if name in self.cut_points:
+            return  # the device behind the link is cut off: the write goes nowhere
         await self._send([(point, float(value))])
         self._last_written[name] = float(value)
         self._last_write_time[name] = self.clock()
@@ -171,6 +183,28 @@ class FieldLink(abc.ABC):
         """Whether the owner must call :meth:`poll` to refresh inputs (no subscription, no
         background poll task of the link's own)."""
         return False
+
+    def carries(self, name: str) -> bool:
+        """Whether ``name`` is one of this link's points."""
+        return name in self._by_name
+
+    def can_write(self, name: str) -> bool:
+        """Whether this link carries ``name`` as a ``to_field`` point its protocol can write."""
+        p = self._by_name.get(name)
+        return p is not None and p.direction == "to_field" and self._not_writable(p) is None
+
+    def why_not_writable(self, point: Point) -> str | None:
+        """Why this link's protocol cannot write ``point`` (None when it can)."""
+        return self._not_writable(point)
+
+    def cut(self, names: Iterable[str]) -> None:
+        """Emulate devices dropping off behind this link (a bus behind an RTU): their points
+        read COMMS_LOST and writes to them are dropped; the other points keep flowing."""
+        self.cut_points.update(n for n in names if n in self._by_name)
+
+    def restore(self, names: Iterable[str]) -> None:
+        """Undo :meth:`cut` for ``names``."""
+        self.cut_points.difference_update(names)
 
     # --- shared helpers ----------------------------------------------------------------------
     def point(self, name: str) -> Point:

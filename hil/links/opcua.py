@@ -323,7 +323,7 @@ class OpcuaLink(FieldLink):
             # subscribe_data_change; asyncua is pinned to 2.1.0.)
             mfilter = ua.DataChangeFilter(Trigger=ua.DataChangeTrigger.StatusValueTimestamp)
             handles = await sub._subscribe(
-                nodes, mfilter=mfilter, sampling_interval=ms, queuesize=1
+                nodes, mfilter=mfilter, sampling_interval=ua.Double(ms), queuesize=1
             )
             for p, h in zip(self.inputs, handles):
                 if isinstance(h, ua.StatusCode):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections import Counter
 from pathlib import Path
 
 
@@ -67,10 +66,9 @@ def _parse_users(specs: list[str]) -> dict[str, tuple[str, str]]:
 
 
 def _emulate(args: argparse.Namespace) -> int:
-    import asyncio
-
     import grids
     from hil.emulator import is_loopback
+    from hil.serve import serve_substation
     from twin.pointmap import generate_pointmap, load_pointmap
 
     users = _parse_users(args.user)
@@ -91,8 +89,24 @@ def _emulate(args: argparse.Namespace) -> int:
         pm = load_pointmap(args.points)
     else:
         pm = generate_pointmap(net, mode=args.mode)
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
     try:
-        return asyncio.run(_serve(args, net, pm, users))
+        return serve_substation(
+            net,
+            pm,
+            grid=args.grid,
+            host=args.host,
+            opcua_port=args.opcua_port,
+            modbus_port=args.modbus_port,
+            users=users,
+            devices=not args.no_devices,
+            seed=args.seed,
+            duration=args.duration,
+            say=say,
+        )
     except OSError as exc:  # port taken, address not on this machine, ...
         print(
             f"gridtwin emulate: error: cannot serve on {args.host} (OPC UA port "
@@ -100,60 +114,3 @@ def _emulate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-
-
-async def _serve(args: argparse.Namespace, net, pm, users) -> int:
-    import asyncio
-    import signal
-
-    from hil.emulator import EmulatedSubstation
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):  # not on this platform / thread
-            pass
-    sub = EmulatedSubstation(
-        net,
-        pm,
-        host=args.host,
-        opcua_port=args.opcua_port,
-        modbus_port=args.modbus_port,
-        users=users,
-        devices=not args.no_devices,
-        rng=args.seed,
-    )
-    async with sub:
-        kinds = Counter(p.kind for p in pm.points)
-        units = sorted({p.modbus.unit for p in pm.points if p.modbus is not None})
-        n_ua = sum(1 for p in pm.points if p.opcua is not None)
-        n_mb = sum(1 for p in pm.points if p.modbus is not None)
-        print(f"gridtwin emulate: grid {args.grid}, substation {pm.substation}, {len(pm)} points")
-        plural = {"measurement": "measurements", "status": "statuses"}
-        plural.update(command="commands", setpoint="setpoints")
-        print(
-            "  "
-            + ", ".join(f"{kinds.get(k, 0)} {v}" for k, v in plural.items())
-            + f"; {len(sub.devices)} devices"
-        )
-        print(f"  OPC UA  {sub.opcua_endpoint}  ({n_ua} nodes, namespace {pm.namespace})")
-        print(f"  Modbus  {args.host}:{sub.modbus_port}  ({n_mb} points, units {units})")
-        print(
-            f"serving for {args.duration:g} s"
-            if args.duration is not None
-            else "serving until Ctrl-C",
-            flush=True,
-        )
-        try:
-            await asyncio.wait_for(stop.wait(), args.duration)
-        except TimeoutError:
-            pass
-    print("gridtwin emulate: stopped", flush=True)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.remove_signal_handler(sig)
-        except (NotImplementedError, RuntimeError):
-            pass
-    return 0

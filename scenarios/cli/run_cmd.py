@@ -35,6 +35,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     from scenarios.cli.compare_cmd import add_tolerances
 
     add_tolerances(p)
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="serve the embedded emulated substation (OPC UA + Modbus TCP on 127.0.0.1) for an "
+        "outside controller while the run goes; implies --pace realtime unless --pace is given",
+    )
+    p.add_argument("--modbus-port", type=int, default=0, help="with --serve (default: free)")
+    p.add_argument("--opcua-port", type=int, default=0, help="with --serve (default: free)")
+    p.add_argument(
+        "--twin-server",
+        nargs="?",
+        type=int,
+        const=0,
+        default=None,
+        metavar="PORT",
+        help="start the twin's read-only OPC UA server for the run (default port: free)",
+    )
+    p.add_argument(
+        "--inject",
+        action="append",
+        default=[],
+        metavar="KIND:POINT=VALUE[@TIME]",
+        help="fault injection in the served field, from the command line: meas_bias or "
+        "meas_noise on a point, e.g. meas_bias:N3.vm_pu=0.05@+20s (repeatable)",
+    )
     p.set_defaults(func=run)
 
     v = sub.add_parser(
@@ -66,7 +91,12 @@ def run(args: argparse.Namespace) -> int:
             "expected a baseline folder "
             "(scenarios/baselines/<name>) or a results folder, found no folder",
         )
-    pace = args.pace or sc.pace
+    if args.inject:
+        from scenarios.config import with_injections
+
+        sc = with_injections(sc, args.inject)
+    pace = args.pace or ("realtime" if args.serve else sc.pace)
+    serve = (args.opcua_port, args.modbus_port) if args.serve else None
     with LiveView(
         console,
         name=sc.name,
@@ -75,10 +105,18 @@ def run(args: argparse.Namespace) -> int:
         realtime=pace == "realtime",
         enabled=not (args.no_progress or args.quiet),
     ) as live:
+
+        def ready(ends: dict[str, str]) -> None:
+            for k, v in ends.items():
+                print(f"serving {k}: {v}", flush=True)
+
         res = run_scenario(
             sc,
             out_dir=args.out,
-            pace=args.pace,
+            pace=args.pace or ("realtime" if args.serve else None),
+            serve=serve,
+            twin_server=args.twin_server,
+            on_ready=ready,
             speed=args.speed,
             hardware=args.hardware,
             junit=args.junit,

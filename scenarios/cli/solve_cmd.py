@@ -62,12 +62,10 @@ def _load(name: str) -> Any:
 
 
 def _labels(net: Any, table: str) -> list[str]:
-    if "name" not in net[table]:
-        return [f"{table}{i}" for i in net[table].index]
-    return [
-        n if isinstance(n, str) and n else f"{table}{i}"
-        for i, n in zip(net[table].index, net[table]["name"])
-    ]
+    """Element labels in table order, as every module names them (``twin.labels``)."""
+    from twin.labels import table_labels
+
+    return list(table_labels(net, table).values())
 
 
 def _flows(net: Any, sol: Any) -> dict[str, Any]:
@@ -147,18 +145,18 @@ def cmd_solve(args: argparse.Namespace) -> int:
     con = Console(highlight=False)
     if not con.is_terminal:
         con = Console(highlight=False, width=max(con.width, 120))
-    table = Table(
+    bus_table = Table(
         title=f"{args.name}: converged={sol.converged} iterations={sol.iterations} "
         f"backend={model.backend}"
     )
-    table.add_column("bus", justify="right")
-    table.add_column("name")
-    table.add_column("vm_pu", justify="right")
-    table.add_column("va_degree", justify="right")
+    bus_table.add_column("bus", justify="right")
+    bus_table.add_column("name")
+    bus_table.add_column("vm_pu", justify="right")
+    bus_table.add_column("va_degree", justify="right")
     names = _labels(net, "bus")
     for i, nm, vm, va in zip(index, names, sol.vm_pu, sol.va_degree):
-        table.add_row(str(i), nm, f"{vm:.6f}", f"{va:.4f}")
-    con.print(table)
+        bus_table.add_row(str(i), nm, f"{vm:.6f}", f"{va:.4f}")
+    con.print(bus_table)
     if flows is not None:
         for tname, cols in _FLOW_COLUMNS.items():
             if tname not in flows:

@@ -185,11 +185,31 @@ def test_default_split(pm):
     assert "Q1.closed" in mb and "Q1.cmd" in op and "LD1.p_mw" in op
 
 
-def test_split_options(tmp_path, pm):
+def test_an_output_no_link_can_write_is_refused(tmp_path, pm):
+    # Modbus writes coils/holding registers only; with OPC UA writes off, L1's measurements
+    # (input registers) would be dropped silently: the file is refused, naming one
     text = """
 [[device]]
 name = "relay"
 points = ["Q1.*", "L1.*"]
+[device.modbus]
+host = "127.0.0.1"
+write = true
+[device.opcua]
+endpoint = "opc.tcp://127.0.0.1:4840/"
+write = false
+"""
+    with pytest.raises(ConfigError, match=r"device\[0\].*none can write.*'L1\.") as exc:
+        plan_links(loads_hardware(text, base=tmp_path), pm)
+    assert "input_register" in str(exc.value)
+
+
+def test_split_options(tmp_path, pm):
+    # (the device carries L1's setpoints, not its measurements: see the test above)
+    text = """
+[[device]]
+name = "relay"
+points = ["Q1.*", "L1.oc_*"]
 [device.modbus]
 host = "127.0.0.1"
 write = true

@@ -191,9 +191,9 @@ def test_realtime_pace_reports_lag(tmp_path: Path) -> None:
 
 def test_run_error_keeps_results(tmp_path: Path, monkeypatch) -> None:
     sc = _short()
-    import scenarios.hilfield as hf
+    import hil.field as hf
 
-    real = hf.HilField.step
+    real = hf.EmulatedField.step
     calls = {"n": 0}
 
     async def broken(self, t: float):
@@ -202,7 +202,7 @@ def test_run_error_keeps_results(tmp_path: Path, monkeypatch) -> None:
             raise OSError("field went away")
         return await real(self, t)
 
-    monkeypatch.setattr(hf.HilField, "step", broken)
+    monkeypatch.setattr(hf.EmulatedField, "step", broken)
     res = run_scenario(sc, out_dir=tmp_path / "err")
     assert "field went away" in res.error and not res.passed
     assert len(read_timeseries(tmp_path / "err")) == 3

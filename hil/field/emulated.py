@@ -1,8 +1,11 @@
 """The field with hardware in the loop: the emulated substation (or real devices) + SyncLoop.
 
-See ``scenarios.field`` for the role of this class in a run. Links to the emulated substation:
+The emulated substation starts on the simulated clock and ``hil.sync.SyncLoop`` drives it: in
+``hil`` mode the twin is the plant and the devices answer; in ``mirror`` mode a second model plays
+the plant (writing true measurements that the emulated RTU turns into reported ones, with bias
+and noise) and the twin follows it, flagging divergence. Links to the emulated substation:
 
-- ``direct``: :class:`scenarios.field.StoreLink`, in-process. Alone, it carries every point
+- ``direct``: :class:`hil.links.store.StoreLink`, in-process. Alone, it carries every point
   (no sockets at all). Beside a protocol link it is the plant's analog side only: the twin's
   computed measurements (and the PV available power, a fault current) go into the substation
   in-process, as a plant's transducers would feed its RTU, and everything else (statuses the
@@ -29,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from scenarios.field import SimClock, StepOutcome, StoreLink, alarm_dict
+from hil.field.base import SimClock, StepOutcome, alarm_dict
+from hil.links.store import StoreLink
 from twin.errors import ConfigError
 
 _log = logging.getLogger(__name__)
@@ -51,7 +55,7 @@ class _EventsOnly:
         self._rec.alarm(*args)
 
 
-class HilField:
+class EmulatedField:
     """Emulated substation on the simulated clock, links, and one or two sync loops."""
 
     has_hardware = True
@@ -69,6 +73,8 @@ class HilField:
         seed: int,
         plant_model_factory: Callable[[Any], Any] | None = None,
         stale_factor: float = 3.0,
+        serve: tuple[int, int] | None = None,
+        twin_server_port: int | None = None,
     ) -> None:
         from twin.pointmap import generate_pointmap
 
@@ -84,8 +90,8 @@ class HilField:
         # The plant's view of the same points (mirror mode): measurements go to the field.
         self.plant_pointmap = self.pointmap if mode == "hil" else generate_pointmap(net, mode="hil")
         self.plant_model = None
-        if mode == "mirror":
-            assert plant_model_factory is not None
+        if mode == "mirror" and plant_model_factory is not None:
+            # the emulated substation needs a plant; against hardware the hardware is the plant
             self.plant_model = plant_model_factory(copy.deepcopy(net))
         self.sub: Any = None
         self.serving = False
@@ -101,6 +107,21 @@ class HilField:
         self._scanned = [p for p in self.pointmap.points if p.direction == "to_twin"]
         self._cut: set[str] = set()
         self._password = secrets.token_urlsafe(12)
+        #: link name -> connected at the last step (link lost/restored events)
+        self._link_up: dict[str, bool] = {}
+        #: status point -> last GOOD value seen (status changes the field made by itself)
+        self._status_seen: dict[str, float] = {}
+        #: element label -> simulated time of the twin's last command to it
+        self._commanded: dict[str, float] = {}
+        #: point -> source of its last write in the emulated store (who changed it)
+        self._last_source: dict[str, str] = {}
+        #: (OPC UA port, Modbus port) to serve the substation on for an outside controller
+        self.serve = serve
+        #: the operator login an outside OPC UA client may use while serving
+        self.serve_password = secrets.token_urlsafe(9)
+        self.twin_server_port = twin_server_port
+        self.twin_server: Any = None
+        self._sub_started = False
 
     @property
     def description(self) -> str:
@@ -112,21 +133,28 @@ class HilField:
         from hil.sync import SyncLoop
 
         users = {"plant": (self._password, "plant"), "operator": (self._password, "operator")}
+        if self.serve is not None:
+            users["controller"] = (self.serve_password, "operator")
         # Only the servers a link talks to: the OPC UA server mirrors every store write into
         # its address space (~10 ms a step here), so it runs only when an OPC UA link needs it.
         protocols = [k for k in self.link_kinds if k != "direct"]
         # No initial load flow: the twin (or the plant) writes every measurement at t=0.
+        ports = self.serve or (0, 0)
         self.sub = EmulatedSubstation(
             self.net,
             self.pointmap,
             clock=self.clock,
             users=users,
             initial_loadflow=False,
-            protocols=protocols or ("modbus",),
+            protocols=("opcua", "modbus") if self.serve else (protocols or ("modbus",)),
+            opcua_port=ports[0],
+            modbus_port=ports[1],
         )
-        self.serving = bool(protocols)
-        if self.serving:
+        self.serving = bool(protocols)  # a protocol link of the twin's own (see _make_link)
+        self.sub.store.subscribe(self._note_source)
+        if self.serving or self.serve is not None:
             await self.sub.start()
+            self._sub_started = True
         for dev in self.sub.devices:
             self.devices[dev.name] = dev
             if type(dev).__name__ == "RTUMeasurements":
@@ -142,7 +170,7 @@ class HilField:
             self.model,
             _without_device_outputs(self.pointmap),
             self.links,
-            mode=self.mode,
+            mode="mirror" if self.mode == "mirror" else "hil",
             recorder=events,
             record_values=False,
             link_now=self.clock,
@@ -168,6 +196,28 @@ class HilField:
                 link_now=self.clock,
                 period_s=1.0,
             )
+        await self._start_twin_server()
+
+    async def _start_twin_server(self) -> None:
+        """The twin's read-only OPC UA server for the run (``twin_server_port``, 0: free)."""
+        if self.twin_server_port is None or self.sync is None:
+            return
+        from hil.twin_server import TwinServer
+
+        self.twin_server = TwinServer(self.model.net, self.pointmap, port=self.twin_server_port)
+        await self.twin_server.start()
+        self.sync.listeners.append(self.twin_server.publish)
+
+    def endpoints(self) -> dict[str, str]:
+        """Where this field serves: the substation for an outside controller, the twin server."""
+        out: dict[str, str] = {}
+        if self.serve is not None and self.sub is not None:
+            out["opcua"] = self.sub.opcua_endpoint
+            out["modbus"] = f"127.0.0.1:{self.sub.modbus_port}"
+            out["opcua_user"] = f"controller / {self.serve_password} (role operator)"
+        if self.twin_server is not None:
+            out["twin_server"] = self.twin_server.endpoint
+        return out
 
     def _make_link(self, kind: str, role: str) -> Any:
         pts = self.pointmap.points
@@ -193,6 +243,8 @@ class HilField:
                 write_timestamps=False,
             )
         if kind == "modbus":
+            from hil.links.modbus import ModbusLink
+
             # Modbus cannot write input registers: it carries what a master reads and commands.
             chosen = [
                 p
@@ -202,7 +254,7 @@ class HilField:
             ]
             # The substation's register blocks are contiguous (every address is mapped), so a
             # read may span the measurements between two statuses: a few requests per step.
-            return _modbus_link_class()(
+            return ModbusLink(
                 "127.0.0.1",
                 self.sub.modbus_port,
                 chosen,
@@ -222,7 +274,12 @@ class HilField:
                 await link.close()
             except Exception:  # closing must go on for the others
                 _log.exception("closing link %s failed", link)
-        if self.sub is not None and self.serving:
+        if self.twin_server is not None:
+            try:
+                await self.twin_server.stop()
+            except Exception:  # stopping must go on
+                _log.exception("stopping the twin's OPC UA server failed")
+        if self.sub is not None and self._sub_started:
             await self.sub.stop()
 
     # --- the step -----------------------------------------------------------------------------
@@ -251,7 +308,7 @@ class HilField:
             await fn()
         self.clock.t = t
         self.advance_devices(t)
-        if self.serving:
+        if self._sub_started:
             self._scan(t)
         self._note_faults(t)
         if self.pending_outputs:
@@ -265,6 +322,7 @@ class HilField:
                 # The relay keeps seeing the fault current, not the twin's computed current that
                 # the sync loop has just written: sent again, past the links' deadband.
                 await self._write_outputs({f"{name}.i_ka": f["current_ka"]}, plant=True, force=True)
+        self._note_field(t)
         alarms = tuple(alarm_dict(a) for a in rep.alarms if a.kind == "divergence")
         return StepOutcome(
             rep.converged,
@@ -284,11 +342,7 @@ class HilField:
             await _send(self.plant_link, values, force)
             return
         for link in self.links:
-            ok = {
-                n: v
-                for n, v in values.items()
-                if n in link._by_name and link._not_writable(link._by_name[n]) is None
-            }
+            ok = {n: v for n, v in values.items() if link.can_write(n)}
             if ok and link.connected:
                 await _send(link, ok, force)
                 for n in ok:
@@ -300,6 +354,94 @@ class HilField:
                 if n in self.sub.store:
                     self.sub.store.set(n, v, source="plant")
 
+    # --- what the field did by itself -----------------------------------------------------------
+    def _note_source(self, point: Any, sample: Any, source: str) -> None:
+        name = point if isinstance(point, str) else point.name
+        self._last_source[name] = source
+
+    def _event(self, t: float, kind: str, message: str, **fields: Any) -> None:
+        if self.recorder is not None:
+            self.recorder.event(t, kind, message, **fields)
+
+    def _note_field(self, t: float) -> None:
+        """Link lost/restored and status changes nobody in the scenario asked for, as events
+        (noticed at the step ``t``; the source is the device or master that wrote the point)."""
+        for link in self.links:
+            was = self._link_up.get(link.name)
+            now = bool(link.connected)
+            if was is not None and was != now:
+                if now:
+                    self._event(t, "link_restored", f"link {link.name} restored", link=link.name)
+                else:
+                    why = link.stats.get("last_error") or "connection lost"
+                    self._event(t, "link_lost", f"link {link.name} lost: {why}", link=link.name)
+            self._link_up[link.name] = now
+        samples = self.sync.samples if self.sync is not None else {}
+        for p in self.pointmap.points:
+            if p.kind != "status" or p.direction != "to_twin":
+                continue
+            smp = samples.get(p.name)
+            if smp is None or not smp.quality.is_good:
+                continue
+            before = self._status_seen.get(p.name)
+            self._status_seen[p.name] = smp.value
+            if before is None or before == smp.value:
+                continue
+            label = p.name[: -len(p.column) - 1] if p.name.endswith("." + p.column) else p.name
+            asked = self._commanded.get(label)
+            if asked is not None and t - asked <= 60.0:
+                continue  # the twin's own command, logged by the scenario
+            source = self._status_source(p.name, label)
+            self._event(
+                t,
+                "field_change",
+                f"{p.name} {before:g} -> {smp.value:g} by the field ({source})",
+                point=p.name,
+                source=source,
+                before=before,
+                after=smp.value,
+            )
+
+    def _status_source(self, point: str, label: str) -> str:
+        """Who changed a status: the last writer of the element's command, else of the point."""
+        cmd = self._last_source.get(f"{label}.cmd")
+        if cmd is not None and not cmd.startswith("device:") and cmd != "scenario":
+            return f"command from {cmd}"
+        return self._last_source.get(point, "field")
+
+    def link_quality(self) -> dict[str, float]:
+        """Per link: ``link.up[<name>]`` (1/0) and ``link.good[<name>]``, the share of its
+        inputs that are GOOD now (record columns)."""
+        out: dict[str, float] = {}
+        for link in self.links:
+            key = self._link_key(link)
+            out[f"link.up[{key}]"] = 1.0 if link.connected else 0.0
+            inputs = link.read_inputs()
+            good = sum(1 for smp in inputs.values() if smp.quality.is_good)
+            out[f"link.good[{key}]"] = good / len(inputs) if inputs else math.nan
+        return out
+
+    def _link_key(self, link: Any) -> str:
+        # the emulated substation's ports are random: name its links by kind (one per kind),
+        # so the same seed gives the same columns
+        return str(link.protocol)
+
+    def links_used(self) -> list[str]:
+        return [lk.name for lk in self.links]
+
+    def active_alarms(self) -> int:
+        return len(self.sync.active_alarms) if self.sync is not None else 0
+
+    def setpoint_values(self) -> dict[str, float]:
+        if self.sub is None:
+            return {}
+        store = self.sub.store
+        pts = self.pointmap.points
+        return {p.name: store.get(p.name).value for p in pts if p.kind == "setpoint"}
+
+    def offer_output(self, name: str, value: float) -> None:
+        self.pending_outputs[name] = float(value)
+
     def stats(self) -> dict[str, Any]:
         out = {"sync": _jsonable(self.sync.stats()) if self.sync else {}}
         out["links"] = {lk.name: _jsonable(dict(lk.stats)) for lk in self.links}
@@ -309,11 +451,7 @@ class HilField:
 
     # --- actions for events (synchronous: they queue async work for the next step) ------------
     def _link_for(self, name: str) -> Any:
-        for link in self.links:
-            p = link._by_name.get(name)
-            if p is not None and link._not_writable(p) is None:
-                return link
-        return None
+        return next((link for link in self.links if link.can_write(name)), None)
 
     def _scan(self, t: float) -> None:
         """The RTU's scan: re-stamp every GOOD status a live device reports, at ``t``.
@@ -333,6 +471,7 @@ class HilField:
 
     def command(self, name: str, value: float) -> None:
         """A command or setpoint write, sent by the twin's link as an operator would."""
+        self._commanded[name.rsplit(".", 1)[0]] = self.clock.t
         link = self._link_for(name)
 
         async def send() -> None:
@@ -372,7 +511,7 @@ class HilField:
         names = self.device_points(target)
         self._cut.update(names)
         for lk in [*self.links, self.plant_link]:
-            if lk is not None and hasattr(lk, "cut"):
+            if lk is not None:
                 lk.cut(names)
         if dev is not None:
             self._defer_at_device(dev.comms_lost)
@@ -389,7 +528,7 @@ class HilField:
         names = self.device_points(target)
         self._cut.difference_update(names)
         for lk in [*self.links, self.plant_link]:
-            if lk is not None and hasattr(lk, "restore"):
+            if lk is not None:
                 lk.restore(names)
         dev = self.devices.get(target)
         if dev is not None:
@@ -515,43 +654,6 @@ async def _send(link: Any, values: dict[str, float], force: bool) -> None:
 _MODBUS_MAX_GAP = 125
 
 
-def _modbus_link_class() -> type:
-    """:class:`hil.links.modbus.ModbusLink` with per-device cut-off, like ``StoreLink.cut``.
-
-    A ``comms_loss`` of one device (not of the whole link) emulates the device dropping off the
-    bus behind the substation's RTU: its points read COMMS_LOST on this link and writes to them
-    are dropped, while the other devices' points keep flowing in the same requests.
-    """
-    from hil.links.modbus import ModbusLink
-    from twin.quality import Quality, Sample
-
-    class SubstationModbusLink(ModbusLink):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.cut_points: set[str] = set()
-
-        def cut(self, names: Any) -> None:
-            self.cut_points.update(n for n in names if n in self._by_name)
-
-        def restore(self, names: Any) -> None:
-            self.cut_points.difference_update(names)
-
-        def read_inputs(self, now: float | None = None) -> dict[str, Any]:
-            out = super().read_inputs(now)
-            for n in self.cut_points:
-                s = out.get(n)
-                if s is not None:
-                    out[n] = Sample(s.value, Quality.COMMS_LOST, s.timestamp)
-            return out
-
-        async def _send(self, items: list[tuple[Any, float]]) -> None:
-            items = [(p, v) for p, v in items if p.name not in self.cut_points]
-            if items:
-                await super()._send(items)
-
-    return SubstationModbusLink
-
-
 def _without_device_outputs(pm: Any) -> Any:
     """The point map minus ``sgen.p_avail_mw``: the engine writes it from the profiles itself
     (it is no load-flow result, so the sync loop has nothing to write there)."""
@@ -573,152 +675,3 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, np.generic):
         return _jsonable(x.item())
     return x
-
-
-class RealField(HilField):
-    """Real hardware from a ``hardware.toml``: links opened by ``hil.hardware``, wall clock.
-
-    The devices run on their own (wall) clock, so the simulated clock only stamps the steps;
-    use ``pace = "realtime"``. Actions on emulated devices (comms loss of one device, measurement
-    bias, device restart, field_value checks) are not available here.
-    """
-
-    emulated = False
-
-    def __init__(self, *, hardware: Any, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.hardware = hardware
-        if hardware.pointmap is not None:
-            from twin.pointmap import assert_pointmap, load_pointmap
-
-            self.pointmap = load_pointmap(hardware.pointmap)
-            assert_pointmap(self.pointmap, self.net)
-        self._scanned = []
-
-    @property
-    def description(self) -> str:
-        return f"hardware {self.hardware.source}: {len(self.links)} links"
-
-    async def start(self) -> None:
-        from hil.hardware import open_links
-        from hil.sync import SyncLoop
-
-        if self.mode == "mirror":
-            raise ConfigError(
-                str(self.hardware.source),
-                "mode",
-                "mirror mode against real "
-                "hardware needs the plant to be real too; supported here: hil",
-            )
-        self.links = await open_links(self.hardware, self.pointmap)
-        events = _EventsOnly(self.recorder) if self.recorder is not None else None
-        self.sync = SyncLoop(
-            self.model,
-            _without_device_outputs(self.pointmap),
-            self.links,
-            mode=self.mode,
-            recorder=events,
-            record_values=False,
-            stale_policy=self.hardware.stale_policy,
-            period_s=1.0,
-        )
-
-    async def stop(self) -> None:
-        for link in self.links:
-            try:
-                await link.close()
-            except Exception:  # closing must go on for the others
-                _log.exception("closing link %s failed", link)
-
-    def advance_devices(self, t: float) -> None:
-        return None  # real devices keep their own time
-
-    async def _write_outputs(
-        self, values: dict[str, float], *, plant: bool, force: bool = False
-    ) -> None:
-        for link in self.links:
-            ok = {
-                n: v
-                for n, v in values.items()
-                if n in link._by_name and link._not_writable(link._by_name[n]) is None
-            }
-            if ok and link.connected:
-                await _send(link, ok, force)
-
-    def command(self, name: str, value: float) -> None:
-        link = self._link_for(name)
-        if link is None:
-            raise RuntimeError(f"no link of {self.hardware.source} writes {name!r}")
-
-        async def send() -> None:
-            await link.write_point(name, value)
-
-        self.defer(send)
-
-    def read_point(self, name: str) -> float | None:
-        s = self.sync.samples.get(name) if self.sync is not None else None
-        return s.value if s is not None and s.quality.is_good else None
-
-    def _emulator_only(self, what: str) -> None:
-        raise RuntimeError(
-            f"{what} acts on the emulated substation; not available against "
-            f"real hardware ({self.hardware.source})"
-        )
-
-    def comms_loss(self, target: str) -> None:
-        link = next((lk for lk in self.links if target in (lk.name, lk.protocol)), None)
-        if link is None:
-            self._emulator_only(f"comms_loss of device {target!r}")
-        super().comms_loss(target)
-
-    def comms_restore(self, target: str) -> None:
-        link = next((lk for lk in self.links if target in (lk.name, lk.protocol)), None)
-        if link is None:
-            self._emulator_only(f"comms_restore of device {target!r}")
-        super().comms_restore(target)
-
-    def device_restart(self, name: str) -> None:
-        self._emulator_only("device_restart")
-
-    def meas_error(self, point: str, **kwargs: Any) -> None:
-        self._emulator_only("meas_noise/meas_bias")
-
-    def der_trip(self, label: str, tripped: bool) -> None:
-        self.command(f"{label}.p_limit_pct", 0.0 if tripped else 100.0)
-
-    def tap_operate(self, label: str, delta: int) -> bool:
-        self._emulator_only("tap_change on a field tap changer")
-        return False
-
-    def start_fault(self, line_label: str, current_ka: float, t: float) -> None:
-        self.faults[line_label] = {
-            "current_ka": float(current_ka),
-            "t": t,
-            "relay": None,
-            "trips": 0,
-        }
-
-        async def inject() -> None:
-            await self._write_outputs({f"{line_label}.i_ka": float(current_ka)}, plant=True)
-
-        self.defer(inject)
-
-    def _note_faults(self, t: float) -> None:
-        # No relay object to ask: the fault is over when the twin sees the line's breaker open.
-        for name, f in self.faults.items():
-            if f.get("cleared"):
-                continue
-            net = self.model.net
-            idx = net.line.index[net.line["name"] == name]
-            if not len(idx):
-                continue
-            sw = net.switch[(net.switch.et == "l") & (net.switch.element == idx[0])]
-            if len(sw) and not bool(sw["closed"].all()):
-                f["cleared"] = True
-                if self.recorder is not None:
-                    self.recorder.event(
-                        t,
-                        "fault_cleared",
-                        f"fault on {name} cleared: the line's breaker is open",
-                        line=name,
-                    )

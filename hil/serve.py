@@ -1,0 +1,114 @@
+"""Serving an emulated substation until told to stop (``gridtwin emulate``).
+
+The CLI parses; this module owns the event loop, the signal handlers and the substation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from twin.pointmap import PointMap
+
+
+def serve_substation(
+    net: Any,
+    pm: PointMap,
+    *,
+    grid: str,
+    host: str = "127.0.0.1",
+    opcua_port: int = 4840,
+    modbus_port: int = 5020,
+    users: dict[str, tuple[str, str]] | None = None,
+    devices: bool = True,
+    seed: int | None = None,
+    duration: float | None = None,
+    say: Callable[[str], None] = print,
+) -> int:
+    """Serve ``pm`` over OPC UA and Modbus TCP until SIGINT/SIGTERM or ``duration`` seconds.
+
+    Prints the endpoints (``say``) once serving. Returns the exit code (0).
+
+    Raises:
+        OSError: a port is taken or the address is not on this machine.
+    """
+    return asyncio.run(
+        _serve(
+            net,
+            pm,
+            grid=grid,
+            host=host,
+            opcua_port=opcua_port,
+            modbus_port=modbus_port,
+            users=users or {},
+            devices=devices,
+            seed=seed,
+            duration=duration,
+            say=say,
+        )
+    )
+
+
+async def _serve(
+    net: Any,
+    pm: PointMap,
+    *,
+    grid: str,
+    host: str,
+    opcua_port: int,
+    modbus_port: int,
+    users: dict[str, tuple[str, str]],
+    devices: bool,
+    seed: int | None,
+    duration: float | None,
+    say: Callable[[str], None],
+) -> int:
+    from hil.emulator import EmulatedSubstation
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not on this platform / thread
+            pass
+    sub = EmulatedSubstation(
+        net,
+        pm,
+        host=host,
+        opcua_port=opcua_port,
+        modbus_port=modbus_port,
+        users=users,
+        devices=devices,
+        rng=seed,
+    )
+    async with sub:
+        kinds: Counter[str] = Counter(p.kind for p in pm.points)
+        units = sorted({p.modbus.unit for p in pm.points if p.modbus is not None})
+        n_ua = sum(1 for p in pm.points if p.opcua is not None)
+        n_mb = sum(1 for p in pm.points if p.modbus is not None)
+        say(f"gridtwin emulate: grid {grid}, substation {pm.substation}, {len(pm)} points")
+        plural = {"measurement": "measurements", "status": "statuses"}
+        plural.update(command="commands", setpoint="setpoints")
+        say(
+            "  "
+            + ", ".join(f"{kinds.get(k, 0)} {v}" for k, v in plural.items())
+            + f"; {len(sub.devices)} devices"
+        )
+        say(f"  OPC UA  {sub.opcua_endpoint}  ({n_ua} nodes, namespace {pm.namespace})")
+        say(f"  Modbus  {host}:{sub.modbus_port}  ({n_mb} points, units {units})")
+        say(f"serving for {duration:g} s" if duration is not None else "serving until Ctrl-C")
+        try:
+            await asyncio.wait_for(stop.wait(), duration)
+        except TimeoutError:
+            pass
+    say("gridtwin emulate: stopped")
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.remove_signal_handler(sig)
+        except (NotImplementedError, RuntimeError):
+            pass
+    return 0
