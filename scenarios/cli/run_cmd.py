@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
             twin_server=args.twin_server,
             on_ready=ready,
             speed=args.speed,
-            hardware=args.hardware,
+            hardware=_cli_path(args.hardware),
             junit=args.junit,
             progress=live.progress,
             on_step=live.on_step if live.shown else None,
@@ -163,6 +163,14 @@ def run(args: argparse.Namespace) -> int:
     if not same:
         console.print("[red]differs from the baseline[/red]")
     return 0 if res.passed and same else 1
+
+
+def _cli_path(hardware: str | None) -> str | None:
+    """A hardware file named on the command line is relative to the working directory (in a
+    scenario file it is relative to the scenario's folder)."""
+    if hardware is None or hardware in ("emulated", "none"):
+        return hardware
+    return str(Path(hardware).expanduser().resolve())
 
 
 def validate(args: argparse.Namespace) -> int:
