@@ -115,6 +115,8 @@ setup(
         "rich>=13",
         "tomli-w>=1.0",
         "matpowercaseframes>=2.0",
+        # sweeps (gridtwin sweep): LocalCluster by default, a remote scheduler when given
+        "dask[distributed]>=2024.1",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-asyncio>=1.0", "pytest-timeout>=2.3", "ruff>=0.6"],

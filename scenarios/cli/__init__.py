@@ -21,6 +21,7 @@ _COMMAND_MODULES = [
     "scenarios.cli.points_cmd",
     "scenarios.cli.emulate_cmd",
     "scenarios.cli.run_cmd",
+    "scenarios.cli.sweep_cmd",
 ]
 
 
