@@ -303,3 +303,33 @@ def test_resume_skips_done_cases(tmp_path, client):
     sc2, spec2 = load_sweep(p)
     with pytest.raises(ConfigError, match="different sweep"):
         run_sweep(sc2, spec2, out, client=client)
+
+
+# --- the command line -----------------------------------------------------------------------
+def test_cli_sweep_on_an_existing_scheduler(tmp_path, client, capsys):
+    import pandas as pd
+
+    from scenarios.cli import main
+
+    p = _write(tmp_path, STEADY.format(grid="ieee14", sweep='n-1 = "trafos"'))
+    out = tmp_path / "out"
+    code = main(["sweep", str(p), "--scheduler", client.scheduler.address, "--out", str(out),
+                 "--grid", "load_scale=1.0,1.3", "--no-progress"])  # fmt: skip
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "10 cases" in text and "worst cases" in text
+    table = pd.read_parquet(out / "results.parquet")
+    assert len(table) == 10 and set(table["param.load_scale"]) == {1.0, 1.3}
+    summary = (out / "summary.json").read_text()
+    assert '"ranking"' in summary and '"worst_vm_pu"' in summary
+
+
+def test_cli_bad_input_exits_2(tmp_path, capsys):
+    from scenarios.cli import main
+
+    p = _write(tmp_path, STEADY.format(grid="ieee14", sweep='n-1 = "trafos"'))
+    assert main(["sweep", str(p), "--grid", "pv_share=a,b"]) == 2
+    assert "--grid" in capsys.readouterr().err
+    assert main(["sweep", str(p), "--scheduler", "tcp://127.0.0.1:9", "--out",
+                 str(tmp_path / "o")]) == 2  # fmt: skip
+    assert "cannot reach the Dask scheduler" in capsys.readouterr().err
