@@ -83,7 +83,15 @@ def _cluster(workers: int):
     )
     client = Client(cluster)
     client.wait_for_workers(workers)
+    client.run(_warm_up)  # imports (pandapower ~2 s) are start-up, not sweep time
     return client, cluster, time.perf_counter() - t0
+
+
+def _warm_up() -> None:
+    import pandapower  # noqa: F401
+
+    import scenarios.engine  # noqa: F401
+    import scenarios.sweep  # noqa: F401
 
 
 def run_n1_dask(grid: str, labels: list[str], workers: int, chunk: int, tmp: Path) -> dict:

@@ -333,3 +333,13 @@ def test_cli_bad_input_exits_2(tmp_path, capsys):
     assert main(["sweep", str(p), "--scheduler", "tcp://127.0.0.1:9", "--out",
                  str(tmp_path / "o")]) == 2  # fmt: skip
     assert "cannot reach the Dask scheduler" in capsys.readouterr().err
+
+
+def test_run_and_validate_accept_a_file_with_a_sweep_section(tmp_path, capsys):
+    from scenarios.cli import main
+    from scenarios.config import load_scenario
+
+    p = _write(tmp_path, STEADY.format(grid="ieee14", sweep='n-1 = "trafos"\n[sweep.grid]\n'
+                                       "load_scale = [1.0]"))  # fmt: skip
+    assert load_scenario(p).grid == "ieee14"
+    assert main(["validate", str(p)]) == 0
