@@ -510,7 +510,7 @@ def _steady_chunk(sc: Scenario, spec: SweepSpec, cases: Sequence[Case], threads:
             outs = [c for c in grp if c.outage is not None]
             if outs:
                 rows += _steady_outages(sc, spec, g, outs, threads)
-    return {"rows": rows, "built": built, "pid": os.getpid()}
+    return {"table": _columns(rows), "built": built, "pid": os.getpid()}
 
 
 def _steady_outages(sc: Scenario, spec: SweepSpec, g: _Grid, cases: list[Case], threads: int):
@@ -624,7 +624,14 @@ def run_chunk(job: dict[str, Any]) -> dict[str, Any]:
             rows.append(_scenario_case(sc, c, root, bool(job.get("keep_runs"))))
         except Exception as exc:  # noqa: BLE001 - recorded, the sweep goes on
             rows.append(_error_row(c, exc))
-    return {"rows": rows, "built": False, "pid": os.getpid()}
+    return {"table": _columns(rows), "built": False, "pid": os.getpid()}
+
+
+def _columns(rows: list[dict]) -> Any:
+    """A chunk's rows as one DataFrame: numpy columns, compact to ship back to the client."""
+    import pandas as pd
+
+    return pd.DataFrame(rows)
 
 
 # --- client side ----------------------------------------------------------------------------
@@ -660,11 +667,10 @@ def _done_cases(chunks: Path) -> tuple[set[str], int]:
     return done, n
 
 
-def _write_chunk(chunks: Path, n: int, rows: list[dict]) -> None:
-    import pandas as pd
+def _write_chunk(chunks: Path, n: int, table: Any) -> None:
 
     tmp = chunks / f".chunk-{n:06d}.parquet.tmp"
-    pd.DataFrame(rows).to_parquet(tmp, index=False)
+    table.to_parquet(tmp, index=False)
     tmp.replace(chunks / f"chunk-{n:06d}.parquet")
 
 
@@ -788,6 +794,7 @@ def _submit_all(client, sc, spec, parts, out, keep_runs, chunks, next_chunk, fp,
     from distributed import as_completed
 
     root = str(out.resolve())
+    token = os.urandom(4).hex()  # a fresh key per run: never a result cached from another run
     futures = {}
     for k, part in enumerate(parts):
         job = {
@@ -801,7 +808,7 @@ def _submit_all(client, sc, spec, parts, out, keep_runs, chunks, next_chunk, fp,
         f = client.submit(
             run_chunk,
             job,
-            key=f"gridtwin-sweep-{fp}-{next_chunk + k}",
+            key=f"gridtwin-sweep-{fp}-{token}-{k}",
             retries=spec.retries,
             pure=False,
         )
@@ -811,13 +818,15 @@ def _submit_all(client, sc, spec, parts, out, keep_runs, chunks, next_chunk, fp,
     for f in as_completed(list(futures)):
         part = futures.pop(f)
         try:
-            rows = f.result()["rows"]
+            table = f.result()["table"]
         except Exception as exc:  # noqa: BLE001 - the task failed after its retries
-            rows = [
-                _error_row(c, f"task failed after retries: {type(exc).__name__}: {exc}")
-                for c in part
-            ]
-        _write_chunk(chunks, n, rows)
+            table = _columns(
+                [
+                    _error_row(c, f"task failed after retries: {type(exc).__name__}: {exc}")
+                    for c in part
+                ]
+            )
+        _write_chunk(chunks, n, table)
         n += 1
         finished += len(part)
         f.release()
@@ -950,7 +959,8 @@ def run_cases_locally(sc: Scenario, spec: SweepSpec, cases: list[Case]) -> list[
     """The same cases one by one in this process, no Dask (the reference the tests compare)."""
     rows: list[dict] = []
     for c in cases:
-        rows += run_chunk({"scenario": sc, "spec": spec, "cases": [c], "root": None})["rows"]
+        job = {"scenario": sc, "spec": spec, "cases": [c], "root": None}
+        rows += run_chunk(job)["table"].to_dict("records")
     return rows
 
 
