@@ -785,9 +785,9 @@ def run_sweep(
 def _auto_chunk(spec: SweepSpec, n: int, workers: int) -> int:
     if spec.run == "scenario":
         return 1  # a scenario case is long: one case per task balances and resumes finely
-    # a steady chunk has a fixed cost (~0.25 s on case2869pegase: twin.n_minus_1's set-up per
-    # call) next to ~2 ms a case: two chunks per worker, at most 1024 cases each
-    return max(1, min(1024, math.ceil(n / (workers * 2))))
+    # a steady chunk costs a fixed ~30 ms (twin.n_minus_1's set-up on case2869pegase, the
+    # transfer, a chunk file) next to ~2 ms a case: four chunks per worker, at most 1024 cases
+    return max(1, min(1024, math.ceil(n / (workers * 4))))
 
 
 def _submit_all(client, sc, spec, parts, out, keep_runs, chunks, next_chunk, fp, tick) -> None:
