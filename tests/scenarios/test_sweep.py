@@ -343,3 +343,20 @@ def test_run_and_validate_accept_a_file_with_a_sweep_section(tmp_path, capsys):
                                        "load_scale = [1.0]"))  # fmt: skip
     assert load_scenario(p).grid == "ieee14"
     assert main(["validate", str(p)]) == 0
+
+
+def test_steady_pv_and_ev_shares_move_the_result(tmp_path):
+    import grids
+
+    net = grids.load("urban_district")
+    assert (net.load["category"] == "ev").any() and len(net.sgen)
+    sweep = "[sweep.grid]\nev_share = [0.0, 3.0]\npv_share = [0.0, 1.0]"
+    p = _write(tmp_path, STEADY.format(grid="urban_district", sweep=sweep))
+    sc, spec = load_sweep(p)
+    cases = plan_cases(sc, spec)
+    rows = {(r["param.ev_share"], r["param.pv_share"]): r
+            for r in run_cases_locally(sc, spec, cases)}  # fmt: skip
+    assert len(rows) == 4 and all(r["error"] == "" and r["converged"] for r in rows.values())
+    # more EV charging: a lower worst voltage; PV output on the feeders: a higher one
+    assert rows[(3.0, 0.0)]["worst_vm_pu"] < rows[(0.0, 0.0)]["worst_vm_pu"]
+    assert rows[(0.0, 1.0)]["max_vm_pu"] > rows[(0.0, 0.0)]["max_vm_pu"]
