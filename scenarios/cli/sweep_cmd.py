@@ -54,6 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-runs", action="store_true", help="keep each case's run folder")
     p.add_argument("--top", type=int, default=10, help="worst cases to print (default 10)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--dry-run", action="store_true", help="list the cases, run nothing")
     p.set_defaults(func=run)
 
 
@@ -128,6 +129,15 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path("results") / f"{sc.name}-sweep"
     show = not args.no_progress and console.is_terminal
     console.print(f"{sc.name}: {len(cases)} cases ({spec.run}), results in {out}")
+    if args.dry_run:
+        for c in cases[: args.top]:
+            what = [f"outage {c.outage[0]} {c.outage[1]}"] if c.outage else []
+            what += [f"seed {c.seed}"] if c.seed is not None else []
+            what += [f"{k}={v:g}" for k, v in c.params]
+            console.print(f"  {c.id}: {', '.join(what) or 'the scenario as written'}")
+        if len(cases) > args.top:
+            console.print(f"  ... and {len(cases) - args.top} more")
+        return 0
     progress = Progress(
         TextColumn("[bold]sweep"),
         BarColumn(),
@@ -186,6 +196,13 @@ def run(args: argparse.Namespace) -> int:
             (r.get("error") or "")[:120],
         )
     console.print(table)
+    for key, unit in (("worst_vm_pu", "pu"), ("worst_loading_percent", "%")):
+        sp = s[key]
+        if sp.get("min") is not None:
+            console.print(
+                f"{key} over cases: min {sp['min']:.4g}, p50 {sp['p50']:.4g}, "
+                f"p95 {sp['p95']:.4g}, max {sp['max']:.4g} {unit}"
+            )
     if res.skipped:
         console.print(f"resumed: {res.skipped} cases were already done in {out}")
     rate = f", {s['cases_per_s']} cases/s" if s.get("cases_per_s") else ""

@@ -360,3 +360,13 @@ def test_steady_pv_and_ev_shares_move_the_result(tmp_path):
     # more EV charging: a lower worst voltage; PV output on the feeders: a higher one
     assert rows[(3.0, 0.0)]["worst_vm_pu"] < rows[(0.0, 0.0)]["worst_vm_pu"]
     assert rows[(0.0, 1.0)]["max_vm_pu"] > rows[(0.0, 0.0)]["max_vm_pu"]
+
+
+def test_cli_dry_run_lists_cases(tmp_path, capsys):
+    from scenarios.cli import main
+
+    p = _write(tmp_path, STEADY.format(grid="ieee14", sweep='n-1 = "trafos"\nseeds = 2'))
+    assert main(["sweep", str(p), "--dry-run", "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "10 cases" in out and "c000000: outage trafo trafo0, seed 0" in out
+    assert "and 7 more" in out
