@@ -145,8 +145,8 @@ def parse_sweep(table: Mapping[str, Any], where: str) -> SweepSpec:
 def _grid_entry(key: str, values: Any, run: str, where: str) -> tuple[str, tuple[Any, ...]]:
     name = f"sweep.grid.{key}"
     allowed = [k + ("<...>" if k.endswith(".") else "") for k in PARAM_HELP]
-    spec = PARAM_HELP.get(key)
-    if spec is None:
+    spec = None if key.endswith(".") else PARAM_HELP.get(key)
+    if spec is None and not key.endswith("."):
         spec = next(
             (v for k, v in PARAM_HELP.items() if k.endswith(".") and key.startswith(k)), None
         )
@@ -154,8 +154,6 @@ def _grid_entry(key: str, values: Any, run: str, where: str) -> tuple[str, tuple
             parts = key.split(".")
             if len(parts) != 3 or parts[2] not in ("scale", "offset") or not parts[1]:
                 _fail(where, name, 'expected "profile.<name>.scale" or "profile.<name>.offset"')
-        if spec is not None and key == "setpoint.":
-            spec = None
     if spec is None:
         _fail(where, name, f"unknown parameter; allowed: {', '.join(allowed)}")
     assert spec is not None
