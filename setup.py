@@ -120,9 +120,17 @@ setup(
         "matplotlib>=3.7",
         "networkx>=3.0",
         "igraph>=0.11",
+        # sweeps (gridtwin sweep): LocalCluster by default, a remote scheduler when given
+        "dask[distributed]>=2024.1",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-asyncio>=1.0", "pytest-timeout>=2.3", "ruff>=0.6"],
+        "test": [
+            "pytest>=8",
+            "pytest-asyncio>=1.0",
+            "pytest-timeout>=2.3",
+            "hypothesis>=6.100",
+            "ruff>=0.6",
+        ],
         "bench": ["lightsim2grid==1.2.0"],
     },
     entry_points={"console_scripts": ["gridtwin = scenarios.cli:main"]},

@@ -66,6 +66,7 @@ _TOP_KEYS = {
     "profile": "an array of tables [[profile]]",
     "event": "an array of tables [[event]]",
     "check": "an array of tables [[check]]",
+    "sweep": "a table [sweep] (read by gridtwin sweep, see docs/sweep.md; ignored by run)",
 }
 _RECORD_KEYS = ("quantities", "every", "setpoints")
 _PROFILE_KEYS = (

@@ -57,6 +57,7 @@ _COMMAND_MODULES = [
     "scenarios.cli.report_cmd",
     "scenarios.cli.compare_cmd",
     "scenarios.cli.scenarios_cmd",
+    "scenarios.cli.sweep_cmd",
 ]
 
 
