@@ -199,14 +199,21 @@ class _Clock:
 _EVENT_SKIP = {"start", "end", "trigger"}
 
 
+_MAX_EVENT_MARKS = 300
+
+
 def _mark_events(ax: Any, rd: RunData, clk: _Clock) -> None:
     ev = rd.events
     if not len(ev):
         return
+    marked: set[float] = set()
     for t, kind in zip(ev["time_s"], ev["kind"]):
-        if str(kind) in _EVENT_SKIP or not math.isfinite(float(t)):
+        if str(kind) in _EVENT_SKIP or not math.isfinite(float(t)) or float(t) in marked:
             continue
+        marked.add(float(t))
         ax.axvline(clk.x(float(t)), color="tab:purple", alpha=0.35, lw=0.8, ls="--")
+        if len(marked) >= _MAX_EVENT_MARKS:  # a line per instant; beyond this the plot is grey
+            break
 
 
 # --- numbers the sections share -----------------------------------------------------------------

@@ -39,6 +39,11 @@ from twin.errors import ConfigError
 _log = logging.getLogger(__name__)
 
 
+#: Status columns whose changes are events (breaker positions, tap positions); analog statuses
+#: such as an inverter's P and Q change every step and are in the time series instead.
+_DISCRETE = frozenset({"closed", "tap_pos", "in_service"})
+
+
 class _EventsOnly:
     """Hands SyncLoop's events and alarms to the recorder; the engine records the rows itself."""
 
@@ -378,8 +383,8 @@ class EmulatedField:
             self._link_up[link.name] = now
         samples = self.sync.samples if self.sync is not None else {}
         for p in self.pointmap.points:
-            if p.kind != "status" or p.direction != "to_twin":
-                continue
+            if p.kind != "status" or p.direction != "to_twin" or p.column not in _DISCRETE:
+                continue  # an inverter's P/Q output is a status too, but it moves every step
             smp = samples.get(p.name)
             if smp is None or not smp.quality.is_good:
                 continue
