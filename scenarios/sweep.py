@@ -23,13 +23,13 @@ into ``<out>/results.parquet`` and ranks the worst cases into ``<out>/summary.js
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import itertools
 import json
 import logging
 import math
 import os
-import re
 import threading
 import time
 import tomllib
@@ -40,7 +40,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from scenarios.config import EventSpec, Scenario, load_scenario, loads_scenario
+from scenarios.config import EventSpec, Scenario, _Parser, load_scenario
 from twin.errors import ConfigError
 
 _log = logging.getLogger(__name__)
@@ -85,31 +85,25 @@ class SweepSpec:
     retries: int = 2
 
 
-_SECTION = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.\"'-]+?)\s*\]\]?\s*(#.*)?$")
+def _fail(where: Any, key: str, problem: str) -> NoReturn:
+    """Raise the ConfigError of ``sweep.<key>``: with the file's line where ``where`` is the
+    scenario parser of the file's text (scenarios.config), else without one."""
+    if isinstance(where, _Parser):
+        where.fail(key, problem, "sweep", 0, key.split(".")[-1])
+    raise ConfigError(str(where), key, problem)
 
 
-def _strip_sweep(text: str) -> str:
-    """The file's text with the ``[sweep]`` tables blanked (line numbers kept for errors)."""
-    out: list[str] = []
-    inside = False
-    for raw in text.splitlines():
-        m = _SECTION.match(raw)
-        if m:
-            head = m.group(1).strip("\"'")
-            inside = head == "sweep" or head.startswith("sweep.")
-        out.append("" if inside else raw)
-    return "\n".join(out) + "\n"
-
-
-def _fail(where: str, key: str, problem: str) -> NoReturn:
-    raise ConfigError(where, key, problem)
-
-
-def parse_sweep(table: Mapping[str, Any], where: str) -> SweepSpec:
-    """Validate a ``[sweep]`` table; errors name the file, ``sweep.<key>`` and what is allowed."""
-    for k in table:
-        if k not in _SWEEP_KEYS:
-            _fail(where, f"sweep.{k}", f"unknown key; allowed keys: {', '.join(_SWEEP_KEYS)}")
+def parse_sweep(table: Mapping[str, Any], where: str, text: str | None = None) -> SweepSpec:
+    """Validate a ``[sweep]`` table; errors name the file, ``sweep.<key>`` (its line when the
+    file's ``text`` is given) and what is allowed."""
+    ps: Any = where if text is None else _Parser(Path(where), text)
+    if isinstance(ps, _Parser):
+        ps.unknown_keys(table, _SWEEP_KEYS, "sweep.", "sweep", 0)
+    else:
+        for k in table:
+            if k not in _SWEEP_KEYS:
+                _fail(ps, f"sweep.{k}", f"unknown key; allowed keys: {', '.join(_SWEEP_KEYS)}")
+    where = ps
     run = table.get("run", "scenario")
     if run not in RUNS:
         _fail(where, "sweep.run", f"expected one of {', '.join(RUNS)}, found {run!r}")
@@ -142,7 +136,7 @@ def parse_sweep(table: Mapping[str, Any], where: str) -> SweepSpec:
     return SweepSpec(run, n1, seeds, sigma, grid, chunk, retries)
 
 
-def _grid_entry(key: str, values: Any, run: str, where: str) -> tuple[str, tuple[Any, ...]]:
+def _grid_entry(key: str, values: Any, run: str, where: Any) -> tuple[str, tuple[Any, ...]]:
     name = f"sweep.grid.{key}"
     allowed = [k + ("<...>" if k.endswith(".") else "") for k in PARAM_HELP]
     spec = None if key.endswith(".") else PARAM_HELP.get(key)
@@ -155,7 +149,12 @@ def _grid_entry(key: str, values: Any, run: str, where: str) -> tuple[str, tuple
             if len(parts) != 3 or parts[2] not in ("scale", "offset") or not parts[1]:
                 _fail(where, name, 'expected "profile.<name>.scale" or "profile.<name>.offset"')
     if spec is None:
-        _fail(where, name, f"unknown parameter; allowed: {', '.join(allowed)}")
+        close = difflib.get_close_matches(key, [k.rstrip(".") for k in PARAM_HELP], n=2)
+        _fail(
+            where,
+            name,
+            f"unknown parameter; allowed: {', '.join(allowed)}" + _did_you_mean(close),
+        )
     assert spec is not None
     if run not in spec[0]:
         _fail(
@@ -175,23 +174,18 @@ def _grid_entry(key: str, values: Any, run: str, where: str) -> tuple[str, tuple
 
 
 def load_sweep(path: Path | str) -> tuple[Scenario, SweepSpec]:
-    """Read a scenario file with its ``[sweep]`` section (an empty section when it has none)."""
+    """Read a scenario file with its ``[sweep]`` section (an empty section when it has none).
+
+    The scenario reader (scenarios.config) reads and checks the file and accepts ``[sweep]``;
+    the section itself is checked here, its errors with the file's line.
+    """
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(
-            str(p), "file", f"cannot read the scenario file: {exc.strerror}"
-        ) from None
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError:
-        return loads_scenario(text, path=p), SweepSpec()  # raises the scenario's TOML error
-    table = doc.get("sweep", {})
+    sc = load_scenario(p)  # a missing file, bad TOML, a bad scenario: its own errors
+    text = p.read_text(encoding="utf-8")
+    table = tomllib.loads(text).get("sweep", {})
     if not isinstance(table, dict):
-        _fail(str(p), "sweep", f"expected a table [sweep], found {table!r}")
-    sc = loads_scenario(_strip_sweep(text), path=p) if "sweep" in doc else load_scenario(p)
-    return sc, parse_sweep(table, str(p))
+        _fail(_Parser(p, text), "sweep", f"expected a table [sweep], found {table!r}")
+    return sc, parse_sweep(table, str(p), text)
 
 
 # --- the cases ------------------------------------------------------------------------------
@@ -252,12 +246,20 @@ def plan_cases(sc: Scenario, spec: SweepSpec, net: Any | None = None) -> list[Ca
     cases = []
     for n, (seed, point, out) in enumerate(itertools.product(seeds, points, outages)):
         cases.append(Case(f"c{n:06d}", out, seed, tuple(zip(keys, point))))
+    if spec.run == "scenario":
+        _check_first_case(sc, cases, net)
     return cases
 
 
+def _did_you_mean(close: Sequence[str]) -> str:
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
 def _check_params(sc: Scenario, spec: SweepSpec, net: Any) -> None:
+    """Every parameter name against the scenario and grid, before any case runs."""
     where = str(sc.path) if sc.path else "<scenario>"
     names = {p.name for p in sc.profiles}
+    writable: list[str] | None = None
     for key, _ in spec.grid:
         if spec.run == "scenario":
             tables = {"pv_share": "sgen", "load_scale": "load"}
@@ -275,14 +277,58 @@ def _check_params(sc: Scenario, spec: SweepSpec, net: Any) -> None:
                     '(category = "ev" or shape = "ev_evening") to scale',
                 )
             if key.startswith("profile.") and key.split(".")[1] not in names:
+                name = key.split(".")[1]
                 _fail(
                     where,
                     f"sweep.grid.{key}",
-                    f"no [[profile]] named {key.split('.')[1]!r}; "
-                    f"profiles: {', '.join(sorted(names)) or 'none'}",
+                    f"no [[profile]] named {name!r}; "
+                    f"profiles: {', '.join(sorted(names)) or 'none'}"
+                    + _did_you_mean(difflib.get_close_matches(name, names, n=2)),
                 )
+            if key.startswith("setpoint."):
+                if writable is None:
+                    writable = _writable_points(sc, net, f"sweep.grid.{key}")
+                point = key[len("setpoint.") :]
+                if point not in writable:
+                    close = difflib.get_close_matches(point, writable, n=3)
+                    some = "" if close else f" (points such as {', '.join(writable[:4])})"
+                    _fail(
+                        where,
+                        f"sweep.grid.{key}",
+                        f"no writable setpoint or command point named {point!r} in the point "
+                        f"map of grid {sc.grid}{some}" + _did_you_mean(close),
+                    )
         elif key == "ev_share" and not len(_ev_loads(net)):
             _fail(where, "sweep.grid.ev_share", f'grid {sc.grid} has no load with category "ev"')
+
+
+def _writable_points(sc: Scenario, net: Any, key: str) -> list[str]:
+    """Names of the to_field setpoint / command points of the field the scenario runs."""
+    from scenarios.validate import field_pointmap, load_hardware_of
+
+    if sc.hardware == "none":
+        _fail(
+            str(sc.path) if sc.path else "<scenario>",
+            key,
+            'a setpoint acts on the field: expected hardware = "emulated" or a hardware file, '
+            'found hardware = "none"',
+        )
+    pm = field_pointmap(sc, net, load_hardware_of(sc))
+    return [
+        p.name for p in pm.points if p.direction == "to_field" and p.kind in ("setpoint", "command")
+    ]
+
+
+def _check_first_case(sc: Scenario, cases: Sequence[Case], net: Any) -> None:
+    """The engine's own checks on the first case (outage and setpoint events included), so a
+    scenario that cannot run is refused before the sweep starts, not once per case."""
+    from scenarios.validate import assert_against_grid, field_pointmap, load_hardware_of
+
+    if not cases:
+        return
+    hw = load_hardware_of(sc)
+    pm = field_pointmap(sc, net, hw)
+    assert_against_grid(case_scenario(sc, cases[0]), net, pm, hw)
 
 
 def _is_ev(p: Any) -> bool:
@@ -565,7 +611,7 @@ def _scenario_case(sc: Scenario, case: Case, root: Path | None, keep: bool) -> d
     row = _base_row(case)
     row["error"] = res.error
     row.update({f"check.{c.name}": bool(c.passed) for c in res.checks})
-    row["converged"] = int(res.summary.get("not_converged_steps", 0) or 0) == 0
+    row["converged"] = not res.error and int(res.summary.get("not_converged_steps", 0) or 0) == 0
     row["steps"] = res.steps
     if res.recorder is not None and res.recorder.rows:
         df = res.recorder.to_frame()

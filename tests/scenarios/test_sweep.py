@@ -252,13 +252,45 @@ def test_scenario_sweep_equals_one_by_one(tmp_path, client):
 
 
 def test_scenario_case_that_raises_is_recorded(tmp_path, client):
-    sweep = '[sweep.grid]\n"setpoint.NO_SUCH_POINT" = [1.0]\n"profile.homes.scale" = [1.0]'
-    p = _write(tmp_path, SCENARIO.format(hardware="none", duration="2min", sweep=sweep))
+    # a hardware file whose device cannot write its to_field points: the field refuses to
+    # start inside the case (a run-time error, not one the sweep can see up front)
+    (tmp_path / "hardware.toml").write_text(
+        '[[device]]\nname = "gone"\npoints = ["*"]\n[device.modbus]\nhost = "127.0.0.1"\nport = 9\n'
+    )
+    sweep = "seeds = 2"
+    p = _write(tmp_path, SCENARIO.format(hardware="hardware.toml", duration="2min", sweep=sweep))
     sc, spec = load_sweep(p)
     res = run_sweep(sc, spec, tmp_path / "out", client=client)
-    assert len(res.table) == 1
-    assert "setpoint" in res.table.loc[0, "error"]  # refused with hardware = "none"
-    assert res.failed == 1
+    assert len(res.table) == 2
+    assert all("device 'gone'" in e for e in res.table["error"]), res.table["error"].tolist()
+    assert not res.table["converged"].any() and not res.table["passed"].any()
+    assert res.failed == 2 and res.summary["errors"] == 2
+
+
+@pytest.mark.parametrize(
+    ("hardware", "key", "says"),
+    [
+        ("emulated", "setpoint.PV 3.p_limit_pc", "did you mean 'PV 3.p_limit_pct'"),
+        ("emulated", "setpoint.NO_SUCH_POINT", "no writable setpoint or command point"),
+        ("emulated", "setpoint.Bus 1.vm_pu", "no writable setpoint or command point"),
+        ("none", "setpoint.PV 3.p_limit_pct", 'found hardware = "none"'),
+        ("none", "profile.hmoes.scale", "did you mean 'homes'"),
+        ("none", "pv_shares", "did you mean 'pv_share'"),
+    ],
+)
+def test_parameter_names_checked_before_any_case(tmp_path, capsys, hardware, key, says):
+    from scenarios.cli import main
+
+    sweep = f'[sweep.grid]\n"{key}" = [1.0]'
+    p = _write(tmp_path, SCENARIO.format(hardware=hardware, duration="2min", sweep=sweep))
+    with pytest.raises(ConfigError) as err:
+        sc, spec = load_sweep(p)
+        plan_cases(sc, spec)
+    assert err.value.key == f"sweep.grid.{key}" and says in str(err.value)
+    out = tmp_path / "out"
+    assert main(["sweep", str(p), "--out", str(out), "--no-progress"]) == 2
+    assert says in capsys.readouterr().err
+    assert not out.exists()  # refused before any case ran (no cluster, no folder)
 
 
 def test_killed_worker_loses_no_results(tmp_path, client):
@@ -370,3 +402,13 @@ def test_cli_dry_run_lists_cases(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "10 cases" in out and "c000000: outage trafo trafo0, seed 0" in out
     assert "and 7 more" in out
+
+
+def test_sweep_section_errors_carry_the_line(tmp_path):
+    text = STEADY.format(grid="ieee14", sweep="seeds = 2\ncolour = 1")
+    p = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_sweep(p)
+    lines = text.splitlines()
+    assert err.value.key == "sweep.colour"
+    assert lines[err.value.line - 1] == "colour = 1"
