@@ -3,27 +3,32 @@
 1. N-1 over every in-service line and trafo of ``--grid`` (case2869pegase), steady state, the
    same cases for each method, cases per second including the gathering of results:
    - gridtwin ``gridtwin sweep`` (scenarios.sweep.run_sweep, ``run = "steady"``) on a LocalCluster
-     of ``--workers`` processes (one thread each): chunks of cases in the kernel's batch
-     (twin.n_minus_1) on a model each worker compiles once; per-chunk Parquet files, then
-     results.parquet and summary.json. "cold" includes each worker's model build (the first
-     sweep), "warm" is a second sweep on the same cluster (models cached in the workers).
-     LocalCluster start-up is not included (reported separately).
-   - lightsim2grid ``ContingencyAnalysisCPP`` on ``--workers`` threads: compute + compute_flows.
+     of ``--workers`` processes (one thread each, scenarios.sweep.make_client): chunks of cases
+     in the kernel's batch (twin.n_minus_1) on a model each worker compiles once; per-chunk
+     Parquet files, then results.parquet and summary.json (the gathering). "cold" includes each
+     worker's model build (the first sweep), "warm" is a second sweep on the same cluster (models
+     cached in the workers). Cluster start-up and imports are not counted (printed apart).
+   - lightsim2grid ``ContingencyAnalysisCPP`` on ``--workers`` threads: compute + compute_flows
+     + reading voltages and flows back (bench/_common.py).
    - pandapower ``pandapower.contingency.run_contingency`` (lightsim2grid off): one runpp per
-     case, so only ``--pp-cases`` cases (the rate is per case, comparable).
-2. Monte Carlo of a city_day-style scenario (``--scenario``, seeds seed..seed+N-1, hardware as the
-   file says: the embedded emulator), ``--cases`` cases, on 1 and on 2 workers: cases per minute.
+     case, so only the first ``--pp-cases`` cases; the time for all cases is an extrapolation
+     from that rate and is labelled so.
+2. Monte Carlo of a city_day-style scenario (``--scenario``: its grid, profiles, emulated
+   substation and checks, shortened to ``--duration``; seeds seed..seed+N-1), ``--cases`` cases
+   on 1 and on 2 workers: cases per minute and the scaling ratio (target >= 1.7). Each worker
+   is warmed first (imports, the grid, one 2-step case: not counted); one case per task.
 
     PYTHONPATH=. python bench/sweep.py [--quick] [--grid case2869pegase] [--workers 2]
-                                       [--n1-max N] [--pp-cases 20] [--cases 4] [--duration 24h]
+                                       [--n1-max N] [--pp-cases 20] [--cases 200]
+                                       [--duration 2h] [--skip n1 pp ls2g mc]
 
-The CPU is shared on a busy machine: take numbers on an idle one.
+``--quick`` is a correctness run (200 outages, 5 pandapower cases, 6 Monte Carlo cases of
+20 min). The header prints the load average: numbers from a shared machine are not final.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import shutil
 import sys
@@ -31,14 +36,19 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 try:  # the installed gridtwin first; the source tree only when nothing is installed
     import twin  # noqa: F401
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_common.py beside this file
 
-TOL = 1e-8  # per unit on sn_mva (pandapower's default tolerance_mva, gridtwin's default)
+from _common import (  # noqa: E402
+    in_service_branches,
+    machine_line,
+    run_n1_ls2g,
+    run_n1_pandapower,
+)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 N1_SCENARIO = """
@@ -63,35 +73,22 @@ chunk = {chunk}
 """
 
 
-def _elements(net, limit: int | None) -> list[tuple[str, int]]:
-    els = [("line", int(i)) for i in net.line.index[net.line.in_service]]
-    els += [("trafo", int(i)) for i in net.trafo.index[net.trafo.in_service]]
-    return els[:limit] if limit else els
-
-
-def _cluster(workers: int):
-    from distributed import Client, LocalCluster
+def _cluster(workers: int, sc):
+    """A LocalCluster as `gridtwin sweep` makes it, each worker warmed (not timed)."""
+    from scenarios.cli.sweep_cmd import _quiet_worker
+    from scenarios.sweep import make_client, warm_worker
 
     t0 = time.perf_counter()
-    cluster = LocalCluster(
-        n_workers=workers,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-        host="127.0.0.1",
-        scheduler_port=0,
-    )
-    client = Client(cluster)
+    client = make_client(workers=workers)
     client.wait_for_workers(workers)
-    client.run(_warm_up)  # imports (pandapower ~2 s) are start-up, not sweep time
-    return client, cluster, time.perf_counter() - t0
+    client.run(warm_worker, sc, _quiet_worker)  # imports (pandapower ~2 s) and the grid
+    return client, time.perf_counter() - t0
 
 
-def _warm_up() -> None:
-    import pandapower  # noqa: F401
-
-    import scenarios.engine  # noqa: F401
-    import scenarios.sweep  # noqa: F401
+def _close(client) -> None:
+    cluster = client.cluster
+    client.close()
+    cluster.close()
 
 
 def run_n1_dask(grid: str, labels: list[str], workers: int, chunk: int, tmp: Path) -> dict:
@@ -101,101 +98,61 @@ def run_n1_dask(grid: str, labels: list[str], workers: int, chunk: int, tmp: Pat
     f = tmp / "n1.toml"
     f.write_text(N1_SCENARIO.format(grid=grid, n1=n1, chunk=chunk), encoding="utf-8")
     sc, spec = load_sweep(f)
-    client, cluster, start_s = _cluster(workers)
+    client, start_s = _cluster(workers, sc)
     try:
-        out = {}
+        out: dict = {"start_s": start_s}
         for run in ("cold", "warm"):
             shutil.rmtree(tmp / run, ignore_errors=True)
             t0 = time.perf_counter()
-            res = run_sweep(sc, spec, tmp / run, client=client)
+            res = run_sweep(sc, spec, tmp / run, client=client)  # gathered: parquet + summary
             dt = time.perf_counter() - t0
             out[run] = (len(res.table) / dt, int(res.table["converged"].sum()))
-            out[run + "_table"] = res.table
-        out["start_s"] = start_s
         return out
     finally:
-        client.close()
-        cluster.close()
+        _close(client)
 
 
-def _v_start(net) -> np.ndarray:
-    import pandapower as pp
-
-    n = copy.deepcopy(net)
-    pp.runpp(n, lightsim2grid=False, tolerance_mva=TOL)
-    v = n.res_bus.vm_pu.to_numpy() * np.exp(1j * np.deg2rad(n.res_bus.va_degree.to_numpy()))
-    return v.astype(complex)
-
-
-def run_n1_ls2g(net, elements, threads: int) -> tuple[float, int]:
-    """Same workload as bench/loadflow.py's N-1 table: compute + compute_flows."""
-    from lightsim2grid.contingencyAnalysis import ContingencyAnalysisCPP
-    from lightsim2grid.network import init_from_pandapower
-
-    net = copy.deepcopy(net)
-    net["_ppc"] = None
-    v = _v_start(net)
-    model = init_from_pandapower(net)
-    tol = TOL * net.sn_mva
-    v0 = model.ac_pf(v, 10, tol)
-    nline = len(net.line)
-    ids = [
-        int(net.line.index.get_loc(i)) if t == "line" else nline + int(net.trafo.index.get_loc(i))
-        for t, i in elements
-    ]
-    ca = ContingencyAnalysisCPP(model)
-    ca.nb_thread = threads
-    ca.add_multiple_n1(ids)
-    t0 = time.perf_counter()
-    ca.compute(v0, 10, tol)
-    ca.compute_flows()
-    volts = np.asarray(ca.get_voltages())
-    flows = np.asarray(ca.get_flows())  # gathering the results is part of the rate
-    dt = time.perf_counter() - t0
-    conv = int(np.sum(np.abs(volts).sum(axis=1) > 0)) if volts.size else 0
-    del flows
-    return len(ids) / dt, conv
-
-
-def run_n1_pandapower(net, elements) -> tuple[float, int]:
-    from pandapower.contingency import run_contingency
-
-    net = copy.deepcopy(net)
-    net["_ppc"] = None
-    cases: dict[str, dict[str, list[int]]] = {}
-    for t, i in elements:
-        cases.setdefault(t, {"index": []})["index"].append(i)
-    t0 = time.perf_counter()
-    run_contingency(net, cases, lightsim2grid=False, tolerance_mva=TOL)
-    dt = time.perf_counter() - t0
-    return len(elements) / dt, len(elements)
-
-
-def run_mc(scenario: Path, cases: int, workers: int, duration: str | None, tmp: Path) -> dict:
-    from scenarios.sweep import SweepSpec, load_sweep, plan_cases, run_sweep
+def _mc_scenario(path: Path, duration: str | None):
+    """The scenario shortened to ``duration``; checks whose window starts after it dropped."""
+    from scenarios.sweep import load_sweep
     from scenarios.timeparse import parse_duration
 
-    sc, _ = load_sweep(scenario)
+    sc, _ = load_sweep(path)
     if duration:
-        sc = dataclasses.replace(sc, duration=parse_duration(duration))
+        d = parse_duration(duration)
+        checks = tuple(c for c in sc.checks if c.window[0] <= d)
+        sc = dataclasses.replace(sc, duration=d, checks=checks)
+    return sc
+
+
+def run_mc(sc, cases: int, workers: int, tmp: Path) -> dict:
+    from scenarios.sweep import Case, SweepSpec, plan_cases, run_chunk, run_sweep
+
     spec = SweepSpec(run="scenario", seeds=cases, chunk=1, retries=1)
-    client, cluster, start_s = _cluster(workers)
+    client, start_s = _cluster(workers, sc)
     try:
+        # one 2-step case on every worker first: the field's imports and first build, not timed
+        short = dataclasses.replace(sc, duration=2 * sc.step, checks=())
+        warm = {"scenario": short, "spec": spec, "cases": [Case("warm")], "root": None}
+        client.run(run_chunk, warm)
         out = tmp / f"mc{workers}"
         shutil.rmtree(out, ignore_errors=True)
+        todo = plan_cases(sc, spec)
         t0 = time.perf_counter()
-        res = run_sweep(sc, spec, out, client=client, cases=plan_cases(sc, spec))
+        res = run_sweep(sc, spec, out, client=client, cases=todo)
         dt = time.perf_counter() - t0
     finally:
-        client.close()
-        cluster.close()
+        _close(client)
+    t = res.table
     return {
-        "per_min": len(res.table) / dt * 60.0,
-        "errors": int((res.table["error"] != "").sum()),
-        "passed": int(res.table["passed"].sum()),
+        "per_min": len(t) / dt * 60.0,
+        "errors": int((t["error"] != "").sum()),
+        "passed": int(t["passed"].sum()),
         "wall_s": dt,
         "start_s": start_s,
-        "steps": int(res.table["steps"].iloc[0]) if len(res.table) else 0,
+        "steps": int(t["steps"].iloc[0]) if len(t) and "steps" in t else 0,
+        "case_s": float(t["wall_s"].median()) if len(t) else float("nan"),
+        "workers": int(t["worker"].nunique()),
     }
 
 
@@ -204,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--quick",
         action="store_true",
-        help="a correctness run: 200 outages, 5 pandapower cases, 2 MC cases of 1 h",
+        help="a correctness run: 200 outages, 5 pandapower cases, 6 MC cases of 20 min",
     )
     ap.add_argument("--grid", default="case2869pegase")
     ap.add_argument("--workers", type=int, default=2, help="Dask workers / lightsim2grid threads")
@@ -212,89 +169,94 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chunk", type=int, default=0, help="cases per Dask task (0: automatic)")
     ap.add_argument("--pp-cases", type=int, default=20, help="outages for pandapower's module")
     ap.add_argument("--scenario", type=Path, default=ROOT / "scenarios/library/city_day.toml")
-    ap.add_argument("--cases", type=int, default=4, help="Monte Carlo scenario cases (seeds)")
-    ap.add_argument("--duration", default=None, help="shorten each scenario (e.g. 2h)")
+    ap.add_argument("--cases", type=int, default=200, help="Monte Carlo scenario cases (seeds)")
+    ap.add_argument(
+        "--duration",
+        default="2h",
+        help="each Monte Carlo case's duration (default 2h: 121 steps; '' for the file's 24 h, "
+        "about 1 min a case)",
+    )
     ap.add_argument("--skip", nargs="*", default=[], choices=["n1", "pp", "ls2g", "mc"])
     args = ap.parse_args(argv)
     if args.quick:
         args.n1_max = args.n1_max or 200
         args.pp_cases = min(args.pp_cases, 5)
-        args.cases = min(args.cases, 2)
-        args.duration = args.duration or "1h"
+        args.cases = min(args.cases, 6)
+        args.duration = "20min" if args.duration == "2h" else args.duration
+    import warnings
 
+    warnings.filterwarnings("ignore")
     import grids
+    from scenarios.cli import _quiet_third_party
     from scenarios.profiles import element_labels
 
+    _quiet_third_party()
+    print(f"# {machine_line()}")
+    print(f"# {'--quick: a correctness run, not a measurement' if args.quick else 'full run'}\n")
     net = grids.load(args.grid)
-    elements = _elements(net, args.n1_max)
+    every = in_service_branches(net)
+    elements = every[: args.n1_max] if args.n1_max else every
     lab = {t: {i: x for x, i in element_labels(net, t).items()} for t in ("line", "trafo")}
     labels = [lab[t][i] for t, i in elements]
     tmp = Path(tempfile.mkdtemp(prefix="gridtwin-bench-sweep-"))
     rows: list[tuple[str, str, str, str]] = []
+    notes: list[str] = []
     try:
         if "n1" not in args.skip:
-            print(f"N-1 on {args.grid}: {len(elements)} outages (lines + trafos in service)")
-            d = run_n1_dask(args.grid, labels, args.workers, args.chunk, tmp)
-            base = d["warm"][0]
             w = args.workers
-            rows.append(
-                (
-                    f"gridtwin sweep, Dask {w} workers, warm",
-                    f"{d['warm'][0]:.1f}",
-                    str(d["warm"][1]),
-                    "1.00",
-                )
-            )
-            rows.append(
-                (
-                    f"gridtwin sweep, Dask {w} workers, cold (model builds)",
-                    f"{d['cold'][0]:.1f}",
-                    str(d["cold"][1]),
-                    f"{d['cold'][0] / base:.2f}",
-                )
-            )
+            print(f"N-1 on {args.grid}: {len(elements)} of {len(every)} in-service lines + trafos")
+            d = run_n1_dask(args.grid, labels, w, args.chunk, tmp)
+            base = d["warm"][0]
+            rows.append((f"gridtwin sweep, Dask {w} workers, warm", f"{base:.1f}",
+                         str(d["warm"][1]), "1.00"))  # fmt: skip
+            rows.append((f"gridtwin sweep, Dask {w} workers, cold (model builds)",
+                         f"{d['cold'][0]:.1f}", str(d["cold"][1]),
+                         f"{d['cold'][0] / base:.2f}"))  # fmt: skip
             if "ls2g" not in args.skip:
-                r = run_n1_ls2g(net, elements, args.workers)
-                rows.append(
-                    (
-                        f"lightsim2grid ContingencyAnalysisCPP, {w} threads",
-                        f"{r[0]:.1f}",
-                        str(r[1]),
-                        f"{r[0] / base:.2f}",
-                    )
-                )
+                r = run_n1_ls2g(net, elements, w)
+                rows.append((f"lightsim2grid ContingencyAnalysisCPP, {w} threads", f"{r[0]:.1f}",
+                             str(r[1]), f"{r[0] / base:.2f}"))  # fmt: skip
             if "pp" not in args.skip and args.pp_cases > 0:
                 sub = elements[: args.pp_cases]
-                r = run_n1_pandapower(net, sub)
-                rows.append(
-                    (
-                        f"pandapower.contingency (first {len(sub)} cases only)",
-                        f"{r[0]:.2f}",
-                        str(r[1]),
-                        f"{r[0] / base:.3f}",
-                    )
+                rate, n, secs = run_n1_pandapower(net, sub)
+                rows.append((f"pandapower.contingency, 1 process (first {n} cases only)",
+                             f"{rate:.2f}", f"{n} (not read)", f"{rate / base:.3f}"))  # fmt: skip
+                notes.append(
+                    f"pandapower: {n} cases took {secs:.1f} s; EXTRAPOLATED at that rate, all "
+                    f"{len(elements)} cases would take about {len(elements) / rate / 60:.1f} min "
+                    f"(gridtwin warm: {len(elements) / base:.1f} s)"
                 )
-            print(f"(LocalCluster start-up, not counted: {d['start_s']:.1f} s)\n")
+            print(f"(LocalCluster start-up + warm-up, not counted: {d['start_s']:.1f} s)\n")
             print("| method | cases/s | converged | ratio to gridtwin warm |")
             print("|---|---|---|---|")
             for r4 in rows:
                 print("| " + " | ".join(r4) + " |")
+            for note in notes:
+                print(f"\n{note}")
             print()
         if "mc" not in args.skip:
-            dur = args.duration or "the file's duration"
-            print(f"Monte Carlo: {args.cases} cases of {args.scenario.name} ({dur}), seeds")
-            one = run_mc(args.scenario, args.cases, 1, args.duration, tmp)
-            two = run_mc(args.scenario, args.cases, 2, args.duration, tmp)
-            print("| workers | cases/min | wall s | steps/case | passed | errors | scaling |")
-            print("|---|---|---|---|---|---|---|")
+            sc = _mc_scenario(args.scenario, args.duration or None)
+            print(f"Monte Carlo: {args.cases} cases (seeds) of {args.scenario.name} on "
+                  f"{sc.grid}, {sc.duration / 3600:g} h each ({sc.steps} steps), hardware "
+                  f"{sc.hardware}")  # fmt: skip
+            one = run_mc(sc, args.cases, 1, tmp)
+            two = run_mc(sc, args.cases, 2, tmp)
+            print("| workers | cases/min | wall s | s/case (median) | workers used | passed | "
+                  "errors | scaling |")  # fmt: skip
+            print("|---|---|---|---|---|---|---|---|")
             for n, r in ((1, one), (2, two)):
                 print(
-                    f"| {n} | {r['per_min']:.2f} | {r['wall_s']:.1f} | {r['steps']} | "
-                    f"{r['passed']} | {r['errors']} | {r['per_min'] / one['per_min']:.2f} |"
+                    f"| {n} | {r['per_min']:.2f} | {r['wall_s']:.1f} | {r['case_s']:.2f} | "
+                    f"{r['workers']} | {r['passed']} | {r['errors']} | "
+                    f"{r['per_min'] / one['per_min']:.2f} |"
                 )
+            ratio = two["per_min"] / one["per_min"]
+            verdict = "met" if ratio >= 1.7 else "NOT met"
+            print(f"\nscaling 1 -> 2 workers: {ratio:.2f}x (target >= 1.7x: {verdict})")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print("\nshared CPU: numbers from a busy machine are not final; run on an idle one.")
+    print(f"\n# {machine_line()}")
+    print("# shared CPU: numbers from a busy machine are not final; run on an idle one.")
     return 0
 
 

@@ -734,7 +734,10 @@ def make_client(scheduler: str | None = None, workers: int | None = None) -> Any
         n_workers=n,
         threads_per_worker=1,
         processes=True,
-        dashboard_address=None,
+        # the scheduler always serves HTTP (health, metrics): on a free loopback port, never
+        # the fixed 8787 two sweeps would fight over; no dashboard
+        dashboard_address="127.0.0.1:0",
+        scheduler_kwargs={"dashboard": False},
         host="127.0.0.1",
         scheduler_port=0,
         silence_logs=logging.ERROR,
@@ -753,6 +756,7 @@ def run_sweep(
     keep_runs: bool = False,
     progress: Callable[[int, int], None] | None = None,
     cases: list[Case] | None = None,
+    worker_setup: Callable[[], None] | None = None,
 ) -> SweepResult:
     """Run every case of a sweep on Dask; write chunks, results.parquet and summary.json.
 
@@ -761,6 +765,7 @@ def run_sweep(
             LocalCluster of ``workers`` processes, closed at the end).
         progress: called with (cases done, cases in all) as chunks finish.
         cases: the cases (default :func:`plan_cases`).
+        worker_setup: run once on every worker before the cases (the CLI quiets notices).
 
     Raises:
         ConfigError: a bad sweep, or ``out_dir`` holds the results of a different sweep.
@@ -798,6 +803,8 @@ def run_sweep(
         client = make_client(scheduler, workers)
     t0 = time.perf_counter()
     try:
+        # each worker imports the packages and loads the grid once, in parallel, before cases
+        client.run(warm_worker, sc, worker_setup)
         nworkers = max(1, len(client.scheduler_info().get("workers", {})) or 1)
         size = spec.chunk or _auto_chunk(spec, len(todo), nworkers)
         parts = [todo[i : i + size] for i in range(0, len(todo), size)]
@@ -823,6 +830,17 @@ def run_sweep(
                 cluster.close()
     wall = time.perf_counter() - t0
     return gather(out, sc, spec, cases, skipped=skipped, wall_s=wall)
+
+
+def warm_worker(sc: Scenario, setup: Callable[[], None] | None = None) -> int:
+    """On a worker: import the engine, load (and so cache) the scenario's grid; its pid."""
+    if setup is not None:
+        setup()
+    import scenarios.engine  # noqa: F401 - pandapower and the engine: ~2 s once per process
+    from scenarios.validate import load_grid
+
+    load_grid(sc)
+    return os.getpid()
 
 
 def _auto_chunk(spec: SweepSpec, n: int, workers: int) -> int:

@@ -7,6 +7,8 @@ Exit code 0: every case passed; 1: a case failed or raised (all recorded in the 
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
 from pathlib import Path
 
 
@@ -108,7 +110,18 @@ def _overrides(args: argparse.Namespace, spec, where: str):
     return dataclasses.replace(new)
 
 
+def _quiet_worker() -> None:
+    """On the workers of our own LocalCluster: the CLI's quieting of third-party notices, and
+    no per-case warnings on the terminal (tripped inverters, islanded buses: each case's
+    events are in its results; hundreds of cases would flood the progress bar)."""
+    from scenarios.cli import _quiet_third_party
+
+    _quiet_third_party()
+    logging.getLogger().setLevel(logging.ERROR)
+
+
 def run(args: argparse.Namespace) -> int:
+    import distributed  # noqa: F401 - it sets up its own loggers on import; quiet them after
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -122,6 +135,9 @@ def run(args: argparse.Namespace) -> int:
 
     from scenarios.sweep import load_sweep, plan_cases, run_sweep
 
+    if not getattr(args, "verbose", 0):
+        # its INFO lines and the nanny's "still alive after 4 s, killing" at shutdown
+        logging.getLogger("distributed").setLevel(logging.ERROR)
     console = Console()
     sc, spec = load_sweep(args.file)
     spec = _overrides(args, spec, str(args.file))
@@ -163,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
             keep_runs=args.keep_runs,
             progress=tick,
             cases=cases,
+            worker_setup=None if args.scheduler else _quiet_worker,
         )
     s = res.summary
     table = Table(
@@ -207,4 +224,10 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"resumed: {res.skipped} cases were already done in {out}")
     rate = f", {s['cases_per_s']} cases/s" if s.get("cases_per_s") else ""
     console.print(f"results: {out / 'results.parquet'}, summary: {out / 'summary.json'}{rate}")
+    try:
+        from scenarios.sweep_report import write_sweep_report
+
+        console.print(f"report: {write_sweep_report(out)}")
+    except Exception as exc:  # the cases decide the exit code, not the report
+        print(f"gridtwin: report not written: {type(exc).__name__}: {exc}", file=sys.stderr)
     return 0 if s["failed"] == 0 else 1

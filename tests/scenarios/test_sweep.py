@@ -15,6 +15,7 @@ distributed = pytest.importorskip("distributed")
 from scenarios.sweep import (  # noqa: E402
     CHUNKS_DIR,
     load_sweep,
+    make_client,
     plan_cases,
     run_cases_locally,
     run_sweep,
@@ -77,15 +78,8 @@ COMPARED = ("worst_vm_pu", "max_vm_pu", "worst_loading_percent", "converged", "e
 
 @pytest.fixture(scope="module")
 def client():
-    cluster = distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-        host="127.0.0.1",
-        scheduler_port=0,
-    )
-    c = distributed.Client(cluster)
+    c = make_client(workers=2)  # a LocalCluster of 2 processes, 1 thread each, on 127.0.0.1
+    cluster = c.cluster
     try:
         yield c
     finally:
