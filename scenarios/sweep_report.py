@@ -23,7 +23,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -389,17 +389,20 @@ def build_sweep_report(out_dir: Path | str, base: Path | None = None) -> str:
     plan, df, summary, complete = load_sweep_results(d)
     base = (base or d).resolve()
     sections = [_section_sweep(plan, df, summary, complete)]
-    for fn in (_section_ranking, _section_spread, _section_checks, _section_failed,
-               _section_runs):  # fmt: skip
+    parts: list[tuple[str, Callable[[], str]]] = [
+        ("ranking", lambda: _section_ranking(df, base)),
+        ("spread", lambda: _section_spread(df)),
+        ("checks", lambda: _section_checks(df)),
+        ("failed", lambda: _section_failed(df, base)),
+        ("runs", lambda: _section_runs(df, base)),
+    ]
+    for name, fn in parts:
         try:
-            if fn in (_section_spread, _section_checks):
-                sections.append(fn(df))  # type: ignore[call-arg]
-            else:
-                sections.append(fn(df, base))  # type: ignore[call-arg]
+            sections.append(fn())
         except Exception as exc:  # one broken section must not take the whole report down
-            _log.warning("sweep report section %s failed", fn.__name__, exc_info=True)
+            _log.warning("sweep report section %s failed", name, exc_info=True)
             sections.append(
-                f'<section class="error"><h2>{_e(fn.__name__[9:])}</h2><p>this section could '
+                f'<section class="error"><h2>{_e(name)}</h2><p>this section could '
                 f"not be drawn: {_e(type(exc).__name__)}: {_e(exc)}</p></section>"
             )
     title = f"gridtwin sweep report: {plan.get('scenario') or d.name}"
