@@ -604,7 +604,7 @@ def _steady_outages(sc: Scenario, spec: SweepSpec, g: _Grid, cases: list[Case], 
 def _scenario_case(sc: Scenario, case: Case, root: Path | None, keep: bool) -> dict[str, Any]:
     from scenarios.engine import run_scenario
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     scx = case_scenario(sc, case)
     out = (root / RUNS_DIR / case.id) if keep and root is not None else None
     res = run_scenario(scx, out_dir=out, write_files=out is not None, pace="fast")
@@ -627,6 +627,9 @@ def _scenario_case(sc: Scenario, case: Case, root: Path | None, keep: bool) -> d
     if out is not None:
         row["run_dir"] = str(out)
     row["wall_s"] = time.perf_counter() - t0
+    # CPU seconds of this process (all its threads): wall >> cpu means the case waited for a
+    # core (a busy machine), cpu >> wall would mean more than one busy thread per worker
+    row["cpu_s"] = time.process_time() - c0
     return row
 
 
