@@ -167,6 +167,10 @@ def _run_link(r: dict[str, Any], base: Path) -> Any:
     return _Raw(f'<td><a href="{_e(href)}">{_e(Path(rd).name)}</a></td>')
 
 
+def _has_runs(df: Any) -> bool:
+    return "run_dir" in df.columns and bool(df["run_dir"].notna().any())
+
+
 def _cell_v(r: dict[str, Any]) -> str:
     v = r.get("worst_vm_pu")
     return "-" if v is None or _fmt(v) == "-" else f"{_fmt(v)} {r.get('worst_vm_bus') or ''}"
@@ -238,6 +242,8 @@ def _section_ranking(df: Any, base: Path) -> str:
         )
     head = ["rank", "case", "case is", "worst V pu (bus)", "worst loading % (element)",
             "failed checks", "", "error", "run folder"]  # fmt: skip
+    if not _has_runs(df):  # no --keep-runs: no empty column
+        head, rows = head[:-1], [r[:-1] for r in rows]
     return (
         '<section id="ranking"><h2>Worst cases</h2><p>Cases that raised first, then by failed '
         f"checks, highest loading, lowest voltage; the first {len(top)} of {len(df)}.</p>"
@@ -347,10 +353,11 @@ def _section_failed(df: Any, base: Path) -> str:
     if not len(bad):
         return '<section id="failed"><h2>Failed cases</h2><p>None.</p></section>'
     rows = []
+    width = 5 if _has_runs(df) else 4
     for r in bad.head(_MAX_FAILED).to_dict("records"):
         failed = [c[6:] for c in checks if r.get(c) is False or r.get(c) == 0]
         rows.append([r["case"], _what(r, params), ", ".join(failed) or "-",
-                     r["error"] or "-", _run_link(r, base)])  # fmt: skip
+                     r["error"] or "-", _run_link(r, base)][:width])  # fmt: skip
     more = (
         f"<p>... and {len(bad) - _MAX_FAILED} more in results.parquet.</p>"
         if len(bad) > _MAX_FAILED
@@ -358,14 +365,18 @@ def _section_failed(df: Any, base: Path) -> str:
     )
     return (
         f'<section id="failed"><h2>Failed cases ({len(bad)})</h2>'
-        + _table(["case", "case is", "failed checks", "error", "run folder"], rows, "events")
+        + _table(
+            ["case", "case is", "failed checks", "error", "run folder"][: len(rows[0])],
+            rows,
+            "events",
+        )  # fmt: skip
         + more
         + "</section>"
     )
 
 
 def _section_runs(df: Any, base: Path) -> str:
-    if "run_dir" not in df.columns or not df["run_dir"].notna().any():
+    if not _has_runs(df):
         return ""
     params = _params(df)
     kept = df[df["run_dir"].notna()].head(_MAX_RUN_LINKS)
