@@ -137,3 +137,28 @@ def test_absolute_time_beside_time_s_and_old_folders_read_the_same(tmp_path: Pat
         rd = load_run(tmp_path / name)
         assert list(rd.ts["bus.vm_pu[B1]"]) == [1.0, 1.01, 1.02]
         assert list(rd.events["kind"]) == ["trigger"]
+
+
+def test_check_names_are_never_cut_at_80_columns() -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from scenarios.checks import CheckResult
+    from scenarios.cli.run_cmd import run_table
+
+    long = "voltage_band_of_every_feeder_end_bus_in_the_evening_peak"
+    msg = "failed on 3 of 31 steps; worst N4_F1_B5 0.9699 pu at 17:17 " * 2
+    result = CheckResult(name=long, kind="voltage_band", passed=False, message=msg)
+
+    class R:
+        steps = 31
+        scenario = loads_scenario(SMALL.format(name="w", vmin=0.8))
+        summary = {"timings": {"wall_s": 1.0}}
+        checks = [result]
+
+    console = Console(width=80, record=True, color_system=None)
+    console.print(run_table(R, Table))
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    cells = "".join(line.split("│")[1].strip() for line in text.splitlines() if "│" in line)
+    assert long in cells, text
