@@ -772,7 +772,7 @@ def run_scenario(
             f"{format_clock(float(env.now), sc.start_sod)} after {stepper.steps_done} of "
             f"{sc.steps + 1} steps"
         )
-        _log.warning("scenario %s %s", sc.name, error)
+        _log.info("scenario %s %s", sc.name, error)
         rec.event(float(env.now), "interrupted", error)
     except (TwinError, RuntimeError, OSError, ValueError, KeyError, TypeError) as exc:
         error = _describe_error(exc)

@@ -186,10 +186,12 @@ def run(args: argparse.Namespace) -> int:
     names = [sc.name for sc in plans]
     if len(set(names)) != len(names) and args.out is not None:
         raise ConfigError("--out", "--out", f"expected scenarios of distinct names, found {names}")
-    outs: list[Path | None] = []
+    from scenarios.engine import default_out_dir
+
+    outs: list[Path] = []
     for sc in plans:
         if args.out is None:
-            outs.append(None)
+            outs.append(prepare_out_dir(default_out_dir(sc)))
         elif len(plans) == 1:
             outs.append(prepare_out_dir(args.out, force=args.force))
         else:
@@ -305,11 +307,14 @@ def _run_one(sc: Any, out: Path | None, args: argparse.Namespace) -> tuple[int, 
 
 
 def headline(res: Any) -> str:
-    """``NAME: N steps, 24 h simulated in 8.70 s wall (165.5 steps/s)``: the rate is steps per
-    second of the same wall time (set-up included), so the two numbers agree."""
-    wall = float(res.summary["timings"]["wall_s"])
+    """``NAME: N steps, 24 h simulated in 8.70 s wall (6.90 s stepping: 208.8 steps/s)``: the wall
+    time of the whole run (grid load and field start-up included), and the rate of the stepping
+    alone, named as such (the progress bar's and summary.json's ``timings.steps_per_s``)."""
+    t = res.summary["timings"]
+    wall = float(t["wall_s"])
+    run_s = float(t.get("run_s") or 0.0)
     simulated = max(res.steps - 1, 0) * res.scenario.step
-    rate = f"{res.steps / wall:.1f} steps/s" if wall > 0 else "-"
+    rate = f"{run_s:.2f} s stepping: {res.steps / run_s:.1f} steps/s" if run_s > 0 else "-"
     return (
         f"{res.scenario.name}: {res.steps} steps, {_span(simulated)} simulated in "
         f"{wall:.2f} s wall ({rate})"

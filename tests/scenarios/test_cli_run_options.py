@@ -103,13 +103,15 @@ def test_with_overrides_checks_event_and_check_times() -> None:
     assert with_overrides(sc, seed=3).seed == 3
 
 
-def test_headline_rates_from_the_same_wall_time() -> None:
+def test_headline_says_which_time_the_rate_is_of() -> None:
     class R:
         steps = 1441
         scenario = loads_scenario(SMALL.format(name="h", vmin=0.8))
         summary = {"timings": {"wall_s": 8.7, "run_s": 6.9}}
 
-    assert headline(R) == "h: 1441 steps, 24 h simulated in 8.70 s wall (165.6 steps/s)"
+    assert headline(R) == (
+        "h: 1441 steps, 24 h simulated in 8.70 s wall (6.90 s stepping: 208.8 steps/s)"
+    )
     assert _span(90) == "90 s" and _span(5400) == "1 h 30 min" and _span(600) == "10 min"
 
 
