@@ -183,6 +183,8 @@ def run(args: argparse.Namespace) -> int:
                 f'"realtime" in the file), found pace {pace!r}',
             )
         plans.append(sc)
+    if len(plans) > 1:  # grid, hardware and point map too, so that a bad B runs no A
+        _check_all(plans, args)
     names = [sc.name for sc in plans]
     if len(set(names)) != len(names) and args.out is not None:
         raise ConfigError("--out", "--out", f"expected scenarios of distinct names, found {names}")
@@ -226,6 +228,30 @@ def run(args: argparse.Namespace) -> int:
     return max(codes) if codes else 3
 
 
+def _check_all(plans: list[Any], args: argparse.Namespace) -> None:
+    """Every scenario of a batch against its grid, hardware file and point map, before any runs.
+
+    Raises:
+        ConfigError: the first scenario with a problem (as ``run_scenario`` would).
+    """
+    import dataclasses
+
+    from scenarios.validate import (
+        assert_against_grid,
+        field_pointmap,
+        load_grid,
+        load_hardware_of,
+    )
+
+    hardware = _cli_path(args.hardware)
+    for sc in plans:
+        if hardware is not None:
+            sc = dataclasses.replace(sc, hardware=hardware)
+        net = load_grid(sc)
+        hw = load_hardware_of(sc)
+        assert_against_grid(sc, net, field_pointmap(sc, net, hw), hw)
+
+
 _VERDICTS = {0: "passed", 1: "FAILED", 2: "bad input", 3: "could not complete"}
 
 
@@ -252,19 +278,24 @@ def _run_one(sc: Any, out: Path | None, args: argparse.Namespace) -> tuple[int, 
             for k, v in ends.items():
                 print(f"serving {k}: {v}", flush=True)
 
-        res = run_scenario(
-            sc,
-            out_dir=out,
-            pace=args.pace or ("realtime" if args.serve else None),
-            serve=serve,
-            twin_server=args.twin_server,
-            on_ready=ready,
-            speed=args.speed,
-            hardware=_cli_path(args.hardware),
-            junit=args.junit if len(args.files) == 1 else None,
-            progress=live.progress,
-            on_step=live.on_step if live.shown else None,
-        )
+        try:
+            res = run_scenario(
+                sc,
+                out_dir=out,
+                pace=args.pace or ("realtime" if args.serve else None),
+                serve=serve,
+                twin_server=args.twin_server,
+                on_ready=ready,
+                speed=args.speed,
+                hardware=_cli_path(args.hardware),
+                junit=args.junit if len(args.files) == 1 else None,
+                progress=live.progress,
+                on_step=live.on_step if live.shown else None,
+            )
+        except BaseException:  # refused before it started (bad input): leave no empty folder
+            if out is not None and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()
+            raise
 
     t = res.summary["timings"]
     console.print(run_table(res, Table), soft_wrap=False)

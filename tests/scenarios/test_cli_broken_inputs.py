@@ -76,6 +76,8 @@ def test_broken_input(case: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     for text in case["says"]:
         assert text in err, f"{text!r} not in:\n{err}"
     assert not (tmp_path / "home" / "grids" / "x.json").exists()  # a failed import wrote nothing
+    for name in case.get("absent", []):
+        assert not (tmp_path / name).exists(), name
 
 
 def test_every_case_folder_is_used() -> None:

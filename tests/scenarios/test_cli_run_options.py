@@ -72,6 +72,18 @@ def test_bad_input_in_any_scenario_runs_none(tmp_path: Path) -> None:
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_scenario_that_does_not_fit_its_grid_stops_the_batch_before_it_runs(
+    tmp_path: Path, capsys
+) -> None:
+    good = _write(tmp_path, "good")
+    typo = tmp_path / "typo.toml"
+    typo.write_text(SMALL.format(name="typo", vmin=0.8).replace(
+        "[[check]]", '[record]\nquantities = ["bus.vmpu"]\n\n[[check]]', 1))  # fmt: skip
+    assert main(["run", str(good), str(typo), "--out", str(tmp_path / "runs")]) == 2
+    assert "did you mean vm_pu" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "good").exists()
+
+
 def test_overrides_on_the_command_line(tmp_path: Path) -> None:
     f = _write(tmp_path, "small")
     out = tmp_path / "o"
