@@ -799,7 +799,7 @@ def run_scenario(
         unwritten.append(f"timeseries.parquet ({exc.strerror or exc})")
     if out is not None:
         try:
-            _write_timing(out / TIMING_FILE, stepper, fld)
+            _write_timing(out / TIMING_FILE, stepper, fld, rec.iso_time)
         except (OSError, ValueError) as exc:  # the timing file is for the report only
             _log.warning("could not write %s: %s", out / TIMING_FILE, exc)
     if unwritten and not error:
@@ -863,7 +863,9 @@ def _write_provisional(out: Path, sc: Scenario) -> None:
 TIMING_FILE = "timing.csv"
 
 
-def _write_timing(path: Path, st: _Stepper, fld: Any) -> None:
+def _write_timing(
+    path: Path, st: _Stepper, fld: Any, iso_time: Callable[[float], str] | None = None
+) -> None:
     """Per-step wall durations (ms) for the report: the field step, lateness against the next
     step's due time (realtime pace), and the sync loop's phases where the field has one."""
     import csv
@@ -882,9 +884,17 @@ def _write_timing(path: Path, st: _Stepper, fld: Any) -> None:
             cols[f"{ph}_ms"] = [math.nan] * (n - len(v)) + v
     with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(["time_s", *cols])
+        stamp = ["time"] if iso_time is not None else []  # last, as in events.csv
+        w.writerow(["time_s", *cols, *stamp])
         for k in range(n):
-            w.writerow([f"{k * st.sc.step:g}", *(f"{c[k]:.4f}" for c in cols.values())])
+            t = k * st.sc.step
+            w.writerow(
+                [
+                    f"{t:g}",
+                    *(f"{c[k]:.4f}" for c in cols.values()),
+                    *([iso_time(t)] if iso_time is not None else []),
+                ]
+            )
 
 
 def _summary(
