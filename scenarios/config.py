@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 from scenarios.timeparse import (
     DURATION_HELP,
     TIME_HELP,
+    format_clock,
     parse_duration,
     parse_start,
     parse_time,
@@ -227,6 +228,7 @@ class RecordSpec:
     quantities: tuple[str, ...] = DEFAULT_RECORD
     every: int = 1  # record every n-th step
     setpoints: bool = True
+    line: int | None = None  # of ``quantities`` in the file (messages of the grid checks)
 
 
 @dataclass(frozen=True)
@@ -580,7 +582,12 @@ def _record(ps: _Parser, table: Any, step: float) -> RecordSpec:
             0,
             "setpoints",
         )
-    return RecordSpec(quantities=tuple(qs), every=every, setpoints=setpoints)
+    return RecordSpec(
+        quantities=tuple(qs),
+        every=every,
+        setpoints=setpoints,
+        line=ps.lines.find("record", 0, "quantities"),
+    )
 
 
 def _profile(ps: _Parser, t: Mapping[str, Any], i: int, path: Path | None) -> ProfileSpec:
@@ -922,3 +929,106 @@ def with_injections(scenario: Scenario, specs: Sequence[str]) -> Scenario:
             )
         )
     return dataclasses.replace(scenario, events=tuple(events))
+
+
+def with_overrides(
+    scenario: Scenario,
+    *,
+    duration: str | None = None,
+    until: str | None = None,
+    seed: int | None = None,
+) -> Scenario:
+    """``scenario`` with ``--duration``/``--until``/``--seed`` from the command line applied,
+    validated as the file's keys are.
+
+    A check window that covered the whole run covers the new run, one the new end cuts ends
+    there; an event, a check time or a window start after the new end is an error (it would
+    never be reached).
+
+    Raises:
+        ConfigError: a value of the wrong form, both ``duration`` and ``until``, a duration the
+            step does not divide, an event or check time after the new end.
+    """
+    import dataclasses
+
+    where = str(scenario.path) if scenario.path else "<scenario>"
+    if duration is not None and until is not None:
+        raise ConfigError(
+            where, "--duration", "expected --duration or --until, found both on the command line"
+        )
+    changes: dict[str, Any] = {}
+    if seed is not None:
+        changes["seed"] = int(seed)
+    new = None
+    opt = "--duration" if duration is not None else "--until"
+    if duration is not None:
+        try:
+            new = parse_duration(duration)
+        except ValueError as exc:
+            raise ConfigError(where, opt, str(exc)) from None
+        if new <= 0:
+            raise ConfigError(where, opt, f"expected a positive duration, found {duration!r}")
+    elif until is not None:
+        try:
+            new = parse_time(until, scenario.start_sod, scenario.start_dt)
+        except ValueError as exc:
+            raise ConfigError(where, opt, str(exc)) from None
+        if new <= 0:
+            raise ConfigError(
+                where,
+                opt,
+                f"expected a time after the start ({format_start(scenario)}), found {until!r}",
+            )
+    if new is not None:
+        given = duration if duration is not None else until
+        step = scenario.step
+        if step > new + 1e-9 or abs(new / step - round(new / step)) > 1e-9:
+            raise ConfigError(
+                where,
+                opt,
+                f"expected a run the step ({step:g} s) divides evenly, found {given!r} = {new:g} s",
+            )
+
+        def clock(t: float) -> str:
+            return format_clock(t, scenario.start_sod)
+
+        late: list[str] = []
+        for ev in scenario.events:
+            if ev.at is not None and ev.at > new + 1e-9:
+                late.append(f"event[{ev.index}] at {clock(ev.at)}" + _at_line(ev.line))
+        checks = []
+        old = scenario.duration
+        for ck in scenario.checks:
+            a, b = ck.window
+            if abs(a) < 1e-9 and abs(b - old) < 1e-9:
+                ck = dataclasses.replace(ck, window=(0.0, new))
+            elif a > new + 1e-9:
+                late.append(f"check[{ck.index}] window from {clock(a)}" + _at_line(ck.line))
+            elif b > new + 1e-9:  # a window the shorter run enters: judged up to its end
+                ck = dataclasses.replace(ck, window=(a, new))
+            at = ck.param("at")
+            if isinstance(at, float) and at > new + 1e-9:
+                late.append(f"check[{ck.index}] at {clock(at)}" + _at_line(ck.line))
+            checks.append(ck)
+        if late:
+            raise ConfigError(
+                where,
+                opt,
+                f"expected a run that reaches every event and check time, found {given!r}: "
+                f"the run would end at {clock(new)}, before " + ", ".join(late) + " (a longer "
+                "run, or edit a copy: gridtwin scenarios copy)",
+            )
+        changes["duration"] = new
+        changes["checks"] = tuple(checks)
+    return dataclasses.replace(scenario, **changes) if changes else scenario
+
+
+def _at_line(line: int | None) -> str:
+    return f" (line {line})" if line else ""
+
+
+def format_start(scenario: Scenario) -> str:
+    if scenario.start_dt is not None:
+        return scenario.start_dt.isoformat(timespec="minutes")
+    s = int(scenario.start_sod)
+    return f"{s // 3600:02d}:{s % 3600 // 60:02d}"

@@ -80,6 +80,8 @@ class RunResult:
     summary: dict[str, Any] = field(default_factory=dict)
     recorder: Recorder | None = None
     error: str = ""
+    #: result files that could not be written (path: reason), e.g. on a full disk
+    unwritten: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -596,6 +598,15 @@ class _Stepper:
         return self.rt.env
 
 
+def run_start(scenario: Scenario) -> _dt.datetime:
+    """The absolute time of the run's ``time_s = 0``: the file's ISO ``start``, else its time of
+    day on the date the run is made (local time, no zone, as the file states it)."""
+    if scenario.start_dt is not None:
+        return scenario.start_dt.replace(tzinfo=None)
+    midnight = _dt.datetime.combine(_dt.date.today(), _dt.time())
+    return midnight + _dt.timedelta(seconds=scenario.start_sod)
+
+
 def default_out_dir(scenario: Scenario, base: Path | str = "results") -> Path:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(base) / f"{scenario.name}-{stamp}"
@@ -676,7 +687,7 @@ def run_scenario(
     out = None
     if write_files:
         out = Path(out_dir) if out_dir is not None else default_out_dir(sc)
-    rec = Recorder(out, flush_every=60)
+    rec = Recorder(out, flush_every=60, start=run_start(sc))
     clock = SimClock(0.0)
     fld: Field
     if sc.hardware == "none":
@@ -749,51 +760,112 @@ def run_scenario(
 
     error = ""
     t_run = time.perf_counter()
+    if out is not None:
+        _write_provisional(out, sc)
     try:
         run_blocking(main)
         if stepper.failure is not None:
             raise stepper.failure
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM through the CLI's handler
+        error = (
+            f"interrupted by {getattr(exc, 'reason', 'Ctrl-C (SIGINT)')} at "
+            f"{format_clock(float(env.now), sc.start_sod)} after {stepper.steps_done} of "
+            f"{sc.steps + 1} steps"
+        )
+        _log.info("scenario %s %s", sc.name, error)
+        rec.event(float(env.now), "interrupted", error)
     except (TwinError, RuntimeError, OSError, ValueError, KeyError, TypeError) as exc:
-        error = f"{type(exc).__name__}: {exc}"
+        error = _describe_error(exc)
         _log.error("scenario %s stopped at t=%s: %s", sc.name, env.now, error)
-        rec.event(float(env.now), "error", error)
-    except BaseException as exc:
-        rec.event(float(env.now), "error", f"{type(exc).__name__}: {exc}")
-        rec.close()
-        raise
+        try:
+            rec.event(float(env.now), "error", error)
+        except OSError:  # events.csv itself is what cannot be written
+            pass
     run_s = time.perf_counter() - t_run
     results = [c.result() for c in checks]
-    rec.event(
-        float(env.now),
-        "end",
-        f"{stepper.steps_done} steps, "
-        f"{sum(r.passed for r in results)}/{len(results)} checks passed",
-    )
-    rec.close()
+    unwritten: list[str] = []
+    try:
+        rec.event(
+            float(env.now),
+            "end",
+            f"{stepper.steps_done} steps, "
+            f"{sum(r.passed for r in results)}/{len(results)} checks passed",
+        )
+    except OSError as exc:
+        unwritten.append(f"events.csv ({exc.strerror or exc})")
+    try:
+        rec.close()
+    except OSError as exc:  # the flushed parts (timeseries.parts/) stay readable
+        unwritten.append(f"timeseries.parquet ({exc.strerror or exc})")
     if out is not None:
         try:
-            _write_timing(out / TIMING_FILE, stepper, fld)
+            _write_timing(out / TIMING_FILE, stepper, fld, rec.iso_time)
         except (OSError, ValueError) as exc:  # the timing file is for the report only
             _log.warning("could not write %s: %s", out / TIMING_FILE, exc)
+    if unwritten and not error:
+        error = "could not write the results: " + ", ".join(unwritten)
+    elif unwritten:
+        error += "; could not write " + ", ".join(unwritten)
     wall = time.perf_counter() - t_start
     summary = _summary(sc, stepper, bridge, fld, model, results, wall, run_s, error)
     res = RunResult(sc, out, results, stepper.steps_done, wall, summary, rec, error)
+    from scenarios.results import write_junit, write_summary
+
+    targets: list[tuple[Path, Callable[[Path], None]]] = []
     if out is not None:
-        from scenarios.results import write_junit, write_summary
-
-        write_summary(out / "summary.json", summary)
-        write_junit(out / "junit.xml", res)
+        targets += [
+            (out / "summary.json", lambda p: write_summary(p, summary)),
+            (out / "junit.xml", lambda p: write_junit(p, res)),
+        ]
     if junit is not None:
-        from scenarios.results import write_junit
-
-        write_junit(Path(junit), res)
+        targets.append((Path(junit), lambda p: write_junit(p, res)))
+    for path, write in targets:
+        try:
+            write(path)
+        except OSError as exc:  # as far as the disk allows: say so, keep going
+            res.unwritten.append(f"{path}: {exc.strerror or exc}")
+            _log.error("could not write %s: %s", path, exc.strerror or exc)
     return res
+
+
+def _describe_error(exc: BaseException) -> str:
+    """One line for the run's error: an OSError names its file and reason, not its class."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" {exc.filename}" if exc.filename else ""
+        return f"could not write the results:{where}: {exc.strerror}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _write_provisional(out: Path, sc: Scenario) -> None:
+    """A summary.json saying "not finished", replaced at the end: after a hard kill (no code
+    runs) the folder still says what it is and why it has no verdict."""
+    from scenarios.results import write_summary
+
+    try:
+        write_summary(
+            out / "summary.json",
+            {
+                "scenario": sc.name,
+                "file": str(sc.path) if sc.path else None,
+                "grid": sc.grid,
+                "status": "running",
+                "passed": False,
+                "error": "the run did not finish: the process ended before writing its summary "
+                "(killed?); the rows flushed so far are in timeseries.parts/",
+                "steps_planned": sc.steps + 1,
+                "checks": [],
+            },
+        )
+    except OSError as exc:
+        _log.warning("could not write %s: %s", out / "summary.json", exc.strerror or exc)
 
 
 TIMING_FILE = "timing.csv"
 
 
-def _write_timing(path: Path, st: _Stepper, fld: Any) -> None:
+def _write_timing(
+    path: Path, st: _Stepper, fld: Any, iso_time: Callable[[float], str] | None = None
+) -> None:
     """Per-step wall durations (ms) for the report: the field step, lateness against the next
     step's due time (realtime pace), and the sync loop's phases where the field has one."""
     import csv
@@ -812,9 +884,17 @@ def _write_timing(path: Path, st: _Stepper, fld: Any) -> None:
             cols[f"{ph}_ms"] = [math.nan] * (n - len(v)) + v
     with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(["time_s", *cols])
+        stamp = ["time"] if iso_time is not None else []  # last, as in events.csv
+        w.writerow(["time_s", *cols, *stamp])
         for k in range(n):
-            w.writerow([f"{k * st.sc.step:g}", *(f"{c[k]:.4f}" for c in cols.values())])
+            t = k * st.sc.step
+            w.writerow(
+                [
+                    f"{t:g}",
+                    *(f"{c[k]:.4f}" for c in cols.values()),
+                    *([iso_time(t)] if iso_time is not None else []),
+                ]
+            )
 
 
 def _summary(
@@ -845,6 +925,7 @@ def _summary(
         "start": format_clock(0.0, sc.start_sod),
         "duration_s": sc.duration,
         "step_s": sc.step,
+        "status": "stopped" if error else "finished",
         "passed": not error and all(r.passed for r in results),
         "error": error,
         "steps": st.steps_done,

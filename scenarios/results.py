@@ -50,6 +50,10 @@ def write_summary(path: Path, summary: dict[str, Any]) -> None:
 
 def junit_tree(res: RunResult) -> ET.ElementTree:
     """A JUnit XML tree: one ``testsuite`` per scenario, one ``testcase`` per check."""
+    return junit_tree_many([res])
+
+
+def _suite(res: RunResult) -> ET.Element:
     sc = res.scenario
     failures = sum(not c.passed for c in res.checks)
     suite = ET.Element(
@@ -83,13 +87,19 @@ def junit_tree(res: RunResult) -> ET.ElementTree:
         )
         e = ET.SubElement(case, "error", message=res.error, type="RunError")
         e.text = res.error
+    return suite
+
+
+def junit_tree_many(results: list[RunResult]) -> ET.ElementTree:
+    """One ``testsuites`` root with a ``testsuite`` per run (``gridtwin run A.toml B.toml``)."""
+    suites = [_suite(r) for r in results]
     root = ET.Element(
         "testsuites",
-        tests=suite.get("tests", "0"),
-        failures=str(failures),
-        errors=suite.get("errors", "0"),
+        tests=str(sum(int(s.get("tests", "0")) for s in suites)),
+        failures=str(sum(int(s.get("failures", "0")) for s in suites)),
+        errors=str(sum(int(s.get("errors", "0")) for s in suites)),
     )
-    root.append(suite)
+    root.extend(suites)
     ET.indent(root)
     return ET.ElementTree(root)
 
@@ -97,3 +107,79 @@ def junit_tree(res: RunResult) -> ET.ElementTree:
 def write_junit(path: Path, res: RunResult) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     junit_tree(res).write(path, encoding="utf-8", xml_declaration=True)
+
+
+def write_junit_many(path: Path, results: list[RunResult]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    junit_tree_many(results).write(path, encoding="utf-8", xml_declaration=True)
+
+
+#: The files a run writes into its folder (what ``--force`` replaces; nothing else is removed).
+RESULT_FILES = (
+    "summary.json",
+    "junit.xml",
+    "timeseries.parquet",
+    "events.csv",
+    "alarms.csv",
+    "timing.csv",
+    "report.html",
+)
+PARTS_DIR = "timeseries.parts"
+
+
+def is_results_folder(path: Path) -> bool:
+    return any((path / f).exists() for f in ("summary.json", "events.csv", PARTS_DIR))
+
+
+def prepare_out_dir(path: Path, *, force: bool = False) -> Path:
+    """Check and create a run's results folder before the run starts.
+
+    An existing results folder is refused unless ``force`` (then its result files are removed,
+    so that no part of the old run stays beside the new one); so is a folder that is not empty.
+
+    Raises:
+        ConfigError: ``path`` is a file, an existing results folder without ``force``, or a
+            folder holding other files (bad usage: exit 2).
+        OSError: the folder cannot be created or written (the run could not complete: exit 3),
+            with the folder and the reason.
+    """
+    import errno
+    import os
+    import shutil
+
+    from twin.errors import ConfigError
+
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(str(p), "--out", "expected a results folder, found a file")
+    if p.is_dir() and any(p.iterdir()):
+        if not is_results_folder(p):
+            raise ConfigError(
+                str(p),
+                "--out",
+                "expected a new or empty folder, found a folder with other files in it "
+                "(choose another --out)",
+            )
+        if not force:
+            raise ConfigError(
+                str(p),
+                "--out",
+                "expected a new folder, found the results of an earlier run "
+                "(add --force to replace them, or choose another --out)",
+            )
+        for name in RESULT_FILES:
+            (p / name).unlink(missing_ok=True)
+        shutil.rmtree(p / PARTS_DIR, ignore_errors=True)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        probe = p / ".gridtwin-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        code = exc.errno or errno.EIO
+        raise OSError(
+            code,
+            f"cannot write the results folder (--out): {os.strerror(code)}",
+            str(p),
+        ) from None
+    return p

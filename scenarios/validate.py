@@ -7,6 +7,7 @@ raises ``ConfigError`` listing them, each naming the key and what the grid has.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -213,13 +214,72 @@ def field_pointmap(scenario: Scenario, net: Any, hardware: Any = None) -> Any:
 
 
 def load_hardware_of(scenario: Scenario) -> Any:
-    """The parsed hardware.toml of the scenario (None without one)."""
+    """The parsed hardware.toml of the scenario (None without one).
+
+    Raises:
+        ConfigError: a wrong key or value in the file, with the key's line when it can be found.
+    """
     path = scenario.hardware_path()
     if path is None:
         return None
     from hil.hardware import load_hardware
 
-    return load_hardware(path)
+    try:
+        return load_hardware(path)
+    except ConfigError as exc:
+        if exc.line is not None:
+            raise
+        line = toml_key_line(path, exc.key)
+        if line is None:
+            raise
+        problem = str(exc).split(f": {exc.key}: ", 1)[-1]
+        raise ConfigError(exc.path, exc.key, problem, line) from None
+
+
+_KEY_PART = re.compile(r"([A-Za-z_][\w-]*)(?:\[(\d+)\])?")
+_HEADER_LINE = re.compile(r"^\s*(\[\[?)\s*([A-Za-z_][\w.-]*)\s*\]\]?")
+_KEY_LINE = re.compile(r"^\s*([A-Za-z_][\w-]*)\s*=")
+
+
+def toml_key_line(path: Path | str, key: str) -> int | None:
+    """The line of a dotted key such as ``device[0].opcua.timeout_s`` in a TOML file (the header
+    line of its table when the key itself is not there), or None.
+
+    Errors of files read without line information get their line from here.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    parts = [(m.group(1), int(m.group(2)) if m.group(2) else None) for m in _KEY_PART.finditer(key)]
+    if not parts:
+        return None
+    *section, (last, _) = parts
+    want = ".".join(n for n, _ in section)
+    want_idx = next((i for _, i in reversed(section) if i is not None), None)
+    counters: dict[str, int] = {}
+    cur, cur_idx, header_line = "", None, None
+    found_header: int | None = None
+    for no, raw in enumerate(text.splitlines(), start=1):
+        h = _HEADER_LINE.match(raw)
+        if h:
+            cur = h.group(2)
+            top = cur.split(".")[0]
+            if h.group(1) == "[[":
+                counters[top] = counters.get(top, -1) + 1
+            cur_idx = counters.get(top)
+            header_line = no
+            if cur == want and (want_idx is None or cur_idx == want_idx):
+                found_header = found_header or no
+            continue
+        k = _KEY_LINE.match(raw)
+        if k and k.group(1) == last and cur == want and (want_idx is None or cur_idx == want_idx):
+            return no
+        if header_line is None and not want and k and k.group(1) == last:
+            return no
+    if last and want == "" and found_header is None:
+        return None
+    return found_header
 
 
 def load_grid(scenario: Scenario) -> Any:
@@ -258,6 +318,78 @@ def load_grid(scenario: Scenario) -> Any:
     if problems:
         raise ConfigError(where, "grid", f"{path.name}: " + "; ".join(problems))
     return net
+
+
+#: Element tables a record quantity or a condition may name (pandapower's, with results).
+QUANTITY_TABLES = (
+    "bus",
+    "line",
+    "trafo",
+    "trafo3w",
+    "switch",
+    "load",
+    "sgen",
+    "gen",
+    "ext_grid",
+    "shunt",
+    "storage",
+    "impedance",
+    "ward",
+    "xward",
+)
+
+
+def quantity_columns(net: Any, table: str) -> list[str]:
+    """The numeric columns of ``table`` a quantity may name: its load-flow results
+    (``res_<table>``) first, then the model inputs (``in_service``, ``tap_pos``...)."""
+    import pandas as pd
+
+    cols: list[str] = []
+    for name in ("res_" + table, table):
+        if name in net and isinstance(net[name], pd.DataFrame):
+            df = net[name]
+            for col in df.columns:
+                if col not in cols and (
+                    pd.api.types.is_numeric_dtype(df[col]) or pd.api.types.is_bool_dtype(df[col])
+                ):
+                    cols.append(str(col))
+    return cols
+
+
+def quantity_problem(
+    net: Any, table: str, column: str, label: str | None, *, condition: bool = False
+) -> str:
+    """Why ``<table>.<column>[<label>]`` names nothing the run can read ('' when it does).
+
+    Unknown tables, columns and labels get the closest names. A table the grid has no element
+    of is fine in ``[record]`` (it records nothing: the default list names every table) but not
+    in a ``when`` condition, which needs one element to watch.
+    """
+    import pandas as pd
+
+    tables = [t for t in QUANTITY_TABLES if t in net and isinstance(net[t], pd.DataFrame)]
+    if table not in tables:
+        close = difflib.get_close_matches(table, tables, n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else f"tables: {', '.join(tables)}"
+        return f"no table {table!r}; {hint}"
+    cols = quantity_columns(net, table)
+    if len(net[table]) == 0:
+        if condition:
+            return f"the grid has no {table} element to watch"
+        return ""
+    if column not in cols:
+        close = difflib.get_close_matches(column, cols, n=3)
+        hint = (
+            f"did you mean {', '.join(close)}?"
+            if close
+            else f"columns: {', '.join(cols[:12])}" + (" ..." if len(cols) > 12 else "")
+        )
+        return f"no column {column!r} in {table} (results or inputs); {hint}"
+    if label is not None:
+        lab = element_labels(net, table)
+        if label not in lab:
+            return _unknown(net, table, label, lab)
+    return ""
 
 
 def check_against_grid(scenario: Scenario, net: Any, pointmap: Any = None) -> list[str]:
@@ -330,16 +462,9 @@ def check_against_grid(scenario: Scenario, net: Any, pointmap: Any = None) -> li
                 )
         if ev.when is not None:
             c = ev.when
-            if c.table not in labels:
-                problems.append(
-                    f"{where('event', ev.index, 'when', ev.line)}: no table "
-                    f"{c.table!r}; tables: {', '.join(labels)}"
-                )
-            elif c.element not in labels[c.table]:
-                problems.append(
-                    f"{where('event', ev.index, 'when', ev.line)}: "
-                    f"{_unknown(net, c.table, c.element, labels[c.table])}"
-                )
+            what = quantity_problem(net, c.table, c.column, c.element, condition=True)
+            if what:
+                problems.append(f"{where('event', ev.index, 'when', ev.line)}: {c.text!r}: {what}")
         if ev.kind in POINT_KINDS and pointmap is not None:
             name = ev.param("point")
             if name not in {p.name for p in pointmap.points}:
@@ -359,6 +484,18 @@ def check_against_grid(scenario: Scenario, net: Any, pointmap: Any = None) -> li
                     f"{where('event', ev.index, 'function', ev.line)}: cannot import "
                     f"{ev.param('function')!r}: {exc}"
                 )
+    for q in scenario.record.quantities:
+        table, _, rest = q.partition(".")
+        column, _, label = rest.partition("[")
+        what = quantity_problem(net, table, column, label.rstrip("]") or None)
+        if what:
+            line = f" (line {scenario.record.line})" if scenario.record.line else ""
+            problems.append(f"record.quantities{line}: {q!r}: {what}")
+    if scenario.mode == "mirror" and scenario.hardware == "none":
+        problems.append(
+            'mode: mode = "mirror" compares the twin with a field it follows: expected '
+            'hardware = "emulated" or a hardware file, found hardware = "none"'
+        )
     for ck in scenario.checks:
         if scenario.hardware == "none" and ck.kind in FIELD_CHECKS:
             problems.append(
@@ -413,4 +550,10 @@ def validate_file(path: Path | str) -> tuple[Scenario, list[str]]:
     net = load_grid(sc)
     hw = load_hardware_of(sc)
     pm = field_pointmap(sc, net, hw)
-    return sc, check_against_grid(sc, net, pm) + field_problems(sc, net, pm, hw)
+    problems: list[str] = []
+    if hw is not None and hw.pointmap is not None:
+        from twin.pointmap import check_pointmap
+
+        # the hardware field refuses a point map that does not fit the grid when it starts
+        problems += [f"{hw.pointmap}: {p}" for p in check_pointmap(pm, net)]
+    return sc, problems + check_against_grid(sc, net, pm) + field_problems(sc, net, pm, hw)

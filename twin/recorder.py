@@ -1,6 +1,8 @@
 """The results recorder: columns in memory, streamed to Parquet and CSV as the run goes.
 
-One column per recorded quantity, named ``<table>.<column>[<label>]``, plus ``time_s``. Rows are
+One column per recorded quantity, named ``<table>.<column>[<label>]``, plus ``time_s`` (seconds
+from the start) and, when the start is known, ``time`` (the absolute time: a Parquet timestamp,
+ISO 8601 text in the last column of events.csv and alarms.csv). Rows are
 buffered and written every ``flush_every`` records as a complete Parquet file of their own under
 ``timeseries.parts/`` (footer included), so even a hard kill of the process keeps every flushed
 part readable. ``close()`` writes the whole run as ``timeseries.parquet`` (temporary file, then
@@ -11,6 +13,7 @@ the parts. events.csv and alarms.csv are flushed per line.
 from __future__ import annotations
 
 import csv
+import datetime as _dt
 import json
 import logging
 import math
@@ -28,6 +31,10 @@ EVENTS_FILE = "events.csv"
 ALARMS_FILE = "alarms.csv"
 EVENT_FIELDS = ("time_s", "kind", "message", "fields")
 ALARM_FIELDS = ("time_s", "point", "field_value", "twin_value", "tolerance", "message")
+#: The absolute time column beside ``time_s`` (ISO 8601 in the CSVs, a timestamp in Parquet),
+#: written when the recorder knows the run's start; readers select columns by name, so folders
+#: without it (older runs) read the same.
+TIME_COLUMN = "time"
 
 
 def column_name(table: str, column: str, label: str | int) -> str:
@@ -41,11 +48,20 @@ class Recorder:
     Args:
         out_dir: folder for the result files; ``None`` keeps everything in memory only.
         flush_every: records per Parquet row group.
+        start: the date-time of ``time_s = 0``; with it every file gets a ``time`` column
+            (ISO 8601, second resolution or finer) beside ``time_s``.
     """
 
-    def __init__(self, out_dir: Path | str | None, *, flush_every: int = 60) -> None:
+    def __init__(
+        self,
+        out_dir: Path | str | None,
+        *,
+        flush_every: int = 60,
+        start: _dt.datetime | None = None,
+    ) -> None:
         if flush_every < 1:
             raise ValueError(f"flush_every: expected an integer >= 1, found {flush_every!r}")
+        self.start = start
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.flush_every = int(flush_every)
         self._names: list[str] = ["time_s"]
@@ -64,12 +80,28 @@ class Recorder:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self._events_fh = open(self.out_dir / EVENTS_FILE, "w", newline="", encoding="utf-8")
             self._events_csv = csv.writer(self._events_fh)
-            self._events_csv.writerow(EVENT_FIELDS)
+            self._events_csv.writerow(self._with_time(EVENT_FIELDS))
             self._events_fh.flush()
             self._alarms_fh = open(self.out_dir / ALARMS_FILE, "w", newline="", encoding="utf-8")
             self._alarms_csv = csv.writer(self._alarms_fh)
-            self._alarms_csv.writerow(ALARM_FIELDS)
+            self._alarms_csv.writerow(self._with_time(ALARM_FIELDS))
             self._alarms_fh.flush()
+
+    def _with_time(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
+        """``row`` with the header ``time`` last (when the start is known): last, so that the
+        columns of older files keep their positions for tools that read them by position."""
+        return row if self.start is None else (*row, TIME_COLUMN)
+
+    def iso_time(self, time_s: float) -> str:
+        """The absolute time of ``time_s`` as ISO 8601 (``""`` without a start)."""
+        if self.start is None or not math.isfinite(time_s):
+            return ""
+        t = self.start + _dt.timedelta(seconds=float(time_s))
+        return t.isoformat(timespec="milliseconds" if t.microsecond else "seconds")
+
+    def _csv_row(self, time_s: float, rest: tuple[Any, ...]) -> tuple[Any, ...]:
+        row: tuple[Any, ...] = (f"{time_s:g}", *rest)
+        return row if self.start is None else (*row, self.iso_time(time_s))
 
     # --- time series ------------------------------------------------------------------------
     @property
@@ -129,9 +161,17 @@ class Recorder:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pa.table(
-            {name: pa.array(self._data[name][lo:hi], pa.float64()) for name in self._names}
-        )
+        cols = {name: pa.array(self._data[name][lo:hi], pa.float64()) for name in self._names}
+        if self.start is not None:
+            base = np.datetime64(self.start.replace(tzinfo=None), "ms")
+            ms = np.round(np.asarray(self._data["time_s"][lo:hi], dtype=float) * 1e3)
+            stamps = base + ms.astype("timedelta64[ms]")
+            cols = {
+                "time_s": cols["time_s"],
+                TIME_COLUMN: pa.array(stamps, pa.timestamp("ms")),
+                **{k: v for k, v in cols.items() if k != "time_s"},
+            }
+        table = pa.table(cols)
         tmp = path.with_name(path.name + ".tmp")
         pq.write_table(table, tmp, row_group_size=max(self.flush_every, 1))
         tmp.replace(path)
@@ -144,7 +184,7 @@ class Recorder:
         self.events.append(row)
         if self._events_csv is not None and self._events_fh is not None:
             extra = json.dumps(fields, default=str, sort_keys=True) if fields else ""
-            self._events_csv.writerow((f"{time_s:g}", kind, message, extra))
+            self._events_csv.writerow(self._csv_row(time_s, (kind, message, extra)))
             self._events_fh.flush()
 
     def alarm(
@@ -169,13 +209,15 @@ class Recorder:
         self.alarms.append(row)
         if self._alarms_csv is not None and self._alarms_fh is not None:
             self._alarms_csv.writerow(
-                (
-                    f"{time_s:g}",
-                    point,
-                    repr(float(field_value)),
-                    repr(float(twin_value)),
-                    "" if tolerance is None else repr(float(tolerance)),
-                    message,
+                self._csv_row(
+                    time_s,
+                    (
+                        point,
+                        repr(float(field_value)),
+                        repr(float(twin_value)),
+                        "" if tolerance is None else repr(float(tolerance)),
+                        message,
+                    ),
                 )
             )
             self._alarms_fh.flush()
@@ -184,13 +226,21 @@ class Recorder:
     def close(self) -> None:
         """Write the whole run as timeseries.parquet, remove the parts, close the CSV files.
 
-        Idempotent. When writing fails, the parts already on disk stay where they are.
+        Idempotent. When writing fails (OSError, raised), the parts already on disk stay where
+        they are and the rows not yet in a part are written as one more part if they fit.
         """
         if self._closed:
             return
         try:
             if self.out_dir is not None:
-                self._write_parquet(self.out_dir / TIMESERIES_FILE, 0, self.rows)
+                try:
+                    self._write_parquet(self.out_dir / TIMESERIES_FILE, 0, self.rows)
+                except OSError:  # a full disk: the last rows as one more (small) part, if it fits
+                    try:
+                        self.flush()
+                    except OSError:
+                        pass
+                    raise
                 parts = self.out_dir / PARTS_DIR
                 if parts.is_dir():
                     for part in parts.glob("part-*.parquet"):
