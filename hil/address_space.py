@@ -149,7 +149,8 @@ class BulkBuilder:
         folder_kind: ``"object"`` (logical folders are BaseObjectType objects, children
             ``HasComponent``, like ``add_object``) or ``"folder"`` (FolderType, ``Organizes``).
         id_prefix: prefix of the logical folders' string ids (``"SS1/BAY"`` -> ``prefix + ...``).
-        max_children: the bound of children per node (grouping folders above it).
+        max_children: the bound of children per node (grouping folders above it; default
+            ``DEFAULT_MAX_CHILDREN``).
         chunk: nodes built between two yields to the event loop.
     """
 
@@ -161,9 +162,11 @@ class BulkBuilder:
         root: ua.NodeId | None = None,
         folder_kind: str = "object",
         id_prefix: str = "",
-        max_children: int = DEFAULT_MAX_CHILDREN,
+        max_children: int | None = None,
         chunk: int = 2000,
     ) -> None:
+        if max_children is None:
+            max_children = DEFAULT_MAX_CHILDREN  # read now: a test may lower it
         if folder_kind not in ("object", "folder"):
             raise AddressSpaceError(
                 f"folder_kind: expected 'object' or 'folder', found {folder_kind!r}"
@@ -643,7 +646,7 @@ async def build_point_nodes(
     node_of: dict[str, ua.NodeId],
     vtypes: dict[str, ua.VariantType],
     *,
-    max_children: int = DEFAULT_MAX_CHILDREN,
+    max_children: int | None = None,
     progress: Progress | None = None,
 ) -> dict[ua.NodeId, Any]:
     """The emulator's point nodes: every point with an OPC UA binding, under Objects.
@@ -659,6 +662,7 @@ async def build_point_nodes(
     from hil.emulator.opcua_server import _eu_information, data_value, variant_type
 
     builder = BulkBuilder(server, ns, folder_kind="object", max_children=max_children)
+
     nodes: dict[ua.NodeId, Any] = {}
     units: dict[str, ua.EUInformation] = {}
     values: dict[tuple[Any, ...], ua.DataValue] = {}
