@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import signal
+import sys
 
 import pytest
 from asyncua import Client, Server, ua
@@ -322,5 +325,40 @@ async def _deep_checks_generated(
         assert len(path) >= 6  # Objects / SS1 / <bay type> / <range> / BAY_x / x / column
         outn = client.get_node(sub.node_id(name_out))
         dtype = await outn.read_data_type()
-        await outn.write_value(ua.Variant(value, ua.VariantType(dtype.Identifier)))
+        vt = ua.VariantType(dtype.Identifier)
+        if vt not in (ua.VariantType.Float, ua.VariantType.Double):
+            value = int(value)
+        await outn.write_value(ua.Variant(value, vt))
         assert sub.store.value(name_out) == pytest.approx(value)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+async def test_emulate_prints_progress_and_stops_on_sigterm_while_starting():
+    """`gridtwin emulate` on case9241pegase: progress lines while the address space is built,
+    SIGTERM then ends the start-up at once (exit 0), not after it."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "scenarios.cli", "emulate", "--grid", "case9241pegase",
+        "--opcua-port", "0", "--modbus-port", "0", "--no-devices",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(400):
+            while True:
+                raw = await proc.stdout.readline()
+                assert raw, "emulate exited early: " + "".join(lines)
+                lines.append(raw.decode())
+                if b"building the OPC UA address space" in raw:
+                    break
+        proc.send_signal(signal.SIGTERM)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()
+        assert b"stopped while starting" in out, out.decode()
+        assert b"serving" not in out
+        assert b"Traceback" not in err
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
