@@ -1,3 +1,6 @@
+# asyncua's generated classes annotate fields with UInt32/Int16/... aliases that plain ints and
+# strings satisfy at run time (as for hil.links.opcua and the two servers in pyproject.toml)
+# mypy: disable-error-code="arg-type,union-attr"
 """Bulk OPC UA address spaces: tens of thousands of nodes in seconds, folders kept small.
 
 asyncua's ``add_folder`` / ``add_variable`` cost 140-220 us per node even when every folder is
@@ -106,7 +109,7 @@ def _read_node_id(nid: ua.NodeId, attr: ua.AttributeIds) -> ua.DataValue:
     return ua.DataValue(ua.Variant(nid, ua.VariantType.NodeId))
 
 
-_LAZY_NODE_ID = AttributeValue(None)  # type: ignore[arg-type]
+_LAZY_NODE_ID = AttributeValue(None)
 _LAZY_NODE_ID.value_callback = _read_node_id
 
 
@@ -190,7 +193,7 @@ class BulkBuilder:
         self._used: set[ua.NodeId] = set()
         self._nodes = self.aspace._nodes
         self._stored: dict[int, ua.DataValue] = {}  # id(given value) -> value stored
-        self._lazy_text = AttributeValue(None)  # type: ignore[arg-type]
+        self._lazy_text = AttributeValue(None)
         self._lazy_text.value_callback = self._read_text
         #: folders and grouping folders created, with the count of their children
         self.folders: dict[ua.NodeId, int] = {}
@@ -237,7 +240,7 @@ class BulkBuilder:
         out, n = nid, 1
         while out in self._used or out in self.aspace:
             n += 1
-            out = ua.NodeId(f"{nid.Identifier}#{n}", nid.NamespaceIndex)
+            out = ua.NodeId(str(nid.Identifier) + f"#{n}", nid.NamespaceIndex)
         self._used.add(out)
         return out
 
@@ -346,7 +349,7 @@ class BulkBuilder:
         attrs.Value = ua.Variant([], vtype) if array else ua.Variant()
         if not array:
             attrs.ValueRank = ua.ValueRank.Scalar
-            attrs.ArrayDimensions = None
+            attrs.ArrayDimensions = None  # type: ignore[assignment]
         attrs.WriteMask = 0
         attrs.UserWriteMask = 0
         attrs.Historizing = False
@@ -364,9 +367,9 @@ class BulkBuilder:
             ref.NodeId = typedef
             tnode = self.aspace.get(typedef)
             if tnode is not None:
-                ref.NodeClass = tnode.attributes[_A.NodeClass].value.Value.Value  # type: ignore[union-attr]
-                ref.BrowseName = tnode.attributes[_A.BrowseName].value.Value.Value  # type: ignore[union-attr]
-                ref.DisplayName = tnode.attributes[_A.DisplayName].value.Value.Value  # type: ignore[union-attr]
+                ref.NodeClass = tnode.attributes[_A.NodeClass].value.Value.Value
+                ref.BrowseName = tnode.attributes[_A.BrowseName].value.Value.Value
+                ref.DisplayName = tnode.attributes[_A.DisplayName].value.Value.Value
             self._typedefs[typedef] = ref
         return ref
 
@@ -416,14 +419,14 @@ class BulkBuilder:
             if r.IsForward and r.ReferenceTypeId == _HAS_TYPEDEF:
                 typedef = r.NodeId
                 break
-        qname = node.attributes[_A.BrowseName].value.Value.Value  # type: ignore[union-attr]
+        qname = node.attributes[_A.BrowseName].value.Value.Value
         named = self._names.get(qname.Name)
         text = named[2] if named is not None else _read_display_name(node)
         return ua.ReferenceDescription(
             ReferenceTypeId=reftype,
             IsForward=False,
             NodeId=node.nodeid,
-            NodeClass=node.attributes[_A.NodeClass].value.Value.Value,  # type: ignore[union-attr]
+            NodeClass=node.attributes[_A.NodeClass].value.Value.Value,
             BrowseName=qname,
             DisplayName=text,
             TypeDefinition=typedef,
@@ -597,7 +600,7 @@ class BulkBuilder:
         if v.units is not None:
             base = v.node_id
             pid = self._unique(
-                ua.NodeId(f"{base.Identifier}/EngineeringUnits", base.NamespaceIndex)
+                ua.NodeId(str(base.Identifier) + "/EngineeringUnits", base.NamespaceIndex)
                 if base.NodeIdType == ua.NodeIdType.String
                 else self.aspace.generate_nodeid(self.ns)
             )
