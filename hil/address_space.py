@@ -618,7 +618,15 @@ class BulkBuilder:
                 ua.NodeClass.Variable,
                 _PROPERTY_TYPE,
                 node,
-                self._inverse(node, _HAS_PROPERTY),
+                ua.ReferenceDescription(  # to its variable, whose names we know
+                    ReferenceTypeId=_HAS_PROPERTY,
+                    IsForward=False,
+                    NodeId=v.node_id,
+                    NodeClass=ua.NodeClass.Variable,
+                    BrowseName=self._name_attrs(v.path[-1])[1],
+                    DisplayName=self._name_attrs(v.path[-1])[2],
+                    TypeDefinition=_VARIABLE_TYPE,
+                ),
                 _HAS_PROPERTY,
             )
             prop.attributes[_A.Value] = self._eu_value(v.units)
