@@ -656,6 +656,7 @@ async def build_point_nodes(
     store: Any,
     node_of: dict[str, ua.NodeId],
     vtypes: dict[str, ua.VariantType],
+    samples: dict[str, Any] | None = None,
     *,
     max_children: int | None = None,
     progress: Progress | None = None,
@@ -664,7 +665,9 @@ async def build_point_nodes(
 
     Node ids are the point map's (namespace index replaced by ``ns``); the browse path is the
     point map's, with grouping folders only where a folder would exceed ``max_children``.
-    Fills ``node_of`` (point name -> node id) and ``vtypes``; returns node id -> Point.
+    Fills ``node_of`` (point name -> node id), ``vtypes`` and ``samples`` (the store's Sample
+    each node's value was made from: ``store.get(name) is not samples[name]`` later means it
+    changed since); returns node id -> Point.
 
     AccessLevel says what anyone might write (the plant writes measurements); UserAccessLevel
     advertises the ordinary operator's view. The emulator's guarded AttributeService enforces
@@ -689,6 +692,8 @@ async def build_point_nodes(
                 nid = ua.NodeId(nid.Identifier, ns, nid.NodeIdType)
         vtype = variant_type(point)
         sample = store.get(point.name)
+        if samples is not None:
+            samples[point.name] = sample
         # a fresh store holds the same sample everywhere: one DataValue per type (asyncua
         # replaces a node's DataValue on write, never changes it in place)
         vkey = (sample.value, sample.quality, sample.timestamp, vtype)

@@ -264,8 +264,11 @@ class OpcuaServer:
         self._server = server
         self._wake = asyncio.Event()
         self._unsubscribe = self.store.subscribe(self._on_change)
-        # the store may have changed while the server started: push every value once
-        self._pending = dict.fromkeys(self._node_of)
+        # the store may have changed while the server started: push those values once
+        built = self._built
+        self._pending = dict.fromkeys(
+            n for n in self._node_of if self.store.get(n) is not built.get(n)
+        )
         self._wake.set()
         self._pump = asyncio.create_task(self._push_loop(), name="gridtwin-opcua-push")
         _log.info("OPC UA server on %s with %d point nodes", self.endpoint, len(self._nodes))
@@ -298,8 +301,9 @@ class OpcuaServer:
         ns = await server.register_namespace(getattr(pm, "namespace", NAMESPACE_DEFAULT))
         self._nodes.clear()
         self._node_of.clear()
+        self._built: dict[str, Sample] = {}  # the samples the nodes were made from
         self._nodes.update(
-            await build_point_nodes(server, ns, self.store, self._node_of, self._vtype)
+            await build_point_nodes(server, ns, self.store, self._node_of, self._vtype, self._built)
         )
 
     # store -> nodes ---------------------------------------------------------------------------

@@ -322,7 +322,7 @@ async def _deep_checks_generated(
         await asyncio.sleep(0)
         assert await node.read_value() == pytest.approx(1.01, rel=1e-6)
         path = await node.get_path()
-        assert len(path) >= 6  # Objects / SS1 / <bay type> / <range> / BAY_x / x / column
+        assert len(path) >= 7  # Root / Objects / SS1 / <bay type> / <range> / BAY_x / x / column
         outn = client.get_node(sub.node_id(name_out))
         dtype = await outn.read_data_type()
         vt = ua.VariantType(dtype.Identifier)
@@ -362,3 +362,77 @@ async def test_emulate_prints_progress_and_stops_on_sigterm_while_starting():
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_twin_server_on_ieee118_bounded_ids_unchanged():
+    """The twin server's 1,200 points (and 118 buses, 186 lines): Points browses through
+    bay-type and range folders, node ids are still the logical paths, values reach clients."""
+    import grids
+    from hil.twin_server import TwinServer
+    from twin.pointmap import generate_pointmap
+
+    net = grids.load("ieee118")
+    pm = generate_pointmap(net)
+    p = pm.points[-1]
+    async with TwinServer(net, pm) as srv:
+        assert (
+            srv.node_id(f"Twin/Points/{p.name}/Value")
+            == f"ns={srv.ns};s=Twin/Points/{p.name}/Value"
+        )
+        aspace = srv._server.iserver.aspace
+        assert max_children(aspace, srv.ns) <= A.DEFAULT_MAX_CHILDREN
+        async with Client(srv.endpoint, timeout=TIMEOUT) as client:
+            points = client.get_node(ua.NodeId("Twin/Points", srv.ns))
+            groups = await points.get_children()
+            assert 1 < len(groups) <= A.DEFAULT_MAX_CHILDREN
+            node = client.get_node(srv.node_id(f"Twin/Points/{p.name}/Value"))
+            path = await node.get_path()
+            # Root / Objects / Twin / Points / <bay type> [/ <range>] / <point> / Value
+            names = [(await n.read_browse_name()).Name for n in path]
+            assert names[:4] == ["Root", "Objects", "Twin", "Points"], names
+            assert names[-2:] == [p.name, "Value"] and len(names) >= 7, names
+            assert math.isnan(await node.read_value())
+            got: asyncio.Queue = asyncio.Queue()
+
+            class Handler:
+                def datachange_notification(self, node, val, data):
+                    got.put_nowait(val)
+
+            sub = await client.create_subscription(20, Handler())
+            await sub.subscribe_data_change(node)
+            assert math.isnan(await asyncio.wait_for(got.get(), TIMEOUT))
+            nid = ua.NodeId(f"Twin/Points/{p.name}/Value", srv.ns)
+            await srv.write_batch([(nid, ua.DataValue(ua.Variant(3.25, ua.VariantType.Double)))])
+            assert await asyncio.wait_for(got.get(), TIMEOUT) == 3.25
+            assert await node.read_value() == 3.25
+            await sub.delete()
+
+
+async def test_a_store_change_while_the_nodes_are_built_is_served(free_port):
+    """Values change while the address space is built (Modbus and devices run meanwhile):
+    the nodes built before the change still end up with the new value."""
+    pm = _big_pointmap(600)
+    store = PointStore(pm)
+    srv = OpcuaServer(store, port=free_port)
+    changed = []
+
+    def progress(done: int, total: int) -> None:
+        if not changed:  # bus0 is built by now (the first 2,000 nodes)
+            store.set("bus0.vm_pu", 1.0375)
+            changed.append(done)
+
+    with A.report_progress(progress):
+        await asyncio.wait_for(srv.start(), 300)
+    try:
+        assert changed
+        async with Client(srv.endpoint, timeout=TIMEOUT) as client:
+            node = client.get_node(srv.node_id("bus0.vm_pu"))
+            for _ in range(200):  # the pump pushes it soon after start
+                dv = await node.read_data_value(raise_on_bad_status=False)
+                if dv.Value is not None and dv.Value.Value is not None:
+                    break
+                await asyncio.sleep(0.02)
+            assert dv.Value.Value == pytest.approx(1.0375, rel=1e-6)
+            assert dv.StatusCode.is_good()
+    finally:
+        await srv.stop()
