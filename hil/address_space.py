@@ -214,9 +214,14 @@ class BulkBuilder:
         for v in self._vars:
             if not v.path:
                 raise AddressSpaceError(f"node {v.node_id.to_string()}: empty browse path")
-            if v.node_id in var_ids or v.node_id in self.aspace:
+            if v.node_id in var_ids or v.node_id in self._nodes:
                 raise AddressSpaceError(f"node id {v.node_id.to_string()} used twice")
             var_ids.add(v.node_id)
+            folder_path = v.path[:-1]
+            known = folders.get(folder_path)
+            if known is not None:  # the common case: a sibling made the folders already
+                known.children.append(v)
+                continue
             parent = root
             for depth in range(1, len(v.path)):
                 key = v.path[:depth]
@@ -238,7 +243,7 @@ class BulkBuilder:
     def _unique(self, nid: ua.NodeId) -> ua.NodeId:
         """``nid``, or ``nid#2``, ``nid#3`` ... when a node of ours already has it."""
         out, n = nid, 1
-        while out in self._used or out in self.aspace:
+        while out in self._used or out in self._nodes:
             n += 1
             out = ua.NodeId(str(nid.Identifier) + f"#{n}", nid.NamespaceIndex)
         self._used.add(out)
