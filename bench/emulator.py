@@ -92,8 +92,16 @@ def _child(mode: str, n: int, data: str) -> None:
 
             self._nodes.clear()
             self._node_of.clear()
+            self._built = {}  # type: ignore[attr-defined]
             self._nodes.update(
-                await build_point_nodes(server, ns, self.store, self._node_of, self._vtype)
+                await build_point_nodes(
+                    server,
+                    ns,
+                    self.store,
+                    self._node_of,
+                    self._vtype,
+                    self._built,  # type: ignore[attr-defined]
+                )
             )
         finally:
             BulkBuilder.build = orig_build  # type: ignore[method-assign]

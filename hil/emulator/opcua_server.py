@@ -265,7 +265,7 @@ class OpcuaServer:
         self._wake = asyncio.Event()
         self._unsubscribe = self.store.subscribe(self._on_change)
         # the store may have changed while the server started: push those values once
-        built = self._built
+        built: dict[str, Sample] = getattr(self, "_built", {})  # none: push all
         self._pending = dict.fromkeys(
             n for n in self._node_of if self.store.get(n) is not built.get(n)
         )
