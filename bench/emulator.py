@@ -263,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
                     b = results[("bulk", n)]
                     ratio = (
                         f"{r['served_s'] / b['served_s']:.1f}x served, "
+                        f"{r['cpu_s'] / max(b['cpu_s'], 1e-9):.1f}x CPU, "
                         f"{r['build_s'] / max(b['build_s'], 1e-9):.1f}x nodes, "
                         f"{r['rss_delta_mb'] / max(b['rss_delta_mb'], 1e-9):.1f}x memory"
                     )
