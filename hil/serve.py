@@ -66,13 +66,22 @@ async def _serve(
     duration: float | None,
     say: Callable[[str], None],
 ) -> int:
+    from hil.address_space import report_progress
     from hil.emulator import EmulatedSubstation
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    starting = True
+
+    def on_signal() -> None:
+        stop.set()
+        if starting and main is not None:  # a start-up of minutes must not outlive Ctrl-C
+            main.cancel()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
         except (NotImplementedError, RuntimeError):  # not on this platform / thread
             pass
     sub = EmulatedSubstation(
@@ -85,6 +94,22 @@ async def _serve(
         devices=devices,
         rng=seed,
     )
+    shown = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = loop.time()
+        if done >= total or now - shown[0] >= 1.0:
+            shown[0] = now
+            say(f"  building the OPC UA address space: {done:,} of {total:,} nodes")
+
+    try:
+        with report_progress(progress):
+            await sub.start()
+    except asyncio.CancelledError:
+        say("gridtwin emulate: stopped while starting")
+        _remove_handlers(loop)
+        return 0
+    starting = False
     async with sub:
         kinds: Counter[str] = Counter(p.kind for p in pm.points)
         units = sorted({p.modbus.unit for p in pm.points if p.modbus is not None})
@@ -106,9 +131,13 @@ async def _serve(
         except TimeoutError:
             pass
     say("gridtwin emulate: stopped")
+    _remove_handlers(loop)
+    return 0
+
+
+def _remove_handlers(loop: asyncio.AbstractEventLoop) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
             loop.remove_signal_handler(sig)
         except (NotImplementedError, RuntimeError):
             pass
-    return 0

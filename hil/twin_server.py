@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from asyncua import Server, ua
 
+from hil.address_space import BulkBuilder, Variable
 from hil.errors import HilError
 from hil.opcua_common import PasswordUserManager, new_server
 
@@ -247,61 +248,62 @@ class TwinServer:
     async def _folder(self, parent: Any, path: str, name: str) -> Any:
         return await parent.add_folder(ua.NodeId(path, self.ns), ua.QualifiedName(name, self.ns))
 
-    async def _var(self, parent: Any, path: str, name: str, value: Any, vt: ua.VariantType) -> None:
-        nid = ua.NodeId(path, self.ns)
-        await parent.add_variable(
-            nid, ua.QualifiedName(name, self.ns), ua.Variant(value, vt), varianttype=vt
-        )
-        # add_variable leaves the node read-only (AccessLevel CurrentRead): nothing to unset
-        self._vars[path] = nid
-
     async def _build(self, server: Server) -> None:
+        """Every published variable in one bulk build (``hil.address_space``).
+
+        Node ids are the logical paths (``Twin/Buses/<label>/vm_pu``); a folder with more than
+        ``DEFAULT_MAX_CHILDREN`` children (Buses, Lines, Points of a large grid) browses
+        through range folders in between (see docs/opcua-address-space.md).
+        """
         self._vars.clear()
         self._elem.clear()
         self._points.clear()
         self._last = []
         root = await self._folder(server.nodes.objects, "Twin", "Twin")
+        b = BulkBuilder(server, self.ns, root=root.nodeid, folder_kind="folder", id_prefix="Twin/")
         dbl = ua.VariantType.Double
+        empty: dict[Any, ua.DataValue] = {}
+
+        def var(
+            path: tuple[str, ...], value: Any, vt: ua.VariantType, group: str = ""
+        ) -> ua.NodeId:
+            key = "Twin/" + "/".join(path)
+            nid = ua.NodeId(key, self.ns)
+            dv = empty.get((vt, type(value)))
+            if dv is None:  # the initial values are the same everywhere: shared
+                dv = empty[(vt, type(value))] = ua.DataValue(ua.Variant(value, vt))
+            b.add(Variable(path=path, node_id=nid, value=dv, vtype=vt, group=group))
+            self._vars[key] = nid
+            return nid
+
         for folder, table, columns in ELEMENT_FOLDERS:
             df = self.net[table] if table in self.net else None
             if df is None or not len(df):
                 continue
-            fnode = await self._folder(root, f"Twin/{folder}", folder)
             labels = _labels(df, table, self.net)
             per_col: dict[str, list[ua.NodeId]] = {c: [] for c in columns}
             for label in labels:
-                base = f"Twin/{folder}/{label}"
-                enode = await self._folder(fnode, base, label)
                 for col in columns:
-                    await self._var(enode, f"{base}/{col}", col, math.nan, dbl)
-                    per_col[col].append(self._vars[f"{base}/{col}"])
+                    per_col[col].append(var((folder, label, col), math.nan, dbl))
             for col in columns:
                 self._elem.append((table, col, per_col[col]))
                 self._last.append(None)
-        if self.points:
-            pnode = await self._folder(root, "Twin/Points", "Points")
-            for p in self.points:
-                base = f"Twin/Points/{p.name}"
-                node = await self._folder(pnode, base, p.name)
-                await self._var(node, f"{base}/Value", "Value", math.nan, dbl)
-                await self._var(node, f"{base}/Quality", "Quality", "", ua.VariantType.String)
-                await self._var(node, f"{base}/Divergence", "Divergence", math.nan, dbl)
-                self._points.append(
-                    (
-                        p.name,
-                        self._vars[f"{base}/Value"],
-                        self._vars[f"{base}/Quality"],
-                        self._vars[f"{base}/Divergence"],
-                    )
+        for p in self.points or ():
+            self._points.append(
+                (
+                    p.name,
+                    var(("Points", p.name, "Value"), math.nan, dbl, p.table),
+                    var(("Points", p.name, "Quality"), "", ua.VariantType.String, p.table),
+                    var(("Points", p.name, "Divergence"), math.nan, dbl, p.table),
                 )
-        anode = await self._folder(root, "Twin/Alarms", "Alarms")
-        await self._var(anode, "Twin/Alarms/ActiveCount", "ActiveCount", 0, ua.VariantType.Int32)
-        await self._var(anode, "Twin/Alarms/Active", "Active", [], ua.VariantType.String)
-        await self._var(anode, "Twin/Alarms/Last", "Last", "", ua.VariantType.String)
-        snode = await self._folder(root, "Twin/Stats", "Stats")
+            )
+        var(("Alarms", "ActiveCount"), 0, ua.VariantType.Int32)
+        var(("Alarms", "Active"), [], ua.VariantType.String)
+        var(("Alarms", "Last"), "", ua.VariantType.String)
         for name, vt in STATS:
             init: Any = False if vt == ua.VariantType.Boolean else (0 if vt != dbl else math.nan)
-            await self._var(snode, f"Twin/Stats/{name}", name, init, vt)
+            var(("Stats", name), init, vt)
+        await b.build()
 
     # --- per-step update ----------------------------------------------------------------------
     async def publish(self, loop: Any, report: Any, solution: Any) -> None:

@@ -32,6 +32,7 @@ from asyncua import Server, ua
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.address_space import AttributeService
 
+from hil.address_space import build_point_nodes
 from hil.errors import HilError, OutOfRange, WriteRejected
 from hil.opcua_common import PasswordUserManager, new_server
 from hil.store import ROLE_WRITES, PointStore
@@ -263,8 +264,11 @@ class OpcuaServer:
         self._server = server
         self._wake = asyncio.Event()
         self._unsubscribe = self.store.subscribe(self._on_change)
-        # the store may have changed while the server started: push every value once
-        self._pending = dict.fromkeys(self._node_of)
+        # the store may have changed while the server started: push those values once
+        built: dict[str, Sample] = getattr(self, "_built", {})  # none: push all
+        self._pending = dict.fromkeys(
+            n for n in self._node_of if self.store.get(n) is not built.get(n)
+        )
         self._wake.set()
         self._pump = asyncio.create_task(self._push_loop(), name="gridtwin-opcua-push")
         _log.info("OPC UA server on %s with %d point nodes", self.endpoint, len(self._nodes))
@@ -295,52 +299,12 @@ class OpcuaServer:
     async def _build(self, server: Server) -> None:
         pm = self.store.pointmap
         ns = await server.register_namespace(getattr(pm, "namespace", NAMESPACE_DEFAULT))
-        objects = server.nodes.objects
-        parents: dict[tuple[str, ...], Any] = {}
         self._nodes.clear()
         self._node_of.clear()
-        for point in pm.points:
-            if point.opcua is None:
-                continue
-            path = tuple(point.opcua.browse_path)
-            parent = objects
-            for depth in range(1, len(path)):
-                key = path[:depth]
-                if key not in parents:
-                    nid = ua.NodeId("/".join(key), ns)
-                    parents[key] = await parent.add_object(nid, ua.QualifiedName(key[-1], ns))
-                parent = parents[key]
-            nid = ua.NodeId.from_string(point.opcua.node_id)
-            if nid.NamespaceIndex != ns:
-                nid = ua.NodeId(nid.Identifier, ns, nid.NodeIdType)
-            vtype = variant_type(point)
-            sample = self.store.get(point.name)
-            var = await parent.add_variable(
-                nid,
-                ua.QualifiedName(path[-1], ns),
-                ua.Variant(_to_python(sample.value, vtype), vtype),
-                varianttype=vtype,
-            )
-            # AccessLevel says what anyone might write (the plant writes measurements);
-            # UserAccessLevel advertises the ordinary operator's view. The guarded
-            # AttributeService enforces the real per-role rule.
-            await var.set_writable(True)
-            if point.kind not in ("command", "setpoint"):
-                await var.unset_attr_bit(
-                    ua.AttributeIds.UserAccessLevel, ua.AccessLevel.CurrentWrite
-                )
-            if point.kind == "measurement" or point.unit:
-                await var.add_property(
-                    ns,
-                    "EngineeringUnits",
-                    _eu_information(point.unit),
-                    varianttype=ua.VariantType.ExtensionObject,
-                    datatype=ua.ObjectIds.EUInformation,
-                )
-            await server.write_attribute_value(nid, data_value(sample, vtype))
-            self._nodes[nid] = point
-            self._node_of[point.name] = nid
-            self._vtype[point.name] = vtype
+        self._built: dict[str, Sample] = {}  # the samples the nodes were made from
+        self._nodes.update(
+            await build_point_nodes(server, ns, self.store, self._node_of, self._vtype, self._built)
+        )
 
     # store -> nodes ---------------------------------------------------------------------------
     def _on_change(self, point: Point, sample: Sample, source: str) -> None:
