@@ -14,8 +14,23 @@ replaced by a subclass that sends every client write to one of our point nodes t
 - unknown node -> BadNodeIdUnknown (asyncua)
 
 Writes to other nodes (the standard address space) go to asyncua's own checks. Users are an
-explicit dict ``name -> (password, role)``; an anonymous session gets ``anonymous_role``
-(``"viewer"`` by default, ``None`` refuses anonymous sessions).
+explicit dict ``name -> (password, role)`` (made by code) or ``name -> UserEntry`` (a users file
+of password hashes, :mod:`hil.security.users`); an anonymous session gets ``anonymous_role``
+(``"viewer"`` by default, ``None`` refuses anonymous sessions). With ``security``
+(:class:`hil.security.certs.OpcuaSecurity`) the server offers only its secure policies, checks
+client certificates against its trust list, and accepts anonymous sessions only when
+``security.insecure``.
+
+Quality -> status code (a value whose quality is not GOOD is never served as Good):
+
+- GOOD -> Good
+- STALE -> UncertainLastUsableValue (the last value, not refreshed in time)
+- INVALID -> BadWaitingForInitialData when the point never had a value, BadSensorFailure when it
+  was marked not available (NaN)
+- COMMS_LOST -> BadCommunicationError
+
+Every client write to a point node, accepted or refused, goes to the store's audit log with
+peer, user (and client certificate), old and new value.
 """
 
 from __future__ import annotations
@@ -33,7 +48,10 @@ from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.address_space import AttributeService
 
 from hil.errors import HilError, OutOfRange, WriteRejected
-from hil.opcua_common import PasswordUserManager, new_server
+from hil.opcua_common import PasswordUserManager, new_server, peer_of_current_request, user_label
+from hil.security.audit import ACCEPTED, REFUSED, AuditLog, audit_log
+from hil.security.certs import OpcuaSecurity
+from hil.security.users import UserEntry
 from hil.store import ROLE_WRITES, PointStore
 from twin.pointmap import Point
 from twin.quality import Quality, Sample
@@ -59,7 +77,7 @@ _QUALITY_STATUS: dict[Quality, int] = {
     Quality.GOOD: ua.StatusCodes.Good,
     Quality.STALE: ua.StatusCodes.UncertainLastUsableValue,
     Quality.INVALID: ua.StatusCodes.BadWaitingForInitialData,
-    Quality.COMMS_LOST: ua.StatusCodes.BadNoCommunication,
+    Quality.COMMS_LOST: ua.StatusCodes.BadCommunicationError,
 }
 # UN/CEFACT common codes for EUInformation (OPC UA Part 8); -1 when there is none.
 _UNECE: dict[str, str] = {
@@ -113,12 +131,19 @@ def _to_python(value: float, vtype: ua.VariantType) -> Any:
     return float(value)
 
 
+def status_code(sample: Sample) -> int:
+    """The OPC UA status code of a store sample (see the module doc)."""
+    if sample.quality is Quality.INVALID and not math.isfinite(sample.value):
+        return ua.StatusCodes.BadSensorFailure
+    return _QUALITY_STATUS[sample.quality]
+
+
 def data_value(sample: Sample, vtype: ua.VariantType) -> ua.DataValue:
     """A store sample as an OPC UA DataValue (quality -> status code, source timestamp)."""
     ts = datetime.fromtimestamp(sample.timestamp, UTC)
     return ua.DataValue(
         Value=ua.Variant(_to_python(sample.value, vtype), vtype),
-        StatusCode=ua.StatusCode(_QUALITY_STATUS[sample.quality]),
+        StatusCode=ua.StatusCode(status_code(sample)),
         SourceTimestamp=ts,
         ServerTimestamp=datetime.now(UTC),
     )
@@ -134,9 +159,18 @@ class RoleUserManager(PasswordUserManager):
     _log = _log
 
     def __init__(
-        self, users: Mapping[str, tuple[str, str]], *, anonymous_role: str | None = "viewer"
+        self,
+        users: Mapping[str, tuple[str, str] | UserEntry],
+        *,
+        anonymous_role: str | None = "viewer",
     ) -> None:
-        for name, (_pw, role) in users.items():
+        norm: dict[str, tuple[str | UserEntry, str]] = {}
+        for name, entry in users.items():
+            if isinstance(entry, UserEntry):
+                norm[name] = (entry, entry.role)
+            else:
+                norm[name] = (entry[0], entry[1])
+        for name, (_pw, role) in norm.items():
             if role not in ROLE_WRITES:
                 raise OpcuaConfigError(
                     f"user {name!r}: expected a role in {', '.join(ROLE_WRITES)}, found {role!r}"
@@ -146,10 +180,10 @@ class RoleUserManager(PasswordUserManager):
                 f"anonymous role: expected one of {', '.join(ROLE_WRITES)}, "
                 f"found {anonymous_role!r}"
             )
-        self.users = dict(users)
+        self.users = norm
         self.anonymous_role = anonymous_role
 
-    def _password(self, username: str) -> str | None:
+    def _password(self, username: str) -> str | UserEntry | None:
         entry = self.users.get(username)
         return entry[0] if entry else None
 
@@ -185,6 +219,7 @@ class _GuardedAttributeService(AttributeService):
                 results.extend(await super().write(one, user=user))
                 continue
             if wv.AttributeId != ua.AttributeIds.Value:
+                self._owner.audit_refused(point, None, user, "attribute is not Value")
                 results.append(ua.StatusCode(ua.StatusCodes.BadUserAccessDenied))
                 continue
             results.append(self._owner.client_write(point, wv.Value, user))
@@ -200,13 +235,19 @@ class OpcuaServer:
         *,
         host: str = "127.0.0.1",
         port: int,
-        users: Mapping[str, tuple[str, str]] | None = None,
+        users: Mapping[str, tuple[str, str] | UserEntry] | None = None,
         anonymous_role: str | None = "viewer",
         security_policies: list[ua.SecurityPolicyType] | None = None,
         certificate: str | None = None,
         private_key: str | None = None,
+        security: OpcuaSecurity | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.store = store
+        self.security = security
+        self.audit = audit if audit is not None else audit_log(store)
+        if security is not None and not security.insecure:
+            anonymous_role = None  # anonymous sessions exist only with --insecure
         self.host = host
         self.port = port
         self.user_manager = RoleUserManager(users or {}, anonymous_role=anonymous_role)
@@ -254,6 +295,7 @@ class OpcuaServer:
             identity_tokens=tokens,
             certificate=self.certificate,
             private_key=self.private_key,
+            security=self.security,
         )
         await self._build(server)
         server.iserver.attribute_service = _GuardedAttributeService(
@@ -379,6 +421,26 @@ class OpcuaServer:
     def client_write(self, point: Point, dv: ua.DataValue, user: User) -> ua.StatusCode:
         """Apply one client write to the store with the user's role; returns the status."""
         role = self.user_manager.role_of(user)
+        return self._client_write(point, dv, user, role)
+
+    def audit_refused(self, point: Point, new: float | None, user: User, reason: str) -> None:
+        self.audit.record(protocol="opcua", peer=peer_of_current_request(),
+                          user=user_label(user), point=point.name,
+                          old=self.store.value(point.name), new=new, result=REFUSED,
+                          reason=reason, role=self.user_manager.role_of(user))  # fmt: skip
+
+    def _client_write(self, point: Point, dv: ua.DataValue, user: User, role: str) -> ua.StatusCode:
+        old = self.store.value(point.name)
+        who = user_label(user)
+        peer = peer_of_current_request()
+
+        def done(status: int, new: float | None, reason: str = "") -> ua.StatusCode:
+            ok = status == ua.StatusCodes.Good
+            self.audit.record(protocol="opcua", peer=peer, user=who, point=point.name, old=old,
+                              new=new, result=ACCEPTED if ok else REFUSED,
+                              reason=reason, role=role)  # fmt: skip
+            return ua.StatusCode(status)
+
         timestamp = _posix(dv.SourceTimestamp)
         bad_status = dv.StatusCode is not None and dv.StatusCode.is_bad()
         variant = dv.Value
@@ -390,25 +452,23 @@ class OpcuaServer:
         elif isinstance(raw, (int, float)):
             value = float(raw)
         else:
-            return ua.StatusCode(ua.StatusCodes.BadTypeMismatch)
+            return done(ua.StatusCodes.BadTypeMismatch, None, f"not a number: {raw!r}")
         if self._vtype[point.name] in _INTEGER and math.isfinite(value) and value != int(value):
-            return ua.StatusCode(ua.StatusCodes.BadTypeMismatch)
+            return done(ua.StatusCodes.BadTypeMismatch, value, "a fraction for an integer")
         if math.isnan(value) and plant_not_available(point, role):
             # the twin marks a measurement it cannot compute (isolated bus): INVALID, not refused
             self.store.set(
                 point.name, math.nan, quality=Quality.INVALID, timestamp=timestamp, source="opcua"
             )
-            return ua.StatusCode()
+            return done(ua.StatusCodes.Good, value, "not available")
         try:
             self.store.check_write(point.name, value, role=role)
         except WriteRejected as exc:
-            _log.info("OPC UA write refused: %s", exc)
-            return ua.StatusCode(ua.StatusCodes.BadUserAccessDenied)
+            return done(ua.StatusCodes.BadUserAccessDenied, value, str(exc))
         except OutOfRange as exc:
-            _log.info("OPC UA write refused: %s", exc)
-            return ua.StatusCode(ua.StatusCodes.BadOutOfRange)
+            return done(ua.StatusCodes.BadOutOfRange, value, str(exc))
         self.store.set(point.name, value, timestamp=timestamp, source="opcua")
-        return ua.StatusCode()
+        return done(ua.StatusCodes.Good, value)
 
 
 def plant_not_available(point: Point, role: str) -> bool:
