@@ -178,8 +178,8 @@ def create_certificate(
     names += [x509.DNSName(h) for h in hosts if h]
     cert = generate_self_signed_app_certificate(
         key,
-        app_uri,
-        {"commonName": common_name, "organizationName": "gridtwin"},
+        common_name,
+        {"organizationName": "gridtwin"},
         names,
         extended=[ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
         days=days,
