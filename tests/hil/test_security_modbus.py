@@ -353,3 +353,21 @@ async def test_every_write_attempt_is_audited_with_its_peer(tmp_path):
     assert all(r["peer"].startswith("127.0.0.1:") and r["protocol"] == "modbus" for r in recs)
     assert "unmapped" in recs[1]["reason"] and "5" in recs[2]["reason"]
     assert recs[3]["point"] == "Q45.cmd" and recs[3]["new"] == 1.0
+
+
+async def test_the_twin_link_keeps_good_points_of_a_block_with_one_not_served():
+    """The twin's Modbus link reads a failed block point by point: 04 -> INVALID, 0B ->
+    COMMS_LOST, the others GOOD (not one INVALID point taking its neighbours down)."""
+    from hil.links.modbus import ModbusLink
+
+    async with Served() as s:
+        inputs = [p for p in s.store.pointmap.points if p.kind in ("measurement", "status")]
+        async with ModbusLink("127.0.0.1", s.port, inputs, timeout_s=2.0) as lk:
+            s.store.set("bus1.vm_pu", math.nan)
+            s.store.set("Q45.closed", 1, quality=Quality.COMMS_LOST)
+            await lk.poll()
+            got = lk.read_inputs()
+            assert got["bus1.vm_pu"].quality is Quality.INVALID
+            assert got["Q45.closed"].quality is Quality.COMMS_LOST
+            assert got["pv1.p_mw"].quality is Quality.GOOD
+            assert got["pv1.p_mw"].value == pytest.approx(0.02)
