@@ -150,6 +150,54 @@ def _track_peers(server: Server) -> None:
     iserver.create_session = create_session  # type: ignore[method-assign]
 
 
+#: Connections an OPC UA server keeps at once (asyncua's default is 1000).
+MAX_CONNECTIONS = 64
+#: A connection that has not activated a session after this long is closed (asyncua: 30 s).
+PENDING_ACTIVATION_S = 10.0
+
+
+class _EvictingClients(list):
+    """asyncua's list of open connections; asking its length at the cap (what a new
+    connection does, asyncua 2.1 ``OPCUAProtocol.connection_made``) first closes the oldest
+    connection without an activated session."""
+
+    def __init__(self, items: Any, cap: int) -> None:
+        super().__init__(items)
+        self.cap = cap
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        n = list.__len__(self)
+        if n >= self.cap:
+            for proto in self[:]:  # a plain list: list(self) would ask __len__ again
+                proc = getattr(proto, "processor", None)
+                session = getattr(proc, "session", None)
+                if session is None or not session.is_activated():
+                    _log.warning(
+                        "OPC UA: %d connections (cap): closing %s, which has no session",
+                        n, getattr(proto, "peer_name", "?"),
+                    )  # fmt: skip
+                    transport = getattr(proto, "transport", None)
+                    if transport is not None:
+                        transport.close()
+                    self.remove(proto)  # connection_lost would, a loop turn later
+                    self.evicted += 1
+                    return n - 1
+        return n
+
+
+def limit_connections(server: Server, cap: int = MAX_CONNECTIONS) -> None:
+    """After ``server.start()``: at ``cap`` connections a new one closes the oldest connection
+    without an activated session (so idle sockets cannot lock a legitimate client out); when
+    every connection has a session, asyncua refuses the new one as before."""
+    bserver = getattr(server, "bserver", None)
+    if bserver is None or not isinstance(getattr(bserver, "clients", None), list):
+        _log.warning("OPC UA: asyncua server layout unknown, connection cap not installed")
+        return
+    server.iserver.max_connections = cap
+    bserver.clients = _EvictingClients(bserver.clients, cap)
+
+
 async def new_server(
     *,
     endpoint: str,
@@ -179,5 +227,6 @@ async def new_server(
             await server.load_certificate(certificate)
             await server.load_private_key(private_key)
     server.set_identity_tokens(list(identity_tokens))
+    server.iserver.max_pending_activation_seconds = PENDING_ACTIVATION_S
     _track_peers(server)
     return server

@@ -43,7 +43,13 @@ import numpy as np
 from asyncua import Server, ua
 
 from hil.errors import HilError
-from hil.opcua_common import PasswordUserManager, new_server, peer_of_current_request, user_label
+from hil.opcua_common import (
+    PasswordUserManager,
+    limit_connections,
+    new_server,
+    peer_of_current_request,
+    user_label,
+)
 from hil.security.audit import ACCEPTED, REFUSED, AuditLog
 from hil.security.certs import OpcuaSecurity
 from hil.security.users import UserEntry
@@ -229,6 +235,7 @@ class TwinServer:
         self._audit_writes(server)
         await self._build(server)
         await server.start()
+        limit_connections(server)
         self._server = server
         self._cache_attribute_values(server)
         _log.info("twin OPC UA server on %s with %d variables", self.endpoint, len(self._vars))

@@ -48,7 +48,14 @@ from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.address_space import AttributeService
 
 from hil.errors import HilError, OutOfRange, WriteRejected
-from hil.opcua_common import PasswordUserManager, new_server, peer_of_current_request, user_label
+from hil.opcua_common import (
+    MAX_CONNECTIONS,
+    PasswordUserManager,
+    limit_connections,
+    new_server,
+    peer_of_current_request,
+    user_label,
+)
 from hil.security.audit import ACCEPTED, REFUSED, AuditLog, audit_log
 from hil.security.certs import OpcuaSecurity
 from hil.security.users import UserEntry
@@ -242,9 +249,11 @@ class OpcuaServer:
         private_key: str | None = None,
         security: OpcuaSecurity | None = None,
         audit: AuditLog | None = None,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.store = store
         self.security = security
+        self.max_connections = max_connections
         self.audit = audit if audit is not None else audit_log(store)
         if security is not None and not security.insecure:
             anonymous_role = None  # anonymous sessions exist only with --insecure
@@ -302,6 +311,7 @@ class OpcuaServer:
             server.iserver.attribute_service, self
         )
         await server.start()
+        limit_connections(server, self.max_connections)
         self._server = server
         self._wake = asyncio.Event()
         self._unsubscribe = self.store.subscribe(self._on_change)

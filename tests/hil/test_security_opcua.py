@@ -220,3 +220,41 @@ def test_twin_server_refuses_nosecurity_off_loopback():
 
     with pytest.raises(HilError, match="not loopback"):
         TwinServer(pn.example_simple(), host="0.0.0.0")
+
+
+async def test_idle_connections_cannot_lock_a_client_out(pki):
+    """The probe: 1000 idle connections refused a legitimate client for 30 s. At the cap a new
+    connection closes the oldest one without a session."""
+    import asyncio
+
+    store = PointStore(pointmap())
+    store.set("pv1.p_mw", 0.02)
+    srv = OpcuaServer(
+        store,
+        port=_free_port(),
+        users=load_users(pki["users"]),
+        security=OpcuaSecurity.from_pki(pki["server"]),
+        max_connections=5,
+    )
+    await srv.start()
+    idle = []
+    try:
+        for _ in range(12):
+            idle.append(await asyncio.open_connection("127.0.0.1", srv.port))
+        c = await _connect(srv.endpoint, pki["client"], user=("view", "view-secret"))
+        try:
+            assert await c.get_node(srv.node_id("pv1.p_mw")).read_value() == 0.02
+        finally:
+            await c.disconnect()
+        closed = 0
+        for reader, _w in idle:
+            try:
+                data = await asyncio.wait_for(reader.read(10), 0.5)
+            except TimeoutError:
+                continue
+            closed += data == b""
+        assert closed >= 12 - 5 + 1  # the oldest idle ones made room
+    finally:
+        for _r, w in idle:
+            w.close()
+        await srv.stop()
