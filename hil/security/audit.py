@@ -21,11 +21,14 @@ import math
 import threading
 import time
 import weakref
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 _log = logging.getLogger(__name__)
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+#: Accepted records are flushed to the file at least this often (s); refused ones at once.
+FLUSH_S = 0.2
 
 #: Results a record can have: "accepted", or "refused" with a reason.
 ACCEPTED = "accepted"
@@ -48,12 +51,26 @@ class AuditRecord:
     role: str = ""
 
     def to_json(self) -> str:
-        d = asdict(self)
-        for k in ("old", "new"):
-            v = d[k]
-            if isinstance(v, float) and not math.isfinite(v):
-                d[k] = repr(v)  # JSON has no NaN / inf: keep it readable and valid
-        return json.dumps(d, separators=(",", ":"), sort_keys=False)
+        old, new = self.old, self.new
+        # JSON has no NaN / inf: keep them readable and the line valid
+        if isinstance(old, float) and not math.isfinite(old):
+            old = repr(old)  # type: ignore[assignment]
+        if isinstance(new, float) and not math.isfinite(new):
+            new = repr(new)  # type: ignore[assignment]
+        return _ENCODE(
+            {
+                "time": self.time,
+                "protocol": self.protocol,
+                "peer": self.peer,
+                "user": self.user,
+                "point": self.point,
+                "old": old,
+                "new": new,
+                "result": self.result,
+                "reason": self.reason,
+                "role": self.role,
+            }
+        )
 
 
 class AuditLog:
@@ -66,6 +83,7 @@ class AuditLog:
         self.path: Path | None = None
         self.counts: dict[str, int] = {ACCEPTED: 0, REFUSED: 0}
         self.dropped = 0
+        self._flushed = 0.0
         self._lock = threading.Lock()
         if path is not None:
             self.stream_to(path)
@@ -93,6 +111,8 @@ class AuditLog:
                 if len(self._buffer) > self.max_buffer:
                     self._trim()
         if result != ACCEPTED:
+            if self._file is not None:
+                self._flush()
             _log.warning(
                 "write refused: %s %s user %r point %s value %r: %s",
                 protocol,
@@ -102,7 +122,7 @@ class AuditLog:
                 new,
                 reason,
             )
-        else:
+        elif _log.isEnabledFor(logging.INFO):
             _log.info("write accepted: %s %s user %r point %s %r -> %r", protocol, peer or "?",
                       user, point, old, new)  # fmt: skip
         return rec
@@ -123,7 +143,20 @@ class AuditLog:
     def _write(self, rec: AuditRecord) -> None:
         assert self._file is not None
         self._file.write(rec.to_json() + "\n")
+        now = time.monotonic()
+        if now - self._flushed >= FLUSH_S:
+            self._flush(now)
+
+    def _flush(self, now: float | None = None) -> None:
+        assert self._file is not None
         self._file.flush()
+        self._flushed = time.monotonic() if now is None else now
+
+    def flush(self) -> None:
+        """Write what is buffered to the file now."""
+        with self._lock:
+            if self._file is not None:
+                self._flush()
 
     def stream_to(self, path: str | Path) -> Path:
         """Write the buffered records to ``path`` (appending) and every later one as it comes."""
@@ -137,6 +170,7 @@ class AuditLog:
             for rec in self._buffer:
                 self._write(rec)
             self._buffer = []
+            self._flush()
         _log.info("audit log: %s", p)
         return p
 
