@@ -371,3 +371,57 @@ async def test_the_twin_link_keeps_good_points_of_a_block_with_one_not_served():
             assert got["Q45.closed"].quality is Quality.COMMS_LOST
             assert got["pv1.p_mw"].quality is Quality.GOOD
             assert got["pv1.p_mw"].value == pytest.approx(0.02)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    fc=st.sampled_from([1, 2, 3, 4]),
+    unit=st.sampled_from([0, 1, 2, 255]),
+    address=st.integers(0, 0xFFFF),
+    count=st.integers(0, 0xFFFF),
+)
+def test_well_formed_reads_are_always_answered(fc, unit, address, count):
+    """Any well-formed read gets an answer on the same connection: data, or 02/03/04/0B."""
+
+    async def run() -> None:
+        async with Served() as s:
+            reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
+            try:
+                pdu = bytes([fc]) + address.to_bytes(2, "big") + count.to_bytes(2, "big")
+                writer.write(b"\x00\x2a\x00\x00\x00\x06" + bytes([unit]) + pdu)
+                await writer.drain()
+                head = await asyncio.wait_for(reader.readexactly(7), TIMEOUT)
+                assert head[:4] == b"\x00\x2a\x00\x00" and head[6] == unit
+                body = await asyncio.wait_for(
+                    reader.readexactly(int.from_bytes(head[4:6], "big") - 1), TIMEOUT
+                )
+                if body[0] & 0x80:
+                    assert body[0] == fc | 0x80 and body[1] in (2, 3, 4, 0x0B), body.hex()
+                else:
+                    assert body[0] == fc and unit == 1
+            finally:
+                writer.close()
+                await writer.wait_closed()
+
+    asyncio.run(run())
+
+
+def test_audit_log_buffers_until_a_file_and_keeps_refused_records(tmp_path):
+    log = AuditLog(max_buffer=3)
+    for i in range(5):
+        log.record(protocol="modbus", peer="p", user="", point=f"a{i}", old=0.0, new=1.0,
+                   result="accepted")  # fmt: skip
+    log.record(protocol="modbus", peer="p", user="", point="r", old=0.0, new=math.nan,
+               result="refused", reason="why")  # fmt: skip
+    kept = log.records()
+    assert len(kept) <= 3 and kept[-1].point == "r" and log.dropped >= 3
+    path = log.stream_to(tmp_path / "a" / "audit.jsonl")
+    log.record(protocol="opcua", peer="q", user="u", point="b", old=None, new=math.inf,
+               result="accepted")  # fmt: skip
+    log.close()
+    recs = read_audit(path)
+    assert [r["point"] for r in recs][-2:] == ["r", "b"]
+    assert recs[-2]["new"] == "nan" and recs[-1]["new"] == "inf" and recs[-1]["old"] is None
+    assert log.counts == {"accepted": 6, "refused": 1}
