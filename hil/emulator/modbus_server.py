@@ -106,7 +106,7 @@ class ModbusPolicy:
     read_only: bool = False
     allow: tuple[str, ...] | None = LOOPBACK
     max_connections: int = 32
-    idle_timeout_s: float = 60.0
+    idle_timeout_s: float = 120.0
     frame_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:

@@ -98,7 +98,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sec.add_argument(
         "--modbus-max-connections", type=int, default=32, help="default 32 (oldest idle dropped)"
     )
-    sec.add_argument("--modbus-idle-timeout", type=float, default=60.0, help="seconds (default 60)")
+    sec.add_argument(
+        "--modbus-idle-timeout", type=float, default=120.0, help="seconds (default 120)"
+    )
     parser.add_argument("--no-devices", action="store_true", help="serve points only")
     parser.add_argument("--seed", type=int, default=None, help="RTU noise seed")
     parser.set_defaults(func=_emulate)
