@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextvars
 import hmac
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,8 +27,26 @@ from asyncua.server.user_managers import UserManager
 
 from hil.security.certs import OpcuaSecurity, apply_security, describe
 from hil.security.users import LoginGuard, UserEntry
+from twin.quality import Quality, Sample
 
 _log = logging.getLogger(__name__)
+
+#: Quality -> status code: a value whose quality is not GOOD is never served as Good.
+QUALITY_STATUS: dict[Quality, int] = {
+    Quality.GOOD: ua.StatusCodes.Good,
+    Quality.STALE: ua.StatusCodes.UncertainLastUsableValue,
+    Quality.INVALID: ua.StatusCodes.BadWaitingForInitialData,
+    Quality.COMMS_LOST: ua.StatusCodes.BadCommunicationError,
+}
+
+
+def status_code(sample: Sample) -> int:
+    """The OPC UA status code of a sample: :data:`QUALITY_STATUS`, and BadSensorFailure for an
+    INVALID sample whose value is NaN (marked not available, rather than never set)."""
+    if sample.quality is Quality.INVALID and not math.isfinite(sample.value):
+        return ua.StatusCodes.BadSensorFailure
+    return QUALITY_STATUS[sample.quality]
+
 
 _PEER: contextvars.ContextVar[str] = contextvars.ContextVar("gridtwin_opcua_peer", default="")
 

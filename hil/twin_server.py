@@ -48,6 +48,7 @@ from hil.opcua_common import (
     limit_connections,
     new_server,
     peer_of_current_request,
+    status_code,
     user_label,
 )
 from hil.security.audit import ACCEPTED, REFUSED, AuditLog
@@ -370,7 +371,6 @@ class TwinServer:
         dbl = ua.VariantType.Double
 
         good = ua.StatusCode(ua.StatusCodes.Good)
-        uncertain = ua.StatusCode(ua.StatusCodes.Uncertain)
 
         def dv(value: Any, vt: ua.VariantType, status: ua.StatusCode = good) -> ua.DataValue:
             return ua.DataValue(
@@ -410,7 +410,7 @@ class TwinServer:
         for name, v_nid, q_nid, d_nid in self._points:
             s = samples.get(name)
             if s is not None:
-                status = good if s.quality.is_good else uncertain
+                status = good if s.quality.is_good else ua.StatusCode(status_code(s))
                 writes.append((v_nid, dv(float(s.value), dbl, status)))
                 writes.append((q_nid, dv(s.quality.value, ua.VariantType.String)))
             elif name in outputs:

@@ -54,6 +54,7 @@ from hil.opcua_common import (
     limit_connections,
     new_server,
     peer_of_current_request,
+    status_code,
     user_label,
 )
 from hil.security.audit import ACCEPTED, REFUSED, AuditLog, audit_log
@@ -79,12 +80,6 @@ _INTEGER = {
     ua.VariantType.UInt16,
     ua.VariantType.Int32,
     ua.VariantType.UInt32,
-}
-_QUALITY_STATUS: dict[Quality, int] = {
-    Quality.GOOD: ua.StatusCodes.Good,
-    Quality.STALE: ua.StatusCodes.UncertainLastUsableValue,
-    Quality.INVALID: ua.StatusCodes.BadWaitingForInitialData,
-    Quality.COMMS_LOST: ua.StatusCodes.BadCommunicationError,
 }
 # UN/CEFACT common codes for EUInformation (OPC UA Part 8); -1 when there is none.
 _UNECE: dict[str, str] = {
@@ -136,13 +131,6 @@ def _to_python(value: float, vtype: ua.VariantType) -> Any:
     if vtype in _INTEGER:
         return int(round(value)) if math.isfinite(value) else 0
     return float(value)
-
-
-def status_code(sample: Sample) -> int:
-    """The OPC UA status code of a store sample (see the module doc)."""
-    if sample.quality is Quality.INVALID and not math.isfinite(sample.value):
-        return ua.StatusCodes.BadSensorFailure
-    return _QUALITY_STATUS[sample.quality]
 
 
 def data_value(sample: Sample, vtype: ua.VariantType) -> ua.DataValue:

@@ -258,3 +258,23 @@ async def test_idle_connections_cannot_lock_a_client_out(pki):
         for _r, w in idle:
             w.close()
         await srv.stop()
+
+
+async def test_twin_server_serves_a_point_not_good_with_its_bad_status():
+    from types import SimpleNamespace
+
+    from twin.quality import Sample
+
+    srv = TwinServer(pn.example_simple(), pointmap(), port=_free_port())
+    async with srv:
+        async with Client(srv.endpoint, timeout=TIMEOUT) as c:
+            node = c.get_node(srv.node_id("Twin/Points/pv1.p_mw/Value"))
+            for quality, code in (
+                (Quality.COMMS_LOST, ua.StatusCodes.BadCommunicationError),
+                (Quality.STALE, ua.StatusCodes.UncertainLastUsableValue),
+                (Quality.GOOD, ua.StatusCodes.Good),
+            ):
+                loop = SimpleNamespace(samples={"pv1.p_mw": Sample(0.02, quality, 0.0)})
+                await srv.publish(loop, SimpleNamespace(converged=False), None)
+                dv = await node.read_data_value(raise_on_bad_status=False)
+                assert dv.StatusCode.value == code, (quality, dv.StatusCode)
