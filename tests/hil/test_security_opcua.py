@@ -278,3 +278,38 @@ async def test_twin_server_serves_a_point_not_good_with_its_bad_status():
                 await srv.publish(loop, SimpleNamespace(converged=False), None)
                 dv = await node.read_data_value(raise_on_bad_status=False)
                 assert dv.StatusCode.value == code, (quality, dv.StatusCode)
+
+
+async def test_the_twin_link_pins_the_server_certificate(pki):
+    """hil/links/opcua.py with a security string naming the server's certificate (5th field):
+    the right server is accepted, another one (or a man in the middle) is refused."""
+    from hil.errors import HilError
+    from hil.links.opcua import OpcuaLink
+
+    store = PointStore(pointmap())
+    store.set("pv1.p_mw", 0.02)
+    srv = OpcuaServer(store, port=_free_port(), users=load_users(pki["users"]),
+                      security=OpcuaSecurity.from_pki(pki["server"]))  # fmt: skip
+    await srv.start()
+    try:
+        inputs = [store.pointmap["pv1.p_mw"]]
+        client = pki["client"]
+        base = f"Basic256Sha256,SignAndEncrypt,{client.cert},{client.key}"
+        ns = "urn:gridtwin:substation"
+        right = f"{base},{pki['server'].cert}"
+        link = OpcuaLink(srv.endpoint, inputs, user="view", password="view-secret",
+                         security=right, namespace=ns, mode="poll")  # fmt: skip
+        try:
+            await link.connect()
+            await link.poll()
+            assert link.read_inputs()["pv1.p_mw"].value == 0.02
+        finally:
+            await link.close()
+        wrong = OpcuaLink(srv.endpoint, inputs, user="view", password="view-secret",
+                          security=f"{base},{pki['stranger'].cert}", namespace=ns, mode="poll",
+                          timeout_s=2.0)  # fmt: skip
+        with pytest.raises(HilError):
+            await wrong.connect()
+        await wrong.close()
+    finally:
+        await srv.stop()
