@@ -465,6 +465,8 @@ class ModbusServer:
         if self._server is not None:
             return
         self._server = await asyncio.start_server(self._accept, self.host, self.port)
+        if self.port == 0:  # a free port was asked for: keep it for restarts
+            self.port = int(self._server.sockets[0].getsockname()[1])
         _log.info(
             "Modbus TCP server on %s:%d, units %s%s, writes from %s",
             self.host,

@@ -81,11 +81,9 @@ class Served:
         self.store.set("pv1.p_set", 0.5)
 
     async def __aenter__(self) -> Served:
-        # port 0: asyncio binds a free port; read it back
-        await self.server.start()
-        assert self.server._server is not None
-        self.port = self.server._server.sockets[0].getsockname()[1]
-        self.server.port = self.port
+        await self.server.start()  # port 0: a free port, kept in server.port
+        self.port = self.server.port
+        assert self.port != 0
         return self
 
     async def __aexit__(self, *exc: object) -> None:
