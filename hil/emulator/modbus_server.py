@@ -602,6 +602,18 @@ class ModbusServer:
             raise _Malformed(f"function code {fc} with a {len(pdu)}-byte PDU")
         if unit not in self.context.units:
             _log.info("Modbus: unit id %d not served (units %s): 0B", unit, self.context.units)
+            if fc in WRITE_CODES:
+                self.audit.record(
+                    protocol="modbus",
+                    peer=view._caller.peer,
+                    user="",
+                    point=f"unit {unit}",
+                    old=None,
+                    new=None,
+                    result=REFUSED,
+                    reason=f"unit id {unit} not served",
+                    role=self.context.role,
+                )
             return exc(_GATEWAY_NO_RESPONSE)
         if (why := _count_error(fc, pdu)) is not None:
             _log.info("Modbus: %s: 03", why)

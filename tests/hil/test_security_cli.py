@@ -60,6 +60,13 @@ def test_emulate_refuses_a_password_on_the_command_line(capsys):
     assert "visible in `ps`" in capsys.readouterr().err
 
 
+def test_emulate_names_a_bad_allow_list_entry(capsys):
+    assert main(["emulate", "--grid", "ieee9", "--modbus-allow", "10.0.0.300", "--duration",
+                 "0"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "expected an IP address or network" in err and "10.0.0.300" in err
+
+
 async def _start(*args: str) -> tuple[asyncio.subprocess.Process, str, list[str]]:
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
     proc = await asyncio.create_subprocess_exec(
