@@ -1,14 +1,19 @@
 """Serving an emulated substation until told to stop (``gridtwin emulate``).
 
 The CLI parses; this module owns the event loop, the signal handlers and the substation.
+Security (issue 11): the servers are made here with the OPC UA security (certificates, trust
+list, users), the Modbus policy (read-only, write allow-list, connection limits) and the audit
+file the CLI chose, before the substation starts them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from twin.pointmap import PointMap
@@ -22,15 +27,22 @@ def serve_substation(
     host: str = "127.0.0.1",
     opcua_port: int = 4840,
     modbus_port: int = 5020,
-    users: dict[str, tuple[str, str]] | None = None,
+    users: dict[str, Any] | None = None,
     devices: bool = True,
     seed: int | None = None,
     duration: float | None = None,
     say: Callable[[str], None] = print,
+    opcua_security: Any = None,
+    modbus_policy: Any = None,
+    audit_path: Path | None = None,
 ) -> int:
     """Serve ``pm`` over OPC UA and Modbus TCP until SIGINT/SIGTERM or ``duration`` seconds.
 
     Prints the endpoints (``say``) once serving. Returns the exit code (0).
+
+    ``opcua_security`` (:class:`hil.security.certs.OpcuaSecurity`), ``modbus_policy``
+    (:class:`hil.emulator.modbus_server.ModbusPolicy`) and ``audit_path`` (JSON lines of every
+    write attempt) configure the servers; None keeps the library defaults.
 
     Raises:
         OSError: a port is taken or the address is not on this machine.
@@ -48,8 +60,20 @@ def serve_substation(
             seed=seed,
             duration=duration,
             say=say,
+            opcua_security=opcua_security,
+            modbus_policy=modbus_policy,
+            audit_path=audit_path,
         )
     )
+
+
+def _free_port(host: str) -> int:
+    family, _t, _p, _n, addr = socket.getaddrinfo(
+        host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind(addr)
+        return int(s.getsockname()[1])
 
 
 async def _serve(
@@ -60,14 +84,20 @@ async def _serve(
     host: str,
     opcua_port: int,
     modbus_port: int,
-    users: dict[str, tuple[str, str]],
+    users: dict[str, Any],
     devices: bool,
     seed: int | None,
     duration: float | None,
     say: Callable[[str], None],
+    opcua_security: Any = None,
+    modbus_policy: Any = None,
+    audit_path: Path | None = None,
 ) -> int:
     from hil.address_space import report_progress
     from hil.emulator import EmulatedSubstation
+    from hil.emulator.modbus_server import ModbusServer
+    from hil.emulator.opcua_server import OpcuaServer
+    from hil.security.audit import audit_log
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -94,6 +124,26 @@ async def _serve(
         devices=devices,
         rng=seed,
     )
+    audit = audit_log(sub.store)
+    if audit_path is not None:
+        audit.stream_to(audit_path)
+    if opcua_security is not None or modbus_policy is not None:
+        # the servers made here (EmulatedSubstation starts servers it is given as they are)
+        sub.modbus = ModbusServer(
+            sub.store,
+            host=host,
+            port=modbus_port or _free_port(host),
+            policy=modbus_policy,
+            audit=audit,
+        )
+        sub.opcua = OpcuaServer(
+            sub.store,
+            host=host,
+            port=opcua_port or _free_port(host),
+            users=users,
+            security=opcua_security,
+            audit=audit,
+        )
     shown = [0.0]
 
     def progress(done: int, total: int) -> None:
@@ -125,6 +175,8 @@ async def _serve(
         )
         say(f"  OPC UA  {sub.opcua_endpoint}  ({n_ua} nodes, namespace {pm.namespace})")
         say(f"  Modbus  {host}:{sub.modbus_port}  ({n_mb} points, units {units})")
+        if audit.path is not None:
+            say(f"  audit   {audit.path}")
         say(f"serving for {duration:g} s" if duration is not None else "serving until Ctrl-C")
         try:
             await asyncio.wait_for(stop.wait(), duration)

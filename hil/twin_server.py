@@ -13,6 +13,14 @@ Address space (namespace ``urn:gridtwin:twin``, string node ids = the browse pat
 
 Safe defaults (asyncua's are not, see FIELD-NOTES): binds 127.0.0.1, NoSecurity only (loopback),
 Anonymous only, an explicit user manager that never grants Admin, and no writable node at all.
+NoSecurity on an address that is not loopback is refused unless ``insecure=True``. With
+``security`` (:class:`hil.security.certs.OpcuaSecurity`, e.g. ``OpcuaSecurity.from_pki(...)``)
+the server offers only Basic256Sha256, Aes128_Sha256_RsaOaep and Aes256_Sha256_RsaPss in Sign
+and SignAndEncrypt, checks client certificates against the trust list (unknown:
+BadCertificateUntrusted), and accepts UserName logins from ``users`` (plain passwords made by
+code or ``UserEntry`` hashes from a users file) and anonymous sessions only if
+``security.insecure``. Every write attempt (all are refused: nothing is writable) goes to
+``audit``.
 Values are updated once per step, server-side, straight into the address space (no client round
 trip, no per-node service call). Element results are written only when they changed, and at least
 every ``refresh_s`` (so a SourceTimestamp never gets older than that); the stats' percentiles are
@@ -36,7 +44,17 @@ from asyncua import Server, ua
 
 from hil.address_space import BulkBuilder, Variable
 from hil.errors import HilError
-from hil.opcua_common import PasswordUserManager, new_server
+from hil.opcua_common import (
+    PasswordUserManager,
+    limit_connections,
+    new_server,
+    peer_of_current_request,
+    status_code,
+    user_label,
+)
+from hil.security.audit import ACCEPTED, REFUSED, AuditLog
+from hil.security.certs import OpcuaSecurity
+from hil.security.users import UserEntry
 
 _log = logging.getLogger(__name__)
 
@@ -73,11 +91,13 @@ class ReadOnlyUserManager(PasswordUserManager):
     server_label = "twin OPC UA"
     _log = _log
 
-    def __init__(self, users: Mapping[str, str] | None = None, *, anonymous: bool = True) -> None:
+    def __init__(
+        self, users: Mapping[str, str | UserEntry] | None = None, *, anonymous: bool = True
+    ) -> None:
         self.users = dict(users or {})
         self.anonymous = anonymous
 
-    def _password(self, username: str) -> str | None:
+    def _password(self, username: str) -> str | UserEntry | None:
         return self.users.get(username)
 
     def _anonymous_ok(self) -> bool:
@@ -111,10 +131,13 @@ class TwinServer:
         host: str = "127.0.0.1",
         port: int = 0,
         security_policies: Sequence[ua.SecurityPolicyType] = (ua.SecurityPolicyType.NoSecurity,),
-        users: Mapping[str, str] | None = None,
+        users: Mapping[str, str | UserEntry] | None = None,
         anonymous: bool = True,
         certificate: str | None = None,
         private_key: str | None = None,
+        security: OpcuaSecurity | None = None,
+        insecure: bool = False,
+        audit: AuditLog | None = None,
         namespace: str = NAMESPACE,
         refresh_s: float | None = 1.0,
         stats_interval_s: float = 1.0,
@@ -128,7 +151,13 @@ class TwinServer:
             self.points = tuple(getattr(pointmap, "points", pointmap))
         self.host = host
         self._port = int(port)
-        self.security_policies = list(security_policies)
+        self.security = security
+        self.audit = audit if audit is not None else AuditLog()
+        if security is not None:
+            self.security_policies = security.all_policies()
+            anonymous = anonymous and security.insecure
+        else:
+            self.security_policies = list(security_policies)
         self.user_manager = ReadOnlyUserManager(users, anonymous=anonymous)
         self.certificate = certificate
         self.private_key = private_key
@@ -154,6 +183,11 @@ class TwinServer:
             "localhost",
             "::1",
         ):
+            if not (insecure or (security is not None and security.insecure)):
+                raise HilError(
+                    f"twin OPC UA server: NoSecurity on {host}, which is not loopback: expected "
+                    "security=OpcuaSecurity(...) or insecure=True"
+                )
             _log.warning("twin OPC UA server offers NoSecurity on %s, which is not loopback", host)
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -197,13 +231,36 @@ class TwinServer:
             identity_tokens=[tokens[i] for i in ids or ["Username"]],
             certificate=self.certificate,
             private_key=self.private_key,
+            security=self.security,
         )
         self.ns = await server.register_namespace(self.namespace)
+        self._audit_writes(server)
         await self._build(server)
         await server.start()
+        limit_connections(server)
         self._server = server
         self._cache_attribute_values(server)
         _log.info("twin OPC UA server on %s with %d variables", self.endpoint, len(self._vars))
+
+    def _audit_writes(self, server: Server) -> None:
+        """Every client write to the twin server is refused (nothing is writable): audit it."""
+        iserver = server.iserver
+        service = iserver.attribute_service
+        write = service.write
+        audit = self.audit
+
+        async def audited_write(params: ua.WriteParameters, user: Any = None) -> Any:
+            results = await (write(params, user=user) if user is not None else write(params))
+            peer = peer_of_current_request()
+            if peer:  # a client's request, not the server writing its own nodes
+                for wv, status in zip(params.NodesToWrite, results, strict=False):
+                    audit.record(protocol="opcua-twin", peer=peer, user=user_label(user),
+                                 point=wv.NodeId.to_string(), old=None, new=_num(wv.Value),
+                                 result=ACCEPTED if status.is_good() else REFUSED,
+                                 reason=status.name)  # fmt: skip
+            return results
+
+        service.write = audited_write  # type: ignore[method-assign]
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -316,7 +373,6 @@ class TwinServer:
         dbl = ua.VariantType.Double
 
         good = ua.StatusCode(ua.StatusCodes.Good)
-        uncertain = ua.StatusCode(ua.StatusCodes.Uncertain)
 
         def dv(value: Any, vt: ua.VariantType, status: ua.StatusCode = good) -> ua.DataValue:
             return ua.DataValue(
@@ -356,7 +412,7 @@ class TwinServer:
         for name, v_nid, q_nid, d_nid in self._points:
             s = samples.get(name)
             if s is not None:
-                status = good if s.quality.is_good else uncertain
+                status = good if s.quality.is_good else ua.StatusCode(status_code(s))
                 writes.append((v_nid, dv(float(s.value), dbl, status)))
                 writes.append((q_nid, dv(s.quality.value, ua.VariantType.String)))
             elif name in outputs:
@@ -450,6 +506,13 @@ class TwinServer:
             av = node.attributes.get(ua.AttributeIds.Value) if node is not None else None
             if av is not None and hasattr(av, "datachange_callbacks"):
                 self._attvals[nid] = av
+
+
+def _num(dv: Any) -> float | None:
+    v = getattr(getattr(dv, "Value", None), "Value", None)
+    if isinstance(v, bool):
+        return float(v)
+    return float(v) if isinstance(v, (int, float)) else None
 
 
 def _labels(df: Any, table: str, net: Any) -> list[str]:

@@ -1,40 +1,64 @@
 """The emulated substation's Modbus TCP server: every request reads or writes the PointStore.
 
-pymodbus 3.16.1's own datastores keep their own copy of the registers, stay silent on an unknown
-unit id and answer 04 on some faults, so this module plugs a store-backed context into
-pymodbus's TCP server instead. pymodbus's request PDUs call ``context.async_getValues`` /
-``async_setValues`` and turn a returned ``ExcCodes`` into an exception response; raising
-``NoSuchIdException`` makes its request handler answer 0x0B. Answers, by design:
+The transport is our own asyncio server (MBAP framing, connection hygiene, peer addresses);
+pymodbus 3.16.1 only decodes the PDUs and runs them against a store-backed context. pymodbus's
+own server stays silent after garbage or a lying MBAP length, answers FC17 with its name and
+FC24 with made-up FIFO data, has no connection cap and no idle timeout (FIELD-NOTES), so it is
+not used. Answers, by design:
 
+Reads (a Modbus register has no quality, so a point whose store quality is not GOOD is never
+served as a valid value):
+
+- GOOD -> the value;
+- not GOOD and the point map names a not-available sentinel (``modbus.na``) -> the sentinel;
+- else COMMS_LOST or STALE -> 0x0B (gateway target device failed to respond), INVALID (NaN,
+  never set, "not available") -> 0x04 (server device failure). A read spanning several points
+  fails as a whole when one of them is not served.
+
+Writes:
+
+- server in read-only mode, or the client's address not on the write allow-list -> 01 (illegal
+  function: this client may not use write function codes);
 - unmapped address, a write to a point the role may not write, a write that starts or ends in
   the middle of a multi-register point -> 02 (illegal data address);
 - a value out of the point's limits, NaN, or not representable -> 03 (illegal data value);
-- unknown unit id -> 0x0B (gateway target device failed to respond);
-- a function code pymodbus does not implement -> 01, with the request's function code.
+  a count out of the protocol's limits (read 1..125 registers / 1..2000 bits, write 1..123
+  registers / 1..1968 coils) or a byte count that does not match it -> 03;
+- unknown unit id -> 0x0B;
+- a function code we do not implement (FC7, 8, 11, 12, 17, 20, 21, 24, 43, ...) -> 01, with the
+  request's function code. No FC17 identity, no FC24 FIFO data.
 
 A NaN (or the point's not-available sentinel) written by the ``plant``/``admin`` role to a
-measurement or status means "not available": stored as INVALID, not refused.
+measurement or status means "not available": stored as INVALID, not refused. A multi-point
+write is checked as a whole before anything is written: it changes all or nothing. Every write
+attempt, accepted or refused, goes to the store's audit log (:mod:`hil.security.audit`) with
+the peer address.
 
-A multi-point write is checked as a whole before anything is written: it changes all or nothing.
-Addresses are the 0-based protocol addresses of the point map, used as is.
+Connection hygiene (:class:`ModbusPolicy`): a malformed frame (protocol id not 0, an MBAP length
+outside 2..254, a PDU whose length does not match its function code, a frame not completed
+within ``frame_timeout_s``) closes that connection, logged and counted in ``stats``; at most
+``max_connections`` at once, a new connection beyond that drops the connection idle the longest;
+a connection idle for ``idle_timeout_s`` is closed. Requests on one connection are answered in
+order. Addresses are the 0-based protocol addresses of the point map, used as is.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from pymodbus.constants import ExcCodes
-from pymodbus.datastore import ModbusServerContext
-from pymodbus.exceptions import NoSuchIdException
-from pymodbus.pdu import ExceptionResponse
-from pymodbus.server import ModbusTcpServer
-from pymodbus.server.requesthandler import ServerRequestHandler
+from pymodbus.pdu import DecodePDU, ExceptionResponse, ModbusPDU
 
 from hil.emulator.opcua_server import plant_not_available
 from hil.errors import HilError, OutOfRange, WriteRejected
+from hil.security.audit import ACCEPTED, REFUSED, AuditLog, audit_log
 from hil.store import PointStore
 from twin.pointmap import ModbusBinding, Point, decode_registers, encode_registers
 from twin.quality import Quality
@@ -54,6 +78,59 @@ _FC_TABLE: dict[int, str] = {
     23: "holding_register",
     4: "input_register",
 }
+#: The function codes served; any other answers 01.
+IMPLEMENTED = frozenset(_FC_TABLE)
+WRITE_CODES = frozenset({5, 6, 15, 16, 22, 23})
+#: MBAP length field (unit id + PDU): a Modbus TCP ADU is at most 260 bytes.
+_MAX_LENGTH = 254
+_GATEWAY_NO_RESPONSE = 0x0B
+_DEVICE_FAILURE = 0x04
+
+#: Default write allow-list: loopback clients only.
+LOOPBACK = ("127.0.0.0/8", "::1/128")
+
+
+@dataclass(frozen=True, slots=True)
+class ModbusPolicy:
+    """Who may write and how connections are kept.
+
+    Args:
+        read_only: refuse every write function code (01).
+        allow: networks/addresses whose clients may write (e.g. ``("127.0.0.1",
+            "10.0.0.0/24")``); None: any client. Default: loopback only.
+        max_connections: connections at once; one more drops the one idle the longest.
+        idle_timeout_s: a connection with no request for this long is closed.
+        frame_timeout_s: a frame must be complete this long after its first byte.
+    """
+
+    read_only: bool = False
+    allow: tuple[str, ...] | None = LOOPBACK
+    max_connections: int = 32
+    idle_timeout_s: float = 120.0
+    frame_timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.max_connections < 1:
+            raise HilError(f"Modbus: max_connections: expected >= 1, found {self.max_connections}")
+        for name in ("idle_timeout_s", "frame_timeout_s"):
+            v = getattr(self, name)
+            if not (v > 0):
+                raise HilError(f"Modbus: {name}: expected a positive number, found {v!r}")
+        self.networks()  # validate early
+
+    def networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None:
+        if self.allow is None:
+            return None
+        out = []
+        for entry in self.allow:
+            try:
+                out.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                raise HilError(
+                    f"Modbus write allow-list: expected an IP address or network "
+                    f"(127.0.0.1, 10.0.0.0/24), found {entry!r}"
+                ) from None
+        return tuple(out)
 
 
 def _binding(point: Point) -> ModbusBinding:
@@ -70,6 +147,16 @@ def _na_registers(point: Point) -> list[int]:
         return [0] * _binding(point).count
 
 
+class _NotServed(Exception):
+    """A point whose quality is not GOOD and whose map names no sentinel: an exception code."""
+
+    def __init__(self, code: int, point: Point, quality: Quality) -> None:
+        super().__init__(code)
+        self.code = code
+        self.point = point
+        self.quality = quality
+
+
 class _Slot:
     """One register (or bit) address: the point it belongs to and its word index in it."""
 
@@ -80,18 +167,28 @@ class _Slot:
         self.index = index
 
 
-class StoreContext(ModbusServerContext):
-    """A pymodbus server context whose data is the PointStore, per unit id and table.
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who sent a request: for the audit and the allow-list."""
 
-    Not calling ``ModbusServerContext.__init__`` on purpose: it would build pymodbus's own
-    simulator datastore. ``old_simulator = True`` makes pymodbus's server use this object as is.
+    peer: str = ""
+    may_write: bool = True
+    why_not: str = ""
+
+
+class StoreContext:
+    """The data of the Modbus server: the PointStore, per unit id and table.
+
+    pymodbus's request PDUs call ``async_getValues`` / ``async_setValues`` on what they are
+    given; :meth:`view` binds the caller (peer address) so writes are audited with it.
     """
 
-    def __init__(self, store: PointStore, *, role: str = "operator") -> None:
+    def __init__(
+        self, store: PointStore, *, role: str = "operator", audit: AuditLog | None = None
+    ) -> None:
         self.store = store
         self.role = role
-        self.old_simulator = True
-        self.simdevices = []
+        self.audit = audit if audit is not None else audit_log(store)
         self._slots: dict[tuple[int, str], dict[int, _Slot]] = {}
         for point in store.pointmap.points:
             mb = point.modbus
@@ -106,36 +203,38 @@ class StoreContext(ModbusServerContext):
                         f"found {table[addr].point.name!r} and {point.name!r}"
                     )
                 table[addr] = _Slot(point, i)
-        self._units = sorted({unit for unit, _ in self._slots})
+        self.units = sorted({unit for unit, _ in self._slots})
 
-    # pymodbus calls these -------------------------------------------------------------------
     def device_ids(self) -> list[int]:
-        return list(self._units)
+        return list(self.units)
 
-    def _table(self, device_id: int, func_code: int) -> dict[int, _Slot] | ExcCodes:
-        if device_id not in self._units:
-            raise NoSuchIdException(f"unit id {device_id} is not served; units: {self._units}")
-        kind = _FC_TABLE.get(func_code)
-        if kind is None:
-            return ExcCodes.ILLEGAL_FUNCTION
-        return self._slots.get((device_id, kind), {})
+    def view(self, caller: Caller) -> _CallerView:
+        return _CallerView(self, caller)
+
+    def _table(self, device_id: int, func_code: int) -> dict[int, _Slot]:
+        return self._slots.get((device_id, _FC_TABLE[func_code]), {})
 
     async def async_getValues(  # noqa: N802 - pymodbus's name
         self, device_id: int, func_code: int, address: int, count: int = 1
     ) -> list[int] | list[bool] | ExcCodes:
         table = self._table(device_id, func_code)
-        if isinstance(table, ExcCodes):
-            return table
         out: list[int] = []
         cache: dict[str, list[int]] = {}
+        slots: list[_Slot] = []
         for addr in range(address, address + count):
             slot = table.get(addr)
             if slot is None:
                 _log.debug("read unit %d fc %d: address %d unmapped", device_id, func_code, addr)
                 return ExcCodes.ILLEGAL_ADDRESS
+            slots.append(slot)
+        for slot in slots:
             point = slot.point
             if point.name not in cache:
-                cache[point.name] = self._encode_current(point)
+                try:
+                    cache[point.name] = self._encode_current(point)
+                except _NotServed as ns:
+                    _log.debug("read unit %d: point %r is %s", device_id, point.name, ns.quality)
+                    return ExcCodes(ns.code)
             out.append(cache[point.name][slot.index])
         if func_code in (1, 2, 5, 15):
             return [bool(v) for v in out]
@@ -147,37 +246,45 @@ class StoreContext(ModbusServerContext):
         func_code: int,
         address: int,
         values: Sequence[int] | Sequence[bool],
+        caller: Caller = Caller(),
     ) -> ExcCodes | None:
         table = self._table(device_id, func_code)
-        if isinstance(table, ExcCodes):
-            return table
+        where = f"unit {device_id} {_FC_TABLE[func_code]} {address}"
+
+        def refuse(point: str, new: float | None, reason: str, code: ExcCodes) -> ExcCodes:
+            old = self.store.value(point) if point in self.store else None
+            self.audit.record(protocol="modbus", peer=caller.peer, user="", point=point,
+                              old=old, new=new, result=REFUSED, reason=reason,
+                              role=self.role)  # fmt: skip
+            return code
+
+        if not caller.may_write:
+            return refuse(where, None, caller.why_not, ExcCodes.ILLEGAL_FUNCTION)
         writes: list[tuple[Point, float]] = []
         i = 0
         n = len(values)
         while i < n:
             slot = table.get(address + i)
             if slot is None or slot.index != 0:
-                _log.info(
-                    "write unit %d fc %d: address %d %s",
-                    device_id,
-                    func_code,
-                    address + i,
-                    "unmapped" if slot is None else f"splits point {slot.point.name!r}",
+                why = "unmapped" if slot is None else f"splits point {slot.point.name!r}"
+                return refuse(
+                    f"unit {device_id} {_FC_TABLE[func_code]} {address + i}",
+                    None,
+                    f"address {why}",
+                    ExcCodes.ILLEGAL_ADDRESS,
                 )
-                return ExcCodes.ILLEGAL_ADDRESS
             point = slot.point
             width = _binding(point).count
             if i + width > n:
-                _log.info("write unit %d: %d values split point %r", device_id, n, point.name)
-                return ExcCodes.ILLEGAL_ADDRESS
+                return refuse(point.name, None, f"{n} values split point", ExcCodes.ILLEGAL_ADDRESS)
             chunk = values[i : i + width]
             if func_code in (5, 15):
                 value = 1.0 if chunk[0] else 0.0
             else:
                 try:
                     value = decode_registers(point, [int(v) for v in chunk])
-                except ValueError:  # RegisterValueError: not a value of this point
-                    return ExcCodes.ILLEGAL_VALUE
+                except ValueError as exc:  # RegisterValueError: not a value of this point
+                    return refuse(point.name, None, str(exc), ExcCodes.ILLEGAL_VALUE)
             writes.append((point, value))
             i += width
         # check every point before changing any: the write is all or nothing
@@ -187,90 +294,345 @@ class StoreContext(ModbusServerContext):
             try:
                 self.store.check_write(point.name, value, role=self.role)
             except WriteRejected as exc:
-                _log.info("Modbus write refused: %s", exc)
-                return ExcCodes.ILLEGAL_ADDRESS
+                return refuse(point.name, value, str(exc), ExcCodes.ILLEGAL_ADDRESS)
             except OutOfRange as exc:
-                _log.info("Modbus write refused: %s", exc)
-                return ExcCodes.ILLEGAL_VALUE
+                return refuse(point.name, value, str(exc), ExcCodes.ILLEGAL_VALUE)
         for point, value in writes:
+            old = self.store.value(point.name)
+            note = ""
             if math.isnan(value):
                 self.store.set(point.name, value, quality=Quality.INVALID, source="modbus")
+                note = "not available"
             else:
                 self.store.write(point.name, value, role=self.role, source="modbus")
+            self.audit.record(protocol="modbus", peer=caller.peer, user="", point=point.name,
+                              old=old, new=value, result=ACCEPTED, reason=note,
+                              role=self.role)  # fmt: skip
         return None
 
-    # helpers ----------------------------------------------------------------------------------
     def _encode_current(self, point: Point) -> list[int]:
         sample = self.store.get(point.name)
         mb = _binding(point)
+        if sample.quality is not Quality.GOOD:
+            if mb.na_sentinel is not None:
+                return _na_registers(point)
+            code = _DEVICE_FAILURE if sample.quality is Quality.INVALID else _GATEWAY_NO_RESPONSE
+            raise _NotServed(code, point, sample.quality)
         if mb.table in ("coil", "discrete_input") or mb.dtype == "bool":
             return [1 if sample.value else 0]
-        if sample.quality is not Quality.GOOD and sample.quality is not Quality.STALE:
-            return _na_registers(point)
         try:
             return encode_registers(point, sample.value)
         except ValueError:
-            # a value the register cannot hold (e.g. 40000 in int16): say "not available"
+            # a value the register cannot hold (e.g. 40000 in int16): not a valid value
             _log.warning("point %r: value %r does not fit %s", point.name, sample.value, mb.dtype)
-            return _na_registers(point)
+            if mb.na_sentinel is not None:
+                return _na_registers(point)
+            raise _NotServed(_DEVICE_FAILURE, point, Quality.INVALID) from None
 
 
-class _RequestHandler(ServerRequestHandler):
-    """pymodbus's connection handler, answering an unknown function code with its own code.
+class _CallerView:
+    """The context as one caller sees it (what pymodbus's PDUs are given)."""
 
-    pymodbus 3.16.1 answers a request it cannot decode with function code 0x80 (its decoder
-    does not pass the request's code on); a master then sees a mismatched reply. The code is
-    byte 7 of a Modbus TCP frame (after the 7-byte MBAP header).
-    """
+    def __init__(self, ctx: StoreContext, caller: Caller) -> None:
+        self._ctx = ctx
+        self._caller = caller
 
-    _raw_fc: int | None = None
+    async def async_getValues(  # noqa: N802 - pymodbus's name
+        self, device_id: int, func_code: int, address: int, count: int = 1
+    ) -> list[int] | list[bool] | ExcCodes:
+        return await self._ctx.async_getValues(device_id, func_code, address, count)
 
-    def callback_data(self, data: bytes, addr: tuple | None = None) -> int:
-        self._raw_fc = data[7] if len(data) > 7 else None
-        return super().callback_data(data, addr)
-
-    def server_send(self, pdu, addr):  # noqa: ANN001 - pymodbus's signature
-        if isinstance(pdu, ExceptionResponse) and pdu.function_code == 0x80 and self._raw_fc:
-            pdu.function_code = (self._raw_fc & 0x7F) | 0x80
-        super().server_send(pdu, addr)
+    async def async_setValues(  # noqa: N802 - pymodbus's name
+        self, device_id: int, func_code: int, address: int, values: Sequence[Any]
+    ) -> ExcCodes | None:
+        return await self._ctx.async_setValues(
+            device_id, func_code, address, values, caller=self._caller
+        )
 
 
-class _TcpServer(ModbusTcpServer):
-    def callback_new_connection(self) -> ServerRequestHandler:
-        return _RequestHandler(self, self.trace_packet, self.trace_pdu, self.trace_connect)
+class _Malformed(Exception):
+    """A frame that cannot be a Modbus TCP request: the connection is closed."""
+
+
+def _pdu_length_ok(fc: int, pdu: bytes) -> bool:
+    """Whether the PDU length matches what its function code says (MBAP length honest)."""
+    n = len(pdu)
+    if fc in (1, 2, 3, 4, 5, 6):
+        return n == 5
+    if fc in (15, 16):
+        return n >= 6 and n == 6 + pdu[5]
+    if fc == 22:
+        return n == 7
+    if fc == 23:
+        return n >= 10 and n == 10 + pdu[9]
+    return True  # not implemented: answered 01 whatever follows
+
+
+def _count_error(fc: int, pdu: bytes) -> str | None:
+    """Why a request's count / byte count is outside the protocol's limits (None: fine)."""
+
+    def u16(i: int) -> int:
+        return int.from_bytes(pdu[i : i + 2], "big")
+
+    if fc in (1, 2) and not 1 <= u16(3) <= 2000:
+        return f"read of {u16(3)} bits (1..2000)"
+    if fc in (3, 4) and not 1 <= u16(3) <= 125:
+        return f"read of {u16(3)} registers (1..125)"
+    if fc == 5 and u16(3) not in (0x0000, 0xFF00):
+        return f"coil value 0x{u16(3):04X} (0x0000 or 0xFF00)"
+    if fc == 15 and (not 1 <= u16(3) <= 1968 or pdu[5] != (u16(3) + 7) // 8):
+        return f"write of {u16(3)} coils in {pdu[5]} bytes (1..1968)"
+    if fc == 16 and (not 1 <= u16(3) <= 123 or pdu[5] != 2 * u16(3)):
+        return f"write of {u16(3)} registers in {pdu[5]} bytes (1..123)"
+    if fc == 23 and (not 1 <= u16(3) <= 125 or not 1 <= u16(7) <= 121 or pdu[9] != 2 * u16(7)):
+        return f"read {u16(3)} / write {u16(7)} registers in {pdu[9]} bytes"
+    return None
+
+
+class _Connection:
+    __slots__ = ("peer", "ip", "writer", "task", "last", "busy")
+
+    def __init__(self, peer: str, ip: str, writer: asyncio.StreamWriter, now: float) -> None:
+        self.peer = peer
+        self.ip = ip
+        self.writer = writer
+        self.task: asyncio.Task[Any] | None = None
+        self.last = now
+        self.busy = False
 
 
 class ModbusServer:
-    """Modbus TCP server over a PointStore; start/stop may be repeated on the same port."""
+    """Modbus TCP server over a PointStore; start/stop may be repeated on the same port.
+
+    Args:
+        store: the point store served.
+        host, port: bind address (loopback by default).
+        role: the role writes act with (Modbus has no authentication).
+        policy: read-only mode, write allow-list, connection limits (:class:`ModbusPolicy`).
+        audit: the audit log (default: the store's, :func:`hil.security.audit.audit_log`).
+
+    ``stats`` counts connections, requests and what was refused or closed and why.
+    """
 
     def __init__(
-        self, store: PointStore, *, host: str = "127.0.0.1", port: int, role: str = "operator"
+        self,
+        store: PointStore,
+        *,
+        host: str = "127.0.0.1",
+        port: int,
+        role: str = "operator",
+        policy: ModbusPolicy | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.store = store
         self.host = host
         self.port = port
-        self.context = StoreContext(store, role=role)
-        self._server: ModbusTcpServer | None = None
+        self.policy = policy or ModbusPolicy()
+        self._networks = self.policy.networks()
+        self.context = StoreContext(store, role=role, audit=audit)
+        self._decoder = DecodePDU(True)
+        self._server: asyncio.Server | None = None
+        self._conns: dict[int, _Connection] = {}
+        self.stats: dict[str, int] = dict.fromkeys(
+            (
+                "connections",
+                "requests",
+                "exceptions",
+                "malformed_closed",
+                "idle_closed",
+                "cap_dropped",
+                "writes_refused_policy",
+                "not_implemented",
+            ),
+            0,
+        )
+
+    @property
+    def audit(self) -> AuditLog:
+        return self.context.audit
 
     @property
     def running(self) -> bool:
         return self._server is not None
 
+    @property
+    def connections(self) -> int:
+        """Connections open now."""
+        return len(self._conns)
+
     async def start(self) -> None:
         """Listen on (host, port); raises OSError when the port is taken."""
         if self._server is not None:
             return
-        server = _TcpServer(self.context, address=(self.host, self.port))
-        if not await server.listen():
-            raise OSError(f"Modbus server: could not listen on {self.host}:{self.port}")
-        self._server = server
-        _log.info("Modbus TCP server on %s:%d, units %s", self.host, self.port, self.context._units)
+        self._server = await asyncio.start_server(self._accept, self.host, self.port)
+        if self.port == 0:  # a free port was asked for: keep it for restarts
+            self.port = int(self._server.sockets[0].getsockname()[1])
+        _log.info(
+            "Modbus TCP server on %s:%d, units %s%s, writes from %s",
+            self.host,
+            self.port,
+            self.context.units,
+            " (read-only)" if self.policy.read_only else "",
+            "anyone" if self.policy.allow is None else ", ".join(self.policy.allow),
+        )
 
     async def stop(self) -> None:
         """Close the listener and every client connection."""
         server, self._server = self._server, None
         if server is None:
             return
-        await server.shutdown()
-        # let the transports' close callbacks run so no task outlives the server
-        await asyncio.sleep(0)
+        server.close()
+        conns = list(self._conns.values())
+        for c in conns:
+            c.writer.close()
+            if c.task is not None:
+                c.task.cancel()
+        tasks = [c.task for c in conns if c.task is not None]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._conns.clear()
+        await server.wait_closed()
+
+    # connections ------------------------------------------------------------------------------
+    def _may_write(self, ip: str) -> tuple[bool, str]:
+        if self.policy.read_only:
+            return False, "server is read-only"
+        nets = self._networks
+        if nets is None:
+            return True, ""
+        try:
+            addr = ipaddress.ip_address(ip.split("%")[0])
+        except ValueError:
+            return False, f"peer {ip!r} is not an IP address"
+        if addr.version == 6 and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        if any(addr in n for n in nets):
+            return True, ""
+        return False, f"peer {ip} is not on the write allow-list"
+
+    def _make_room(self) -> None:
+        """At the cap: drop the connection idle the longest (busy ones last)."""
+        while len(self._conns) >= self.policy.max_connections:
+            victim = min(self._conns.values(), key=lambda c: (c.busy, c.last))
+            _log.warning("Modbus: %d connections (cap), dropping %s", len(self._conns), victim.peer)
+            self.stats["cap_dropped"] += 1
+            self._conns.pop(id(victim), None)
+            victim.writer.close()
+            if victim.task is not None:
+                victim.task.cancel()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        peername = writer.get_extra_info("peername") or ("", 0)
+        ip = str(peername[0])
+        peer = f"[{ip}]:{peername[1]}" if ":" in ip else f"{ip}:{peername[1]}"
+        self._make_room()
+        conn = _Connection(peer, ip, writer, loop.time())
+        conn.task = asyncio.current_task()
+        self._conns[id(conn)] = conn
+        self.stats["connections"] += 1
+        may, why = self._may_write(ip)
+        caller = Caller(peer=peer, may_write=may, why_not=why)
+        view = self.context.view(caller)
+        try:
+            await self._serve(conn, reader, writer, view)
+        except _Malformed as exc:
+            self.stats["malformed_closed"] += 1
+            _log.warning("Modbus: malformed frame from %s (%s): connection closed", peer, exc)
+        except TimeoutError:
+            self.stats["idle_closed"] += 1
+            _log.info("Modbus: %s idle for %g s: connection closed", peer,
+                      self.policy.idle_timeout_s)  # fmt: skip
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the client went away
+        except asyncio.CancelledError:
+            pass  # dropped (cap) or server stopping
+        finally:
+            self._conns.pop(id(conn), None)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+    async def _serve(
+        self,
+        conn: _Connection,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        view: _CallerView,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        policy = self.policy
+        while True:
+            first = await asyncio.wait_for(reader.readexactly(1), policy.idle_timeout_s)
+            conn.busy = True
+            try:
+                async with asyncio.timeout(policy.frame_timeout_s):
+                    head = first + await reader.readexactly(6)
+                    if head[2:4] != b"\x00\x00":
+                        raise _Malformed(f"protocol id 0x{head[2]:02X}{head[3]:02X}, expected 0")
+                    length = int.from_bytes(head[4:6], "big")
+                    if not 2 <= length <= _MAX_LENGTH:
+                        raise _Malformed(f"MBAP length {length}, expected 2..{_MAX_LENGTH}")
+                    pdu = await reader.readexactly(length - 1)
+            except TimeoutError:
+                why = f"frame not complete within {policy.frame_timeout_s:g} s"
+                raise _Malformed(why) from None
+            tid, unit = head[0:2], head[6]
+            answer = await self._answer(unit, pdu, view)
+            writer.write(tid + b"\x00\x00" + (len(answer) + 1).to_bytes(2, "big") +
+                         bytes([unit]) + answer)  # fmt: skip
+            await writer.drain()
+            conn.last = loop.time()
+            conn.busy = False
+
+    async def _answer(self, unit: int, pdu: bytes, view: _CallerView) -> bytes:
+        """The response PDU for one request PDU (raises _Malformed for a dishonest frame)."""
+        self.stats["requests"] += 1
+        fc = pdu[0]
+
+        def exc(code: int) -> bytes:
+            self.stats["exceptions"] += 1
+            return bytes([(fc & 0x7F) | 0x80, code])
+
+        if fc not in IMPLEMENTED:
+            self.stats["not_implemented"] += 1
+            _log.info("Modbus: function code %d not implemented: 01", fc)
+            return exc(0x01)
+        if not _pdu_length_ok(fc, pdu):
+            raise _Malformed(f"function code {fc} with a {len(pdu)}-byte PDU")
+        if unit not in self.context.units:
+            _log.info("Modbus: unit id %d not served (units %s): 0B", unit, self.context.units)
+            if fc in WRITE_CODES:
+                self.audit.record(
+                    protocol="modbus",
+                    peer=view._caller.peer,
+                    user="",
+                    point=f"unit {unit}",
+                    old=None,
+                    new=None,
+                    result=REFUSED,
+                    reason=f"unit id {unit} not served",
+                    role=self.context.role,
+                )
+            return exc(_GATEWAY_NO_RESPONSE)
+        if (why := _count_error(fc, pdu)) is not None:
+            _log.info("Modbus: %s: 03", why)
+            return exc(0x03)
+        if fc in WRITE_CODES and not view._caller.may_write:
+            self.stats["writes_refused_policy"] += 1
+        request: ModbusPDU | None = self._decoder.decode(pdu)
+        if request is None:
+            raise _Malformed(f"function code {fc}: PDU does not decode")
+        response = await request.datastore_update(view, unit)  # type: ignore[arg-type]
+        if isinstance(response, ExceptionResponse):
+            self.stats["exceptions"] += 1
+        return bytes([response.function_code]) + response.encode()
+
+
+def parse_allow(entries: Iterable[str]) -> tuple[str, ...]:
+    """``--modbus-allow`` values (comma-separated too), validated."""
+    out: list[str] = []
+    for e in entries:
+        out.extend(x.strip() for x in e.split(",") if x.strip())
+    ModbusPolicy(allow=tuple(out))  # raises HilError naming a bad entry
+    return tuple(out)

@@ -14,8 +14,23 @@ replaced by a subclass that sends every client write to one of our point nodes t
 - unknown node -> BadNodeIdUnknown (asyncua)
 
 Writes to other nodes (the standard address space) go to asyncua's own checks. Users are an
-explicit dict ``name -> (password, role)``; an anonymous session gets ``anonymous_role``
-(``"viewer"`` by default, ``None`` refuses anonymous sessions).
+explicit dict ``name -> (password, role)`` (made by code) or ``name -> UserEntry`` (a users file
+of password hashes, :mod:`hil.security.users`); an anonymous session gets ``anonymous_role``
+(``"viewer"`` by default, ``None`` refuses anonymous sessions). With ``security``
+(:class:`hil.security.certs.OpcuaSecurity`) the server offers only its secure policies, checks
+client certificates against its trust list, and accepts anonymous sessions only when
+``security.insecure``.
+
+Quality -> status code (a value whose quality is not GOOD is never served as Good):
+
+- GOOD -> Good
+- STALE -> UncertainLastUsableValue (the last value, not refreshed in time)
+- INVALID -> BadWaitingForInitialData when the point never had a value, BadSensorFailure when it
+  was marked not available (NaN)
+- COMMS_LOST -> BadCommunicationError
+
+Every client write to a point node, accepted or refused, goes to the store's audit log with
+peer, user (and client certificate), old and new value.
 """
 
 from __future__ import annotations
@@ -34,7 +49,18 @@ from asyncua.server.address_space import AttributeService
 
 from hil.address_space import build_point_nodes
 from hil.errors import HilError, OutOfRange, WriteRejected
-from hil.opcua_common import PasswordUserManager, new_server
+from hil.opcua_common import (
+    MAX_CONNECTIONS,
+    PasswordUserManager,
+    limit_connections,
+    new_server,
+    peer_of_current_request,
+    status_code,
+    user_label,
+)
+from hil.security.audit import ACCEPTED, REFUSED, AuditLog, audit_log
+from hil.security.certs import OpcuaSecurity
+from hil.security.users import UserEntry
 from hil.store import ROLE_WRITES, PointStore
 from twin.pointmap import Point
 from twin.quality import Quality, Sample
@@ -55,12 +81,6 @@ _INTEGER = {
     ua.VariantType.UInt16,
     ua.VariantType.Int32,
     ua.VariantType.UInt32,
-}
-_QUALITY_STATUS: dict[Quality, int] = {
-    Quality.GOOD: ua.StatusCodes.Good,
-    Quality.STALE: ua.StatusCodes.UncertainLastUsableValue,
-    Quality.INVALID: ua.StatusCodes.BadWaitingForInitialData,
-    Quality.COMMS_LOST: ua.StatusCodes.BadNoCommunication,
 }
 # UN/CEFACT common codes for EUInformation (OPC UA Part 8); -1 when there is none.
 _UNECE: dict[str, str] = {
@@ -119,7 +139,7 @@ def data_value(sample: Sample, vtype: ua.VariantType) -> ua.DataValue:
     ts = datetime.fromtimestamp(sample.timestamp, UTC)
     return ua.DataValue(
         Value=ua.Variant(_to_python(sample.value, vtype), vtype),
-        StatusCode=ua.StatusCode(_QUALITY_STATUS[sample.quality]),
+        StatusCode=ua.StatusCode(status_code(sample)),
         SourceTimestamp=ts,
         ServerTimestamp=datetime.now(UTC),
     )
@@ -135,9 +155,18 @@ class RoleUserManager(PasswordUserManager):
     _log = _log
 
     def __init__(
-        self, users: Mapping[str, tuple[str, str]], *, anonymous_role: str | None = "viewer"
+        self,
+        users: Mapping[str, tuple[str, str] | UserEntry],
+        *,
+        anonymous_role: str | None = "viewer",
     ) -> None:
-        for name, (_pw, role) in users.items():
+        norm: dict[str, tuple[str | UserEntry, str]] = {}
+        for name, entry in users.items():
+            if isinstance(entry, UserEntry):
+                norm[name] = (entry, entry.role)
+            else:
+                norm[name] = (entry[0], entry[1])
+        for name, (_pw, role) in norm.items():
             if role not in ROLE_WRITES:
                 raise OpcuaConfigError(
                     f"user {name!r}: expected a role in {', '.join(ROLE_WRITES)}, found {role!r}"
@@ -147,10 +176,10 @@ class RoleUserManager(PasswordUserManager):
                 f"anonymous role: expected one of {', '.join(ROLE_WRITES)}, "
                 f"found {anonymous_role!r}"
             )
-        self.users = dict(users)
+        self.users = norm
         self.anonymous_role = anonymous_role
 
-    def _password(self, username: str) -> str | None:
+    def _password(self, username: str) -> str | UserEntry | None:
         entry = self.users.get(username)
         return entry[0] if entry else None
 
@@ -186,6 +215,7 @@ class _GuardedAttributeService(AttributeService):
                 results.extend(await super().write(one, user=user))
                 continue
             if wv.AttributeId != ua.AttributeIds.Value:
+                self._owner.audit_refused(point, None, user, "attribute is not Value")
                 results.append(ua.StatusCode(ua.StatusCodes.BadUserAccessDenied))
                 continue
             results.append(self._owner.client_write(point, wv.Value, user))
@@ -201,13 +231,21 @@ class OpcuaServer:
         *,
         host: str = "127.0.0.1",
         port: int,
-        users: Mapping[str, tuple[str, str]] | None = None,
+        users: Mapping[str, tuple[str, str] | UserEntry] | None = None,
         anonymous_role: str | None = "viewer",
         security_policies: list[ua.SecurityPolicyType] | None = None,
         certificate: str | None = None,
         private_key: str | None = None,
+        security: OpcuaSecurity | None = None,
+        audit: AuditLog | None = None,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.store = store
+        self.security = security
+        self.max_connections = max_connections
+        self.audit = audit if audit is not None else audit_log(store)
+        if security is not None and not security.insecure:
+            anonymous_role = None  # anonymous sessions exist only with --insecure
         self.host = host
         self.port = port
         self.user_manager = RoleUserManager(users or {}, anonymous_role=anonymous_role)
@@ -255,12 +293,14 @@ class OpcuaServer:
             identity_tokens=tokens,
             certificate=self.certificate,
             private_key=self.private_key,
+            security=self.security,
         )
         await self._build(server)
         server.iserver.attribute_service = _GuardedAttributeService(
             server.iserver.attribute_service, self
         )
         await server.start()
+        limit_connections(server, self.max_connections)
         self._server = server
         self._wake = asyncio.Event()
         self._unsubscribe = self.store.subscribe(self._on_change)
@@ -343,6 +383,26 @@ class OpcuaServer:
     def client_write(self, point: Point, dv: ua.DataValue, user: User) -> ua.StatusCode:
         """Apply one client write to the store with the user's role; returns the status."""
         role = self.user_manager.role_of(user)
+        return self._client_write(point, dv, user, role)
+
+    def audit_refused(self, point: Point, new: float | None, user: User, reason: str) -> None:
+        self.audit.record(protocol="opcua", peer=peer_of_current_request(),
+                          user=user_label(user), point=point.name,
+                          old=self.store.value(point.name), new=new, result=REFUSED,
+                          reason=reason, role=self.user_manager.role_of(user))  # fmt: skip
+
+    def _client_write(self, point: Point, dv: ua.DataValue, user: User, role: str) -> ua.StatusCode:
+        old = self.store.value(point.name)
+        who = user_label(user)
+        peer = peer_of_current_request()
+
+        def done(status: int, new: float | None, reason: str = "") -> ua.StatusCode:
+            ok = status == ua.StatusCodes.Good
+            self.audit.record(protocol="opcua", peer=peer, user=who, point=point.name, old=old,
+                              new=new, result=ACCEPTED if ok else REFUSED,
+                              reason=reason, role=role)  # fmt: skip
+            return ua.StatusCode(status)
+
         timestamp = _posix(dv.SourceTimestamp)
         bad_status = dv.StatusCode is not None and dv.StatusCode.is_bad()
         variant = dv.Value
@@ -354,25 +414,23 @@ class OpcuaServer:
         elif isinstance(raw, (int, float)):
             value = float(raw)
         else:
-            return ua.StatusCode(ua.StatusCodes.BadTypeMismatch)
+            return done(ua.StatusCodes.BadTypeMismatch, None, f"not a number: {raw!r}")
         if self._vtype[point.name] in _INTEGER and math.isfinite(value) and value != int(value):
-            return ua.StatusCode(ua.StatusCodes.BadTypeMismatch)
+            return done(ua.StatusCodes.BadTypeMismatch, value, "a fraction for an integer")
         if math.isnan(value) and plant_not_available(point, role):
             # the twin marks a measurement it cannot compute (isolated bus): INVALID, not refused
             self.store.set(
                 point.name, math.nan, quality=Quality.INVALID, timestamp=timestamp, source="opcua"
             )
-            return ua.StatusCode()
+            return done(ua.StatusCodes.Good, value, "not available")
         try:
             self.store.check_write(point.name, value, role=role)
         except WriteRejected as exc:
-            _log.info("OPC UA write refused: %s", exc)
-            return ua.StatusCode(ua.StatusCodes.BadUserAccessDenied)
+            return done(ua.StatusCodes.BadUserAccessDenied, value, str(exc))
         except OutOfRange as exc:
-            _log.info("OPC UA write refused: %s", exc)
-            return ua.StatusCode(ua.StatusCodes.BadOutOfRange)
+            return done(ua.StatusCodes.BadOutOfRange, value, str(exc))
         self.store.set(point.name, value, timestamp=timestamp, source="opcua")
-        return ua.StatusCode()
+        return done(ua.StatusCodes.Good, value)
 
 
 def plant_not_available(point: Point, role: str) -> bool:

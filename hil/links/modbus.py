@@ -56,6 +56,11 @@ _EXCEPTION_NAMES = {
 _FMT = {"int16": "h", "uint16": "H", "int32": "i", "uint32": "I", "float32": "f", "float64": "d"}
 
 
+#: Exception codes a server answers for a point it does not serve as good (04 device failure:
+#: invalid; 0B gateway target failed to respond: comms lost), not faults of the request.
+_NOT_SERVED = (0x04, 0x0B)
+
+
 def _local_decode(point: Point, regs: list[int]) -> float:
     b = point.modbus
     assert b is not None
@@ -297,6 +302,8 @@ class ModbusLink(FieldLink):
         first such ProtocolError is raised at the end. A lost connection raises CommsLost at once.
         """
         first_error: ProtocolError | None = None
+        not_served_error: ProtocolError | None = None  # 04/0B: a point quality, see below
+        any_good = False
         for blk in self.blocks:
             fn = {
                 "coil": "read_coils",
@@ -307,6 +314,14 @@ class ModbusLink(FieldLink):
             what = f"read {blk.table} {blk.address}+{blk.count} unit {blk.unit}"
             rr = await self._call(what, fn, blk.address, count=blk.count, device_id=blk.unit)
             t = self.clock()
+            if rr.isError() and int(getattr(rr, "exception_code", 0) or 0) in _NOT_SERVED:
+                # the server does not serve a point that is not good (issue 11: 04 invalid,
+                # 0B comms lost): one point failed the block; read its points one by one
+                err, not_served, good = await self._poll_points(blk, fn)
+                first_error = first_error or err
+                not_served_error = not_served_error or not_served
+                any_good = any_good or good
+                continue
             try:
                 self._check_response(rr, blk.points[0], what)
             except ProtocolError as exc:
@@ -320,6 +335,7 @@ class ModbusLink(FieldLink):
                 first_error = first_error or exc
                 continue
             self.stats["reads"] += 1
+            any_good = True
             for p in blk.points:
                 b = p.modbus
                 assert b is not None
@@ -332,6 +348,48 @@ class ModbusLink(FieldLink):
         self._notify()
         if first_error is not None:
             raise first_error
+        if not_served_error is not None and not any_good:
+            raise not_served_error  # nothing at all was served: the device, not one point
+
+    async def _poll_points(
+        self, blk: Block, fn: str
+    ) -> tuple[ProtocolError | None, ProtocolError | None, bool]:
+        """Read a block's points one at a time: 04 -> INVALID, 0B -> COMMS_LOST, else the value.
+
+        Returns the first other protocol error, the first 04/0B error, and whether any point
+        was read."""
+        first_error: ProtocolError | None = None
+        not_served: ProtocolError | None = None
+        good = False
+        for p in blk.points:
+            b = p.modbus
+            assert b is not None
+            what = f"read {blk.table} {b.address}+{b.count} unit {blk.unit}"
+            rr = await self._call(what, fn, b.address, count=b.count, device_id=blk.unit)
+            t = self.clock()
+            code = int(getattr(rr, "exception_code", 0) or 0) if rr.isError() else 0
+            if code:
+                old = self._cache.get(p.name)
+                q = Quality.COMMS_LOST if code == 0x0B else Quality.INVALID
+                self._store_input(
+                    p.name, Sample(old.value if old else math.nan, q, t), notify=False
+                )
+                try:
+                    self._check_response(rr, p, what)
+                except ProtocolError as exc:
+                    if code in _NOT_SERVED:
+                        not_served = not_served or exc
+                    else:
+                        first_error = first_error or exc
+                continue
+            self.stats["reads"] += 1
+            good = True
+            if blk.table in ("coil", "discrete_input"):
+                value = 1.0 if rr.bits[0] else 0.0
+            else:
+                value = decode(p, list(rr.registers[: b.count]))
+            self._store_input(p.name, Sample.good(value, t), notify=False)
+        return first_error, not_served, good
 
     # --- writes --------------------------------------------------------------------------------
     def _not_writable(self, point: Point) -> str | None:

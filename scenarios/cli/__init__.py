@@ -53,6 +53,7 @@ _COMMAND_MODULES = [
     "scenarios.cli.solve_cmd",
     "scenarios.cli.points_cmd",
     "scenarios.cli.emulate_cmd",
+    "scenarios.cli.certs_cmd",
     "scenarios.cli.run_cmd",
     "scenarios.cli.report_cmd",
     "scenarios.cli.compare_cmd",

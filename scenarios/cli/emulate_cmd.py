@@ -1,8 +1,18 @@
 """``gridtwin emulate``: serve an emulated substation (OPC UA + Modbus TCP) for a grid.
 
 gridtwin emulate --grid ieee14 [--points FILE] [--mode hil|mirror] [--opcua-port 4840]
-                 [--modbus-port 5020] [--host 127.0.0.1] [--duration S]
-                 [--user NAME:PASSWORD:ROLE ...] [--no-devices] [--seed N]
+                 [--modbus-port 5020] [--host 127.0.0.1] [--duration S] [--no-devices] [--seed N]
+                 [--pki DIR] [--users FILE] [--insecure [--user NAME:PASSWORD:ROLE ...]]
+                 [--modbus-read-only] [--modbus-allow ADDR[,ADDR]] [--modbus-max-connections N]
+                 [--modbus-idle-timeout S] [--audit FILE]
+
+Secure by default: OPC UA offers Basic256Sha256, Aes128_Sha256_RsaOaep and Aes256_Sha256_RsaPss
+(Sign, SignAndEncrypt) only, with the certificate of ``--pki DIR`` (a one-time certificate in
+the results folder without it), client certificates checked against ``DIR/trusted``, and
+UserName logins from ``--users FILE`` (password hashes). ``--insecure`` adds the None policy
+and anonymous (viewer) sessions, and is announced on stderr. Modbus writes are accepted from
+loopback only unless ``--modbus-allow`` says otherwise. Every write attempt goes to the audit
+file (default ``results/emulate-<time>/audit.jsonl``).
 
 Serves until Ctrl-C / SIGTERM (clean stop, exit 0) or for ``--duration`` seconds.
 """
@@ -11,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 
@@ -21,7 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="serve an emulated substation over OPC UA and Modbus TCP",
         description=(
             "Serve a grid's field points as an emulated substation: OPC UA and Modbus TCP over "
-            "one point store, with breaker, tap-changer, relay and inverter behaviours."
+            "one point store, with breaker, tap-changer, relay and inverter behaviours. Secure "
+            "by default (see docs/safety.md)."
         ),
     )
     parser.add_argument("--grid", required=True, help="grid name (see `gridtwin grids`)")
@@ -37,12 +49,57 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--duration", type=float, default=None, help="stop after S seconds (default: Ctrl-C)"
     )
-    parser.add_argument(
+    sec = parser.add_argument_group("security")
+    sec.add_argument(
+        "--pki",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="PKI folder from `gridtwin certs create` (own/cert.der, own/key.pem, trusted/); "
+        "default: a one-time certificate in the results folder, no client trusted",
+    )
+    sec.add_argument(
+        "--users",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="users file with password hashes (`gridtwin certs add-user`)",
+    )
+    sec.add_argument(
+        "--insecure",
+        action="store_true",
+        help="also offer the None policy and anonymous (viewer) sessions: loopback tests only",
+    )
+    sec.add_argument(
         "--user",
         action="append",
         default=[],
         metavar="NAME:PASSWORD:ROLE",
-        help="OPC UA user (role: viewer, operator, plant, admin); repeatable",
+        help="an OPC UA user with its password on the command line: only with --insecure",
+    )
+    sec.add_argument(
+        "--audit",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="audit log, JSON lines (default results/emulate-<time>/audit.jsonl)",
+    )
+    sec.add_argument(
+        "--modbus-read-only", action="store_true", help="refuse every Modbus write (01)"
+    )
+    sec.add_argument(
+        "--modbus-allow",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="address or network whose Modbus clients may write (repeatable, comma lists); "
+        "default loopback only; 'any' for every client",
+    )
+    sec.add_argument(
+        "--modbus-max-connections", type=int, default=32, help="default 32 (oldest idle dropped)"
+    )
+    sec.add_argument(
+        "--modbus-idle-timeout", type=float, default=120.0, help="seconds (default 120)"
     )
     parser.add_argument("--no-devices", action="store_true", help="serve points only")
     parser.add_argument("--seed", type=int, default=None, help="RTU noise seed")
@@ -65,23 +122,67 @@ def _parse_users(specs: list[str]) -> dict[str, tuple[str, str]]:
     return users
 
 
+def _fail(message: str) -> int:
+    print(f"gridtwin emulate: error: {message}", file=sys.stderr)
+    return 2
+
+
 def _emulate(args: argparse.Namespace) -> int:
     import grids
     from hil.emulator import is_loopback
+    from hil.emulator.modbus_server import LOOPBACK, ModbusPolicy, parse_allow
+    from hil.errors import HilError
+    from hil.security.certs import OpcuaSecurity, Pki
+    from hil.security.users import load_users
     from hil.serve import serve_substation
     from twin.pointmap import generate_pointmap, load_pointmap
 
-    users = _parse_users(args.user)
     if args.duration is not None and args.duration < 0:
-        print(
-            f"gridtwin emulate: --duration: expected >= 0, found {args.duration}", file=sys.stderr
+        return _fail(f"--duration: expected >= 0, found {args.duration}")
+    if args.user and not args.insecure:
+        return _fail(
+            "--user puts a password on the command line (visible in `ps`): expected --users "
+            "FILE (`gridtwin certs add-user`), or --insecure for a loopback test"
         )
-        return 2
+    run_dir = Path("results") / f"emulate-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        users: dict = dict(load_users(args.users)) if args.users is not None else {}
+        users.update(_parse_users(args.user))
+        if args.pki is not None:
+            security = OpcuaSecurity.from_pki(Pki(args.pki), insecure=args.insecure)
+        elif args.insecure:
+            security = OpcuaSecurity.insecure_only()
+        else:
+            pki = Pki(run_dir / "pki")
+            pki.create(app_uri="urn:gridtwin:emulator", common_name="gridtwin emulator")
+            security = OpcuaSecurity.from_pki(pki)
+        allow: tuple[str, ...] | None = LOOPBACK
+        if any(a.strip().lower() == "any" for a in args.modbus_allow):
+            allow = None
+        elif args.modbus_allow:
+            allow = parse_allow(args.modbus_allow)
+        policy = ModbusPolicy(
+            read_only=args.modbus_read_only,
+            allow=allow,
+            max_connections=args.modbus_max_connections,
+            idle_timeout_s=args.modbus_idle_timeout,
+        )
+    except HilError as exc:
+        return _fail(str(exc))
+    audit_path = args.audit if args.audit is not None else run_dir / "audit.jsonl"
+    if args.insecure:
+        print(
+            "WARNING: --insecure: OPC UA offers the None policy and anonymous sessions; "
+            "passwords and values cross the wire in clear and are not checked against a "
+            "certificate. Only for loopback tests.",
+            file=sys.stderr,
+        )
     if not is_loopback(args.host):
         print(
             f"WARNING: binding {args.host}, which is NOT a loopback address: anyone who can reach "
-            "it can read every point and, over Modbus (no authentication), operate breakers and "
-            "change setpoints. Use 127.0.0.1 unless this network is isolated.",
+            "it can read every point; Modbus has no authentication (writes only from "
+            f"{'nobody' if policy.read_only else ', '.join(policy.allow or ['ANYONE'])}). Use "
+            "127.0.0.1 unless this network is isolated.",
             file=sys.stderr,
         )
     net = grids.load(args.grid)
@@ -93,6 +194,18 @@ def _emulate(args: argparse.Namespace) -> int:
     def say(line: str) -> None:
         print(line, flush=True)
 
+    policies = ", ".join(p.name for p in security.all_policies())
+    say(f"  OPC UA security: {policies}")
+    say(
+        f"  OPC UA certificate {security.certificate or 'none'}, trusted clients in "
+        f"{security.trust or 'none'}; {len(users)} users"
+        + ("" if users else " (nobody can log in: --users FILE)")
+        + ("; anonymous viewer" if args.insecure else "")
+    )
+    say(
+        "  Modbus writes: "
+        + ("none (read-only)" if policy.read_only else ", ".join(policy.allow or ["anyone"]))
+    )
     try:
         return serve_substation(
             net,
@@ -106,6 +219,9 @@ def _emulate(args: argparse.Namespace) -> int:
             seed=args.seed,
             duration=args.duration,
             say=say,
+            opcua_security=security,
+            modbus_policy=policy,
+            audit_path=audit_path,
         )
     except OSError as exc:  # port taken, address not on this machine, ...
         print(

@@ -262,10 +262,11 @@ async def _modbus_reads_every_table(sub, mb_client):
     assert struct.unpack(">h", struct.pack(">H", rr.registers[0]))[0] == -125  # scale 0.01
 
 
-async def _modbus_serves_nan_for_invalid_float(sub, mb_client):
+async def _modbus_answers_04_for_an_invalid_float(sub, mb_client):
+    # an INVALID point is never served as a value (it used to read NaN: issue 11)
     rr = await mb_client.read_holding_registers(0, count=2, device_id=1)
     assert sub.store.get("trafo0.avr_vset_pu").quality is Quality.INVALID
-    assert math.isnan(f32(rr.registers))
+    assert await _exc(rr) == 4
 
 
 async def _opcua_reads_types_units_and_tree(sub):
@@ -438,13 +439,14 @@ async def _opcua_plant_is_also_limit_checked(sub):
 
 
 async def _plant_marks_a_measurement_not_available(sub, mb_client):
-    """NaN (isolated bus) or a Bad status from the plant: INVALID, served as NaN on Modbus."""
+    """NaN (isolated bus) or a Bad status from the plant: INVALID, 04 on Modbus."""
     async with _ua_client(sub, "plant") as client:
         node = client.get_node(sub.node_id("bus1.vm_pu"))
         await node.write_value(ua.Variant(math.nan, ua.VariantType.Float))
         assert sub.store.get("bus1.vm_pu").quality is Quality.INVALID
+        # no quality on Modbus and no sentinel in the map: 04, never a value
         rr = await mb_client.read_input_registers(0, count=2, device_id=1)
-        assert math.isnan(f32(rr.registers))
+        assert await _exc(rr) == 4
         dv = await node.read_data_value(raise_on_bad_status=False)
         assert dv.StatusCode.is_bad()
         # back to a value, with the plant's own source timestamp
@@ -537,7 +539,8 @@ async def _modbus_multi_write_with_one_bad_value_changes_nothing(sub, mb_client)
 async def _modbus_unknown_unit_is_0b(sub, mb_client):
     assert await _exc(await mb_client.read_input_registers(0, count=2, device_id=9)) == 0x0B
     assert await _exc(await mb_client.write_coil(0, True, device_id=9)) == 0x0B
-    # and the connection still answers afterwards
+    # and the connection still answers afterwards (a GOOD point: an INVALID one answers 04)
+    sub.store.set("switch0.cmd", 0)
     assert not (await mb_client.read_coils(0, count=1, device_id=1)).isError()
 
 
@@ -594,9 +597,9 @@ async def _modbus_viewer_role_writes_nothing(net):
 
 # --- the tests above, grouped: each substation start costs an asyncua address space ----------
 async def test_reads_over_modbus(sub, mb_client):
-    """Initial values from the net; every Modbus table read; NaN for an INVALID float."""
+    """Initial values from the net; every Modbus table read; 04 for an INVALID float."""
     await _initial_values_come_from_the_net(sub)
-    await _modbus_serves_nan_for_invalid_float(sub, mb_client)
+    await _modbus_answers_04_for_an_invalid_float(sub, mb_client)
     await _modbus_reads_every_table(sub, mb_client)
 
 

@@ -77,6 +77,7 @@ def start_emulator(
         str(modbus_port),
         "--duration",
         "900",
+        "--insecure",  # None policy + passwords on the command line: loopback test only
         "--user",
         "plant:pw-plant:plant",
         "--user",

@@ -1,0 +1,305 @@
+"""Application certificates, trust lists and the OPC UA security of our servers.
+
+A PKI folder (``gridtwin certs create --pki DIR``)::
+
+    DIR/own/cert.der     this application's certificate (DER, self-signed, 2 years)
+    DIR/own/key.pem      its private key (PEM, mode 0600)
+    DIR/trusted/*.der    certificates of peers we trust (``gridtwin certs trust FILE``)
+
+:class:`TrustList` validates a client's certificate against ``trusted/`` (re-read when the
+folder changes, so ``certs trust`` works without a restart): a certificate not in it is refused
+with BadCertificateUntrusted, an expired one with BadCertificateTimeInvalid.
+
+:class:`OpcuaSecurity` says what a server offers: by default Basic256Sha256,
+Aes128_Sha256_RsaOaep and Aes256_Sha256_RsaPss, each in Sign and SignAndEncrypt, UserName
+logins only. ``insecure=True`` adds the None policy and anonymous sessions (only ever on
+request; the CLI announces it).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from asyncua import ua
+from asyncua.common.utils import ServiceError
+from asyncua.crypto.cert_gen import dump_private_key_as_pem, generate_private_key
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from hil.errors import HilError
+
+_log = logging.getLogger(__name__)
+
+#: The secure policies offered by default, in the order asyncua lists endpoints.
+SECURE_POLICIES: tuple[ua.SecurityPolicyType, ...] = (
+    ua.SecurityPolicyType.Basic256Sha256_Sign,
+    ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
+    ua.SecurityPolicyType.Aes128Sha256RsaOaep_Sign,
+    ua.SecurityPolicyType.Aes128Sha256RsaOaep_SignAndEncrypt,
+    ua.SecurityPolicyType.Aes256Sha256RsaPss_Sign,
+    ua.SecurityPolicyType.Aes256Sha256RsaPss_SignAndEncrypt,
+)
+
+
+class CertificateError(HilError, ValueError):
+    """A certificate or PKI folder that cannot be used (names the file)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pki:
+    """A PKI folder: own certificate and key, trusted peer certificates."""
+
+    root: Path
+
+    @property
+    def cert(self) -> Path:
+        return self.root / "own" / "cert.der"
+
+    @property
+    def key(self) -> Path:
+        return self.root / "own" / "key.pem"
+
+    @property
+    def trusted(self) -> Path:
+        return self.root / "trusted"
+
+    def exists(self) -> bool:
+        return self.cert.is_file() and self.key.is_file()
+
+    def create(
+        self,
+        *,
+        app_uri: str = "urn:gridtwin:app",
+        common_name: str = "gridtwin",
+        hostnames: tuple[str, ...] = ("localhost",),
+        days: int = 730,
+        overwrite: bool = False,
+    ) -> Path:
+        """Make the application certificate and key (refuses to overwrite unless told)."""
+        if self.exists() and not overwrite:
+            raise CertificateError(
+                f"{self.cert} exists already (expected a PKI folder without a certificate, or "
+                "--overwrite)"
+            )
+        create_certificate(
+            self.cert, self.key, app_uri=app_uri, common_name=common_name,
+            hostnames=hostnames, days=days,
+        )  # fmt: skip
+        self.trusted.mkdir(parents=True, exist_ok=True)
+        return self.cert
+
+    def trust(self, path: str | Path) -> Path:
+        """Copy a peer's certificate (DER or PEM) into ``trusted/``; returns the new file."""
+        cert = load_certificate(path)
+        self.trusted.mkdir(parents=True, exist_ok=True)
+        cn = _common_name(cert) or "peer"
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in cn)[:40]
+        out = self.trusted / f"{safe}_{fingerprint(cert)[:16]}.der"
+        out.write_bytes(cert.public_bytes(Encoding.DER))
+        return out
+
+    def app_uri(self) -> str:
+        """The application URI in the own certificate (servers must announce the same)."""
+        cert = load_certificate(self.cert)
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+            uris = san.value.get_values_for_type(x509.UniformResourceIdentifier)
+        except x509.ExtensionNotFound:
+            uris = []
+        return uris[0] if uris else "urn:gridtwin:app"
+
+
+def _common_name(cert: x509.Certificate) -> str | None:
+    attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(attrs[0].value) if attrs else None
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    """SHA-256 fingerprint (hex) of a certificate."""
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def describe(cert: x509.Certificate | bytes | None) -> str:
+    """``CN=... sha256:abcd...`` for the audit log ('' for no certificate)."""
+    if cert is None:
+        return ""
+    if isinstance(cert, (bytes, bytearray)):
+        raw = bytes(cert)
+        try:
+            cert = x509.load_der_x509_certificate(raw)
+        except ValueError:
+            return "sha256:" + hashlib.sha256(raw).hexdigest()[:16]
+    return f"CN={_common_name(cert) or '?'} sha256:{fingerprint(cert)[:16]}"
+
+
+def load_certificate(path: str | Path) -> x509.Certificate:
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise CertificateError(f"certificate {p}: {exc.strerror or exc}") from None
+    try:
+        if data.lstrip().startswith(b"-----BEGIN"):
+            return x509.load_pem_x509_certificate(data)
+        return x509.load_der_x509_certificate(data)
+    except ValueError:
+        raise CertificateError(
+            f"certificate {p}: expected an X.509 certificate (DER or PEM), found something else"
+        ) from None
+
+
+def create_certificate(
+    cert_path: str | Path,
+    key_path: str | Path,
+    *,
+    app_uri: str,
+    common_name: str = "gridtwin",
+    hostnames: tuple[str, ...] = ("localhost",),
+    days: int = 730,
+) -> None:
+    """A self-signed application certificate for client and server use, and its key."""
+    from asyncua.crypto.cert_gen import generate_self_signed_app_certificate
+
+    cert_path, key_path = Path(cert_path), Path(key_path)
+    cert_path.parent.mkdir(parents=True, exist_ok=True)
+    key_path.parent.mkdir(parents=True, exist_ok=True)
+    key = generate_private_key()
+    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(app_uri)]
+    hosts = list(dict.fromkeys((*hostnames, socket.gethostname())))
+    names += [x509.DNSName(h) for h in hosts if h]
+    cert = generate_self_signed_app_certificate(
+        key,
+        common_name,
+        {"organizationName": "gridtwin"},
+        names,
+        extended=[ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+        days=days,
+    )
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(dump_private_key_as_pem(key))
+    cert_path.write_bytes(cert.public_bytes(Encoding.DER))
+
+
+class TrustList:
+    """asyncua certificate validator: a client certificate must be in a trusted folder."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self._stamp: tuple[Any, ...] | None = None
+        self._trusted: set[str] = set()
+        self.refused = 0
+
+    def _reload(self) -> None:
+        files = sorted(self.folder.glob("*")) if self.folder.is_dir() else []
+        stamp = tuple((f.name, f.stat().st_mtime_ns) for f in files)
+        if stamp == self._stamp:
+            return
+        trusted = set()
+        for f in files:
+            try:
+                trusted.add(fingerprint(load_certificate(f)))
+            except CertificateError as exc:
+                _log.warning("trust list: skipping %s", exc)
+        self._trusted, self._stamp = trusted, stamp
+
+    def is_trusted(self, cert: x509.Certificate) -> bool:
+        self._reload()
+        return fingerprint(cert) in self._trusted
+
+    async def __call__(self, cert: x509.Certificate, app_description: Any) -> None:
+        now = _dt.datetime.now(_dt.UTC)
+        if not (cert.not_valid_before_utc <= now <= cert.not_valid_after_utc):
+            self.refused += 1
+            _log.warning("OPC UA: client certificate %s expired or not yet valid", describe(cert))
+            raise ServiceError(ua.StatusCodes.BadCertificateTimeInvalid)
+        if not self.is_trusted(cert):
+            self.refused += 1
+            _log.warning(
+                "OPC UA: client certificate %s (%s) not trusted: refused (trust it with "
+                "`gridtwin certs trust FILE`)",
+                describe(cert),
+                getattr(app_description, "ApplicationUri", "?"),
+            )
+            raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
+
+
+@dataclass(frozen=True)
+class OpcuaSecurity:
+    """What an OPC UA server offers.
+
+    Args:
+        certificate, private_key: the server's certificate (DER/PEM) and key (PEM).
+        trust: folder of trusted client certificates (None: any client certificate is accepted,
+            logged as a warning: only for code that knows its peers).
+        policies: secure policies offered (default all three in Sign and SignAndEncrypt).
+        insecure: also offer the None policy and anonymous sessions.
+        app_uri: application URI announced (must match the certificate's).
+    """
+
+    certificate: Path | None = None
+    private_key: Path | None = None
+    trust: Path | None = None
+    policies: tuple[ua.SecurityPolicyType, ...] = SECURE_POLICIES
+    insecure: bool = False
+    app_uri: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_pki(cls, pki: Pki, *, insecure: bool = False) -> OpcuaSecurity:
+        if not pki.exists():
+            raise CertificateError(
+                f"PKI folder {pki.root}: expected own/cert.der and own/key.pem (make them with "
+                f"`gridtwin certs create --pki {pki.root}`), found none"
+            )
+        return cls(
+            certificate=pki.cert, private_key=pki.key, trust=pki.trusted, insecure=insecure,
+            app_uri=pki.app_uri(),
+        )  # fmt: skip
+
+    @classmethod
+    def insecure_only(cls) -> OpcuaSecurity:
+        """The None policy and anonymous sessions only (loopback tests, the embedded run)."""
+        return cls(policies=(), insecure=True)
+
+    def all_policies(self) -> list[ua.SecurityPolicyType]:
+        out = list(self.policies)
+        if self.insecure:
+            out.insert(0, ua.SecurityPolicyType.NoSecurity)
+        if not out:
+            raise CertificateError("OPC UA: no security policy to offer")
+        if self.policies and not (self.certificate and self.private_key):
+            raise CertificateError(
+                "OPC UA: secure policies need a certificate and a private key (gridtwin certs "
+                "create), found none"
+            )
+        return out
+
+
+async def apply_security(server: Any, security: OpcuaSecurity) -> None:
+    """Set policies, certificate, key, application URI and trust list on an asyncua Server."""
+    server.set_security_policy(security.all_policies())
+    if security.app_uri:
+        await server.set_application_uri(security.app_uri)
+    if security.certificate and security.private_key:
+        try:
+            await server.load_certificate(str(security.certificate))
+            await server.load_private_key(str(security.private_key))
+        except (OSError, ValueError) as exc:
+            raise CertificateError(
+                f"OPC UA: cannot load certificate {security.certificate} / key "
+                f"{security.private_key}: {exc}"
+            ) from None
+    if security.trust is not None:
+        server.set_certificate_validator(TrustList(security.trust))
+    elif security.policies:
+        _log.warning("OPC UA: no trust list: any client certificate is accepted")
