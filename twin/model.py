@@ -68,6 +68,24 @@ _NATIVE_ELEMENT = {
     "sgen": frozenset(("p_mw", "q_mvar")),
 }
 _NATIVE: dict[str, frozenset[str]] = {**_NATIVE_BRANCH, **_NATIVE_ELEMENT}
+# result column -> row of the kernel's branch result matrix (_reference.BRANCH_ROWS)
+_LINE_ROWS = {
+    name: k
+    for k, name in enumerate(
+        ("p_from_mw", "q_from_mvar", "p_to_mw", "q_to_mvar", "pl_mw", "ql_mvar", "i_from_ka",
+         "i_to_ka", "i_ka", "loading_percent", "vm_from_pu", "va_from_degree", "vm_to_pu",
+         "va_to_degree")
+    )
+}  # fmt: skip
+_TRAFO_ROWS = {
+    name: k
+    for k, name in enumerate(
+        ("p_hv_mw", "q_hv_mvar", "p_lv_mw", "q_lv_mvar", "pl_mw", "ql_mvar", "i_hv_ka",
+         "i_lv_ka", "", "loading_percent", "vm_hv_pu", "va_hv_degree", "vm_lv_pu",
+         "va_lv_degree")
+    )
+    if name
+}  # fmt: skip
 _EPS = float(np.finfo(float).eps)  # pypower's guard in the reactive-power split
 _SL_FAC = 25  # pypower gen column: slack contribution factor
 _BOOL_COLUMNS = {("switch", "closed"), ("line", "in_service"), ("trafo", "in_service")}
@@ -168,6 +186,7 @@ class Solution:
         # native(table) -> {column: array} for the columns computed without pandapower
         self._native_fn = native if native is not None else branch
         self._native: dict[str, dict[str, np.ndarray] | None] = {}
+        self._flat: dict[tuple[str, str], np.ndarray] = {}
         self._tables: dict[str, Any] | None = None
 
     def _bus(self) -> None:
@@ -205,6 +224,9 @@ class Solution:
         Raises:
             InvalidInput: unknown table or column (the message lists what exists).
         """
+        col = self._flat.get((table, column))
+        if col is not None:
+            return col.copy()
         if table == "bus" and column == "vm_pu":
             return self.vm_pu.copy()
         if table == "bus" and column == "va_degree":
@@ -230,6 +252,9 @@ class Solution:
             cols = self._native[table]
         except KeyError:
             cols = self._native[table] = self._native_fn(table)
+            if cols is not None:
+                # one dict lookup per later get() of any column of this table
+                self._flat.update({(table, k): v for k, v in cols.items()})
         if cols is None or column not in cols:
             return None
         return cols
@@ -392,6 +417,7 @@ class GridModel:
             rest[column] = rest[column] - np.bincount(b[ok], weights=(w * val)[ok], minlength=n)
             groups.append((b, w, val))
         self._rest_p, self._rest_q = rest["p_mw"], rest["q_mvar"]
+        self._groups_now = groups
         self._fast = {key: self._inp[key] for key in _GROUPS}
         self._changed: set[tuple[str, str]] = set()
         self._snap_inputs = {key: self._inp[key].copy() for key in _GROUPS}
@@ -522,8 +548,6 @@ class GridModel:
         return True
 
     def _install_patch(self, out: frozenset[int], info: SimpleNamespace) -> None:
-        import scipy.sparse as sp
-
         y_re0, y_im0 = self._y_base
         yre = y_re0.copy()
         yim = y_im0.copy()
@@ -540,12 +564,10 @@ class GridModel:
         # ppci keeps BR_STATUS 1 (pypower's pfsoln refuses status 0): the zeroed Yf / Yt rows
         # give the patched-out branches zero flows, as pandapower reports for them
         ppci = c0.ppci
-        n = self._n
         fields = {
             k: v for k, v in vars(c0).items() if k not in ("branch", "element", "yf", "yt", "lazy")
         }
         fields.update(ppci=ppci, y_re=yre, y_im=yim)
-        y_ind, y_ptr = self._y_indices, self._y_indptr
 
         def lazy(name: str) -> Any:
             # built when a solution's results are first read, not on every toggle
@@ -555,9 +577,17 @@ class GridModel:
                     y.data[y.indptr[r] : y.indptr[r + 1]] = 0.0
                 return y
             if name == "branch":
-                return self._branch_maps(c0.ppc, ppci, n, c.yf, c.yt)
-            ybus = sp.csr_matrix((yre + 1j * yim, y_ind, y_ptr), shape=(n, n))
-            return self._element_maps(ppci, ybus, n)
+                # the compile's maps with the patched-out branches' stamps zeroed (zero flows)
+                maps = {}
+                for table, m in c0.branch.items():
+                    gone = np.isin(m.rows, rows)
+                    stamps = m.stamps
+                    if gone.any():
+                        stamps = stamps.copy()
+                        stamps[:, gone] = 0.0
+                    maps[table] = SimpleNamespace(**{**vars(m), "stamps": stamps})
+                return maps
+            return c0.element  # gen results read the patched Ybus values (c.y_re / c.y_im)
 
         c = _Structure(lazy=lazy, **fields)
         self._c = c
@@ -686,14 +716,32 @@ class GridModel:
                 )
             rows = to_int[f:t]
             ok = np.flatnonzero(rows >= 0)
-            # the rows of the solved branches, sliced once here rather than every step
-            yfr = yf[rows[ok]] if ok.size else None
-            ytr = yt[rows[ok]] if ok.size else None
-            # energized end buses (ppc buses past the internal ones are out of service)
+            nb = t - f
+            # per branch: yff, yft, ytf, ytt (the entries of its Yf / Yt rows), zero when the
+            # branch is not solved; the kernel's branch_results reads them
+            stamps = np.zeros((8, nb))
+            for k, y in enumerate((yf, yt)):
+                if not ok.size:
+                    break
+                sub = y[rows[ok]].tocoo()
+                at = ok[sub.row]
+                first = sub.col == fb[at]  # the entry at the from bus, else at the to bus
+                for j, sel in enumerate((first, ~first)):
+                    np.add.at(stamps[4 * k + 2 * j], at[sel], sub.data[sel].real)
+                    np.add.at(stamps[4 * k + 2 * j + 1], at[sel], sub.data[sel].imag)
+            scale = np.empty((5, nb))
+            scale[0], scale[1] = base_kv[fb], base_kv[tb]
+            with np.errstate(divide="ignore"):
+                if table == "line":
+                    scale[2] = scale[3] = 1.0
+                    scale[4] = np.where(extra[0] != 0, 100.0 / extra[0], np.inf)
+                else:
+                    vn_hv, vn_lv, sn, par_df = extra
+                    scale[2], scale[3] = vn_hv, vn_lv
+                    scale[4] = np.sqrt(3) / sn * 100.0 / par_df
             maps[table] = SimpleNamespace(
-                ok=ok, fb=fb, tb=tb, kv_f=base_kv[fb], kv_t=base_kv[tb], fb_ok=fb[ok],
-                tb_ok=tb[ok], yf=yfr, yt=ytr, f_on=np.flatnonzero(fb < n),
-                t_on=np.flatnonzero(tb < n), extra=extra,
+                rows=rows, fb=np.ascontiguousarray(fb), tb=np.ascontiguousarray(tb),
+                stamps=stamps, scale=scale,
             )  # fmt: skip
         return maps
 
@@ -702,49 +750,12 @@ class GridModel:
         m = c.branch.get(table)
         if m is None:
             return None
-        v = _snap_v(snap)
-        vm_int = snap["vm"]
-        nb = m.fb.shape[0]
-        sf = np.zeros(nb, dtype=complex)
-        st = np.zeros(nb, dtype=complex)
-        if m.ok.size:
-            sf[m.ok] = v[m.fb_ok] * np.conj(m.yf @ v) * c.base_mva
-            st[m.ok] = v[m.tb_ok] * np.conj(m.yt @ v) * c.base_mva
-        # |V| and angle at both ends; NaN where the bus is not energized (pandapower's convention)
-        vmf = np.full(nb, np.nan)
-        vmt = np.full(nb, np.nan)
-        vaf = np.full(nb, np.nan)
-        vat = np.full(nb, np.nan)
-        vmf[m.f_on] = vm_int[m.fb[m.f_on]]
-        vmt[m.t_on] = vm_int[m.tb[m.t_on]]
-        va_deg = _snap_va_degree(snap)
-        vaf[m.f_on] = va_deg[m.fb[m.f_on]]
-        vat[m.t_on] = va_deg[m.tb[m.t_on]]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            i_f = np.abs(sf) / (vmf * m.kv_f) / np.sqrt(3)
-            i_t = np.abs(st) / (vmt * m.kv_t) / np.sqrt(3)
-            i_max = np.maximum(i_f, i_t)
-            # np.maximum propagates NaN like pandapower's np.max over the two ends
-            if table == "line":
-                rating = m.extra[0]
-                loading = np.full(nb, np.inf)
-                np.divide(i_max, rating, where=rating != 0, out=loading)
-                return {
-                    "p_from_mw": sf.real, "q_from_mvar": sf.imag, "p_to_mw": st.real,
-                    "q_to_mvar": st.imag, "pl_mw": sf.real + st.real,
-                    "ql_mvar": sf.imag + st.imag, "i_from_ka": i_f, "i_to_ka": i_t,
-                    "i_ka": i_max, "loading_percent": loading * 100, "vm_from_pu": vmf,
-                    "va_from_degree": vaf, "vm_to_pu": vmt, "va_to_degree": vat,
-                }  # fmt: skip
-            vn_hv, vn_lv, sn, par_df = m.extra
-            lds = np.maximum(i_f * vn_hv, i_t * vn_lv) * np.sqrt(3) / sn * 100.0
-            loading = lds / par_df
-        return {
-            "p_hv_mw": sf.real, "q_hv_mvar": sf.imag, "p_lv_mw": st.real, "q_lv_mvar": st.imag,
-            "pl_mw": sf.real + st.real, "ql_mvar": sf.imag + st.imag, "i_hv_ka": i_f,
-            "i_lv_ka": i_t, "loading_percent": loading, "vm_hv_pu": vmf, "va_hv_degree": vaf,
-            "vm_lv_pu": vmt, "va_lv_degree": vat,
-        }  # fmt: skip
+        out = np.empty((14, m.fb.shape[0]))
+        self._kernel.branch_results(
+            snap["vm"], self._polar(snap), c.n, c.base_mva, m.fb, m.tb, m.stamps, m.scale, out
+        )
+        names = _LINE_ROWS if table == "line" else _TRAFO_ROWS
+        return {name: out[k] for name, k in names.items()}
 
     def _element_maps(self, ppci: dict, ybus: Any, n: int) -> dict[str, Any]:
         """What ext_grid, gen, load and sgen results need, resolved once per compile.
@@ -818,9 +829,14 @@ class GridModel:
                 pvg = np.setdiff1d(at, ext)
                 w = gen[ext, _SL_FAC].real.astype(float)
                 slack.append((int(ref_bus), pos, at, ext, pvg, w))
+            demand = []
+            for b, w, _val in self._groups_now:
+                idx = np.flatnonzero((b >= 0) & np.isin(b, rows))
+                demand.append((idx, np.searchsorted(rows, b[idx]), w[idx]))
             out["gen_rows"] = SimpleNamespace(
+                demand=demand, rest_p=self._rest_p[rows], rest_q=self._rest_q[rows],
                 ng=gen.shape[0], on=on, gbus=gbus, qmin=qmin, split=split, slack=slack,
-                y_rows=ybus.tocsr()[rows], rows=rows, gpos=np.searchsorted(rows, gbus),
+                rows=np.ascontiguousarray(rows, dtype=np.int64), gpos=np.searchsorted(rows, gbus),
                 eg_on=eg_on, eg_rows=eg_rows[eg_on], g_on=g_on, g_rows=g_rows[g_on],
                 g_bus=g_bus[g_on],
             )  # fmt: skip
@@ -835,11 +851,21 @@ class GridModel:
         cached = snap.get("gen_pq")
         if cached is not None:
             return cached
-        v = _snap_v(snap)
         base = c.base_mva
-        s = v[m.rows] * np.conj(m.y_rows @ v)  # bus injections at gen and ref buses, pu
-        bus_pd, bus_qd = _snap_demand(snap)
-        q_on = s[m.gpos].imag * base + bus_qd[m.gbus]
+        # bus injections at gen and ref buses, pu
+        sp_, sq_ = np.empty(m.rows.shape[0]), np.empty(m.rows.shape[0])
+        self._kernel.bus_power(
+            c.y_indptr, c.y_indices, c.y_re, c.y_im, self._polar(snap), m.rows, sp_, sq_
+        )
+        # bus demand at those rows only (the element groups of the solved inputs)
+        pd_, qd_ = m.rest_p.copy(), m.rest_q.copy()
+        inputs = snap["inputs"]
+        for key, (idx, at, w) in zip(_GROUPS, m.demand):
+            if idx.size:
+                (pd_ if key[1] == "p_mw" else qd_)[:] += np.bincount(
+                    at, weights=w * inputs[key][idx], minlength=pd_.shape[0]
+                )
+        q_on = sq_[m.gpos] * base + qd_[m.gpos]
         if m.split is not None:
             ngg, qgmin, qrange, qspan, same = m.split
             q_on = q_on / ngg
@@ -850,8 +876,8 @@ class GridModel:
         qg = np.zeros(m.ng)
         qg[m.on] = q_on
         pg = np.array(snap["gen_pg"], dtype=float)
-        for ref_bus, pos, at, ext, pvg, w in m.slack:
-            p_bus = s[pos].real * base + bus_pd[ref_bus]
+        for _ref_bus, pos, at, ext, pvg, w in m.slack:
+            p_bus = sp_[pos] * base + pd_[pos]
             if ext is None:
                 pg[at[0]] = p_bus
                 continue
@@ -898,8 +924,16 @@ class GridModel:
         p[m.g_on] = pg[m.g_rows]
         q[m.g_on] = qg[m.g_rows]
         vm[m.g_on] = snap["vm"][m.g_bus]
-        va[m.g_on] = _snap_va_degree(snap)[m.g_bus]
+        va[m.g_on] = self._polar(snap)[2][m.g_bus]
         return {"p_mw": p, "q_mvar": q, "vm_pu": vm, "va_degree": va}
+
+    def _polar(self, snap: dict[str, Any]) -> np.ndarray:
+        """(re, im, angle degrees) of the snapshot's internal bus voltages (computed once)."""
+        p = snap.get("polar")
+        if p is None:
+            vm = snap["vm"]
+            p = snap["polar"] = self._kernel.polar(vm, snap["va"], np.empty((3, vm.shape[0])))
+        return p
 
     def _gen_row_map(self) -> dict[str, np.ndarray]:
         """pandapower gen / ext_grid index order -> internal gen row (-1 when not in service)."""
@@ -1489,22 +1523,6 @@ def _snap_demand(snap: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     if d is None:
         d = snap["demand"] = _demand(snap["c"], snap["inputs"])
     return d
-
-
-def _snap_v(snap: dict[str, Any]) -> np.ndarray:
-    """Complex internal bus voltages of a snapshot (computed once, kept in it)."""
-    v = snap.get("v")
-    if v is None:
-        v = snap["v"] = snap["vm"] * np.exp(1j * snap["va"])
-    return v
-
-
-def _snap_va_degree(snap: dict[str, Any]) -> np.ndarray:
-    """Internal bus angles in degrees, wrapped like pandapower's angle(V) (kept in the snapshot)."""
-    va = snap.get("va_degree")
-    if va is None:
-        va = snap["va_degree"] = np.rad2deg(np.angle(_snap_v(snap)))
-    return va
 
 
 def _fill_from_neighbours(
