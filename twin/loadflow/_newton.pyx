@@ -953,6 +953,8 @@ def batch(plan, indptr, indices, y_re, y_im, kind, p_spec, q_spec, vset, vm0, va
     cdef double dy[8]
     cdef bint corr
     cdef int br
+    cdef double[::1] pvre = pl.vre
+    cdef double[::1] pvim = pl.vim
     with nogil:
         for c in range(start, stop):
             row = c if ps.shape[0] > 1 else 0
@@ -1004,10 +1006,11 @@ def batch(plan, indptr, indices, y_re, y_im, kind, p_spec, q_spec, vset, vm0, va
                     if fb < 0 or tb < 0 or j == cbr[c] or kd[fb] == 3 or kd[tb] == 3:
                         oload[c, j] = 0.0
                         continue
-                    vfr = ovm[c, fb] * cos(ova[c, fb])
-                    vfi = ovm[c, fb] * sin(ova[c, fb])
-                    vtr = ovm[c, tb] * cos(ova[c, tb])
-                    vti = ovm[c, tb] * sin(ova[c, tb])
+                    # the loop leaves V of its last (converged) iterate in the plan's arrays
+                    vfr = pvre[fb]
+                    vfi = pvim[fb]
+                    vtr = pvre[tb]
+                    vti = pvim[tb]
                     ir = ffr[j] * vfr - ffi[j] * vfi + ftr[j] * vtr - fti[j] * vti
                     ii = ffr[j] * vfi + ffi[j] * vfr + ftr[j] * vti + fti[j] * vtr
                     lf = sqrt(ir * ir + ii * ii) * cf[j]
