@@ -472,6 +472,12 @@ class GridModel:
         self._c_base = self._c
         self._y_base = (self._y_re, self._y_im)
         self._out: frozenset[int] = frozenset()
+        # compiled branch rows with one end opened by a line / trafo switch: row -> 1 (from
+        # end open) or 2 (to end open); rows with both ends open are in _out
+        self._half: dict[int, int] = {}
+        self._svc_out: frozenset[int] = frozenset()  # rows out by in_service
+        self._sw_open: dict[int, int] = {}  # row -> open ends by switches (bit 1 f, bit 2 t)
+        self._sw_info: SimpleNamespace | None = None
         self._patch_info: SimpleNamespace | None = None
         self.patches = getattr(self, "patches", 0)
 
@@ -533,19 +539,111 @@ class GridModel:
         rows = rows_of[pos]
         if np.any(rows < 0):
             return False
-        out = set(self._out)
+        out = set(self._svc_out)
         for r, on in zip(rows.tolist(), np.asarray(new, dtype=bool).tolist()):
             if on:
                 out.discard(r)
             else:
                 out.add(r)
+        return self._apply_state(frozenset(out), self._sw_open, info)
+
+    def _apply_state(
+        self, svc_out: frozenset[int], sw_open: dict[int, int], info: SimpleNamespace
+    ) -> bool:
+        """Install the patch for rows out of service and switch-opened ends (False: not fit)."""
+        out = set(svc_out)
+        half: dict[int, int] = {}
+        for r, ends in sw_open.items():
+            if r in svc_out or not ends:
+                continue
+            if ends == 3:
+                out.add(r)
+            else:
+                half[r] = ends
         new_out = frozenset(out)
-        if new_out == self._out:
+        if new_out == self._out and half == self._half:
+            self._svc_out, self._sw_open = svc_out, dict(sw_open)
             return True
-        if new_out - self._out and not self._all_supplied(new_out, info):
+        cut = new_out | frozenset(half)
+        if (cut - self._out - frozenset(self._half)) and not self._all_supplied(cut, info):
             return False
+        self._svc_out, self._sw_open = svc_out, dict(sw_open)
+        self._half = half
         self._install_patch(new_out, info)
         return True
+
+    def _try_switch(self, pos: np.ndarray, new: np.ndarray) -> bool:
+        """Line / trafo switch changes as Ybus patches (False: recompile instead).
+
+        An open element switch leaves the element connected at its other end only: pandapower
+        puts an auxiliary bus at the open end; eliminating that bus gives the closed end the
+        admittance ``y_cc - y_co y_oc / y_oo`` (none at all with both ends open). Patched only
+        for elements all of whose switches were closed when the model was compiled.
+        """
+        sw = self._switch_data()
+        if sw is None:
+            return False
+        cand = sw.row_of_switch[pos]
+        if np.any(cand < 0):
+            return False  # a bus-bus switch, or an element not in the compile as closed
+        state = sw.closed.copy()
+        state[pos] = new
+        sw_open = dict(self._sw_open)
+        for r in np.unique(cand).tolist():
+            mine = sw.switches_of_row[r]
+            ends = 0
+            for k, end in mine:
+                if not state[k]:
+                    ends |= end
+            sw_open[r] = ends
+        info = self._patch_data()
+        if not self._apply_state(self._svc_out, sw_open, info):
+            return False
+        sw.closed = state
+        return True
+
+    def _switch_data(self) -> SimpleNamespace | None:
+        """Per switch: the compiled branch row it can patch (-1: bus-bus or not patchable)."""
+        if self._sw_info is not None:
+            return self._sw_info
+        net = self._net
+        df = net.switch
+        if len(df) == 0:
+            return None
+        info = self._patch_data()
+        et = df["et"].to_numpy().astype(str)
+        elem = df["element"].to_numpy(dtype=np.int64)
+        bus = df["bus"].to_numpy(dtype=np.int64)
+        closed = df["closed"].to_numpy(dtype=bool).copy()
+        row_of_switch = np.full(len(df), -1, dtype=np.int64)
+        switches_of_row: dict[int, list[tuple[int, int]]] = {}
+        for code, table, ends in (("l", "line", ("from_bus", "to_bus")),
+                                  ("t", "trafo", ("hv_bus", "lv_bus"))):  # fmt: skip
+            rows_of = info.rows.get(table)
+            ks = np.flatnonzero(et == code)
+            if rows_of is None or not ks.size:
+                continue
+            tdf = net[table]
+            p = tdf.index.get_indexer(elem[ks])
+            for k, q in zip(ks.tolist(), p.tolist()):
+                if q < 0 or rows_of[q] < 0:
+                    continue
+                at_bus = int(bus[k])
+                f_bus, t_bus = tdf[ends[0]].iat[q], tdf[ends[1]].iat[q]
+                side = 1 if at_bus == f_bus else 2 if at_bus == t_bus else 0
+                if side == 0:
+                    continue
+                row_of_switch[k] = rows_of[q]
+                switches_of_row.setdefault(int(rows_of[q]), []).append((k, side))
+        # only elements whose switches were all closed at compile (no auxiliary bus compiled)
+        for mine in switches_of_row.values():
+            if not all(closed[k] for k, _ in mine):
+                for k, _ in mine:
+                    row_of_switch[k] = -1
+        self._sw_info = SimpleNamespace(
+            row_of_switch=row_of_switch, switches_of_row=switches_of_row, closed=closed
+        )
+        return self._sw_info
 
     def _install_patch(self, out: frozenset[int], info: SimpleNamespace) -> None:
         y_re0, y_im0 = self._y_base
@@ -557,6 +655,23 @@ class GridModel:
             d = info.stamps[:, rows].reshape(-1)
             np.subtract.at(yre, pos, d.real)
             np.subtract.at(yim, pos, d.imag)
+        half = dict(self._half)
+        hrows = np.asarray(sorted(half), dtype=np.int64)
+        # per half-open row: the stamps it keeps (yff', 0, 0, 0 or 0, 0, 0, ytt') and the
+        # open end's voltage as a multiple of the closed end's (results of that element)
+        kept = np.zeros((4, hrows.shape[0]), dtype=complex)
+        aux = np.zeros(hrows.shape[0], dtype=complex)
+        if hrows.size:
+            yff, yft, ytf, ytt = info.stamps[:, hrows]
+            t_open = np.array([half[r] == 2 for r in hrows.tolist()])
+            with np.errstate(divide="ignore", invalid="ignore"):
+                kept[0] = np.where(t_open, yff - yft * ytf / ytt, 0)
+                kept[3] = np.where(t_open, 0, ytt - ytf * yft / yff)
+                aux = np.where(t_open, -ytf / ytt, -yft / yff)
+            d = (kept - info.stamps[:, hrows]).reshape(-1)
+            pos = info.pos[:, hrows].reshape(-1)
+            np.add.at(yre, pos, d.real)
+            np.add.at(yim, pos, d.imag)
         self._y_re: np.ndarray = yre
         self._y_im: np.ndarray = yim
         self._stepper.set_y(yre, yim)  # same pattern, plan and injections: new values only
@@ -575,17 +690,32 @@ class GridModel:
                 y = (c0.yf if name == "yf" else c0.yt).tocsr(copy=True)
                 for r in rows:
                     y.data[y.indptr[r] : y.indptr[r + 1]] = 0.0
+                for k, r in enumerate(hrows.tolist()):
+                    lo, hi = y.indptr[r], y.indptr[r + 1]
+                    cols = y.indices[lo:hi]
+                    a, b = (kept[0, k], kept[1, k]) if name == "yf" else (kept[2, k], kept[3, k])
+                    y.data[lo:hi] = np.where(cols == info.f[r], a, b)
                 return y
             if name == "branch":
                 # the compile's maps with the patched-out branches' stamps zeroed (zero flows)
                 maps = {}
                 for table, m in c0.branch.items():
                     gone = np.isin(m.rows, rows)
+                    part = np.flatnonzero(np.isin(m.rows, hrows))
                     stamps = m.stamps
-                    if gone.any():
+                    fields = dict(vars(m))
+                    if gone.any() or part.size:
                         stamps = stamps.copy()
                         stamps[:, gone] = 0.0
-                    maps[table] = SimpleNamespace(**{**vars(m), "stamps": stamps})
+                    if part.size:
+                        k = np.searchsorted(hrows, m.rows[part])
+                        for j in range(4):
+                            stamps[2 * j, part] = kept[j, k].real
+                            stamps[2 * j + 1, part] = kept[j, k].imag
+                        t_open = np.array([half[int(r)] == 2 for r in m.rows[part]])
+                        fields["aux"] = (part, t_open, aux[k])
+                    fields["stamps"] = stamps
+                    maps[table] = SimpleNamespace(**fields)
                 return maps
             return c0.element  # gen results read the patched Ybus values (c.y_re / c.y_im)
 
@@ -594,6 +724,94 @@ class GridModel:
         self._out = out
         self._last_snap = None
         self.patches += 1
+
+    def _try_tap(self, pos: np.ndarray, new: np.ndarray) -> bool:
+        """Trafo tap changes as new branch admittances on this compile (False: recompile).
+
+        pandapower's own trafo parameter calculation gives the changed rows; their Ybus,
+        Yf / Yt entries and ppci rows are replaced in copies (earlier solutions keep theirs).
+        A trafo outside the compile (out of service) does not change the solve at all.
+        """
+        from pandapower.build_branch import _calc_branch_values_from_trafo_df
+        from pandapower.pypower import idx_brch as ib
+        from pandapower.pypower.makeYbus import branch_vectors
+
+        net = self._net
+        info = self._patch_data()
+        rows_of = info.rows.get("trafo")
+        compiled = self._guard_values("trafo", "tap_pos")
+        if rows_of is None or compiled is None:
+            return False
+        df = net.trafo
+        col = df.columns.get_loc("tap_pos")
+        old = df.iloc[pos, col].copy()
+        df.iloc[pos, col] = new
+        rows = rows_of[pos]
+        sel = np.flatnonzero(rows >= 0)
+        try:
+            if sel.size:
+                vals = _calc_branch_values_from_trafo_df(net, self._ppc, df.iloc[pos[sel]])
+                r, x, g, b, g_asym, b_asym, ratio, shift = (np.asarray(v) for v in vals)
+        except Exception as exc:  # anything pandapower's own conversion would rather do
+            _log.debug("tap change not patched (%s): recompiling", exc)
+            df.iloc[pos, col] = old.to_numpy()
+            return False
+        self._guard_refresh("trafo", "tap_pos")
+        if not sel.size:
+            return True
+        br_rows = rows[sel]
+        c0 = self._c_base
+        ppci = dict(c0.ppci)
+        branch = ppci["branch"] = c0.ppci["branch"].copy()
+        for column, v in ((ib.BR_R, r), (ib.BR_X, x), (ib.BR_G, g), (ib.BR_B, b),
+                          (ib.BR_G_ASYM, g_asym), (ib.BR_B_ASYM, b_asym), (ib.TAP, ratio),
+                          (ib.SHIFT, shift)):  # fmt: skip
+            branch[br_rows, column] = v
+        ytt, yff, yft, ytf = branch_vectors(branch[br_rows], br_rows.shape[0])
+        stamps_new = np.vstack([yff, yft, ytf, ytt])
+        delta = stamps_new - info.stamps[:, br_rows]
+        y_re0, y_im0 = self._y_base
+        y_re0, y_im0 = y_re0.copy(), y_im0.copy()
+        at = info.pos[:, br_rows].reshape(-1)
+        np.add.at(y_re0, at, delta.real.reshape(-1))
+        np.add.at(y_im0, at, delta.imag.reshape(-1))
+        stamps = info.stamps.copy()
+        stamps[:, br_rows] = stamps_new
+        yf, yt = c0.yf.tocsr(copy=True), c0.yt.tocsr(copy=True)
+        for y, (a, bb) in ((yf, (yff, yft)), (yt, (ytf, ytt))):
+            for k, row in enumerate(br_rows.tolist()):
+                lo, hi = y.indptr[row], y.indptr[row + 1]
+                cols = y.indices[lo:hi]
+                y.data[lo:hi] = np.where(cols == info.f[row], a[k], bb[k])
+        self._patch_info = SimpleNamespace(**{**vars(info), "stamps": stamps})
+        self._y_base = (y_re0, y_im0)
+        self._ppci = ppci
+        self._yf, self._yt = yf, yt
+        fields = {k: v for k, v in vars(c0).items() if k not in ("branch", "yf", "yt", "lazy")}
+        fields.update(ppci=ppci, yf=yf, yt=yt, y_re=y_re0, y_im=y_im0)
+        ppc, n = c0.ppc, self._n
+
+        def lazy(name: str) -> Any:
+            return self._branch_maps(ppc, ppci, n, yf, yt)  # "branch": on first result read
+
+        self._c_base = _Structure(lazy=lazy, **fields)
+        self._c = self._c_base
+        self._y_re, self._y_im = y_re0, y_im0
+        if self._out:
+            self._install_patch(self._out, self._patch_info)
+        else:
+            self._stepper.set_y(y_re0, y_im0)
+            self._last_snap = None
+        self.patches += 1
+        return True
+
+    def _guard_refresh(self, table: str, column: str) -> None:
+        """Record the net's current column as compiled (after a change patched onto it)."""
+        for g in self._guard:
+            if g[0] == table and g[1] == column:
+                g[5] = self._net[table][column].to_numpy().copy()
+                g[2] = g[3] = g[4] = None
+                del g[6:]
 
     def _make_guard(self, net: Any) -> list[list[Any]]:
         """Per guarded column: [table, column, frame, blocks, view or None, compiled values]."""
@@ -754,6 +972,16 @@ class GridModel:
         self._kernel.branch_results(
             snap["vm"], self._polar(snap), c.n, c.base_mva, m.fb, m.tb, m.stamps, m.scale, out
         )
+        aux = getattr(m, "aux", None)
+        if aux is not None:
+            # an end opened by a switch reports pandapower's auxiliary bus voltage there
+            part, t_open, coef = aux
+            p = self._polar(snap)
+            closed = np.where(t_open, m.fb[part], m.tb[part])
+            v = coef * (p[0, closed] + 1j * p[1, closed])
+            vm_row = np.where(t_open, 12, 10)
+            out[vm_row, part] = np.abs(v)
+            out[vm_row + 1, part] = np.rad2deg(np.angle(v))
         names = _LINE_ROWS if table == "line" else _TRAFO_ROWS
         return {name: out[k] for name, k in names.items()}
 
@@ -1166,6 +1394,21 @@ class GridModel:
                 and np.array_equal(compiled[pos].astype(float), newv.astype(float), equal_nan=True)
             ):
                 return  # unchanged: a sync loop may resend the same status every step
+            if fresh and column == "tap_pos" and self._try_tap(pos, newv):
+                return
+            # the switch states as compiled are read before the net is written below
+            if (
+                fresh
+                and table == "switch"
+                and self._switch_data() is not None
+                and (self._write_guarded(table, column, pos, newv))
+            ):
+                assert compiled is not None
+                old_values = compiled[pos].copy()
+                compiled[pos] = newv
+                if self._try_switch(pos, newv):
+                    return
+                compiled[pos] = old_values
             if fresh and column == "in_service" and self._write_guarded(table, column, pos, newv):
                 assert compiled is not None
                 old_values = compiled[pos].copy()
@@ -1486,7 +1729,7 @@ class GridModel:
             y_re=self._y_re, y_im=self._y_im, kind=self._kind0, vset=self._vset,
             vm=self._vm, va=self._va, retry=self._start, spec=spec, n=self._n,
             bus_int=self._bus_int, ppci=c.ppci, base_mva=self._base_mva, groups=groups,
-            out_rows=self._out,
+            out_rows=self._out | frozenset(self._half),
         )  # fmt: skip
 
     def memory_bytes(self) -> int:
