@@ -478,6 +478,8 @@ class GridModel:
         self._svc_out: frozenset[int] = frozenset()  # rows out by in_service
         self._sw_open: dict[int, int] = {}  # row -> open ends by switches (bit 1 f, bit 2 t)
         self._sw_info: SimpleNamespace | None = None
+        # (trafo position, tap position) -> pandapower's branch values, for this compile
+        self._tap_memo: dict[tuple[int, float], tuple[float, ...]] = {}
         self._patch_info: SimpleNamespace | None = None
         self.patches = getattr(self, "patches", 0)
 
@@ -561,7 +563,9 @@ class GridModel:
             else:
                 half[r] = ends
         new_out = frozenset(out)
-        if new_out == self._out and half == self._half:
+        isolated = {r: e for r, e in sw_open.items() if e and r in new_out}
+        old_isolated = {r: e for r, e in self._sw_open.items() if e and r in self._out}
+        if new_out == self._out and half == self._half and isolated == old_isolated:
             self._svc_out, self._sw_open = svc_out, dict(sw_open)
             return True
         cut = new_out | frozenset(half)
@@ -657,6 +661,8 @@ class GridModel:
             np.subtract.at(yim, pos, d.imag)
         half = dict(self._half)
         hrows = np.asarray(sorted(half), dtype=np.int64)
+        # rows out with switch-opened ends: those ends are isolated auxiliary buses (NaN)
+        dead_ends = {r: e for r, e in self._sw_open.items() if e and r in out}
         # per half-open row: the stamps it keeps (yff', 0, 0, 0 or 0, 0, 0, ytt') and the
         # open end's voltage as a multiple of the closed end's (results of that element)
         kept = np.zeros((4, hrows.shape[0]), dtype=complex)
@@ -679,6 +685,7 @@ class GridModel:
         # ppci keeps BR_STATUS 1 (pypower's pfsoln refuses status 0): the zeroed Yf / Yt rows
         # give the patched-out branches zero flows, as pandapower reports for them
         ppci = c0.ppci
+        n = self._n
         fields = {
             k: v for k, v in vars(c0).items() if k not in ("branch", "element", "yf", "yt", "lazy")
         }
@@ -715,6 +722,17 @@ class GridModel:
                         t_open = np.array([half[int(r)] == 2 for r in m.rows[part]])
                         fields["aux"] = (part, t_open, aux[k])
                     fields["stamps"] = stamps
+                    iso = [
+                        (j, dead_ends[int(r)]) for j, r in enumerate(m.rows) if int(r) in dead_ends
+                    ]
+                    if iso:
+                        fb, tb = m.fb.copy(), m.tb.copy()
+                        for j, ends in iso:
+                            if ends & 1:
+                                fb[j] = n
+                            if ends & 2:
+                                tb[j] = n
+                        fields["fb"], fields["tb"] = fb, tb
                     maps[table] = SimpleNamespace(**fields)
                 return maps
             return c0.element  # gen results read the patched Ybus values (c.y_re / c.y_im)
@@ -748,10 +766,22 @@ class GridModel:
         df.iloc[pos, col] = new
         rows = rows_of[pos]
         sel = np.flatnonzero(rows >= 0)
+        memo = self._tap_memo
+        keys = [(int(q), float(v)) for q, v in zip(pos[sel].tolist(), new[sel].tolist())]
         try:
             if sel.size:
-                vals = _calc_branch_values_from_trafo_df(net, self._ppc, df.iloc[pos[sel]])
-                r, x, g, b, g_asym, b_asym, ratio, shift = (np.asarray(v) for v in vals)
+                if all(k in memo for k in keys):
+                    vals = tuple(np.array([memo[k][j] for k in keys]) for j in range(8))
+                else:
+                    # a copy: pandapower writes into the frame it is given
+                    sub = df.iloc[pos[sel]].copy()
+                    vals = tuple(
+                        np.asarray(v, dtype=float).reshape(-1)
+                        for v in _calc_branch_values_from_trafo_df(net, self._ppc, sub)
+                    )
+                    for j, k in enumerate(keys):
+                        memo[k] = tuple(float(v[j]) for v in vals)
+                r, x, g, b, g_asym, b_asym, ratio, shift = vals
         except Exception as exc:  # anything pandapower's own conversion would rather do
             _log.debug("tap change not patched (%s): recompiling", exc)
             df.iloc[pos, col] = old.to_numpy()
@@ -779,10 +809,10 @@ class GridModel:
         stamps[:, br_rows] = stamps_new
         yf, yt = c0.yf.tocsr(copy=True), c0.yt.tocsr(copy=True)
         for y, (a, bb) in ((yf, (yff, yft)), (yt, (ytf, ytt))):
-            for k, row in enumerate(br_rows.tolist()):
+            for j, row in enumerate(br_rows.tolist()):
                 lo, hi = y.indptr[row], y.indptr[row + 1]
                 cols = y.indices[lo:hi]
-                y.data[lo:hi] = np.where(cols == info.f[row], a[k], bb[k])
+                y.data[lo:hi] = np.where(cols == info.f[row], a[j], bb[j])
         self._patch_info = SimpleNamespace(**{**vars(info), "stamps": stamps})
         self._y_base = (y_re0, y_im0)
         self._ppci = ppci
@@ -797,7 +827,7 @@ class GridModel:
         self._c_base = _Structure(lazy=lazy, **fields)
         self._c = self._c_base
         self._y_re, self._y_im = y_re0, y_im0
-        if self._out:
+        if self._out or self._half or self._sw_open:
             self._install_patch(self._out, self._patch_info)
         else:
             self._stepper.set_y(y_re0, y_im0)
