@@ -218,6 +218,16 @@ def _toggle_line(net) -> int:
     first = net.line.index[net.line.in_service][:50]
     res = batch.n_minus_1(model, [("line", int(i)) for i in first])
     ok = [k for k in range(len(res)) if res.converged[k] and not res.islanded[k]]
+    # prefer a line the model patches (a line with an open switch recompiles: its auxiliary
+    # bus would be left without supply)
+    for k in ok[len(ok) // 2 :] + ok[: len(ok) // 2]:
+        line = int(res.element[k][1])
+        before = model.patches
+        model.update("line", "in_service", [False], index=[line])
+        patched = model.patches > before
+        model.update("line", "in_service", [True], index=[line])
+        if patched:
+            return line
     return int(res.element[ok[len(ok) // 2]][1])
 
 
