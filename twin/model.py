@@ -379,6 +379,8 @@ class GridModel:
         self._yf, self._yt = yf, yt
         self._ref, self._pv, self._pq, self._ref_gens = ref, pv, pq, ref_gens
         self._kind0 = kind
+        self._kind_run = kind  # kind0 with dead auxiliary buses of a patch set to 3
+        self._dead_aux = np.zeros(0, dtype=np.int64)
         bus_pd = bus[:, 2].astype(float).copy()  # PD, QD columns (pypower idx 2, 3)
         bus_qd = bus[:, 3].astype(float).copy()
         self._gen_bus = gen[:, 0].real.astype(np.int64)
@@ -512,10 +514,13 @@ class GridModel:
         )
         return self._patch_info
 
-    def _all_supplied(self, out: frozenset[int], info: SimpleNamespace) -> bool:
-        """Whether every compiled bus keeps a path to a slack with branches ``out`` removed."""
+    def _cut_off(self, out: frozenset[int], info: SimpleNamespace) -> np.ndarray:
+        """Compiled buses without a path to a slack once branches ``out`` are removed."""
+        if not out:
+            return np.zeros(0, dtype=np.int64)
         if len(out) == 1:
-            return next(iter(out)) not in info.bridge_dead
+            dead = info.bridge_dead.get(next(iter(out)))
+            return np.zeros(0, dtype=np.int64) if dead is None else np.asarray(dead, np.int64)
         import scipy.sparse as sp
         from scipy.sparse.csgraph import connected_components
 
@@ -526,7 +531,7 @@ class GridModel:
         _, comp = connected_components(g, directed=False)
         has_slack = np.zeros(int(comp.max()) + 1, dtype=bool)
         has_slack[comp[self._kind0 == 0]] = True
-        return bool(has_slack[comp].all())
+        return np.flatnonzero(~has_slack[comp])
 
     def _try_patch(self, table: str, pos: np.ndarray, new: np.ndarray) -> bool:
         """Branch in_service changes as Ybus patches on this compile (False: recompile instead).
@@ -569,10 +574,20 @@ class GridModel:
             self._svc_out, self._sw_open = svc_out, dict(sw_open)
             return True
         cut = new_out | frozenset(half)
-        if (cut - self._out - frozenset(self._half)) and not self._all_supplied(cut, info):
+        dead = self._cut_off(cut, info)
+        # only auxiliary buses (no pandapower bus: the open ends of element switches) may be
+        # left without supply; they are solved as dead buses (kind 3), as pandapower drops them
+        if dead.size and np.any(self._bus_rep[dead] >= 0):
             return False
         self._svc_out, self._sw_open = svc_out, dict(sw_open)
         self._half = half
+        if dead.size:
+            kind = self._kind0.copy()
+            kind[dead] = 3
+            self._kind_run = kind
+        else:
+            self._kind_run = self._kind0
+        self._dead_aux = dead
         self._install_patch(new_out, info)
         return True
 
@@ -663,6 +678,7 @@ class GridModel:
         hrows = np.asarray(sorted(half), dtype=np.int64)
         # rows out with switch-opened ends: those ends are isolated auxiliary buses (NaN)
         dead_ends = {r: e for r, e in self._sw_open.items() if e and r in out}
+        dead_buses = self._dead_aux
         # per half-open row: the stamps it keeps (yff', 0, 0, 0 or 0, 0, 0, ytt') and the
         # open end's voltage as a multiple of the closed end's (results of that element)
         kept = np.zeros((4, hrows.shape[0]), dtype=complex)
@@ -725,13 +741,17 @@ class GridModel:
                     iso = [
                         (j, dead_ends[int(r)]) for j, r in enumerate(m.rows) if int(r) in dead_ends
                     ]
-                    if iso:
+                    at_dead_f = np.isin(m.fb, dead_buses)
+                    at_dead_t = np.isin(m.tb, dead_buses)
+                    if iso or at_dead_f.any() or at_dead_t.any():
                         fb, tb = m.fb.copy(), m.tb.copy()
                         for j, ends in iso:
                             if ends & 1:
                                 fb[j] = n
                             if ends & 2:
                                 tb[j] = n
+                        fb[at_dead_f] = n  # a dead auxiliary bus: NaN voltage, like pandapower
+                        tb[at_dead_t] = n
                         fields["fb"], fields["tb"] = fb, tb
                     maps[table] = SimpleNamespace(**fields)
                 return maps
@@ -1526,7 +1546,7 @@ class GridModel:
 
     def _newton(self, vm0: np.ndarray, va0: np.ndarray) -> tuple[Any, ...]:
         """Newton (plus the Q-limit outer loop) from a start; copies, the model is not changed."""
-        kind = self._kind0
+        kind = self._kind_run
         qfix = self._qzero
         limited: list[int] = []
         total_it = 0
@@ -1548,7 +1568,7 @@ class GridModel:
             total_it += it
             if not self.enforce_q_lims:
                 break
-            if kind is self._kind0:
+            if kind is self._kind_run:
                 kind, qfix = kind.copy(), qfix.copy()
             newly = self._q_limit_violations(kind, vm, va, qfix)
             if not newly:
@@ -1756,7 +1776,7 @@ class GridModel:
         c = self._c
         return SimpleNamespace(
             plan=self._plan, y_indptr=self._y_indptr, y_indices=self._y_indices,
-            y_re=self._y_re, y_im=self._y_im, kind=self._kind0, vset=self._vset,
+            y_re=self._y_re, y_im=self._y_im, kind=self._kind_run, vset=self._vset,
             vm=self._vm, va=self._va, retry=self._start, spec=spec, n=self._n,
             bus_int=self._bus_int, ppci=c.ppci, base_mva=self._base_mva, groups=groups,
             out_rows=self._out | frozenset(self._half),

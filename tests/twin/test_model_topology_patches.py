@@ -149,3 +149,24 @@ def test_tap_patch_keeps_a_half_open_line_patch(backend: str) -> None:
     net.trafo.at[0, "tap_pos"] = 1
     assert model.patches >= 2 and model.analyses == 1  # both patched, no recompile
     _assert_like(model.solve(), _solved_copy(net))
+
+
+@pytest.mark.parametrize(("name", "line"), [("cigre_mv", 13), ("mv_oberrhein", 23)])
+def test_outage_of_a_line_with_an_open_switch_is_patched(name: str, line: int, backend) -> None:
+    # the line's auxiliary bus (its open switch end) loses supply: solved as a dead bus, NaN at
+    # that end like pandapower, instead of a full conversion per toggle (radial grids, storms)
+    net = grids.load(name)
+    model = GridModel(copy.deepcopy(net), backend=backend)
+    model.solve()
+    for k, value in enumerate((False, True)):
+        model.update("line", "in_service", [value], index=[line])
+        net.line.at[line, "in_service"] = value
+        sol = model.solve()
+        assert model.patches == k + 1 and model.analyses == 1
+        _assert_like(sol, _solved_copy(net))
+        ref = _solved_copy(net)
+        for column in ("loading_percent", "vm_to_pu", "vm_from_pu", "i_ka"):
+            np.testing.assert_allclose(
+                sol.get("line", column), ref.res_line[column].to_numpy(dtype=float),
+                atol=1e-5, rtol=0, equal_nan=True, err_msg=column,
+            )  # fmt: skip
