@@ -868,8 +868,8 @@ class GridModel:
         guard = []
         for table, column in _GUARDED:
             df = net.get(table) if table in net else None
-            if df is None or column not in df.columns:
-                continue
+            if df is None or column not in df.columns or len(df) == 0:
+                continue  # an empty table: its length is guarded below (rows added: stale)
             values = df[column].to_numpy().copy()
             guard.append([table, column, None, None, None, values])
         # lengths of the other tables (a guarded column covers its own table's length)
