@@ -8,7 +8,8 @@ lightsim2grid divides its tolerance by ``sn_mva``, so it is given ``tol * sn_mva
    "solve" is the solve only, "+results" also reads line, trafo, ext_grid, gen, sgen and load
    results (gridtwin: ``Solution.get``; lightsim2grid: its ``get_*_res`` arrays; pandapower's
    runpp always writes every result).
-2. Topology toggle: one line out, solve, back in, solve (median per toggle + solve).
+2. Topology toggle + solve (median): one line out / back in; a line switch open / closed (on
+   radial grids the variant with every line switch closed); a trafo tap up / down.
 3. N-1 over the in-service lines and trafos: gridtwin ``twin.n_minus_1`` vs lightsim2grid's
    ContingencyAnalysisCPP (same threads) vs pandapower's contingency module (a few cases).
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import os
 import statistics
 import sys
 import time
@@ -44,7 +46,7 @@ DEFAULT_CASES = [
     "urban_district",
 ]  # fmt: skip
 METHODS = ["pp_runpp", "pp_recycle", "ls2g_step", "ls2g_batch", "gridtwin_cython", "gridtwin_numpy"]
-QUICK_CASES = ["ieee14", "ieee118", "case2869pegase"]
+QUICK_CASES = ["ieee14", "cigre_mv", "ieee118", "mv_oberrhein", "case2869pegase"]
 TOL = 1e-8  # per unit on sn_mva, pandapower's default tolerance_mva
 SLOW = {"pp_runpp", "pp_recycle"}
 
@@ -216,6 +218,16 @@ def _toggle_line(net) -> int:
     first = net.line.index[net.line.in_service][:50]
     res = batch.n_minus_1(model, [("line", int(i)) for i in first])
     ok = [k for k in range(len(res)) if res.converged[k] and not res.islanded[k]]
+    # prefer a line the model patches (a line with an open switch recompiles: its auxiliary
+    # bus would be left without supply)
+    for k in ok[len(ok) // 2 :] + ok[: len(ok) // 2]:
+        line = int(res.element[k][1])
+        before = model.patches
+        model.update("line", "in_service", [False], index=[line])
+        patched = model.patches > before
+        model.update("line", "in_service", [True], index=[line])
+        if patched:
+            return line
     return int(res.element[ok[len(ok) // 2]][1])
 
 
@@ -247,6 +259,110 @@ def run_toggle_ls2g(net, line: int, steps: int):
             model.deactivate_powerline(pos)
         else:
             model.reactivate_powerline(pos)
+        v = model.ac_pf(state["v"], 10, tol)
+        if v.shape[0] == 0:
+            raise RuntimeError(f"lightsim2grid did not converge at toggle {k}")
+        state["v"] = v
+        return int(model.get_solver().get_nb_iter())
+
+    return _time_steps(step, steps)
+
+
+def _toggle_switch(net) -> int | None:
+    """A closed line switch whose opening islands nothing and that the model patches."""
+    from twin.model import GridModel
+
+    cands = net.switch.index[(net.switch.et == "l") & net.switch.closed]
+    if not len(cands):
+        return None
+    model = GridModel(copy.deepcopy(net))
+    model.solve()
+    for sw in cands[:60]:
+        before = model.patches
+        model.update("switch", "closed", [False], index=[int(sw)])
+        patched = model.patches > before
+        model.update("switch", "closed", [True], index=[int(sw)])
+        if patched:
+            return int(sw)
+    return None
+
+
+def run_toggle_switch_gridtwin(net, sw: int, steps: int):
+    from twin.model import GridModel
+
+    model = GridModel(copy.deepcopy(net), tolerance_mva=TOL)
+    model.solve()
+
+    def step(k: int) -> int:
+        model.update("switch", "closed", [k % 2 == 1], index=[sw])
+        return model.solve().iterations
+
+    return _time_steps(step, steps)
+
+
+def run_toggle_switch_ls2g(net, sw: int, steps: int):
+    """lightsim2grid: the switched line end deactivated / reactivated + ac_pf."""
+    from lightsim2grid.network import init_from_pandapower
+
+    net = copy.deepcopy(net)
+    net["_ppc"] = None
+    model = init_from_pandapower(net)
+    tol = TOL * net.sn_mva
+    state = {"v": model.ac_pf(_v_start(net), 10, tol)}
+    line = int(net.switch.at[sw, "element"])
+    pos = int(net.line.index.get_loc(line))
+    side1 = int(net.switch.at[sw, "bus"]) == int(net.line.at[line, "from_bus"])
+    off = model.deactivate_powerline_side1 if side1 else model.deactivate_powerline_side2
+    on = model.reactivate_powerline_side1 if side1 else model.reactivate_powerline_side2
+
+    def step(k: int) -> int:
+        (off if k % 2 == 0 else on)(pos)
+        v = model.ac_pf(state["v"], 10, tol)
+        if v.shape[0] == 0:
+            raise RuntimeError(f"lightsim2grid did not converge at toggle {k}")
+        state["v"] = v
+        return int(model.get_solver().get_nb_iter())
+
+    return _time_steps(step, steps)
+
+
+def _toggle_tap(net) -> int | None:
+    tapped = net.trafo.index[net.trafo.tap_pos.notna() & net.trafo.tap_max.notna()]
+    tapped = [t for t in tapped if net.trafo.at[t, "tap_pos"] < net.trafo.at[t, "tap_max"]]
+    return int(tapped[0]) if tapped else None
+
+
+def run_toggle_tap_gridtwin(net, trafo: int, steps: int):
+    from twin.model import GridModel
+
+    model = GridModel(copy.deepcopy(net), tolerance_mva=TOL)
+    model.solve()
+    tap0 = float(net.trafo.at[trafo, "tap_pos"])
+
+    def step(k: int) -> int:
+        model.update("trafo", "tap_pos", [tap0 + (k % 2 == 0)], index=[trafo])
+        return model.solve().iterations
+
+    return _time_steps(step, steps)
+
+
+def run_toggle_tap_ls2g(net, trafo: int, steps: int):
+    """lightsim2grid: change_ratio_trafo between pandapower's two ratios + ac_pf."""
+    from lightsim2grid.network import init_from_pandapower
+
+    net = copy.deepcopy(net)
+    net["_ppc"] = None
+    model = init_from_pandapower(net)
+    tol = TOL * net.sn_mva
+    state = {"v": model.ac_pf(_v_start(net), 10, tol)}
+    pos = int(net.trafo.index.get_loc(trafo))
+    r0 = float(model.get_trafos()[pos].ratio)
+    step_pct = float(net.trafo.at[trafo, "tap_step_percent"])
+    hv = str(net.trafo.at[trafo, "tap_side"]) == "hv"
+    r1 = r0 * (1 + step_pct / 100) if hv else r0 / (1 + step_pct / 100)
+
+    def step(k: int) -> int:
+        model.change_ratio_trafo(pos, r1 if k % 2 == 0 else r0)
         v = model.ac_pf(state["v"], 10, tol)
         if v.shape[0] == 0:
             raise RuntimeError(f"lightsim2grid did not converge at toggle {k}")
@@ -338,7 +454,7 @@ def _cell(r, base) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    quick = f"{' '.join(QUICK_CASES)}, few steps, a bounded N-1 (about 2 min)"
+    quick = f"{' '.join(QUICK_CASES)}, few steps, a bounded N-1 (about 1 min)"
     parser.add_argument("--quick", action="store_true", help=quick)
     parser.add_argument("--cases", nargs="+", default=None)
     parser.add_argument("--steps", type=int, default=1000, help="steps per non-pegase grid")
@@ -353,8 +469,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
     if args.quick:
-        args.steps, args.pegase_steps, args.pp_steps, args.toggle_steps = 50, 10, 5, 20
-        args.n1_max = args.n1_max or 1000
+        args.steps, args.pegase_steps, args.pp_steps, args.toggle_steps = 50, 10, 5, 10
+        args.n1_max = args.n1_max or 300
         args.n1_pp = min(args.n1_pp, 5)
         args.methods = [m for m in args.methods if m != "gridtwin_numpy"]
     cases = args.cases or (QUICK_CASES if args.quick else DEFAULT_CASES)
@@ -406,20 +522,40 @@ def main(argv: list[str] | None = None) -> int:
         if case == "case9241pegase" and not args.quick:
             memory = gridtwin_memory(net)
         if len(net.line) and build_info()["cython_available"]:
-            line = _toggle_line(net)
-            cell: dict[str, tuple[float, float] | str] = {}
-            for name, fn in (("gridtwin", run_toggle_gridtwin), ("ls2g", run_toggle_ls2g)):
-                try:
-                    times, iters = fn(net, line, args.toggle_steps)
-                    cell[name] = (statistics.median(times) * 1e3, statistics.mean(iters))
-                except Exception as exc:
-                    cell[name] = f"failed: {type(exc).__name__}: {exc}"[:60]
-                print(f"# {case:16s} toggle line {line} {name:10s} {cell[name]}", file=sys.stderr,
-                      flush=True)  # fmt: skip
-            toggles.append((case, line, cell))
+            kinds: list[tuple[str, int, Callable, Callable, object]] = [
+                ("line", _toggle_line(net), run_toggle_gridtwin, run_toggle_ls2g, net)
+            ]
+            sw = _toggle_switch(net) if len(net.switch) else None
+            if sw is not None:
+                sw_fns = (run_toggle_switch_gridtwin, run_toggle_switch_ls2g)
+                kinds.append(("switch", sw, *sw_fns, net))
+            elif len(net.switch) and (net.switch.et == "l").any():
+                # a radial grid islands on every switch: the meshed variant (every line switch
+                # closed) gives a switch that patches
+                meshed = copy.deepcopy(net)
+                meshed.switch.loc[meshed.switch.et == "l", "closed"] = True
+                sw = _toggle_switch(meshed)
+                if sw is not None:
+                    kinds.append(("switch(meshed)", sw, run_toggle_switch_gridtwin,
+                                  run_toggle_switch_ls2g, meshed))  # fmt: skip
+            tap = _toggle_tap(net) if len(net.trafo) else None
+            if tap is not None:
+                kinds.append(("tap", tap, run_toggle_tap_gridtwin, run_toggle_tap_ls2g, net))
+            for what, element, fn_gt, fn_ls, on_net in kinds:
+                cell: dict[str, tuple[float, float] | str] = {}
+                for name, fn in (("gridtwin", fn_gt), ("ls2g", fn_ls)):
+                    try:
+                        times, iters = fn(on_net, element, args.toggle_steps)
+                        cell[name] = (statistics.median(times) * 1e3, statistics.mean(iters))
+                    except Exception as exc:
+                        cell[name] = f"failed: {type(exc).__name__}: {exc}"[:60]
+                    print(f"# {case:16s} toggle {what} {element} {name:10s} {cell[name]}",
+                          file=sys.stderr, flush=True)  # fmt: skip
+                toggles.append((case, f"{what} {element}", cell))
         if case in n1_cases and build_info()["cython_available"]:
             els = _n1_elements(net, args.n1_max)
             cell2: dict[str, str] = {}
+            rates: dict[int, list[float]] = {}
             for th in args.threads:
                 for name, fn in (("gridtwin", run_n1_gridtwin), ("ls2g", run_n1_ls2g)):
                     try:
@@ -429,6 +565,13 @@ def main(argv: list[str] | None = None) -> int:
                         cell2[f"{name} {th}t"] = f"failed: {type(exc).__name__}: {exc}"[:60]
                     print(f"# {case:16s} N-1 {name} {th}t {cell2[f'{name} {th}t']}",
                           file=sys.stderr, flush=True)  # fmt: skip
+                rates[th] = [
+                    float(cell2[f"{n} {th}t"].split("/")[0])
+                    if "/s" in cell2[f"{n} {th}t"]
+                    else float("nan")
+                    for n in ("gridtwin", "ls2g")
+                ]
+                cell2[f"ratio {th}t"] = f"x{rates[th][0] / rates[th][1]:.2f}"
             try:
                 rate, _ = run_n1_pandapower(net, els[: args.n1_pp])
                 cell2["pandapower"] = f"{rate:.1f}/s ({min(args.n1_pp, len(els))} cases)"
@@ -437,6 +580,9 @@ def main(argv: list[str] | None = None) -> int:
             n1.append((case, len(els), cell2))
 
     print("\n" + kernel_line)
+    load = os.getloadavg()
+    print(f"Load average at the end (1, 5, 15 min): {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
+          f"on {os.cpu_count()} CPUs; the table is only as quiet as the machine.")  # fmt: skip
     print(f"Tolerance {TOL:g} pu on sn_mva for every method (lightsim2grid given tol * sn_mva).")
     print("\nInjection steps: median ms per step (mean NR iterations); "
           "ratio = method time / gridtwin cython (same column kind)\n")  # fmt: skip
@@ -456,10 +602,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     if toggles:
         print(
-            "\nTopology toggle: one line out / back in + solve, median ms per toggle "
-            "(gridtwin update + solve; lightsim2grid deactivate/reactivate + ac_pf)\n"
+            "\nTopology toggle + solve, median ms per toggle: a line out / in (lightsim2grid "
+            "deactivate / reactivate), a line switch open / closed (lightsim2grid: that line "
+            "end), a tap up / down (lightsim2grid change_ratio_trafo)\n"
         )
-        print("| grid | line | gridtwin | lightsim2grid | gridtwin / lightsim2grid |")
+        print("| grid | toggle | gridtwin | lightsim2grid | gridtwin / lightsim2grid |")
         print("|---|---|---|---|---|")
         for case, line, cell in toggles:
             g, ls = cell.get("gridtwin"), cell.get("ls2g")
@@ -467,8 +614,12 @@ def main(argv: list[str] | None = None) -> int:
                      else "-")  # fmt: skip
             print(f"| {case} | {line} | {_cell(g, None)} | {_cell(ls, None)} | {ratio} |")
     if n1:
-        keys = [f"{n} {t}t" for t in args.threads for n in ("gridtwin", "ls2g")] + ["pandapower"]
-        print("\nN-1 over in-service lines and trafos: cases per second (converged cases)\n")
+        keys = [f"{n} {t}t" for t in args.threads for n in ("gridtwin", "ls2g", "ratio")]
+        keys.append("pandapower")
+        print(
+            "\nN-1 over in-service lines and trafos: cases per second (converged cases); "
+            "ratio = gridtwin / lightsim2grid ContingencyAnalysisCPP, same threads\n"
+        )
         print("| grid | outages | " + " | ".join(keys) + " |")
         print("|" + "---|" * (len(keys) + 2))
         for case, count, cell2 in n1:

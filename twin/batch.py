@@ -325,6 +325,46 @@ def _finish(model, cm, br, out_vm, out_load, out_it, out_st, elements, islanded)
     )  # fmt: skip
 
 
+def _setup(model: GridModel, cm: Any) -> dict[str, Any]:
+    """What every N-1 call on this compile needs: branches, bridges, Ybus positions (cached).
+
+    Kept on the model for its current compile and patched-out set; any recompile or patch
+    makes a new key, so a stale entry is never used.
+    """
+    key = (id(model._c), cm.out_rows, cm.y_indptr.shape[0], cm.y_indices.shape[0])
+    net = model.net
+    labels = tuple(net[t].index for t in _BRANCH_TABLES)
+    cached = getattr(model, "_n1_setup", None)
+    if (
+        cached is not None
+        and cached["key"] == key
+        and cached["c"] is model._c
+        and all(a is b for a, b in zip(cached["labels"], labels))
+    ):
+        return cached
+    br = _branches(cm, net)
+    # every compiled branch (trafo3w, impedance, switches included) makes the bus graph
+    allb = cm.ppci["branch"]
+    live = np.ones(allb.shape[0], dtype=bool)
+    live[np.asarray(sorted(cm.out_rows), dtype=np.int64)] = False  # patched out of the compile
+    ef = allb[live, 0].real.astype(np.int64)
+    et = allb[live, 1].real.astype(np.int64)
+    live_rows = np.flatnonzero(live)
+    edge_of_row = np.full(allb.shape[0], -1, dtype=np.int64)
+    edge_of_row[live_rows] = np.arange(live_rows.shape[0])
+    on = br.row >= 0
+    pos = np.zeros((4, br.row.shape[0]), dtype=np.int64)
+    if on.any():
+        pos[:, on] = _ybus_positions(cm, br.f[on], br.t[on])
+    cached = {
+        "key": key, "c": model._c, "labels": labels, "br": br,
+        "where": {k: i for i, k in enumerate(br.keys)},
+        "dead": _dead_sets(cm, ef, et, cm.kind), "edge_of_row": edge_of_row, "pos": pos,
+    }  # fmt: skip
+    setattr(model, "_n1_setup", cached)  # noqa: B010 - per-model cache, not an attribute of the API
+    return cached
+
+
 def n_minus_1(
     model: GridModel,
     elements: Sequence[tuple[str, int]] | None = None,
@@ -346,9 +386,8 @@ def n_minus_1(
         InvalidInput: an element that is not an in-service line or trafo of the compiled model.
     """
     cm = model.compiled()
-    net = model.net
-    br = _branches(cm, net)
-    where = {key: k for k, key in enumerate(br.keys)}
+    cached = _setup(model, cm)
+    br, where = cached["br"], cached["where"]
     if elements is None:
         picks = np.flatnonzero(br.row >= 0)
     else:
@@ -369,19 +408,11 @@ def n_minus_1(
         picks = np.asarray(picks_l, dtype=np.int64)
     ncase = picks.shape[0]
     # every compiled branch (trafo3w, impedance, switches included) makes the bus graph
-    allb = cm.ppci["branch"]
-    live = np.ones(allb.shape[0], dtype=bool)
-    live[np.asarray(sorted(cm.out_rows), dtype=np.int64)] = False  # patched out of the compile
-    ef = allb[live, 0].real.astype(np.int64)
-    et = allb[live, 1].real.astype(np.int64)
-    live_rows = np.flatnonzero(live)
-    dead_of = _dead_sets(cm, ef, et, cm.kind)
-    pos = _ybus_positions(cm, br.f[picks], br.t[picks])  # (4, ncase)
+    dead_of, edge_of_row, pos_all = cached["dead"], cached["edge_of_row"], cached["pos"]
+    pos = pos_all[:, picks]  # (4, ncase)
     patch_ptr = np.arange(0, 4 * ncase + 1, 4, dtype=np.int64)
     patch_pos = np.ascontiguousarray(pos.T.reshape(-1), dtype=np.int32)
     delta = -br.stamps[:, picks].T.reshape(-1)
-    edge_of_row = np.full(allb.shape[0], -1, dtype=np.int64)
-    edge_of_row[live_rows] = np.arange(live_rows.shape[0])
     none = np.zeros(0, dtype=np.int64)
     dead_lists = [dead_of.get(int(edge_of_row[br.row[k]]), none) for k in picks]
     islanded = np.array([d.size > 0 for d in dead_lists], dtype=bool)

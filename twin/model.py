@@ -68,6 +68,24 @@ _NATIVE_ELEMENT = {
     "sgen": frozenset(("p_mw", "q_mvar")),
 }
 _NATIVE: dict[str, frozenset[str]] = {**_NATIVE_BRANCH, **_NATIVE_ELEMENT}
+# result column -> row of the kernel's branch result matrix (_reference.BRANCH_ROWS)
+_LINE_ROWS = {
+    name: k
+    for k, name in enumerate(
+        ("p_from_mw", "q_from_mvar", "p_to_mw", "q_to_mvar", "pl_mw", "ql_mvar", "i_from_ka",
+         "i_to_ka", "i_ka", "loading_percent", "vm_from_pu", "va_from_degree", "vm_to_pu",
+         "va_to_degree")
+    )
+}  # fmt: skip
+_TRAFO_ROWS = {
+    name: k
+    for k, name in enumerate(
+        ("p_hv_mw", "q_hv_mvar", "p_lv_mw", "q_lv_mvar", "pl_mw", "ql_mvar", "i_hv_ka",
+         "i_lv_ka", "", "loading_percent", "vm_hv_pu", "va_hv_degree", "vm_lv_pu",
+         "va_lv_degree")
+    )
+    if name
+}  # fmt: skip
 _EPS = float(np.finfo(float).eps)  # pypower's guard in the reactive-power split
 _SL_FAC = 25  # pypower gen column: slack contribution factor
 _BOOL_COLUMNS = {("switch", "closed"), ("line", "in_service"), ("trafo", "in_service")}
@@ -168,6 +186,7 @@ class Solution:
         # native(table) -> {column: array} for the columns computed without pandapower
         self._native_fn = native if native is not None else branch
         self._native: dict[str, dict[str, np.ndarray] | None] = {}
+        self._flat: dict[tuple[str, str], np.ndarray] = {}
         self._tables: dict[str, Any] | None = None
 
     def _bus(self) -> None:
@@ -205,6 +224,9 @@ class Solution:
         Raises:
             InvalidInput: unknown table or column (the message lists what exists).
         """
+        col = self._flat.get((table, column))
+        if col is not None:
+            return col.copy()
         if table == "bus" and column == "vm_pu":
             return self.vm_pu.copy()
         if table == "bus" and column == "va_degree":
@@ -230,6 +252,9 @@ class Solution:
             cols = self._native[table]
         except KeyError:
             cols = self._native[table] = self._native_fn(table)
+            if cols is not None:
+                # one dict lookup per later get() of any column of this table
+                self._flat.update({(table, k): v for k, v in cols.items()})
         if cols is None or column not in cols:
             return None
         return cols
@@ -354,6 +379,8 @@ class GridModel:
         self._yf, self._yt = yf, yt
         self._ref, self._pv, self._pq, self._ref_gens = ref, pv, pq, ref_gens
         self._kind0 = kind
+        self._kind_run = kind  # kind0 with dead auxiliary buses of a patch set to 3
+        self._dead_aux = np.zeros(0, dtype=np.int64)
         bus_pd = bus[:, 2].astype(float).copy()  # PD, QD columns (pypower idx 2, 3)
         bus_qd = bus[:, 3].astype(float).copy()
         self._gen_bus = gen[:, 0].real.astype(np.int64)
@@ -392,6 +419,7 @@ class GridModel:
             rest[column] = rest[column] - np.bincount(b[ok], weights=(w * val)[ok], minlength=n)
             groups.append((b, w, val))
         self._rest_p, self._rest_q = rest["p_mw"], rest["q_mvar"]
+        self._groups_now = groups
         self._fast = {key: self._inp[key] for key in _GROUPS}
         self._changed: set[tuple[str, str]] = set()
         self._snap_inputs = {key: self._inp[key].copy() for key in _GROUPS}
@@ -446,6 +474,14 @@ class GridModel:
         self._c_base = self._c
         self._y_base = (self._y_re, self._y_im)
         self._out: frozenset[int] = frozenset()
+        # compiled branch rows with one end opened by a line / trafo switch: row -> 1 (from
+        # end open) or 2 (to end open); rows with both ends open are in _out
+        self._half: dict[int, int] = {}
+        self._svc_out: frozenset[int] = frozenset()  # rows out by in_service
+        self._sw_open: dict[int, int] = {}  # row -> open ends by switches (bit 1 f, bit 2 t)
+        self._sw_info: SimpleNamespace | None = None
+        # (trafo position, tap position) -> pandapower's branch values, for this compile
+        self._tap_memo: dict[tuple[int, float], tuple[float, ...]] = {}
         self._patch_info: SimpleNamespace | None = None
         self.patches = getattr(self, "patches", 0)
 
@@ -478,10 +514,13 @@ class GridModel:
         )
         return self._patch_info
 
-    def _all_supplied(self, out: frozenset[int], info: SimpleNamespace) -> bool:
-        """Whether every compiled bus keeps a path to a slack with branches ``out`` removed."""
+    def _cut_off(self, out: frozenset[int], info: SimpleNamespace) -> np.ndarray:
+        """Compiled buses without a path to a slack once branches ``out`` are removed."""
+        if not out:
+            return np.zeros(0, dtype=np.int64)
         if len(out) == 1:
-            return next(iter(out)) not in info.bridge_dead
+            dead = info.bridge_dead.get(next(iter(out)))
+            return np.zeros(0, dtype=np.int64) if dead is None else np.asarray(dead, np.int64)
         import scipy.sparse as sp
         from scipy.sparse.csgraph import connected_components
 
@@ -492,7 +531,7 @@ class GridModel:
         _, comp = connected_components(g, directed=False)
         has_slack = np.zeros(int(comp.max()) + 1, dtype=bool)
         has_slack[comp[self._kind0 == 0]] = True
-        return bool(has_slack[comp].all())
+        return np.flatnonzero(~has_slack[comp])
 
     def _try_patch(self, table: str, pos: np.ndarray, new: np.ndarray) -> bool:
         """Branch in_service changes as Ybus patches on this compile (False: recompile instead).
@@ -507,23 +546,125 @@ class GridModel:
         rows = rows_of[pos]
         if np.any(rows < 0):
             return False
-        out = set(self._out)
+        out = set(self._svc_out)
         for r, on in zip(rows.tolist(), np.asarray(new, dtype=bool).tolist()):
             if on:
                 out.discard(r)
             else:
                 out.add(r)
+        return self._apply_state(frozenset(out), self._sw_open, info)
+
+    def _apply_state(
+        self, svc_out: frozenset[int], sw_open: dict[int, int], info: SimpleNamespace
+    ) -> bool:
+        """Install the patch for rows out of service and switch-opened ends (False: not fit)."""
+        out = set(svc_out)
+        half: dict[int, int] = {}
+        for r, ends in sw_open.items():
+            if r in svc_out or not ends:
+                continue
+            if ends == 3:
+                out.add(r)
+            else:
+                half[r] = ends
         new_out = frozenset(out)
-        if new_out == self._out:
+        isolated = {r: e for r, e in sw_open.items() if e and r in new_out}
+        old_isolated = {r: e for r, e in self._sw_open.items() if e and r in self._out}
+        if new_out == self._out and half == self._half and isolated == old_isolated:
+            self._svc_out, self._sw_open = svc_out, dict(sw_open)
             return True
-        if new_out - self._out and not self._all_supplied(new_out, info):
+        cut = new_out | frozenset(half)
+        dead = self._cut_off(cut, info)
+        # only auxiliary buses (no pandapower bus: the open ends of element switches) may be
+        # left without supply; they are solved as dead buses (kind 3), as pandapower drops them
+        if dead.size and np.any(self._bus_rep[dead] >= 0):
             return False
+        self._svc_out, self._sw_open = svc_out, dict(sw_open)
+        self._half = half
+        if dead.size:
+            kind = self._kind0.copy()
+            kind[dead] = 3
+            self._kind_run = kind
+        else:
+            self._kind_run = self._kind0
+        self._dead_aux = dead
         self._install_patch(new_out, info)
         return True
 
-    def _install_patch(self, out: frozenset[int], info: SimpleNamespace) -> None:
-        import scipy.sparse as sp
+    def _try_switch(self, pos: np.ndarray, new: np.ndarray) -> bool:
+        """Line / trafo switch changes as Ybus patches (False: recompile instead).
 
+        An open element switch leaves the element connected at its other end only: pandapower
+        puts an auxiliary bus at the open end; eliminating that bus gives the closed end the
+        admittance ``y_cc - y_co y_oc / y_oo`` (none at all with both ends open). Patched only
+        for elements all of whose switches were closed when the model was compiled.
+        """
+        sw = self._switch_data()
+        if sw is None:
+            return False
+        cand = sw.row_of_switch[pos]
+        if np.any(cand < 0):
+            return False  # a bus-bus switch, or an element not in the compile as closed
+        state = sw.closed.copy()
+        state[pos] = new
+        sw_open = dict(self._sw_open)
+        for r in np.unique(cand).tolist():
+            mine = sw.switches_of_row[r]
+            ends = 0
+            for k, end in mine:
+                if not state[k]:
+                    ends |= end
+            sw_open[r] = ends
+        info = self._patch_data()
+        if not self._apply_state(self._svc_out, sw_open, info):
+            return False
+        sw.closed = state
+        return True
+
+    def _switch_data(self) -> SimpleNamespace | None:
+        """Per switch: the compiled branch row it can patch (-1: bus-bus or not patchable)."""
+        if self._sw_info is not None:
+            return self._sw_info
+        net = self._net
+        df = net.switch
+        if len(df) == 0:
+            return None
+        info = self._patch_data()
+        et = df["et"].to_numpy().astype(str)
+        elem = df["element"].to_numpy(dtype=np.int64)
+        bus = df["bus"].to_numpy(dtype=np.int64)
+        closed = df["closed"].to_numpy(dtype=bool).copy()
+        row_of_switch = np.full(len(df), -1, dtype=np.int64)
+        switches_of_row: dict[int, list[tuple[int, int]]] = {}
+        for code, table, ends in (("l", "line", ("from_bus", "to_bus")),
+                                  ("t", "trafo", ("hv_bus", "lv_bus"))):  # fmt: skip
+            rows_of = info.rows.get(table)
+            ks = np.flatnonzero(et == code)
+            if rows_of is None or not ks.size:
+                continue
+            tdf = net[table]
+            p = tdf.index.get_indexer(elem[ks])
+            for k, q in zip(ks.tolist(), p.tolist()):
+                if q < 0 or rows_of[q] < 0:
+                    continue
+                at_bus = int(bus[k])
+                f_bus, t_bus = tdf[ends[0]].iat[q], tdf[ends[1]].iat[q]
+                side = 1 if at_bus == f_bus else 2 if at_bus == t_bus else 0
+                if side == 0:
+                    continue
+                row_of_switch[k] = rows_of[q]
+                switches_of_row.setdefault(int(rows_of[q]), []).append((k, side))
+        # only elements whose switches were all closed at compile (no auxiliary bus compiled)
+        for mine in switches_of_row.values():
+            if not all(closed[k] for k, _ in mine):
+                for k, _ in mine:
+                    row_of_switch[k] = -1
+        self._sw_info = SimpleNamespace(
+            row_of_switch=row_of_switch, switches_of_row=switches_of_row, closed=closed
+        )
+        return self._sw_info
+
+    def _install_patch(self, out: frozenset[int], info: SimpleNamespace) -> None:
         y_re0, y_im0 = self._y_base
         yre = y_re0.copy()
         yim = y_im0.copy()
@@ -533,6 +674,26 @@ class GridModel:
             d = info.stamps[:, rows].reshape(-1)
             np.subtract.at(yre, pos, d.real)
             np.subtract.at(yim, pos, d.imag)
+        half = dict(self._half)
+        hrows = np.asarray(sorted(half), dtype=np.int64)
+        # rows out with switch-opened ends: those ends are isolated auxiliary buses (NaN)
+        dead_ends = {r: e for r, e in self._sw_open.items() if e and r in out}
+        dead_buses = self._dead_aux
+        # per half-open row: the stamps it keeps (yff', 0, 0, 0 or 0, 0, 0, ytt') and the
+        # open end's voltage as a multiple of the closed end's (results of that element)
+        kept = np.zeros((4, hrows.shape[0]), dtype=complex)
+        aux = np.zeros(hrows.shape[0], dtype=complex)
+        if hrows.size:
+            yff, yft, ytf, ytt = info.stamps[:, hrows]
+            t_open = np.array([half[r] == 2 for r in hrows.tolist()])
+            with np.errstate(divide="ignore", invalid="ignore"):
+                kept[0] = np.where(t_open, yff - yft * ytf / ytt, 0)
+                kept[3] = np.where(t_open, 0, ytt - ytf * yft / yff)
+                aux = np.where(t_open, -ytf / ytt, -yft / yff)
+            d = (kept - info.stamps[:, hrows]).reshape(-1)
+            pos = info.pos[:, hrows].reshape(-1)
+            np.add.at(yre, pos, d.real)
+            np.add.at(yim, pos, d.imag)
         self._y_re: np.ndarray = yre
         self._y_im: np.ndarray = yim
         self._stepper.set_y(yre, yim)  # same pattern, plan and injections: new values only
@@ -545,7 +706,6 @@ class GridModel:
             k: v for k, v in vars(c0).items() if k not in ("branch", "element", "yf", "yt", "lazy")
         }
         fields.update(ppci=ppci, y_re=yre, y_im=yim)
-        y_ind, y_ptr = self._y_indices, self._y_indptr
 
         def lazy(name: str) -> Any:
             # built when a solution's results are first read, not on every toggle
@@ -553,11 +713,49 @@ class GridModel:
                 y = (c0.yf if name == "yf" else c0.yt).tocsr(copy=True)
                 for r in rows:
                     y.data[y.indptr[r] : y.indptr[r + 1]] = 0.0
+                for k, r in enumerate(hrows.tolist()):
+                    lo, hi = y.indptr[r], y.indptr[r + 1]
+                    cols = y.indices[lo:hi]
+                    a, b = (kept[0, k], kept[1, k]) if name == "yf" else (kept[2, k], kept[3, k])
+                    y.data[lo:hi] = np.where(cols == info.f[r], a, b)
                 return y
             if name == "branch":
-                return self._branch_maps(c0.ppc, ppci, n, c.yf, c.yt)
-            ybus = sp.csr_matrix((yre + 1j * yim, y_ind, y_ptr), shape=(n, n))
-            return self._element_maps(ppci, ybus, n)
+                # the compile's maps with the patched-out branches' stamps zeroed (zero flows)
+                maps = {}
+                for table, m in c0.branch.items():
+                    gone = np.isin(m.rows, rows)
+                    part = np.flatnonzero(np.isin(m.rows, hrows))
+                    stamps = m.stamps
+                    fields = dict(vars(m))
+                    if gone.any() or part.size:
+                        stamps = stamps.copy()
+                        stamps[:, gone] = 0.0
+                    if part.size:
+                        k = np.searchsorted(hrows, m.rows[part])
+                        for j in range(4):
+                            stamps[2 * j, part] = kept[j, k].real
+                            stamps[2 * j + 1, part] = kept[j, k].imag
+                        t_open = np.array([half[int(r)] == 2 for r in m.rows[part]])
+                        fields["aux"] = (part, t_open, aux[k])
+                    fields["stamps"] = stamps
+                    iso = [
+                        (j, dead_ends[int(r)]) for j, r in enumerate(m.rows) if int(r) in dead_ends
+                    ]
+                    at_dead_f = np.isin(m.fb, dead_buses)
+                    at_dead_t = np.isin(m.tb, dead_buses)
+                    if iso or at_dead_f.any() or at_dead_t.any():
+                        fb, tb = m.fb.copy(), m.tb.copy()
+                        for j, ends in iso:
+                            if ends & 1:
+                                fb[j] = n
+                            if ends & 2:
+                                tb[j] = n
+                        fb[at_dead_f] = n  # a dead auxiliary bus: NaN voltage, like pandapower
+                        tb[at_dead_t] = n
+                        fields["fb"], fields["tb"] = fb, tb
+                    maps[table] = SimpleNamespace(**fields)
+                return maps
+            return c0.element  # gen results read the patched Ybus values (c.y_re / c.y_im)
 
         c = _Structure(lazy=lazy, **fields)
         self._c = c
@@ -565,13 +763,113 @@ class GridModel:
         self._last_snap = None
         self.patches += 1
 
+    def _try_tap(self, pos: np.ndarray, new: np.ndarray) -> bool:
+        """Trafo tap changes as new branch admittances on this compile (False: recompile).
+
+        pandapower's own trafo parameter calculation gives the changed rows; their Ybus,
+        Yf / Yt entries and ppci rows are replaced in copies (earlier solutions keep theirs).
+        A trafo outside the compile (out of service) does not change the solve at all.
+        """
+        from pandapower.build_branch import _calc_branch_values_from_trafo_df
+        from pandapower.pypower import idx_brch as ib
+        from pandapower.pypower.makeYbus import branch_vectors
+
+        net = self._net
+        info = self._patch_data()
+        rows_of = info.rows.get("trafo")
+        compiled = self._guard_values("trafo", "tap_pos")
+        if rows_of is None or compiled is None:
+            return False
+        df = net.trafo
+        col = df.columns.get_loc("tap_pos")
+        old = df.iloc[pos, col].copy()
+        df.iloc[pos, col] = new
+        rows = rows_of[pos]
+        sel = np.flatnonzero(rows >= 0)
+        memo = self._tap_memo
+        keys = [(int(q), float(v)) for q, v in zip(pos[sel].tolist(), new[sel].tolist())]
+        try:
+            if sel.size:
+                if all(k in memo for k in keys):
+                    vals = tuple(np.array([memo[k][j] for k in keys]) for j in range(8))
+                else:
+                    # a copy: pandapower writes into the frame it is given
+                    sub = df.iloc[pos[sel]].copy()
+                    vals = tuple(
+                        np.asarray(v, dtype=float).reshape(-1)
+                        for v in _calc_branch_values_from_trafo_df(net, self._ppc, sub)
+                    )
+                    for j, k in enumerate(keys):
+                        memo[k] = tuple(float(v[j]) for v in vals)
+                r, x, g, b, g_asym, b_asym, ratio, shift = vals
+        except Exception as exc:  # anything pandapower's own conversion would rather do
+            _log.debug("tap change not patched (%s): recompiling", exc)
+            df.iloc[pos, col] = old.to_numpy()
+            return False
+        self._guard_refresh("trafo", "tap_pos")
+        if not sel.size:
+            return True
+        br_rows = rows[sel]
+        c0 = self._c_base
+        ppci = dict(c0.ppci)
+        branch = ppci["branch"] = c0.ppci["branch"].copy()
+        for column, v in ((ib.BR_R, r), (ib.BR_X, x), (ib.BR_G, g), (ib.BR_B, b),
+                          (ib.BR_G_ASYM, g_asym), (ib.BR_B_ASYM, b_asym), (ib.TAP, ratio),
+                          (ib.SHIFT, shift)):  # fmt: skip
+            branch[br_rows, column] = v
+        ytt, yff, yft, ytf = branch_vectors(branch[br_rows], br_rows.shape[0])
+        stamps_new = np.vstack([yff, yft, ytf, ytt])
+        delta = stamps_new - info.stamps[:, br_rows]
+        y_re0, y_im0 = self._y_base
+        y_re0, y_im0 = y_re0.copy(), y_im0.copy()
+        at = info.pos[:, br_rows].reshape(-1)
+        np.add.at(y_re0, at, delta.real.reshape(-1))
+        np.add.at(y_im0, at, delta.imag.reshape(-1))
+        stamps = info.stamps.copy()
+        stamps[:, br_rows] = stamps_new
+        yf, yt = c0.yf.tocsr(copy=True), c0.yt.tocsr(copy=True)
+        for y, (a, bb) in ((yf, (yff, yft)), (yt, (ytf, ytt))):
+            for j, row in enumerate(br_rows.tolist()):
+                lo, hi = y.indptr[row], y.indptr[row + 1]
+                cols = y.indices[lo:hi]
+                y.data[lo:hi] = np.where(cols == info.f[row], a[j], bb[j])
+        self._patch_info = SimpleNamespace(**{**vars(info), "stamps": stamps})
+        self._y_base = (y_re0, y_im0)
+        self._ppci = ppci
+        self._yf, self._yt = yf, yt
+        fields = {k: v for k, v in vars(c0).items() if k not in ("branch", "yf", "yt", "lazy")}
+        fields.update(ppci=ppci, yf=yf, yt=yt, y_re=y_re0, y_im=y_im0)
+        ppc, n = c0.ppc, self._n
+
+        def lazy(name: str) -> Any:
+            return self._branch_maps(ppc, ppci, n, yf, yt)  # "branch": on first result read
+
+        self._c_base = _Structure(lazy=lazy, **fields)
+        self._c = self._c_base
+        self._y_re, self._y_im = y_re0, y_im0
+        if self._out or self._half or self._sw_open:
+            self._install_patch(self._out, self._patch_info)
+        else:
+            self._stepper.set_y(y_re0, y_im0)
+            self._last_snap = None
+        self.patches += 1
+        return True
+
+    def _guard_refresh(self, table: str, column: str) -> None:
+        """Record the net's current column as compiled (after a change patched onto it)."""
+        for g in self._guard:
+            if g[0] == table and g[1] == column:
+                g[5] = self._net[table][column].to_numpy().copy()
+                g[2] = g[3] = g[4] = None
+                del g[6:]
+
     def _make_guard(self, net: Any) -> list[list[Any]]:
         """Per guarded column: [table, column, frame, blocks, view or None, compiled values]."""
         guard = []
         for table, column in _GUARDED:
             df = net.get(table) if table in net else None
-            if df is None or column not in df.columns:
-                continue
+            if df is None or column not in df.columns or len(df) == 0:
+                continue  # an empty table: its length is guarded below (rows added: stale)
             values = df[column].to_numpy().copy()
             guard.append([table, column, None, None, None, values])
         # lengths of the other tables (a guarded column covers its own table's length)
@@ -686,14 +984,32 @@ class GridModel:
                 )
             rows = to_int[f:t]
             ok = np.flatnonzero(rows >= 0)
-            # the rows of the solved branches, sliced once here rather than every step
-            yfr = yf[rows[ok]] if ok.size else None
-            ytr = yt[rows[ok]] if ok.size else None
-            # energized end buses (ppc buses past the internal ones are out of service)
+            nb = t - f
+            # per branch: yff, yft, ytf, ytt (the entries of its Yf / Yt rows), zero when the
+            # branch is not solved; the kernel's branch_results reads them
+            stamps = np.zeros((8, nb))
+            for k, y in enumerate((yf, yt)):
+                if not ok.size:
+                    break
+                sub = y[rows[ok]].tocoo()
+                at = ok[sub.row]
+                first = sub.col == fb[at]  # the entry at the from bus, else at the to bus
+                for j, sel in enumerate((first, ~first)):
+                    np.add.at(stamps[4 * k + 2 * j], at[sel], sub.data[sel].real)
+                    np.add.at(stamps[4 * k + 2 * j + 1], at[sel], sub.data[sel].imag)
+            scale = np.empty((5, nb))
+            scale[0], scale[1] = base_kv[fb], base_kv[tb]
+            with np.errstate(divide="ignore"):
+                if table == "line":
+                    scale[2] = scale[3] = 1.0
+                    scale[4] = np.where(extra[0] != 0, 100.0 / extra[0], np.inf)
+                else:
+                    vn_hv, vn_lv, sn, par_df = extra
+                    scale[2], scale[3] = vn_hv, vn_lv
+                    scale[4] = np.sqrt(3) / sn * 100.0 / par_df
             maps[table] = SimpleNamespace(
-                ok=ok, fb=fb, tb=tb, kv_f=base_kv[fb], kv_t=base_kv[tb], fb_ok=fb[ok],
-                tb_ok=tb[ok], yf=yfr, yt=ytr, f_on=np.flatnonzero(fb < n),
-                t_on=np.flatnonzero(tb < n), extra=extra,
+                rows=rows, fb=np.ascontiguousarray(fb), tb=np.ascontiguousarray(tb),
+                stamps=stamps, scale=scale,
             )  # fmt: skip
         return maps
 
@@ -702,49 +1018,22 @@ class GridModel:
         m = c.branch.get(table)
         if m is None:
             return None
-        v = _snap_v(snap)
-        vm_int = snap["vm"]
-        nb = m.fb.shape[0]
-        sf = np.zeros(nb, dtype=complex)
-        st = np.zeros(nb, dtype=complex)
-        if m.ok.size:
-            sf[m.ok] = v[m.fb_ok] * np.conj(m.yf @ v) * c.base_mva
-            st[m.ok] = v[m.tb_ok] * np.conj(m.yt @ v) * c.base_mva
-        # |V| and angle at both ends; NaN where the bus is not energized (pandapower's convention)
-        vmf = np.full(nb, np.nan)
-        vmt = np.full(nb, np.nan)
-        vaf = np.full(nb, np.nan)
-        vat = np.full(nb, np.nan)
-        vmf[m.f_on] = vm_int[m.fb[m.f_on]]
-        vmt[m.t_on] = vm_int[m.tb[m.t_on]]
-        va_deg = _snap_va_degree(snap)
-        vaf[m.f_on] = va_deg[m.fb[m.f_on]]
-        vat[m.t_on] = va_deg[m.tb[m.t_on]]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            i_f = np.abs(sf) / (vmf * m.kv_f) / np.sqrt(3)
-            i_t = np.abs(st) / (vmt * m.kv_t) / np.sqrt(3)
-            i_max = np.maximum(i_f, i_t)
-            # np.maximum propagates NaN like pandapower's np.max over the two ends
-            if table == "line":
-                rating = m.extra[0]
-                loading = np.full(nb, np.inf)
-                np.divide(i_max, rating, where=rating != 0, out=loading)
-                return {
-                    "p_from_mw": sf.real, "q_from_mvar": sf.imag, "p_to_mw": st.real,
-                    "q_to_mvar": st.imag, "pl_mw": sf.real + st.real,
-                    "ql_mvar": sf.imag + st.imag, "i_from_ka": i_f, "i_to_ka": i_t,
-                    "i_ka": i_max, "loading_percent": loading * 100, "vm_from_pu": vmf,
-                    "va_from_degree": vaf, "vm_to_pu": vmt, "va_to_degree": vat,
-                }  # fmt: skip
-            vn_hv, vn_lv, sn, par_df = m.extra
-            lds = np.maximum(i_f * vn_hv, i_t * vn_lv) * np.sqrt(3) / sn * 100.0
-            loading = lds / par_df
-        return {
-            "p_hv_mw": sf.real, "q_hv_mvar": sf.imag, "p_lv_mw": st.real, "q_lv_mvar": st.imag,
-            "pl_mw": sf.real + st.real, "ql_mvar": sf.imag + st.imag, "i_hv_ka": i_f,
-            "i_lv_ka": i_t, "loading_percent": loading, "vm_hv_pu": vmf, "va_hv_degree": vaf,
-            "vm_lv_pu": vmt, "va_lv_degree": vat,
-        }  # fmt: skip
+        out = np.empty((14, m.fb.shape[0]))
+        self._kernel.branch_results(
+            snap["vm"], self._polar(snap), c.n, c.base_mva, m.fb, m.tb, m.stamps, m.scale, out
+        )
+        aux = getattr(m, "aux", None)
+        if aux is not None:
+            # an end opened by a switch reports pandapower's auxiliary bus voltage there
+            part, t_open, coef = aux
+            p = self._polar(snap)
+            closed = np.where(t_open, m.fb[part], m.tb[part])
+            v = coef * (p[0, closed] + 1j * p[1, closed])
+            vm_row = np.where(t_open, 12, 10)
+            out[vm_row, part] = np.abs(v)
+            out[vm_row + 1, part] = np.rad2deg(np.angle(v))
+        names = _LINE_ROWS if table == "line" else _TRAFO_ROWS
+        return {name: out[k] for name, k in names.items()}
 
     def _element_maps(self, ppci: dict, ybus: Any, n: int) -> dict[str, Any]:
         """What ext_grid, gen, load and sgen results need, resolved once per compile.
@@ -818,9 +1107,14 @@ class GridModel:
                 pvg = np.setdiff1d(at, ext)
                 w = gen[ext, _SL_FAC].real.astype(float)
                 slack.append((int(ref_bus), pos, at, ext, pvg, w))
+            demand = []
+            for b, w, _val in self._groups_now:
+                idx = np.flatnonzero((b >= 0) & np.isin(b, rows))
+                demand.append((idx, np.searchsorted(rows, b[idx]), w[idx]))
             out["gen_rows"] = SimpleNamespace(
+                demand=demand, rest_p=self._rest_p[rows], rest_q=self._rest_q[rows],
                 ng=gen.shape[0], on=on, gbus=gbus, qmin=qmin, split=split, slack=slack,
-                y_rows=ybus.tocsr()[rows], rows=rows, gpos=np.searchsorted(rows, gbus),
+                rows=np.ascontiguousarray(rows, dtype=np.int64), gpos=np.searchsorted(rows, gbus),
                 eg_on=eg_on, eg_rows=eg_rows[eg_on], g_on=g_on, g_rows=g_rows[g_on],
                 g_bus=g_bus[g_on],
             )  # fmt: skip
@@ -835,11 +1129,21 @@ class GridModel:
         cached = snap.get("gen_pq")
         if cached is not None:
             return cached
-        v = _snap_v(snap)
         base = c.base_mva
-        s = v[m.rows] * np.conj(m.y_rows @ v)  # bus injections at gen and ref buses, pu
-        bus_pd, bus_qd = _snap_demand(snap)
-        q_on = s[m.gpos].imag * base + bus_qd[m.gbus]
+        # bus injections at gen and ref buses, pu
+        sp_, sq_ = np.empty(m.rows.shape[0]), np.empty(m.rows.shape[0])
+        self._kernel.bus_power(
+            c.y_indptr, c.y_indices, c.y_re, c.y_im, self._polar(snap), m.rows, sp_, sq_
+        )
+        # bus demand at those rows only (the element groups of the solved inputs)
+        pd_, qd_ = m.rest_p.copy(), m.rest_q.copy()
+        inputs = snap["inputs"]
+        for key, (idx, at, w) in zip(_GROUPS, m.demand):
+            if idx.size:
+                (pd_ if key[1] == "p_mw" else qd_)[:] += np.bincount(
+                    at, weights=w * inputs[key][idx], minlength=pd_.shape[0]
+                )
+        q_on = sq_[m.gpos] * base + qd_[m.gpos]
         if m.split is not None:
             ngg, qgmin, qrange, qspan, same = m.split
             q_on = q_on / ngg
@@ -850,8 +1154,8 @@ class GridModel:
         qg = np.zeros(m.ng)
         qg[m.on] = q_on
         pg = np.array(snap["gen_pg"], dtype=float)
-        for ref_bus, pos, at, ext, pvg, w in m.slack:
-            p_bus = s[pos].real * base + bus_pd[ref_bus]
+        for _ref_bus, pos, at, ext, pvg, w in m.slack:
+            p_bus = sp_[pos] * base + pd_[pos]
             if ext is None:
                 pg[at[0]] = p_bus
                 continue
@@ -898,8 +1202,16 @@ class GridModel:
         p[m.g_on] = pg[m.g_rows]
         q[m.g_on] = qg[m.g_rows]
         vm[m.g_on] = snap["vm"][m.g_bus]
-        va[m.g_on] = _snap_va_degree(snap)[m.g_bus]
+        va[m.g_on] = self._polar(snap)[2][m.g_bus]
         return {"p_mw": p, "q_mvar": q, "vm_pu": vm, "va_degree": va}
+
+    def _polar(self, snap: dict[str, Any]) -> np.ndarray:
+        """(re, im, angle degrees) of the snapshot's internal bus voltages (computed once)."""
+        p = snap.get("polar")
+        if p is None:
+            vm = snap["vm"]
+            p = snap["polar"] = self._kernel.polar(vm, snap["va"], np.empty((3, vm.shape[0])))
+        return p
 
     def _gen_row_map(self) -> dict[str, np.ndarray]:
         """pandapower gen / ext_grid index order -> internal gen row (-1 when not in service)."""
@@ -1132,6 +1444,21 @@ class GridModel:
                 and np.array_equal(compiled[pos].astype(float), newv.astype(float), equal_nan=True)
             ):
                 return  # unchanged: a sync loop may resend the same status every step
+            if fresh and column == "tap_pos" and self._try_tap(pos, newv):
+                return
+            # the switch states as compiled are read before the net is written below
+            if (
+                fresh
+                and table == "switch"
+                and self._switch_data() is not None
+                and (self._write_guarded(table, column, pos, newv))
+            ):
+                assert compiled is not None
+                old_values = compiled[pos].copy()
+                compiled[pos] = newv
+                if self._try_switch(pos, newv):
+                    return
+                compiled[pos] = old_values
             if fresh and column == "in_service" and self._write_guarded(table, column, pos, newv):
                 assert compiled is not None
                 old_values = compiled[pos].copy()
@@ -1219,7 +1546,7 @@ class GridModel:
 
     def _newton(self, vm0: np.ndarray, va0: np.ndarray) -> tuple[Any, ...]:
         """Newton (plus the Q-limit outer loop) from a start; copies, the model is not changed."""
-        kind = self._kind0
+        kind = self._kind_run
         qfix = self._qzero
         limited: list[int] = []
         total_it = 0
@@ -1241,7 +1568,7 @@ class GridModel:
             total_it += it
             if not self.enforce_q_lims:
                 break
-            if kind is self._kind0:
+            if kind is self._kind_run:
                 kind, qfix = kind.copy(), qfix.copy()
             newly = self._q_limit_violations(kind, vm, va, qfix)
             if not newly:
@@ -1449,10 +1776,10 @@ class GridModel:
         c = self._c
         return SimpleNamespace(
             plan=self._plan, y_indptr=self._y_indptr, y_indices=self._y_indices,
-            y_re=self._y_re, y_im=self._y_im, kind=self._kind0, vset=self._vset,
+            y_re=self._y_re, y_im=self._y_im, kind=self._kind_run, vset=self._vset,
             vm=self._vm, va=self._va, retry=self._start, spec=spec, n=self._n,
             bus_int=self._bus_int, ppci=c.ppci, base_mva=self._base_mva, groups=groups,
-            out_rows=self._out,
+            out_rows=self._out | frozenset(self._half),
         )  # fmt: skip
 
     def memory_bytes(self) -> int:
@@ -1489,22 +1816,6 @@ def _snap_demand(snap: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     if d is None:
         d = snap["demand"] = _demand(snap["c"], snap["inputs"])
     return d
-
-
-def _snap_v(snap: dict[str, Any]) -> np.ndarray:
-    """Complex internal bus voltages of a snapshot (computed once, kept in it)."""
-    v = snap.get("v")
-    if v is None:
-        v = snap["v"] = snap["vm"] * np.exp(1j * snap["va"])
-    return v
-
-
-def _snap_va_degree(snap: dict[str, Any]) -> np.ndarray:
-    """Internal bus angles in degrees, wrapped like pandapower's angle(V) (kept in the snapshot)."""
-    va = snap.get("va_degree")
-    if va is None:
-        va = snap["va_degree"] = np.rad2deg(np.angle(_snap_v(snap)))
-    return va
 
 
 def _fill_from_neighbours(

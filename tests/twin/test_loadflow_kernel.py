@@ -164,3 +164,35 @@ def test_loadflow_copy_if_finite_writes_all_or_nothing(name: str) -> None:
         assert dst.tolist() == [0.0, 2.0, 4.0]
     with pytest.raises(ValueError, match="expected"):
         k.copy_if_finite(np.zeros(2), dst)
+
+
+@pytest.mark.skipif(len(KERNELS) < 2, reason="needs the compiled kernel")
+def test_result_kernels_agree_with_the_reference() -> None:
+    rng = np.random.default_rng(3)
+    n, rows = 12, 20
+    vm = rng.uniform(0.9, 1.1, n)
+    va = rng.uniform(-4.0, 4.0, n)  # beyond +-pi: the angle is wrapped like np.angle
+    fb = rng.integers(0, n + 2, rows).astype(np.int64)  # >= n: not energized (NaN)
+    tb = rng.integers(0, n + 2, rows).astype(np.int64)
+    stamps = np.ascontiguousarray(rng.normal(size=(8, rows)))
+    stamps[:, 3] = 0.0  # a branch that is not solved
+    scale = np.ascontiguousarray(rng.uniform(0.5, 2.0, size=(5, rows)))
+    scale[4, 5] = np.inf  # a line without a rating
+    pos = np.array([0, 3, 7], dtype=np.int64)
+    indptr = np.arange(0, 3 * n + 1, 3, dtype=np.int32)
+    indices = np.sort(rng.integers(0, n, (n, 3)), axis=1).reshape(-1).astype(np.int32)
+    y = np.linspace(-1.0, 1.0, 3 * n)
+    out = {}
+    for name in ("cython", "numpy"):
+        k = kernel(name)
+        polar = k.polar(vm, va, np.empty((3, n)))
+        res = k.branch_results(vm, polar, n, 100.0, fb, tb, stamps, scale, np.empty((14, rows)))
+        p, q = np.empty(3), np.empty(3)
+        k.bus_power(indptr, indices, y, y[::-1].copy(), polar, pos, p, q)
+        out[name] = (polar, res, p, q)
+    for a, b in zip(out["cython"], out["numpy"]):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12, equal_nan=True)
+    with pytest.raises(ValueError, match="expected"):
+        kernel(KERNELS[0]).branch_results(
+            vm, out["numpy"][0], n, 100.0, fb, tb, stamps, scale, np.empty((13, rows))
+        )

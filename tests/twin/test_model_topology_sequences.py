@@ -81,6 +81,9 @@ def _check_sequence(name: str, backend: str, data) -> None:
         assert np.nanmax(np.abs(sol.va_degree - va)) < 1e-4
         loading = ref.res_line.loading_percent.to_numpy()
         np.testing.assert_allclose(sol.line_loading_percent, loading, atol=1e-4, rtol=0)
+        for table, column in (("trafo", "loading_percent"), ("ext_grid", "p_mw")):
+            want = ref[f"res_{table}"][column].to_numpy(dtype=float)
+            np.testing.assert_allclose(sol.get(table, column), want, atol=1e-4, rtol=0)
 
 
 _SETTINGS = settings(

@@ -8,7 +8,11 @@ compiled system bound once, whose ``run(vm, va, kind=None, qfix=None, tol, max_i
 the bus injections from the element input arrays (read in place) and runs ``newton`` in one call
 (``set_y(y_re, y_im)`` swaps the Ybus values after a topology patch), ``batch(...)`` (many cases
 on one plan without the GIL: see ``_newton.batch``),
-and ``copy_if_finite(src, dst) -> bool`` (the update fast path's all-or-nothing finite copy).
+``copy_if_finite(src, dst) -> bool`` (the update fast path's all-or-nothing finite copy), and
+the result functions ``polar(vm, va, out)`` (per-bus V and wrapped angle),
+``branch_results(vm, vpolar, n, base_mva, fb, tb, stamps, scale, out)`` (a line / trafo table's
+flows, currents, loading and end voltages) and ``bus_power(indptr, indices, y_re, y_im, vpolar,
+rows, out_p, out_q)`` (S = V conj(Ybus V) at some buses).
 The backend is chosen per call (``"auto" | "cython" | "numpy"``); the environment variable
 ``GRIDTWIN_BACKEND`` overrides the choice.
 """

@@ -15,7 +15,7 @@ import numpy as np
 
 cimport cython
 cimport numpy as cnp
-from libc.math cimport NAN, cos, fabs, isfinite, sin, sqrt
+from libc.math cimport INFINITY, NAN, atan2, cos, fabs, isfinite, sin, sqrt
 
 cnp.import_array()
 
@@ -953,6 +953,8 @@ def batch(plan, indptr, indices, y_re, y_im, kind, p_spec, q_spec, vset, vm0, va
     cdef double dy[8]
     cdef bint corr
     cdef int br
+    cdef double[::1] pvre = pl.vre
+    cdef double[::1] pvim = pl.vim
     with nogil:
         for c in range(start, stop):
             row = c if ps.shape[0] > 1 else 0
@@ -1004,10 +1006,11 @@ def batch(plan, indptr, indices, y_re, y_im, kind, p_spec, q_spec, vset, vm0, va
                     if fb < 0 or tb < 0 or j == cbr[c] or kd[fb] == 3 or kd[tb] == 3:
                         oload[c, j] = 0.0
                         continue
-                    vfr = ovm[c, fb] * cos(ova[c, fb])
-                    vfi = ovm[c, fb] * sin(ova[c, fb])
-                    vtr = ovm[c, tb] * cos(ova[c, tb])
-                    vti = ovm[c, tb] * sin(ova[c, tb])
+                    # the loop leaves V of its last (converged) iterate in the plan's arrays
+                    vfr = pvre[fb]
+                    vfi = pvim[fb]
+                    vtr = pvre[tb]
+                    vti = pvim[tb]
                     ir = ffr[j] * vfr - ffi[j] * vfi + ftr[j] * vtr - fti[j] * vti
                     ii = ffr[j] * vfi + ffi[j] * vfr + ftr[j] * vti + fti[j] * vtr
                     lf = sqrt(ir * ir + ii * ii) * cf[j]
@@ -1025,3 +1028,135 @@ def batch(plan, indptr, indices, y_re, y_im, kind, p_spec, q_spec, vset, vm0, va
             for p in range(dptr[c], dptr[c + 1]):
                 kd[dbus[p]] = kd0[dbus[p]]
     return None
+
+
+def polar(vm, va, out):
+    """Per bus: ``out[0] + 1j * out[1] = vm * exp(1j * va)``, ``out[2]`` angle(V) in degrees."""
+    cdef const double[::1] m = vm
+    cdef const double[::1] a = va
+    cdef double[:, ::1] o = out
+    cdef Py_ssize_t k, n = m.shape[0]
+    cdef double deg = 180.0 / 3.141592653589793
+    if o.shape[0] != 3 or o.shape[1] != n:
+        raise ValueError(f"expected (3, {n}) outputs")
+    with nogil:
+        for k in range(n):
+            o[0, k] = m[k] * cos(a[k])
+            o[1, k] = m[k] * sin(a[k])
+            o[2, k] = atan2(o[1, k], o[0, k]) * deg
+    return out
+
+
+def branch_results(vm, vpolar, long long n, double base_mva, fb, tb, stamps, scale, out):
+    """Flows, currents, loading and end voltages of one line / trafo table from the solved V.
+
+    ``vpolar`` is what ``polar`` fills; ``fb`` / ``tb`` are ppc end buses (``>= n``: not
+    energized, NaN voltages); ``stamps`` is ``(8, rows)``: yff, yft, ytf, ytt as (re, im) pairs,
+    all zero for a branch that is not solved (zero flows); ``scale`` is ``(5, rows)``: kv_f,
+    kv_t, weight_f, weight_t, factor, with ``loading = max(i_f * weight_f, i_t * weight_t) *
+    factor`` (``factor`` inf: a line without a rating). ``out`` is ``(14, rows)``, its rows in
+    the order of ``_reference.BRANCH_ROWS``.
+    """
+    cdef const double[::1] m = vm
+    cdef const double[:, ::1] p = vpolar
+    cdef const long long[::1] f = fb
+    cdef const long long[::1] t = tb
+    cdef const double[:, ::1] y = stamps
+    cdef const double[:, ::1] s = scale
+    cdef double[:, ::1] o = out
+    cdef Py_ssize_t k, rows = f.shape[0]
+    cdef double vfr, vfi, vtr, vti, ifr, ifi, itr, iti, sfr, sfi, str_, sti, vmf, vmt
+    cdef double i_f, i_t, i_max, lf, lt, fac
+    cdef double sq3 = sqrt(3.0)
+    if o.shape[0] != 14 or o.shape[1] != rows or y.shape[1] != rows or s.shape[1] != rows:
+        raise ValueError(f"expected (14, {rows}) results for {rows} branches")
+    if p.shape[0] != 3 or p.shape[1] != n:
+        raise ValueError(f"expected (3, {n}) bus voltages")
+    with nogil:
+        for k in range(rows):
+            vfr = vfi = vtr = vti = 0.0
+            vmf = vmt = NAN
+            o[11, k] = NAN
+            o[13, k] = NAN
+            if f[k] < n:
+                vmf = m[f[k]]
+                vfr = p[0, f[k]]
+                vfi = p[1, f[k]]
+                o[11, k] = p[2, f[k]]
+            if t[k] < n:
+                vmt = m[t[k]]
+                vtr = p[0, t[k]]
+                vti = p[1, t[k]]
+                o[13, k] = p[2, t[k]]
+            o[10, k] = vmf
+            o[12, k] = vmt
+            ifr = y[0, k] * vfr - y[1, k] * vfi + y[2, k] * vtr - y[3, k] * vti
+            ifi = y[0, k] * vfi + y[1, k] * vfr + y[2, k] * vti + y[3, k] * vtr
+            itr = y[4, k] * vfr - y[5, k] * vfi + y[6, k] * vtr - y[7, k] * vti
+            iti = y[4, k] * vfi + y[5, k] * vfr + y[6, k] * vti + y[7, k] * vtr
+            # S = V conj(I)
+            sfr = (vfr * ifr + vfi * ifi) * base_mva
+            sfi = (vfi * ifr - vfr * ifi) * base_mva
+            str_ = (vtr * itr + vti * iti) * base_mva
+            sti = (vti * itr - vtr * iti) * base_mva
+            o[0, k] = sfr
+            o[1, k] = sfi
+            o[2, k] = str_
+            o[3, k] = sti
+            o[4, k] = sfr + str_
+            o[5, k] = sfi + sti
+            i_f = sqrt(sfr * sfr + sfi * sfi) / (vmf * s[0, k]) / sq3
+            i_t = sqrt(str_ * str_ + sti * sti) / (vmt * s[1, k]) / sq3
+            o[6, k] = i_f
+            o[7, k] = i_t
+            # NaN at either end propagates, like np.maximum
+            if i_f != i_f or i_t != i_t:
+                i_max = NAN
+            else:
+                i_max = i_f if i_f >= i_t else i_t
+            o[8, k] = i_max
+            lf = i_f * s[2, k]
+            lt = i_t * s[3, k]
+            fac = s[4, k]
+            if fac == INFINITY:
+                o[9, k] = INFINITY
+            elif lf != lf or lt != lt:
+                o[9, k] = NAN
+            else:
+                o[9, k] = (lf if lf >= lt else lt) * fac
+    return out
+
+
+def bus_power(indptr, indices, y_re, y_im, vpolar, rows, out_p, out_q):
+    """``S = V conj(Ybus V)`` (per unit) at buses ``rows`` into ``out_p`` / ``out_q``.
+
+    ``vpolar`` is what ``polar`` fills.
+    """
+    cdef const int[::1] ip = indptr
+    cdef const int[::1] ix = indices
+    cdef const double[::1] gr = y_re
+    cdef const double[::1] gi = y_im
+    cdef const double[:, ::1] p = vpolar
+    cdef const long long[::1] r = rows
+    cdef double[::1] op = out_p
+    cdef double[::1] oq = out_q
+    cdef Py_ssize_t k, j, b, c
+    cdef double ir, ii, vr, vi, vbr, vbi
+    if op.shape[0] != r.shape[0] or oq.shape[0] != r.shape[0]:
+        raise ValueError(f"expected {r.shape[0]} outputs")
+    if p.shape[0] != 3 or p.shape[1] != ip.shape[0] - 1:
+        raise ValueError(f"expected (3, {ip.shape[0] - 1}) bus voltages")
+    with nogil:
+        for k in range(r.shape[0]):
+            b = r[k]
+            ir = ii = 0.0
+            for j in range(ip[b], ip[b + 1]):
+                c = ix[j]
+                vr = p[0, c]
+                vi = p[1, c]
+                ir = ir + gr[j] * vr - gi[j] * vi
+                ii = ii + gr[j] * vi + gi[j] * vr
+            vbr = p[0, b]
+            vbi = p[1, b]
+            op[k] = vbr * ir + vbi * ii
+            oq[k] = vbi * ir - vbr * ii

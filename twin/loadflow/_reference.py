@@ -255,3 +255,63 @@ def batch(
         va[dead] = np.nan
         out_vm[c, :] = vm
         out_va[c, :] = va
+
+
+# the rows of the matrix ``branch_results`` fills (line names; trafos use hv / lv, no i_ka)
+BRANCH_ROWS = (
+    "p_from_mw", "q_from_mvar", "p_to_mw", "q_to_mvar", "pl_mw", "ql_mvar", "i_from_ka",
+    "i_to_ka", "i_ka", "loading_percent", "vm_from_pu", "va_from_degree", "vm_to_pu",
+    "va_to_degree",
+)  # fmt: skip
+
+
+def polar(vm, va, out):
+    """Same contract as ``_newton.polar``."""
+    if out.shape != (3, vm.shape[0]):
+        raise ValueError(f"expected (3, {vm.shape[0]}) outputs")
+    v = vm * np.exp(1j * va)
+    out[0], out[1], out[2] = v.real, v.imag, np.rad2deg(np.angle(v))
+    return out
+
+
+def branch_results(vm, vpolar, n, base_mva, fb, tb, stamps, scale, out):
+    """Same contract as ``_newton.branch_results``."""
+    rows = fb.shape[0]
+    va = np.arctan2(vpolar[1], vpolar[0])
+    if out.shape != (14, rows) or stamps.shape[1] != rows or scale.shape[1] != rows:
+        raise ValueError(f"expected (14, {rows}) results for {rows} branches")
+    fon = fb < n
+    ton = tb < n
+    vf = np.zeros(rows, dtype=complex)
+    vt = np.zeros(rows, dtype=complex)
+    vf[fon] = vm[fb[fon]] * np.exp(1j * va[fb[fon]])
+    vt[ton] = vm[tb[ton]] * np.exp(1j * va[tb[ton]])
+    y = stamps[0::2] + 1j * stamps[1::2]
+    sf = vf * np.conj(y[0] * vf + y[1] * vt) * base_mva
+    st = vt * np.conj(y[2] * vf + y[3] * vt) * base_mva
+    vmf = np.where(fon, np.abs(vf), np.nan)
+    vmt = np.where(ton, np.abs(vt), np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        i_f = np.abs(sf) / (vmf * scale[0]) / np.sqrt(3)
+        i_t = np.abs(st) / (vmt * scale[1]) / np.sqrt(3)
+        load = np.maximum(i_f * scale[2], i_t * scale[3]) * scale[4]
+    load[np.isinf(scale[4])] = np.inf
+    out[0], out[1], out[2], out[3] = sf.real, sf.imag, st.real, st.imag
+    out[4], out[5] = sf.real + st.real, sf.imag + st.imag
+    out[6], out[7], out[8], out[9] = i_f, i_t, np.maximum(i_f, i_t), load
+    out[10], out[12] = vmf, vmt
+    out[11] = np.where(fon, np.rad2deg(np.angle(vf)), np.nan)
+    out[13] = np.where(ton, np.rad2deg(np.angle(vt)), np.nan)
+    return out
+
+
+def bus_power(indptr, indices, y_re, y_im, vpolar, rows, out_p, out_q) -> None:
+    """Same contract as ``_newton.bus_power``."""
+    if out_p.shape[0] != rows.shape[0] or out_q.shape[0] != rows.shape[0]:
+        raise ValueError(f"expected {rows.shape[0]} outputs")
+    n = indptr.shape[0] - 1
+    v = vpolar[0] + 1j * vpolar[1]
+    y = sp.csr_matrix((y_re + 1j * y_im, indices, indptr), shape=(n, n))[rows]
+    s = v[rows] * np.conj(y @ v)
+    out_p[:] = s.real
+    out_q[:] = s.imag
