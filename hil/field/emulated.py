@@ -34,7 +34,6 @@ import numpy as np
 
 from hil.field.base import SimClock, StepOutcome, alarm_dict
 from hil.links.store import StoreLink
-from twin.errors import ConfigError
 
 _log = logging.getLogger(__name__)
 
@@ -99,7 +98,6 @@ class EmulatedField:
             # the emulated substation needs a plant; against hardware the hardware is the plant
             self.plant_model = plant_model_factory(copy.deepcopy(net))
         self.sub: Any = None
-        self.serving = False
         self.links: list[Any] = []
         self.plant_link: StoreLink | None = None
         self.sync: Any = None
@@ -135,7 +133,7 @@ class EmulatedField:
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
         from hil.emulator import EmulatedSubstation
-        from hil.sync import SyncLoop
+        from hil.emulator.devices import RTUMeasurements
 
         users = {"plant": (self._password, "plant"), "operator": (self._password, "operator")}
         if self.serve is not None:
@@ -155,32 +153,20 @@ class EmulatedField:
             opcua_port=ports[0],
             modbus_port=ports[1],
         )
-        self.serving = bool(protocols)  # a protocol link of the twin's own (see _make_link)
         self.sub.store.subscribe(self._note_source)
-        if self.serving or self.serve is not None:
+        if protocols or self.serve is not None:
             await self.sub.start()
             self._sub_started = True
         for dev in self.sub.devices:
             self.devices[dev.name] = dev
-            if type(dev).__name__ == "RTUMeasurements":
+            if isinstance(dev, RTUMeasurements):
                 self.rtu = dev
                 dev.rng = np.random.default_rng(self.seed)  # same seed, same noise
         twin_role = "plant" if self.mode == "hil" else "operator"
-        for kind in self.link_kinds:
-            self.links.append(self._make_link(kind, twin_role))
+        self.links = self._make_links(twin_role)
         for link in self.links:
             await link.connect()
-        events = _EventsOnly(self.recorder) if self.recorder is not None else None
-        self.sync = SyncLoop(
-            self.model,
-            _without_device_outputs(self.pointmap),
-            self.links,
-            mode="mirror" if self.mode == "mirror" else "hil",
-            recorder=events,
-            record_values=False,
-            link_now=self.clock,
-            period_s=1.0,
-        )
+        self.sync = self._make_sync(link_now=self.clock)
         if self.mode == "mirror":
             self.plant_link = StoreLink(
                 self.sub.store,
@@ -191,16 +177,7 @@ class EmulatedField:
                 stale_factor=self.stale_factor,
             )
             await self.plant_link.connect()
-            self.plant_sync = SyncLoop(
-                self.plant_model,
-                _without_device_outputs(self.plant_pointmap),
-                [self.plant_link],
-                mode="hil",
-                recorder=None,
-                record_values=False,
-                link_now=self.clock,
-                period_s=1.0,
-            )
+            self.plant_sync = self._make_sync(plant=True, link_now=self.clock)
         await self._start_twin_server()
 
     async def _start_twin_server(self) -> None:
@@ -224,51 +201,42 @@ class EmulatedField:
             out["twin_server"] = self.twin_server.endpoint
         return out
 
-    def _make_link(self, kind: str, role: str) -> Any:
-        pts = self.pointmap.points
-        if kind == "direct":
-            if self.serving:
-                # beside a protocol link: the plant's analog side only (module docstring)
-                pts = tuple(p for p in pts if p.kind == "measurement" and p.direction == "to_field")
-            return StoreLink(
-                self.sub.store, pts, role=role, clock=self.clock, stale_factor=self.stale_factor
-            )
-        if kind == "opcua":
-            from hil.links.opcua import OpcuaLink
+    def _make_links(self, role: str) -> list[Any]:
+        """The scenario's links as a hardware description bound to the running substation,
+        built by the one builder (:func:`hil.hardware.make_links`), in the scenario's order."""
+        from hil.hardware import emulated_hardware, make_links
 
-            return OpcuaLink(
-                self.sub.opcua_endpoint,
-                [p for p in pts if p.opcua is not None],
-                user=role,
-                password=self._password,
-                mode="poll",
-                namespace=self.pointmap.namespace,
-                clock=self.clock,
-                stale_factor=self.stale_factor,
-                write_timestamps=False,
-            )
-        if kind == "modbus":
-            from hil.links.modbus import ModbusLink
+        hw = emulated_hardware(
+            self.link_kinds, role=role, password=self._password, stale_factor=self.stale_factor
+        )
+        if self._sub_started:  # a protocol link: the servers run, their ports are known
+            endpoint = self.sub.opcua_endpoint if "opcua" in self.sub.protocols else ""
+            port = self.sub.modbus_port if "modbus" in self.sub.protocols else 0
+            hw = hw.bind_emulator(endpoint, port)
+        links = make_links(hw, self.pointmap, clock=self.clock, store=self.sub.store)
+        return sorted(links, key=lambda lk: self.link_kinds.index(lk.protocol))
 
-            # Modbus cannot write input registers: it carries what a master reads and commands.
-            chosen = [
-                p
-                for p in pts
-                if p.modbus is not None
-                and (p.direction == "to_twin" or p.kind in ("command", "setpoint"))
-            ]
-            # The substation's register blocks are contiguous (every address is mapped), so a
-            # read may span the measurements between two statuses: a few requests per step.
-            return ModbusLink(
-                "127.0.0.1",
-                self.sub.modbus_port,
-                chosen,
-                clock=self.clock,
-                stale_factor=self.stale_factor,
-                max_gap=_MODBUS_MAX_GAP,
-            )
-        raise ConfigError(
-            "<scenario>", "links", f"expected one of direct, opcua, modbus, found {kind!r}"
+    def _make_sync(self, *, plant: bool = False, **kwargs: Any) -> Any:
+        """The twin's sync loop over :attr:`links`, or (``plant``) the emulated plant's over
+        :attr:`plant_link`; ``kwargs``: SyncLoop's timing and policy options."""
+        from hil.sync import SyncLoop
+
+        if plant:
+            model, pm, links, mode, rec = (
+                self.plant_model, self.plant_pointmap, [self.plant_link], "hil", None
+            )  # fmt: skip
+        else:
+            model, pm, links, mode = self.model, self.pointmap, self.links, self.mode
+            rec = _EventsOnly(self.recorder) if self.recorder is not None else None
+        return SyncLoop(
+            model,
+            _without_device_outputs(pm),
+            links,
+            mode="mirror" if mode == "mirror" else "hil",
+            recorder=rec,
+            record_values=False,
+            period_s=1.0,
+            **kwargs,
         )
 
     async def stop(self) -> None:
@@ -557,7 +525,6 @@ class EmulatedField:
         *,
         sigma: float | None = None,
         offset: float | None = None,
-        factor: float | None = None,
     ) -> None:
         if self.rtu is None:
             raise RuntimeError("the emulated substation has no RTU device")
@@ -653,10 +620,6 @@ async def _send(link: Any, values: dict[str, float], force: bool) -> None:
         return
     for n, v in values.items():
         await link.write_point(n, v)
-
-
-#: Registers/bits a Modbus read may span between two carried points (at most one request's worth).
-_MODBUS_MAX_GAP = 125
 
 
 def _without_device_outputs(pm: Any) -> Any:

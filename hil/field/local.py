@@ -96,14 +96,7 @@ class LocalField:
     def device_restart(self, name: str) -> None:
         self._needs_hardware("device_restart")
 
-    def meas_error(
-        self,
-        point: str,
-        *,
-        sigma: float | None = None,
-        offset: float | None = None,
-        factor: float | None = None,
-    ) -> None:
+    def meas_error(self, point: str, **error: float | None) -> None:
         self._needs_hardware("meas_noise/meas_bias")
 
     def der_trip(self, label: str, tripped: bool) -> None:
