@@ -32,7 +32,6 @@ import os
 import re
 import threading
 import time
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +41,7 @@ import numpy as np
 
 from scenarios.config import EventSpec, Scenario, load_scenario, loads_scenario
 from twin.errors import ConfigError
+from twin.tomlfile import parse_toml, read_text
 
 _log = logging.getLogger(__name__)
 
@@ -177,16 +177,8 @@ def _grid_entry(key: str, values: Any, run: str, where: str) -> tuple[str, tuple
 def load_sweep(path: Path | str) -> tuple[Scenario, SweepSpec]:
     """Read a scenario file with its ``[sweep]`` section (an empty section when it has none)."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(
-            str(p), "file", f"cannot read the scenario file: {exc.strerror}"
-        ) from None
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError:
-        return loads_scenario(text, path=p), SweepSpec()  # raises the scenario's TOML error
+    text = read_text(p, what="the scenario file")
+    doc = parse_toml(text, source=str(p)).data
     table = doc.get("sweep", {})
     if not isinstance(table, dict):
         _fail(str(p), "sweep", f"expected a table [sweep], found {table!r}")
