@@ -31,7 +31,7 @@ EVENT_TABLE = {
     "tap_change": "trafo",
 }
 CHECK_TABLE = {"buses": "bus", "lines": "line", "trafos": "trafo"}
-POINT_KINDS = ("setpoint", "meas_noise", "meas_bias")
+POINT_KINDS = ("setpoint", "meas_noise", "meas_bias", "meas_frozen")
 #: Events that act on field devices: they need hardware (emulated or real).
 FIELD_EVENTS = (
     "setpoint",
@@ -40,6 +40,7 @@ FIELD_EVENTS = (
     "device_restart",
     "meas_noise",
     "meas_bias",
+    "meas_frozen",
 )
 FIELD_CHECKS = ("field_value", "expect_stale", "expect_alarm")
 
@@ -77,6 +78,7 @@ EVENT_SUPPORT: dict[str, tuple[str, str, str]] = {
     "device_restart": ("yes", _EMULATOR_ONLY, _EMULATOR_ONLY),
     "meas_noise": ("yes", _EMULATOR_ONLY, _EMULATOR_ONLY),
     "meas_bias": ("yes", _EMULATOR_ONLY, _EMULATOR_ONLY),
+    "meas_frozen": ("yes", _EMULATOR_ONLY, _EMULATOR_ONLY),
     "process": ("yes", "yes", "yes"),
 }
 #: The command points an event needs against hardware: (table, columns) per element.

@@ -299,14 +299,14 @@ class Device(ABC):
         """The point's value when present and GOOD, else ``default``."""
         if name is None:
             return default
-        s = self.store.get(name)
+        s = self.store.device_get(name)
         return s.value if s.quality is Quality.GOOD else default
 
     def _write(self, name: str | None, value: float) -> None:
         """Set a point only when it changes (listeners fire once per real change)."""
         if name is None:
             return
-        s = self.store.get(name)
+        s = self.store.device_get(name)
         if s.quality is Quality.GOOD and s.value == float(value):
             return
         self.store.set(name, value, source=self.source)
@@ -357,7 +357,7 @@ class Breaker(Device):
         self.pending: _Operation | None = None
         self.events: list[TripEvent] = []  # completed operations: cause "command" or the trip's
         # The cmd sample present at construction is the initial state, not a command.
-        self._seen_cmd: Sample = store.get(cmd_point)
+        self._seen_cmd: Sample = store.device_get(cmd_point)
         self._write(closed_point, 1.0 if self.closed else 0.0)
 
     def trip(self, now: float, cause: str) -> None:
@@ -374,12 +374,12 @@ class Breaker(Device):
         _log.info("%s: trip by %s at %.3f s", self.name, cause, now)
 
     def _next_due(self, now: float) -> float | None:
-        if self.store.get(self.cmd_point) is not self._seen_cmd:
+        if self.store.device_get(self.cmd_point) is not self._seen_cmd:
             return now  # a command not scanned yet
         return self.pending.due if self.pending is not None else None
 
     def _step(self, now: float) -> None:
-        sample = self.store.get(self.cmd_point)
+        sample = self.store.device_get(self.cmd_point)
         if sample is not self._seen_cmd:  # every store write is a new Sample object
             self._seen_cmd = sample
             if sample.quality is Quality.GOOD:
@@ -541,7 +541,7 @@ class TapChangerAVR(Device):
         # The definite-time timer restarts after each step, from the first voltage measured
         # after it: the sample in the store now predates the new tap.
         self._out_since = None
-        self._v_at_move = self.store.get(self.voltage_point)
+        self._v_at_move = self.store.device_get(self.voltage_point)
         self._write(self.tap_point, self.tap_pos)
 
     def _next_due(self, now: float) -> float | None:
@@ -562,7 +562,7 @@ class TapChangerAVR(Device):
         if not self.auto_active:
             self._out_since = None
             return
-        s = self.store.get(self.voltage_point)
+        s = self.store.device_get(self.voltage_point)
         if self._v_at_move is not None:
             if s is self._v_at_move:  # every store write is a new Sample object
                 return  # no voltage measured since the last tap step yet
@@ -627,7 +627,7 @@ class OvercurrentRelay(Device):
         return self.picked_up_since + max(self._read(self.delay_point, self.delay_s), 0.0)
 
     def _step(self, now: float) -> None:
-        s = self.store.get(self.current_point)
+        s = self.store.device_get(self.current_point)
         if s.quality is not Quality.GOOD:
             self.picked_up_since = None
             return
@@ -719,7 +719,7 @@ class DERInverter(Device):
         """Bus voltage in pu; None when unknown. NaN (isolated bus) counts as 0 pu."""
         if self.voltage_point is None:
             return None
-        s = self.store.get(self.voltage_point)
+        s = self.store.device_get(self.voltage_point)
         if math.isnan(s.value):
             return 0.0
         return s.value if s.quality is Quality.GOOD else None

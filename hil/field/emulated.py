@@ -486,6 +486,10 @@ class EmulatedField:
         for lk in [*self.links, self.plant_link]:
             if lk is not None:
                 lk.cut(names)
+        # the substation reports the device's points COMMS_LOST (what an outside master sees
+        # with --serve), as a gateway reports a device that dropped off
+        if names:
+            self._defer_at_device(lambda now: self.sub.set_device_offline(target, True))
         if dev is not None:
             self._defer_at_device(dev.comms_lost)
 
@@ -503,6 +507,8 @@ class EmulatedField:
         for lk in [*self.links, self.plant_link]:
             if lk is not None:
                 lk.restore(names)
+        if names:
+            self._defer_at_device(lambda now: self.sub.set_device_offline(target, False))
         dev = self.devices.get(target)
         if dev is not None:
             self._defer_at_device(dev.comms_restored)
@@ -534,6 +540,11 @@ class EmulatedField:
             self.rtu.set_bias(point, offset)
         if point in getattr(self.rtu, "_true", {}):
             self.rtu.refresh(point)
+
+    def freeze_point(self, point: str, frozen: bool) -> None:
+        """The substation's report of ``point`` freezes (value and timestamp) or thaws."""
+        self.sub.store.point(point)  # an unknown point fails now, in the event
+        self._defer_at_device(lambda now: self.sub.freeze_point(point, frozen))
 
     def der_trip(self, label: str, tripped: bool) -> None:
         """Trip an inverter (held off) or release it; a set point where there is no inverter."""

@@ -111,6 +111,9 @@ class HardwareField(EmulatedField):
     def meas_error(self, point: str, **kwargs: Any) -> None:
         self._emulator_only("meas_noise/meas_bias")
 
+    def freeze_point(self, point: str, frozen: bool) -> None:
+        self._emulator_only("meas_frozen")
+
     def der_trip(self, label: str, tripped: bool) -> None:
         self.command(f"{label}.p_limit_pct", 0.0 if tripped else 100.0)
 

@@ -99,6 +99,9 @@ class LocalField:
     def meas_error(self, point: str, **error: float | None) -> None:
         self._needs_hardware("meas_noise/meas_bias")
 
+    def freeze_point(self, point: str, frozen: bool) -> None:
+        self._needs_hardware("meas_frozen")
+
     def der_trip(self, label: str, tripped: bool) -> None:
         self._needs_hardware("der_trip at the inverter")
 

@@ -161,3 +161,20 @@ def test_twin_server_runs_for_the_run_and_is_read_by_a_client(tmp_path: Path) ->
     assert result["res"].error == ""
     kinds = [e["kind"] for e in result["res"].recorder.events]
     assert "serving" in kinds
+
+
+def test_inject_plant_faults_become_events():
+    """``--inject frozen:POINT@T``, ``offline:DEVICE@T``, ``online:DEVICE@T``."""
+    from scenarios.config import loads_scenario, with_injections
+    from twin.errors import ConfigError
+
+    sc = loads_scenario('grid = "ieee14"\nduration = "1h"\n')
+    got = with_injections(sc, ["frozen:L1.i_ka@+20s", "offline:Q1@30", "online:Q1@60"]).events
+    assert [(e.kind, e.at, e.params) for e in got[-3:]] == [
+        ("meas_frozen", 20.0, (("point", "L1.i_ka"),)),
+        ("comms_loss", 30.0, (("target", "Q1"),)),
+        ("comms_restore", 60.0, (("target", "Q1"),)),
+    ]
+    for bad in ("frozen:", "frozen:L1.i_ka=1", "offline:Q1@soon", "meas_bias:X"):
+        with pytest.raises(ConfigError, match="--inject"):
+            with_injections(sc, [bad])
