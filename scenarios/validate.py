@@ -180,6 +180,13 @@ def field_problems(scenario: Scenario, net: Any, pointmap: Any, hardware: Any = 
                 )
         elif sup != "yes":
             problems.append(f"{at}: a {ev.kind} event is not supported {against}: {sup}")
+    if hardware is not None:  # every output written by a link (hil.hardware.plan_links)
+        from hil.hardware import plan_links
+
+        try:
+            plan_links(hardware, pointmap)
+        except ConfigError as exc:
+            problems.append(str(exc))
     for ck in scenario.checks:
         sup = _support(CHECK_SUPPORT, ck.kind, fk)
         if sup != "yes":

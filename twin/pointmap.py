@@ -1505,11 +1505,18 @@ def check_pointmap(pm: PointMap, net: Any) -> list[str]:
                 f"modbus.address: expected {n} register(s) within 0..65535, found address "
                 f"{m.address}",
             )
-        if m.table in ("coil", "holding_register") and p.kind in ("status", "measurement"):
+        # A to_field measurement in holding registers is what a device under test that is a
+        # Modbus server gets written (docs/hardware.md); one the twin reads must not be there.
+        if (
+            m.table in ("coil", "holding_register")
+            and p.kind in ("status", "measurement")
+            and p.direction == "to_twin"
+        ):
             bad(
                 p,
                 f"modbus.table: a {m.table} is writable by clients, only for commands and "
-                f"setpoints; a {p.kind} belongs in "
+                f"setpoints (and values the twin writes to a device under test); a to_twin "
+                f"{p.kind} belongs in "
                 f"{'a discrete_input' if bit_table else 'an input_register'}",
             )
         if m.table in ("discrete_input", "input_register") and p.kind in ("command", "setpoint"):
