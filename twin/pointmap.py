@@ -623,6 +623,10 @@ def _element_specs(net: Any, mode: str, labels: dict[str, dict[int, str]]) -> li
                 low=0.0,
                 high=1.0,
             )
+            # a SCADA raise/lower: write 1, the tap changer makes one step (in manual mode)
+            # and resets the command to 0
+            for col in ("tap_raise", "tap_lower"):
+                add("trafo", i, col, "command", "to_field", "", "coil", "bool", low=0.0, high=1.0)
         sn = _col(net, "trafo", "sn_mva", i)
         meas("trafo", i, "loading_percent", "%", deadband=0.1, tolerance=10.0)
         meas("trafo", i, "p_hv_mw", "MW", deadband=0.001, tolerance=_tol(sn))

@@ -474,6 +474,8 @@ class TapChangerAVR(Device):
         band_point: str | None = None,
         delay_point: str | None = None,
         auto_point: str | None = None,
+        raise_point: str | None = None,
+        lower_point: str | None = None,
         tap_pos: int | None = None,
         mechanism_s: float = 5.0,
         vset_pu: float = 1.0,
@@ -493,6 +495,9 @@ class TapChangerAVR(Device):
         self.voltage_point = voltage_point
         self.vset_point, self.band_point = vset_point, band_point
         self.delay_point, self.auto_point = delay_point, auto_point
+        #: one-step raise/lower command points (a SCADA pulse: 1, reset to 0 by the device)
+        self._pulses = {p: d for p, d in ((raise_point, 1), (lower_point, -1)) if p is not None}
+        self._seen_pulse: dict[str, Sample] = {p: store.device_get(p) for p in self._pulses}
         self.tap_min, self.tap_max = int(tap_min), int(tap_max)
         self.raise_delta = int(raise_delta)
         self.mechanism_s = float(mechanism_s)
@@ -554,7 +559,22 @@ class TapChangerAVR(Device):
             return None  # at the limit: the timer runs out with nothing to do
         return self._out_since + max(self._read(self.delay_point, self.delay_s), 0.0)
 
+    def _take_pulses(self, now: float) -> None:
+        """A raise/lower command written since the last step: one manual step (refused, as
+        :meth:`operate`, in auto mode, at a limit or while the mechanism moves); reset to 0."""
+        for point, delta in self._pulses.items():
+            s = self.store.device_get(point)
+            if s is self._seen_pulse[point]:
+                continue
+            if s.quality is Quality.GOOD and s.value >= 0.5:
+                if not self.operate(now, delta):
+                    _log.info("%s: %s refused at %.3f s", self.name, point, now)
+                self._write(point, 0.0)
+            self._seen_pulse[point] = self.store.device_get(point)
+
     def _step(self, now: float) -> None:
+        if self._pulses:
+            self._take_pulses(now)
         if self.moving_to is not None:
             if not _elapsed(now, self._move_due, 0.0):
                 return
@@ -1140,6 +1160,8 @@ def build_devices(
         init(cols["avr_band_pu"], cfg.avr_band_pu, keep_good=True)
         init(cols["avr_delay_s"], cfg.avr_delay_s, keep_good=True)
         init(cols["avr_auto"], float(cfg.avr_auto), keep_good=True)
+        for col in ("tap_raise", "tap_lower"):
+            init(pt("trafo", idx, col), 0.0, keep_good=False)
         avrs.append(
             TapChangerAVR(
                 label(tap_pt),
@@ -1153,6 +1175,8 @@ def build_devices(
                 band_point=cols["avr_band_pu"],
                 delay_point=cols["avr_delay_s"],
                 auto_point=cols["avr_auto"],
+                raise_point=pt("trafo", idx, "tap_raise"),
+                lower_point=pt("trafo", idx, "tap_lower"),
                 tap_pos=tap,
                 mechanism_s=cfg.avr_mechanism_s,
                 vset_pu=cfg.avr_vset_pu,

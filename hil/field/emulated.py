@@ -41,6 +41,8 @@ _log = logging.getLogger(__name__)
 #: Status columns whose changes are events (breaker positions, tap positions); analog statuses
 #: such as an inverter's P and Q change every step and are in the time series instead.
 _DISCRETE = frozenset({"closed", "tap_pos", "in_service"})
+#: The source of the RTU scan's re-stamps (not the source of a change: see _note_source)
+_SCAN_SOURCE = "device:rtu-scan"
 
 
 class _EventsOnly:
@@ -329,6 +331,8 @@ class EmulatedField:
 
     # --- what the field did by itself -----------------------------------------------------------
     def _note_source(self, point: Any, sample: Any, source: str) -> None:
+        if source == _SCAN_SOURCE:
+            return  # a re-stamp of what a device reported: the device stays the source
         name = point if isinstance(point, str) else point.name
         self._last_source[name] = source
 
@@ -440,7 +444,7 @@ class EmulatedField:
                 continue
             smp = store.get(p.name)
             if smp.quality.is_good:
-                store.set(p.name, smp.value, timestamp=t, source="device:rtu-scan")
+                store.set(p.name, smp.value, timestamp=t, source=_SCAN_SOURCE)
 
     def command(self, name: str, value: float) -> None:
         """A command or setpoint write, sent by the twin's link as an operator would."""
