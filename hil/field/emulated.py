@@ -120,6 +120,9 @@ class EmulatedField:
         self._commanded: dict[str, float] = {}
         #: point -> source of its last write in the emulated store (who changed it)
         self._last_source: dict[str, str] = {}
+        #: element label -> (who, when) of the last command written to it from outside the
+        #: devices (a breaker's cmd, a tap changer's raise/lower): another master
+        self._outside_command: dict[str, tuple[str, float]] = {}
         #: (OPC UA port, Modbus port) to serve the substation on for an outside controller
         self.serve = serve
         #: the operator login an outside OPC UA client may use while serving
@@ -335,6 +338,9 @@ class EmulatedField:
             return  # a re-stamp of what a device reported: the device stays the source
         name = point if isinstance(point, str) else point.name
         self._last_source[name] = source
+        kind = getattr(point, "kind", None)
+        if kind == "command" and not source.startswith("device:") and source != "scenario":
+            self._outside_command[name.rsplit(".", 1)[0]] = (source, self.clock.t)
 
     def _event(self, t: float, kind: str, message: str, **fields: Any) -> None:
         if self.recorder is not None:
@@ -380,10 +386,11 @@ class EmulatedField:
             )
 
     def _status_source(self, point: str, label: str) -> str:
-        """Who changed a status: the last writer of the element's command, else of the point."""
-        cmd = self._last_source.get(f"{label}.cmd")
-        if cmd is not None and not cmd.startswith("device:") and cmd != "scenario":
-            return f"command from {cmd}"
+        """Who changed a status: another master's recent command to the element (its cmd,
+        tap_raise or tap_lower), else the last writer of the point (a device)."""
+        cmd = self._outside_command.get(label)
+        if cmd is not None and self.clock.t - cmd[1] <= 60.0:
+            return f"command from {cmd[0]}"
         return self._last_source.get(point, "field")
 
     def link_quality(self) -> dict[str, float]:
