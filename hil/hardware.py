@@ -602,11 +602,8 @@ def plan_links(config: HardwareConfig, pointmap: PointMap) -> list[LinkPlan]:
                     f"written by {writers[p.name]} and {tag}",
                 )
             writers[p.name] = tag
-    unread = [
-        p.name
-        for p in pointmap.points
-        if p.direction == "to_twin" and not any(p in plan.points for plan in plans)
-    ]
+    carried = {p.name for plan in plans for p in plan.points}
+    unread = [p.name for p in pointmap.points if p.direction == "to_twin" and p.name not in carried]
     if unread:
         _log.warning(
             "%s: %d to_twin point(s) read by no link: %s",
