@@ -203,16 +203,20 @@ def test_tap_direction_rejects_missing_step():
         tap_delta_raising_voltage(net.trafo.loc[0])
 
 
-@pytest.fixture
-def avr_store() -> PointStore:
-    return _store(
+def _avr_points() -> list:
+    return [
         _pt("T.tap_pos", "status"),
         _pt("B.vm_pu", "measurement", "pu"),
         _pt("T.avr_vset_pu", "setpoint", "pu"),
         _pt("T.avr_band_pu", "setpoint", "pu"),
         _pt("T.avr_delay_s", "setpoint", "s"),
         _pt("T.avr_auto", "setpoint"),
-    )
+    ]
+
+
+@pytest.fixture
+def avr_store() -> PointStore:
+    return _store(*_avr_points())
 
 
 def _avr(store: PointStore, *, tap: int = 0, tap_max: int = 2, raise_delta: int = -1):
@@ -314,16 +318,7 @@ def test_avr_manual_mode_and_manual_operate(avr_store):
 def test_avr_takes_scada_raise_and_lower_pulses():
     """``tap_raise``/``tap_lower`` = 1: one manual step, the command resets to 0; refused in
     auto mode (reset all the same, so the next pulse is a new command)."""
-    store = _store(
-        _pt("T.tap_pos", "status"),
-        _pt("B.vm_pu", "measurement", "pu"),
-        _pt("T.avr_vset_pu", "setpoint", "pu"),
-        _pt("T.avr_band_pu", "setpoint", "pu"),
-        _pt("T.avr_delay_s", "setpoint", "s"),
-        _pt("T.avr_auto", "setpoint"),
-        _pt("T.tap_raise", "command"),
-        _pt("T.tap_lower", "command"),
-    )
+    store = _store(*_avr_points(), _pt("T.tap_raise", "command"), _pt("T.tap_lower", "command"))
     store.set("T.avr_auto", 0)
     store.set("B.vm_pu", 1.0)
     avr = TapChangerAVR(
