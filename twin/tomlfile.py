@@ -179,8 +179,8 @@ class Problems:
         return len(self.items)
 
     def raise_if_any(self, error: Callable[[list[Problem]], Exception] = TomlFileError) -> None:
-        if self.items:
-            raise error(list(self.items))
+        if self.items:  # in file order
+            raise error(sorted(self.items, key=lambda p: p.line or 0))
 
 
 def read_text(path: str | os.PathLike[str], *, what: str = "the file") -> str:
