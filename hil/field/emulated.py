@@ -133,7 +133,8 @@ class EmulatedField:
 
     @property
     def description(self) -> str:
-        return f"emulated substation, links: {', '.join(self.link_kinds)}"
+        # (the links really used are listed beside it: Field.links_used)
+        return "emulated substation"
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
