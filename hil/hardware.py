@@ -15,7 +15,6 @@ import asyncio
 import fnmatch
 import logging
 import os
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,6 +24,7 @@ from hil.errors import HilError
 from hil.links.base import FieldLink
 from twin.errors import ConfigError
 from twin.pointmap import Point, PointMap
+from twin.tomlfile import KeyPath, Problems, TomlDoc, key_name, load_toml, parse_toml
 
 _log = logging.getLogger(__name__)
 
@@ -64,7 +64,8 @@ class OpcuaConfig:
     watchdog_s: float = 1.0
     namespace: str | None = None  # None: the point map's namespace
     read: bool | None = None  # None: to_twin points the device has no Modbus link for
-    write: bool = True
+    #: None: the to_field points no other link of the device writes (the embedded default)
+    write: bool | None = True
     write_timestamps: bool = True
 
     def security_string(self) -> str | None:
@@ -99,6 +100,11 @@ class DeviceConfig:
     points: tuple[str, ...] = ("*",)  # point-name patterns (fnmatch) this device carries
     opcua: OpcuaConfig | None = None
     modbus: ModbusConfig | None = None
+    #: the role of an in-process link into the emulated substation's store (``"plant"`` or
+    #: ``"operator"``); None: no such link. Only in a description bound to the in-process
+    #: emulator (:func:`emulated_hardware`), never read from a file. Beside a protocol link it
+    #: carries the plant's analog side only: the to_field measurements.
+    store: str | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +144,57 @@ class HardwareConfig:
         return replace(self, devices=tuple(devices))
 
 
+def emulated_hardware(
+    kinds: tuple[str, ...] | list[str],
+    *,
+    role: str = "plant",
+    password: str | None = None,
+    stale_factor: float | None = None,
+) -> HardwareConfig:
+    """The embedded emulated substation as a hardware description: one device with the links
+    a scenario's ``links`` names (``"direct"``, ``"opcua"``, ``"modbus"``), logged in as ``role``.
+
+    Modbus reads what it has a binding for and writes commands and set points (coils, holding
+    registers); OPC UA, polled once per step, reads the rest and writes what no other link
+    writes; ``direct`` is the in-process store link. Bind it with
+    :meth:`HardwareConfig.bind_emulator` once the substation runs.
+    """
+    kinds = list(kinds)
+    unknown = [k for k in kinds if k not in ("direct", "opcua", "modbus")]
+    if unknown or not kinds:
+        raise ConfigError(
+            "<scenario>", "links", f"expected one of direct, opcua, modbus, found {unknown!r}"
+        )
+    op = None
+    if "opcua" in kinds:
+        op = OpcuaConfig(
+            endpoint="opc.tcp://127.0.0.1:0/gridtwin/",
+            user=role,
+            password=password,
+            mode="poll",
+            write=None,
+            write_timestamps=False,
+        )
+    mb = None
+    if "modbus" in kinds:
+        # The substation's register blocks are contiguous (every address is mapped), so a
+        # read may span the measurements between two statuses: a few requests per step.
+        mb = ModbusConfig(host="127.0.0.1", port=0, write=True, max_gap=_EMULATED_MAX_GAP)
+    dev = DeviceConfig(
+        name="emulated", opcua=op, modbus=mb, store=role if "direct" in kinds else None
+    )
+    return HardwareConfig(
+        devices=(dev,),
+        stale_factor=stale_factor,
+        emulated=True,
+        source="<default: emulated substation>",
+    )
+
+
+#: Registers/bits a Modbus read of the emulated substation may span (one request's worth).
+_EMULATED_MAX_GAP = 125
+
+
 def default_hardware(*, user: str | None = "plant", password: str | None = None) -> HardwareConfig:
     """The embedded emulated substation on 127.0.0.1; ports are chosen when it starts.
 
@@ -160,25 +217,36 @@ def default_hardware(*, user: str | None = "plant", password: str | None = None)
 
 
 # --- parsing ---------------------------------------------------------------------------------
-class _Reader:
-    """Typed access to one TOML table; every error names the file and the full key."""
+class _Skip(Exception):
+    """A table whose problem has been noted: the rest of it is not read (the others are)."""
 
-    def __init__(self, path: str, base: Path, data: Mapping[str, Any], prefix: str) -> None:
-        self.path = path
+
+class _Reader:
+    """Typed access to one TOML table; every problem is noted with the file, line and full key.
+
+    ``fail`` notes a problem and returns :class:`_Skip` to raise (the table is abandoned, the
+    file's other tables are still read); an unknown key is noted and reading goes on.
+    """
+
+    def __init__(self, problems: Problems, base: Path, data: Mapping[str, Any], path: KeyPath):
+        self.problems = problems
         self.base = base
         self.data = data
-        self.prefix = prefix
+        self.path = path
 
     def key(self, k: str) -> str:
-        return f"{self.prefix}{k}"
+        return key_name((*self.path, k))
 
-    def fail(self, k: str, problem: str) -> ConfigError:
-        return ConfigError(self.path, self.key(k), problem)
+    def fail(self, k: str, problem: str) -> _Skip:
+        self.problems.add((*self.path, k), problem)
+        return _Skip()
 
     def only(self, allowed: tuple[str, ...]) -> None:
         for k in self.data:
             if k not in allowed:
-                raise self.fail(k, f"unknown key; allowed keys: {', '.join(allowed)}")
+                self.problems.add(
+                    (*self.path, k), f"unknown key; allowed keys: {', '.join(allowed)}"
+                )
 
     def get(self, k: str, kind: type | tuple[type, ...], default: Any = None, *, what: str = ""):
         if k not in self.data:
@@ -223,7 +291,7 @@ class _Reader:
             return None
         if not isinstance(v, dict):
             raise self.fail(k, f"expected a table [{self.key(k)}], found {v!r}")
-        return _Reader(self.path, self.base, v, f"{self.key(k)}.")
+        return _Reader(self.problems, self.base, v, (*self.path, k))
 
 
 def _read_opcua(r: _Reader, env: Mapping[str, str]) -> OpcuaConfig:
@@ -322,60 +390,12 @@ def loads_hardware(
     base: Path | None = None,
     env: Mapping[str, str] | None = None,
 ) -> HardwareConfig:
-    """Parse hardware.toml text; relative paths are taken from ``base`` (default: cwd)."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(source, "(syntax)", f"expected valid TOML: {exc}") from None
-    env = os.environ if env is None else env
-    top = _Reader(source, base or Path.cwd(), data, "")
-    top.only(_TOP_KEYS)
-    raw_devices = data.get("device")
-    if raw_devices is None:
-        raise top.fail("device", "missing; expected at least one [[device]] table")
-    if not isinstance(raw_devices, list) or not all(isinstance(d, dict) for d in raw_devices):
-        raise top.fail("device", "expected [[device]] tables (an array of tables)")
-    devices: list[DeviceConfig] = []
-    names: set[str] = set()
-    for i, raw in enumerate(raw_devices):
-        r = _Reader(source, top.base, raw, f"device[{i}].")
-        r.only(_DEVICE_KEYS)
-        name = r.get("name", str, f"device{i}")
-        if name in names:
-            raise r.fail("name", f"expected a unique device name, found {name!r} twice")
-        names.add(name)
-        pats = r.get("points", (list, str), ["*"], what="a list of point-name patterns")
-        if isinstance(pats, str):
-            pats = [pats]
-        if not pats or not all(isinstance(p, str) and p for p in pats):
-            raise r.fail("points", f"expected a non-empty list of patterns, found {pats!r}")
-        op_r, mb_r = r.sub("opcua"), r.sub("modbus")
-        if op_r is None and mb_r is None:
-            raise r.fail("opcua", "missing; a device needs an [device.opcua] or [device.modbus]")
-        devices.append(
-            DeviceConfig(
-                name=name,
-                points=tuple(pats),
-                opcua=_read_opcua(op_r, env) if op_r else None,
-                modbus=_read_modbus(mb_r) if mb_r else None,
-            )
-        )
-    stale_factor = top.positive("stale_factor", None)
-    if stale_factor is not None and stale_factor < 1.0:
-        raise top.fail("stale_factor", f"expected a factor >= 1, found {stale_factor!r}")
-    bmin = top.positive("backoff_min_s", 0.2) or 0.2
-    bmax = top.positive("backoff_max_s", 5.0) or 5.0
-    if bmax < bmin:
-        raise top.fail("backoff_max_s", f"expected >= backoff_min_s ({bmin:g}), found {bmax:g}")
-    return HardwareConfig(
-        devices=tuple(devices),
-        pointmap=top.path_("pointmap"),
-        stale_policy=top.choice("stale_policy", STALE_POLICIES, "hold"),
-        stale_factor=stale_factor,
-        backoff_min_s=bmin,
-        backoff_max_s=bmax,
-        source=source,
-    )
+    """Parse hardware.toml text; relative paths are taken from ``base`` (default: cwd).
+
+    Raises:
+        TomlFileError: (a ``ConfigError``) every problem of the file, each with its line.
+    """
+    return _from_doc(parse_toml(text, source=source, base=base), env)
 
 
 def load_hardware(
@@ -384,14 +404,90 @@ def load_hardware(
     """Read a hardware.toml file.
 
     Raises:
-        ConfigError: the file is missing, not TOML, or a key is unknown or has a wrong value.
+        TomlFileError: (a ``ConfigError``) the file is missing or not TOML, or every unknown
+            key and wrong value it has, each with file, line and key.
     """
-    p = Path(path)
+    return _from_doc(load_toml(path, what="the hardware file"), env)
+
+
+def _from_doc(doc: TomlDoc, env: Mapping[str, str] | None) -> HardwareConfig:
+    env = os.environ if env is None else env
+    data = doc.data
+    problems = Problems(doc)
+    top = _Reader(problems, doc.base, data, ())
+    top.only(_TOP_KEYS)
+    devices: list[DeviceConfig] = []
+    raw_devices = data.get("device")
+    if raw_devices is None:
+        problems.add(("device",), "missing; expected at least one [[device]] table")
+    elif not isinstance(raw_devices, list) or not all(isinstance(d, dict) for d in raw_devices):
+        problems.add(("device",), "expected [[device]] tables (an array of tables)")
+    else:
+        names: set[str] = set()
+        for i, raw in enumerate(raw_devices):
+            try:
+                devices.append(
+                    _read_device(_Reader(problems, doc.base, raw, ("device", i)), i, names, env)
+                )
+            except _Skip:
+                continue
+    values: dict[str, Any] = {}
+    for key, read in (
+        ("stale_factor", lambda: top.positive("stale_factor", None)),
+        ("backoff_min_s", lambda: top.positive("backoff_min_s", 0.2) or 0.2),
+        ("backoff_max_s", lambda: top.positive("backoff_max_s", 5.0) or 5.0),
+        ("pointmap", lambda: top.path_("pointmap")),
+        ("stale_policy", lambda: top.choice("stale_policy", STALE_POLICIES, "hold")),
+    ):
+        try:
+            values[key] = read()
+        except _Skip:
+            values[key] = None
+    stale_factor = values["stale_factor"]
+    if stale_factor is not None and stale_factor < 1.0:
+        problems.add(("stale_factor",), f"expected a factor >= 1, found {stale_factor!r}")
+    bmin, bmax = values["backoff_min_s"] or 0.2, values["backoff_max_s"] or 5.0
+    if bmax < bmin:
+        problems.add(("backoff_max_s",), f"expected >= backoff_min_s ({bmin:g}), found {bmax:g}")
+    problems.raise_if_any()
+    return HardwareConfig(
+        devices=tuple(devices),
+        pointmap=values["pointmap"],
+        stale_policy=values["stale_policy"],
+        stale_factor=stale_factor,
+        backoff_min_s=bmin,
+        backoff_max_s=bmax,
+        source=doc.source,
+    )
+
+
+def _read_device(r: _Reader, i: int, names: set[str], env: Mapping[str, str]) -> DeviceConfig:
+    r.only(_DEVICE_KEYS)
+    name = r.get("name", str, f"device{i}")
+    if name in names:
+        raise r.fail("name", f"expected a unique device name, found {name!r} twice")
+    names.add(name)
+    pats = r.get("points", (list, str), ["*"], what="a list of point-name patterns")
+    if isinstance(pats, str):
+        pats = [pats]
+    if not pats or not all(isinstance(p, str) and p for p in pats):
+        raise r.fail("points", f"expected a non-empty list of patterns, found {pats!r}")
+    op_r, mb_r = r.sub("opcua"), r.sub("modbus")
+    if op_r is None and mb_r is None:
+        raise r.fail("opcua", "missing; a device needs an [device.opcua] or [device.modbus]")
+    op = mb = None
+    skipped = False
+    try:  # both tables are read, so that a problem in each is reported
+        op = _read_opcua(op_r, env) if op_r else None
+    except _Skip:
+        skipped = True
     try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(str(p), "(file)", f"expected a readable file: {exc.strerror}") from None
-    return loads_hardware(text, source=str(p), base=p.resolve().parent, env=env)
+        mb = _read_modbus(mb_r) if mb_r else None
+    except _Skip:
+        skipped = True
+    if skipped:
+        raise _Skip()
+    return DeviceConfig(name=name, points=tuple(pats), opcua=op, modbus=mb)
 
 
 # --- points per link -------------------------------------------------------------------------
@@ -400,7 +496,7 @@ class LinkPlan:
     """One link to open: its device, protocol and points."""
 
     device: str
-    protocol: str  # "opcua" | "modbus"
+    protocol: str  # "opcua" | "modbus" | "direct" (in-process, the emulated substation only)
     points: tuple[Point, ...]
 
 
@@ -427,6 +523,16 @@ def plan_links(config: HardwareConfig, pointmap: PointMap) -> list[LinkPlan]:
             )
         mb_read: set[str] = set()
         n_before = len(plans)
+        others_write: set[str] = set()
+        if dev.store is not None:
+            protocol = dev.opcua is not None or dev.modbus is not None
+            pts = [
+                p
+                for p in mine
+                if not protocol or (p.kind == "measurement" and p.direction == "to_field")
+            ]
+            plans.append(LinkPlan(dev.name, "direct", tuple(pts)))
+            others_write.update(p.name for p in pts if p.direction == "to_field")
         if dev.modbus is not None:
             mb = dev.modbus
             pts = []
@@ -441,8 +547,10 @@ def plan_links(config: HardwareConfig, pointmap: PointMap) -> list[LinkPlan]:
                     p.direction == "to_field"
                     and mb.write
                     and b.table in ("coil", "holding_register")
+                    and p.name not in others_write
                 ):
                     pts.append(p)
+                    others_write.add(p.name)
             if pts:
                 plans.append(LinkPlan(dev.name, "modbus", tuple(pts)))
         if dev.opcua is not None:
@@ -451,8 +559,9 @@ def plan_links(config: HardwareConfig, pointmap: PointMap) -> list[LinkPlan]:
             for p in mine:
                 if p.opcua is None:
                     continue
-                if p.direction == "to_field" and op.write:
-                    pts.append(p)
+                if p.direction == "to_field":
+                    if op.write is True or (op.write is None and p.name not in others_write):
+                        pts.append(p)
                 elif p.direction == "to_twin":
                     if op.read is True or (op.read is None and p.name not in mb_read):
                         pts.append(p)
@@ -493,11 +602,8 @@ def plan_links(config: HardwareConfig, pointmap: PointMap) -> list[LinkPlan]:
                     f"written by {writers[p.name]} and {tag}",
                 )
             writers[p.name] = tag
-    unread = [
-        p.name
-        for p in pointmap.points
-        if p.direction == "to_twin" and not any(p in plan.points for plan in plans)
-    ]
+    carried = {p.name for plan in plans for p in plan.points}
+    unread = [p.name for p in pointmap.points if p.direction == "to_twin" and p.name not in carried]
     if unread:
         _log.warning(
             "%s: %d to_twin point(s) read by no link: %s",
@@ -513,10 +619,17 @@ def make_links(
     pointmap: PointMap,
     *,
     clock: Callable[[], float] | None = None,
+    store: Any = None,
 ) -> list[FieldLink]:
-    """Field link objects for the config (not connected)."""
+    """Field link objects for the config (not connected), in the order of :func:`plan_links`.
+
+    Args:
+        store: the emulated substation's point store, for a device's in-process link
+            (:attr:`DeviceConfig.store`).
+    """
     from hil.links.modbus import ModbusLink
     from hil.links.opcua import OpcuaLink
+    from hil.links.store import StoreLink
 
     stale = config.stale_factor if config.stale_factor is not None else pointmap.stale_factor
     common: dict[str, Any] = {
@@ -530,7 +643,19 @@ def make_links(
     links: list[FieldLink] = []
     for plan in plan_links(config, pointmap):
         dev = devices[plan.device]
-        if plan.protocol == "modbus":
+        if plan.protocol == "direct":
+            if store is None or clock is None:
+                raise ConfigError(
+                    config.source or "<hardware>",
+                    f"device {dev.name}: store",
+                    "expected the in-process emulated substation's store and clock, found none",
+                )
+            links.append(
+                StoreLink(
+                    store, plan.points, role=dev.store or "plant", clock=clock, stale_factor=stale
+                )
+            )
+        elif plan.protocol == "modbus":
             mb = dev.modbus
             assert mb is not None
             _require_port(config, mb.port, f"device {dev.name}: modbus.port")

@@ -48,6 +48,11 @@ class PointStore:
         }
         self._listeners: list[Listener] = []
         self._transform: Transform | None = None
+        #: plant-side faults: point -> the sample it is frozen at; points of a device offline
+        self._frozen: dict[str, Sample] = {}
+        self._offline: set[str] = set()
+        #: what the devices last set on a faulted point (restored when the fault ends)
+        self._true: dict[str, Sample] = {}
 
     def __contains__(self, name: str) -> bool:
         return name in self._values
@@ -63,6 +68,12 @@ class PointStore:
             return self._values[name]
         except KeyError:
             raise UnknownPoint(f"no point named {name!r} in the point map") from None
+
+    def device_get(self, name: str) -> Sample:
+        """What the device itself has for ``name``: a plant-side fault (a frozen report, a
+        device offline) changes what the substation reports, not what the device measures."""
+        s = self._true.get(name)
+        return s if s is not None else self.get(name)
 
     def value(self, name: str) -> float:
         return self.get(name).value
@@ -84,12 +95,66 @@ class PointStore:
         if not math.isfinite(v):
             quality = Quality.INVALID
         sample = Sample(v, quality, self.clock() if timestamp is None else timestamp)
+        if name in self._true:
+            self._true[name] = sample
+            sample = self._faulted(name, sample)
+        self._publish(point, sample, source)
+
+    def _publish(self, point: Point, sample: Sample, source: str) -> None:
+        name = point.name
         self._values[name] = sample
         for listener in list(self._listeners):
             try:
                 listener(point, sample, source)
             except Exception:  # a listener must not break the writer
                 _log.exception("point-store listener failed for %s", name)
+
+    # --- plant-side faults (runtime fault injection: a frozen meter, a device offline) -------
+    def _faulted(self, name: str, sample: Sample) -> Sample:
+        """What the substation reports for ``name`` given what its device set (``sample``)."""
+        if name in self._offline:
+            return Sample(sample.value, Quality.COMMS_LOST, sample.timestamp)
+        frozen = self._frozen.get(name)
+        if frozen is not None:  # value and timestamp stop; the quality is the device's
+            return Sample(frozen.value, sample.quality, frozen.timestamp)
+        return sample
+
+    def _refault(self, name: str, source: str) -> None:
+        true = self._true.get(name, self._values[name])
+        if name not in self._frozen and name not in self._offline:
+            self._true.pop(name, None)
+            self._publish(self.point(name), true, source)
+            return
+        self._true[name] = true
+        self._publish(self.point(name), self._faulted(name, true), source)
+
+    def freeze(self, name: str, frozen: bool = True, *, source: str = "fault") -> None:
+        """Freeze ``name`` at its current value and timestamp (``frozen=False``: release it, it
+        reports the device's latest value again). Its quality stays what the device sets."""
+        self.point(name)
+        if frozen:
+            self._frozen.setdefault(name, self._true.get(name, self._values[name]))
+        else:
+            self._frozen.pop(name, None)
+        self._refault(name, source)
+
+    def set_offline(self, names: list[str], offline: bool = True, *, source: str = "fault") -> None:
+        """Mark ``names`` (a device's points) COMMS_LOST, as a gateway reports a device that
+        dropped off; ``offline=False``: they report the device's latest values again."""
+        for name in names:
+            self.point(name)
+            if offline:
+                self._offline.add(name)
+            else:
+                self._offline.discard(name)
+            self._refault(name, source)
+
+    @property
+    def faults(self) -> dict[str, str]:
+        """Point -> ``"frozen"`` or ``"offline"`` for every point under a plant-side fault."""
+        out = {n: "frozen" for n in self._frozen}
+        out.update({n: "offline" for n in self._offline})
+        return out
 
     def check_write(self, name: str, value: float, *, role: str) -> Point:
         """Raise the error a client write would get, without writing."""

@@ -64,8 +64,8 @@ KNOWN_EVENTS = frozenset({
     "switch_open", "switch_close", "line_outage", "line_return", "trafo_outage", "trafo_return",
     "sgen_outage", "sgen_return", "load_outage", "load_return", "tap_change",
     "tap_change_refused", "fault", "fault_cleared", "fault_end", "trigger", "setpoint",
-    "comms_loss", "comms_restore", "device_restart", "meas_noise", "meas_bias", "process",
-    "event_error",
+    "comms_loss", "comms_restore", "device_restart", "meas_noise", "meas_bias", "meas_frozen",
+    "process", "event_error",
 })  # fmt: skip
 #: Keys of an event's ``fields`` that name the element it is about, in order of preference.
 _ELEMENT_KEYS = ("element", "point", "line", "breaker", "switch", "target", "device", "table")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from scenarios.timeparse import (
     parse_time,
 )
 from twin.errors import ConfigError
+from twin.tomlfile import parse_toml, read_text
 
 MODES = ("hil", "mirror")
 PACES = ("fast", "realtime")
@@ -108,6 +108,7 @@ EVENT_KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "device_restart": (("device",), ()),
     "meas_noise": (("point", "sigma"), ()),
     "meas_bias": (("point", "offset"), ()),
+    "meas_frozen": (("point",), ()),
     "process": (("function",), ()),
 }
 
@@ -344,24 +345,12 @@ class _Parser:
 def load_scenario(path: Path | str) -> Scenario:
     """Read and validate a scenario file (format only; see :func:`check_against_grid`)."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(
-            str(p), "file", f"cannot read the scenario file: {exc.strerror}"
-        ) from None
-    return loads_scenario(text, path=p)
+    return loads_scenario(read_text(p, what="the scenario file"), path=p)
 
 
 def loads_scenario(text: str, *, path: Path | None = None) -> Scenario:
     ps = _Parser(path, text)
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        m = re.search(r"line (\d+)", str(exc))
-        raise ConfigError(
-            ps.where, "toml", f"not valid TOML ({exc})", int(m.group(1)) if m else None
-        ) from None
+    doc = parse_toml(text, source=ps.where).data
     ps.unknown_keys(doc, _TOP_KEYS, "", "", 0)
 
     def top(key: str, kind: type | tuple[type, ...], default: Any) -> Any:
@@ -892,10 +881,17 @@ def _check(ps: _Parser, t: Mapping[str, Any], i: int, start_sod, start_dt, durat
 
 #: what ``gridtwin run --inject`` may inject, and the event key its value goes to
 INJECTIONS = {"meas_bias": "offset", "meas_noise": "sigma"}
+#: ``--inject KIND:NAME[@TIME]``: a frozen report of a point, one device offline or back online
+PLANT_FAULTS = {
+    "frozen": ("meas_frozen", "point"),
+    "offline": ("comms_loss", "target"),
+    "online": ("comms_restore", "target"),
+}
 
 
 def with_injections(scenario: Scenario, specs: Sequence[str]) -> Scenario:
-    """``scenario`` plus one event per ``KIND:POINT=VALUE[@TIME]`` (``--inject``).
+    """``scenario`` plus one event per ``KIND:POINT=VALUE[@TIME]`` or ``KIND:NAME[@TIME]``
+    (``--inject``; :data:`INJECTIONS`, :data:`PLANT_FAULTS`).
 
     Raises:
         ConfigError: a spec of another form, an unknown kind, a value that is no number.
@@ -905,28 +901,33 @@ def with_injections(scenario: Scenario, specs: Sequence[str]) -> Scenario:
     events = list(scenario.events)
     for spec in specs:
         kind, _, rest = spec.partition(":")
-        point, _, rest = rest.partition("=")
-        value, _, when = rest.partition("@")
-        if kind not in INJECTIONS or not point or not value:
+        name, _, rest = rest.partition("@" if kind in PLANT_FAULTS else "=")
+        value, _, when = rest.partition("@") if kind in INJECTIONS else ("", "", rest)
+        if not name or "=" in name or (kind in INJECTIONS) == (not value):
+            if kind in INJECTIONS or kind in PLANT_FAULTS:
+                kind = ""  # the form is wrong, not the kind
+        if kind not in INJECTIONS and kind not in PLANT_FAULTS:
             raise ConfigError(
                 "--inject",
                 spec,
                 f"expected KIND:POINT=VALUE[@TIME] with KIND one of {', '.join(INJECTIONS)}, "
+                f"or KIND:NAME[@TIME] with KIND one of {', '.join(PLANT_FAULTS)}, "
                 f"found {spec!r}",
             )
         try:
-            v = float(value)
+            v = float(value) if kind in INJECTIONS else 0.0
             at = parse_time(when, scenario.start_sod, scenario.start_dt) if when else 0.0
         except ValueError as exc:
             raise ConfigError("--inject", spec, f"expected a number and a time: {exc}") from None
+        params: tuple[tuple[str, Any], ...]
+        if kind in PLANT_FAULTS:
+            event_kind, key = PLANT_FAULTS[kind]
+            label, params = f"injected {kind} {name}", ((key, name),)
+        else:
+            event_kind = kind
+            label, params = f"injected {kind} on {name}", (("point", name), (INJECTIONS[kind], v))
         events.append(
-            EventSpec(
-                kind=kind,
-                index=len(events),
-                at=float(at),
-                label=f"injected {kind} on {point}",
-                params=(("point", point), (INJECTIONS[kind], v)),
-            )
+            EventSpec(kind=event_kind, index=len(events), at=float(at), label=label, params=params)
         )
     return dataclasses.replace(scenario, events=tuple(events))
 

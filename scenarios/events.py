@@ -195,6 +195,13 @@ def meas_bias(rt: TwinRuntime, spec: EventSpec) -> Undo:
     return lambda: rt.field.meas_error(point, offset=0.0)
 
 
+def meas_frozen(rt: TwinRuntime, spec: EventSpec) -> Undo:
+    point = spec.param("point")
+    rt.field.freeze_point(point, True)
+    rt.log("meas_frozen", f"{spec.title}: {point} frozen (value and timestamp)", point=point)
+    return lambda: rt.field.freeze_point(point, False)
+
+
 def load_function(ref: str) -> Callable[..., Generator[Any, Any, Any]]:
     """Import ``"package.module:function"``."""
     modname, _, fname = ref.partition(":")
@@ -245,5 +252,6 @@ HANDLERS: dict[str, Handler] = {
     "device_restart": device_restart,
     "meas_noise": meas_noise,
     "meas_bias": meas_bias,
+    "meas_frozen": meas_frozen,
     "process": process,
 }

@@ -32,7 +32,6 @@ import math
 import os
 import threading
 import time
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +41,7 @@ import numpy as np
 
 from scenarios.config import EventSpec, Scenario, _Parser, load_scenario
 from twin.errors import ConfigError
+from twin.tomlfile import parse_toml, read_text
 
 _log = logging.getLogger(__name__)
 
@@ -181,8 +181,8 @@ def load_sweep(path: Path | str) -> tuple[Scenario, SweepSpec]:
     """
     p = Path(path)
     sc = load_scenario(p)  # a missing file, bad TOML, a bad scenario: its own errors
-    text = p.read_text(encoding="utf-8")
-    table = tomllib.loads(text).get("sweep", {})
+    text = read_text(p, what="the scenario file")
+    table = parse_toml(text, source=str(p)).data.get("sweep", {})
     if not isinstance(table, dict):
         _fail(_Parser(p, text), "sweep", f"expected a table [sweep], found {table!r}")
     return sc, parse_sweep(table, str(p), text)

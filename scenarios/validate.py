@@ -32,7 +32,7 @@ EVENT_TABLE = {
     "tap_change": "trafo",
 }
 CHECK_TABLE = {"buses": "bus", "lines": "line", "trafos": "trafo"}
-POINT_KINDS = ("setpoint", "meas_noise", "meas_bias")
+POINT_KINDS = ("setpoint", "meas_noise", "meas_bias", "meas_frozen")
 #: Events that act on field devices: they need hardware (emulated or real).
 FIELD_EVENTS = (
     "setpoint",
@@ -41,6 +41,7 @@ FIELD_EVENTS = (
     "device_restart",
     "meas_noise",
     "meas_bias",
+    "meas_frozen",
 )
 FIELD_CHECKS = ("field_value", "expect_stale", "expect_alarm")
 
@@ -78,6 +79,7 @@ EVENT_SUPPORT: dict[str, tuple[str, str, str]] = {
     "device_restart": ("yes", _EMULATOR_ONLY, _EMULATOR_ONLY),
     "meas_noise": ("yes", _EMULATOR_ONLY, _EMULATOR_ONLY),
     "meas_bias": ("yes", _EMULATOR_ONLY, _EMULATOR_ONLY),
+    "meas_frozen": ("yes", _EMULATOR_ONLY, _EMULATOR_ONLY),
     "process": ("yes", "yes", "yes"),
 }
 #: The command points an event needs against hardware: (table, columns) per element.
@@ -179,6 +181,13 @@ def field_problems(scenario: Scenario, net: Any, pointmap: Any, hardware: Any = 
                 )
         elif sup != "yes":
             problems.append(f"{at}: a {ev.kind} event is not supported {against}: {sup}")
+    if hardware is not None:  # every output written by a link (hil.hardware.plan_links)
+        from hil.hardware import plan_links
+
+        try:
+            plan_links(hardware, pointmap)
+        except ConfigError as exc:
+            problems.append(str(exc))
     for ck in scenario.checks:
         sup = _support(CHECK_SUPPORT, ck.kind, fk)
         if sup != "yes":

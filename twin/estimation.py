@@ -235,6 +235,8 @@ class StateEstimator:
         self.max_iterations = int(max_iterations)
         self.max_bad_data = int(max_bad_data)
         self.tolerance = float(tolerance)
+        #: in-service loads and sgens per bus, for one _estimates() call
+        self._at_bus: dict[int, list[tuple[str, int, dict[str, float]]]] | None = None
         self._resolve = resolve or resolve_element
         self.net = copy.deepcopy(net)
         self.net["_ppc"] = None  # stale options from a saved net must not leak into the run
@@ -396,6 +398,7 @@ class StateEstimator:
     def _estimates(self) -> dict[str, float]:
         net = self.net
         out: dict[str, float] = {}
+        self._at_bus = None  # set-points may have changed since the last step
         for p in self.points:
             idx = self._element[p.name]
             spec = ESTIMATE_COLUMNS.get((p.table, p.column))
@@ -445,17 +448,38 @@ class StateEstimator:
             return None
         total = float(net.res_bus_est.at[bus, column])
         others = 0.0
-        for t, sign in (("load", 1.0), ("sgen", -1.0)):
-            df = net[t]
-            if not len(df):
+        for t, j, row in self._elements_at_bus().get(bus, ()):
+            if t == table and j == idx:
                 continue
-            at = df[(df["bus"] == bus) & df["in_service"]]
-            for j, row in at.iterrows():
-                if t == table and j == idx:
-                    continue
-                others += sign * float(row[column]) * float(row.get("scaling", 1.0))
+            sign = 1.0 if t == "load" else -1.0
+            others += sign * float(row[column]) * float(row["scaling"])
         own = total - others
         return own if table == "load" else -own
+
+    def _elements_at_bus(self) -> dict[int, list[tuple[str, int, dict[str, float]]]]:
+        """In-service loads, then sgens, per bus: ``(table, index, {p_mw, q_mvar, scaling})``.
+
+        Built once per :meth:`_estimates` (one pass over the tables instead of a boolean mask
+        of both tables for every estimated load and sgen: a third of a mirror step here)."""
+        if self._at_bus is not None:
+            return self._at_bus
+        out: dict[int, list[tuple[str, int, dict[str, float]]]] = {}
+        for t in ("load", "sgen"):
+            df = self.net[t]
+            if not len(df):
+                continue
+            n = len(df)
+            scaling = df["scaling"].to_numpy(float) if "scaling" in df else np.ones(n)
+            cols = {c: df[c].to_numpy(float) for c in ("p_mw", "q_mvar")}
+            for k, (j, b, on) in enumerate(
+                zip(df.index, df["bus"].to_numpy(), df["in_service"].to_numpy())
+            ):
+                if on:
+                    row = {c: float(v[k]) for c, v in cols.items()}
+                    row["scaling"] = float(scaling[k])
+                    out.setdefault(int(b), []).append((t, int(j), row))
+        self._at_bus = out
+        return out
 
 
 def _row(name: str, mtype: str, etype: str, element: int, sd: float, side: str | None) -> dict:

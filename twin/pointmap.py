@@ -17,7 +17,6 @@ import math
 import os
 import re
 import struct
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +24,7 @@ from typing import Any, Literal
 from twin.errors import InvalidInput, PointMapError
 from twin.labels import element_label as element_label  # re-exported: the one label rule
 from twin.labels import label_index, table_labels
+from twin.tomlfile import KeyLines, TomlFileError, parse_toml, read_text
 
 _log = logging.getLogger(__name__)
 
@@ -369,6 +369,11 @@ def _bytes_from_words(words: list[int], word_order: str) -> bytes:
 def encode_registers(point: Point, value: float) -> list[int]:
     """Engineering value -> the registers (or one bit, 0/1, for bools) on the wire.
 
+    The one register codec: the Modbus link and the emulator's Modbus server both use it. It
+    packs with ``struct`` because ``twin/`` imports no pymodbus (the layer rule); the tests
+    check it word for word against pymodbus's ``convert_to_registers``/``convert_from_registers``
+    (3.16: ``word_order="big" | "little"``) for every dtype and word order.
+
     ``raw = (value - offset) / scale``, rounded for integer types. NaN becomes the point's
     not-available sentinel when it has one, else IEEE NaN for float types.
 
@@ -618,6 +623,10 @@ def _element_specs(net: Any, mode: str, labels: dict[str, dict[int, str]]) -> li
                 low=0.0,
                 high=1.0,
             )
+            # a SCADA raise/lower: write 1, the tap changer makes one step (in manual mode)
+            # and resets the command to 0
+            for col in ("tap_raise", "tap_lower"):
+                add("trafo", i, col, "command", "to_field", "", "coil", "bool", low=0.0, high=1.0)
         sn = _col(net, "trafo", "sn_mva", i)
         meas("trafo", i, "loading_percent", "%", deadband=0.1, tolerance=10.0)
         meas("trafo", i, "p_hv_mw", "MW", deadband=0.001, tolerance=_tol(sn))
@@ -870,51 +879,32 @@ _OPCUA_KEYS = ("node_id", "browse_path")
 _MAX_UNIT_ID = 255  # Modbus TCP carries the unit id in one byte
 
 _BIND_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)\[\s*(.*?)\s*\]\s*$")
-_HEADER_RE = re.compile(r"^\s*\[\[\s*point\s*\]\]")
-_SUB_RE = re.compile(r"^\s*\[\s*point\s*\.\s*(modbus|opcua)\s*\]")
-_KEY_RE = re.compile(r"""^\s*([A-Za-z0-9_.-]+|"[^"]*"|'[^']*')\s*=""")
 _NODE_RE = re.compile(r"^ns=(\d+);([isgb])=(.+)$")
 
 
 class _Lines:
-    """Line numbers in the TOML text: tomllib gives none, so find them by scanning."""
+    """Line numbers of a point map's keys (:class:`twin.tomlfile.KeyLines`, the one scanner)."""
 
     def __init__(self, text: str) -> None:
-        self.top: dict[str, int] = {}
-        self.headers: list[int] = []
-        self.keys: list[dict[tuple[str, str], int]] = []
-        sub = ""
-        in_point = False
-        for n, raw in enumerate(text.splitlines(), start=1):
-            first = raw.lstrip()[:1]
-            if not first or first == "#":
-                continue
-            if first == "[":
-                if _HEADER_RE.match(raw):
-                    self.headers.append(n)
-                    self.keys.append({})
-                    sub, in_point = "", True
-                elif (m := _SUB_RE.match(raw)) and in_point:
-                    sub = m.group(1)
-                    self.keys[-1][(sub, "")] = n
-                else:  # some other table: keys under it belong to no point
-                    sub, in_point = "?", False
-                continue
-            m = _KEY_RE.match(raw)
-            if m:
-                key = m.group(1).strip("\"'")
-                if in_point:
-                    self.keys[-1].setdefault((sub, key), n)
-                elif sub == "":
-                    self.top.setdefault(key, n)
+        self._kl = KeyLines(text)
+        self.top = _TopLines(self._kl)
 
     def point(self, i: int) -> int | None:
-        return self.headers[i] if i < len(self.headers) else None
+        return self._kl.exact(("point", i))
 
     def key(self, i: int, sub: str, key: str) -> int | None:
-        if i < len(self.keys):
-            return self.keys[i].get((sub, key)) or self.keys[i].get((sub, "")) or self.headers[i]
-        return None
+        path: tuple[str | int, ...] = ("point", i, sub, key) if sub else ("point", i, key)
+        return self._kl.line(path) if self.point(i) is not None else None
+
+
+class _TopLines:
+    """``get(key)``: the line of a top-level key (None: not written)."""
+
+    def __init__(self, kl: KeyLines) -> None:
+        self._kl = kl
+
+    def get(self, key: str) -> int | None:
+        return self._kl.exact((key,))
 
 
 def _is_num(v: Any) -> bool:
@@ -1045,9 +1035,9 @@ def loads_pointmap(text: str, *, source: str = "<string>") -> PointMap:
         PointMapError: TOML syntax error, unknown key, wrong type or value.
     """
     try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise PointMapError(f"{source}: not valid TOML: {exc}") from None
+        doc = parse_toml(text, source=source).data
+    except TomlFileError as exc:
+        raise PointMapError(f"{source}: {exc.problems[0].message}", [str(exc)]) from None
     lines = _Lines(text)
     r = _Reader(source, lines)
     r.unknown(doc, _TOP_KEYS, lambda k: lines.top.get(k), None)
@@ -1321,11 +1311,9 @@ def load_pointmap(path: str | os.PathLike[str]) -> PointMap:
     """Read a point map file (TOML). Errors name the file, the line, the point and the key."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise PointMapError(f"{p}: cannot read point map: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise PointMapError(f"{p}: not UTF-8 text: {exc}") from None
+        text = read_text(p, what="point map")
+    except TomlFileError as exc:
+        raise PointMapError(str(exc), [str(exc)]) from None
     return loads_pointmap(text, source=str(p))
 
 
@@ -1521,11 +1509,18 @@ def check_pointmap(pm: PointMap, net: Any) -> list[str]:
                 f"modbus.address: expected {n} register(s) within 0..65535, found address "
                 f"{m.address}",
             )
-        if m.table in ("coil", "holding_register") and p.kind in ("status", "measurement"):
+        # A to_field measurement in holding registers is what a device under test that is a
+        # Modbus server gets written (docs/hardware.md); one the twin reads must not be there.
+        if (
+            m.table in ("coil", "holding_register")
+            and p.kind in ("status", "measurement")
+            and p.direction == "to_twin"
+        ):
             bad(
                 p,
                 f"modbus.table: a {m.table} is writable by clients, only for commands and "
-                f"setpoints; a {p.kind} belongs in "
+                f"setpoints (and values the twin writes to a device under test); a to_twin "
+                f"{p.kind} belongs in "
                 f"{'a discrete_input' if bit_table else 'an input_register'}",
             )
         if m.table in ("discrete_input", "input_register") and p.kind in ("command", "setpoint"):

@@ -299,14 +299,14 @@ class Device(ABC):
         """The point's value when present and GOOD, else ``default``."""
         if name is None:
             return default
-        s = self.store.get(name)
+        s = self.store.device_get(name)
         return s.value if s.quality is Quality.GOOD else default
 
     def _write(self, name: str | None, value: float) -> None:
         """Set a point only when it changes (listeners fire once per real change)."""
         if name is None:
             return
-        s = self.store.get(name)
+        s = self.store.device_get(name)
         if s.quality is Quality.GOOD and s.value == float(value):
             return
         self.store.set(name, value, source=self.source)
@@ -357,7 +357,7 @@ class Breaker(Device):
         self.pending: _Operation | None = None
         self.events: list[TripEvent] = []  # completed operations: cause "command" or the trip's
         # The cmd sample present at construction is the initial state, not a command.
-        self._seen_cmd: Sample = store.get(cmd_point)
+        self._seen_cmd: Sample = store.device_get(cmd_point)
         self._write(closed_point, 1.0 if self.closed else 0.0)
 
     def trip(self, now: float, cause: str) -> None:
@@ -374,12 +374,12 @@ class Breaker(Device):
         _log.info("%s: trip by %s at %.3f s", self.name, cause, now)
 
     def _next_due(self, now: float) -> float | None:
-        if self.store.get(self.cmd_point) is not self._seen_cmd:
+        if self.store.device_get(self.cmd_point) is not self._seen_cmd:
             return now  # a command not scanned yet
         return self.pending.due if self.pending is not None else None
 
     def _step(self, now: float) -> None:
-        sample = self.store.get(self.cmd_point)
+        sample = self.store.device_get(self.cmd_point)
         if sample is not self._seen_cmd:  # every store write is a new Sample object
             self._seen_cmd = sample
             if sample.quality is Quality.GOOD:
@@ -474,6 +474,8 @@ class TapChangerAVR(Device):
         band_point: str | None = None,
         delay_point: str | None = None,
         auto_point: str | None = None,
+        raise_point: str | None = None,
+        lower_point: str | None = None,
         tap_pos: int | None = None,
         mechanism_s: float = 5.0,
         vset_pu: float = 1.0,
@@ -493,6 +495,9 @@ class TapChangerAVR(Device):
         self.voltage_point = voltage_point
         self.vset_point, self.band_point = vset_point, band_point
         self.delay_point, self.auto_point = delay_point, auto_point
+        #: one-step raise/lower command points (a SCADA pulse: 1, reset to 0 by the device)
+        self._pulses = {p: d for p, d in ((raise_point, 1), (lower_point, -1)) if p is not None}
+        self._seen_pulse: dict[str, Sample] = {p: store.device_get(p) for p in self._pulses}
         self.tap_min, self.tap_max = int(tap_min), int(tap_max)
         self.raise_delta = int(raise_delta)
         self.mechanism_s = float(mechanism_s)
@@ -541,7 +546,7 @@ class TapChangerAVR(Device):
         # The definite-time timer restarts after each step, from the first voltage measured
         # after it: the sample in the store now predates the new tap.
         self._out_since = None
-        self._v_at_move = self.store.get(self.voltage_point)
+        self._v_at_move = self.store.device_get(self.voltage_point)
         self._write(self.tap_point, self.tap_pos)
 
     def _next_due(self, now: float) -> float | None:
@@ -554,7 +559,22 @@ class TapChangerAVR(Device):
             return None  # at the limit: the timer runs out with nothing to do
         return self._out_since + max(self._read(self.delay_point, self.delay_s), 0.0)
 
+    def _take_pulses(self, now: float) -> None:
+        """A raise/lower command written since the last step: one manual step (refused, as
+        :meth:`operate`, in auto mode, at a limit or while the mechanism moves); reset to 0."""
+        for point, delta in self._pulses.items():
+            s = self.store.device_get(point)
+            if s is self._seen_pulse[point]:
+                continue
+            if s.quality is Quality.GOOD and s.value >= 0.5:
+                if not self.operate(now, delta):
+                    _log.info("%s: %s refused at %.3f s", self.name, point, now)
+                self._write(point, 0.0)
+            self._seen_pulse[point] = self.store.device_get(point)
+
     def _step(self, now: float) -> None:
+        if self._pulses:
+            self._take_pulses(now)
         if self.moving_to is not None:
             if not _elapsed(now, self._move_due, 0.0):
                 return
@@ -562,7 +582,7 @@ class TapChangerAVR(Device):
         if not self.auto_active:
             self._out_since = None
             return
-        s = self.store.get(self.voltage_point)
+        s = self.store.device_get(self.voltage_point)
         if self._v_at_move is not None:
             if s is self._v_at_move:  # every store write is a new Sample object
                 return  # no voltage measured since the last tap step yet
@@ -627,7 +647,7 @@ class OvercurrentRelay(Device):
         return self.picked_up_since + max(self._read(self.delay_point, self.delay_s), 0.0)
 
     def _step(self, now: float) -> None:
-        s = self.store.get(self.current_point)
+        s = self.store.device_get(self.current_point)
         if s.quality is not Quality.GOOD:
             self.picked_up_since = None
             return
@@ -719,7 +739,7 @@ class DERInverter(Device):
         """Bus voltage in pu; None when unknown. NaN (isolated bus) counts as 0 pu."""
         if self.voltage_point is None:
             return None
-        s = self.store.get(self.voltage_point)
+        s = self.store.device_get(self.voltage_point)
         if math.isnan(s.value):
             return 0.0
         return s.value if s.quality is Quality.GOOD else None
@@ -1140,6 +1160,8 @@ def build_devices(
         init(cols["avr_band_pu"], cfg.avr_band_pu, keep_good=True)
         init(cols["avr_delay_s"], cfg.avr_delay_s, keep_good=True)
         init(cols["avr_auto"], float(cfg.avr_auto), keep_good=True)
+        for col in ("tap_raise", "tap_lower"):
+            init(pt("trafo", idx, col), 0.0, keep_good=False)
         avrs.append(
             TapChangerAVR(
                 label(tap_pt),
@@ -1153,6 +1175,8 @@ def build_devices(
                 band_point=cols["avr_band_pu"],
                 delay_point=cols["avr_delay_s"],
                 auto_point=cols["avr_auto"],
+                raise_point=pt("trafo", idx, "tap_raise"),
+                lower_point=pt("trafo", idx, "tap_lower"),
                 tap_pos=tap,
                 mechanism_s=cfg.avr_mechanism_s,
                 vset_pu=cfg.avr_vset_pu,

@@ -354,6 +354,29 @@ class EmulatedSubstation:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    # plant-side faults ---------------------------------------------------------------------------
+    def device_points(self, device: str) -> list[str]:
+        """The points of ``device`` (an element label: ``Q1`` -> ``Q1.closed``, ``Q1.cmd``)."""
+        names = [p.name for p in self.pointmap.points if p.name.startswith(device + ".")]
+        if not names:
+            raise HilError(
+                f"emulated substation: expected a device with points (e.g. "
+                f"{self.pointmap.points[0].name.split('.')[0]!r}), found none named {device!r}"
+            )
+        return names
+
+    def freeze_point(self, name: str, frozen: bool = True) -> None:
+        """A frozen report: ``name`` keeps its value and source timestamp from now on (a stuck
+        transducer or RTU channel); its quality stays what the device reports. The device
+        itself still measures (``PointStore.device_get``)."""
+        self.store.freeze(name, frozen, source="fault:frozen")
+
+    def set_device_offline(self, device: str, offline: bool = True) -> None:
+        """One device dropped off the substation network: every point of it is reported
+        COMMS_LOST (the protocol servers answer those with their "device not responding"
+        codes); ``offline=False``: its latest values are reported again."""
+        self.store.set_offline(self.device_points(device), offline, source="fault:offline")
+
     # device behaviours --------------------------------------------------------------------------
     def _on_store_write(self, point: Any, sample: Any, source: str) -> None:
         """A write from outside the devices (client, plant, twin): devices see it at its time."""

@@ -34,7 +34,6 @@ import numpy as np
 
 from hil.field.base import SimClock, StepOutcome, alarm_dict
 from hil.links.store import StoreLink
-from twin.errors import ConfigError
 
 _log = logging.getLogger(__name__)
 
@@ -42,6 +41,8 @@ _log = logging.getLogger(__name__)
 #: Status columns whose changes are events (breaker positions, tap positions); analog statuses
 #: such as an inverter's P and Q change every step and are in the time series instead.
 _DISCRETE = frozenset({"closed", "tap_pos", "in_service"})
+#: The source of the RTU scan's re-stamps (not the source of a change: see _note_source)
+_SCAN_SOURCE = "device:rtu-scan"
 
 
 class _EventsOnly:
@@ -99,7 +100,6 @@ class EmulatedField:
             # the emulated substation needs a plant; against hardware the hardware is the plant
             self.plant_model = plant_model_factory(copy.deepcopy(net))
         self.sub: Any = None
-        self.serving = False
         self.links: list[Any] = []
         self.plant_link: StoreLink | None = None
         self.sync: Any = None
@@ -120,6 +120,9 @@ class EmulatedField:
         self._commanded: dict[str, float] = {}
         #: point -> source of its last write in the emulated store (who changed it)
         self._last_source: dict[str, str] = {}
+        #: element label -> (who, when) of the last command written to it from outside the
+        #: devices (a breaker's cmd, a tap changer's raise/lower): another master
+        self._outside_command: dict[str, tuple[str, float]] = {}
         #: (OPC UA port, Modbus port) to serve the substation on for an outside controller
         self.serve = serve
         #: the operator login an outside OPC UA client may use while serving
@@ -130,12 +133,13 @@ class EmulatedField:
 
     @property
     def description(self) -> str:
-        return f"emulated substation, links: {', '.join(self.link_kinds)}"
+        # (the links really used are listed beside it: Field.links_used)
+        return "emulated substation"
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
         from hil.emulator import EmulatedSubstation
-        from hil.sync import SyncLoop
+        from hil.emulator.devices import RTUMeasurements
 
         users = {"plant": (self._password, "plant"), "operator": (self._password, "operator")}
         if self.serve is not None:
@@ -155,32 +159,20 @@ class EmulatedField:
             opcua_port=ports[0],
             modbus_port=ports[1],
         )
-        self.serving = bool(protocols)  # a protocol link of the twin's own (see _make_link)
         self.sub.store.subscribe(self._note_source)
-        if self.serving or self.serve is not None:
+        if protocols or self.serve is not None:
             await self.sub.start()
             self._sub_started = True
         for dev in self.sub.devices:
             self.devices[dev.name] = dev
-            if type(dev).__name__ == "RTUMeasurements":
+            if isinstance(dev, RTUMeasurements):
                 self.rtu = dev
                 dev.rng = np.random.default_rng(self.seed)  # same seed, same noise
         twin_role = "plant" if self.mode == "hil" else "operator"
-        for kind in self.link_kinds:
-            self.links.append(self._make_link(kind, twin_role))
+        self.links = self._make_links(twin_role)
         for link in self.links:
             await link.connect()
-        events = _EventsOnly(self.recorder) if self.recorder is not None else None
-        self.sync = SyncLoop(
-            self.model,
-            _without_device_outputs(self.pointmap),
-            self.links,
-            mode="mirror" if self.mode == "mirror" else "hil",
-            recorder=events,
-            record_values=False,
-            link_now=self.clock,
-            period_s=1.0,
-        )
+        self.sync = self._make_sync(link_now=self.clock)
         if self.mode == "mirror":
             self.plant_link = StoreLink(
                 self.sub.store,
@@ -191,16 +183,7 @@ class EmulatedField:
                 stale_factor=self.stale_factor,
             )
             await self.plant_link.connect()
-            self.plant_sync = SyncLoop(
-                self.plant_model,
-                _without_device_outputs(self.plant_pointmap),
-                [self.plant_link],
-                mode="hil",
-                recorder=None,
-                record_values=False,
-                link_now=self.clock,
-                period_s=1.0,
-            )
+            self.plant_sync = self._make_sync(plant=True, link_now=self.clock)
         await self._start_twin_server()
 
     async def _start_twin_server(self) -> None:
@@ -224,51 +207,42 @@ class EmulatedField:
             out["twin_server"] = self.twin_server.endpoint
         return out
 
-    def _make_link(self, kind: str, role: str) -> Any:
-        pts = self.pointmap.points
-        if kind == "direct":
-            if self.serving:
-                # beside a protocol link: the plant's analog side only (module docstring)
-                pts = tuple(p for p in pts if p.kind == "measurement" and p.direction == "to_field")
-            return StoreLink(
-                self.sub.store, pts, role=role, clock=self.clock, stale_factor=self.stale_factor
-            )
-        if kind == "opcua":
-            from hil.links.opcua import OpcuaLink
+    def _make_links(self, role: str) -> list[Any]:
+        """The scenario's links as a hardware description bound to the running substation,
+        built by the one builder (:func:`hil.hardware.make_links`), in the scenario's order."""
+        from hil.hardware import emulated_hardware, make_links
 
-            return OpcuaLink(
-                self.sub.opcua_endpoint,
-                [p for p in pts if p.opcua is not None],
-                user=role,
-                password=self._password,
-                mode="poll",
-                namespace=self.pointmap.namespace,
-                clock=self.clock,
-                stale_factor=self.stale_factor,
-                write_timestamps=False,
-            )
-        if kind == "modbus":
-            from hil.links.modbus import ModbusLink
+        hw = emulated_hardware(
+            self.link_kinds, role=role, password=self._password, stale_factor=self.stale_factor
+        )
+        if self._sub_started:  # a protocol link: the servers run, their ports are known
+            endpoint = self.sub.opcua_endpoint if "opcua" in self.sub.protocols else ""
+            port = self.sub.modbus_port if "modbus" in self.sub.protocols else 0
+            hw = hw.bind_emulator(endpoint, port)
+        links = make_links(hw, self.pointmap, clock=self.clock, store=self.sub.store)
+        return sorted(links, key=lambda lk: self.link_kinds.index(lk.protocol))
 
-            # Modbus cannot write input registers: it carries what a master reads and commands.
-            chosen = [
-                p
-                for p in pts
-                if p.modbus is not None
-                and (p.direction == "to_twin" or p.kind in ("command", "setpoint"))
-            ]
-            # The substation's register blocks are contiguous (every address is mapped), so a
-            # read may span the measurements between two statuses: a few requests per step.
-            return ModbusLink(
-                "127.0.0.1",
-                self.sub.modbus_port,
-                chosen,
-                clock=self.clock,
-                stale_factor=self.stale_factor,
-                max_gap=_MODBUS_MAX_GAP,
-            )
-        raise ConfigError(
-            "<scenario>", "links", f"expected one of direct, opcua, modbus, found {kind!r}"
+    def _make_sync(self, *, plant: bool = False, **kwargs: Any) -> Any:
+        """The twin's sync loop over :attr:`links`, or (``plant``) the emulated plant's over
+        :attr:`plant_link`; ``kwargs``: SyncLoop's timing and policy options."""
+        from hil.sync import SyncLoop
+
+        if plant:
+            model, pm, links, mode, rec = (
+                self.plant_model, self.plant_pointmap, [self.plant_link], "hil", None
+            )  # fmt: skip
+        else:
+            model, pm, links, mode = self.model, self.pointmap, self.links, self.mode
+            rec = _EventsOnly(self.recorder) if self.recorder is not None else None
+        return SyncLoop(
+            model,
+            _without_device_outputs(pm),
+            links,
+            mode="mirror" if mode == "mirror" else "hil",
+            recorder=rec,
+            record_values=False,
+            period_s=1.0,
+            **kwargs,
         )
 
     async def stop(self) -> None:
@@ -361,8 +335,13 @@ class EmulatedField:
 
     # --- what the field did by itself -----------------------------------------------------------
     def _note_source(self, point: Any, sample: Any, source: str) -> None:
+        if source == _SCAN_SOURCE:
+            return  # a re-stamp of what a device reported: the device stays the source
         name = point if isinstance(point, str) else point.name
         self._last_source[name] = source
+        kind = getattr(point, "kind", None)
+        if kind == "command" and not source.startswith("device:") and source != "scenario":
+            self._outside_command[name.rsplit(".", 1)[0]] = (source, self.clock.t)
 
     def _event(self, t: float, kind: str, message: str, **fields: Any) -> None:
         if self.recorder is not None:
@@ -408,10 +387,11 @@ class EmulatedField:
             )
 
     def _status_source(self, point: str, label: str) -> str:
-        """Who changed a status: the last writer of the element's command, else of the point."""
-        cmd = self._last_source.get(f"{label}.cmd")
-        if cmd is not None and not cmd.startswith("device:") and cmd != "scenario":
-            return f"command from {cmd}"
+        """Who changed a status: another master's recent command to the element (its cmd,
+        tap_raise or tap_lower), else the last writer of the point (a device)."""
+        cmd = self._outside_command.get(label)
+        if cmd is not None and self.clock.t - cmd[1] <= 60.0:
+            return f"command from {cmd[0]}"
         return self._last_source.get(point, "field")
 
     def link_quality(self) -> dict[str, float]:
@@ -472,7 +452,7 @@ class EmulatedField:
                 continue
             smp = store.get(p.name)
             if smp.quality.is_good:
-                store.set(p.name, smp.value, timestamp=t, source="device:rtu-scan")
+                store.set(p.name, smp.value, timestamp=t, source=_SCAN_SOURCE)
 
     def command(self, name: str, value: float) -> None:
         """A command or setpoint write, sent by the twin's link as an operator would."""
@@ -518,6 +498,10 @@ class EmulatedField:
         for lk in [*self.links, self.plant_link]:
             if lk is not None:
                 lk.cut(names)
+        # the substation reports the device's points COMMS_LOST (what an outside master sees
+        # with --serve), as a gateway reports a device that dropped off
+        if names:
+            self._defer_at_device(lambda now: self.sub.set_device_offline(target, True))
         if dev is not None:
             self._defer_at_device(dev.comms_lost)
 
@@ -535,6 +519,8 @@ class EmulatedField:
         for lk in [*self.links, self.plant_link]:
             if lk is not None:
                 lk.restore(names)
+        if names:
+            self._defer_at_device(lambda now: self.sub.set_device_offline(target, False))
         dev = self.devices.get(target)
         if dev is not None:
             self._defer_at_device(dev.comms_restored)
@@ -557,7 +543,6 @@ class EmulatedField:
         *,
         sigma: float | None = None,
         offset: float | None = None,
-        factor: float | None = None,
     ) -> None:
         if self.rtu is None:
             raise RuntimeError("the emulated substation has no RTU device")
@@ -567,6 +552,11 @@ class EmulatedField:
             self.rtu.set_bias(point, offset)
         if point in getattr(self.rtu, "_true", {}):
             self.rtu.refresh(point)
+
+    def freeze_point(self, point: str, frozen: bool) -> None:
+        """The substation's report of ``point`` freezes (value and timestamp) or thaws."""
+        self.sub.store.point(point)  # an unknown point fails now, in the event
+        self._defer_at_device(lambda now: self.sub.freeze_point(point, frozen))
 
     def der_trip(self, label: str, tripped: bool) -> None:
         """Trip an inverter (held off) or release it; a set point where there is no inverter."""
@@ -653,10 +643,6 @@ async def _send(link: Any, values: dict[str, float], force: bool) -> None:
         return
     for n, v in values.items():
         await link.write_point(n, v)
-
-
-#: Registers/bits a Modbus read may span between two carried points (at most one request's worth).
-_MODBUS_MAX_GAP = 125
 
 
 def _without_device_outputs(pm: Any) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from hil.field.emulated import EmulatedField, _EventsOnly, _send, _without_device_outputs
+from hil.field.emulated import EmulatedField, _send
 from twin.labels import label_index
 
 _log = logging.getLogger(__name__)
@@ -41,20 +41,9 @@ class HardwareField(EmulatedField):
 
     async def start(self) -> None:
         from hil.hardware import open_links
-        from hil.sync import SyncLoop
 
         self.links = await open_links(self.hardware, self.pointmap)
-        events = _EventsOnly(self.recorder) if self.recorder is not None else None
-        self.sync = SyncLoop(
-            self.model,
-            _without_device_outputs(self.pointmap),
-            self.links,
-            mode="mirror" if self.mode == "mirror" else "hil",
-            recorder=events,
-            record_values=False,
-            stale_policy=self.hardware.stale_policy,
-            period_s=1.0,
-        )
+        self.sync = self._make_sync(stale_policy=self.hardware.stale_policy)
         await self._start_twin_server()
 
     async def stop(self) -> None:
@@ -121,6 +110,9 @@ class HardwareField(EmulatedField):
 
     def meas_error(self, point: str, **kwargs: Any) -> None:
         self._emulator_only("meas_noise/meas_bias")
+
+    def freeze_point(self, point: str, frozen: bool) -> None:
+        self._emulator_only("meas_frozen")
 
     def der_trip(self, label: str, tripped: bool) -> None:
         self.command(f"{label}.p_limit_pct", 0.0 if tripped else 100.0)

@@ -96,15 +96,11 @@ class LocalField:
     def device_restart(self, name: str) -> None:
         self._needs_hardware("device_restart")
 
-    def meas_error(
-        self,
-        point: str,
-        *,
-        sigma: float | None = None,
-        offset: float | None = None,
-        factor: float | None = None,
-    ) -> None:
+    def meas_error(self, point: str, **error: float | None) -> None:
         self._needs_hardware("meas_noise/meas_bias")
+
+    def freeze_point(self, point: str, frozen: bool) -> None:
+        self._needs_hardware("meas_frozen")
 
     def der_trip(self, label: str, tripped: bool) -> None:
         self._needs_hardware("der_trip at the inverter")

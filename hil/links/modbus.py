@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -25,14 +24,8 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 
 from hil.errors import CommsLost, HilTimeout, ProtocolError
 from hil.links.base import FieldLink
-from twin.pointmap import Point
+from twin.pointmap import Point, decode_registers, encode_registers
 from twin.quality import Quality, Sample
-
-try:  # the shared codec; the local one below keeps the link usable until it lands
-    from twin.pointmap import decode_registers, encode_registers
-except ImportError:  # pragma: no cover - depends on the state of twin/pointmap.py
-    decode_registers = None  # type: ignore[assignment]
-    encode_registers = None  # type: ignore[assignment]
 
 _log = logging.getLogger(__name__)
 
@@ -53,53 +46,9 @@ _EXCEPTION_NAMES = {
     11: "gateway target device failed to respond",
 }
 
-_FMT = {"int16": "h", "uint16": "H", "int32": "i", "uint32": "I", "float32": "f", "float64": "d"}
-
-
 #: Exception codes a server answers for a point it does not serve as good (04 device failure:
 #: invalid; 0B gateway target failed to respond: comms lost), not faults of the request.
 _NOT_SERVED = (0x04, 0x0B)
-
-
-def _local_decode(point: Point, regs: list[int]) -> float:
-    b = point.modbus
-    assert b is not None
-    words = list(regs)
-    if b.word_order == "little":
-        words.reverse()
-    raw = struct.unpack(">" + _FMT[b.dtype], struct.pack(f">{len(words)}H", *words))[0]
-    if b.na_sentinel is not None and (
-        raw == b.na_sentinel
-        or (isinstance(b.na_sentinel, float) and math.isnan(b.na_sentinel) and math.isnan(raw))
-    ):
-        return math.nan
-    return raw * b.scale + b.offset
-
-
-def _local_encode(point: Point, value: float) -> list[int]:
-    b = point.modbus
-    assert b is not None
-    raw: float | int = (value - b.offset) / b.scale
-    if b.dtype not in ("float32", "float64"):
-        raw = int(round(raw))
-    words = list(struct.unpack(f">{b.count}H", struct.pack(">" + _FMT[b.dtype], raw)))
-    if b.word_order == "little":
-        words.reverse()
-    return words
-
-
-def decode(point: Point, regs: list[int]) -> float:
-    """Engineering value of a register point (NaN for the not-available sentinel)."""
-    if decode_registers is not None:
-        return float(decode_registers(point, regs))
-    return _local_decode(point, regs)
-
-
-def encode(point: Point, value: float) -> list[int]:
-    """Registers for an engineering value."""
-    if encode_registers is not None:
-        return list(encode_registers(point, value))
-    return _local_encode(point, value)
 
 
 @dataclass(frozen=True)
@@ -343,7 +292,7 @@ class ModbusLink(FieldLink):
                 if blk.table in ("coil", "discrete_input"):
                     value = 1.0 if rr.bits[off] else 0.0
                 else:
-                    value = decode(p, list(rr.registers[off : off + b.count]))
+                    value = decode_registers(p, rr.registers[off : off + b.count])
                 self._store_input(p.name, Sample.good(value, t), notify=False)
         self._notify()
         if first_error is not None:
@@ -387,7 +336,7 @@ class ModbusLink(FieldLink):
             if blk.table in ("coil", "discrete_input"):
                 value = 1.0 if rr.bits[0] else 0.0
             else:
-                value = decode(p, list(rr.registers[: b.count]))
+                value = decode_registers(p, list(rr.registers[: b.count]))
             self._store_input(p.name, Sample.good(value, t), notify=False)
         return first_error, not_served, good
 
@@ -410,7 +359,7 @@ class ModbusLink(FieldLink):
             if b.table == "coil":
                 table[b.address] = (p, bool(round(v)))
             else:
-                for i, word in enumerate(encode(p, v)):
+                for i, word in enumerate(encode_registers(p, v)):
                     table[b.address + i] = (p, word)
         for (unit, table_name), by_addr in sorted(cells.items()):
             limit = MAX_WRITE_BITS if table_name == "coil" else MAX_WRITE_REGISTERS

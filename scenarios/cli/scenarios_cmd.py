@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from twin.errors import ConfigError
+from twin.tomlfile import load_toml
 
 #: The folder of bundled scenario files.
 LIBRARY = Path(__file__).resolve().parents[1] / "library"
@@ -25,8 +25,7 @@ def find_bundled(name: str) -> Path | None:
 
 
 def _describe(path: Path) -> dict[str, Any]:
-    with open(path, "rb") as fh:
-        doc = tomllib.load(fh)
+    doc = load_toml(path, what="the scenario file").data
     desc = doc.get("description")
     if not desc:  # the first comment line, as the files carry a one-line summary there
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -102,8 +101,7 @@ def cmd_copy(args: argparse.Namespace) -> int:
     dest = Path(args.dest) if args.dest else Path(f"{src.stem}.toml")
     if dest.is_dir():
         dest = dest / src.name
-    with open(src, "rb") as fh:
-        doc = tomllib.load(fh)
+    doc = load_toml(src, what="the scenario file").data
     # files the scenario reads by a relative path go beside the copy, so the copy runs as is
     extra: list[tuple[Path, Path]] = []
     for prof in doc.get("profile", []):

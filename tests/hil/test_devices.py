@@ -203,16 +203,20 @@ def test_tap_direction_rejects_missing_step():
         tap_delta_raising_voltage(net.trafo.loc[0])
 
 
-@pytest.fixture
-def avr_store() -> PointStore:
-    return _store(
+def _avr_points() -> list:
+    return [
         _pt("T.tap_pos", "status"),
         _pt("B.vm_pu", "measurement", "pu"),
         _pt("T.avr_vset_pu", "setpoint", "pu"),
         _pt("T.avr_band_pu", "setpoint", "pu"),
         _pt("T.avr_delay_s", "setpoint", "s"),
         _pt("T.avr_auto", "setpoint"),
-    )
+    ]
+
+
+@pytest.fixture
+def avr_store() -> PointStore:
+    return _store(*_avr_points())
 
 
 def _avr(store: PointStore, *, tap: int = 0, tap_max: int = 2, raise_delta: int = -1):
@@ -309,6 +313,41 @@ def test_avr_manual_mode_and_manual_operate(avr_store):
     assert avr.tap_pos == 1
     avr_store.write("T.avr_auto", 1, role="operator")
     assert not avr.operate(106.0, +1)  # no manual steps in auto
+
+
+def test_avr_takes_scada_raise_and_lower_pulses():
+    """``tap_raise``/``tap_lower`` = 1: one manual step, the command resets to 0; refused in
+    auto mode (reset all the same, so the next pulse is a new command)."""
+    store = _store(*_avr_points(), _pt("T.tap_raise", "command"), _pt("T.tap_lower", "command"))
+    store.set("T.avr_auto", 0)
+    store.set("B.vm_pu", 1.0)
+    avr = TapChangerAVR(
+        "T",
+        store,
+        tap_point="T.tap_pos",
+        voltage_point="B.vm_pu",
+        tap_min=-2,
+        tap_max=2,
+        raise_delta=-1,
+        auto_point="T.avr_auto",
+        raise_point="T.tap_raise",
+        lower_point="T.tap_lower",
+        tap_pos=0,
+        mechanism_s=5.0,
+    )
+    avr.step(0.0)
+    store.write("T.tap_raise", 1, role="operator")
+    avr.step(1.0)
+    assert avr.moving_to == 1 and store.value("T.tap_raise") == 0.0
+    avr.step(6.0)
+    assert store.value("T.tap_pos") == 1
+    store.write("T.tap_lower", 1, role="operator")
+    _run(avr, [7.0, 12.0])
+    assert store.value("T.tap_pos") == 0 and store.value("T.tap_lower") == 0.0
+    store.write("T.avr_auto", 1, role="operator")
+    store.write("T.tap_lower", 1, role="operator")
+    _run(avr, [13.0, 20.0])
+    assert store.value("T.tap_pos") == 0 and store.value("T.tap_lower") == 0.0
 
 
 def test_avr_bad_voltage_resets_timer(avr_store):

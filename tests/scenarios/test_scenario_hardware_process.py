@@ -83,7 +83,6 @@ REFUSED = {
     "meas_bias": "acts inside the emulated substation",
     "comms_loss": "cuts a link; expected one of modbus, opcua, found 'Q12'",
     "comms_restore": "cuts a link; expected one of modbus, opcua, found 'Q12'",
-    "tap_change": "needs to_field point(s) T1.tap_raise, T1.tap_lower",
 }
 
 
@@ -129,6 +128,33 @@ def test_a_switch_without_a_command_point_is_refused(tmp_path: Path, emulator_pr
     hw.write_text('pointmap = "points.toml"\n' + hw.read_text())
     _, problems = validate_file(f)
     assert len(problems) == 1 and "needs to_field point(s) Q45.cmd" in problems[0], problems
+
+
+def test_a_tap_change_is_a_scada_raise_the_emulator_follows(
+    tmp_path: Path, emulator_starter
+) -> None:
+    """tap_change against a separate emulator: a pulse on ``T1.tap_raise`` (the AVR set to
+    manual first); the tap changer steps after its mechanism time and the twin follows."""
+    from twin.recorder import read_events, read_timeseries
+
+    emu = emulator_starter()
+    body = (
+        '\n[[event]]\nkind = "setpoint"\npoint = "T1.avr_auto"\nvalue = 0\nat = "+0.5s"\n'
+        '\n[[event]]\nkind = "tap_change"\nelement = "T1"\ndelta = 1\nat = "+1s"\n'
+    )
+    f = _scenario(tmp_path, emu, "tap", body, duration="9s")
+    f.write_text(f.read_text().replace('"bus.vm_pu[N2]"]', '"bus.vm_pu[N2]", "trafo.tap_pos[T1]"]'))
+    assert validate_file(f)[1] == []
+    out = tmp_path / "out"
+    res = run_scenario(f, out_dir=out)
+    assert res.error == "", res.error
+    ts = read_timeseries(out)
+    taps = ts["trafo.tap_pos[T1]"]
+    assert taps.iloc[-1] == taps.iloc[0] + 1, taps.tolist()
+    ev = read_events(out)
+    assert "event_error" not in set(ev["kind"])
+    # the twin's own command: no field_change event for it
+    assert not any((ev["kind"] == "field_change") & ev["message"].str.startswith("T1.tap_pos"))
 
 
 def test_mirror_against_a_hardware_file(tmp_path: Path, emulator_process):

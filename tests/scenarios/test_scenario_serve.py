@@ -31,7 +31,7 @@ duration = "30s"
 step = "0.5s"
 
 [record]
-quantities = ["line.i_ka[L_SS1_N1]", "switch.closed[Q45]"]
+quantities = ["line.i_ka[L_SS1_N1]", "switch.closed[Q45]", "trafo.tap_pos[T1]"]
 
 [[event]]
 kind = "load_step"
@@ -108,6 +108,13 @@ def test_an_outside_modbus_master_reads_and_commands_while_the_run_goes(tmp_path
         # close the ring from outside: the twin must follow the breaker the master operated
         wr = client.write_coil(cmd.modbus.address, True, device_id=cmd.modbus.unit)
         assert not wr.isError(), wr
+        # a SCADA raise of the tap changer: manual mode, then one pulse on tap_raise
+        auto, up = pm["T1.avr_auto"], pm["T1.tap_raise"]
+        assert auto.modbus is not None and up.modbus is not None
+        wr = client.write_register(auto.modbus.address, 0, device_id=auto.modbus.unit)
+        assert not wr.isError(), wr
+        wr = client.write_coil(up.modbus.address, True, device_id=up.modbus.unit)
+        assert not wr.isError(), wr
     finally:
         client.close()
     assert proc.wait(timeout=120) == 0, log.read_text()
@@ -115,9 +122,14 @@ def test_an_outside_modbus_master_reads_and_commands_while_the_run_goes(tmp_path
     change = ev[(ev["kind"] == "field_change") & ev["message"].str.startswith("Q45.closed")]
     assert len(change) == 1, ev[["time_s", "kind", "message"]]
     assert "command from modbus" in change["message"].iloc[0]
+    tap = ev[(ev["kind"] == "field_change") & ev["message"].str.startswith("T1.tap_pos")]
+    assert len(tap) == 1, ev[["time_s", "kind", "message"]]
+    assert "command from modbus" in tap["message"].iloc[0]
     ts = read_timeseries(tmp_path / "out")
     closed = ts["switch.closed[Q45]"].to_numpy()
     assert closed[0] == 0.0 and closed[-1] == 1.0
+    taps = ts["trafo.tap_pos[T1]"].to_numpy()
+    assert taps[-1] == taps[0] + 1, taps
     assert ts["line.i_ka[L_SS1_N1]"].max() > 1.05 * ts["line.i_ka[L_SS1_N1]"].iloc[0]
 
 
@@ -161,3 +173,20 @@ def test_twin_server_runs_for_the_run_and_is_read_by_a_client(tmp_path: Path) ->
     assert result["res"].error == ""
     kinds = [e["kind"] for e in result["res"].recorder.events]
     assert "serving" in kinds
+
+
+def test_inject_plant_faults_become_events():
+    """``--inject frozen:POINT@T``, ``offline:DEVICE@T``, ``online:DEVICE@T``."""
+    from scenarios.config import loads_scenario, with_injections
+    from twin.errors import ConfigError
+
+    sc = loads_scenario('grid = "ieee14"\nduration = "1h"\n')
+    got = with_injections(sc, ["frozen:L1.i_ka@+20s", "offline:Q1@30", "online:Q1@60"]).events
+    assert [(e.kind, e.at, e.params) for e in got[-3:]] == [
+        ("meas_frozen", 20.0, (("point", "L1.i_ka"),)),
+        ("comms_loss", 30.0, (("target", "Q1"),)),
+        ("comms_restore", 60.0, (("target", "Q1"),)),
+    ]
+    for bad in ("frozen:", "frozen:L1.i_ka=1", "offline:Q1@soon", "meas_bias:X"):
+        with pytest.raises(ConfigError, match="--inject"):
+            with_injections(sc, [bad])

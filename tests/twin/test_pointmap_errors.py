@@ -229,7 +229,8 @@ CHECK_CASES = [
     ),
     (
         "meas_in_holding",
-        dict(bind="bus.vm_pu[3]", mtable="holding_register", address=0),
+        # (to_field: the twin writes it to a device under test, see test_scenario_hardware_dut)
+        dict(bind="bus.vm_pu[3]", direction="to_twin", mtable="holding_register", address=0),
         "modbus.table: a holding_register is writable by clients, only for commands and setpoints",
     ),
     (
