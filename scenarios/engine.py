@@ -736,6 +736,9 @@ def run_scenario(
 
     async def main() -> None:
         await fld.start()
+        audit = getattr(fld, "audit", None)  # the emulated field's audit of protocol writes
+        if audit is not None and out is not None:
+            audit.stream_to(out / "audit.jsonl")
         ends = fld.endpoints()
         if ends:
             rec.event(0.0, "serving", "; ".join(f"{k} {v}" for k, v in ends.items()), **ends)
@@ -757,6 +760,8 @@ def run_scenario(
             await bridge.run(until=sc.duration)
         finally:
             await fld.stop()
+            if audit is not None:
+                audit.close()
 
     error = ""
     t_run = time.perf_counter()

@@ -159,6 +159,10 @@ class EmulatedField:
             opcua_port=ports[0],
             modbus_port=ports[1],
         )
+        from hil.security.audit import audit_log
+
+        # every write attempt over a protocol, with its peer; the run streams it to audit.jsonl
+        self.audit = audit_log(self.sub.store)
         self.sub.store.subscribe(self._note_source)
         if protocols or self.serve is not None:
             await self.sub.start()

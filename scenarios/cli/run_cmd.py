@@ -83,8 +83,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="KIND:POINT=VALUE[@TIME]",
-        help="fault injection in the served field, from the command line: meas_bias or "
-        "meas_noise on a point, e.g. meas_bias:N3.vm_pu=0.05@+20s (repeatable)",
+        help="fault injection in the served field, from the command line: meas_bias:POINT=V or "
+        "meas_noise:POINT=SIGMA, frozen:POINT, offline:DEVICE, online:DEVICE, each @TIME, e.g. "
+        "meas_bias:N3.vm_pu=0.05@+20s (repeatable)",
     )
     p.set_defaults(func=run)
 
