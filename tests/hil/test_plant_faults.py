@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from hil.emulator import EmulatedSubstation
-from hil.errors import HilError
+from hil.errors import HilError, ProtocolError
 from hil.field.base import SimClock
 from hil.links.modbus import ModbusLink
 from hil.store import PointStore
@@ -92,10 +92,16 @@ async def test_over_modbus_frozen_value_and_offline_device(feeder_net):
             sub.set_device_offline("Q1")
             assert sub.store.get("Q1.closed").quality is Quality.COMMS_LOST
             assert sub.store.get("Q1.cmd").quality is Quality.COMMS_LOST
-            # a float register of an offline device reads as not available (NaN): INVALID.
-            # (An integer without a sentinel reads 0 until the server answers 0x0B.)
+            # an offline device's points answer 0x0B (gateway target failed to respond): the
+            # link marks them not good point by point and serves the rest of the poll
+            inputs = await read()
+            assert not inputs["Q1.closed"].quality.is_good
+            assert inputs["L1.i_ka"].quality is Quality.GOOD
+            # every point of the poll offline: the poll itself fails, naming the 0x0B answer
             sub.set_device_offline("L1")
-            assert not (await read())["L1.i_ka"].quality.is_good
+            with pytest.raises(ProtocolError, match="exception 11"):
+                await link.poll()
+            assert not link.read_inputs()["L1.i_ka"].quality.is_good
             sub.set_device_offline("L1", False)
             assert (await read())["L1.i_ka"].quality is Quality.GOOD
         with pytest.raises(HilError, match="found none named 'Q9'"):

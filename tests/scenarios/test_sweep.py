@@ -246,17 +246,19 @@ def test_scenario_sweep_equals_one_by_one(tmp_path, client):
 
 
 def test_scenario_case_that_raises_is_recorded(tmp_path, client):
-    # a hardware file whose device cannot write its to_field points: the field refuses to
-    # start inside the case (a run-time error, not one the sweep can see up front)
+    # a hardware file whose device does not answer (nothing listens on port 9): the field
+    # fails to connect inside the case, a run-time error the sweep cannot see up front
     (tmp_path / "hardware.toml").write_text(
-        '[[device]]\nname = "gone"\npoints = ["*"]\n[device.modbus]\nhost = "127.0.0.1"\nport = 9\n'
+        '[[device]]\nname = "gone"\npoints = ["*"]\n[device.opcua]\n'
+        'endpoint = "opc.tcp://127.0.0.1:9/"\ntimeout_s = 1\n'
     )
     sweep = "seeds = 2"
     p = _write(tmp_path, SCENARIO.format(hardware="hardware.toml", duration="2min", sweep=sweep))
     sc, spec = load_sweep(p)
     res = run_sweep(sc, spec, tmp_path / "out", client=client)
     assert len(res.table) == 2
-    assert all("device 'gone'" in e for e in res.table["error"]), res.table["error"].tolist()
+    errors = res.table["error"].tolist()
+    assert all("opc.tcp://127.0.0.1:9/" in e for e in errors), errors
     assert not res.table["converged"].any() and not res.table["passed"].any()
     assert res.failed == 2 and res.summary["errors"] == 2
 
