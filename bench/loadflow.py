@@ -33,6 +33,7 @@ import tracemalloc
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -40,6 +41,15 @@ try:  # the installed gridtwin first; the source tree only when nothing is insta
     import twin  # noqa: F401
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_common.py beside this file
+
+from _common import (  # noqa: E402
+    TOL,
+    in_service_branches,
+    ls2g_v_start,
+    run_n1_ls2g,
+    run_n1_pandapower,
+)
 
 DEFAULT_CASES = [
     "ieee14", "ieee118", "mv_oberrhein", "case1354pegase", "case2869pegase", "case9241pegase",
@@ -47,7 +57,6 @@ DEFAULT_CASES = [
 ]  # fmt: skip
 METHODS = ["pp_runpp", "pp_recycle", "ls2g_step", "ls2g_batch", "gridtwin_cython", "gridtwin_numpy"]
 QUICK_CASES = ["ieee14", "cigre_mv", "ieee118", "mv_oberrhein", "case2869pegase"]
-TOL = 1e-8  # per unit on sn_mva, pandapower's default tolerance_mva
 SLOW = {"pp_runpp", "pp_recycle"}
 
 
@@ -88,18 +97,6 @@ def run_pandapower(net, fac, recycle: bool):
     return _time_steps(step, fac.shape[0])
 
 
-def _v_start(net) -> np.ndarray:
-    """A converged pandapower state as lightsim2grid's start (flat fails on several grids)."""
-    import pandapower as pp
-
-    ref = copy.deepcopy(net)
-    ref["_ppc"] = None
-    pp.runpp(ref, lightsim2grid=False)
-    vm = np.nan_to_num(ref.res_bus.vm_pu.to_numpy(float), nan=1.0)
-    va = np.deg2rad(np.nan_to_num(ref.res_bus.va_degree.to_numpy(float), nan=0.0))
-    return vm * np.exp(1j * va)
-
-
 def _ls2g_results(model) -> None:
     for get in (model.get_line_res1, model.get_line_res2, model.get_trafo_res1,
                 model.get_trafo_res2, model.get_gen_res, model.get_sgens_res,
@@ -116,7 +113,7 @@ def run_ls2g_step(net, fac, results: bool = False):
     p0 = net.load.p_mw.to_numpy(float)
     q0 = net.load.q_mvar.to_numpy(float)
     tol = TOL * net.sn_mva  # lightsim2grid divides by sn_mva
-    first = model.ac_pf(_v_start(net), 10, tol)
+    first = model.ac_pf(ls2g_v_start(net), 10, tol)
     if first.shape[0] == 0:
         raise RuntimeError("lightsim2grid did not converge on the base case")
     state = {"v": first}
@@ -144,7 +141,7 @@ def run_ls2g_batch(net, fac):
     net["_ppc"] = None
     model = init_from_pandapower(net)
     tol = TOL * net.sn_mva
-    v0 = model.ac_pf(_v_start(net), 10, tol)
+    v0 = model.ac_pf(ls2g_v_start(net), 10, tol)
     ts = TimeSeriesCPP(model)
     steps = fac.shape[0]
     # lightsim2grid counts its own generators (ext_grids and slack included): use its targets
@@ -231,34 +228,38 @@ def _toggle_line(net) -> int:
     return int(res.element[ok[len(ok) // 2]][1])
 
 
-def run_toggle_gridtwin(net, line: int, steps: int):
+def _toggle_gridtwin(net, table: str, column: str, element: int, values: tuple, steps: int):
+    """Alternate ``table.column`` of ``element`` between ``values`` (odd, even step) + solve."""
     from twin.model import GridModel
 
     model = GridModel(copy.deepcopy(net), tolerance_mva=TOL)
     model.solve()
 
     def step(k: int) -> int:
-        model.update("line", "in_service", [k % 2 == 1], index=[line])
+        model.update(table, column, [values[k % 2]], index=[element])
         return model.solve().iterations
 
     return _time_steps(step, steps)
 
 
-def run_toggle_ls2g(net, line: int, steps: int):
+def run_toggle_gridtwin(net, line: int, steps: int):
+    return _toggle_gridtwin(net, "line", "in_service", line, (False, True), steps)
+
+
+def _ls2g_toggle(net, make_change: Callable[[Any], Callable[[int], None]], steps: int):
+    """lightsim2grid: ``change(k)`` (made by ``make_change(model)``) then ``ac_pf`` from the
+    last state, per step."""
     from lightsim2grid.network import init_from_pandapower
 
     net = copy.deepcopy(net)
     net["_ppc"] = None
     model = init_from_pandapower(net)
-    tol = TOL * net.sn_mva
-    state = {"v": model.ac_pf(_v_start(net), 10, tol)}
-    pos = int(net.line.index.get_loc(line))
+    tol = TOL * net.sn_mva  # lightsim2grid divides its tolerance by sn_mva
+    state = {"v": model.ac_pf(ls2g_v_start(net), 10, tol)}
+    change = make_change(model)
 
     def step(k: int) -> int:
-        if k % 2 == 0:
-            model.deactivate_powerline(pos)
-        else:
-            model.reactivate_powerline(pos)
+        change(k)
         v = model.ac_pf(state["v"], 10, tol)
         if v.shape[0] == 0:
             raise RuntimeError(f"lightsim2grid did not converge at toggle {k}")
@@ -266,6 +267,17 @@ def run_toggle_ls2g(net, line: int, steps: int):
         return int(model.get_solver().get_nb_iter())
 
     return _time_steps(step, steps)
+
+
+def run_toggle_ls2g(net, line: int, steps: int):
+    """lightsim2grid: the line deactivated / reactivated + ac_pf."""
+    pos = int(net.line.index.get_loc(line))
+
+    def make(model: Any) -> Callable[[int], None]:
+        off, on = model.deactivate_powerline, model.reactivate_powerline
+        return lambda k: (off if k % 2 == 0 else on)(pos)
+
+    return _ls2g_toggle(net, make, steps)
 
 
 def _toggle_switch(net) -> int | None:
@@ -288,42 +300,21 @@ def _toggle_switch(net) -> int | None:
 
 
 def run_toggle_switch_gridtwin(net, sw: int, steps: int):
-    from twin.model import GridModel
-
-    model = GridModel(copy.deepcopy(net), tolerance_mva=TOL)
-    model.solve()
-
-    def step(k: int) -> int:
-        model.update("switch", "closed", [k % 2 == 1], index=[sw])
-        return model.solve().iterations
-
-    return _time_steps(step, steps)
+    return _toggle_gridtwin(net, "switch", "closed", sw, (False, True), steps)
 
 
 def run_toggle_switch_ls2g(net, sw: int, steps: int):
     """lightsim2grid: the switched line end deactivated / reactivated + ac_pf."""
-    from lightsim2grid.network import init_from_pandapower
-
-    net = copy.deepcopy(net)
-    net["_ppc"] = None
-    model = init_from_pandapower(net)
-    tol = TOL * net.sn_mva
-    state = {"v": model.ac_pf(_v_start(net), 10, tol)}
     line = int(net.switch.at[sw, "element"])
     pos = int(net.line.index.get_loc(line))
-    side1 = int(net.switch.at[sw, "bus"]) == int(net.line.at[line, "from_bus"])
-    off = model.deactivate_powerline_side1 if side1 else model.deactivate_powerline_side2
-    on = model.reactivate_powerline_side1 if side1 else model.reactivate_powerline_side2
+    side = 1 if int(net.switch.at[sw, "bus"]) == int(net.line.at[line, "from_bus"]) else 2
 
-    def step(k: int) -> int:
-        (off if k % 2 == 0 else on)(pos)
-        v = model.ac_pf(state["v"], 10, tol)
-        if v.shape[0] == 0:
-            raise RuntimeError(f"lightsim2grid did not converge at toggle {k}")
-        state["v"] = v
-        return int(model.get_solver().get_nb_iter())
+    def make(model: Any) -> Callable[[int], None]:
+        off = getattr(model, f"deactivate_powerline_side{side}")
+        on = getattr(model, f"reactivate_powerline_side{side}")
+        return lambda k: (off if k % 2 == 0 else on)(pos)
 
-    return _time_steps(step, steps)
+    return _ls2g_toggle(net, make, steps)
 
 
 def _toggle_tap(net) -> int | None:
@@ -333,49 +324,27 @@ def _toggle_tap(net) -> int | None:
 
 
 def run_toggle_tap_gridtwin(net, trafo: int, steps: int):
-    from twin.model import GridModel
-
-    model = GridModel(copy.deepcopy(net), tolerance_mva=TOL)
-    model.solve()
     tap0 = float(net.trafo.at[trafo, "tap_pos"])
-
-    def step(k: int) -> int:
-        model.update("trafo", "tap_pos", [tap0 + (k % 2 == 0)], index=[trafo])
-        return model.solve().iterations
-
-    return _time_steps(step, steps)
+    return _toggle_gridtwin(net, "trafo", "tap_pos", trafo, (tap0 + 1, tap0), steps)
 
 
 def run_toggle_tap_ls2g(net, trafo: int, steps: int):
     """lightsim2grid: change_ratio_trafo between pandapower's two ratios + ac_pf."""
-    from lightsim2grid.network import init_from_pandapower
-
-    net = copy.deepcopy(net)
-    net["_ppc"] = None
-    model = init_from_pandapower(net)
-    tol = TOL * net.sn_mva
-    state = {"v": model.ac_pf(_v_start(net), 10, tol)}
     pos = int(net.trafo.index.get_loc(trafo))
-    r0 = float(model.get_trafos()[pos].ratio)
     step_pct = float(net.trafo.at[trafo, "tap_step_percent"])
     hv = str(net.trafo.at[trafo, "tap_side"]) == "hv"
-    r1 = r0 * (1 + step_pct / 100) if hv else r0 / (1 + step_pct / 100)
 
-    def step(k: int) -> int:
-        model.change_ratio_trafo(pos, r1 if k % 2 == 0 else r0)
-        v = model.ac_pf(state["v"], 10, tol)
-        if v.shape[0] == 0:
-            raise RuntimeError(f"lightsim2grid did not converge at toggle {k}")
-        state["v"] = v
-        return int(model.get_solver().get_nb_iter())
+    def make(model: Any) -> Callable[[int], None]:
+        r0 = float(model.get_trafos()[pos].ratio)
+        r1 = r0 * (1 + step_pct / 100) if hv else r0 / (1 + step_pct / 100)
+        return lambda k: model.change_ratio_trafo(pos, r1 if k % 2 == 0 else r0)
 
-    return _time_steps(step, steps)
+    return _ls2g_toggle(net, make, steps)
 
 
-def _n1_elements(net, limit: int | None) -> list[tuple[str, int]]:
-    els = [("line", int(i)) for i in net.line.index[net.line.in_service]]
-    els += [("trafo", int(i)) for i in net.trafo.index[net.trafo.in_service]]
-    return els[:limit] if limit else els
+def _n1_ls2g_solve_only(net, elements, threads: int) -> tuple[float, int]:
+    """lightsim2grid's N-1 timed without reading its results back (the bench's N-1 table)."""
+    return run_n1_ls2g(net, elements, threads, gather=False)
 
 
 def run_n1_gridtwin(net, elements, threads: int) -> tuple[float, int]:
@@ -389,46 +358,6 @@ def run_n1_gridtwin(net, elements, threads: int) -> tuple[float, int]:
     res = twin.n_minus_1(model, elements, threads=threads)
     dt = time.perf_counter() - t0
     return len(res) / dt, int(res.converged.sum())
-
-
-def run_n1_ls2g(net, elements, threads: int) -> tuple[float, int]:
-    from lightsim2grid.contingencyAnalysis import ContingencyAnalysisCPP
-    from lightsim2grid.network import init_from_pandapower
-
-    net = copy.deepcopy(net)
-    net["_ppc"] = None
-    model = init_from_pandapower(net)
-    tol = TOL * net.sn_mva
-    v0 = model.ac_pf(_v_start(net), 10, tol)
-    nline = len(net.line)
-    ids = [
-        int(net.line.index.get_loc(i)) if t == "line" else nline + int(net.trafo.index.get_loc(i))
-        for t, i in elements
-    ]
-    ca = ContingencyAnalysisCPP(model)
-    ca.nb_thread = threads
-    ca.add_multiple_n1(ids)
-    t0 = time.perf_counter()
-    ca.compute(v0, 10, tol)
-    ca.compute_flows()
-    dt = time.perf_counter() - t0
-    volts = np.asarray(ca.get_voltages())
-    conv = int(np.sum(np.abs(volts).sum(axis=1) > 0)) if volts.size else 0
-    return len(ids) / dt, conv
-
-
-def run_n1_pandapower(net, elements) -> tuple[float, int]:
-    from pandapower.contingency import run_contingency
-
-    net = copy.deepcopy(net)
-    net["_ppc"] = None
-    cases: dict[str, dict[str, list[int]]] = {}
-    for t, i in elements:
-        cases.setdefault(t, {"index": []})["index"].append(i)
-    t0 = time.perf_counter()
-    run_contingency(net, cases, lightsim2grid=False, tolerance_mva=TOL)
-    dt = time.perf_counter() - t0
-    return len(elements) / dt, len(elements)
 
 
 def _kernel_line() -> str:
@@ -553,11 +482,11 @@ def main(argv: list[str] | None = None) -> int:
                           file=sys.stderr, flush=True)  # fmt: skip
                 toggles.append((case, f"{what} {element}", cell))
         if case in n1_cases and build_info()["cython_available"]:
-            els = _n1_elements(net, args.n1_max)
+            els = in_service_branches(net, args.n1_max)
             cell2: dict[str, str] = {}
             rates: dict[int, list[float]] = {}
             for th in args.threads:
-                for name, fn in (("gridtwin", run_n1_gridtwin), ("ls2g", run_n1_ls2g)):
+                for name, fn in (("gridtwin", run_n1_gridtwin), ("ls2g", _n1_ls2g_solve_only)):
                     try:
                         rate, conv = fn(net, els, th)
                         cell2[f"{name} {th}t"] = f"{rate:.0f}/s ({conv} conv)"
@@ -573,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
                 ]
                 cell2[f"ratio {th}t"] = f"x{rates[th][0] / rates[th][1]:.2f}"
             try:
-                rate, _ = run_n1_pandapower(net, els[: args.n1_pp])
+                rate, _, _ = run_n1_pandapower(net, els[: args.n1_pp])
                 cell2["pandapower"] = f"{rate:.1f}/s ({min(args.n1_pp, len(els))} cases)"
             except Exception as exc:
                 cell2["pandapower"] = f"failed: {type(exc).__name__}: {exc}"[:60]
