@@ -17,6 +17,7 @@ import datetime as _dt
 import json
 import logging
 import math
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
@@ -241,11 +242,9 @@ class Recorder:
                     except OSError:
                         pass
                     raise
-                parts = self.out_dir / PARTS_DIR
-                if parts.is_dir():
-                    for part in parts.glob("part-*.parquet"):
-                        part.unlink()
-                    parts.rmdir()
+                # the whole run is in one file now: the parts are redundant, a part's .tmp left
+                # by a write that a signal cut short included
+                shutil.rmtree(self.out_dir / PARTS_DIR, ignore_errors=True)
         finally:
             for fh in (self._events_fh, self._alarms_fh):
                 if fh is not None:
