@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -318,28 +319,61 @@ class _Lines:
 
 # --- parsing ---------------------------------------------------------------------------------
 class _Parser:
+    """Parses one scenario file, collecting every problem it finds (not only the first).
+
+    :meth:`fail` raises at the problem; :meth:`collect` around one independent piece (a key, a
+    table of an array) records it and goes on, and :meth:`raise_if_any` raises them all at the
+    end, in file order.
+    """
+
     def __init__(self, path: Path | None, text: str) -> None:
         self.path = path
         self.where = str(path) if path is not None else "<scenario>"
         self.lines = _Lines(text)
+        self.problems: list[ConfigError] = []
 
     def fail(
         self, key: str, problem: str, section: str = "", index: int = 0, sub: str | None = None
     ) -> NoReturn:
         raise ConfigError(self.where, key, problem, self.lines.find(section, index, sub))
 
+    @contextmanager
+    def collect(self) -> Iterator[None]:
+        """Record a ConfigError raised inside and go on with the next piece of the file."""
+        try:
+            yield
+        except ConfigError as exc:
+            self.problems.append(exc)
+
+    def raise_if_any(self) -> None:
+        if not self.problems:
+            return
+        if len(self.problems) == 1:
+            raise self.problems[0]
+        found = sorted(self.problems, key=lambda e: e.line or 0)
+        first = found[0]
+        err = ConfigError(self.where, first.key, "", first.line)  # key, line: the first one's
+        err.args = (f"{self.where}: {len(found)} problems:\n  " + "\n  ".join(map(str, found)),)
+        raise err
+
     def unknown_keys(
         self, table: Mapping[str, Any], allowed, key_prefix: str, section: str, index: int
     ) -> None:
-        for k in table:
-            if k not in allowed:
-                self.fail(
-                    f"{key_prefix}{k}",
-                    f"unknown key; allowed keys: {', '.join(sorted(allowed))}",
-                    section,
-                    index,
-                    k,
-                )
+        bad = [k for k in table if k not in allowed]
+        for k in bad[:-1]:  # every unknown key is named; the last one raises
+            with self.collect():
+                self._unknown(k, allowed, key_prefix, section, index)
+        if bad:
+            self._unknown(bad[-1], allowed, key_prefix, section, index)
+
+    def _unknown(self, k: str, allowed, key_prefix: str, section: str, index: int) -> NoReturn:
+        self.fail(
+            f"{key_prefix}{k}",
+            f"unknown key; allowed keys: {', '.join(sorted(allowed))}",
+            section,
+            index,
+            k,
+        )
 
 
 def load_scenario(path: Path | str) -> Scenario:
@@ -349,9 +383,17 @@ def load_scenario(path: Path | str) -> Scenario:
 
 
 def loads_scenario(text: str, *, path: Path | None = None) -> Scenario:
+    """Parse a scenario's TOML text.
+
+    Raises:
+        ConfigError: every problem found (one per key or table, in file order), each naming
+            the key, its line and what is allowed.
+    """
     ps = _Parser(path, text)
     doc = parse_toml(text, source=ps.where).data
-    ps.unknown_keys(doc, _TOP_KEYS, "", "", 0)
+    collect = ps.collect
+    with collect():
+        ps.unknown_keys(doc, _TOP_KEYS, "", "", 0)
 
     def top(key: str, kind: type | tuple[type, ...], default: Any) -> Any:
         if key not in doc:
@@ -361,94 +403,116 @@ def loads_scenario(text: str, *, path: Path | None = None) -> Scenario:
             ps.fail(key, f"expected {_TOP_KEYS[key]}, found {v!r}", "", 0, key)
         return v
 
-    if "grid" not in doc:
-        ps.fail("grid", f"missing; expected {_TOP_KEYS['grid']}")
-    grid = top("grid", str, "")
-    name = top("name", str, p_stem(path))
-    description = top("description", str, "")
-    hardware = top("hardware", str, "emulated")
-    if hardware not in ("emulated", "none"):
-        hw = Path(hardware)
-        hw = hw if hw.is_absolute() else (path.parent if path is not None else Path.cwd()) / hw
-        if not hw.is_file():
+    grid, name, description, hardware = "", p_stem(path), "", "emulated"
+    mode, pace, backend, speed, seed = "hil", "fast", "auto", 1.0, 0
+    with collect():
+        if "grid" not in doc:
+            ps.fail("grid", f"missing; expected {_TOP_KEYS['grid']}")
+        grid = top("grid", str, "")
+    with collect():
+        name = top("name", str, p_stem(path))
+    with collect():
+        description = top("description", str, "")
+    with collect():
+        hardware = top("hardware", str, "emulated")
+        if hardware not in ("emulated", "none"):
+            hw = Path(hardware)
+            base = path.parent if path is not None else Path.cwd()
+            hw = hw if hw.is_absolute() else base / hw
+            if not hw.is_file():
+                ps.fail(
+                    "hardware",
+                    'expected "emulated", "none" or an existing hardware.toml, '
+                    f"found no file at {hw}",
+                    "",
+                    0,
+                    "hardware",
+                )
+    with collect():
+        mode = _choice(ps, doc, "mode", MODES, "hil")
+    with collect():
+        pace = _choice(ps, doc, "pace", PACES, "fast")
+    with collect():
+        backend = _choice(ps, doc, "backend", BACKENDS, "auto")
+    with collect():
+        speed = top("speed", (int, float), 1.0)
+        if speed <= 0:
+            ps.fail("speed", f"expected {_TOP_KEYS['speed']}, found {speed!r}", "", 0, "speed")
+    with collect():
+        seed = top("seed", int, 0)
+
+    # the run's time axis: events, checks and recording are judged against it, so they are
+    # parsed only when it is right (a wrong duration would make every later time look wrong)
+    n_before = len(ps.problems)
+    start_sod, start_dt = parse_start("00:00")
+    duration, step = 3600.0, 60.0
+    with collect():
+        try:
+            start_sod, start_dt = parse_start(doc.get("start", "00:00"))
+        except ValueError as exc:
+            ps.fail("start", str(exc), "", 0, "start")
+    with collect():
+        duration = _duration(ps, doc, "duration", 3600.0, "", 0)
+        if duration <= 0:
             ps.fail(
-                "hardware",
-                f'expected "emulated", "none" or an existing hardware.toml, found no file at {hw}',
+                "duration",
+                f"expected a positive duration, found {doc.get('duration')!r}",
                 "",
                 0,
-                "hardware",
+                "duration",
             )
-    mode = _choice(ps, doc, "mode", MODES, "hil")
-    pace = _choice(ps, doc, "pace", PACES, "fast")
-    backend = _choice(ps, doc, "backend", BACKENDS, "auto")
-    speed = top("speed", (int, float), 1.0)
-    if speed <= 0:
-        ps.fail("speed", f"expected {_TOP_KEYS['speed']}, found {speed!r}", "", 0, "speed")
-    seed = top("seed", int, 0)
-    try:
-        start_sod, start_dt = parse_start(doc.get("start", "00:00"))
-    except ValueError as exc:
-        ps.fail("start", str(exc), "", 0, "start")
-    duration = _duration(ps, doc, "duration", 3600.0, "", 0)
-    step = _duration(ps, doc, "step", 60.0, "", 0)
-    if duration <= 0:
-        ps.fail(
-            "duration",
-            f"expected a positive duration, found {doc.get('duration')!r}",
-            "",
-            0,
-            "duration",
-        )
-    if step <= 0 or step > duration:
-        ps.fail(
-            "step",
-            f"expected a positive duration no longer than duration ({duration:g} s), "
-            f"found {doc.get('step')!r}",
-            "",
-            0,
-            "step",
-        )
-    if abs(duration / step - round(duration / step)) > 1e-9:
-        ps.fail(
-            "step",
-            f"expected a step that divides duration ({duration:g} s) evenly, found {step:g} s",
-            "",
-            0,
-            "step",
-        )
+    with collect():
+        step = _duration(ps, doc, "step", 60.0, "", 0)
+        if len(ps.problems) == n_before:
+            _check_step(ps, doc, duration, step)
+    time_ok = len(ps.problems) == n_before
 
-    links = top("links", list, list(DEFAULT_LINKS))
-    if not links or any(k not in LINK_KINDS for k in links) or len(set(links)) != len(links):
-        ps.fail(
-            "links",
-            f"expected a list of distinct names from {', '.join(LINK_KINDS)}, found {links!r}",
-            "",
-            0,
-            "links",
-        )
-    if links == ["modbus"]:
-        ps.fail(
-            "links",
-            "Modbus cannot write the twin's measurements (input registers): use "
-            '["modbus", "opcua"] or ["modbus", "direct"]',
-            "",
-            0,
-            "links",
-        )
-    record = _record(ps, doc.get("record", {}), step)
-    profiles = tuple(_profile(ps, t, i, path) for i, t in enumerate(_array(ps, doc, "profile")))
+    links: list[Any] = list(DEFAULT_LINKS)
+    with collect():
+        links = top("links", list, list(DEFAULT_LINKS))
+        if not links or any(k not in LINK_KINDS for k in links) or len(set(links)) != len(links):
+            ps.fail(
+                "links",
+                f"expected a list of distinct names from {', '.join(LINK_KINDS)}, found {links!r}",
+                "",
+                0,
+                "links",
+            )
+        if links == ["modbus"]:
+            ps.fail(
+                "links",
+                "Modbus cannot write the twin's measurements (input registers): use "
+                '["modbus", "opcua"] or ["modbus", "direct"]',
+                "",
+                0,
+                "links",
+            )
+    record = RecordSpec()
+    if time_ok:
+        with collect():
+            record = _record(ps, doc.get("record", {}), step)
+    profile_list: list[ProfileSpec] = []
+    with collect():
+        for i, t in enumerate(_array(ps, doc, "profile")):
+            with collect():
+                profile_list.append(_profile(ps, t, i, path))
+    profiles = tuple(profile_list)
     names = [p.name for p in profiles]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
-        ps.fail("profile.name", f"expected unique profile names, found {sorted(dupes)} twice")
-    events = tuple(
-        _event(ps, t, i, start_sod, start_dt, duration)
-        for i, t in enumerate(_array(ps, doc, "event"))
-    )
-    checks = tuple(
-        _check(ps, t, i, start_sod, start_dt, duration)
-        for i, t in enumerate(_array(ps, doc, "check"))
-    )
+        with collect():
+            ps.fail("profile.name", f"expected unique profile names, found {sorted(dupes)} twice")
+    event_list: list[EventSpec] = []
+    check_list: list[CheckSpec] = []
+    with collect():
+        for i, t in enumerate(_array(ps, doc, "event") if time_ok else ()):
+            with collect():
+                event_list.append(_event(ps, t, i, start_sod, start_dt, duration))
+    with collect():
+        for i, t in enumerate(_array(ps, doc, "check") if time_ok else ()):
+            with collect():
+                check_list.append(_check(ps, t, i, start_sod, start_dt, duration))
+    ps.raise_if_any()
     return Scenario(
         name=name,
         path=path,
@@ -467,9 +531,29 @@ def loads_scenario(text: str, *, path: Path | None = None) -> Scenario:
         description=description,
         record=record,
         profiles=profiles,
-        events=events,
-        checks=checks,
+        events=tuple(event_list),
+        checks=tuple(check_list),
     )
+
+
+def _check_step(ps: _Parser, doc: Mapping[str, Any], duration: float, step: float) -> None:
+    if step <= 0 or step > duration:
+        ps.fail(
+            "step",
+            f"expected a positive duration no longer than duration ({duration:g} s), "
+            f"found {doc.get('step')!r}",
+            "",
+            0,
+            "step",
+        )
+    if abs(duration / step - round(duration / step)) > 1e-9:
+        ps.fail(
+            "step",
+            f"expected a step that divides duration ({duration:g} s) evenly, found {step:g} s",
+            "",
+            0,
+            "step",
+        )
 
 
 def p_stem(path: Path | None) -> str:

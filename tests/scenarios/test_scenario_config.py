@@ -158,3 +158,44 @@ def test_every_bundled_scenario_parses() -> None:
     for f in files:
         sc = load_scenario(f)
         assert sc.checks, f"{f.name} has no checks"
+
+
+def test_every_problem_of_the_file_is_named_at_once(tmp_path: Path) -> None:
+    """A file with several typos names all of them, in file order, with their lines: an engineer
+    fixes the file in one pass, not one run per typo."""
+    f = tmp_path / "typos.toml"
+    f.write_text(
+        'grid = "ieee14"\n'
+        'duraton = "1h"\n'  # line 2: unknown top-level key
+        'pace = "fastest"\n'  # line 3: bad choice
+        "\n[[event]]\n"
+        'at = "00:10"\n'
+        'kind = "line_outage"\n'
+        "elemnt = 3\n"  # line 8: unknown key in an event
+        "\n[[check]]\n"
+        'kind = "voltage_band"\n'
+        "mn = 0.9\n",  # line 12: unknown key in a check
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as ei:
+        load_scenario(f)
+    msg = str(ei.value)
+    assert msg.startswith(f"{f}: 4 problems:")
+    lines = msg.splitlines()[1:]
+    assert [ln.split(": ")[0].rsplit(":", 1)[-1] for ln in lines] == ["2", "3", "8", "12"]
+    assert "duraton: unknown key" in lines[0] and "pace" in lines[1] and "fastest" in lines[1]
+    assert "event[0].elemnt" in lines[2] and "check[0].mn" in lines[3]
+    assert ei.value.key == "duraton" and ei.value.line == 2  # the first problem's
+
+
+def test_a_wrong_time_axis_does_not_flood_events_with_derived_errors(tmp_path: Path) -> None:
+    """With the duration wrong, events and checks are not judged against a made-up one."""
+    f = tmp_path / "dur.toml"
+    f.write_text(
+        'grid = "ieee14"\nduration = "-1h"\n\n[[event]]\nat = "23:00"\nkind = "line_outage"\n'
+        "element = 3\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as ei:
+        load_scenario(f)
+    assert ei.value.key == "duration" and "problems" not in str(ei.value)
