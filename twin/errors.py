@@ -5,9 +5,27 @@ Messages say what was expected and what was found.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class TwinError(Exception):
-    """Root of every error raised by the twin and the layers above it."""
+    """Root of every error raised by the twin and the layers above it.
+
+    Every subclass pickles whatever its ``__init__`` takes: a case of a sweep that raises on a
+    Dask worker (or any other process) arrives at the client as the same error, message and
+    attributes (``line``, ``worst_bus``, ...), not as a TypeError from unpickling.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(cls: type[TwinError], args: tuple[Any, ...], state: dict[str, Any]) -> TwinError:
+    base = next(c for c in cls.__mro__ if c.__module__ == "builtins")  # e.g. OSError's errno
+    err = base.__new__(cls, *args)
+    base.__init__(err, *args)  # type: ignore[misc]
+    err.__dict__.update(state)
+    return err
 
 
 # --- grid data -------------------------------------------------------------------------------
