@@ -668,8 +668,8 @@ class SyncLoop:
             if rec is not None:  # the record phase writes divergence/not_converged alarms only
                 rec.alarm(t, im.point, im.value, im.held, im.limit, im.message)
         for im in ended:
-            a = self.active_alarms.get(im.point)
-            if a is not None and a.kind == "implausible":
+            standing = self.active_alarms.get(im.point)
+            if standing is not None and standing.kind == "implausible":
                 del self.active_alarms[im.point]
             self._cleared.append(im.point)
             self._event(t, "alarm_cleared", im.message, point=im.point)
