@@ -36,6 +36,7 @@ from typing import Any, Literal
 import numpy as np
 
 from hil.errors import HilError
+from hil.plausibility import Implausible, PlausibilityCheck
 from twin.errors import (
     DeadlineMissed,
     LoadflowNotConverged,
@@ -110,7 +111,7 @@ class Alarm:
     """An alarm raised by the loop: a divergence, a non-converged load flow, a stale refusal."""
 
     time_s: float
-    kind: str  # "divergence" | "not_converged" | "stale"
+    kind: str  # "divergence" | "not_converged" | "stale" | "implausible"
     point: str
     field_value: float
     twin_value: float
@@ -127,6 +128,8 @@ class StepReport:
     converged: bool = False
     iterations: int = 0
     stale: tuple[str, ...] = ()
+    #: inputs held this step because their value was implausible (hil.plausibility)
+    implausible: tuple[str, ...] = ()
     alarms: tuple[Alarm, ...] = ()
     cleared: tuple[str, ...] = ()
     applied: int = 0
@@ -243,6 +246,9 @@ class SyncLoop:
             per link is in flight: while one is, that link's writes are skipped (counted as
             ``writes_busy``) and the changed values go with the next request. The time from
             send to response is kept as ``"write_ack"`` (:meth:`phase_durations`, ``stats()``).
+        plausibility: check every input against its plausibility limits (``hil.plausibility``:
+            an implausible value is INVALID, alarmed and held at its last good value); False
+            takes every GOOD value as it comes.
     """
 
     def __init__(
@@ -265,6 +271,7 @@ class SyncLoop:
         history: int = 4096,
         record_values: bool = True,
         write_mode: WriteMode = "await",
+        plausibility: bool = True,
     ) -> None:
         _check_choice("mode", mode, ("hil", "mirror"))
         _check_choice("stale_policy", stale_policy, ("hold", "refuse"))
@@ -316,6 +323,7 @@ class SyncLoop:
             "apply_errors": 0,
             "alarms": 0,
             "estimation_failures": 0,
+            "implausible": 0,
         }
         net = model.net
         carried: dict[str, Point] = {}
@@ -326,6 +334,15 @@ class SyncLoop:
             p for p in pointmap.points if p.direction == "to_twin" and p.name in carried
         )
         self._groups = self._build_input_groups(net)
+        # plausibility limits of every input, as arrays; the groups read their values from it
+        self.plausibility = PlausibilityCheck(net, self.inputs, enabled=plausibility)
+        self._group_pos = [self.plausibility.column(g.names) for g in self._groups]
+        self._pending_alarms: list[Alarm] = []
+        self._cleared: list[str] = []
+        # the model-side inputs of the last converged step (to name what changed when one
+        # does not converge), starting from the net's own values
+        self._good_inputs = [_model_values(net, g) for g in self._groups]
+        self._good_t: float | None = None
         self._labels = {p.name: _label(p) for p in pointmap.points}
         self._out_groups = self._build_output_groups(net) if mode == "hil" else []
         self._link_outs = self._build_link_outputs()
@@ -450,6 +467,7 @@ class SyncLoop:
         finally:
             d["apply"] = pc() - t1
         rep.stale = tuple(stale)
+        new_alarms.extend(self._plausibility_report(rep))
         if stale:
             self._counters["stale_steps"] += 1
 
@@ -461,12 +479,20 @@ class SyncLoop:
             rep.iterations = int(getattr(sol, "iterations", 0))
         except LoadflowNotConverged as exc:
             rep.converged = False
-            rep.error = str(exc)
+            changed = self._changed_inputs()
+            msg = str(exc) + _changed_text(changed, self._good_t)
+            rep.error = msg
             rep.iterations = exc.iterations
             self._counters["not_converged"] += 1
-            a = Alarm(t, "not_converged", "", math.nan, math.nan, math.nan, str(exc))
+            a = Alarm(t, "not_converged", "", math.nan, math.nan, math.nan, msg)
             new_alarms.append(a)
-            self._event(t, "not_converged", str(exc), worst_bus=exc.worst_bus)
+            self._event(
+                t,
+                "not_converged",
+                msg,
+                worst_bus=exc.worst_bus,
+                changed=";".join(f"{n} {old:.6g} -> {new:.6g}" for n, old, new, _ in changed),
+            )
             if self.stop_on_not_converged:
                 d["solve"] = pc() - t2
                 self._finish(rep, new_alarms)
@@ -569,13 +595,22 @@ class SyncLoop:
             if self.recorder is not None:
                 self.recorder.alarm(t, stale[0], math.nan, math.nan, math.nan, msg)
             raise StaleInputError(msg)
+        last = self.last_report
+        if last is None or last.converged:
+            # the inputs as of the last converged step: what a failing step is compared with
+            for base, g in zip(self._good_inputs, self._groups):
+                np.copyto(base, g.last, where=np.isfinite(g.last))
+            self._good_t = None if last is None else last.t
+        if not isinstance(samples, dict):
+            samples = dict(samples)
+        # implausible values become INVALID in ``samples`` and NaN here: held, not applied
+        started, ended = self.plausibility.screen(samples, t)
+        if started or ended:
+            self._on_implausible(started, ended, t)
+        values = self.plausibility.values
         applied = 0
-        for g in self._groups:
-            vals = np.full(len(g.names), np.nan)
-            for i, n in enumerate(g.names):
-                s = samples.get(n)
-                if s is not None and s.quality.is_good:
-                    vals[i] = s.value
+        for g, pos in zip(self._groups, self._group_pos):
+            vals = values[pos]  # NaN: not GOOD or implausible
             if g.scaling is not None:
                 vals = vals / g.scaling
             # Held points (not GOOD) keep what the model has; unchanged values are not re-sent,
@@ -617,6 +652,58 @@ class SyncLoop:
             return done
         g.last[mask] = new
         return int(mask.sum())
+
+    def _on_implausible(
+        self, started: list[Implausible], ended: list[Implausible], t: float
+    ) -> None:
+        """Alarm (once) the inputs that became implausible; clear those plausible again."""
+        rec = self.recorder
+        for im in started:
+            a = Alarm(t, "implausible", im.point, im.value, im.held, im.limit, im.message)
+            self.active_alarms.setdefault(im.point, a)
+            self._pending_alarms.append(a)
+            self._counters["implausible"] += 1
+            _log.warning("t=%.3f %s", t, im.message)
+            self._event(t, "implausible", im.message, point=im.point)
+            if rec is not None:  # the record phase writes divergence/not_converged alarms only
+                rec.alarm(t, im.point, im.value, im.held, im.limit, im.message)
+        for im in ended:
+            standing = self.active_alarms.get(im.point)
+            if standing is not None and standing.kind == "implausible":
+                del self.active_alarms[im.point]
+            self._cleared.append(im.point)
+            self._event(t, "alarm_cleared", im.message, point=im.point)
+
+    def _plausibility_report(self, rep: StepReport) -> list[Alarm]:
+        """This step's implausible inputs into its report; returns the alarms they raised."""
+        if self.plausibility.active.any():
+            rep.implausible = tuple(self.plausibility.implausible_now())
+        if self._cleared:
+            rep.cleared = rep.cleared + tuple(self._cleared)
+            self._cleared = []
+        out, self._pending_alarms = self._pending_alarms, []
+        return out
+
+    def _changed_inputs(self, limit: int = 20) -> list[tuple[str, float, float, float]]:
+        """Inputs applied since the last converged step: (name, old, new, relative change) in
+        field units, the largest relative change first, at most ``limit``."""
+        out: list[tuple[str, float, float, float]] = []
+        for base, g in zip(self._good_inputs, self._groups):
+            now = np.where(np.isfinite(g.last), g.last, base)
+            diff = np.abs(now - base)
+            moved = np.flatnonzero(diff > 0)
+            if not len(moved):
+                continue
+            scale = g.scaling[moved] if g.scaling is not None else 1.0
+            old = base[moved] * scale
+            new = now[moved] * scale
+            rel = np.abs(new - old) / np.maximum(np.abs(old), 1e-3)
+            out.extend(
+                (g.names[int(i)], float(o), float(n), float(r))
+                for i, o, n, r in zip(moved, old, new, rel)
+            )
+        out.sort(key=lambda x: -x[3])
+        return out[:limit]
 
     async def _estimate(
         self,
@@ -662,7 +749,7 @@ class SyncLoop:
                 del self.active_alarms[dv.point]
                 cleared.append(dv.point)
                 self._event(t, "alarm_cleared", f"{dv.point} back within its tolerance band")
-        rep.cleared = tuple(cleared)
+        rep.cleared = rep.cleared + tuple(cleared)
 
     def _solution_values(self, sol: Any, points: Iterable[Point]) -> dict[str, float]:
         net = self.model.net
@@ -951,6 +1038,25 @@ class SyncLoop:
         """The kept durations (s) of one phase (or ``"step"``, ``"write_ack"``), oldest first
         when not wrapped."""
         return self._hist[phase].values().copy()
+
+
+def _model_values(net: Any, g: _Group) -> np.ndarray:
+    """The net's own (model-side) values of a group's inputs, NaN where it has none."""
+    try:
+        col = net[g.table][g.column].reindex(g.index)
+        return np.asarray(col.to_numpy(dtype=float), dtype=float).copy()
+    except (KeyError, AttributeError, TypeError, ValueError):
+        return np.full(len(g.names), np.nan)
+
+
+def _changed_text(changed: Sequence[tuple[str, float, float, float]], since: float | None) -> str:
+    """``"; inputs changed since the last converged step (t=...): A 0.02 -> 1e+30, ..."``"""
+    when = "the start" if since is None else f"the last converged step (t={since:.6g} s)"
+    if not changed:
+        return f"; no input changed since {when}"
+    shown = ", ".join(f"{n} {o:.6g} -> {v:.6g}" for n, o, v, _ in changed[:10])
+    more = f" and {len(changed) - 10} more" if len(changed) > 10 else ""
+    return f"; inputs changed since {when}: {shown}{more}"
 
 
 def _task_outcome(task: asyncio.Task[int]) -> int | BaseException:

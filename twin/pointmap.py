@@ -97,6 +97,12 @@ class Point:
         kind: status, measurement, command or setpoint.
         unit: engineering unit ("pu", "kV", "MW", "%", "" ...).
         low, high: limits a write must respect (None: no limit).
+        plausible_min, plausible_max: the range a value read from the field must lie in to be
+            taken as good (None: the default from the element's ratings,
+            :func:`default_plausibility`); outside it the sync loop marks the point INVALID and
+            holds its last good value.
+        max_rate: largest plausible change per second of a value read from the field (None: no
+            rate-of-change check).
         deadband: changes smaller than this are not reported/written.
         tolerance: divergence band in mirror mode, |field - twin| above it raises an alarm.
         interval_s: expected refresh interval; a value older than ``stale_factor * interval_s``
@@ -118,6 +124,9 @@ class Point:
     interval_s: float = 1.0
     modbus: ModbusBinding | None = None
     opcua: OpcuaBinding | None = None
+    plausible_min: float | None = None
+    plausible_max: float | None = None
+    max_rate: float | None = None
     # where it came from, not what it is: two equal points may sit on different lines
     line: int | None = field(default=None, compare=False)
 
@@ -321,6 +330,202 @@ def resolve_element(net: Any, point: Point, *, source: str | None = None) -> int
         f"{_where(point, source)}: point {point.name!r}: element: name {element!r} is ambiguous: "
         f"{table} indices {hits}; bind by index instead"
     )
+
+
+# =============================================================================================
+# Plausibility of values read from the field (defaults from the element's ratings)
+# =============================================================================================
+
+#: A power, current or flow read from the field is plausible up to this many times the
+#: element's rating: a meter may read above the nameplate (an overload, a profile above the
+#: nominal), never ten times it. A 0.03 MW rooftop PV: |p| <= 0.3 MW.
+PLAUSIBLE_RATING_FACTOR = 10.0
+#: Default ranges by column, whatever the element.
+PLAUSIBLE_VOLTAGE_PU = (0.0, 2.0)
+PLAUSIBLE_LOADING_PERCENT = (0.0, 1000.0)
+PLAUSIBLE_ANGLE_DEGREE = (-360.0, 360.0)
+#: Statuses that are 0 or 1 and nothing else.
+BINARY_COLUMNS: frozenset[tuple[str, str]] = frozenset(
+    {("switch", "closed"), ("switch", "cmd")}
+    | {(t, "in_service") for t in ("line", "trafo", "load", "sgen", "gen", "storage", "ext_grid")}
+)
+_INJECTION_TABLES = ("load", "sgen", "gen", "storage")
+_RATING_COLUMNS = ("sn_mva", "p_mw", "q_mvar", "max_p_mw", "min_p_mw", "max_q_mvar", "min_q_mvar")
+
+
+@dataclass(frozen=True, slots=True)
+class Plausibility:
+    """The range a value read from the field must lie in, and where it came from.
+
+    ``low``/``high`` are -inf/inf when nothing bounds that side; ``binary``: only 0 or 1;
+    ``max_rate``: largest change per second (None: not checked); ``why``: for messages, e.g.
+    ``"map"`` or ``"default: 10 x rating 0.03 MVA"``.
+    """
+
+    low: float
+    high: float
+    max_rate: float | None = None
+    binary: bool = False
+    why: str = ""
+
+
+def _abs_finite(x: Any) -> float:
+    try:
+        v = abs(float(x))
+    except (TypeError, ValueError):
+        return 0.0
+    return v if math.isfinite(v) else 0.0
+
+
+class _Ratings:
+    """Element ratings in MVA (or kA), computed once per net for :func:`plausibility`."""
+
+    def __init__(self, net: Any) -> None:
+        self.net = net
+        self._table_max: dict[str, float] = {}
+        self._total: float | None = None
+
+    def element(self, table: str, idx: int) -> float:
+        net = self.net
+        try:
+            row = net[table].loc[idx]
+        except (KeyError, AttributeError, TypeError):
+            return 0.0
+        if table == "line":
+            try:
+                vn = _abs_finite(net.bus.at[row["from_bus"], "vn_kv"])
+            except (KeyError, AttributeError):
+                vn = 0.0
+            return math.sqrt(3.0) * vn * _abs_finite(row.get("max_i_ka"))
+        if table in ("trafo", "trafo3w"):
+            return max(_abs_finite(row.get(c)) for c in ("sn_mva", "sn_hv_mva"))
+        if table in ("ext_grid", "bus", "switch"):
+            return self.total()
+        r = max(_abs_finite(row.get(c)) for c in _RATING_COLUMNS)
+        s = row.get("scaling")
+        if s is not None and _abs_finite(s) > 1.0:
+            r *= _abs_finite(s)
+        if r <= 0.0:
+            r = self.table_max(table)  # a zero-rated element: the largest of its kind
+        return r
+
+    def table_max(self, table: str) -> float:
+        if table not in self._table_max:
+            best = 0.0
+            try:
+                df = self.net[table]
+                for c in _RATING_COLUMNS:
+                    if c in df.columns:
+                        best = max([best, *(_abs_finite(v) for v in df[c].tolist())])
+            except (KeyError, AttributeError, TypeError, ValueError):
+                pass
+            self._table_max[table] = best or self.total()
+        return self._table_max[table]
+
+    def total(self) -> float:
+        """Everything that could flow: the injections' ratings plus the transformers'."""
+        if self._total is None:
+            tot = 0.0
+            for table in _INJECTION_TABLES:
+                try:
+                    df = self.net[table]
+                except (KeyError, AttributeError):
+                    continue
+                for i in df.index:
+                    row = df.loc[i]
+                    tot += max(_abs_finite(row.get(c)) for c in _RATING_COLUMNS)
+            try:
+                tot += float(self.net.trafo["sn_mva"].abs().sum())
+            except (KeyError, AttributeError, TypeError, ValueError):
+                pass
+            self._total = tot
+        return self._total
+
+
+def plausibility(net: Any, point: Point, *, ratings: _Ratings | None = None) -> Plausibility:
+    """The plausibility range of a value read for ``point``: the map's ``plausible_min`` /
+    ``plausible_max`` where given, else the defaults from the element's ratings in ``net``
+    (docs/point-map.md, "Plausibility limits"), else the point's write limits, else unbounded.
+
+    Defaults: voltages (``vm_pu`` columns) 0..2 pu; loading 0..1000 %; angles -360..360;
+    statuses 0/1; tap positions tap_min..tap_max; powers |x| <= 10 x rating (``sn_mva``,
+    ``p_mw``, ``max_p_mw`` ... of the element; a line's sqrt(3) x vn x max_i_ka; a
+    transformer's sn_mva; ext_grid, bus and switch flows: the grid's total); currents
+    0..10 x the rated current; counters >= 0.
+    """
+    table, column = point.table, point.column
+    lo, hi, why = -math.inf, math.inf, ""
+    binary = (table, column) in BINARY_COLUMNS or (
+        point.modbus is not None and point.modbus.dtype == "bool"
+    )
+    k = PLAUSIBLE_RATING_FACTOR
+    if binary:
+        lo, hi, why = 0.0, 1.0, "default: a status is 0 or 1"
+    elif column.startswith("vm_") or column.endswith("vm_pu") or column == "avr_vset_pu":
+        lo, hi = PLAUSIBLE_VOLTAGE_PU
+        why = "default: a voltage in pu"
+    elif column == "loading_percent":
+        lo, hi = PLAUSIBLE_LOADING_PERCENT
+        why = "default: a loading in %"
+    elif column.startswith("va_") or column.endswith("_degree"):
+        lo, hi = PLAUSIBLE_ANGLE_DEGREE
+        why = "default: an angle in degrees"
+    elif column == "operations":
+        lo, why = 0.0, "default: a counter"
+    elif table == "trafo" and column == "tap_pos":
+        ti = _index_or_none(net, point)
+        tmin = _col(net, "trafo", "tap_min", ti) if ti is not None else None
+        tmax = _col(net, "trafo", "tap_max", ti) if ti is not None else None
+        if tmin is not None and tmax is not None and tmin <= tmax:
+            lo, hi, why = tmin, tmax, "default: tap_min..tap_max"
+    else:
+        rt = ratings or _Ratings(net)
+        idx = _index_or_none(net, point)
+        rating = 0.0
+        if idx is not None and (column.endswith(("_mw", "_mvar")) or column.startswith("i_")):
+            rating = rt.element(table, idx)
+        if rating > 0.0 and column.endswith(("_mw", "_mvar")):
+            lo, hi = -k * rating, k * rating
+            why = f"default: {k:g} x rating {rating:.6g} MVA"
+        elif rating > 0.0 and column.startswith("i_"):
+            i_rated = _rated_current(net, table, column, idx, rating)
+            if i_rated > 0.0:
+                lo, hi = 0.0, k * i_rated
+                why = f"default: {k:g} x rated current {i_rated:.6g} kA"
+    if not why and (point.low is not None or point.high is not None):
+        lo = -math.inf if point.low is None else point.low
+        hi = math.inf if point.high is None else point.high
+        why = "default: the point's write limits"
+    if point.plausible_min is not None or point.plausible_max is not None:
+        lo = lo if point.plausible_min is None else point.plausible_min
+        hi = hi if point.plausible_max is None else point.plausible_max
+        both = point.plausible_min is not None and point.plausible_max is not None
+        why = "map" if both or not why else f"map; the other side {why}"
+    return Plausibility(lo, hi, point.max_rate, binary, why)
+
+
+def plausibilities(net: Any, points: Any) -> list[Plausibility]:
+    """:func:`plausibility` of each point, sharing the ratings (one pass over the net)."""
+    rt = _Ratings(net)
+    return [plausibility(net, p, ratings=rt) for p in points]
+
+
+def _index_or_none(net: Any, point: Point) -> int | None:
+    try:
+        return resolve_element(net, point)
+    except PointMapError:
+        return None
+
+
+def _rated_current(net: Any, table: str, column: str, idx: int | None, rating: float) -> float:
+    if idx is None:
+        return 0.0
+    if table == "line":
+        return _abs_finite(_col(net, "line", "max_i_ka", idx))
+    if table == "trafo":
+        vn = _col(net, "trafo", "vn_lv_kv" if column == "i_lv_ka" else "vn_hv_kv", idx)
+        return rating / (math.sqrt(3.0) * vn) if vn else 0.0
+    return 0.0
 
 
 # =============================================================================================
@@ -871,6 +1076,9 @@ _POINT_KEYS = (
     "deadband",
     "tolerance",
     "interval_s",
+    "plausible_min",
+    "plausible_max",
+    "max_rate",
     "modbus",
     "opcua",
 )
@@ -1126,6 +1334,16 @@ def _read_point(
     deadband = r.get(d, "deadband", "num", 0.0, at("deadband"), who, low=0.0)
     tolerance = r.get(d, "tolerance", "num", None, at("tolerance"), who, low=0.0)
     interval_s = r.get(d, "interval_s", "num", d_interval, at("interval_s"), who, positive=True)
+    p_min = r.get(d, "plausible_min", "num", None, at("plausible_min"), who)
+    p_max = r.get(d, "plausible_max", "num", None, at("plausible_max"), who)
+    if p_min is not None and p_max is not None and p_min > p_max:
+        r.err(
+            at("plausible_max"),
+            who,
+            "plausible_max",
+            f"expected plausible_max >= plausible_min ({p_min:g}), found {p_max:g}",
+        )
+    max_rate = r.get(d, "max_rate", "num", None, at("max_rate"), who, positive=True)
 
     modbus = None
     if "modbus" in d:
@@ -1156,6 +1374,9 @@ def _read_point(
         interval_s=interval_s,
         modbus=modbus,
         opcua=opcua,
+        plausible_min=p_min,
+        plausible_max=p_max,
+        max_rate=max_rate,
         line=hdr,
     )
 
@@ -1365,6 +1586,12 @@ def dumps_pointmap(pm: PointMap) -> str:
         if p.tolerance is not None:
             out.append(f"tolerance = {_toml_num(p.tolerance)}")
         out.append(f"interval_s = {_toml_num(p.interval_s)}")
+        if p.plausible_min is not None:
+            out.append(f"plausible_min = {_toml_num(p.plausible_min)}")
+        if p.plausible_max is not None:
+            out.append(f"plausible_max = {_toml_num(p.plausible_max)}")
+        if p.max_rate is not None:
+            out.append(f"max_rate = {_toml_num(p.max_rate)}")
         if p.modbus is not None:
             m = p.modbus
             out.append("[point.modbus]")
@@ -1457,6 +1684,7 @@ def check_pointmap(pm: PointMap, net: Any) -> list[str]:
             )
         if p.low is not None and p.high is not None and p.low > p.high:
             bad(p, f"high: expected high >= low ({p.low:g}), found {p.high:g}")
+        _check_plausibility(p, bad)
         if p.modbus is None and p.opcua is None:
             bad(p, "no binding: expected [point.modbus] and/or [point.opcua], found neither")
         # -- OPC UA ----------------------------------------------------------------------
@@ -1555,6 +1783,44 @@ def _a(word: str) -> str:
 def _problem_order(msg: str) -> tuple[int, str]:
     m = re.match(r"^.*?:(\d+): ", msg)
     return (int(m.group(1)) if m else 0, msg)
+
+
+def _check_plausibility(p: Point, bad: Any) -> None:
+    """The map's plausibility limits against each other and against the write limits."""
+    lo, hi = p.plausible_min, p.plausible_max
+    given = [
+        k
+        for k, v in (("plausible_min", lo), ("plausible_max", hi), ("max_rate", p.max_rate))
+        if v is not None
+    ]
+    if not given:
+        return
+    if p.direction == "to_field":
+        bad(
+            p,
+            f"{given[0]}: plausibility limits are checked on values read from the field: "
+            f"expected a to_twin point, found a to_field one",
+        )
+        return
+    if lo is not None and hi is not None and lo > hi:
+        bad(p, f"plausible_max: expected plausible_max >= plausible_min ({lo:g}), found {hi:g}")
+        return
+    if p.max_rate is not None and not p.max_rate > 0:
+        bad(p, f"max_rate: expected a number > 0 (per second), found {p.max_rate!r}")
+    # a value a client may write must read back as plausible, else the twin holds a value
+    # the field accepted
+    if lo is not None and p.low is not None and p.low < lo:
+        bad(
+            p,
+            f"low: the write limit must lie within the plausibility limits: expected "
+            f"low >= plausible_min ({lo:g}), found {p.low:g}",
+        )
+    if hi is not None and p.high is not None and p.high > hi:
+        bad(
+            p,
+            f"high: the write limit must lie within the plausibility limits: expected "
+            f"high <= plausible_max ({hi:g}), found {p.high:g}",
+        )
 
 
 def _check_element(

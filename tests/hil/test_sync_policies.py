@@ -187,9 +187,12 @@ async def test_not_converged_is_an_alarm_writes_nothing_and_the_loop_goes_on(net
     model, link, loop = _rig(net, mode="mirror", recorder=rec)
     rep = await loop.step(0.0)
     assert rep.converged
-    link.set("LD1.p_mw", 5000.0)  # far beyond what the feeder can carry
+    # far beyond what the feeder can carry, yet within LD1's plausibility limit (10 x 14 MW):
+    # applied, so the step does not converge (5000 MW is now held as implausible, issue 11)
+    link.set("LD1.p_mw", 130.0)
     rep = await loop.step(1.0)
     assert not rep.converged and "did not converge" in rep.error
+    assert "inputs changed since the last converged step (t=0 s): LD1.p_mw 14 -> 130" in rep.error
     assert [a.kind for a in rep.alarms] == ["not_converged"]
     assert any(e["kind"] == "not_converged" for e in rec.events)
     link.set("LD1.p_mw", 14.0)
