@@ -51,7 +51,7 @@ from twin.estimation import (
     measured_points,
     resolve_element,
 )
-from twin.pointmap import Point, PointMap
+from twin.pointmap import Point, PointMap, is_heartbeat
 from twin.quality import Quality, Sample
 
 _log = logging.getLogger(__name__)
@@ -357,6 +357,7 @@ class SyncLoop:
         # are checked by the stale policy (a device's operation counter does not stop a step)
         used = {n for g in self._groups for n in g.names} | {p.name for p in self.measured}
         self._used_inputs: tuple[Point, ...] = tuple(p for p in self.inputs if p.name in used)
+        self._init_watchdogs()
 
     # --- construction helpers -----------------------------------------------------------------
     def _build_input_groups(self, net: Any) -> list[_Group]:
@@ -505,6 +506,7 @@ class SyncLoop:
         t4 = pc()
         d["estimate"] = t4 - t3
 
+        await self._reconcile_returned_links(t)
         outputs: dict[str, float] = {}
         if self.mode == "hil" and sol is not None and rep.converged:
             outputs = self._outputs(sol)
@@ -514,6 +516,7 @@ class SyncLoop:
         else:
             t45 = t4
         self.outputs = outputs
+        await self._heartbeat_outputs(t)
         t5 = pc()
         d["write"] = t5 - t45
 
@@ -913,6 +916,83 @@ class SyncLoop:
             elif a.kind == "not_converged":
                 rec.alarm(t, "", math.nan, math.nan, math.nan, a.message)
 
+    # --- watchdogs both ways (issue 11) ----------------------------------------------------------
+    def _init_watchdogs(self) -> None:
+        """Heartbeat points and the link epochs that tell a return after a loss."""
+        beats = []
+        if self.mode == "hil":
+            for p in self.pointmap.points:
+                li = self._route(p) if is_heartbeat(p) else None
+                if li is not None:
+                    beats.append((p.name, li))
+        self._heartbeats: list[tuple[str, int]] = beats
+        #: the heartbeat counter written last (uint16, wraps) and how many writes went out
+        self.heartbeat = 0
+        self.heartbeats_sent = 0
+        self._link_epochs = [_epoch(lk) for lk in self.links]
+        #: the reconcile reports: (t, link name, {point: (twin's last, field's)}), newest last
+        self.reconciled: deque[tuple[float, str, dict[str, tuple[float, float]]]] = deque(
+            maxlen=100
+        )
+
+    async def _heartbeat_outputs(self, t: float) -> None:
+        """Write the heartbeat counter (every step, whatever the load flow did): the devices'
+        watchdogs go to their safe states when it stops (``hil.emulator.devices``)."""
+        if not self._heartbeats:
+            return
+        self.heartbeat = (self.heartbeat + 1) % 65536
+        for name, li in self._heartbeats:
+            link = self.links[li]
+            if not link.connected or self._link_epochs[li] != _epoch(link):
+                continue  # down, or back but not reconciled yet: nothing is written
+            try:
+                await link.write_point(name, float(self.heartbeat))
+                self.heartbeats_sent += 1
+            except (HilError, OSError, TimeoutError) as exc:
+                self._counters["write_errors"] += 1
+                self._event(t, "write_error", f"heartbeat {name}: {exc}", link=link.name)
+
+    async def _reconcile_returned_links(self, t: float) -> None:
+        """A link back after a loss: read the field's commands and setpoints before anything is
+        written on it, and take them as they are (no silent return to the twin's old ones); an
+        event names every point where the field differs from what the twin last wrote."""
+        for li, link in enumerate(self.links):
+            epoch = _epoch(link)
+            if epoch == self._link_epochs[li] or not link.connected:
+                continue
+            last = link.last_written()
+            names = [n for n in last if link.point(n).kind in ("command", "setpoint")]
+            names = [n for n in names if not is_heartbeat(link.point(n))]
+            try:
+                field = await link.read_back(names) if names else {}
+            except NotImplementedError:
+                field = {}
+            except (HilError, OSError, TimeoutError) as exc:
+                self._event(t, "reconcile_failed", f"{link.name}: {exc}", link=link.name)
+                continue  # tried again next step; nothing is written meanwhile
+            self._link_epochs[li] = epoch
+            differ: dict[str, tuple[float, float]] = {}
+            adopted: dict[str, float] = {}
+            for n in names:
+                s = field.get(n)
+                if s is None or not s.quality.is_good:
+                    continue
+                adopted[n] = s.value
+                tol = max(link.point(n).deadband, 1e-9 * max(1.0, abs(last[n])))
+                if abs(s.value - last[n]) > tol:
+                    differ[n] = (last[n], s.value)
+            link.adopt_field_values(adopted)
+            self.reconciled.append((t, link.name, differ))
+            if differ:
+                what = ", ".join(
+                    f"{n} field {f:g} (twin wrote {w:g})" for n, (w, f) in differ.items()
+                )
+                msg = f"{link.name} back: field differs, kept the field's: {what}"
+                _log.warning("t=%.3f %s", t, msg)
+            else:
+                msg = f"{link.name} back: {len(names)} commands/setpoints read, as the twin wrote"
+            self._event(t, "reconcile", msg, link=link.name, differ=len(differ))
+
     def _column(self, p: Point) -> str:
         return f"{p.table}.{p.column}[{self._labels[p.name]}]"
 
@@ -1065,6 +1145,12 @@ def _task_outcome(task: asyncio.Task[int]) -> int | BaseException:
         return 0  # only drain()/close cancel: nothing to report
     exc = task.exception()
     return exc if exc is not None else task.result()
+
+
+def _epoch(link: Any) -> int:
+    """How many times a link came back (its ``reconnects`` counter)."""
+    stats = getattr(link, "stats", None)
+    return int(stats.get("reconnects", 0)) if isinstance(stats, dict) else 0
 
 
 def _needs_poll(link: Any) -> bool:

@@ -178,6 +178,9 @@ class PointMap:
 # Model columns, device columns and element labels
 # =============================================================================================
 
+#: Column of the heartbeat point (``<substation>.heartbeat``) of a generated hil-mode map.
+HEARTBEAT_COLUMN = "heartbeat"
+
 #: Columns that exist only in the field device, never in the pandapower model: the twin never
 #: applies them (docs/architecture.md, "Generated point names and kinds").
 DEVICE_COLUMNS: dict[str, frozenset[str]] = {
@@ -188,6 +191,9 @@ DEVICE_COLUMNS: dict[str, frozenset[str]] = {
     ),
     "line": frozenset({"oc_pickup_ka", "oc_delay_s"}),
     "sgen": frozenset({"p_limit_pct", "voltvar"}),
+    # the twin's heartbeat to the substation's devices (one per substation, bound to its first
+    # bus only so that it has an element): a counter the device watchdogs watch (issue 11)
+    "bus": frozenset({HEARTBEAT_COLUMN}),
 }
 #: Columns the twin computes that are neither model inputs nor load-flow results.
 TWIN_COLUMNS: dict[str, frozenset[str]] = {"sgen": frozenset({"p_avail_mw"})}
@@ -992,6 +998,26 @@ def generate_pointmap(
                 )
                 lab[i] = f"{t}{i}"
     specs = _element_specs(net, mode, labels)
+    if mode == "hil" and "bus" in tables:
+        # last in the spec list: every other point keeps the address it had before
+        b0 = int(net.bus.index[0])
+        lbl = labels["bus"][b0]
+        specs.append(
+            _Spec(
+                "bus",
+                HEARTBEAT_COLUMN,
+                b0,
+                substation,
+                lbl if lbl != f"bus{b0}" else b0,
+                "setpoint",
+                "to_field",
+                "",
+                "holding_register",
+                "uint16",
+                low=0.0,
+                high=65535.0,
+            )
+        )
 
     # Address allocation: per Modbus table, multi-register values first (they stay aligned on
     # even addresses), then single registers / bits.
@@ -1876,3 +1902,8 @@ def summarize(pm: PointMap) -> dict[str, dict[str, int]]:
         if p.modbus is not None:
             out["modbus"][p.modbus.table] = out["modbus"].get(p.modbus.table, 0) + 1
     return out
+
+
+def is_heartbeat(point: Point) -> bool:
+    """Whether ``point`` is a heartbeat point (the twin writes it, device watchdogs watch it)."""
+    return point.column == HEARTBEAT_COLUMN and point.table == "bus"

@@ -204,6 +204,8 @@ class Device(ABC):
     """
 
     kind: ClassVar[str] = "device"
+    #: whether the device has a master whose heartbeat it watches (inverter, AVR, breaker)
+    watches_master: ClassVar[bool] = False
 
     def __init__(self, name: str, store: PointStore, *, comms_timeout_s: float = 10.0) -> None:
         if comms_timeout_s < 0:
@@ -216,6 +218,13 @@ class Device(ABC):
         self.fallback_active = False
         self._comms_lost_at: float | None = None
         self._last_now: float | None = None
+        #: heartbeat watchdog (armed by the first :meth:`heartbeat`): ``heartbeat_s`` without a
+        #: beat -> safe state; None for a device kind that has no master to watch
+        self.heartbeat_s: float | None = self.comms_timeout_s if self.watches_master else None
+        self.heartbeat_lost = False
+        self._beat_at: float | None = None
+        #: (time, "safe_state" | "master_back", message) of the heartbeat watchdog, newest last
+        self.watchdog_events: list[tuple[float, str, str]] = []
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
@@ -254,6 +263,10 @@ class Device(ABC):
         if not self.fallback_active and lost is not None:
             w = lost + self.comms_timeout_s
             due = w if due is None else min(due, w)
+        beat = self._beat_at
+        if beat is not None and self.heartbeat_s is not None and not self.heartbeat_lost:
+            w = beat + self.heartbeat_s
+            due = w if due is None else min(due, w)
         return due
 
     def _next_due(self, now: float) -> float | None:
@@ -275,7 +288,51 @@ class Device(ABC):
             _log.info("%s: comms restored at %.3f s, leaving fallback", self.name, now)
             self._leave_fallback(float(now))
 
+    def heartbeat(self, now: float) -> None:
+        """The master's heartbeat point was written at ``now``: arm or feed the watchdog.
+
+        After a heartbeat loss the device leaves the fallback *behaviour* but keeps the safe
+        state it latched into its setpoints (:meth:`_latch_safe_state`): the master must write
+        them again, nothing returns silently to the old setpoints.
+        """
+        if self.heartbeat_s is None:
+            return
+        now = float(now)
+        self._beat_at = now
+        if self.heartbeat_lost:
+            self.heartbeat_lost = False
+            msg = f"{self.name}: master heartbeat back at {now:.3f} s, safe state kept"
+            _log.warning("%s", msg)
+            self.watchdog_events.append((now, "master_back", msg))
+            if self._comms_lost_at is None and self.fallback_active:
+                self.fallback_active = False
+                self._leave_fallback(now)
+
+    def _check_heartbeat(self, now: float) -> None:
+        beat, limit = self._beat_at, self.heartbeat_s
+        if beat is None or limit is None or self.heartbeat_lost:
+            return
+        if not _elapsed(now, beat, limit):
+            return
+        self.heartbeat_lost = True
+        msg = (
+            f"{self.name}: no master heartbeat since {beat:.3f} s (watchdog {limit:g} s): "
+            f"safe state at {now:.3f} s"
+        )
+        _log.warning("%s", msg)
+        self.watchdog_events.append((now, "safe_state", msg))
+        if not self.fallback_active:
+            self.fallback_active = True
+            self._enter_fallback(now)
+        self._latch_safe_state(now)
+
+    def _latch_safe_state(self, now: float) -> None:
+        """Runs once when the heartbeat watchdog expires, after :meth:`_enter_fallback`:
+        write the safe state into the device's own setpoints. Default: nothing (hold)."""
+        return None
+
     def _check_watchdog(self, now: float) -> None:
+        self._check_heartbeat(now)
         lost = self._comms_lost_at
         if (
             not self.fallback_active
@@ -324,6 +381,7 @@ class Breaker(Device):
     """A circuit breaker driven by a command point and by relay trips (see module docstring)."""
 
     kind = "breaker"
+    watches_master = True
 
     def __init__(
         self,
@@ -382,7 +440,12 @@ class Breaker(Device):
         sample = self.store.device_get(self.cmd_point)
         if sample is not self._seen_cmd:  # every store write is a new Sample object
             self._seen_cmd = sample
-            if sample.quality is Quality.GOOD:
+            if sample.quality is Quality.GOOD and self.heartbeat_lost:
+                # no live master: a command now is nobody's (safe state: hold)
+                msg = f"{self.name}: command {sample.value:g} refused, no master heartbeat"
+                _log.warning("%s", msg)
+                self.watchdog_events.append((now, "refused", msg))
+            elif sample.quality is Quality.GOOD:
                 self._command(now, sample.value >= 0.5)
         if self.pending is not None and _elapsed(now, self.pending.due, 0.0):
             self._complete(now)
@@ -459,6 +522,7 @@ class TapChangerAVR(Device):
     """On-load tap changer with a definite-time AVR (see module docstring)."""
 
     kind = "avr"
+    watches_master = True
 
     def __init__(
         self,
@@ -606,6 +670,10 @@ class TapChangerAVR(Device):
     def _enter_fallback(self, now: float) -> None:
         self._out_since = None  # auto_active is now False: the AVR holds the tap
 
+    def _latch_safe_state(self, now: float) -> None:
+        """Manual, in the auto point too: the master switches auto on again when it is back."""
+        self._write(self.auto_point, 0.0)
+
 
 # --- overcurrent relay -----------------------------------------------------------------------
 class OvercurrentRelay(Device):
@@ -680,6 +748,7 @@ class DERInverter(Device):
     """A PV/DER inverter: P limit with ramp, volt-var Q, over/under-voltage trip."""
 
     kind = "inverter"
+    watches_master = True
 
     def __init__(
         self,
@@ -812,6 +881,8 @@ class DERInverter(Device):
             p = self.p_mw + min(max(target - self.p_mw, -max_dp), max_dp)
         else:
             p = target
+        if self.fallback_active and self.fallback_p_limit_pct is not None:
+            p = min(p, target)  # a safe state is reached at once, not ramped down to
         self.p_mw = max(min(p, self.p_avail_mw), 0.0)  # never more than the sun gives
         on = self._read(self.voltvar_point, float(self.voltvar_on)) >= 0.5
         q_target = self.curve.q_pu(v) * self.sn_mva if (on and v is not None) else 0.0
@@ -821,6 +892,11 @@ class DERInverter(Device):
             self.q_mvar = q_target
         self._write(self.p_point, self.p_mw)
         self._write(self.q_point, self.q_mvar)
+
+    def _latch_safe_state(self, now: float) -> None:
+        """The fallback P limit into the p_limit point (None: hold, the point is kept)."""
+        if self.fallback_p_limit_pct is not None:
+            self._write(self.p_limit_point, self.fallback_p_limit_pct)
 
     def _protection(self, now: float, v: float | None) -> None:
         if self.forced is not None:

@@ -35,7 +35,7 @@ from hil.emulator.opcua_server import OpcuaServer
 from hil.errors import HilError
 from hil.store import PointStore
 from twin.errors import PointMapError
-from twin.pointmap import Point, PointMap, resolve_element
+from twin.pointmap import Point, PointMap, is_heartbeat, resolve_element
 from twin.quality import Quality
 
 _log = logging.getLogger(__name__)
@@ -49,6 +49,10 @@ MAX_ADVANCE_STEPS = 100_000
 PROTOCOLS = ("opcua", "modbus")
 #: Tries to bind freshly picked ports on the first start.
 _PORT_ATTEMPTS = 3
+#: Store write sources of client writes over a protocol (the servers' ``source``).
+_CLIENT_SOURCES = frozenset({"opcua", "modbus"})
+#: Wall clock: how often client-written values are checked for aging into STALE (s).
+_AGE_EVERY_S = 0.2
 
 
 class Clock(Protocol):
@@ -185,6 +189,8 @@ class EmulatedSubstation:
         certificate: str | None = None,
         private_key: str | None = None,
         protocols: tuple[str, ...] | list[str] = PROTOCOLS,
+        heartbeat_watchdog: bool | None = None,
+        stale_aging: bool | None = None,
     ) -> None:
         bad = [p for p in protocols if p not in PROTOCOLS]
         if bad or not protocols:
@@ -224,8 +230,22 @@ class EmulatedSubstation:
         self._written_at: float | None = None  # first outside write since then
         self._failed_devices: set[int] = set()
         self.device_steps = 0  # device rounds run (every device stepped once per round)
+        self.heartbeat_points = frozenset(p.name for p in pointmap.points if is_heartbeat(p))
         if self.devices:
             self.store.subscribe(self._on_store_write)
+        # Watchdogs both ways (issue 11), on the wall clock only by default: on a simulated
+        # clock the twin and the substation share one process and one time, nobody can vanish.
+        wall = clock is None
+        self.heartbeat_watchdog = wall if heartbeat_watchdog is None else bool(heartbeat_watchdog)
+        self.stale_aging = wall if stale_aging is None else bool(stale_aging)
+        #: measurements/statuses a client (the twin as the plant) wrote: name -> when
+        self._fresh: dict[str, float] = {}
+        self._aged_at = -math.inf
+        #: (time, device, kind, message) of the watchdogs: safe states, masters back, values
+        #: aged into STALE (one line per aging round)
+        self.watchdog_log: list[tuple[float, str, str, str]] = []
+        if self.heartbeat_watchdog or self.stale_aging:
+            self.store.subscribe(self._watch_client_write)
         if not is_loopback(host):
             _log.warning("emulated substation binds %s, which is not a loopback address", host)
 
@@ -290,7 +310,7 @@ class EmulatedSubstation:
             except BaseException:
                 await self._stop_servers()
                 raise
-        if self.clock is None and self.devices:
+        if self.clock is None and (self.devices or self.stale_aging):
             self._tick = asyncio.create_task(self._tick_loop(), name="gridtwin-device-tick")
         _log.info(
             "emulated substation %s: OPC UA %s, Modbus %s, %d points, %d devices",
@@ -379,9 +399,67 @@ class EmulatedSubstation:
 
     # device behaviours --------------------------------------------------------------------------
     def _on_store_write(self, point: Any, sample: Any, source: str) -> None:
-        """A write from outside the devices (client, plant, twin): devices see it at its time."""
+        """A write from outside the devices (client, plant, twin): devices see it at its time.
+
+        A heartbeat is not an input of any behaviour (its watchdog is fed by
+        ``_watch_client_write``): it costs no device round."""
+        if point.name in self.heartbeat_points:
+            return
         if self._written_at is None and not source.startswith("device:"):
             self._written_at = max(self._now_fn(), self._device_t)
+
+    def _watch_client_write(self, point: Any, sample: Any, source: str) -> None:
+        """A client write: feed the heartbeat watchdogs, note when a plant value was fresh."""
+        if source not in _CLIENT_SOURCES:
+            return
+        now = max(self._now_fn(), self._device_t)
+        if point.name in self.heartbeat_points:
+            if self.heartbeat_watchdog:
+                for dev in self.devices:
+                    beat = getattr(dev, "heartbeat", None)
+                    if beat is not None:
+                        beat(now)
+        elif self.stale_aging and point.kind in ("measurement", "status"):
+            if sample.quality is Quality.GOOD:
+                self._fresh[point.name] = now
+            else:
+                self._fresh.pop(point.name, None)
+
+    def age_values(self, now: float) -> list[str]:
+        """Values a client wrote and did not refresh within ``stale_factor * interval_s``
+        become STALE (value and source timestamp kept): a twin that stopped writing is not
+        served as Good. Returns the names aged now."""
+        aged: list[str] = []
+        factor = self.pointmap.stale_factor
+        store = self.store
+        for name, at in list(self._fresh.items()):
+            p = store.point(name)
+            if now - at <= factor * p.interval_s:
+                continue
+            del self._fresh[name]
+            s = store.get(name)
+            if s.quality is Quality.GOOD:
+                store.set(
+                    name,
+                    s.value,
+                    quality=Quality.STALE,
+                    timestamp=s.timestamp,
+                    source="device:stale-watch",
+                )
+                aged.append(name)
+        if aged:
+            msg = f"{len(aged)} values not refreshed by their writer are STALE, e.g. {aged[0]}"
+            _log.warning("%s at %.3f s", msg, now)
+            self.watchdog_log.append((now, "", "stale", msg))
+        return aged
+
+    def _collect_watchdog_events(self) -> None:
+        for dev in self.devices:
+            evs = getattr(dev, "watchdog_events", None)
+            if evs:
+                name = str(getattr(dev, "name", dev))
+                self.watchdog_log.extend((t, name, k, m) for t, k, m in evs)
+                evs.clear()
 
     def _step_devices(self, now: float) -> None:
         w = self._written_at
@@ -406,6 +484,7 @@ class EmulatedSubstation:
                         )
         finally:
             self.store.clock = self._now_fn
+        self._collect_watchdog_events()
 
     def next_due(self) -> float | None:
         """The next time devices must be stepped: the first outside store write since the last
@@ -465,6 +544,9 @@ class EmulatedSubstation:
             # but never step back (NTP adjustments)
             now = max(time.time(), self._device_t)
             self.advance(now)
+            if self.stale_aging and now - self._aged_at >= _AGE_EVERY_S:
+                self._aged_at = now
+                self.age_values(now)
             due = self.next_due()
             wait = TICK_S if due is None else min(TICK_S, max(due - time.time(), 0.0))
             await asyncio.sleep(wait)

@@ -103,6 +103,8 @@ class FieldLink(abc.ABC):
         self._update_event: asyncio.Event | None = None
         #: points of devices cut off behind this link (:meth:`cut`): they read COMMS_LOST
         self.cut_points: set[str] = set()
+        #: when (``clock``) the link was last found lost; None: never
+        self.lost_at: float | None = None
 
     # --- the API the sync loop uses ----------------------------------------------------------
     @abc.abstractmethod
@@ -205,6 +207,25 @@ class FieldLink(abc.ABC):
     def restore(self, names: Iterable[str]) -> None:
         """Undo :meth:`cut` for ``names``."""
         self.cut_points.difference_update(names)
+
+    # --- reconcile after a return (issue 11) --------------------------------------------------
+    def last_written(self) -> dict[str, float]:
+        """The last value this link sent per ``to_field`` point (what the twin believes the
+        field holds)."""
+        return dict(self._last_written)
+
+    def adopt_field_values(self, values: dict[str, float]) -> None:
+        """After a return: take the field's values as what was last written (the twin does
+        not silently push its old ones again), and let every other output go out afresh."""
+        self._last_written = {n: float(v) for n, v in values.items()}
+        self._last_write_time = {n: self.clock() for n in values}
+
+    async def read_back(self, names: Iterable[str]) -> dict[str, Sample]:
+        """Read ``to_field`` points back from the field (commands, setpoints) now.
+
+        Raises CommsLost/HilTimeout/ProtocolError as :meth:`poll`. Default: not supported.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot read its outputs back")
 
     # --- shared helpers ----------------------------------------------------------------------
     def point(self, name: str) -> Point:
@@ -341,6 +362,7 @@ class FieldLink(abc.ABC):
             return
         if self.connected:
             self._log.warning("%s lost: %s", self.name, why)
+            self.lost_at = self.clock()
         self.connected = False
         self._generation += 1  # late callbacks of the old client are ignored from now on
         if self._client is not None:

@@ -49,6 +49,12 @@ _EXCEPTION_NAMES = {
 #: Exception codes a server answers for a point it does not serve as good (04 device failure:
 #: invalid; 0B gateway target failed to respond: comms lost), not faults of the request.
 _NOT_SERVED = (0x04, 0x0B)
+_READ_FN = {
+    "coil": "read_coils",
+    "discrete_input": "read_discrete_inputs",
+    "input_register": "read_input_registers",
+    "holding_register": "read_holding_registers",
+}
 
 
 @dataclass(frozen=True)
@@ -339,6 +345,25 @@ class ModbusLink(FieldLink):
                 value = decode_registers(p, list(rr.registers[: b.count]))
             self._store_input(p.name, Sample.good(value, t), notify=False)
         return first_error, not_served, good
+
+    async def read_back(self, names: Iterable[str]) -> dict[str, Sample]:
+        """Read points (outputs too) one request each: reconcile after a return (issue 11)."""
+        out: dict[str, Sample] = {}
+        for name in names:
+            p = self.point(name)
+            b = p.modbus
+            assert b is not None
+            fn = _READ_FN[b.table]
+            what = f"read back {b.table} {b.address}+{b.count} unit {b.unit}"
+            rr = await self._call(what, fn, b.address, count=b.count, device_id=b.unit)
+            t = self.clock()
+            if rr.isError():
+                out[name] = Sample(math.nan, Quality.INVALID, t)
+            elif b.table in ("coil", "discrete_input"):
+                out[name] = Sample.good(1.0 if rr.bits[0] else 0.0, t)
+            else:
+                out[name] = Sample.good(decode_registers(p, list(rr.registers[: b.count])), t)
+        return out
 
     # --- writes --------------------------------------------------------------------------------
     def _not_writable(self, point: Point) -> str | None:

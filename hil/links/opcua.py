@@ -409,6 +409,22 @@ class OpcuaLink(FieldLink):
         except Exception as exc:
             raise self._failed(exc, "read inputs") from exc
 
+    async def read_back(self, names: Iterable[str]) -> dict[str, Sample]:
+        """Read points (outputs too) in one Read request: reconcile after a return (issue 11)."""
+        client = self._require("read back")
+        names = list(names)
+        try:
+            self.stats["requests"] += 1
+            dvs = await asyncio.wait_for(
+                client.uaclient.read_attributes(
+                    [self._node[n] for n in names], ua.AttributeIds.Value
+                ),
+                self.timeout_s + 0.5,
+            )
+        except Exception as exc:
+            raise self._failed(exc, "read back") from exc
+        return {n: self._sample(dv) for n, dv in zip(names, dvs)}
+
     def _require(self, what: str) -> Client:
         if self._client is None or not self.connected:
             raise CommsLost(f"{self.name}: {what}: expected a connected link, found it down")

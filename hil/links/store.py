@@ -55,6 +55,9 @@ class StoreLink(FieldLink):
         self.stats["reads"] += 1
         self._notify()
 
+    async def read_back(self, names: Iterable[str]) -> dict[str, Sample]:
+        return {n: self.store.get(self.point(n).name) for n in names}
+
     async def _send(self, items: list[tuple[Point, float]]) -> None:
         # write_outputs() has checked direction, limits and finiteness against these very
         # points; the role is checked here once per kind, then values go in with set() (the
