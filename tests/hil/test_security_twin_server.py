@@ -180,7 +180,9 @@ async def test_served_substation_reads_writes_with_sign_and_encrypt_and_audits(p
             try:
                 node = c.get_node(fld.sub.node_id(setpoint))
                 dv = await node.read_data_value()
-                await node.write_value(ua.DataValue(ua.Variant(dv.Value.Value, dv.Value.VariantType)))
+                await node.write_value(
+                    ua.DataValue(ua.Variant(dv.Value.Value, dv.Value.VariantType))
+                )
             finally:
                 await c.disconnect()
         c = await _client(fld.twin_server.endpoint, pki["client"], ("view", "view-secret"))
