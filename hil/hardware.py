@@ -29,7 +29,7 @@ from twin.tomlfile import KeyPath, Problems, TomlDoc, key_name, load_toml, parse
 _log = logging.getLogger(__name__)
 
 STALE_POLICIES = ("hold", "refuse")
-SECURITY_POLICIES = ("None", "Basic256Sha256")
+SECURITY_POLICIES = ("None", "Basic256Sha256", "Aes128Sha256RsaOaep", "Aes256Sha256RsaPss")
 SECURITY_MODES = ("Sign", "SignAndEncrypt")
 OPCUA_MODES = ("subscription", "poll")
 
@@ -37,8 +37,8 @@ _TOP_KEYS = ("pointmap", "stale_policy", "stale_factor", "backoff_min_s", "backo
 _DEVICE_KEYS = ("name", "points", "opcua", "modbus")
 _OPCUA_KEYS = (
     "endpoint", "user", "password", "password_env", "security", "security_mode", "certificate",
-    "private_key", "server_certificate", "mode", "sampling_interval_s", "poll_interval_s",
-    "timeout_s", "session_timeout_s", "watchdog_s", "namespace", "read", "write",
+    "private_key", "server_certificate", "server_trust", "mode", "sampling_interval_s",
+    "poll_interval_s", "timeout_s", "session_timeout_s", "watchdog_s", "namespace", "read", "write",
     "write_timestamps",
 )  # fmt: skip
 _MODBUS_KEYS = ("host", "port", "units", "timeout_s", "poll_interval_s", "max_gap", "read", "write")
@@ -56,6 +56,8 @@ class OpcuaConfig:
     certificate: Path | None = None
     private_key: Path | None = None
     server_certificate: Path | None = None
+    #: folder of trusted server certificates (a PKI's ``trusted/``): the client link's trust list
+    server_trust: Path | None = None
     mode: str = "subscription"
     sampling_interval_s: float = 0.1
     poll_interval_s: float | None = None
@@ -150,13 +152,16 @@ def emulated_hardware(
     role: str = "plant",
     password: str | None = None,
     stale_factor: float | None = None,
+    embedded: Any = None,
 ) -> HardwareConfig:
     """The embedded emulated substation as a hardware description: one device with the links
     a scenario's ``links`` names (``"direct"``, ``"opcua"``, ``"modbus"``), logged in as ``role``.
 
     Modbus reads what it has a binding for and writes commands and set points (coils, holding
     registers); OPC UA, polled once per step, reads the rest and writes what no other link
-    writes; ``direct`` is the in-process store link. Bind it with
+    writes; ``direct`` is the in-process store link. ``embedded``
+    (:class:`hil.security.run.EmbeddedSecurity`): the OPC UA link signs (and encrypts) with
+    its one-time certificate and checks the emulator's against its trust list. Bind it with
     :meth:`HardwareConfig.bind_emulator` once the substation runs.
     """
     kinds = list(kinds)
@@ -175,6 +180,15 @@ def emulated_hardware(
             write=None,
             write_timestamps=False,
         )
+        if embedded is not None:
+            op = replace(
+                op,
+                security="Basic256Sha256",
+                security_mode=embedded.mode,
+                certificate=embedded.client.cert,
+                private_key=embedded.client.key,
+                server_trust=embedded.client.trusted,
+            )
     mb = None
     if "modbus" in kinds:
         # The substation's register blocks are contiguous (every address is mapped), so a
@@ -316,20 +330,30 @@ def _read_opcua(r: _Reader, env: Mapping[str, str]) -> OpcuaConfig:
         raise r.fail("user", "missing; a password needs a user name")
     security = r.choice("security", SECURITY_POLICIES, "None")
     security_mode = r.choice("security_mode", SECURITY_MODES, "SignAndEncrypt")
-    cert = key = server_cert = None
+    cert = key = server_cert = server_trust = None
     if security != "None":
         cert = r.path_("certificate")
         key = r.path_("private_key")
         server_cert = r.path_("server_certificate")
+        server_trust = r.path_("server_trust", must_exist=False)
+        if server_trust is not None and not server_trust.is_dir():
+            raise r.fail(
+                "server_trust",
+                f"expected a folder of trusted server certificates, found no folder at "
+                f"{server_trust}",
+            )
         for k, v in (("certificate", cert), ("private_key", key)):
             if v is None:
                 raise r.fail(
                     k, f"missing; security {security} needs a client {k.replace('_', ' ')}"
                 )
     else:
-        for k in ("certificate", "private_key", "server_certificate", "security_mode"):
+        for k in (
+            "certificate", "private_key", "server_certificate", "server_trust", "security_mode",
+        ):  # fmt: skip
             if k in r.data:
-                raise r.fail(k, 'only used with security = "Basic256Sha256"; security is "None"')
+                raise r.fail(k, "only used with a secure policy (e.g. security = "
+                             '"Basic256Sha256"); security is "None"')  # fmt: skip
     read = r.get("read", bool, None)
     return OpcuaConfig(
         endpoint=endpoint,
@@ -340,6 +364,7 @@ def _read_opcua(r: _Reader, env: Mapping[str, str]) -> OpcuaConfig:
         certificate=cert,
         private_key=key,
         server_certificate=server_cert,
+        server_trust=server_trust,
         mode=r.choice("mode", OPCUA_MODES, "subscription"),
         sampling_interval_s=r.positive("sampling_interval_s", 0.1) or 0.1,
         poll_interval_s=r.positive("poll_interval_s", None),
@@ -682,6 +707,7 @@ def make_links(
                     user=op.user,
                     password=op.password,
                     security=op.security_string(),
+                    server_trust=op.server_trust,
                     mode=op.mode,
                     sampling_interval_s=op.sampling_interval_s,
                     poll_interval_s=op.poll_interval_s,

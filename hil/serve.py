@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -67,15 +66,6 @@ def serve_substation(
     )
 
 
-def _free_port(host: str) -> int:
-    family, _t, _p, _n, addr = socket.getaddrinfo(
-        host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind(addr)
-        return int(s.getsockname()[1])
-
-
 async def _serve(
     net: Any,
     pm: PointMap,
@@ -95,8 +85,6 @@ async def _serve(
 ) -> int:
     from hil.address_space import report_progress
     from hil.emulator import EmulatedSubstation
-    from hil.emulator.modbus_server import ModbusServer
-    from hil.emulator.opcua_server import OpcuaServer
     from hil.security.audit import audit_log
 
     stop = asyncio.Event()
@@ -123,27 +111,12 @@ async def _serve(
         users=users,
         devices=devices,
         rng=seed,
+        opcua_security=opcua_security,
+        modbus_policy=modbus_policy,
     )
     audit = audit_log(sub.store)
     if audit_path is not None:
         audit.stream_to(audit_path)
-    if opcua_security is not None or modbus_policy is not None:
-        # the servers made here (EmulatedSubstation starts servers it is given as they are)
-        sub.modbus = ModbusServer(
-            sub.store,
-            host=host,
-            port=modbus_port or _free_port(host),
-            policy=modbus_policy,
-            audit=audit,
-        )
-        sub.opcua = OpcuaServer(
-            sub.store,
-            host=host,
-            port=opcua_port or _free_port(host),
-            users=users,
-            security=opcua_security,
-            audit=audit,
-        )
     shown = [0.0]
 
     def progress(done: int, total: int) -> None:

@@ -631,6 +631,7 @@ def run_scenario(
     serve: tuple[int, int] | None = None,
     twin_server: int | None = None,
     on_ready: Callable[[dict[str, str]], None] | None = None,
+    security: Any = None,
 ) -> RunResult:
     """Run a scenario and write its results folder (see the module docstring).
 
@@ -646,6 +647,8 @@ def run_scenario(
             outside controller while the run goes (0: a free port); needs hardware = "emulated".
         twin_server: port of the twin's read-only OPC UA server for the run (0: free; None: none).
         on_ready: called with the field's endpoints once it runs (before the first step).
+        security: :class:`hil.security.run.RunSecurity` of the twin's server, the served
+            substation and the embedded links (None: the secure defaults).
 
     Raises:
         ConfigError: the scenario does not fit its grid. Errors during the run are caught,
@@ -704,6 +707,7 @@ def run_scenario(
             clock=clock,
             seed=sc.seed,
             twin_server_port=twin_server,
+            security=security,
         )
     else:
         fld = EmulatedField(
@@ -717,6 +721,7 @@ def run_scenario(
             plant_model_factory=lambda n: make_model(n, sc.backend),
             serve=serve,
             twin_server_port=twin_server,
+            security=security,
         )
     env = simpy.Environment()
     rt = TwinRuntime(sc, env, model, fld, rec, profiles)
@@ -736,7 +741,7 @@ def run_scenario(
 
     async def main() -> None:
         await fld.start()
-        audit = getattr(fld, "audit", None)  # the emulated field's audit of protocol writes
+        audit = fld.audit  # the field's audit of protocol writes (None: no server)
         if audit is not None and out is not None:
             audit.stream_to(out / "audit.jsonl")
         ends = fld.endpoints()

@@ -167,6 +167,11 @@ class EmulatedSubstation:
         protocols: the servers ``start()`` starts, some of ``("opcua", "modbus")``; a server
             mirrors every store write (OPC UA) or answers from the store (Modbus), so leaving
             out one nobody talks to saves its cost.
+        opcua_security: :class:`hil.security.certs.OpcuaSecurity` of the OPC UA server (its
+            policies, certificate and trust list replace ``security_policies``,
+            ``certificate`` and ``private_key``; anonymous sessions only if it is insecure).
+        modbus_policy: :class:`hil.emulator.modbus_server.ModbusPolicy` of the Modbus server
+            (read-only, write allow-list, connection limits, TLS).
     """
 
     def __init__(
@@ -191,6 +196,8 @@ class EmulatedSubstation:
         protocols: tuple[str, ...] | list[str] = PROTOCOLS,
         heartbeat_watchdog: bool | None = None,
         stale_aging: bool | None = None,
+        opcua_security: Any = None,
+        modbus_policy: Any = None,
     ) -> None:
         bad = [p for p in protocols if p not in PROTOCOLS]
         if bad or not protocols:
@@ -222,6 +229,8 @@ class EmulatedSubstation:
         self._certificate = certificate
         self._private_key = private_key
         self._modbus_role = modbus_role
+        self._opcua_security = opcua_security
+        self._modbus_policy = modbus_policy
         self.opcua: OpcuaServer | None = None
         self.modbus: ModbusServer | None = None
         self._modbus_started = False
@@ -334,7 +343,11 @@ class EmulatedSubstation:
             if modbus_port == 0:
                 modbus_port = _pick_port(self.host)
             self.modbus = ModbusServer(
-                self.store, host=self.host, port=modbus_port, role=self._modbus_role
+                self.store,
+                host=self.host,
+                port=modbus_port,
+                role=self._modbus_role,
+                policy=self._modbus_policy,
             )
         if "opcua" not in self.protocols:
             return
@@ -349,6 +362,7 @@ class EmulatedSubstation:
             security_policies=self._security_policies,
             certificate=self._certificate,
             private_key=self._private_key,
+            security=self._opcua_security,
         )
 
     async def stop(self) -> None:

@@ -64,6 +64,7 @@ class Field(Protocol):
         plant_model: the model the physical world acts on when it is not the twin's (the
             emulated plant in mirror mode), else None.
         clock: the simulated clock (None where devices keep their own time).
+        audit: the audit log of write attempts from outside (None: no protocol server).
     """
 
     @property
@@ -79,6 +80,12 @@ class Field(Protocol):
 
     @property
     def description(self) -> str: ...
+
+    @property
+    def audit(self) -> Any:
+        """The run's audit log (:class:`hil.security.audit.AuditLog`) of write attempts over
+        the field's protocol servers (the emulator's, the twin's), or None without any; the
+        engine streams it to the results folder's ``audit.jsonl``."""
 
     async def start(self) -> None:
         """Open links, start servers and loops (before the first step)."""

@@ -81,7 +81,9 @@ class EmulatedField:
         stale_factor: float = 3.0,
         serve: tuple[int, int] | None = None,
         twin_server_port: int | None = None,
+        security: Any = None,
     ) -> None:
+        from hil.security.run import RunPki
         from twin.pointmap import generate_pointmap
 
         self.net = net
@@ -130,6 +132,14 @@ class EmulatedField:
         self.twin_server_port = twin_server_port
         self.twin_server: Any = None
         self._sub_started = False
+        #: :class:`hil.security.run.RunSecurity` of the run (None: its defaults, secure)
+        self.security = security
+        self._one_time = RunPki()  # one-time certificates of the run (removed at stop)
+        self._embedded: Any = None  # EmbeddedSecurity of the twin's OPC UA link, if signed
+        self._server_setup: Any = None  # ServerSetup of the servers outside clients reach
+        #: the audit log of every protocol write of the run (the substation's; the twin
+        #: server's refused writes go there too)
+        self._audit: Any = None
 
     @property
     def description(self) -> str:
@@ -141,9 +151,11 @@ class EmulatedField:
         from hil.emulator import EmulatedSubstation
         from hil.emulator.devices import RTUMeasurements
 
-        users = {"plant": (self._password, "plant"), "operator": (self._password, "operator")}
-        if self.serve is not None:
-            users["controller"] = (self.serve_password, "operator")
+        users: dict[str, Any] = {
+            "plant": (self._password, "plant"),
+            "operator": (self._password, "operator"),
+        }
+        opcua_security = self._substation_security(users)
         # Only the servers a link talks to: the OPC UA server mirrors every store write into
         # its address space (~10 ms a step here), so it runs only when an OPC UA link needs it.
         protocols = [k for k in self.link_kinds if k != "direct"]
@@ -158,11 +170,12 @@ class EmulatedField:
             protocols=("opcua", "modbus") if self.serve else (protocols or ("modbus",)),
             opcua_port=ports[0],
             modbus_port=ports[1],
+            opcua_security=opcua_security,
         )
         from hil.security.audit import audit_log
 
         # every write attempt over a protocol, with its peer; the run streams it to audit.jsonl
-        self.audit = audit_log(self.sub.store)
+        self._audit = audit_log(self.sub.store)
         self.sub.store.subscribe(self._note_source)
         if protocols or self.serve is not None:
             await self.sub.start()
@@ -190,13 +203,68 @@ class EmulatedField:
             self.plant_sync = self._make_sync(plant=True, link_now=self.clock)
         await self._start_twin_server()
 
+    @property
+    def audit(self) -> Any:
+        """The run's audit log of protocol writes (:class:`hil.security.audit.AuditLog`)."""
+        return self._audit
+
+    def _substation_security(self, users: dict[str, Any]) -> Any:
+        """The emulator's OPC UA security; adds the outside controller's users to ``users``.
+
+        Without ``--serve`` only the twin's own link reaches the emulator (loopback, one-time
+        passwords): the None policy unless ``security.embedded`` asks for Sign or
+        SignAndEncrypt. With ``--serve`` outside clients reach it: it is as secure as the
+        twin's server (:func:`hil.security.run.twin_server_setup`), and the twin's own link
+        then signs and encrypts too (one-time certificate, trusted by this run only).
+        """
+        import dataclasses
+
+        from hil.security.run import RunSecurity, embedded_security
+
+        sec = self.security or RunSecurity()
+        if self.serve is None:
+            self._embedded = embedded_security(sec, self._one_time)
+            return self._embedded.server_security() if self._embedded is not None else None
+        setup = self._setup_servers()
+        if sec.users is not None:  # the users file's logins, with their roles
+            for name, entry in setup.users.items():
+                users.setdefault(name, entry)
+        else:
+            users["controller"] = (self.serve_password, "operator")
+        if not setup.security.policies:  # --insecure without a PKI: None only, as asked
+            return setup.security
+        mode = sec.embedded if sec.embedded != "None" else "SignAndEncrypt"
+        emb = embedded_security(dataclasses.replace(sec, embedded=mode), self._one_time)
+        assert emb is not None and setup.security.certificate is not None
+        emb.client.trust(setup.security.certificate)
+        self._embedded = emb
+        return dataclasses.replace(setup.security, also_trust=(emb.server.trusted,))
+
+    def _setup_servers(self) -> Any:
+        if self._server_setup is None:
+            from hil.security.run import twin_server_setup
+
+            self._server_setup = twin_server_setup(self.security, self._one_time)
+            for note in self._server_setup.notes:
+                _log.warning("%s", note)
+        return self._server_setup
+
     async def _start_twin_server(self) -> None:
-        """The twin's read-only OPC UA server for the run (``twin_server_port``, 0: free)."""
+        """The twin's read-only OPC UA server for the run (``twin_server_port``, 0: free),
+        secure by default (:func:`hil.security.run.twin_server_setup`)."""
         if self.twin_server_port is None or self.sync is None:
             return
         from hil.twin_server import TwinServer
 
-        self.twin_server = TwinServer(self.model.net, self.pointmap, port=self.twin_server_port)
+        setup = self._setup_servers()
+        self.twin_server = TwinServer(
+            self.model.net,
+            self.pointmap,
+            port=self.twin_server_port,
+            security=setup.security,
+            users=setup.users,
+            audit=self.audit,
+        )
         await self.twin_server.start()
         self.sync.listeners.append(self.twin_server.publish)
 
@@ -206,9 +274,19 @@ class EmulatedField:
         if self.serve is not None and self.sub is not None:
             out["opcua"] = self.sub.opcua_endpoint
             out["modbus"] = f"127.0.0.1:{self.sub.modbus_port}"
-            out["opcua_user"] = f"controller / {self.serve_password} (role operator)"
+            if self.security is None or self.security.users is None:
+                out["opcua_user"] = f"controller / {self.serve_password} (role operator)"
+        setup = self._server_setup
+        if setup is not None:
+            out["opcua_security"] = ", ".join(p.name for p in setup.security.all_policies())
+            if setup.security.certificate is not None:
+                out["server_certificate"] = str(setup.security.certificate)
+                out["trusted_clients"] = str(setup.security.trust)
         if self.twin_server is not None:
             out["twin_server"] = self.twin_server.endpoint
+            if setup is not None and setup.one_time_login is not None:
+                name, pw = setup.one_time_login
+                out["twin_server_user"] = f"{name} / {pw} (read only)"
         return out
 
     def _make_links(self, role: str) -> list[Any]:
@@ -217,7 +295,11 @@ class EmulatedField:
         from hil.hardware import emulated_hardware, make_links
 
         hw = emulated_hardware(
-            self.link_kinds, role=role, password=self._password, stale_factor=self.stale_factor
+            self.link_kinds,
+            role=role,
+            password=self._password,
+            stale_factor=self.stale_factor,
+            embedded=self._embedded,
         )
         if self._sub_started:  # a protocol link: the servers run, their ports are known
             endpoint = self.sub.opcua_endpoint if "opcua" in self.sub.protocols else ""
@@ -264,6 +346,7 @@ class EmulatedField:
                 _log.exception("stopping the twin's OPC UA server failed")
         if self.sub is not None and self._sub_started:
             await self.sub.stop()
+        self._one_time.close()
 
     # --- the step -----------------------------------------------------------------------------
     def defer(self, fn: Callable[[], Awaitable[None]]) -> None:

@@ -41,7 +41,10 @@ class HardwareField(EmulatedField):
 
     async def start(self) -> None:
         from hil.hardware import open_links
+        from hil.security.audit import AuditLog
 
+        # no protocol server of ours but the twin's: its (refused) write attempts
+        self._audit = AuditLog()
         self.links = await open_links(self.hardware, self.pointmap)
         self.sync = self._make_sync(stale_policy=self.hardware.stale_policy)
         await self._start_twin_server()
@@ -57,6 +60,7 @@ class HardwareField(EmulatedField):
                 await link.close()
             except Exception:  # closing must go on for the others
                 _log.exception("closing link %s failed", link)
+        self._one_time.close()
 
     def _link_key(self, link: Any) -> str:
         return str(link.name)  # configured endpoints: stable across runs

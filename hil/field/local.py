@@ -21,6 +21,8 @@ class LocalField:
     description = "none (model only)"
     pointmap: Any = None
     plant_model: Any = None
+    #: no protocol server, no write from outside: nothing to audit
+    audit: Any = None
 
     def __init__(self, model: Any, recorder: Any = None, clock: SimClock | None = None) -> None:
         self.model = model

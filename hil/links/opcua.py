@@ -25,6 +25,7 @@ import math
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -135,6 +136,11 @@ class OpcuaLink(FieldLink):
         security: asyncua security string, e.g.
             ``"Basic256Sha256,SignAndEncrypt,client_cert.der,client_key.pem[,server_cert.der]"``;
             None for no security.
+        server_trust: folder of trusted server certificates (a PKI's ``trusted/``): with
+            security, a server whose certificate is not in it is refused before the session is
+            activated (``ProtocolError`` code BadCertificateUntrusted naming the certificate
+            and how to trust it; the certificate is saved to ``rejected/`` beside the folder).
+            None: only a certificate pinned in ``security`` (5th field) is checked.
         mode: ``"subscription"`` (default) or ``"poll"`` (one Read per :meth:`poll`).
         sampling_interval_s: subscription sampling and publishing interval.
         poll_interval_s: in poll mode, when set, a background task polls at this period.
@@ -161,6 +167,7 @@ class OpcuaLink(FieldLink):
         user: str | None = None,
         password: str | None = None,
         security: str | None = None,
+        server_trust: str | Path | None = None,
         mode: str = "subscription",
         sampling_interval_s: float = 0.1,
         poll_interval_s: float | None = None,
@@ -198,6 +205,7 @@ class OpcuaLink(FieldLink):
         self.user = user
         self.password = password
         self.security = security
+        self.server_trust = Path(server_trust) if server_trust is not None else None
         self.mode = mode
         self.sampling_interval_s = float(sampling_interval_s)
         self.poll_interval_s = poll_interval_s
@@ -217,6 +225,7 @@ class OpcuaLink(FieldLink):
         self._prefix: dict[str, bytes] = {}  # encoded WriteValue head per point
         self._prefix_version = -1
         self._fast_send = True  # asyncua's channel internals as expected (checked on use)
+        self._warned_unchecked = False
 
     @property
     def polled(self) -> bool:
@@ -253,6 +262,7 @@ class OpcuaLink(FieldLink):
         if self.user is not None:
             client.set_user(self.user)
             client.set_password(self.password or "")
+        self._check_server(client)
         try:
             if self.security:
                 await client.set_security_string(self.security)
@@ -278,6 +288,28 @@ class OpcuaLink(FieldLink):
 
         client.connection_lost_callback = lost
         return client
+
+    def _check_server(self, client: Client) -> None:
+        """Set the client-side trust list (checked in CreateSession, before any login)."""
+        if not self.security:
+            return
+        parts = self.security.split(",")
+        if len(parts) >= 4:  # announce the application URI our certificate names
+            from hil.security.certs import CertificateError, app_uri_of
+
+            with contextlib.suppress(CertificateError):
+                client.application_uri = app_uri_of(parts[2])
+        if self.server_trust is not None:
+            from hil.security.certs import ServerTrust
+
+            client.certificate_validator = ServerTrust(self.server_trust)
+        elif len(parts) < 5 and not self._warned_unchecked:
+            self._warned_unchecked = True
+            _log.warning(
+                "%s: the server's certificate is not checked (expected server_trust or a pinned "
+                "server certificate)",
+                self.name,
+            )
 
     def _adopt(self, client: Client) -> None:
         super()._adopt(client)
@@ -337,6 +369,10 @@ class OpcuaLink(FieldLink):
         self._note_error(exc)
         if isinstance(exc, ProtocolError | CommsLost | HilTimeout):
             return exc
+        from hil.security.certs import UntrustedServer
+
+        if isinstance(exc, UntrustedServer):
+            return ProtocolError("opcua", exc.code, f"{what} on {self.endpoint} refused: {exc}")
         if isinstance(exc, UaStatusCodeError):
             return ProtocolError(
                 "opcua", _status_name(exc.code), f"{what} on {self.endpoint} refused: {exc}"

@@ -109,13 +109,18 @@ class Pki:
 
     def app_uri(self) -> str:
         """The application URI in the own certificate (servers must announce the same)."""
-        cert = load_certificate(self.cert)
-        try:
-            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-            uris = san.value.get_values_for_type(x509.UniformResourceIdentifier)
-        except x509.ExtensionNotFound:
-            uris = []
-        return uris[0] if uris else "urn:gridtwin:app"
+        return app_uri_of(self.cert)
+
+
+def app_uri_of(path: str | Path) -> str:
+    """The application URI in a certificate's subject alternative name (a default if none)."""
+    cert = load_certificate(path)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        uris = san.value.get_values_for_type(x509.UniformResourceIdentifier)
+    except x509.ExtensionNotFound:
+        uris = []
+    return uris[0] if uris else "urn:gridtwin:app"
 
 
 def _common_name(cert: x509.Certificate) -> str | None:
@@ -193,14 +198,15 @@ def create_certificate(
 class TrustList:
     """asyncua certificate validator: a client certificate must be in a trusted folder."""
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, *more: str | Path) -> None:
         self.folder = Path(folder)
+        self.folders = (self.folder, *map(Path, more))
         self._stamp: tuple[Any, ...] | None = None
         self._trusted: set[str] = set()
         self.refused = 0
 
     def _reload(self) -> None:
-        files = sorted(self.folder.glob("*")) if self.folder.is_dir() else []
+        files = sorted(f for d in self.folders if d.is_dir() for f in d.glob("*"))
         stamp = tuple((f.name, f.stat().st_mtime_ns) for f in files)
         if stamp == self._stamp:
             return
@@ -233,6 +239,68 @@ class TrustList:
             raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
 
 
+class ServerTrust:
+    """Client-side validator (asyncua ``Client.certificate_validator``): the server's
+    certificate must be in a trusted folder, checked before the session is activated (so no
+    password reaches a server we do not trust).
+
+    A certificate not in the folder is saved to ``rejected/`` beside it (the OPC UA PKI
+    convention) and refused with :class:`UntrustedServer`, which names its subject, SHA-256
+    thumbprint and the command that trusts it.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self._list = TrustList(self.folder)
+        self.refused = 0
+
+    @property
+    def rejected(self) -> Path:
+        return self.folder.parent / "rejected"
+
+    async def __call__(self, cert: x509.Certificate, app_description: Any) -> None:
+        now = _dt.datetime.now(_dt.UTC)
+        if not (cert.not_valid_before_utc <= now <= cert.not_valid_after_utc):
+            self.refused += 1
+            raise UntrustedServer(cert, None, self.folder, "BadCertificateTimeInvalid",
+                                  "expired or not yet valid")  # fmt: skip
+        if self._list.is_trusted(cert):
+            return
+        self.refused += 1
+        saved: Path | None = None
+        try:
+            self.rejected.mkdir(parents=True, exist_ok=True)
+            cn = _common_name(cert) or "server"
+            safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in cn)[:40]
+            saved = self.rejected / f"{safe}_{fingerprint(cert)[:16]}.der"
+            saved.write_bytes(cert.public_bytes(Encoding.DER))
+        except OSError as exc:
+            _log.warning("could not save the refused server certificate: %s", exc)
+        raise UntrustedServer(cert, saved, self.folder, "BadCertificateUntrusted", "not trusted")
+
+
+class UntrustedServer(CertificateError):
+    """The server's certificate is not in the client's trust list (or not valid now)."""
+
+    def __init__(
+        self, cert: x509.Certificate, saved: Path | None, folder: Path, code: str, why: str
+    ) -> None:
+        self.code = code
+        self.thumbprint = fingerprint(cert)
+        self.subject = cert.subject.rfc4514_string()
+        pki = folder.parent
+        file = str(saved) if saved is not None else "SERVER_CERT.der"
+        how = (
+            f"if this is the right server, trust it with `gridtwin certs trust {file} --pki {pki}`"
+            if code == "BadCertificateUntrusted"
+            else "renew the server's certificate"
+        )
+        super().__init__(
+            f"server certificate {why} ({code}): subject {self.subject}, sha256 thumbprint "
+            f"{self.thumbprint}; expected a certificate in {folder}; {how}"
+        )
+
+
 @dataclass(frozen=True)
 class OpcuaSecurity:
     """What an OPC UA server offers.
@@ -252,6 +320,8 @@ class OpcuaSecurity:
     policies: tuple[ua.SecurityPolicyType, ...] = SECURE_POLICIES
     insecure: bool = False
     app_uri: str | None = None
+    #: more folders of trusted client certificates (a run's one-time link certificate)
+    also_trust: tuple[Path, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -300,6 +370,6 @@ async def apply_security(server: Any, security: OpcuaSecurity) -> None:
                 f"{security.private_key}: {exc}"
             ) from None
     if security.trust is not None:
-        server.set_certificate_validator(TrustList(security.trust))
+        server.set_certificate_validator(TrustList(security.trust, *security.also_trust))
     elif security.policies:
         _log.warning("OPC UA: no trust list: any client certificate is accepted")

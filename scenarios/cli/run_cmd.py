@@ -78,6 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="PORT",
         help="start the twin's read-only OPC UA server for the run (default port: free)",
     )
+    add_security_options(p)
     p.add_argument(
         "--inject",
         action="append",
@@ -98,6 +99,55 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("files", nargs="+", metavar="FILE",
                    help="scenario files (TOML) or bundled names")  # fmt: skip
     v.set_defaults(func=validate)
+
+
+def add_security_options(p: argparse.ArgumentParser) -> None:
+    """``--pki``, ``--users``, ``--insecure``, ``--embedded-security`` (docs/safety.md)."""
+    sec = p.add_argument_group(
+        "security of --serve, --twin-server and the embedded links (docs/safety.md)"
+    )
+    sec.add_argument("--pki", type=Path, metavar="DIR",
+                     help="the twin's PKI folder (gridtwin certs create): certificate of the "
+                     "servers, DIR/trusted/ the client certificates they accept (default: a "
+                     "one-time certificate, its folder printed)")  # fmt: skip
+    sec.add_argument("--users", type=Path, metavar="FILE",
+                     help="users file with password hashes (gridtwin certs add-user) for "
+                     "--serve and --twin-server (default: one-time logins, printed)")  # fmt: skip
+    sec.add_argument("--insecure", action="store_true",
+                     help="also offer the None policy and anonymous sessions (loopback tests "
+                     "only; announced)")  # fmt: skip
+    sec.add_argument("--embedded-security", choices=("None", "Sign", "SignAndEncrypt"),
+                     default="None",
+                     help="OPC UA security of the twin's link to the embedded emulator "
+                     "(loopback, one-time passwords; default None; --serve: SignAndEncrypt "
+                     "unless --insecure)")  # fmt: skip
+
+
+def run_security(args: argparse.Namespace) -> Any:
+    """The run's :class:`hil.security.run.RunSecurity` from the options (announces
+    ``--insecure`` on stderr). Raises ConfigError naming the option."""
+    from hil.security.certs import CertificateError
+    from hil.security.run import RunSecurity
+    from twin.errors import ConfigError
+
+    pki = getattr(args, "pki", None)
+    users = getattr(args, "users", None)
+    if users is not None and not Path(users).is_file():
+        raise ConfigError(str(users), "--users", "expected a users file (gridtwin certs "
+                          "add-user --users FILE), found no file")  # fmt: skip
+    try:
+        sec = RunSecurity(pki=pki, users=users, insecure=bool(getattr(args, "insecure", False)),
+                          embedded=getattr(args, "embedded_security", None) or "None")  # fmt: skip
+    except CertificateError as exc:
+        raise ConfigError(str(pki or "--embedded-security"), "--pki", str(exc)) from None
+    if sec.insecure:
+        print(
+            "WARNING: --insecure: the twin's server (and the served substation) offer the None "
+            "policy and anonymous sessions; passwords and values cross the wire in clear. Only "
+            "for loopback tests.",
+            file=sys.stderr,
+        )
+    return sec
 
 
 def _scenario_file(f: Path | str) -> Path:
@@ -199,6 +249,7 @@ def run(args: argparse.Namespace) -> int:
             outs.append(prepare_out_dir(args.out, force=args.force))
         else:
             outs.append(prepare_out_dir(args.out / sc.name, force=args.force))
+    args.run_security = run_security(args)
     codes: list[int] = []
     results: list[Any] = []
     old = _install_stop_handlers()
@@ -286,6 +337,7 @@ def _run_one(sc: Any, out: Path | None, args: argparse.Namespace) -> tuple[int, 
                 pace=args.pace or ("realtime" if args.serve else None),
                 serve=serve,
                 twin_server=args.twin_server,
+                security=getattr(args, "run_security", None),
                 on_ready=ready,
                 speed=args.speed,
                 hardware=_cli_path(args.hardware),

@@ -134,10 +134,14 @@ def test_an_outside_modbus_master_reads_and_commands_while_the_run_goes(tmp_path
 
 
 def test_twin_server_runs_for_the_run_and_is_read_by_a_client(tmp_path: Path) -> None:
-    """--twin-server: the twin's read-only OPC UA server serves while the run goes."""
+    """--twin-server: the twin's read-only OPC UA server serves while the run goes, secure by
+    default (issue 11): a client trusted into the run's one-time PKI reads it over
+    SignAndEncrypt with the one-time viewer login."""
     import threading
 
     from asyncua.sync import Client
+
+    from hil.security.certs import Pki
 
     from scenarios.config import loads_scenario
     from scenarios.engine import run_scenario
@@ -165,7 +169,16 @@ def test_twin_server_runs_for_the_run_and_is_read_by_a_client(tmp_path: Path) ->
         assert up.wait(120), "the twin server did not start"
         endpoint = ready["twin_server"]
         assert endpoint.startswith("opc.tcp://127.0.0.1:")
-        with Client(endpoint, timeout=5) as client:
+        me = Pki(tmp_path / "client")
+        me.create(app_uri="urn:gridtwin:test:client", common_name="test client")
+        Pki(Path(ready["trusted_clients"]).parent).trust(me.cert)
+        user, _, rest = ready["twin_server_user"].partition(" / ")
+        client = Client(endpoint, timeout=5)
+        client.application_uri = me.app_uri()
+        client.set_user(user)
+        client.set_password(rest.split(" ")[0])
+        client.set_security_string(f"Basic256Sha256,SignAndEncrypt,{me.cert},{me.key}")
+        with client:
             objects = client.nodes.objects
             assert any("Twin" in str(c.read_browse_name()) for c in objects.get_children())
     finally:
