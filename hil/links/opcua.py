@@ -41,6 +41,7 @@ from asyncua.ua.uaerrors import UaStatusCodeError
 
 from hil.errors import CommsLost, HilTimeout, OutOfRange, ProtocolError, WriteRejected
 from hil.links.base import FieldLink
+from hil.links.base import OutputBatch as BaseOutputBatch
 from twin.pointmap import Point
 from twin.quality import Quality, Sample
 
@@ -643,20 +644,11 @@ class OpcuaLink(FieldLink):
         return b"".join(parts)
 
 
-class OutputBatch:
-    """A link's fixed output set: limits, deadbands and what was last sent, as arrays."""
+class OutputBatch(BaseOutputBatch):
+    """:class:`hil.links.base.OutputBatch` with the encoded heads of the link's nodes."""
 
     def __init__(self, points: Sequence[Point]) -> None:
-        self.points: tuple[Point, ...] = tuple(points)
-        self.names: tuple[str, ...] = tuple(p.name for p in self.points)
-        self.low = np.array([-np.inf if p.low is None else p.low for p in self.points], dtype=float)
-        self.high = np.array(
-            [np.inf if p.high is None else p.high for p in self.points], dtype=float
-        )
-        self.deadband = np.array([p.deadband for p in self.points], dtype=float)
-        self.interval = np.array([p.interval_s for p in self.points], dtype=float)
-        self.last = np.full(len(self.points), np.nan)  # last value sent (NaN: never)
-        self.last_t = np.full(len(self.points), -np.inf)
+        super().__init__(points)
         self.version = -1
         self.prefix: list[bytes] = []
         self.missing: list[int] = []
@@ -667,11 +659,6 @@ class OutputBatch:
         self.missing = [i for i, b in enumerate(prefixes) if b is None]
         self.prefix = [b or b"" for b in prefixes]
         self.all_float = all(vt == ua.VariantType.Float for vt in vtypes)
-
-    def forget(self) -> None:
-        """Send everything again on the next write (e.g. after the device restarted)."""
-        self.last[:] = np.nan
-        self.last_t[:] = -np.inf
 
 
 def _send_encoded(proto: Any, request: Any, body: bytes, timeout: float) -> asyncio.Future[Any]:
