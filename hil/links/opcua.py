@@ -23,6 +23,7 @@ import contextlib
 import logging
 import math
 import struct
+import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -218,6 +219,10 @@ class OpcuaLink(FieldLink):
         self._prefix: dict[str, bytes] = {}  # encoded WriteValue head per point
         self._prefix_version = -1
         self._fast_send = True  # asyncua's channel internals as expected (checked on use)
+        self._sub: Any = None  # the inputs' subscription (subscription mode, once connected)
+        #: inputs notified since (re)subscribing; of those, the ones whose last change came late
+        self._seen: set[str] = set()
+        self._late: set[str] = set()
 
     @property
     def polled(self) -> bool:
@@ -317,7 +322,22 @@ class OpcuaLink(FieldLink):
             self._vtype[n] = vt if isinstance(vt, ua.VariantType) else ua.VariantType.Double
         if self.mode == "subscription" and self.inputs:
             ms = self.sampling_interval_s * 1000.0
-            sub = await client.create_subscription(ms, _Handler(self, gen))
+            # A publish (notifications or a keep-alive) at least once per shortest input
+            # interval: silence longer than stale_factor intervals means the server stopped.
+            shortest = min(p.interval_s for p in self.inputs)
+            keep = max(1, int(shortest * 1000.0 / ms)) if ms > 0 else 1
+            params = ua.CreateSubscriptionParameters(
+                RequestedPublishingInterval=ms,
+                RequestedLifetimeCount=max(10000, 3 * keep),
+                RequestedMaxKeepAliveCount=keep,
+                MaxNotificationsPerPublish=10000,
+                PublishingEnabled=True,
+                Priority=0,
+            )
+            self._seen.clear()
+            self._late.clear()
+            sub = await client.create_subscription(params, _Handler(self, gen))
+            self._sub = sub
             nodes = [client.get_node(self._node[p.name]) for p in self.inputs]
             # Trigger on timestamp changes too: a device refreshing an unchanged value must not
             # look stale to us. (_subscribe is asyncua's filter-taking variant of
@@ -387,7 +407,57 @@ class OpcuaLink(FieldLink):
         if name is None:
             return
         self.stats["reads"] += 1
-        self._store_input(name, self._sample(dv))
+        sample = self._sample(dv)
+        if name in self._seen:
+            # the server says it changed: a change stamped long ago is late (stale at arrival)
+            p = self._by_name[name]
+            if self.clock() - sample.timestamp > self.stale_factor * p.interval_s:
+                self._late.add(name)
+            else:
+                self._late.discard(name)
+        else:  # the first notification is the item's current value, whatever its age
+            self._seen.add(name)
+            self._late.discard(name)
+        self._store_input(name, sample)
+
+    def read_inputs(self, now: float | None = None) -> dict[str, Sample]:
+        """As :meth:`FieldLink.read_inputs`, with staleness from the protocol in subscription
+        mode: a subscribed input is STALE only when the subscription stopped publishing
+        (neither notifications nor keep-alives for ``stale_factor * interval_s``) or its last
+        change arrived with a source timestamp already older than that; an unchanged value
+        of a live subscription stays GOOD, whatever its age. Poll mode ages by timestamp."""
+        out = super().read_inputs(now)
+        sub = self._sub
+        if self.mode != "subscription" or sub is None or not self.connected:
+            return out
+        last = getattr(sub, "last_publish_at", None)
+        if last is None:
+            return out  # nothing published yet: the timestamp rule until the first publish
+        silent = time.monotonic() - last
+        params = getattr(sub, "parameters", None)
+        keep_s = 0.0
+        if params is not None:
+            keep_s = (
+                float(params.RequestedPublishingInterval or 0.0)
+                / 1000.0
+                * max(int(params.RequestedMaxKeepAliveCount or 1), 1)
+            )
+        cache = self._cache
+        stale = Quality.STALE
+        for p in self.inputs:
+            name = p.name
+            s = out[name]
+            if name in self.cut_points:
+                continue
+            window = self.stale_factor * max(p.interval_s, keep_s)
+            if silent > window:
+                if s.quality.is_good:
+                    out[name] = Sample(s.value, stale, s.timestamp)
+            elif s.quality is stale and name not in self._late:
+                cached = cache.get(name)
+                if cached is not None and cached.quality.is_good:
+                    out[name] = cached
+        return out
 
     async def _read_inputs_once(self, client: Client) -> None:
         self.stats["requests"] += 1
