@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from hil.errors import UnknownPoint, WriteRejected, value_within_limits
 from twin.pointmap import Point, PointMap
@@ -46,6 +46,8 @@ class PointStore:
         self._values: dict[str, Sample] = {
             p.name: Sample(0.0, Quality.INVALID, now) for p in pointmap.points
         }
+        #: the points by name, as the store was built (the hot path looks up here)
+        self._points: dict[str, Point] = {p.name: p for p in pointmap.points}
         self._listeners: list[Listener] = []
         self._transform: Transform | None = None
         #: plant-side faults: point -> the sample it is frozen at; points of a device offline
@@ -88,7 +90,9 @@ class PointStore:
         source: str = "internal",
     ) -> None:
         """Set a value from inside the substation (devices, plant). Notifies listeners."""
-        point = self.point(name)
+        point = self._points.get(name)
+        if point is None:
+            point = self.point(name)  # raises UnknownPoint
         v = float(value)
         if self._transform is not None and not source.startswith("device:"):
             v = float(self._transform(point, v, quality, source))
@@ -99,6 +103,40 @@ class PointStore:
             self._true[name] = sample
             sample = self._faulted(name, sample)
         self._publish(point, sample, source)
+
+    def set_many(self, items: Iterable[tuple[str, float]], *, source: str = "internal") -> None:
+        """``set(name, value, source=source)`` for every pair, GOOD (INVALID when not finite),
+        all stamped with one clock reading: the bulk path of a plant write (one step's
+        measurements). Listeners are notified per point, in order, as ``set`` does.
+
+        Raises:
+            UnknownPoint: a name not in the point map (the pairs before it are set).
+        """
+        points = self._points
+        values = self._values
+        true = self._true
+        listeners = tuple(self._listeners)
+        transform = None if source.startswith("device:") else self._transform
+        now = self.clock()
+        good, invalid = Quality.GOOD, Quality.INVALID
+        isfinite = math.isfinite
+        for name, value in items:
+            point = points.get(name)
+            if point is None:
+                point = self.point(name)  # raises UnknownPoint
+            v = float(value)
+            if transform is not None:
+                v = float(transform(point, v, good, source))
+            sample = Sample(v, good if isfinite(v) else invalid, now)
+            if true and name in true:
+                true[name] = sample
+                sample = self._faulted(name, sample)
+            values[name] = sample
+            for listener in listeners:
+                try:
+                    listener(point, sample, source)
+                except Exception:  # a listener must not break the writer
+                    _log.exception("point-store listener failed for %s", name)
 
     def _publish(self, point: Point, sample: Sample, source: str) -> None:
         name = point.name

@@ -61,7 +61,7 @@ from hil.errors import HilError, OutOfRange, WriteRejected
 from hil.security.audit import ACCEPTED, REFUSED, AuditLog, audit_log
 from hil.store import PointStore
 from twin.pointmap import ModbusBinding, Point, decode_registers, encode_registers
-from twin.quality import Quality
+from twin.quality import Quality, Sample
 
 _log = logging.getLogger(__name__)
 
@@ -190,6 +190,12 @@ class StoreContext:
         self.role = role
         self.audit = audit if audit is not None else audit_log(store)
         self._slots: dict[tuple[int, str], dict[int, _Slot]] = {}
+        #: read request shape -> its addresses' points (:meth:`_plan`)
+        self._plans: dict[
+            tuple[int, int, int, int], tuple[list[tuple[str, int]], list[Point]] | ExcCodes
+        ] = {}
+        #: point -> (the sample last encoded, its words): a value unchanged is not re-encoded
+        self._encoded: dict[str, tuple[Sample, list[int]]] = {}
         for point in store.pointmap.points:
             mb = point.modbus
             if mb is None:
@@ -217,28 +223,53 @@ class StoreContext:
     async def async_getValues(  # noqa: N802 - pymodbus's name
         self, device_id: int, func_code: int, address: int, count: int = 1
     ) -> list[int] | list[bool] | ExcCodes:
+        key = (device_id, func_code, address, count)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plan(*key)
+            if len(self._plans) < 4096:  # bounded: a client sweeping addresses grows nothing
+                self._plans[key] = plan
+        if isinstance(plan, ExcCodes):
+            return plan
+        spans, points = plan
+        words: dict[str, list[int]] = {}
+        memo = self._encoded
+        get = self.store.get
+        for point in points:
+            name = point.name
+            sample = get(name)
+            hit = memo.get(name)
+            if hit is not None and hit[0] is sample:
+                words[name] = hit[1]
+                continue
+            try:
+                enc = self._encode_sample(point, sample)
+            except _NotServed as ns:
+                _log.debug("read unit %d: point %r is %s", device_id, name, ns.quality)
+                return ExcCodes(ns.code)
+            memo[name] = (sample, enc)
+            words[name] = enc
+        out = [words[name][i] for name, i in spans]
+        if func_code in (1, 2, 5, 15):
+            return [bool(v) for v in out]
+        return out
+
+    def _plan(
+        self, device_id: int, func_code: int, address: int, count: int
+    ) -> tuple[list[tuple[str, int]], list[Point]] | ExcCodes:
+        """The (point name, word index) of every address of a read, and its points in order;
+        ILLEGAL_ADDRESS when an address is unmapped. Fixed per request shape: cached."""
         table = self._table(device_id, func_code)
-        out: list[int] = []
-        cache: dict[str, list[int]] = {}
-        slots: list[_Slot] = []
+        spans: list[tuple[str, int]] = []
+        points: dict[str, Point] = {}
         for addr in range(address, address + count):
             slot = table.get(addr)
             if slot is None:
                 _log.debug("read unit %d fc %d: address %d unmapped", device_id, func_code, addr)
                 return ExcCodes.ILLEGAL_ADDRESS
-            slots.append(slot)
-        for slot in slots:
-            point = slot.point
-            if point.name not in cache:
-                try:
-                    cache[point.name] = self._encode_current(point)
-                except _NotServed as ns:
-                    _log.debug("read unit %d: point %r is %s", device_id, point.name, ns.quality)
-                    return ExcCodes(ns.code)
-            out.append(cache[point.name][slot.index])
-        if func_code in (1, 2, 5, 15):
-            return [bool(v) for v in out]
-        return out
+            spans.append((slot.point.name, slot.index))
+            points.setdefault(slot.point.name, slot.point)
+        return spans, list(points.values())
 
     async def async_setValues(  # noqa: N802 - pymodbus's name
         self,
@@ -311,7 +342,14 @@ class StoreContext:
         return None
 
     def _encode_current(self, point: Point) -> list[int]:
-        sample = self.store.get(point.name)
+        return self._encode_sample(point, self.store.get(point.name))
+
+    def _encode_sample(self, point: Point, sample: Sample) -> list[int]:
+        """The words served for ``point`` holding ``sample`` (a pure function of the two).
+
+        Raises:
+            _NotServed: not GOOD and no sentinel, or a value the registers cannot hold.
+        """
         mb = _binding(point)
         if sample.quality is not Quality.GOOD:
             if mb.na_sentinel is not None:

@@ -15,12 +15,15 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
+
+import numpy as np
 
 from hil.errors import (
     CommsLost,
     HilTimeout,
+    OutOfRange,
     ProtocolError,
     UnknownPoint,
     WriteRejected,
@@ -38,6 +41,67 @@ _NEVER = 0.0
 def new_stats() -> dict[str, Any]:
     """The counters every link keeps (``stats``)."""
     return {"reads": 0, "writes": 0, "errors": 0, "reconnects": 0, "last_error": None}
+
+
+class OutputBatch:
+    """A link's fixed output set: limits, deadbands and what was last sent, as arrays.
+
+    The sync loop prepares one per link (``prepare_outputs``) and hands it each step's values
+    as one array (``write_batch``): the deadband and the limits are vector operations.
+    """
+
+    def __init__(self, points: Sequence[Point]) -> None:
+        self.points: tuple[Point, ...] = tuple(points)
+        self.names: tuple[str, ...] = tuple(p.name for p in self.points)
+        self.low = np.array([-np.inf if p.low is None else p.low for p in self.points], dtype=float)
+        self.high = np.array(
+            [np.inf if p.high is None else p.high for p in self.points], dtype=float
+        )
+        self.deadband = np.array([p.deadband for p in self.points], dtype=float)
+        self.interval = np.array([p.interval_s for p in self.points], dtype=float)
+        self.last = np.full(len(self.points), np.nan)  # last value sent (NaN: never)
+        self.last_t = np.full(len(self.points), -np.inf)
+
+    def select(self, values: np.ndarray, mask: np.ndarray | None, now: float) -> np.ndarray:
+        """Indices of the entries to send now: in ``mask`` (all when None) and outside the
+        deadband of the last value sent, or last sent ``interval_s`` or more ago.
+
+        Raises:
+            ValueError: ``values`` not one per point.
+            OutOfRange: a selected value is NaN/inf or outside its limits (nothing is sent).
+        """
+        if values.shape != self.last.shape:
+            raise ValueError(
+                f"write_batch: expected {self.last.shape[0]} values, found {values.shape}"
+            )
+        with np.errstate(invalid="ignore"):
+            send = (
+                (self.deadband <= 0.0)
+                | ~(np.abs(values - self.last) < self.deadband)  # NaN last: never sent
+                | (now - self.last_t >= self.interval)
+            )
+        if mask is not None:
+            send &= mask
+        sel = np.flatnonzero(send)
+        if sel.size:
+            v = values[sel]
+            with np.errstate(invalid="ignore"):
+                bad = ~np.isfinite(v) | (v < self.low[sel]) | (v > self.high[sel])
+            if bad.any():
+                i = int(sel[np.argmax(bad)])
+                p = self.points[i]
+                raise OutOfRange(p.name, float(values[i]), p.low, p.high)
+        return sel
+
+    def sent(self, sel: np.ndarray, values: np.ndarray, now: float) -> None:
+        """Note the entries ``sel`` as sent at ``now`` with ``values[sel]``."""
+        self.last[sel] = values[sel]
+        self.last_t[sel] = now
+
+    def forget(self) -> None:
+        """Send everything again on the next write (e.g. after the device restarted)."""
+        self.last[:] = np.nan
+        self.last_t[:] = -np.inf
 
 
 class FieldLink(abc.ABC):

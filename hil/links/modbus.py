@@ -152,6 +152,8 @@ class ModbusLink(FieldLink):
         self.timeout_s = float(timeout_s)
         self.poll_interval_s = poll_interval_s
         self.blocks: list[Block] = coalesce(self.inputs, max_gap=max_gap)
+        #: point -> (the words last decoded, value, quality): unchanged words are not decoded
+        self._decoded: dict[str, tuple[tuple[int, ...], float, Quality]] = {}
         self.stats["requests"] = 0
         self.stats["reconnect_attempts"] = 0
         self._client: AsyncModbusTcpClient | None = None
@@ -291,15 +293,30 @@ class ModbusLink(FieldLink):
                 continue
             self.stats["reads"] += 1
             any_good = True
+            store = self._store_input
+            good = Quality.GOOD
+            if blk.table in ("coil", "discrete_input"):
+                bits = rr.bits
+                for p in blk.points:
+                    b = p.modbus
+                    assert b is not None
+                    value = 1.0 if bits[b.address - blk.address] else 0.0
+                    store(p.name, Sample(value, good, t), notify=False)
+                continue
+            regs = rr.registers
+            memo = self._decoded
             for p in blk.points:
                 b = p.modbus
                 assert b is not None
                 off = b.address - blk.address
-                if blk.table in ("coil", "discrete_input"):
-                    value = 1.0 if rr.bits[off] else 0.0
+                words = tuple(regs[off : off + b.count])
+                hit = memo.get(p.name)
+                if hit is not None and hit[0] == words:
+                    sample = Sample(hit[1], hit[2], t)
                 else:
-                    value = decode_registers(p, rr.registers[off : off + b.count])
-                self._store_input(p.name, Sample.good(value, t), notify=False)
+                    sample = Sample.good(decode_registers(p, words), t)
+                    memo[p.name] = (words, sample.value, sample.quality)
+                store(p.name, sample, notify=False)
         self._notify()
         if first_error is not None:
             raise first_error

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import math
 import struct
+import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,6 +43,7 @@ from asyncua.ua.uaerrors import UaStatusCodeError
 
 from hil.errors import CommsLost, HilTimeout, OutOfRange, ProtocolError, WriteRejected
 from hil.links.base import FieldLink
+from hil.links.base import OutputBatch as BaseOutputBatch
 from twin.pointmap import Point
 from twin.quality import Quality, Sample
 
@@ -226,6 +228,10 @@ class OpcuaLink(FieldLink):
         self._prefix_version = -1
         self._fast_send = True  # asyncua's channel internals as expected (checked on use)
         self._warned_unchecked = False
+        self._sub: Any = None  # the inputs' subscription (subscription mode, once connected)
+        #: inputs notified since (re)subscribing; of those, the ones whose last change came late
+        self._seen: set[str] = set()
+        self._late: set[str] = set()
 
     @property
     def polled(self) -> bool:
@@ -348,7 +354,22 @@ class OpcuaLink(FieldLink):
             self._vtype[n] = vt if isinstance(vt, ua.VariantType) else ua.VariantType.Double
         if self.mode == "subscription" and self.inputs:
             ms = self.sampling_interval_s * 1000.0
-            sub = await client.create_subscription(ms, _Handler(self, gen))
+            # A publish (notifications or a keep-alive) at least once per shortest input
+            # interval: silence longer than stale_factor intervals means the server stopped.
+            shortest = min(p.interval_s for p in self.inputs)
+            keep = max(1, int(shortest * 1000.0 / ms)) if ms > 0 else 1
+            params = ua.CreateSubscriptionParameters(
+                RequestedPublishingInterval=ms,
+                RequestedLifetimeCount=max(10000, 3 * keep),
+                RequestedMaxKeepAliveCount=keep,
+                MaxNotificationsPerPublish=10000,
+                PublishingEnabled=True,
+                Priority=0,
+            )
+            self._seen.clear()
+            self._late.clear()
+            sub = await client.create_subscription(params, _Handler(self, gen))
+            self._sub = sub
             nodes = [client.get_node(self._node[p.name]) for p in self.inputs]
             # Trigger on timestamp changes too: a device refreshing an unchanged value must not
             # look stale to us. (_subscribe is asyncua's filter-taking variant of
@@ -422,7 +443,57 @@ class OpcuaLink(FieldLink):
         if name is None:
             return
         self.stats["reads"] += 1
-        self._store_input(name, self._sample(dv))
+        sample = self._sample(dv)
+        if name in self._seen:
+            # the server says it changed: a change stamped long ago is late (stale at arrival)
+            p = self._by_name[name]
+            if self.clock() - sample.timestamp > self.stale_factor * p.interval_s:
+                self._late.add(name)
+            else:
+                self._late.discard(name)
+        else:  # the first notification is the item's current value, whatever its age
+            self._seen.add(name)
+            self._late.discard(name)
+        self._store_input(name, sample)
+
+    def read_inputs(self, now: float | None = None) -> dict[str, Sample]:
+        """As :meth:`FieldLink.read_inputs`, with staleness from the protocol in subscription
+        mode: a subscribed input is STALE only when the subscription stopped publishing
+        (neither notifications nor keep-alives for ``stale_factor * interval_s``) or its last
+        change arrived with a source timestamp already older than that; an unchanged value
+        of a live subscription stays GOOD, whatever its age. Poll mode ages by timestamp."""
+        out = super().read_inputs(now)
+        sub = self._sub
+        if self.mode != "subscription" or sub is None or not self.connected:
+            return out
+        last = getattr(sub, "last_publish_at", None)
+        if last is None:
+            return out  # nothing published yet: the timestamp rule until the first publish
+        silent = time.monotonic() - last
+        params = getattr(sub, "parameters", None)
+        keep_s = 0.0
+        if params is not None:
+            keep_s = (
+                float(params.RequestedPublishingInterval or 0.0)
+                / 1000.0
+                * max(int(params.RequestedMaxKeepAliveCount or 1), 1)
+            )
+        cache = self._cache
+        stale = Quality.STALE
+        for p in self.inputs:
+            name = p.name
+            s = out[name]
+            if name in self.cut_points:
+                continue
+            window = self.stale_factor * max(p.interval_s, keep_s)
+            if silent > window:
+                if s.quality.is_good:
+                    out[name] = Sample(s.value, stale, s.timestamp)
+            elif s.quality is stale and name not in self._late:
+                cached = cache.get(name)
+                if cached is not None and cached.quality.is_good:
+                    out[name] = cached
+        return out
 
     async def _read_inputs_once(self, client: Client) -> None:
         self.stats["requests"] += 1
@@ -695,20 +766,11 @@ class OpcuaLink(FieldLink):
         return b"".join(parts)
 
 
-class OutputBatch:
-    """A link's fixed output set: limits, deadbands and what was last sent, as arrays."""
+class OutputBatch(BaseOutputBatch):
+    """:class:`hil.links.base.OutputBatch` with the encoded heads of the link's nodes."""
 
     def __init__(self, points: Sequence[Point]) -> None:
-        self.points: tuple[Point, ...] = tuple(points)
-        self.names: tuple[str, ...] = tuple(p.name for p in self.points)
-        self.low = np.array([-np.inf if p.low is None else p.low for p in self.points], dtype=float)
-        self.high = np.array(
-            [np.inf if p.high is None else p.high for p in self.points], dtype=float
-        )
-        self.deadband = np.array([p.deadband for p in self.points], dtype=float)
-        self.interval = np.array([p.interval_s for p in self.points], dtype=float)
-        self.last = np.full(len(self.points), np.nan)  # last value sent (NaN: never)
-        self.last_t = np.full(len(self.points), -np.inf)
+        super().__init__(points)
         self.version = -1
         self.prefix: list[bytes] = []
         self.missing: list[int] = []
@@ -719,11 +781,6 @@ class OutputBatch:
         self.missing = [i for i, b in enumerate(prefixes) if b is None]
         self.prefix = [b or b"" for b in prefixes]
         self.all_float = all(vt == ua.VariantType.Float for vt in vtypes)
-
-    def forget(self) -> None:
-        """Send everything again on the next write (e.g. after the device restarted)."""
-        self.last[:] = np.nan
-        self.last_t[:] = -np.inf
 
 
 def _send_encoded(proto: Any, request: Any, body: bytes, timeout: float) -> asyncio.Future[Any]:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from hil.links.base import FieldLink
+import numpy as np
+
+from hil.errors import WriteRejected
+from hil.links.base import FieldLink, OutputBatch
 from hil.store import ROLE_WRITES
 from twin.pointmap import Point
 from twin.quality import Sample
@@ -63,10 +66,69 @@ class StoreLink(FieldLink):
         # points; the role is checked here once per kind, then values go in with set() (the
         # store's write() would repeat every check, ~10 % of a fast day).
         cut = self.cut_points
+        allowed = self._allowed
+        todo: list[tuple[str, float]] = []
         for p, v in items:
             if p.name in cut:
                 continue
-            if p.kind not in self._allowed:
+            if p.kind not in allowed:
+                self.store.set_many(todo, source=self.name)
+                todo = []
                 self.store.check_write(p.name, v, role=self.role)  # raises WriteRejected
-            self.store.set(p.name, v, source=self.name)
+            todo.append((p.name, v))
+        self.store.set_many(todo, source=self.name)
         self.stats["writes"] += 1
+
+    # --- the sync loop's fixed output set ---------------------------------------------------
+    def prepare_outputs(self, names: Sequence[str]) -> OutputBatch:
+        """A fixed, ordered set of ``to_field`` points for :meth:`write_batch`.
+
+        Raises:
+            WriteRejected: a name not on this link or not ``to_field``.
+        """
+        points = []
+        for n in names:
+            p = self._by_name.get(n)
+            if p is None or p.direction != "to_field":
+                raise WriteRejected(
+                    f"point {n!r}: expected a to_field point carried by link {self.name}"
+                )
+            points.append(p)
+        return OutputBatch(points)
+
+    async def write_batch(
+        self, batch: OutputBatch, values: np.ndarray, mask: np.ndarray | None = None
+    ) -> int:
+        """Write ``values`` (ordered like ``batch.names``) into the store; returns how many went.
+
+        The same rules as :meth:`write_outputs` as vector operations: only entries in ``mask``
+        (all when None) and not cut off are considered; of those, a value within its point's
+        deadband of the last one written is skipped unless that was ``interval_s`` or more
+        ago; the values are checked before any is written.
+
+        Raises:
+            OutOfRange: a considered value is NaN/inf or outside its limits; nothing is written.
+            WriteRejected: a point this link's role may not write (the ones before it are).
+        """
+        vals = np.asarray(values, dtype=float)
+        if self.cut_points:
+            keep = np.array([n not in self.cut_points for n in batch.names], dtype=bool)
+            mask = keep if mask is None else (mask & keep)
+        now = self.clock()
+        sel = batch.select(vals, mask, now)
+        if sel.size == 0:
+            return 0
+        names = batch.names
+        idx = sel.tolist()
+        items = list(zip([names[i] for i in idx], vals[sel].tolist()))
+        allowed = self._allowed
+        refused = next((k for k, i in enumerate(idx) if batch.points[i].kind not in allowed), None)
+        if refused is not None:
+            self.store.set_many(items[:refused], source=self.name)
+            name, v = items[refused]
+            self.store.check_write(name, v, role=self.role)  # raises WriteRejected
+            items = items[refused:]
+        self.store.set_many(items, source=self.name)
+        self.stats["writes"] += 1
+        batch.sent(sel, vals, now)
+        return int(sel.size)

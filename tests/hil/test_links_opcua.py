@@ -184,33 +184,105 @@ async def test_bad_status_and_nan_are_invalid(plant):
 
 @leak_checked
 async def test_old_source_timestamp_is_stale(plant):
-    """A value whose SourceTimestamp is old (e.g. the first one after a reconnect) is STALE."""
+    """Staleness from the protocol (issue 15; this test pinned the old rule, where the first
+    value after connecting with a 1 h old SourceTimestamp was STALE): the first notification
+    is the point's current value, GOOD whatever its age; a later change that arrives stamped
+    long ago is STALE, and the next timely change is GOOD again."""
     await _fill(plant)
     await plant.set("G1.p_mw", 9.0, ts=time.time() - 3600)
     async with _link(plant) as link:
         await _until(lambda: link.read_inputs()["G1.p_mw"].value == 9.0)
+        assert _q(link, "G1.p_mw") is Quality.GOOD  # unchanged since long ago: still good
+        await plant.set("G1.p_mw", 7.0, ts=time.time() - 3600)  # a change, stamped 1 h ago
+        await _until(lambda: link.read_inputs()["G1.p_mw"].value == 7.0)
         assert _q(link, "G1.p_mw") is Quality.STALE
         assert _q(link, "Q1.closed") is Quality.GOOD
+        await plant.set("G1.p_mw", 6.0)
+        await _until(lambda: link.read_inputs()["G1.p_mw"].value == 6.0)
+        assert _q(link, "G1.p_mw") is Quality.GOOD
+
+
+FAST = [
+    Point("G1.p_mw", "x", "p_mw", "G1", "to_twin", "status", interval_s=0.2,
+          opcua=POINTS[3].opcua),
+    Point("Q1.closed", "x", "closed", "Q1", "to_twin", "status", interval_s=0.2,
+          opcua=POINTS[0].opcua),
+]  # fmt: skip
+
+
+class _FastClock:
+    """Link time that runs ``rate`` times faster than the wall clock (a long run, briefly)."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.t0 = time.time()
+
+    def __call__(self) -> float:
+        return self.t0 + (time.time() - self.t0) * self.rate
+
+
+def _server_subscriptions(plant: Plant) -> list:
+    return list(plant.server.iserver.subscription_service.subscriptions.values())
 
 
 @leak_checked
 async def test_staleness_after_interval_and_refresh_by_timestamp(plant):
+    """Issue 15 (this test pinned the old rule, where an unrefreshed value of a live
+    subscription went STALE after 3 intervals): a value nobody changes stays GOOD while the
+    subscription publishes (keep-alives); it turns STALE when the server stops publishing; in
+    poll mode the timestamp rule stays (a polled value ages by its SourceTimestamp)."""
     await _fill(plant)
-    fast = [
-        Point("G1.p_mw", "x", "p_mw", "G1", "to_twin", "status", interval_s=0.05,
-              opcua=POINTS[3].opcua),
-    ]  # fmt: skip
     async with OpcuaLink(
-        plant.endpoint, fast, namespace=NS, sampling_interval_s=0.02, stale_factor=3.0
+        plant.endpoint, FAST, namespace=NS, sampling_interval_s=0.05, stale_factor=3.0
     ) as link:
         await _until(lambda: _q(link, "G1.p_mw") is Quality.GOOD)
         t = link.read_inputs()["G1.p_mw"].timestamp
-        assert link.read_inputs(now=t + 0.1)["G1.p_mw"].quality is Quality.GOOD
-        assert link.read_inputs(now=t + 0.2)["G1.p_mw"].quality is Quality.STALE
-        await _until(lambda: _q(link, "G1.p_mw") is Quality.STALE)  # nobody refreshes it
-        # the same value with a new source timestamp is a refresh (trigger on timestamps)
-        await plant.set("G1.p_mw", 2.5)
-        await _until(lambda: _q(link, "G1.p_mw") is Quality.GOOD)
+        # far beyond 3 intervals of link time: unchanged and the subscription alive -> GOOD
+        assert link.read_inputs(now=t + 100.0)["G1.p_mw"].quality is Quality.GOOD
+        await asyncio.sleep(1.0)  # 5 intervals of silence but for the keep-alives
+        assert _q(link, "G1.p_mw") is Quality.GOOD
+        assert _q(link, "Q1.closed") is Quality.GOOD
+        # the server stops publishing (its subscriptions stop, the session stays): STALE
+        for sub in _server_subscriptions(plant):
+            await sub.stop()
+        await _until(lambda: _q(link, "G1.p_mw") is Quality.STALE)
+        assert _q(link, "Q1.closed") is Quality.STALE
+        assert link.connected
+    async with OpcuaLink(
+        plant.endpoint, FAST, namespace=NS, mode="poll", stale_factor=3.0
+    ) as polled:
+        await polled.poll()
+        t = polled.read_inputs()["G1.p_mw"].timestamp
+        assert polled.read_inputs(now=t + 0.1)["G1.p_mw"].quality is Quality.GOOD
+        assert polled.read_inputs(now=t + 1.0)["G1.p_mw"].quality is Quality.STALE
+
+
+@leak_checked
+async def test_unchanged_statuses_stay_good_over_a_60s_run(plant):
+    """Issue 15: OPC-UA-only status inputs with no change for 60 s of link time (a clock 20x
+    the wall clock, 3 s of wall time) stay GOOD at every read, then go STALE when the server
+    stops publishing."""
+    await _fill(plant)
+    clock = _FastClock(20.0)
+    async with OpcuaLink(
+        plant.endpoint, FAST, namespace=NS, sampling_interval_s=0.05, stale_factor=3.0,
+        clock=clock,
+    ) as link:  # fmt: skip
+        await _until(lambda: _q(link, "Q1.closed") is Quality.GOOD)
+        start = clock()
+        reads = 0
+        while clock() - start < 60.0 and reads < 1000:
+            s = link.read_inputs()
+            assert s["Q1.closed"].quality is Quality.GOOD, (clock() - start, s["Q1.closed"])
+            assert s["G1.p_mw"].quality is Quality.GOOD, (clock() - start, s["G1.p_mw"])
+            assert s["Q1.closed"].value == 1.0
+            reads += 1
+            await asyncio.sleep(0.05)
+        assert clock() - start >= 60.0
+        for sub in _server_subscriptions(plant):
+            await sub.stop()
+        await _until(lambda: _q(link, "Q1.closed") is Quality.STALE)
+        assert _q(link, "G1.p_mw") is Quality.STALE
 
 
 @leak_checked
