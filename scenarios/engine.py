@@ -918,8 +918,6 @@ def _summary(
     run_s: float,
     error: str,
 ) -> dict[str, Any]:
-    from scenarios.results import versions
-
     solve = np.asarray(st.solve_s) if st.solve_s else np.zeros(1)
     return {
         "scenario": sc.name,
@@ -956,5 +954,19 @@ def _summary(
         },
         "field": fld.stats(),
         "backend": backend_info(model),
-        "versions": versions(),
+        "versions": dict(_versions()),
     }
+
+
+_VERSIONS: dict[str, str] | None = None
+
+
+def _versions() -> dict[str, str]:
+    """The package versions of this process (read once: ~10 ms of metadata look-ups a run,
+    repeated by every case of a sweep worker)."""
+    global _VERSIONS
+    if _VERSIONS is None:
+        from scenarios.results import versions
+
+        _VERSIONS = versions()
+    return _VERSIONS

@@ -661,6 +661,7 @@ def run_chunk(job: dict[str, Any]) -> dict[str, Any]:
     None), keep_runs, threads.
     """
     sc, spec, cases = job["scenario"], job["spec"], job["cases"]
+    _prepare_process(sc)  # a worker Dask started (or restarted) after the sweep's warm-up
     if spec.run == "steady":
         return _steady_chunk(sc, spec, cases, job.get("threads", 1))
     root = Path(job["root"]) if job.get("root") else None
@@ -732,20 +733,33 @@ def make_client(scheduler: str | None = None, workers: int | None = None) -> Any
             raise ConfigError(
                 "--scheduler", "scheduler", f"cannot reach the Dask scheduler at {scheduler}: {exc}"
             ) from None
+    import dask
+
     n = workers or max(1, os.cpu_count() or 1)
-    cluster = LocalCluster(
-        n_workers=n,
-        threads_per_worker=1,
-        processes=True,
-        # the scheduler always serves HTTP (health, metrics): on a free loopback port, never
-        # the fixed 8787 two sweeps would fight over; no dashboard
-        dashboard_address="127.0.0.1:0",
-        scheduler_kwargs={"dashboard": False},
-        host="127.0.0.1",
-        scheduler_port=0,
-        silence_logs=logging.ERROR,
-    )
+    with dask.config.set(_WORKER_CONFIG):  # the nannies hand it to their worker processes
+        cluster = LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            # the scheduler always serves HTTP (health, metrics): on a free loopback port,
+            # never the fixed 8787 two sweeps would fight over; no dashboard
+            dashboard_address="127.0.0.1:0",
+            scheduler_kwargs={"dashboard": False},
+            host="127.0.0.1",
+            scheduler_port=0,
+            silence_logs=logging.ERROR,
+        )
     return Client(cluster)
+
+
+#: Dask settings of our own LocalCluster's workers. Dask's statistical profiler walks every
+#: thread's stack each 10 ms: ~7 % of a scenario case's CPU, more when cases wait for a core
+#: (it ticks by wall time), and nobody looks at it (no dashboard). A remote cluster keeps its
+#: own settings (docs/sweep.md says how to turn it off there).
+_WORKER_CONFIG = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.system-monitor.gil.enabled": False,
+}
 
 
 def run_sweep(
@@ -836,14 +850,52 @@ def run_sweep(
 
 
 def warm_worker(sc: Scenario, setup: Callable[[], None] | None = None) -> int:
-    """On a worker: import the engine, load (and so cache) the scenario's grid; its pid."""
+    """On a worker: import the engine (and the emulator), load (and so cache) the scenario's
+    grid, freeze what is left in the heap; its pid."""
     if setup is not None:
         setup()
-    import scenarios.engine  # noqa: F401 - pandapower and the engine: ~2 s once per process
-    from scenarios.validate import load_grid
-
-    load_grid(sc)
+    _prepare_process(sc)
     return os.getpid()
+
+
+_PREPARED: set[str] = set()
+_PREPARED_LOCK = threading.Lock()
+
+
+def _in_dask_worker() -> bool:
+    try:
+        from distributed import get_worker
+
+        get_worker()
+    except (ImportError, ValueError):
+        return False
+    return True
+
+
+def _prepare_process(sc: Scenario) -> None:
+    """Once per process and grid, before its first case: the imports a case needs (pandapower,
+    the engine; asyncua and pymodbus when a field is emulated: ~1 s, else paid by the first
+    case) and the grid. In a Dask worker the heap is then collected and frozen (gc.freeze):
+    the ~250,000 objects of the imported packages leave the collector's generations, so the
+    full collections a case's garbage triggers do not walk them again in every case (~0.35 s
+    each, a case in three or four). A worker that Dask restarts prepares itself again."""
+    key = f"{sc.grid}|{sc.grid_path()}|{sc.hardware}"
+    with _PREPARED_LOCK:
+        if key in _PREPARED:
+            return
+        import scenarios.engine  # noqa: F401 - pandapower and the engine: ~2 s once per process
+        from scenarios.validate import load_grid
+
+        if sc.hardware != "none":
+            import hil.emulator  # noqa: F401 - the emulated substation's protocol stacks
+
+        load_grid(sc)
+        if _in_dask_worker():
+            import gc
+
+            gc.collect()
+            gc.freeze()
+        _PREPARED.add(key)
 
 
 def _auto_chunk(spec: SweepSpec, n: int, workers: int) -> int:

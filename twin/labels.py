@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import difflib
 import re
+import threading
+from collections import OrderedDict
 from typing import Any
 
 from twin.errors import ConfigError
@@ -41,9 +43,41 @@ def usable_name(name: Any) -> str | None:
     return name
 
 
-def table_labels(net: Any, table: str) -> dict[int, str]:
-    """Label of every element of ``table``, in table order: ``{index: label}``."""
+# (table, index, raw names) -> (labels, inverse): keyed by the table's content, so a renamed,
+# added or removed element is a new key (never a stale answer); bounded, shared by the threads
+# of a process. A sweep worker asks for the same tables ~1000 times a case (emulated devices,
+# the point map, profiles, checks): the rule's Python loop ran each time.
+_CACHE: OrderedDict[tuple[Any, ...], tuple[dict[int, str], dict[str, int]]] = OrderedDict()
+_CACHE_MAX = 256
+_CACHE_LOCK = threading.Lock()
+
+
+def _labels_of(net: Any, table: str) -> tuple[dict[int, str], dict[str, int]]:
+    """The cached ``({index: label}, {label: index})`` of ``table``: callers copy them."""
     df = net[table]
+    # a name that is not a string is never a label (usable_name): it keys as None, so NaN
+    # (never equal to itself) and unhashable values cannot defeat the cache
+    names = (
+        tuple(n if isinstance(n, str) else None for n in df["name"].tolist())
+        if "name" in df.columns
+        else None
+    )
+    key = (table, tuple(df.index.tolist()), names)
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+        if hit is not None:
+            _CACHE.move_to_end(key)
+            return hit
+    labels = _compute_labels(df, table)
+    entry = (labels, {lab: i for i, lab in labels.items()})
+    with _CACHE_LOCK:
+        _CACHE[key] = entry
+        while len(_CACHE) > _CACHE_MAX:
+            _CACHE.popitem(last=False)
+    return entry
+
+
+def _compute_labels(df: Any, table: str) -> dict[int, str]:
     idx = [int(i) for i in df.index]
     if "name" not in df.columns:
         return {i: f"{table}{i}" for i in idx}
@@ -63,14 +97,19 @@ def table_labels(net: Any, table: str) -> dict[int, str]:
     return out
 
 
+def table_labels(net: Any, table: str) -> dict[int, str]:
+    """Label of every element of ``table``, in table order: ``{index: label}`` (a new dict)."""
+    return dict(_labels_of(net, table)[0])
+
+
 def label_index(net: Any, table: str) -> dict[str, int]:
-    """``{label: index}`` of ``table`` (the inverse of :func:`table_labels`)."""
-    return {lab: i for i, lab in table_labels(net, table).items()}
+    """``{label: index}`` of ``table`` (the inverse of :func:`table_labels`; a new dict)."""
+    return dict(_labels_of(net, table)[1])
 
 
 def element_label(net: Any, table: str, idx: int) -> str:
     """The label of element ``idx`` of ``table``."""
-    return table_labels(net, table)[int(idx)]
+    return _labels_of(net, table)[0][int(idx)]
 
 
 def unknown_label(net: Any, table: str, label: str, labels: dict[str, int] | None = None) -> str:
@@ -104,8 +143,10 @@ def resolve_label(net: Any, table: str, label: str, *, where: str = "<grid>") ->
     """
     if table not in net:
         raise ConfigError(where, "element", f"unknown table {table!r}")
-    labels = label_index(net, table)
+    labels = _labels_of(net, table)[1]
     try:
         return labels[label]
     except KeyError:
-        raise ConfigError(where, "element", unknown_label(net, table, label, labels)) from None
+        raise ConfigError(
+            where, "element", unknown_label(net, table, label, dict(labels))
+        ) from None
