@@ -384,8 +384,16 @@ class _Ratings:
         self.net = net
         self._table_max: dict[str, float] = {}
         self._total: float | None = None
+        self._element: dict[tuple[str, int], float] = {}
 
     def element(self, table: str, idx: int) -> float:
+        """The element's rating (MVA); one computation per element, whatever its points."""
+        key = (table, idx)
+        if key not in self._element:
+            self._element[key] = self._rate(table, idx)
+        return self._element[key]
+
+    def _rate(self, table: str, idx: int) -> float:
         net = self.net
         try:
             row = net[table].loc[idx]
