@@ -486,6 +486,9 @@ def plausibility(net: Any, point: Point, *, ratings: _Ratings | None = None) -> 
         tmax = _col(net, "trafo", "tap_max", ti) if ti is not None else None
         if tmin is not None and tmax is not None and tmin <= tmax:
             lo, hi, why = tmin, tmax, "default: tap_min..tap_max"
+            tap = _col(net, "trafo", "tap_pos", ti) if ti is not None else None
+            if tap is not None:  # a grid whose own tap lies outside its range: keep it usable
+                lo, hi = min(lo, tap), max(hi, tap)
     else:
         rt = ratings or _Ratings(net)
         idx = _index_or_none(net, point)
