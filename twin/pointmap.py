@@ -390,8 +390,16 @@ class _Ratings:
         self.net = net
         self._table_max: dict[str, float] = {}
         self._total: float | None = None
+        self._element: dict[tuple[str, int], float] = {}
 
     def element(self, table: str, idx: int) -> float:
+        """The element's rating (MVA); one computation per element, whatever its points."""
+        key = (table, idx)
+        if key not in self._element:
+            self._element[key] = self._rate(table, idx)
+        return self._element[key]
+
+    def _rate(self, table: str, idx: int) -> float:
         net = self.net
         try:
             row = net[table].loc[idx]
@@ -484,6 +492,9 @@ def plausibility(net: Any, point: Point, *, ratings: _Ratings | None = None) -> 
         tmax = _col(net, "trafo", "tap_max", ti) if ti is not None else None
         if tmin is not None and tmax is not None and tmin <= tmax:
             lo, hi, why = tmin, tmax, "default: tap_min..tap_max"
+            tap = _col(net, "trafo", "tap_pos", ti) if ti is not None else None
+            if tap is not None:  # a grid whose own tap lies outside its range: keep it usable
+                lo, hi = min(lo, tap), max(hi, tap)
     else:
         rt = ratings or _Ratings(net)
         idx = _index_or_none(net, point)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from pathlib import Path
 
 import pandapower as pp
 import pytest
@@ -230,3 +231,56 @@ async def test_limits_from_the_map_override_the_defaults(feeder_net):
         rep = await rig.tick(0.028)  # within the default (0.3), above the map's 0.025
         assert rep.implausible == (PV,) and rep.alarms == ()
         assert math.isclose(rig.pv_in_model(), 0.02, rel_tol=1e-6)
+
+
+SCENARIO = """
+name = "meter_1e30"
+grid = "urban_district"
+hardware = "emulated"
+mode = "mirror"
+start = "10:00"
+duration = "6min"
+step = "1min"
+
+[[event]]
+kind = "meas_bias"
+point = "RES_N1_F1_B1.p_mw"
+offset = 0
+at = "10:04"
+
+[[check]]
+kind = "converged"
+"""
+
+
+@pytest.mark.timeout(300)
+def test_gridtwin_run_with_a_1e30_meter_converges_and_names_it(tmp_path):
+    """``gridtwin run`` in its own process (emulated substation on 127.0.0.1): a meter biased
+    to 1e30 from the command line (``--inject``) is held and alarmed, every step converges,
+    and the bias removed at 10:04 clears it."""
+    import csv
+    import json
+    import os
+    import subprocess
+    import sys
+
+    sc = tmp_path / "meter.toml"
+    sc.write_text(SCENARIO, encoding="utf-8")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "scenarios.cli", "run", str(sc), "--out", str(out)]
+    cmd += ["--inject", "meas_bias:RES_N1_F1_B1.p_mw=1e30@10:02", "--no-progress", "-q"]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=280, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    with open(out / "events.csv", encoding="utf-8") as fh:
+        events = list(csv.DictReader(fh))
+    kinds = [(float(e["time_s"]), e["kind"]) for e in events]
+    assert (120.0, "implausible") in kinds and (240.0, "alarm_cleared") in kinds, kinds
+    assert not any(k == "not_converged" for _, k in kinds)
+    implausible = [e for e in events if e["kind"] == "implausible"]
+    assert len(implausible) == 1 and "RES_N1_F1_B1.p_mw = 1e+30 MW" in implausible[0]["message"]
+    with open(out / "alarms.csv", encoding="utf-8") as fh:
+        alarms = list(csv.DictReader(fh))
+    assert [a["point"] for a in alarms] == ["RES_N1_F1_B1.p_mw"]
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["steps"] == 7 and summary["not_converged_steps"] == 0, summary

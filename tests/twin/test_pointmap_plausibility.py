@@ -257,3 +257,41 @@ def test_any_point_map_file_loads_or_names_its_problems(cigre, points, garbage):
     problems = check_pointmap(pm, cigre)
     assert all(m.startswith("map.toml") for m in problems), problems
     plausibilities(cigre, pm.points)  # defaults never raise either
+
+
+@pytest.mark.parametrize(
+    "grid", ["ieee14", "ieee118", "cigre_mv", "mv_oberrhein", "urban_district"]
+)
+def test_a_solved_bundled_grid_is_plausible_by_default(grid):
+    """No default limit flags a legitimate value: every input of the generated maps (both
+    modes), at the grid's own solved state, lies within its default range."""
+    import warnings
+
+    import pandapower as pp
+
+    from grids.registry import load
+    from twin.pointmap import resolve_element
+
+    net = load(grid)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pp.runpp(net, lightsim2grid=False)
+    bad, checked = [], 0
+    for mode in ("hil", "mirror"):
+        pm = generate_pointmap(net, mode=mode)
+        inputs = [p for p in pm.points if p.direction == "to_twin"]
+        for p, pl in zip(inputs, plausibilities(net, inputs)):
+            i = resolve_element(net, p)
+            v = None
+            for tab in ("res_" + p.table, p.table):
+                if tab in net and p.column in net[tab].columns and i in net[tab].index:
+                    v = float(net[tab].at[i, p.column])
+                    break
+            if p.table in ("load", "sgen") and p.column in ("p_mw", "q_mvar"):
+                v = float(net[p.table].at[i, p.column]) * float(net[p.table].at[i, "scaling"])
+            if v is None or not math.isfinite(v):
+                continue
+            checked += 1
+            if not (pl.low <= v <= pl.high) or (pl.binary and v not in (0.0, 1.0)):
+                bad.append((mode, p.name, v, pl.low, pl.high))
+    assert checked > 10 and bad == []
