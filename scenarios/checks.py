@@ -395,7 +395,11 @@ class NoDivergence(_PerPoint):
 
     def _observe(self, st: StepState) -> str | None:
         wanted = self.spec.param("points")
-        hits = [a for a in st.alarms if not wanted or a["point"] in wanted]
+        hits = [
+            a
+            for a in st.alarms
+            if a.get("kind", "divergence") == "divergence" and (not wanted or a["point"] in wanted)
+        ]
         self._count([a["point"] for a in hits], st.t)
         if hits:
             return f"divergence alarm on {hits[0]['point']}: {hits[0]['message']}"
@@ -422,7 +426,7 @@ class ExpectAlarm(Check):
         if passed:
             return f"alarm on {point} first at {self.clock(self.extra['at'])}{tail}"
         return (
-            f"expected a divergence alarm on {point}, found none in the window "
+            f"expected an alarm on {point}, found none in the window "
             f"{self.window_text()} ({_steps(self.judged)}){tail}"
         )
 

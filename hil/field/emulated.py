@@ -35,6 +35,8 @@ import numpy as np
 from hil.field.base import SimClock, StepOutcome, alarm_dict
 from hil.links.store import StoreLink
 
+#: the sync loop's alarm kinds that name a point and reach the scenario engine
+_POINT_ALARMS = frozenset({"divergence", "implausible"})
 _log = logging.getLogger(__name__)
 
 
@@ -389,7 +391,9 @@ class EmulatedField:
                 # the sync loop has just written: sent again, past the links' deadband.
                 await self._write_outputs({f"{name}.i_ka": f["current_ka"]}, plant=True, force=True)
         self._note_field(t)
-        alarms = tuple(alarm_dict(a) for a in rep.alarms if a.kind == "divergence")
+        # alarms on a point (a divergence, an implausible input) go to the run's checks and summary;
+        # a non-converged step is counted by the engine on its own
+        alarms = tuple(alarm_dict(a) for a in rep.alarms if a.kind in _POINT_ALARMS)
         return StepOutcome(
             rep.converged,
             self.sync.last_solution if rep.converged else None,

@@ -250,6 +250,13 @@ at = "10:04"
 
 [[check]]
 kind = "converged"
+
+[[check]]
+kind = "expect_alarm"
+point = "RES_N1_F1_B1.p_mw"
+
+[[check]]
+kind = "no_divergence"
 """
 
 
@@ -284,3 +291,9 @@ def test_gridtwin_run_with_a_1e30_meter_converges_and_names_it(tmp_path):
     assert [a["point"] for a in alarms] == ["RES_N1_F1_B1.p_mw"]
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["steps"] == 7 and summary["not_converged_steps"] == 0, summary
+    # the implausible alarm reaches the run: counted in the summary, seen by expect_alarm,
+    # and not taken for a divergence
+    assert summary["alarms"] == 1, summary
+    checks = {c["kind"]: c for c in summary["checks"]}
+    assert checks["expect_alarm"]["passed"], checks["expect_alarm"]
+    assert checks["no_divergence"]["passed"], checks["no_divergence"]
