@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import tempfile
 
 import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The suite (and every process it starts) keeps user grids and the grid cache in its own
+    folder, never in the user's ~/.local/share/gridtwin."""
+    os.environ.setdefault("GRIDTWIN_HOME", tempfile.mkdtemp(prefix="gridtwin-tests-"))
 
 
 @pytest.fixture
