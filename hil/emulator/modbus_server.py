@@ -444,6 +444,7 @@ class ModbusServer:
         self._server: asyncio.Server | None = None
         self._conns: dict[int, _Connection] = {}
         self._tls_ctx: Any = None
+        self._tls_stamp: tuple[Any, ...] = ()
         self.stats: dict[str, int] = dict.fromkeys(
             (
                 "connections",
@@ -475,7 +476,9 @@ class ModbusServer:
         """Listen on (host, port); raises OSError when the port is taken."""
         if self._server is not None:
             return
-        self._tls_ctx = self.policy.tls.server_context() if self.policy.tls is not None else None
+        tls = self.policy.tls
+        self._tls_ctx = tls.server_context() if tls is not None else None
+        self._tls_stamp = tls.stamp() if tls is not None else ()
         if self._tls_ctx is None:
             self._server = await asyncio.start_server(self._accept, self.host, self.port)
         else:
@@ -585,6 +588,12 @@ class ModbusServer:
         import ssl
 
         tls = self.policy.tls
+        stamp = tls.stamp()
+        if stamp != self._tls_stamp:  # `gridtwin certs trust` while serving
+            try:
+                self._tls_ctx, self._tls_stamp = tls.server_context(), stamp
+            except Exception as exc:  # noqa: BLE001 - keep the last good trust list
+                _log.warning("Modbus/TLS: trust list not reloaded: %s", exc)
         try:
             await asyncio.wait_for(writer.start_tls(self._tls_ctx), self.policy.frame_timeout_s)
         except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as exc:

@@ -6,6 +6,7 @@ The emulator's Modbus server (``ModbusPolicy(tls=ModbusTls(...))``) and the twin
 peer certificates accepted (exact certificates: self-signed ones are pinned, no host name
 check). TLS 1.2 or newer; the client must present a trusted certificate
 (``CERT_REQUIRED``), else the handshake fails and the server audits the refused connection.
+The server reads the trust folder again when it changes (``certs trust`` needs no restart).
 
 The role of a client (what it may write) is read from its certificate: the Modbus/TCP
 Security role extension (OID 1.3.6.1.4.1.50316.802.1, a UTF8String: ``viewer``,
@@ -99,6 +100,11 @@ class ModbusTls:
             )
         ctx.load_verify_locations(cadata=trusted)
         return ctx
+
+    def stamp(self) -> tuple[tuple[str, int], ...]:
+        """Names and modification times in the trust folder (a change: rebuild the context)."""
+        files = sorted(self.trust.glob("*")) if self.trust.is_dir() else []
+        return tuple((f.name, f.stat().st_mtime_ns) for f in files)
 
     def trusted_pem(self) -> str:
         files = sorted(self.trust.glob("*")) if self.trust.is_dir() else []

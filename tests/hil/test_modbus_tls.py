@@ -152,6 +152,37 @@ async def test_untrusted_or_plain_clients_are_refused_and_audited(grid, pki):
     assert sub.modbus.stats["tls_refused"] >= 2
 
 
+async def test_trusting_a_client_while_serving_lets_it_in(grid, pki, tmp_path):
+    sub = await _substation(grid, pki)
+    status, _ = _points(grid[1])
+    late = Pki(tmp_path / "late")
+    late.create(app_uri="urn:gridtwin:test:late", common_name="late", modbus_role="operator")
+    late.trust(pki["server"].cert)
+    try:
+        link = ModbusLink("127.0.0.1", sub.modbus_port, [status], timeout_s=2.0,
+                          tls=ModbusTls.from_pki(late))  # fmt: skip
+        try:
+            with pytest.raises((CommsLost, HilTimeout)):
+                await link.connect()
+                await link.poll()
+        finally:
+            await link.close()
+        added = pki["server"].trust(late.cert)
+        try:
+            link = ModbusLink("127.0.0.1", sub.modbus_port, [status],
+                              tls=ModbusTls.from_pki(late))  # fmt: skip
+            try:
+                await link.connect()
+                await link.poll()
+                assert link.read_inputs()[status.name].quality.is_good
+            finally:
+                await link.close()
+        finally:
+            added.unlink()
+    finally:
+        await sub.stop()
+
+
 async def test_twin_link_refuses_an_untrusted_server(grid, pki, tmp_path):
     sub = await _substation(grid, pki)
     status, _ = _points(grid[1])
