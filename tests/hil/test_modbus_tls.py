@@ -5,6 +5,7 @@ Modbus role extension (OID 1.3.6.1.4.1.50316.802.1), refusals audited."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 import subprocess
 
@@ -221,3 +222,22 @@ async def test_openssl_s_client_sees_mutual_tls(grid, pki, tmp_path):
     text = out.decode(errors="replace")
     assert "Acceptable client certificate CA names" in text or "Requested" in text, text
     assert "CN=test server" in text or "CN = test server" in text, text
+
+
+def test_hardware_file_takes_a_modbus_tls_pki(pki, tmp_path):
+    from hil.hardware import loads_hardware, make_links
+    from twin.errors import ConfigError
+
+    text = (
+        f"[[device]]\nname='rtu'\n[device.modbus]\nhost='127.0.0.1'\nport=802\nwrite=true\n"
+        f"tls_pki='{pki['twin'].root}'\n"
+    )
+    hw = loads_hardware(text, base=tmp_path)
+    assert hw.devices[0].modbus.tls_pki == pki["twin"].root
+    pm = generate_pointmap(grids.load("urban_district"), mode="hil")
+    pm = dataclasses.replace(pm, points=tuple(p for p in pm.points if p.modbus is not None
+                                              and p.modbus.table != "input_register"))  # fmt: skip
+    (link,) = make_links(hw, pm)
+    assert isinstance(link, ModbusLink) and link.tls is not None
+    with pytest.raises(ConfigError, match="tls_pki"):
+        loads_hardware(text.replace(str(pki["twin"].root), str(tmp_path / "nope")), base=tmp_path)
