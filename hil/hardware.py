@@ -41,7 +41,9 @@ _OPCUA_KEYS = (
     "poll_interval_s", "timeout_s", "session_timeout_s", "watchdog_s", "namespace", "read", "write",
     "write_timestamps",
 )  # fmt: skip
-_MODBUS_KEYS = ("host", "port", "units", "timeout_s", "poll_interval_s", "max_gap", "read", "write")
+_MODBUS_KEYS = (
+    "host", "port", "units", "timeout_s", "poll_interval_s", "max_gap", "read", "write", "tls_pki",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,9 @@ class ModbusConfig:
     max_gap: int = 0
     read: bool = True
     write: bool = False
+    #: Modbus/TCP Security: PKI folder (own certificate and key, ``trusted/`` server
+    #: certificates) for mutual TLS; None: plain Modbus TCP
+    tls_pki: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -396,6 +401,15 @@ def _read_modbus(r: _Reader) -> ModbusConfig:
     max_gap = r.get("max_gap", int, 0, what="a number of registers")
     if not 0 <= max_gap <= 100:
         raise r.fail("max_gap", f"expected 0..100 registers, found {max_gap}")
+    tls_pki = r.path_("tls_pki", must_exist=False)
+    if tls_pki is not None and not (
+        (tls_pki / "own" / "cert.der").is_file() and (tls_pki / "own" / "key.pem").is_file()
+    ):
+        raise r.fail(
+            "tls_pki",
+            f"expected a PKI folder with own/cert.der and own/key.pem (gridtwin certs create "
+            f"--pki {tls_pki}), found none",
+        )
     return ModbusConfig(
         host=host,
         port=port,
@@ -405,6 +419,7 @@ def _read_modbus(r: _Reader) -> ModbusConfig:
         max_gap=max_gap,
         read=r.get("read", bool, True),
         write=r.get("write", bool, False),
+        tls_pki=tls_pki,
     )
 
 
@@ -692,6 +707,7 @@ def make_links(
                     timeout_s=mb.timeout_s,
                     poll_interval_s=mb.poll_interval_s,
                     max_gap=mb.max_gap,
+                    tls=_modbus_tls(mb),
                     **common,
                 )
             )
@@ -720,6 +736,15 @@ def make_links(
                 )
             )
     return links
+
+
+def _modbus_tls(mb: ModbusConfig) -> Any:
+    if mb.tls_pki is None:
+        return None
+    from hil.security.certs import Pki
+    from hil.security.modbus_tls import ModbusTls
+
+    return ModbusTls.from_pki(Pki(mb.tls_pki))
 
 
 def _require_port(config: HardwareConfig, port: int, key: str) -> None:

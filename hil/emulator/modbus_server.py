@@ -101,6 +101,10 @@ class ModbusPolicy:
         max_connections: connections at once; one more drops the one idle the longest.
         idle_timeout_s: a connection with no request for this long is closed.
         frame_timeout_s: a frame must be complete this long after its first byte.
+        tls: Modbus/TCP Security (:class:`hil.security.modbus_tls.ModbusTls`): every
+            connection must complete a mutual TLS handshake with a trusted client certificate
+            (else it is closed and audited); the client's role comes from its certificate.
+            None: plain Modbus TCP.
     """
 
     read_only: bool = False
@@ -108,6 +112,7 @@ class ModbusPolicy:
     max_connections: int = 32
     idle_timeout_s: float = 120.0
     frame_timeout_s: float = 5.0
+    tls: Any = None
 
     def __post_init__(self) -> None:
         if self.max_connections < 1:
@@ -174,6 +179,10 @@ class Caller:
     peer: str = ""
     may_write: bool = True
     why_not: str = ""
+    #: Modbus/TLS: the client certificate (audit label) and the role it carries (None: the
+    #: server's role; plain Modbus has no authentication)
+    user: str = ""
+    role: str | None = None
 
 
 class StoreContext:
@@ -280,13 +289,14 @@ class StoreContext:
         caller: Caller = Caller(),
     ) -> ExcCodes | None:
         table = self._table(device_id, func_code)
+        role, user = caller.role or self.role, caller.user
         where = f"unit {device_id} {_FC_TABLE[func_code]} {address}"
 
         def refuse(point: str, new: float | None, reason: str, code: ExcCodes) -> ExcCodes:
             old = self.store.value(point) if point in self.store else None
-            self.audit.record(protocol="modbus", peer=caller.peer, user="", point=point,
+            self.audit.record(protocol="modbus", peer=caller.peer, user=user, point=point,
                               old=old, new=new, result=REFUSED, reason=reason,
-                              role=self.role)  # fmt: skip
+                              role=role)  # fmt: skip
             return code
 
         if not caller.may_write:
@@ -320,10 +330,10 @@ class StoreContext:
             i += width
         # check every point before changing any: the write is all or nothing
         for point, value in writes:
-            if math.isnan(value) and plant_not_available(point, self.role):
+            if math.isnan(value) and plant_not_available(point, role):
                 continue  # the plant's "not available" (NaN / sentinel): stored as INVALID
             try:
-                self.store.check_write(point.name, value, role=self.role)
+                self.store.check_write(point.name, value, role=role)
             except WriteRejected as exc:
                 return refuse(point.name, value, str(exc), ExcCodes.ILLEGAL_ADDRESS)
             except OutOfRange as exc:
@@ -335,10 +345,10 @@ class StoreContext:
                 self.store.set(point.name, value, quality=Quality.INVALID, source="modbus")
                 note = "not available"
             else:
-                self.store.write(point.name, value, role=self.role, source="modbus")
-            self.audit.record(protocol="modbus", peer=caller.peer, user="", point=point.name,
+                self.store.write(point.name, value, role=role, source="modbus")
+            self.audit.record(protocol="modbus", peer=caller.peer, user=user, point=point.name,
                               old=old, new=value, result=ACCEPTED, reason=note,
-                              role=self.role)  # fmt: skip
+                              role=role)  # fmt: skip
         return None
 
     def _encode_current(self, point: Point) -> list[int]:
@@ -471,6 +481,8 @@ class ModbusServer:
         self._decoder = DecodePDU(True)
         self._server: asyncio.Server | None = None
         self._conns: dict[int, _Connection] = {}
+        self._tls_ctx: Any = None
+        self._tls_stamp: tuple[Any, ...] = ()
         self.stats: dict[str, int] = dict.fromkeys(
             (
                 "connections",
@@ -502,7 +514,18 @@ class ModbusServer:
         """Listen on (host, port); raises OSError when the port is taken."""
         if self._server is not None:
             return
-        self._server = await asyncio.start_server(self._accept, self.host, self.port)
+        tls = self.policy.tls
+        self._tls_ctx = tls.server_context() if tls is not None else None
+        self._tls_stamp = tls.stamp() if tls is not None else ()
+        if self._tls_ctx is None:
+            self._server = await asyncio.start_server(self._accept, self.host, self.port)
+        else:
+            loop = asyncio.get_running_loop()
+
+            def paused() -> asyncio.StreamReaderProtocol:
+                return _PausedProtocol(asyncio.StreamReader(loop=loop), self._accept, loop=loop)
+
+            self._server = await loop.create_server(paused, self.host, self.port)
         if self.port == 0:  # a free port was asked for: keep it for restarts
             self.port = int(self._server.sockets[0].getsockname()[1])
         _log.info(
@@ -571,8 +594,13 @@ class ModbusServer:
         self.stats["connections"] += 1
         may, why = self._may_write(ip)
         caller = Caller(peer=peer, may_write=may, why_not=why)
-        view = self.context.view(caller)
         try:
+            if self._tls_ctx is not None:
+                authenticated = await self._handshake(caller, writer)
+                if authenticated is None:
+                    return
+                caller = authenticated
+            view = self.context.view(caller)
             await self._serve(conn, reader, writer, view)
         except _Malformed as exc:
             self.stats["malformed_closed"] += 1
@@ -590,6 +618,38 @@ class ModbusServer:
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+    async def _handshake(self, caller: Caller, writer: asyncio.StreamWriter) -> Caller | None:
+        """Modbus/TLS: the mutual handshake on an accepted connection; the caller with the
+        certificate's role, or None (refused, audited: no or an untrusted certificate)."""
+        import dataclasses
+        import ssl
+
+        tls = self.policy.tls
+        stamp = tls.stamp()
+        if stamp != self._tls_stamp:  # `gridtwin certs trust` while serving
+            try:
+                self._tls_ctx, self._tls_stamp = tls.server_context(), stamp
+            except Exception as exc:  # noqa: BLE001 - keep the last good trust list
+                _log.warning("Modbus/TLS: trust list not reloaded: %s", exc)
+        try:
+            await asyncio.wait_for(writer.start_tls(self._tls_ctx), self.policy.frame_timeout_s)
+        except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as exc:
+            self.stats["tls_refused"] = self.stats.get("tls_refused", 0) + 1
+            reason = getattr(exc, "reason", None) or type(exc).__name__
+            self.audit.record(protocol="modbus", peer=caller.peer, user="",
+                              point="(connection)", old=None, new=None, result=REFUSED,
+                              reason=f"TLS handshake refused: {reason}",
+                              role="")  # fmt: skip
+            return None
+        ssl_object = writer.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        role, label = tls.role_of(der)
+        may, why = caller.may_write, caller.why_not
+        if may and role == "viewer":
+            may, why = False, f"certificate {label} has role viewer: read only"
+        _log.info("Modbus/TLS: %s is %s (role %s)", caller.peer, label, role)
+        return dataclasses.replace(caller, user=label, role=role, may_write=may, why_not=why)
 
     async def _serve(
         self,
@@ -665,6 +725,16 @@ class ModbusServer:
         if isinstance(response, ExceptionResponse):
             self.stats["exceptions"] += 1
         return bytes([response.function_code]) + response.encode()
+
+
+class _PausedProtocol(asyncio.StreamReaderProtocol):
+    """Modbus/TLS: a connection reads nothing until the TLS handshake takes it over (a
+    ClientHello read into the plain stream would be lost to the handshake)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if isinstance(transport, asyncio.ReadTransport):
+            transport.pause_reading()
+        super().connection_made(transport)
 
 
 def parse_allow(entries: Iterable[str]) -> tuple[str, ...]:

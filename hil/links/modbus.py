@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.client import AsyncModbusTcpClient, AsyncModbusTlsClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
 from hil.errors import CommsLost, HilTimeout, ProtocolError
@@ -112,6 +112,8 @@ class ModbusLink(FieldLink):
             owner (the sync loop) calls :meth:`poll`.
         backoff_min_s, backoff_max_s: reconnect delay, doubling from min up to max.
         max_gap: registers/bits a read block may skip to merge two points.
+        tls: Modbus/TCP Security (:class:`hil.security.modbus_tls.ModbusTls`): mutual TLS
+            with the link's certificate; the server's certificate must be in ``tls.trust``.
     """
 
     protocol = "modbus"
@@ -131,6 +133,7 @@ class ModbusLink(FieldLink):
         stale_factor: float = 3.0,
         clock: Callable[[], float] | None = None,
         name: str | None = None,
+        tls: Any = None,
     ) -> None:
         pts = tuple(points)
         missing = [p.name for p in pts if p.modbus is None]
@@ -149,6 +152,8 @@ class ModbusLink(FieldLink):
         )
         self.host = host
         self.port = int(port)
+        self.tls = tls
+        self._sslctx = tls.client_context() if tls is not None else None
         self.timeout_s = float(timeout_s)
         self.poll_interval_s = poll_interval_s
         self.blocks: list[Block] = coalesce(self.inputs, max_gap=max_gap)
@@ -173,6 +178,16 @@ class ModbusLink(FieldLink):
             if not up and gen == self._generation and not self._closing and self.connected:
                 self._lost("connection closed by the peer")
 
+        if self._sslctx is not None:
+            return AsyncModbusTlsClient(
+                self.host,
+                port=self.port,
+                sslctx=self._sslctx,
+                timeout=self.timeout_s,
+                retries=0,
+                reconnect_delay=0,
+                trace_connect=on_connect,
+            )
         return AsyncModbusTcpClient(
             self.host,
             port=self.port,
@@ -194,9 +209,16 @@ class ModbusLink(FieldLink):
             raise
         if not ok or not client.connected:
             client.close()
+            tls = (
+                f" (Modbus/TLS: or the handshake failed: is the server's certificate in "
+                f"{self.tls.trust}? trust it with `gridtwin certs trust SERVER.der --pki "
+                f"{self.tls.trust.parent}`)"
+                if self.tls is not None
+                else ""
+            )
             raise CommsLost(
                 f"{self.name}: expected a Modbus TCP server at {self.host}:{self.port}, "
-                "connection refused or timed out"
+                f"connection refused or timed out{tls}"
             )
         return client
 

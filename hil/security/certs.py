@@ -83,8 +83,10 @@ class Pki:
         hostnames: tuple[str, ...] = ("localhost",),
         days: int = 730,
         overwrite: bool = False,
+        modbus_role: str | None = None,
     ) -> Path:
-        """Make the application certificate and key (refuses to overwrite unless told)."""
+        """Make the application certificate and key (refuses to overwrite unless told);
+        ``modbus_role`` puts a Modbus/TCP Security role into it (:data:`MODBUS_ROLE_OID`)."""
         if self.exists() and not overwrite:
             raise CertificateError(
                 f"{self.cert} exists already (expected a PKI folder without a certificate, or "
@@ -92,7 +94,7 @@ class Pki:
             )
         create_certificate(
             self.cert, self.key, app_uri=app_uri, common_name=common_name,
-            hostnames=hostnames, days=days,
+            hostnames=hostnames, days=days, modbus_role=modbus_role,
         )  # fmt: skip
         self.trusted.mkdir(parents=True, exist_ok=True)
         return self.cert
@@ -170,8 +172,13 @@ def create_certificate(
     common_name: str = "gridtwin",
     hostnames: tuple[str, ...] = ("localhost",),
     days: int = 730,
+    modbus_role: str | None = None,
 ) -> None:
-    """A self-signed application certificate for client and server use, and its key."""
+    """A self-signed application certificate for client and server use, and its key.
+
+    ``modbus_role``: the Modbus/TCP Security role extension (OID
+    :data:`MODBUS_ROLE_OID`, a UTF8String) a Modbus/TLS server reads the client's role from.
+    """
     from asyncua.crypto.cert_gen import generate_self_signed_app_certificate
 
     cert_path, key_path = Path(cert_path), Path(key_path)
@@ -189,10 +196,52 @@ def create_certificate(
         extended=[ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
         days=days,
     )
+    if modbus_role is not None:
+        cert = _with_modbus_role(cert, key, modbus_role)
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(dump_private_key_as_pem(key))
     cert_path.write_bytes(cert.public_bytes(Encoding.DER))
+
+
+#: Modbus/TCP Security (MB-TCP-Security v21): the role of a client certificate, an X.509
+#: extension holding one UTF8String.
+MODBUS_ROLE_OID = x509.ObjectIdentifier("1.3.6.1.4.1.50316.802.1")
+
+
+def _with_modbus_role(cert: x509.Certificate, key: Any, role: str) -> x509.Certificate:
+    raw = role.encode("utf-8")
+    if len(raw) > 127:
+        raise CertificateError(f"Modbus role: expected at most 127 bytes, found {len(raw)}")
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(cert.subject)
+        .issuer_name(cert.issuer)
+        .not_valid_before(cert.not_valid_before_utc)
+        .not_valid_after(cert.not_valid_after_utc)
+        .serial_number(cert.serial_number)
+        .public_key(cert.public_key())
+    )
+    for ext in cert.extensions:
+        b = b.add_extension(ext.value, critical=ext.critical)
+    der = bytes([0x0C, len(raw)]) + raw  # DER UTF8String
+    b = b.add_extension(x509.UnrecognizedExtension(MODBUS_ROLE_OID, der), critical=False)
+    return b.sign(private_key=key, algorithm=hashes.SHA256())
+
+
+def modbus_role_of(cert: x509.Certificate) -> str | None:
+    """The Modbus/TCP Security role in a certificate (None: no role extension)."""
+    try:
+        ext = cert.extensions.get_extension_for_oid(MODBUS_ROLE_OID)
+    except x509.ExtensionNotFound:
+        return None
+    der = getattr(ext.value, "value", b"")
+    if len(der) >= 2 and der[0] == 0x0C and der[1] < 0x80 and len(der) == 2 + der[1]:
+        return der[2:].decode("utf-8", errors="replace")
+    raise CertificateError(
+        f"certificate {describe(cert)}: Modbus role extension: expected a UTF8String, found "
+        f"{der[:8].hex()}"
+    )
 
 
 class TrustList:

@@ -1,6 +1,7 @@
 """``gridtwin certs``: application certificates, trust lists and users for the OPC UA servers.
 
 gridtwin certs create --pki DIR [--uri URI] [--name CN] [--host NAME ...] [--days N] [--overwrite]
+                      [--modbus-role ROLE]
 gridtwin certs trust FILE --pki DIR
 gridtwin certs add-user NAME --role ROLE --users FILE [--password-file F | --password-env VAR]
 
@@ -32,6 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     c.add_argument("--days", type=int, default=730, help="validity in days (730)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing certificate")
+    c.add_argument(
+        "--modbus-role",
+        choices=("viewer", "operator", "plant", "admin"),
+        help="Modbus/TCP Security: the client's role, in the certificate's role extension "
+        "(OID 1.3.6.1.4.1.50316.802.1)",
+    )
     c.set_defaults(func=_guarded(_create))
     t = sub.add_parser("trust", help="trust a peer's certificate (DER or PEM)")
     t.add_argument("file", type=Path, help="the peer's certificate")
@@ -83,10 +90,13 @@ def _create(args: argparse.Namespace) -> int:
         hostnames=tuple(args.host) or ("localhost",),
         days=args.days,
         overwrite=args.overwrite,
+        modbus_role=args.modbus_role,
     )
     from hil.security.certs import describe, load_certificate
 
     print(f"certificate {pki.cert} ({describe(load_certificate(pki.cert))}, {args.uri})")
+    if args.modbus_role:
+        print(f"Modbus role {args.modbus_role} (OID 1.3.6.1.4.1.50316.802.1)")
     print(f"private key {pki.key} (mode 0600)")
     print(f"trust list  {pki.trusted}/ (add peers with `gridtwin certs trust FILE --pki DIR`)")
     return 0

@@ -101,6 +101,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sec.add_argument(
         "--modbus-idle-timeout", type=float, default=120.0, help="seconds (default 120)"
     )
+    sec.add_argument(
+        "--modbus-tls",
+        action="store_true",
+        help="Modbus/TCP Security: mutual TLS with the certificate of --pki (needed); clients "
+        "must present a certificate in DIR/trusted/, their role from its Modbus role extension "
+        "(none: viewer, read only); the conventional port is 802 (--modbus-port 802)",
+    )
     parser.add_argument("--no-devices", action="store_true", help="serve points only")
     parser.add_argument("--seed", type=int, default=None, help="RTU noise seed")
     parser.set_defaults(func=_emulate)
@@ -161,11 +168,20 @@ def _emulate(args: argparse.Namespace) -> int:
             allow = None
         elif args.modbus_allow:
             allow = parse_allow(args.modbus_allow)
+        tls = None
+        if args.modbus_tls:
+            from hil.security.modbus_tls import ModbusTls
+
+            if args.pki is None:
+                return _fail("--modbus-tls: expected --pki DIR (its certificate and trusted/)")
+            tls = ModbusTls.from_pki(Pki(args.pki))
+            tls.server_context()  # a missing key or an empty trust list: say so now
         policy = ModbusPolicy(
             read_only=args.modbus_read_only,
             allow=allow,
             max_connections=args.modbus_max_connections,
             idle_timeout_s=args.modbus_idle_timeout,
+            tls=tls,
         )
     except HilError as exc:
         return _fail(str(exc))
@@ -205,6 +221,11 @@ def _emulate(args: argparse.Namespace) -> int:
     say(
         "  Modbus writes: "
         + ("none (read-only)" if policy.read_only else ", ".join(policy.allow or ["anyone"]))
+        + (
+            "; Modbus/TLS, mutual certificates (role from the client certificate)"
+            if policy.tls is not None
+            else "; plain Modbus TCP (no authentication)"
+        )
     )
     try:
         return serve_substation(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -81,3 +82,36 @@ async def test_node_opcua_untrusted_is_refused_then_trusted_reads(tmp_path):
         assert rc == 0 and "READ Good 0.02" in out, out
     finally:
         await srv.stop()
+
+
+async def test_node_opcua_and_the_twin_server_of_a_run(tmp_path):
+    """The twin's server as ``gridtwin run --twin-server --pki --users`` makes it: node-opcua
+    with an unknown certificate is refused, trusted it reads over SignAndEncrypt."""
+    import grids
+    from hil.field import EmulatedField
+    from hil.field.base import SimClock
+    from hil.security.run import RunSecurity
+    from scenarios.engine import make_model
+
+    twin = Pki(tmp_path / "twin")
+    twin.create(app_uri="urn:gridtwin:test:twin")
+    add_user(tmp_path / "users.toml", "op", "viewer", "op-pw")
+    net = grids.load("urban_district")
+    sec = RunSecurity(pki=twin.root, users=tmp_path / "users.toml")
+    fld = EmulatedField(net=net, model=make_model(net), mode="hil", links=["direct"],
+                        recorder=None, clock=SimClock(0.0), seed=1, twin_server_port=0,
+                        security=sec)  # fmt: skip
+    await fld.start()
+    try:
+        assert (await fld.step(0.0)).converged
+        srv = fld.twin_server
+        nid = f"ns={srv.ns};s=Twin/Stats/Steps"
+        node_pki = tmp_path / "node"
+        rc, out = await _probe(srv.endpoint, node_pki, nid)
+        assert rc == 3 and "BadCertificateUntrusted" in out, out
+        twin.trust(node_pki / "own" / "certs" / "client_certificate.pem")
+        rc, out = await _probe(srv.endpoint, node_pki, nid)
+        # Steps is an Int64: node-opcua shows it as [high, low] 32-bit words
+        assert rc == 0 and re.search(r"READ Good (0,)?1\b", out), out
+    finally:
+        await fld.stop()

@@ -66,8 +66,14 @@ async def _steps(fld: EmulatedField, n: int) -> None:
         assert out.converged, out.error
 
 
-async def _client(endpoint: str, who: Pki, user: tuple[str, str] | None, *,
-                  policy: str = "Basic256Sha256", mode: str = "SignAndEncrypt") -> Client:  # fmt: skip
+async def _client(
+    endpoint: str,
+    who: Pki,
+    user: tuple[str, str] | None,
+    *,
+    policy: str = "Basic256Sha256",
+    mode: str = "SignAndEncrypt",
+) -> Client:
     c = Client(endpoint, timeout=TIMEOUT)
     c.application_uri = who.app_uri()
     if user is not None:

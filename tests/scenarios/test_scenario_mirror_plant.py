@@ -51,7 +51,15 @@ point = "N3.vm_pu"
 
 
 def test_mirror_finds_a_bias_injected_into_a_separate_plant(tmp_path: Path) -> None:
+    from hil.security.certs import Pki
+
     (tmp_path / "plant.toml").write_text(PLANT)
+    # the served plant is secure (issue 11): each side trusts the other's certificate
+    plant_pki, mirror_pki = Pki(tmp_path / "plant-pki"), Pki(tmp_path / "mirror-pki")
+    plant_pki.create(app_uri="urn:gridtwin:test:plant", common_name="plant")
+    mirror_pki.create(app_uri="urn:gridtwin:test:mirror", common_name="mirror")
+    plant_pki.trust(mirror_pki.cert)
+    mirror_pki.trust(plant_pki.cert)
     log = tmp_path / "plant.log"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cmd = [
@@ -66,6 +74,8 @@ def test_mirror_finds_a_bias_injected_into_a_separate_plant(tmp_path: Path) -> N
         str(tmp_path / "plant-out"),
         "--inject",
         "meas_bias:N3.vm_pu=0.05@+40s",
+        "--pki",
+        str(plant_pki.root),
     ]
     with open(log, "w") as fh:
         plant = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
@@ -89,6 +99,10 @@ name = "plant"
 endpoint = "{ua.group(1)}"
 user = "{user.group(1)}"
 password = "{user.group(2)}"
+security = "Basic256Sha256"
+certificate = "{mirror_pki.cert}"
+private_key = "{mirror_pki.key}"
+server_trust = "{mirror_pki.trusted}"
 mode = "poll"
 [device.modbus]
 host = "127.0.0.1"

@@ -142,7 +142,6 @@ def test_twin_server_runs_for_the_run_and_is_read_by_a_client(tmp_path: Path) ->
     from asyncua.sync import Client
 
     from hil.security.certs import Pki
-
     from scenarios.config import loads_scenario
     from scenarios.engine import run_scenario
 
