@@ -104,10 +104,17 @@ class PointStore:
             sample = self._faulted(name, sample)
         self._publish(point, sample, source)
 
-    def set_many(self, items: Iterable[tuple[str, float]], *, source: str = "internal") -> None:
+    def set_many(
+        self,
+        items: Iterable[tuple[str, float]],
+        *,
+        source: str = "internal",
+        timestamp: float | None = None,
+    ) -> None:
         """``set(name, value, source=source)`` for every pair, GOOD (INVALID when not finite),
-        all stamped with one clock reading: the bulk path of a plant write (one step's
-        measurements). Listeners are notified per point, in order, as ``set`` does.
+        all stamped ``timestamp`` (None: one clock reading): the bulk path of a plant write
+        (one step's measurements, one Write request). Listeners are notified per point, in
+        order, as ``set`` does.
 
         Raises:
             UnknownPoint: a name not in the point map (the pairs before it are set).
@@ -117,7 +124,7 @@ class PointStore:
         true = self._true
         listeners = tuple(self._listeners)
         transform = None if source.startswith("device:") else self._transform
-        now = self.clock()
+        now = self.clock() if timestamp is None else timestamp
         good, invalid = Quality.GOOD, Quality.INVALID
         isfinite = math.isfinite
         for name, value in items:

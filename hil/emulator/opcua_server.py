@@ -39,7 +39,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -134,12 +134,26 @@ def _to_python(value: float, vtype: ua.VariantType) -> Any:
     return float(value)
 
 
+#: status code -> its (never mutated) StatusCode; the last source timestamp converted
+_STATUS: dict[int, ua.StatusCode] = {}
+_LAST_TS: list[Any] = [None, None]
+
+
 def data_value(sample: Sample, vtype: ua.VariantType) -> ua.DataValue:
     """A store sample as an OPC UA DataValue (quality -> status code, source timestamp)."""
-    ts = datetime.fromtimestamp(sample.timestamp, UTC)
+    t = sample.timestamp
+    if _LAST_TS[0] == t:  # one step's values share one timestamp: convert it once
+        ts = _LAST_TS[1]
+    else:
+        ts = datetime.fromtimestamp(t, UTC)
+        _LAST_TS[0], _LAST_TS[1] = t, ts
+    code = status_code(sample)
+    sc = _STATUS.get(code)
+    if sc is None:
+        sc = _STATUS[code] = ua.StatusCode(code)
     return ua.DataValue(
         Value=ua.Variant(_to_python(sample.value, vtype), vtype),
-        StatusCode=ua.StatusCode(status_code(sample)),
+        StatusCode=sc,
         SourceTimestamp=ts,
         ServerTimestamp=datetime.now(UTC),
     )
@@ -203,8 +217,21 @@ class _GuardedAttributeService(AttributeService):
     async def write(
         self, params: ua.WriteParameters, user: User = User(role=UserRole.Admin)
     ) -> list[ua.StatusCode]:
+        nodes = params.NodesToWrite
+        point_of = self._owner.point_of
+        value_attr = ua.AttributeIds.Value
+        points = [point_of(wv.NodeId) for wv in nodes]
+        if (
+            len(nodes) > 1
+            and all(p is not None for p in points)
+            and all(wv.AttributeId == value_attr for wv in nodes)
+            and len({p.name for p in points if p is not None}) == len(points)
+        ):
+            # the plant's step (every node a point, each once): one bulk update of the store
+            pairs = [(p, wv.Value) for p, wv in zip(points, nodes) if p is not None]
+            return self._owner.client_write_many(pairs, user)
         results: list[ua.StatusCode] = []
-        for wv in params.NodesToWrite:
+        for wv in nodes:
             point = self._owner.point_of(wv.NodeId)
             if point is None:
                 if wv.NodeId not in self._aspace:
@@ -255,6 +282,8 @@ class OpcuaServer:
         self._server: Server | None = None
         self._nodes: dict[ua.NodeId, Point] = {}
         self._node_of: dict[str, ua.NodeId] = {}
+        #: point -> its node's Value attribute (set on every store change; filled on first use)
+        self._value_attrs: dict[str, Any] = {}
         self._vtype: dict[str, ua.VariantType] = {}
         self._unsubscribe: Any = None
         self._pending: dict[str, None] = {}  # ordered set of point names to push
@@ -341,6 +370,7 @@ class OpcuaServer:
         ns = await server.register_namespace(getattr(pm, "namespace", NAMESPACE_DEFAULT))
         self._nodes.clear()
         self._node_of.clear()
+        self._value_attrs.clear()
         self._built: dict[str, Sample] = {}  # the samples the nodes were made from
         self._nodes.update(
             await build_point_nodes(server, ns, self.store, self._node_of, self._vtype, self._built)
@@ -348,19 +378,40 @@ class OpcuaServer:
 
     # store -> nodes ---------------------------------------------------------------------------
     def _on_change(self, point: Point, sample: Sample, source: str) -> None:
-        nid = self._node_of.get(point.name)
         server = self._server
-        if nid is None or server is None:
+        if server is None:
             return
-        dv = data_value(sample, self._vtype[point.name])
-        # set at once so a read right after a Modbus write sees it ...
-        node = server.iserver.aspace.get(nid)
-        if node is not None:
-            node.attributes[ua.AttributeIds.Value].value = dv
+        name = point.name
+        attr = self._value_attrs.get(name)
+        if attr is None:
+            nid = self._node_of.get(name)
+            node = server.iserver.aspace.get(nid) if nid is not None else None
+            if node is None:
+                return
+            attr = self._value_attrs[name] = node.attributes[ua.AttributeIds.Value]
+        if not attr.datachange_callbacks:
+            # nobody monitors it: its reads take the store's value when they come (no DataValue
+            # per change: a step of the plant changes tens of thousands of points)
+            if attr.value_callback is None:
+                attr.value_callback = self._reader(name)
+            return
+        # monitored: set at once so a read right after a Modbus write sees it ...
+        attr.value = data_value(sample, self._vtype[name])
+        attr.value_callback = None
         # ... and let the pump notify subscriptions (asyncua's callbacks are async)
-        self._pending[point.name] = None
+        self._pending[name] = None
         if self._wake is not None:
             self._wake.set()
+
+    def _reader(self, name: str) -> Callable[[ua.NodeId, ua.AttributeIds], ua.DataValue]:
+        """A node's Value read from the store at read time (asyncua's value callback)."""
+        get = self.store.get
+        vtype = self._vtype[name]
+
+        def read(nodeid: ua.NodeId, attr: ua.AttributeIds) -> ua.DataValue:
+            return data_value(get(name), vtype)
+
+        return read
 
     async def _push_loop(self) -> None:
         assert self._wake is not None
@@ -371,7 +422,11 @@ class OpcuaServer:
             server = self._server
             if server is None:
                 return
+            attrs = self._value_attrs
             for name in names:
+                attr = attrs.get(name)
+                if attr is not None and not attr.datachange_callbacks:
+                    continue  # nobody monitors it: _on_change has set its value already
                 nid = self._node_of[name]
                 dv = data_value(self.store.get(name), self._vtype[name])
                 try:
@@ -384,6 +439,82 @@ class OpcuaServer:
         """Apply one client write to the store with the user's role; returns the status."""
         role = self.user_manager.role_of(user)
         return self._client_write(point, dv, user, role)
+
+    def client_write_many(
+        self, writes: Sequence[tuple[Point, ua.DataValue]], user: User
+    ) -> list[ua.StatusCode]:
+        """Apply one Write request's values (distinct points) to the store in bulk.
+
+        Each value is judged as :meth:`client_write` judges it (role, type, limits, the plant's
+        "not available"); the accepted ones go into the store with one ``set_many`` per run of
+        equal source timestamps (the twin sends one per request), in request order; then every
+        value is audited in request order, ``old`` being the value before the request.
+        """
+        role = self.user_manager.role_of(user)
+        who = user_label(user)
+        peer = peer_of_current_request()
+        store = self.store
+        get = store.get
+        olds = [get(p.name).value for p, _ in writes]
+        verdicts = [self._judge(p, dv, role) for p, dv in writes]
+        # runs of plain sets with one source timestamp each; a "not available" one on its own
+        runs: list[tuple[float | None, list[tuple[str, float]], bool]] = []
+        for (point, _), (status, value, _reason, ts, na) in zip(writes, verdicts):
+            if status != ua.StatusCodes.Good or value is None:
+                continue
+            if na or not runs or runs[-1][2] or runs[-1][0] != ts:
+                runs.append((ts, [], na))
+            runs[-1][1].append((point.name, value))
+        for ts, items, na in runs:
+            if na:
+                name = items[0][0]
+                store.set(name, math.nan, quality=Quality.INVALID, timestamp=ts, source="opcua")
+            else:
+                store.set_many(items, source="opcua", timestamp=ts)
+        record = self.audit.record
+        out: list[ua.StatusCode] = []
+        good = ua.StatusCodes.Good
+        for (point, _), old, (status, value, reason, _ts, _na) in zip(writes, olds, verdicts):
+            record(protocol="opcua", peer=peer, user=who, point=point.name, old=old, new=value,
+                   result=ACCEPTED if status == good else REFUSED, reason=reason,
+                   role=role)  # fmt: skip
+            out.append(ua.StatusCode(status))
+        return out
+
+    def _judge(
+        self, point: Point, dv: ua.DataValue, role: str
+    ) -> tuple[int, float | None, str, float | None, bool]:
+        """What :meth:`_client_write` would do with ``dv``, without doing it: (status, the value
+        for the audit, reason, source timestamp, whether it is the plant's "not available")."""
+        timestamp = _posix(dv.SourceTimestamp)
+        bad_status = dv.StatusCode is not None and dv.StatusCode.is_bad()
+        variant = dv.Value
+        raw = variant.Value if variant is not None else None
+        if bad_status:
+            value = math.nan
+        elif isinstance(raw, bool):
+            value = 1.0 if raw else 0.0
+        elif isinstance(raw, (int, float)):
+            value = float(raw)
+        else:
+            return ua.StatusCodes.BadTypeMismatch, None, f"not a number: {raw!r}", timestamp, False
+        if self._vtype[point.name] in _INTEGER and math.isfinite(value) and value != int(value):
+            return (
+                ua.StatusCodes.BadTypeMismatch,
+                value,
+                "a fraction for an integer",
+                timestamp,
+                False,
+            )
+        if math.isnan(value) and plant_not_available(point, role):
+            return ua.StatusCodes.Good, value, "not available", timestamp, True
+        try:
+            self.store.check_write(point.name, value, role=role)
+        except WriteRejected as exc:
+            return ua.StatusCodes.BadUserAccessDenied, value, str(exc), timestamp, False
+        except OutOfRange as exc:
+            return ua.StatusCodes.BadOutOfRange, value, str(exc), timestamp, False
+        return ua.StatusCodes.Good, value, "", timestamp, False
 
     def audit_refused(self, point: Point, new: float | None, user: User, reason: str) -> None:
         self.audit.record(protocol="opcua", peer=peer_of_current_request(),

@@ -316,14 +316,14 @@ class ModbusLink(FieldLink):
             self.stats["reads"] += 1
             any_good = True
             store = self._store_input
-            good = Quality.GOOD
+            q_good = Quality.GOOD
             if blk.table in ("coil", "discrete_input"):
                 bits = rr.bits
                 for p in blk.points:
                     b = p.modbus
                     assert b is not None
                     value = 1.0 if bits[b.address - blk.address] else 0.0
-                    store(p.name, Sample(value, good, t), notify=False)
+                    store(p.name, Sample(value, q_good, t), notify=False)
                 continue
             regs = rr.registers
             memo = self._decoded
