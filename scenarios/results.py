@@ -123,6 +123,7 @@ RESULT_FILES = (
     "alarms.csv",
     "timing.csv",
     "report.html",
+    "audit.jsonl",  # appended to while the run goes: an old run's records must not stay
 )
 PARTS_DIR = "timeseries.parts"
 

@@ -176,3 +176,17 @@ def test_check_names_are_never_cut_at_80_columns() -> None:
     assert max(len(line) for line in text.splitlines()) <= 80
     cells = "".join(line.split("│")[1].strip() for line in text.splitlines() if "│" in line)
     assert long in cells, text
+
+
+def test_force_leaves_nothing_of_the_replaced_run(tmp_path: Path) -> None:
+    """--force removes every result file of the earlier run, the audit log included (the new
+    run appends to audit.jsonl while it goes: old records would read as this run's)."""
+    from scenarios.results import RESULT_FILES, prepare_out_dir
+
+    out = tmp_path / "o"
+    out.mkdir()
+    for name in RESULT_FILES:
+        (out / name).write_text("old run\n")
+    prepare_out_dir(out, force=True)
+    assert "audit.jsonl" in RESULT_FILES
+    assert sorted(p.name for p in out.iterdir()) == []
