@@ -86,6 +86,7 @@ _TRAFO_ROWS = {
     )
     if name
 }  # fmt: skip
+_DENSE_DEMAND = 20_000  # gen rows x elements up to which the gen-bus demand is a dense product
 _EPS = float(np.finfo(float).eps)  # pypower's guard in the reactive-power split
 _SL_FAC = 25  # pypower gen column: slack contribution factor
 _BOOL_COLUMNS = {("switch", "closed"), ("line", "in_service"), ("trafo", "in_service")}
@@ -104,6 +105,35 @@ _RES_TABLES = (
     "bus", "line", "trafo", "trafo3w", "impedance", "ext_grid", "load", "sgen", "gen", "shunt",
     "ward", "xward", "storage", "switch", "motor", "asymmetric_load", "asymmetric_sgen", "dcline",
 )  # fmt: skip
+
+
+_UNSET = object()
+
+
+class _Rows:
+    """Named rows of one result matrix: ``get(column)`` is a view of its row (no dict built)."""
+
+    __slots__ = ("m", "rows")
+
+    def __init__(self, m: np.ndarray, rows: dict[str, int]) -> None:
+        self.m = m
+        self.rows = rows
+
+    def get(self, name: str, default: Any = None) -> Any:
+        k = self.rows.get(name)
+        return default if k is None else self.m[k]
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.m[self.rows[name]]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.rows
+
+    def keys(self) -> Any:
+        return self.rows.keys()
+
+    def items(self) -> Any:
+        return ((name, self.m[k]) for name, k in self.rows.items())
 
 
 def _pp():
@@ -185,8 +215,9 @@ class Solution:
         self._results_fn = results
         # native(table) -> {column: array} for the columns computed without pandapower
         self._native_fn = native if native is not None else branch
-        self._native: dict[str, dict[str, np.ndarray] | None] = {}
-        self._flat: dict[tuple[str, str], np.ndarray] = {}
+        # table -> its natively computed columns (a dict or row views of one matrix), None when
+        # the table goes through pandapower's extraction; filled on first access
+        self._native: dict[str, Any] = {}
         self._tables: dict[str, Any] | None = None
 
     def _bus(self) -> None:
@@ -224,16 +255,17 @@ class Solution:
         Raises:
             InvalidInput: unknown table or column (the message lists what exists).
         """
-        col = self._flat.get((table, column))
-        if col is not None:
-            return col.copy()
+        cols = self._native.get(table, _UNSET)
+        if cols is _UNSET:
+            cols = self._load_native(table)
+        if cols is not None:
+            col = cols.get(column)
+            if col is not None:
+                return col.copy()
         if table == "bus" and column == "vm_pu":
             return self.vm_pu.copy()
         if table == "bus" and column == "va_degree":
             return self.va_degree.copy()
-        cols = self._native_columns(table, column)
-        if cols is not None:
-            return cols[column].copy()
         tables = self._res()
         if table not in tables:
             raise InvalidInput(table, column, None, table, "a result table: " + ", ".join(tables))
@@ -244,26 +276,24 @@ class Solution:
             )
         return df[column].to_numpy(dtype=float, copy=True)
 
-    def _native_columns(self, table: str, column: str) -> dict[str, np.ndarray] | None:
-        """The natively computed columns of ``table`` when they include ``column``."""
-        if column not in _NATIVE.get(table, ()) or self._native_fn is None:
-            return None
-        try:
-            cols = self._native[table]
-        except KeyError:
-            cols = self._native[table] = self._native_fn(table)
-            if cols is not None:
-                # one dict lookup per later get() of any column of this table
-                self._flat.update({(table, k): v for k, v in cols.items()})
-        if cols is None or column not in cols:
-            return None
+    def _load_native(self, table: str) -> Any:
+        """The natively computed columns of ``table`` (None: pandapower's extraction), once."""
+        cols = None
+        if table in _NATIVE and self._native_fn is not None:
+            cols = self._native_fn(table)
+        self._native[table] = cols
         return cols
 
     def native(self, table: str, column: str) -> bool:
         """Whether ``get(table, column)`` is computed here, without pandapower's extraction."""
         if table == "bus" and column in ("vm_pu", "va_degree"):
             return True
-        return self._native_columns(table, column) is not None
+        if column not in _NATIVE.get(table, ()):
+            return False
+        cols = self._native.get(table, _UNSET)
+        if cols is _UNSET:
+            cols = self._load_native(table)
+        return cols is not None and column in cols
 
     def __getattr__(self, name: str) -> np.ndarray:
         # sol.line_loading_percent -> get("line", "loading_percent"); longest table name first
@@ -874,7 +904,13 @@ class GridModel:
             guard.append([table, column, None, None, None, values])
         # lengths of the other tables (a guarded column covers its own table's length)
         covered = {g[0] for g in guard}
-        self._guard_sizes = [(t, len(net[t])) for t in _RES_TABLES if t in net and t not in covered]
+        # [table, length, frame, index]: the same frame with the same (immutable) index object
+        # has the same length, so the check is two identity tests
+        self._guard_sizes = [
+            [t, len(net[t]), net[t], net[t].index]
+            for t in _RES_TABLES
+            if t in net and t not in covered
+        ]
         return guard
 
     def _guard_stale(self) -> bool:
@@ -885,22 +921,26 @@ class GridModel:
         """
         net = self._net
         for g in self._guard:
-            table, column, frame, blocks, view, compiled = g[:6]
-            df = net[table]
-            mgr = getattr(df, "_mgr", None)
-            cur_blocks = getattr(mgr, "blocks", None)
-            if view is None or frame is not df or blocks is not cur_blocks:
+            df = net[g[0]]
+            view = g[4]
+            blocks = df._mgr.blocks
+            if view is None or g[2] is not df or g[3] is not blocks:
                 try:
-                    view = df[column].to_numpy()
+                    view = df[g[1]].to_numpy()
                 except KeyError:
                     return True
-                g[2], g[3], g[4] = df, cur_blocks, view
+                g[2], g[3], g[4] = df, blocks, view
+            compiled = g[5]
             # bytes, not values: NaN tap positions compare equal, any dtype change is stale
             if view.dtype != compiled.dtype or view.tobytes() != compiled.tobytes():
                 return True
-        for table, size in self._guard_sizes:
-            if len(net[table].index) != size:
+        for entry in self._guard_sizes:
+            df = net[entry[0]]
+            if df is entry[2] and df.index is entry[3]:
+                continue
+            if len(df.index) != entry[1]:
                 return True
+            entry[2], entry[3] = df, df.index
         return False
 
     def _write_guarded(self, table: str, column: str, pos: np.ndarray, new: np.ndarray) -> bool:
@@ -1013,7 +1053,7 @@ class GridModel:
             )  # fmt: skip
         return maps
 
-    def _branch_results(self, snap: dict[str, Any], table: str) -> dict[str, np.ndarray] | None:
+    def _branch_results(self, snap: dict[str, Any], table: str) -> Any:
         c = snap["c"]
         m = c.branch.get(table)
         if m is None:
@@ -1032,8 +1072,7 @@ class GridModel:
             vm_row = np.where(t_open, 12, 10)
             out[vm_row, part] = np.abs(v)
             out[vm_row + 1, part] = np.rad2deg(np.angle(v))
-        names = _LINE_ROWS if table == "line" else _TRAFO_ROWS
-        return {name: out[k] for name, k in names.items()}
+        return _Rows(out, _LINE_ROWS if table == "line" else _TRAFO_ROWS)
 
     def _element_maps(self, ppci: dict, ybus: Any, n: int) -> dict[str, Any]:
         """What ext_grid, gen, load and sgen results need, resolved once per compile.
@@ -1064,6 +1103,7 @@ class GridModel:
             out[table] = SimpleNamespace(
                 scaling=df["scaling"].to_numpy(dtype=float),
                 on=np.asarray(is_el[table], dtype=bool),
+                factor=df["scaling"].to_numpy(dtype=float) * np.asarray(is_el[table], dtype=bool),
                 base={col: df[col].to_numpy(dtype=float).copy() for col in cols},
             )
         gen = ppci["gen"]
@@ -1108,13 +1148,34 @@ class GridModel:
                 w = gen[ext, _SL_FAC].real.astype(float)
                 slack.append((int(ref_bus), pos, at, ext, pvg, w))
             demand = []
-            for b, w, _val in self._groups_now:
+            for key, (b, w, _val) in zip(_GROUPS, self._groups_now):
                 idx = np.flatnonzero((b >= 0) & np.isin(b, rows))
-                demand.append((idx, np.searchsorted(rows, b[idx]), w[idx]))
+                if idx.size:  # only the groups with an element at a gen / ref bus
+                    at = np.searchsorted(rows, b[idx])
+                    dense = None
+                    if rows.size * b.size <= _DENSE_DEMAND:
+                        # small grids: one matrix-vector product instead of gather + bincount
+                        dense = np.zeros((rows.size, b.size))
+                        np.add.at(dense, (at, idx), w[idx])
+                    demand.append((key, key[1] == "p_mw", idx, at, w[idx], dense))
+            # the reactive split as one affine map of the bus total: pypower's
+            # qmin + (qtot - qgmin) / qrange * qspan, qtot the bus Q (each of the ngg gens there
+            # carries q / ngg); equal split where the bus has no reactive range
+            q_a, q_b = np.ones(on.size), np.zeros(on.size)
+            if split is not None:
+                ngg, qgmin_b, qrange, qspan, same = split
+                q_a = qspan / qrange
+                q_b = qmin - qgmin_b * q_a
+                q_a[same] = 1.0 / ngg[same]
+                q_b[same] = 0.0
+            all_on = on.size == gen.shape[0]
             out["gen_rows"] = SimpleNamespace(
+                q_a=q_a, q_b=q_b, all_on=all_on,
+                eg_all=bool(np.all(eg_on)), g_all=bool(np.all(g_on)),
                 demand=demand, rest_p=self._rest_p[rows], rest_q=self._rest_q[rows],
                 ng=gen.shape[0], on=on, gbus=gbus, qmin=qmin, split=split, slack=slack,
-                rows=np.ascontiguousarray(rows, dtype=np.int64), gpos=np.searchsorted(rows, gbus),
+                rows=np.ascontiguousarray(rows, dtype=np.int64),
+                gpos=np.searchsorted(rows, gbus).astype(np.int64),
                 eg_on=eg_on, eg_rows=eg_rows[eg_on], g_on=g_on, g_rows=g_rows[g_on],
                 g_bus=g_bus[g_on],
             )  # fmt: skip
@@ -1130,36 +1191,36 @@ class GridModel:
         if cached is not None:
             return cached
         base = c.base_mva
-        # bus injections at gen and ref buses, pu
-        sp_, sq_ = np.empty(m.rows.shape[0]), np.empty(m.rows.shape[0])
-        self._kernel.bus_power(
-            c.y_indptr, c.y_indices, c.y_re, c.y_im, self._polar(snap), m.rows, sp_, sq_
-        )
-        # bus demand at those rows only (the element groups of the solved inputs)
-        pd_, qd_ = m.rest_p.copy(), m.rest_q.copy()
+        nr = m.rows.shape[0]
+        # bus demand at the gen and ref buses (the element groups of the solved inputs)
+        pd_, qd_ = m.rest_p, m.rest_q
         inputs = snap["inputs"]
-        for key, (idx, at, w) in zip(_GROUPS, m.demand):
-            if idx.size:
-                (pd_ if key[1] == "p_mw" else qd_)[:] += np.bincount(
-                    at, weights=w * inputs[key][idx], minlength=pd_.shape[0]
-                )
-        q_on = sq_[m.gpos] * base + qd_[m.gpos]
-        if m.split is not None:
-            ngg, qgmin, qrange, qspan, same = m.split
-            q_on = q_on / ngg
-            qtot = np.bincount(m.gbus, weights=q_on, minlength=c.n)[m.gbus]
-            q_new = m.qmin + (qtot - qgmin) / qrange * qspan
-            q_new[same] = q_on[same]
-            q_on = q_new
-        qg = np.zeros(m.ng)
-        qg[m.on] = q_on
+        for key, is_p, idx, at, w, dense in m.demand:
+            if dense is not None:
+                d = dense @ inputs[key]
+            else:
+                d = np.bincount(at, weights=w * inputs[key][idx], minlength=nr)
+            if is_p:
+                pd_ = pd_ + d
+            else:
+                qd_ = qd_ + d
+        # generation at those buses (MW) and each gen's share of its bus Q (Mvar)
+        p_bus, q_on = np.empty(nr), np.empty(m.gpos.shape[0])
+        self._kernel.gen_pq(
+            c.y_indptr, c.y_indices, c.y_re, c.y_im, self._polar(snap), m.rows, pd_, qd_, base,
+            m.gpos, m.q_a, m.q_b, p_bus, q_on,
+        )  # fmt: skip
+        if m.all_on:
+            qg = q_on
+        else:
+            qg = np.zeros(m.ng)
+            qg[m.on] = q_on
         pg = np.array(snap["gen_pg"], dtype=float)
         for _ref_bus, pos, at, ext, pvg, w in m.slack:
-            p_bus = sp_[pos] * base + pd_[pos]
             if ext is None:
-                pg[at[0]] = p_bus
+                pg[at[0]] = p_bus[pos]
                 continue
-            p_ext = p_bus - np.sum(pg[pvg])
+            p_ext = p_bus[pos] - np.sum(pg[pvg])
             sw = np.sum(w)
             if sw > 0:
                 pg[ext] = pg[ext] + (p_ext - np.sum(pg[ext])) * w / sw
@@ -1168,7 +1229,7 @@ class GridModel:
         snap["gen_pq"] = (pg, qg)
         return pg, qg
 
-    def _native_results(self, snap: dict[str, Any], table: str) -> dict[str, np.ndarray] | None:
+    def _native_results(self, snap: dict[str, Any], table: str) -> Any:
         """Natively computed result columns of ``table`` (None: use pandapower's extraction)."""
         if table in _NATIVE_BRANCH:
             if snap["limited"].size:
@@ -1180,10 +1241,7 @@ class GridModel:
             if m is None:
                 return None
             inputs = snap["inputs"]
-            return {
-                col: inputs.get((table, col), base) * m.scaling * m.on
-                for col, base in m.base.items()
-            }
+            return {col: inputs.get((table, col), base) * m.factor for col, base in m.base.items()}
         if table not in ("ext_grid", "gen"):
             return None
         pq = self._gen_results(snap)
@@ -1192,11 +1250,20 @@ class GridModel:
         pg, qg = pq
         m = c.element["gen_rows"]
         if table == "ext_grid":
+            if m.eg_all:
+                return {"p_mw": pg[m.eg_rows], "q_mvar": qg[m.eg_rows]}
             p = np.zeros(m.eg_on.shape[0])
             q = np.zeros(m.eg_on.shape[0])
             p[m.eg_on] = pg[m.eg_rows]
             q[m.eg_on] = qg[m.eg_rows]
             return {"p_mw": p, "q_mvar": q}
+        if m.g_all:
+            return {
+                "p_mw": pg[m.g_rows],
+                "q_mvar": qg[m.g_rows],
+                "vm_pu": snap["vm"][m.g_bus],
+                "va_degree": self._polar(snap)[2][m.g_bus],
+            }
         ng = m.g_on.shape[0]
         p, q, vm, va = np.zeros(ng), np.zeros(ng), np.zeros(ng), np.zeros(ng)
         p[m.g_on] = pg[m.g_rows]
