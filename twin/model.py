@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from functools import partial
 from types import SimpleNamespace
 from typing import Any
 
@@ -86,7 +87,6 @@ _TRAFO_ROWS = {
     )
     if name
 }  # fmt: skip
-_DENSE_DEMAND = 20_000  # gen rows x elements up to which the gen-bus demand is a dense product
 _EPS = float(np.finfo(float).eps)  # pypower's guard in the reactive-power split
 _SL_FAC = 25  # pypower gen column: slack contribution factor
 _BOOL_COLUMNS = {("switch", "closed"), ("line", "in_service"), ("trafo", "in_service")}
@@ -108,6 +108,39 @@ _RES_TABLES = (
 
 
 _UNSET = object()
+
+
+class _Lazy:
+    """Result columns computed on first ``get`` (each one gather or product), then kept."""
+
+    __slots__ = ("names", "fn", "done")
+
+    def __init__(self, names: Any, fn: Callable[[str], np.ndarray]) -> None:
+        self.names = names
+        self.fn = fn
+        self.done: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, default: Any = None) -> Any:
+        v = self.done.get(name)
+        if v is None:
+            if name not in self.names:
+                return default
+            v = self.done[name] = self.fn(name)
+        return v
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self.names:
+            raise KeyError(name)
+        return self.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.names
+
+    def keys(self) -> Any:
+        return iter(self.names)
+
+    def items(self) -> Any:
+        return ((name, self.get(name)) for name in self.names)
 
 
 class _Rows:
@@ -1151,13 +1184,15 @@ class GridModel:
             for key, (b, w, _val) in zip(_GROUPS, self._groups_now):
                 idx = np.flatnonzero((b >= 0) & np.isin(b, rows))
                 if idx.size:  # only the groups with an element at a gen / ref bus
+                    # as CSR over the gen-bus rows: the kernel's rows_add sums each row
                     at = np.searchsorted(rows, b[idx])
-                    dense = None
-                    if rows.size * b.size <= _DENSE_DEMAND:
-                        # small grids: one matrix-vector product instead of gather + bincount
-                        dense = np.zeros((rows.size, b.size))
-                        np.add.at(dense, (at, idx), w[idx])
-                    demand.append((key, key[1] == "p_mw", idx, at, w[idx], dense))
+                    order = np.argsort(at, kind="stable")
+                    ptr = np.zeros(rows.size + 1, dtype=np.int64)
+                    np.cumsum(np.bincount(at, minlength=rows.size), out=ptr[1:])
+                    demand.append((
+                        key, key[1] == "p_mw", ptr, idx[order].astype(np.int64),
+                        np.ascontiguousarray(w[idx][order], dtype=float),
+                    ))  # fmt: skip
             # the reactive split as one affine map of the bus total: pypower's
             # qmin + (qtot - qgmin) / qrange * qspan, qtot the bus Q (each of the ngg gens there
             # carries q / ngg); equal split where the bus has no reactive range
@@ -1195,15 +1230,11 @@ class GridModel:
         # bus demand at the gen and ref buses (the element groups of the solved inputs)
         pd_, qd_ = m.rest_p, m.rest_q
         inputs = snap["inputs"]
-        for key, is_p, idx, at, w, dense in m.demand:
-            if dense is not None:
-                d = dense @ inputs[key]
-            else:
-                d = np.bincount(at, weights=w * inputs[key][idx], minlength=nr)
-            if is_p:
-                pd_ = pd_ + d
-            else:
-                qd_ = qd_ + d
+        kern = self._kernel
+        if m.demand:
+            pd_, qd_ = pd_.copy(), qd_.copy()
+            for key, is_p, ptr, idx, w in m.demand:
+                kern.rows_add(ptr, idx, w, inputs[key], pd_ if is_p else qd_)
         # generation at those buses (MW) and each gen's share of its bus Q (Mvar)
         p_bus, q_on = np.empty(nr), np.empty(m.gpos.shape[0])
         self._kernel.gen_pq(
@@ -1240,37 +1271,35 @@ class GridModel:
             m = c.element.get(table)
             if m is None:
                 return None
-            inputs = snap["inputs"]
-            return {col: inputs.get((table, col), base) * m.factor for col, base in m.base.items()}
+            return _Lazy(m.base, partial(self._element_column, snap, table))
         if table not in ("ext_grid", "gen"):
             return None
+        m = c.element.get("gen_rows")
+        if m is None or snap["limited"].size:
+            return None  # Q-limited gens keep their fixed Q: pandapower's extraction does that
+        names = _NATIVE_ELEMENT[table]
+        return _Lazy(names, partial(self._element_column, snap, table))
+
+    def _element_column(self, snap: dict[str, Any], table: str, column: str) -> np.ndarray:
+        """One natively computed load / sgen / ext_grid / gen result column."""
+        c = snap["c"]
+        if table in ("load", "sgen"):
+            m = c.element[table]
+            return snap["inputs"].get((table, column), m.base[column]) * m.factor
         pq = self._gen_results(snap)
-        if pq is None:
-            return None
-        pg, qg = pq
+        assert pq is not None  # _native_results checked what _gen_results needs
         m = c.element["gen_rows"]
-        if table == "ext_grid":
-            if m.eg_all:
-                return {"p_mw": pg[m.eg_rows], "q_mvar": qg[m.eg_rows]}
-            p = np.zeros(m.eg_on.shape[0])
-            q = np.zeros(m.eg_on.shape[0])
-            p[m.eg_on] = pg[m.eg_rows]
-            q[m.eg_on] = qg[m.eg_rows]
-            return {"p_mw": p, "q_mvar": q}
-        if m.g_all:
-            return {
-                "p_mw": pg[m.g_rows],
-                "q_mvar": qg[m.g_rows],
-                "vm_pu": snap["vm"][m.g_bus],
-                "va_degree": self._polar(snap)[2][m.g_bus],
-            }
-        ng = m.g_on.shape[0]
-        p, q, vm, va = np.zeros(ng), np.zeros(ng), np.zeros(ng), np.zeros(ng)
-        p[m.g_on] = pg[m.g_rows]
-        q[m.g_on] = qg[m.g_rows]
-        vm[m.g_on] = snap["vm"][m.g_bus]
-        va[m.g_on] = self._polar(snap)[2][m.g_bus]
-        return {"p_mw": p, "q_mvar": q, "vm_pu": vm, "va_degree": va}
+        if column in ("p_mw", "q_mvar"):
+            src = pq[0] if column == "p_mw" else pq[1]
+            on, rows = (m.eg_on, m.eg_rows) if table == "ext_grid" else (m.g_on, m.g_rows)
+        else:  # gen vm_pu / va_degree
+            src = snap["vm"] if column == "vm_pu" else self._polar(snap)[2]
+            on, rows = m.g_on, m.g_bus
+        if m.eg_all if table == "ext_grid" else m.g_all:
+            return src[rows]
+        out = np.zeros(on.shape[0])
+        out[on] = src[rows]
+        return out
 
     def _polar(self, snap: dict[str, Any]) -> np.ndarray:
         """(re, im, angle degrees) of the snapshot's internal bus voltages (computed once)."""

@@ -1262,3 +1262,29 @@ def gen_pq(indptr, indices, y_re, y_im, vpolar, rows, pd, qd, double base_mva, g
         for j in range(ng):
             oq[j] = qa[j] * qbus[gp[j]] + qb[j]
     return None
+
+
+def rows_add(indptr, idx, w, x, out):
+    """``out[r] += sum(w[p] * x[idx[p]] for p in indptr[r]:indptr[r + 1])`` (a CSR product)."""
+    cdef Py_ssize_t nr = _len(out, "out"), nnz = _len(idx, "idx"), nx = _len(x, "x")
+    cdef const long long* ip = <const long long*>_arr(
+        indptr, cnp.NPY_INT64, nr + 1, -1, False, "indptr"
+    )
+    cdef const long long* ix = <const long long*>_arr(idx, cnp.NPY_INT64, nnz, -1, False, "idx")
+    cdef const double* wv = <const double*>_arr(w, cnp.NPY_DOUBLE, nnz, -1, False, "w")
+    cdef const double* xv = <const double*>_arr(x, cnp.NPY_DOUBLE, nx, -1, False, "x")
+    cdef double* o = <double*>_arr(out, cnp.NPY_DOUBLE, nr, -1, True, "out")
+    cdef Py_ssize_t r, p
+    cdef double acc
+    if ip[0] != 0 or ip[nr] != nnz:
+        raise ValueError(f"indptr: expected 0 .. {nnz}, found {ip[0]} .. {ip[nr]}")
+    for p in range(nnz):
+        if ix[p] < 0 or ix[p] >= nx:
+            raise ValueError(f"idx[{p}] = {ix[p]} outside 0..{nx - 1}")
+    with nogil:
+        for r in range(nr):
+            acc = 0.0
+            for p in range(ip[r], ip[r + 1]):
+                acc = acc + wv[p] * xv[ix[p]]
+            o[r] = o[r] + acc
+    return None

@@ -332,3 +332,14 @@ def gen_pq(
     bus_power(indptr, indices, y_re, y_im, vpolar, rows, sp_, sq_)
     out_p[:] = sp_ * base_mva + pd
     out_q[:] = q_a * (sq_ * base_mva + qd)[gpos] + q_b
+
+
+def rows_add(indptr, idx, w, x, out) -> None:
+    """Same contract as ``_newton.rows_add``."""
+    nr = out.shape[0]
+    if indptr.shape[0] != nr + 1 or indptr[0] != 0 or indptr[-1] != idx.shape[0]:
+        raise ValueError(f"indptr: expected {nr + 1} entries from 0 to {idx.shape[0]}")
+    if np.any((idx < 0) | (idx >= x.shape[0])):
+        raise ValueError(f"idx outside 0..{x.shape[0] - 1}")
+    rows = np.repeat(np.arange(nr), np.diff(indptr))
+    out += np.bincount(rows, weights=w * x[idx], minlength=nr)
