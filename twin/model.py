@@ -535,6 +535,7 @@ class GridModel:
         self._guard = self._make_guard(net)
         # branch outages patched onto this compile (compiled branch rows) and what patching needs
         self._c_base = self._c
+        self._c_fields: tuple[Any, dict[str, Any]] | None = None
         self._y_base = (self._y_re, self._y_im)
         self._out: frozenset[int] = frozenset()
         # compiled branch rows with one end opened by a line / trafo switch: row -> 1 (from
@@ -607,7 +608,7 @@ class GridModel:
         if rows_of is None:
             return False
         rows = rows_of[pos]
-        if np.any(rows < 0):
+        if (rows < 0).any():
             return False
         out = set(self._svc_out)
         for r, on in zip(rows.tolist(), np.asarray(new, dtype=bool).tolist()):
@@ -640,7 +641,7 @@ class GridModel:
         dead = self._cut_off(cut, info)
         # only auxiliary buses (no pandapower bus: the open ends of element switches) may be
         # left without supply; they are solved as dead buses (kind 3), as pandapower drops them
-        if dead.size and np.any(self._bus_rep[dead] >= 0):
+        if dead.size and (self._bus_rep[dead] >= 0).any():
             return False
         self._svc_out, self._sw_open = svc_out, dict(sw_open)
         self._half = half
@@ -765,9 +766,16 @@ class GridModel:
         # give the patched-out branches zero flows, as pandapower reports for them
         ppci = c0.ppci
         n = self._n
-        fields = {
-            k: v for k, v in vars(c0).items() if k not in ("branch", "element", "yf", "yt", "lazy")
-        }
+        base = self._c_fields
+        if base is None or base[0] is not c0:
+            # the compile's fields once per compile, not on every toggle
+            kept_fields = {
+                k: v
+                for k, v in vars(c0).items()
+                if k not in ("branch", "element", "yf", "yt", "lazy")
+            }
+            base = self._c_fields = (c0, kept_fields)
+        fields = dict(base[1])
         fields.update(ppci=ppci, y_re=yre, y_im=yim)
 
         def lazy(name: str) -> Any:
@@ -1448,10 +1456,10 @@ class GridModel:
             if lookup is None:
                 pos = df.index.get_indexer(idx)
             else:
-                pos = np.fromiter((lookup.get(int(k), -1) for k in idx), np.int64, idx.shape[0])
+                pos = np.array([lookup.get(k, -1) for k in idx.tolist()], dtype=np.int64)
         else:
             pos = df.index.get_indexer(idx)
-        if np.any(pos < 0):
+        if (pos < 0).any():
             bad = idx[pos < 0][0]
             known = list(df.index[:20])
             raise InvalidInput(table, column, bad, bad, f"an index of net.{table} such as {known}")
@@ -1504,14 +1512,16 @@ class GridModel:
             raise InvalidInput(
                 table, column, None, f"{vals.shape[0]} values", f"{pos.shape[0]} values"
             )
-        if (table, column) in _BOOL_COLUMNS:
+        if (table, column) in _BOOL_COLUMNS and vals.dtype == np.bool_:
+            newv: np.ndarray = vals  # already True/False: nothing to check
+        elif (table, column) in _BOOL_COLUMNS:
             if vals.dtype.kind not in "biuf":
                 raise InvalidInput(table, column, None, vals.dtype, "booleans")
             fv = vals.astype(float)
             bad = ~np.isfinite(fv) | ((fv != 0) & (fv != 1))
             if np.any(bad):
                 raise InvalidInput(table, column, df.index[pos[bad][0]], vals[bad][0], "True/False")
-            newv: np.ndarray = fv.astype(bool)
+            newv = fv.astype(bool)
         else:
             try:
                 fv = vals.astype(float)
@@ -1534,11 +1544,7 @@ class GridModel:
             # the guard holds what was compiled; when the net still agrees with it (not stale),
             # it stands for the net's column and no pandas read is needed
             fresh = compiled is not None and not self._guard_stale()
-            if (
-                fresh
-                and compiled is not None
-                and np.array_equal(compiled[pos].astype(float), newv.astype(float), equal_nan=True)
-            ):
+            if fresh and compiled is not None and _same_values(compiled[pos], newv):
                 return  # unchanged: a sync loop may resend the same status every step
             if fresh and column == "tap_pos" and self._try_tap(pos, newv):
                 return
@@ -1939,6 +1945,13 @@ def _fill_from_neighbours(
         vm[new] = (adj @ (vm * h))[new] / cnt[new]
         va[new] = (adj @ (va * h))[new] / cnt[new]
         have |= new
+
+
+def _same_values(a: np.ndarray, b: np.ndarray) -> bool:
+    """Element-wise equal (NaN equal to NaN): a bool compare where both are booleans."""
+    if a.dtype == np.bool_ and b.dtype == np.bool_:
+        return bool((a == b).all())
+    return bool(np.array_equal(a.astype(float), b.astype(float), equal_nan=True))
 
 
 def _short_list(values: np.ndarray, limit: int = 10) -> str:
