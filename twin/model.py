@@ -440,6 +440,8 @@ class GridModel:
         self._n = n
         self._ybus_c = ybus
         self._yf, self._yt = yf, yt
+        # Yf / Yt of the compile plus the tap-patched rows not yet written into copies of them
+        self._y_pending: tuple[Any, Any, dict[int, tuple[complex, ...]]] = (yf, yt, {})
         self._ref, self._pv, self._pq, self._ref_gens = ref, pv, pq, ref_gens
         self._kind0 = kind
         self._kind_run = kind  # kind0 with dead auxiliary buses of a patch set to 3
@@ -853,8 +855,9 @@ class GridModel:
             return False
         df = net.trafo
         col = df.columns.get_loc("tap_pos")
-        old = df.iloc[pos, col].copy()
-        df.iloc[pos, col] = new
+        old = compiled[pos].copy()  # the net's values: the caller checked the guard is fresh
+        if not self._write_guarded("trafo", "tap_pos", pos, new):
+            df.iloc[pos, col] = new
         rows = rows_of[pos]
         sel = np.flatnonzero(rows >= 0)
         memo = self._tap_memo
@@ -875,7 +878,8 @@ class GridModel:
                 r, x, g, b, g_asym, b_asym, ratio, shift = vals
         except Exception as exc:  # anything pandapower's own conversion would rather do
             _log.debug("tap change not patched (%s): recompiling", exc)
-            df.iloc[pos, col] = old.to_numpy()
+            if not self._write_guarded("trafo", "tap_pos", pos, old):
+                df.iloc[pos, col] = old
             return False
         self._guard_refresh("trafo", "tap_pos")
         if not sel.size:
@@ -898,21 +902,42 @@ class GridModel:
         np.add.at(y_im0, at, delta.imag.reshape(-1))
         stamps = info.stamps.copy()
         stamps[:, br_rows] = stamps_new
-        yf, yt = c0.yf.tocsr(copy=True), c0.yt.tocsr(copy=True)
-        for y, (a, bb) in ((yf, (yff, yft)), (yt, (ytf, ytt))):
-            for j, row in enumerate(br_rows.tolist()):
-                lo, hi = y.indptr[row], y.indptr[row + 1]
-                cols = y.indices[lo:hi]
-                y.data[lo:hi] = np.where(cols == info.f[row], a[j], bb[j])
+        # Yf / Yt copies only when results are read: the compile's matrices plus every tap row
+        # patched since (bounded by the trafo rows), never a chain of earlier patches
+        yf0, yt0, pending = self._y_pending
+        pending = dict(pending)
+        for j, row in enumerate(br_rows.tolist()):
+            pending[row] = (yff[j], yft[j], ytf[j], ytt[j])
+        self._y_pending = (yf0, yt0, pending)
+        f_bus = info.f
+        built: dict[str, Any] = {}
+
+        def matrices() -> tuple[Any, Any]:
+            if not built:
+                yf, yt = yf0.tocsr(copy=True), yt0.tocsr(copy=True)
+                for row, (a_f, b_f, a_t, b_t) in pending.items():
+                    for y, a, bb in ((yf, a_f, b_f), (yt, a_t, b_t)):
+                        lo, hi = y.indptr[row], y.indptr[row + 1]
+                        cols = y.indices[lo:hi]
+                        y.data[lo:hi] = np.where(cols == f_bus[row], a, bb)
+                built["yf"], built["yt"] = yf, yt
+            return built["yf"], built["yt"]
+
         self._patch_info = SimpleNamespace(**{**vars(info), "stamps": stamps})
         self._y_base = (y_re0, y_im0)
         self._ppci = ppci
-        self._yf, self._yt = yf, yt
         fields = {k: v for k, v in vars(c0).items() if k not in ("branch", "yf", "yt", "lazy")}
-        fields.update(ppci=ppci, yf=yf, yt=yt, y_re=y_re0, y_im=y_im0)
+        fields.update(ppci=ppci, y_re=y_re0, y_im=y_im0)
         ppc, n = c0.ppc, self._n
 
         def lazy(name: str) -> Any:
+            if name == "element":
+                return c0.element  # not read yet on the structure patched before
+            yf, yt = matrices()
+            if name == "yf":
+                return yf
+            if name == "yt":
+                return yt
             return self._branch_maps(ppc, ppci, n, yf, yt)  # "branch": on first result read
 
         self._c_base = _Structure(lazy=lazy, **fields)
@@ -985,7 +1010,7 @@ class GridModel:
         return False
 
     def _write_guarded(self, table: str, column: str, pos: np.ndarray, new: np.ndarray) -> bool:
-        """Write a boolean column through the guard's view of the frame's block (no pandas).
+        """Write a bool / float column through the guard's view of the frame's block (no pandas).
 
         False when pandas gives no writable view of its own block (the caller uses iloc).
         """
@@ -993,8 +1018,10 @@ class GridModel:
             if g[0] != table or g[1] != column:
                 continue
             view = g[4]
-            if view is None or view.dtype != np.bool_ or not view.flags.writeable:
+            if view is None or not view.flags.writeable:
                 return False
+            if not (view.dtype == new.dtype and view.dtype.kind in "bf"):
+                return False  # booleans and float tap positions only: nothing to convert
             if len(g) < 7 or g[6] is not g[3]:
                 # once per block layout: is the view the block's memory (not a copy)?
                 shares = any(np.shares_memory(view, b.values) for b in (g[3] or ()))
