@@ -548,6 +548,8 @@ class GridModel:
         self._sw_info: SimpleNamespace | None = None
         # (trafo position, tap position) -> pandapower's branch values, for this compile
         self._tap_memo: dict[tuple[int, float], tuple[float, ...]] = {}
+        # (trafo position, tap) -> its branch's ytt, yff, yft, ytf on this compile
+        self._tap_stamps: dict[tuple[int, float], tuple[complex, ...]] = {}
         self._patch_info: SimpleNamespace | None = None
         self.patches = getattr(self, "patches", 0)
 
@@ -892,7 +894,14 @@ class GridModel:
                           (ib.BR_G_ASYM, g_asym), (ib.BR_B_ASYM, b_asym), (ib.TAP, ratio),
                           (ib.SHIFT, shift)):  # fmt: skip
             branch[br_rows, column] = v
-        ytt, yff, yft, ytf = branch_vectors(branch[br_rows], br_rows.shape[0])
+        smemo = self._tap_stamps
+        if all(k in smemo for k in keys):
+            # the same taps again (a controller stepping up and down): the stamps as before
+            ytt, yff, yft, ytf = (np.array([smemo[k][j] for k in keys]) for j in range(4))
+        else:
+            ytt, yff, yft, ytf = branch_vectors(branch[br_rows], br_rows.shape[0])
+            for j, k in enumerate(keys):
+                smemo[k] = (complex(ytt[j]), complex(yff[j]), complex(yft[j]), complex(ytf[j]))
         stamps_new = np.vstack([yff, yft, ytf, ytt])
         delta = stamps_new - info.stamps[:, br_rows]
         y_re0, y_im0 = self._y_base
