@@ -390,6 +390,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pegase-steps", type=int, default=200, help="steps per pegase grid")
     parser.add_argument("--pp-steps", type=int, default=50, help="steps for pandapower methods")
     parser.add_argument("--toggle-steps", type=int, default=200, help="toggles per grid")
+    parser.add_argument(
+        "--toggle-only", nargs="*", default=None,
+        help="grids with only the line toggle row (default with --quick: case9241pegase)",
+    )  # fmt: skip
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--n1-cases", nargs="+", default=None, help="grids of the N-1 table")
@@ -403,6 +407,10 @@ def main(argv: list[str] | None = None) -> int:
         args.n1_pp = min(args.n1_pp, 5)
         args.methods = [m for m in args.methods if m != "gridtwin_numpy"]
     cases = args.cases or (QUICK_CASES if args.quick else DEFAULT_CASES)
+    toggle_only = args.toggle_only
+    if toggle_only is None:
+        toggle_only = ["case9241pegase"] if args.quick else []
+    toggle_only = [c for c in toggle_only if c not in cases]
     n1_cases = args.n1_cases or [c for c in ("ieee118", "case2869pegase") if c in cases]
     warnings.filterwarnings("ignore")
     import grids
@@ -507,6 +515,22 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:
                 cell2["pandapower"] = f"failed: {type(exc).__name__}: {exc}"[:60]
             n1.append((case, len(els), cell2))
+
+    for case in toggle_only if build_info()["cython_available"] else []:
+        # the large grid for the line toggle, without its injection steps
+        net = grids.load(case)
+        net["_ppc"] = None
+        line = _toggle_line(net)
+        cell = {}
+        for name, fn in (("gridtwin", run_toggle_gridtwin), ("ls2g", run_toggle_ls2g)):
+            try:
+                times, iters = fn(net, line, args.toggle_steps)
+                cell[name] = (statistics.median(times) * 1e3, statistics.mean(iters))
+            except Exception as exc:
+                cell[name] = f"failed: {type(exc).__name__}: {exc}"[:60]
+            print(f"# {case:16s} toggle line {line} {name:10s} {cell[name]}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        toggles.append((case, f"line {line}", cell))
 
     print("\n" + kernel_line)
     load = os.getloadavg()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from functools import partial
 from types import SimpleNamespace
 from typing import Any
 
@@ -106,6 +107,68 @@ _RES_TABLES = (
 )  # fmt: skip
 
 
+_UNSET = object()
+
+
+class _Lazy:
+    """Result columns computed on first ``get`` (each one gather or product), then kept."""
+
+    __slots__ = ("names", "fn", "done")
+
+    def __init__(self, names: Any, fn: Callable[[str], np.ndarray]) -> None:
+        self.names = names
+        self.fn = fn
+        self.done: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, default: Any = None) -> Any:
+        v = self.done.get(name)
+        if v is None:
+            if name not in self.names:
+                return default
+            v = self.done[name] = self.fn(name)
+        return v
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self.names:
+            raise KeyError(name)
+        return self.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.names
+
+    def keys(self) -> Any:
+        return iter(self.names)
+
+    def items(self) -> Any:
+        return ((name, self.get(name)) for name in self.names)
+
+
+class _Rows:
+    """Named rows of one result matrix: ``get(column)`` is a view of its row (no dict built)."""
+
+    __slots__ = ("m", "rows")
+
+    def __init__(self, m: np.ndarray, rows: dict[str, int]) -> None:
+        self.m = m
+        self.rows = rows
+
+    def get(self, name: str, default: Any = None) -> Any:
+        k = self.rows.get(name)
+        return default if k is None else self.m[k]
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.m[self.rows[name]]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.rows
+
+    def keys(self) -> Any:
+        return self.rows.keys()
+
+    def items(self) -> Any:
+        return ((name, self.m[k]) for name, k in self.rows.items())
+
+
 def _pp():
     """pandapower internals used to compile (imported lazily: importing pandapower takes ~2 s)."""
     from pandapower.auxiliary import _add_auxiliary_elements, _init_runpp_options
@@ -185,8 +248,9 @@ class Solution:
         self._results_fn = results
         # native(table) -> {column: array} for the columns computed without pandapower
         self._native_fn = native if native is not None else branch
-        self._native: dict[str, dict[str, np.ndarray] | None] = {}
-        self._flat: dict[tuple[str, str], np.ndarray] = {}
+        # table -> its natively computed columns (a dict or row views of one matrix), None when
+        # the table goes through pandapower's extraction; filled on first access
+        self._native: dict[str, Any] = {}
         self._tables: dict[str, Any] | None = None
 
     def _bus(self) -> None:
@@ -224,16 +288,17 @@ class Solution:
         Raises:
             InvalidInput: unknown table or column (the message lists what exists).
         """
-        col = self._flat.get((table, column))
-        if col is not None:
-            return col.copy()
+        cols = self._native.get(table, _UNSET)
+        if cols is _UNSET:
+            cols = self._load_native(table)
+        if cols is not None:
+            col = cols.get(column)
+            if col is not None:
+                return col.copy()
         if table == "bus" and column == "vm_pu":
             return self.vm_pu.copy()
         if table == "bus" and column == "va_degree":
             return self.va_degree.copy()
-        cols = self._native_columns(table, column)
-        if cols is not None:
-            return cols[column].copy()
         tables = self._res()
         if table not in tables:
             raise InvalidInput(table, column, None, table, "a result table: " + ", ".join(tables))
@@ -244,26 +309,24 @@ class Solution:
             )
         return df[column].to_numpy(dtype=float, copy=True)
 
-    def _native_columns(self, table: str, column: str) -> dict[str, np.ndarray] | None:
-        """The natively computed columns of ``table`` when they include ``column``."""
-        if column not in _NATIVE.get(table, ()) or self._native_fn is None:
-            return None
-        try:
-            cols = self._native[table]
-        except KeyError:
-            cols = self._native[table] = self._native_fn(table)
-            if cols is not None:
-                # one dict lookup per later get() of any column of this table
-                self._flat.update({(table, k): v for k, v in cols.items()})
-        if cols is None or column not in cols:
-            return None
+    def _load_native(self, table: str) -> Any:
+        """The natively computed columns of ``table`` (None: pandapower's extraction), once."""
+        cols = None
+        if table in _NATIVE and self._native_fn is not None:
+            cols = self._native_fn(table)
+        self._native[table] = cols
         return cols
 
     def native(self, table: str, column: str) -> bool:
         """Whether ``get(table, column)`` is computed here, without pandapower's extraction."""
         if table == "bus" and column in ("vm_pu", "va_degree"):
             return True
-        return self._native_columns(table, column) is not None
+        if column not in _NATIVE.get(table, ()):
+            return False
+        cols = self._native.get(table, _UNSET)
+        if cols is _UNSET:
+            cols = self._load_native(table)
+        return cols is not None and column in cols
 
     def __getattr__(self, name: str) -> np.ndarray:
         # sol.line_loading_percent -> get("line", "loading_percent"); longest table name first
@@ -377,6 +440,8 @@ class GridModel:
         self._n = n
         self._ybus_c = ybus
         self._yf, self._yt = yf, yt
+        # Yf / Yt of the compile plus the tap-patched rows not yet written into copies of them
+        self._y_pending: tuple[Any, Any, dict[int, tuple[complex, ...]]] = (yf, yt, {})
         self._ref, self._pv, self._pq, self._ref_gens = ref, pv, pq, ref_gens
         self._kind0 = kind
         self._kind_run = kind  # kind0 with dead auxiliary buses of a patch set to 3
@@ -472,6 +537,7 @@ class GridModel:
         self._guard = self._make_guard(net)
         # branch outages patched onto this compile (compiled branch rows) and what patching needs
         self._c_base = self._c
+        self._c_fields: tuple[Any, dict[str, Any]] | None = None
         self._y_base = (self._y_re, self._y_im)
         self._out: frozenset[int] = frozenset()
         # compiled branch rows with one end opened by a line / trafo switch: row -> 1 (from
@@ -482,6 +548,8 @@ class GridModel:
         self._sw_info: SimpleNamespace | None = None
         # (trafo position, tap position) -> pandapower's branch values, for this compile
         self._tap_memo: dict[tuple[int, float], tuple[float, ...]] = {}
+        # (trafo position, tap) -> its branch's ytt, yff, yft, ytf on this compile
+        self._tap_stamps: dict[tuple[int, float], tuple[complex, ...]] = {}
         self._patch_info: SimpleNamespace | None = None
         self.patches = getattr(self, "patches", 0)
 
@@ -544,7 +612,7 @@ class GridModel:
         if rows_of is None:
             return False
         rows = rows_of[pos]
-        if np.any(rows < 0):
+        if (rows < 0).any():
             return False
         out = set(self._svc_out)
         for r, on in zip(rows.tolist(), np.asarray(new, dtype=bool).tolist()):
@@ -577,7 +645,7 @@ class GridModel:
         dead = self._cut_off(cut, info)
         # only auxiliary buses (no pandapower bus: the open ends of element switches) may be
         # left without supply; they are solved as dead buses (kind 3), as pandapower drops them
-        if dead.size and np.any(self._bus_rep[dead] >= 0):
+        if dead.size and (self._bus_rep[dead] >= 0).any():
             return False
         self._svc_out, self._sw_open = svc_out, dict(sw_open)
         self._half = half
@@ -702,9 +770,16 @@ class GridModel:
         # give the patched-out branches zero flows, as pandapower reports for them
         ppci = c0.ppci
         n = self._n
-        fields = {
-            k: v for k, v in vars(c0).items() if k not in ("branch", "element", "yf", "yt", "lazy")
-        }
+        base = self._c_fields
+        if base is None or base[0] is not c0:
+            # the compile's fields once per compile, not on every toggle
+            kept_fields = {
+                k: v
+                for k, v in vars(c0).items()
+                if k not in ("branch", "element", "yf", "yt", "lazy")
+            }
+            base = self._c_fields = (c0, kept_fields)
+        fields = dict(base[1])
         fields.update(ppci=ppci, y_re=yre, y_im=yim)
 
         def lazy(name: str) -> Any:
@@ -782,8 +857,9 @@ class GridModel:
             return False
         df = net.trafo
         col = df.columns.get_loc("tap_pos")
-        old = df.iloc[pos, col].copy()
-        df.iloc[pos, col] = new
+        old = compiled[pos].copy()  # the net's values: the caller checked the guard is fresh
+        if not self._write_guarded("trafo", "tap_pos", pos, new):
+            df.iloc[pos, col] = new
         rows = rows_of[pos]
         sel = np.flatnonzero(rows >= 0)
         memo = self._tap_memo
@@ -804,7 +880,8 @@ class GridModel:
                 r, x, g, b, g_asym, b_asym, ratio, shift = vals
         except Exception as exc:  # anything pandapower's own conversion would rather do
             _log.debug("tap change not patched (%s): recompiling", exc)
-            df.iloc[pos, col] = old.to_numpy()
+            if not self._write_guarded("trafo", "tap_pos", pos, old):
+                df.iloc[pos, col] = old
             return False
         self._guard_refresh("trafo", "tap_pos")
         if not sel.size:
@@ -817,7 +894,14 @@ class GridModel:
                           (ib.BR_G_ASYM, g_asym), (ib.BR_B_ASYM, b_asym), (ib.TAP, ratio),
                           (ib.SHIFT, shift)):  # fmt: skip
             branch[br_rows, column] = v
-        ytt, yff, yft, ytf = branch_vectors(branch[br_rows], br_rows.shape[0])
+        smemo = self._tap_stamps
+        if all(k in smemo for k in keys):
+            # the same taps again (a controller stepping up and down): the stamps as before
+            ytt, yff, yft, ytf = (np.array([smemo[k][j] for k in keys]) for j in range(4))
+        else:
+            ytt, yff, yft, ytf = branch_vectors(branch[br_rows], br_rows.shape[0])
+            for j, k in enumerate(keys):
+                smemo[k] = (complex(ytt[j]), complex(yff[j]), complex(yft[j]), complex(ytf[j]))
         stamps_new = np.vstack([yff, yft, ytf, ytt])
         delta = stamps_new - info.stamps[:, br_rows]
         y_re0, y_im0 = self._y_base
@@ -827,21 +911,42 @@ class GridModel:
         np.add.at(y_im0, at, delta.imag.reshape(-1))
         stamps = info.stamps.copy()
         stamps[:, br_rows] = stamps_new
-        yf, yt = c0.yf.tocsr(copy=True), c0.yt.tocsr(copy=True)
-        for y, (a, bb) in ((yf, (yff, yft)), (yt, (ytf, ytt))):
-            for j, row in enumerate(br_rows.tolist()):
-                lo, hi = y.indptr[row], y.indptr[row + 1]
-                cols = y.indices[lo:hi]
-                y.data[lo:hi] = np.where(cols == info.f[row], a[j], bb[j])
+        # Yf / Yt copies only when results are read: the compile's matrices plus every tap row
+        # patched since (bounded by the trafo rows), never a chain of earlier patches
+        yf0, yt0, pending = self._y_pending
+        pending = dict(pending)
+        for j, row in enumerate(br_rows.tolist()):
+            pending[row] = (yff[j], yft[j], ytf[j], ytt[j])
+        self._y_pending = (yf0, yt0, pending)
+        f_bus = info.f
+        built: dict[str, Any] = {}
+
+        def matrices() -> tuple[Any, Any]:
+            if not built:
+                yf, yt = yf0.tocsr(copy=True), yt0.tocsr(copy=True)
+                for row, (a_f, b_f, a_t, b_t) in pending.items():
+                    for y, a, bb in ((yf, a_f, b_f), (yt, a_t, b_t)):
+                        lo, hi = y.indptr[row], y.indptr[row + 1]
+                        cols = y.indices[lo:hi]
+                        y.data[lo:hi] = np.where(cols == f_bus[row], a, bb)
+                built["yf"], built["yt"] = yf, yt
+            return built["yf"], built["yt"]
+
         self._patch_info = SimpleNamespace(**{**vars(info), "stamps": stamps})
         self._y_base = (y_re0, y_im0)
         self._ppci = ppci
-        self._yf, self._yt = yf, yt
         fields = {k: v for k, v in vars(c0).items() if k not in ("branch", "yf", "yt", "lazy")}
-        fields.update(ppci=ppci, yf=yf, yt=yt, y_re=y_re0, y_im=y_im0)
+        fields.update(ppci=ppci, y_re=y_re0, y_im=y_im0)
         ppc, n = c0.ppc, self._n
 
         def lazy(name: str) -> Any:
+            if name == "element":
+                return c0.element  # not read yet on the structure patched before
+            yf, yt = matrices()
+            if name == "yf":
+                return yf
+            if name == "yt":
+                return yt
             return self._branch_maps(ppc, ppci, n, yf, yt)  # "branch": on first result read
 
         self._c_base = _Structure(lazy=lazy, **fields)
@@ -874,7 +979,13 @@ class GridModel:
             guard.append([table, column, None, None, None, values])
         # lengths of the other tables (a guarded column covers its own table's length)
         covered = {g[0] for g in guard}
-        self._guard_sizes = [(t, len(net[t])) for t in _RES_TABLES if t in net and t not in covered]
+        # [table, length, frame, index]: the same frame with the same (immutable) index object
+        # has the same length, so the check is two identity tests
+        self._guard_sizes = [
+            [t, len(net[t]), net[t], net[t].index]
+            for t in _RES_TABLES
+            if t in net and t not in covered
+        ]
         return guard
 
     def _guard_stale(self) -> bool:
@@ -885,26 +996,30 @@ class GridModel:
         """
         net = self._net
         for g in self._guard:
-            table, column, frame, blocks, view, compiled = g[:6]
-            df = net[table]
-            mgr = getattr(df, "_mgr", None)
-            cur_blocks = getattr(mgr, "blocks", None)
-            if view is None or frame is not df or blocks is not cur_blocks:
+            df = net[g[0]]
+            view = g[4]
+            blocks = df._mgr.blocks
+            if view is None or g[2] is not df or g[3] is not blocks:
                 try:
-                    view = df[column].to_numpy()
+                    view = df[g[1]].to_numpy()
                 except KeyError:
                     return True
-                g[2], g[3], g[4] = df, cur_blocks, view
+                g[2], g[3], g[4] = df, blocks, view
+            compiled = g[5]
             # bytes, not values: NaN tap positions compare equal, any dtype change is stale
             if view.dtype != compiled.dtype or view.tobytes() != compiled.tobytes():
                 return True
-        for table, size in self._guard_sizes:
-            if len(net[table].index) != size:
+        for entry in self._guard_sizes:
+            df = net[entry[0]]
+            if df is entry[2] and df.index is entry[3]:
+                continue
+            if len(df.index) != entry[1]:
                 return True
+            entry[2], entry[3] = df, df.index
         return False
 
     def _write_guarded(self, table: str, column: str, pos: np.ndarray, new: np.ndarray) -> bool:
-        """Write a boolean column through the guard's view of the frame's block (no pandas).
+        """Write a bool / float column through the guard's view of the frame's block (no pandas).
 
         False when pandas gives no writable view of its own block (the caller uses iloc).
         """
@@ -912,8 +1027,10 @@ class GridModel:
             if g[0] != table or g[1] != column:
                 continue
             view = g[4]
-            if view is None or view.dtype != np.bool_ or not view.flags.writeable:
+            if view is None or not view.flags.writeable:
                 return False
+            if not (view.dtype == new.dtype and view.dtype.kind in "bf"):
+                return False  # booleans and float tap positions only: nothing to convert
             if len(g) < 7 or g[6] is not g[3]:
                 # once per block layout: is the view the block's memory (not a copy)?
                 shares = any(np.shares_memory(view, b.values) for b in (g[3] or ()))
@@ -1013,7 +1130,7 @@ class GridModel:
             )  # fmt: skip
         return maps
 
-    def _branch_results(self, snap: dict[str, Any], table: str) -> dict[str, np.ndarray] | None:
+    def _branch_results(self, snap: dict[str, Any], table: str) -> Any:
         c = snap["c"]
         m = c.branch.get(table)
         if m is None:
@@ -1032,8 +1149,7 @@ class GridModel:
             vm_row = np.where(t_open, 12, 10)
             out[vm_row, part] = np.abs(v)
             out[vm_row + 1, part] = np.rad2deg(np.angle(v))
-        names = _LINE_ROWS if table == "line" else _TRAFO_ROWS
-        return {name: out[k] for name, k in names.items()}
+        return _Rows(out, _LINE_ROWS if table == "line" else _TRAFO_ROWS)
 
     def _element_maps(self, ppci: dict, ybus: Any, n: int) -> dict[str, Any]:
         """What ext_grid, gen, load and sgen results need, resolved once per compile.
@@ -1064,6 +1180,7 @@ class GridModel:
             out[table] = SimpleNamespace(
                 scaling=df["scaling"].to_numpy(dtype=float),
                 on=np.asarray(is_el[table], dtype=bool),
+                factor=df["scaling"].to_numpy(dtype=float) * np.asarray(is_el[table], dtype=bool),
                 base={col: df[col].to_numpy(dtype=float).copy() for col in cols},
             )
         gen = ppci["gen"]
@@ -1108,13 +1225,36 @@ class GridModel:
                 w = gen[ext, _SL_FAC].real.astype(float)
                 slack.append((int(ref_bus), pos, at, ext, pvg, w))
             demand = []
-            for b, w, _val in self._groups_now:
+            for key, (b, w, _val) in zip(_GROUPS, self._groups_now):
                 idx = np.flatnonzero((b >= 0) & np.isin(b, rows))
-                demand.append((idx, np.searchsorted(rows, b[idx]), w[idx]))
+                if idx.size:  # only the groups with an element at a gen / ref bus
+                    # as CSR over the gen-bus rows: the kernel's rows_add sums each row
+                    at = np.searchsorted(rows, b[idx])
+                    order = np.argsort(at, kind="stable")
+                    ptr = np.zeros(rows.size + 1, dtype=np.int64)
+                    np.cumsum(np.bincount(at, minlength=rows.size), out=ptr[1:])
+                    demand.append((
+                        key, key[1] == "p_mw", ptr, idx[order].astype(np.int64),
+                        np.ascontiguousarray(w[idx][order], dtype=float),
+                    ))  # fmt: skip
+            # the reactive split as one affine map of the bus total: pypower's
+            # qmin + (qtot - qgmin) / qrange * qspan, qtot the bus Q (each of the ngg gens there
+            # carries q / ngg); equal split where the bus has no reactive range
+            q_a, q_b = np.ones(on.size), np.zeros(on.size)
+            if split is not None:
+                ngg, qgmin_b, qrange, qspan, same = split
+                q_a = qspan / qrange
+                q_b = qmin - qgmin_b * q_a
+                q_a[same] = 1.0 / ngg[same]
+                q_b[same] = 0.0
+            all_on = on.size == gen.shape[0]
             out["gen_rows"] = SimpleNamespace(
+                q_a=q_a, q_b=q_b, all_on=all_on,
+                eg_all=bool(np.all(eg_on)), g_all=bool(np.all(g_on)),
                 demand=demand, rest_p=self._rest_p[rows], rest_q=self._rest_q[rows],
                 ng=gen.shape[0], on=on, gbus=gbus, qmin=qmin, split=split, slack=slack,
-                rows=np.ascontiguousarray(rows, dtype=np.int64), gpos=np.searchsorted(rows, gbus),
+                rows=np.ascontiguousarray(rows, dtype=np.int64),
+                gpos=np.searchsorted(rows, gbus).astype(np.int64),
                 eg_on=eg_on, eg_rows=eg_rows[eg_on], g_on=g_on, g_rows=g_rows[g_on],
                 g_bus=g_bus[g_on],
             )  # fmt: skip
@@ -1130,36 +1270,32 @@ class GridModel:
         if cached is not None:
             return cached
         base = c.base_mva
-        # bus injections at gen and ref buses, pu
-        sp_, sq_ = np.empty(m.rows.shape[0]), np.empty(m.rows.shape[0])
-        self._kernel.bus_power(
-            c.y_indptr, c.y_indices, c.y_re, c.y_im, self._polar(snap), m.rows, sp_, sq_
-        )
-        # bus demand at those rows only (the element groups of the solved inputs)
-        pd_, qd_ = m.rest_p.copy(), m.rest_q.copy()
+        nr = m.rows.shape[0]
+        # bus demand at the gen and ref buses (the element groups of the solved inputs)
+        pd_, qd_ = m.rest_p, m.rest_q
         inputs = snap["inputs"]
-        for key, (idx, at, w) in zip(_GROUPS, m.demand):
-            if idx.size:
-                (pd_ if key[1] == "p_mw" else qd_)[:] += np.bincount(
-                    at, weights=w * inputs[key][idx], minlength=pd_.shape[0]
-                )
-        q_on = sq_[m.gpos] * base + qd_[m.gpos]
-        if m.split is not None:
-            ngg, qgmin, qrange, qspan, same = m.split
-            q_on = q_on / ngg
-            qtot = np.bincount(m.gbus, weights=q_on, minlength=c.n)[m.gbus]
-            q_new = m.qmin + (qtot - qgmin) / qrange * qspan
-            q_new[same] = q_on[same]
-            q_on = q_new
-        qg = np.zeros(m.ng)
-        qg[m.on] = q_on
+        kern = self._kernel
+        if m.demand:
+            pd_, qd_ = pd_.copy(), qd_.copy()
+            for key, is_p, ptr, idx, w in m.demand:
+                kern.rows_add(ptr, idx, w, inputs[key], pd_ if is_p else qd_)
+        # generation at those buses (MW) and each gen's share of its bus Q (Mvar)
+        p_bus, q_on = np.empty(nr), np.empty(m.gpos.shape[0])
+        self._kernel.gen_pq(
+            c.y_indptr, c.y_indices, c.y_re, c.y_im, self._polar(snap), m.rows, pd_, qd_, base,
+            m.gpos, m.q_a, m.q_b, p_bus, q_on,
+        )  # fmt: skip
+        if m.all_on:
+            qg = q_on
+        else:
+            qg = np.zeros(m.ng)
+            qg[m.on] = q_on
         pg = np.array(snap["gen_pg"], dtype=float)
         for _ref_bus, pos, at, ext, pvg, w in m.slack:
-            p_bus = sp_[pos] * base + pd_[pos]
             if ext is None:
-                pg[at[0]] = p_bus
+                pg[at[0]] = p_bus[pos]
                 continue
-            p_ext = p_bus - np.sum(pg[pvg])
+            p_ext = p_bus[pos] - np.sum(pg[pvg])
             sw = np.sum(w)
             if sw > 0:
                 pg[ext] = pg[ext] + (p_ext - np.sum(pg[ext])) * w / sw
@@ -1168,7 +1304,7 @@ class GridModel:
         snap["gen_pq"] = (pg, qg)
         return pg, qg
 
-    def _native_results(self, snap: dict[str, Any], table: str) -> dict[str, np.ndarray] | None:
+    def _native_results(self, snap: dict[str, Any], table: str) -> Any:
         """Natively computed result columns of ``table`` (None: use pandapower's extraction)."""
         if table in _NATIVE_BRANCH:
             if snap["limited"].size:
@@ -1179,31 +1315,35 @@ class GridModel:
             m = c.element.get(table)
             if m is None:
                 return None
-            inputs = snap["inputs"]
-            return {
-                col: inputs.get((table, col), base) * m.scaling * m.on
-                for col, base in m.base.items()
-            }
+            return _Lazy(m.base, partial(self._element_column, snap, table))
         if table not in ("ext_grid", "gen"):
             return None
+        m = c.element.get("gen_rows")
+        if m is None or snap["limited"].size:
+            return None  # Q-limited gens keep their fixed Q: pandapower's extraction does that
+        names = _NATIVE_ELEMENT[table]
+        return _Lazy(names, partial(self._element_column, snap, table))
+
+    def _element_column(self, snap: dict[str, Any], table: str, column: str) -> np.ndarray:
+        """One natively computed load / sgen / ext_grid / gen result column."""
+        c = snap["c"]
+        if table in ("load", "sgen"):
+            m = c.element[table]
+            return snap["inputs"].get((table, column), m.base[column]) * m.factor
         pq = self._gen_results(snap)
-        if pq is None:
-            return None
-        pg, qg = pq
+        assert pq is not None  # _native_results checked what _gen_results needs
         m = c.element["gen_rows"]
-        if table == "ext_grid":
-            p = np.zeros(m.eg_on.shape[0])
-            q = np.zeros(m.eg_on.shape[0])
-            p[m.eg_on] = pg[m.eg_rows]
-            q[m.eg_on] = qg[m.eg_rows]
-            return {"p_mw": p, "q_mvar": q}
-        ng = m.g_on.shape[0]
-        p, q, vm, va = np.zeros(ng), np.zeros(ng), np.zeros(ng), np.zeros(ng)
-        p[m.g_on] = pg[m.g_rows]
-        q[m.g_on] = qg[m.g_rows]
-        vm[m.g_on] = snap["vm"][m.g_bus]
-        va[m.g_on] = self._polar(snap)[2][m.g_bus]
-        return {"p_mw": p, "q_mvar": q, "vm_pu": vm, "va_degree": va}
+        if column in ("p_mw", "q_mvar"):
+            src = pq[0] if column == "p_mw" else pq[1]
+            on, rows = (m.eg_on, m.eg_rows) if table == "ext_grid" else (m.g_on, m.g_rows)
+        else:  # gen vm_pu / va_degree
+            src = snap["vm"] if column == "vm_pu" else self._polar(snap)[2]
+            on, rows = m.g_on, m.g_bus
+        if m.eg_all if table == "ext_grid" else m.g_all:
+            return src[rows]
+        out = np.zeros(on.shape[0])
+        out[on] = src[rows]
+        return out
 
     def _polar(self, snap: dict[str, Any]) -> np.ndarray:
         """(re, im, angle degrees) of the snapshot's internal bus voltages (computed once)."""
@@ -1352,10 +1492,10 @@ class GridModel:
             if lookup is None:
                 pos = df.index.get_indexer(idx)
             else:
-                pos = np.fromiter((lookup.get(int(k), -1) for k in idx), np.int64, idx.shape[0])
+                pos = np.array([lookup.get(k, -1) for k in idx.tolist()], dtype=np.int64)
         else:
             pos = df.index.get_indexer(idx)
-        if np.any(pos < 0):
+        if (pos < 0).any():
             bad = idx[pos < 0][0]
             known = list(df.index[:20])
             raise InvalidInput(table, column, bad, bad, f"an index of net.{table} such as {known}")
@@ -1408,14 +1548,16 @@ class GridModel:
             raise InvalidInput(
                 table, column, None, f"{vals.shape[0]} values", f"{pos.shape[0]} values"
             )
-        if (table, column) in _BOOL_COLUMNS:
+        if (table, column) in _BOOL_COLUMNS and vals.dtype == np.bool_:
+            newv: np.ndarray = vals  # already True/False: nothing to check
+        elif (table, column) in _BOOL_COLUMNS:
             if vals.dtype.kind not in "biuf":
                 raise InvalidInput(table, column, None, vals.dtype, "booleans")
             fv = vals.astype(float)
             bad = ~np.isfinite(fv) | ((fv != 0) & (fv != 1))
             if np.any(bad):
                 raise InvalidInput(table, column, df.index[pos[bad][0]], vals[bad][0], "True/False")
-            newv: np.ndarray = fv.astype(bool)
+            newv = fv.astype(bool)
         else:
             try:
                 fv = vals.astype(float)
@@ -1438,11 +1580,7 @@ class GridModel:
             # the guard holds what was compiled; when the net still agrees with it (not stale),
             # it stands for the net's column and no pandas read is needed
             fresh = compiled is not None and not self._guard_stale()
-            if (
-                fresh
-                and compiled is not None
-                and np.array_equal(compiled[pos].astype(float), newv.astype(float), equal_nan=True)
-            ):
+            if fresh and compiled is not None and _same_values(compiled[pos], newv):
                 return  # unchanged: a sync loop may resend the same status every step
             if fresh and column == "tap_pos" and self._try_tap(pos, newv):
                 return
@@ -1843,6 +1981,13 @@ def _fill_from_neighbours(
         vm[new] = (adj @ (vm * h))[new] / cnt[new]
         va[new] = (adj @ (va * h))[new] / cnt[new]
         have |= new
+
+
+def _same_values(a: np.ndarray, b: np.ndarray) -> bool:
+    """Element-wise equal (NaN equal to NaN): a bool compare where both are booleans."""
+    if a.dtype == np.bool_ and b.dtype == np.bool_:
+        return bool((a == b).all())
+    return bool(np.array_equal(a.astype(float), b.astype(float), equal_nan=True))
 
 
 def _short_list(values: np.ndarray, limit: int = 10) -> str:

@@ -196,3 +196,41 @@ def test_result_kernels_agree_with_the_reference() -> None:
         kernel(KERNELS[0]).branch_results(
             vm, out["numpy"][0], n, 100.0, fb, tb, stamps, scale, np.empty((13, rows))
         )
+
+
+@pytest.mark.skipif(len(KERNELS) < 2, reason="needs the compiled kernel")
+def test_gen_pq_and_rows_add_agree_with_the_reference() -> None:
+    rng = np.random.default_rng(5)
+    n = 10
+    vm = rng.uniform(0.9, 1.1, n)
+    va = rng.uniform(-0.5, 0.5, n)
+    indptr = np.arange(0, 3 * n + 1, 3, dtype=np.int32)
+    indices = np.sort(rng.integers(0, n, (n, 3)), axis=1).reshape(-1).astype(np.int32)
+    y_re, y_im = rng.normal(size=3 * n), rng.normal(size=3 * n)
+    rows = np.array([1, 4, 8], dtype=np.int64)
+    gpos = np.array([0, 1, 1, 2], dtype=np.int64)  # two gens share the second bus
+    q_a, q_b = rng.uniform(0.2, 1.0, 4), rng.normal(size=4)
+    ptr = np.array([0, 2, 2, 3], dtype=np.int64)  # CSR over the three rows
+    idx = np.array([4, 0, 2], dtype=np.int64)
+    w = np.array([1.0, 0.5, 2.0])
+    x = rng.normal(size=5)
+    out = {}
+    for name in ("cython", "numpy"):
+        k = kernel(name)
+        polar = k.polar(vm, va, np.empty((3, n)))
+        pd, qd = np.full(3, 0.25), np.full(3, -0.5)
+        k.rows_add(ptr, idx, w, x, pd)
+        p_bus, q_gen = np.empty(3), np.empty(4)
+        k.gen_pq(indptr, indices, y_re, y_im, polar, rows, pd, qd, 100.0, gpos, q_a, q_b,
+                 p_bus, q_gen)  # fmt: skip
+        out[name] = (pd, p_bus, q_gen)
+    np.testing.assert_allclose(out["cython"][0], [0.25 + x[4] + 0.5 * x[0], 0.25, 0.25 + 2 * x[2]])
+    for a, b in zip(out["cython"], out["numpy"]):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    for name in KERNELS:
+        k = kernel(name)
+        with pytest.raises(ValueError, match="expected|outside"):
+            k.rows_add(ptr, np.array([4, 0, 9], dtype=np.int64), w, x, np.zeros(3))
+        with pytest.raises(ValueError, match="expected"):
+            k.gen_pq(indptr, indices, y_re, y_im, np.empty((3, n)), rows, np.zeros(2),
+                     np.zeros(3), 100.0, gpos, q_a, q_b, np.empty(3), np.empty(4))  # fmt: skip

@@ -170,3 +170,25 @@ def test_outage_of_a_line_with_an_open_switch_is_patched(name: str, line: int, b
                 sol.get("line", column), ref.res_line[column].to_numpy(dtype=float),
                 atol=1e-5, rtol=0, equal_nan=True, err_msg=column,
             )  # fmt: skip
+
+
+def test_tap_changes_unread_in_between_give_the_flows_of_the_last_taps(backend: str) -> None:
+    # Yf / Yt of a tap patch are built when results are first read: several patches in a row
+    # (nothing read between) must answer with every tap as set, earlier solutions with theirs
+    net = grids.load("mv_oberrhein")
+    model = GridModel(copy.deepcopy(net), backend=backend)
+    model.solve()
+    model.update("trafo", "tap_pos", [2], index=[114])
+    net.trafo.at[114, "tap_pos"] = 2
+    first = model.solve()
+    first_ref = _solved_copy(net)
+    for idx, tap in ((142, 4), (114, -1), (142, 1)):  # 142 is compiled at -3
+        model.update("trafo", "tap_pos", [tap], index=[idx])
+        net.trafo.at[idx, "tap_pos"] = tap
+        model.solve()
+    last = model.solve()
+    ref = _solved_copy(net)
+    _assert_like(last, ref)
+    np.testing.assert_allclose(last.get("bus", "p_mw"), ref.res_bus.p_mw.to_numpy(), atol=1e-5)
+    _assert_like(first, first_ref)
+    assert model.patches == 4

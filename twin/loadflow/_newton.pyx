@@ -15,7 +15,14 @@ import numpy as np
 
 cimport cython
 cimport numpy as cnp
-from libc.math cimport INFINITY, NAN, atan2, cos, fabs, isfinite, sin, sqrt
+from libc.math cimport INFINITY, NAN, atan2, cos, fabs, isfinite, remainder, sin, sqrt
+
+
+cdef extern from "math.h" nogil:
+    void sincos(double x, double *s, double *c)
+
+
+cdef double PI = 3.141592653589793
 
 cnp.import_array()
 
@@ -1030,20 +1037,66 @@ def batch(plan, indptr, indices, y_re, y_im, kind, p_spec, q_spec, vset, vm0, va
     return None
 
 
+_TYPE_NAMES = {cnp.NPY_DOUBLE: "float64", cnp.NPY_INT32: "int32", cnp.NPY_INT64: "int64"}
+
+
+cdef void* _arr(object a, int typenum, Py_ssize_t rows, Py_ssize_t cols, bint write,
+               str what) except? NULL:
+    """The data pointer of a C-contiguous ``rows`` (x ``cols``; -1: 1-D) array of ``typenum``.
+
+    The result kernels take raw pointers: a typed memoryview per argument costs more than the
+    arithmetic on a grid of a few hundred buses.
+    """
+    cdef cnp.ndarray x
+    cdef bint ok
+    if not isinstance(a, cnp.ndarray):
+        raise TypeError(f"{what}: expected a numpy array, found {type(a).__name__}")
+    x = <cnp.ndarray>a
+    ok = cnp.PyArray_TYPE(x) == typenum and cnp.PyArray_IS_C_CONTIGUOUS(x)
+    if cols < 0:
+        ok = ok and cnp.PyArray_NDIM(x) == 1 and cnp.PyArray_DIMS(x)[0] == rows
+    else:
+        ok = ok and cnp.PyArray_NDIM(x) == 2 and cnp.PyArray_DIMS(x)[0] == rows
+        ok = ok and cnp.PyArray_DIMS(x)[1] == cols
+    if not ok:
+        shape = f"({rows},)" if cols < 0 else f"({rows}, {cols})"
+        raise ValueError(
+            f"{what}: expected a C-contiguous {shape} array of {_TYPE_NAMES.get(typenum, typenum)}"
+            f", found {a.dtype.name} {a.shape}"
+        )
+    if write and not cnp.PyArray_ISWRITEABLE(x):
+        raise ValueError(f"{what}: expected a writable array")
+    return cnp.PyArray_DATA(x)
+
+
+cdef inline Py_ssize_t _len(object a, str what) except -1:
+    if not isinstance(a, cnp.ndarray) or cnp.PyArray_NDIM(<cnp.ndarray>a) != 1:
+        raise ValueError(f"{what}: expected a 1-D numpy array")
+    return cnp.PyArray_DIMS(<cnp.ndarray>a)[0]
+
+
 def polar(vm, va, out):
     """Per bus: ``out[0] + 1j * out[1] = vm * exp(1j * va)``, ``out[2]`` angle(V) in degrees."""
-    cdef const double[::1] m = vm
-    cdef const double[::1] a = va
-    cdef double[:, ::1] o = out
-    cdef Py_ssize_t k, n = m.shape[0]
+    cdef Py_ssize_t k, n = _len(vm, "vm")
+    cdef const double* m = <const double*>_arr(vm, cnp.NPY_DOUBLE, n, -1, False, "vm")
+    cdef const double* a = <const double*>_arr(va, cnp.NPY_DOUBLE, n, -1, False, "va")
+    cdef double* o = <double*>_arr(out, cnp.NPY_DOUBLE, 3, n, True, "outputs")
     cdef double deg = 180.0 / 3.141592653589793
-    if o.shape[0] != 3 or o.shape[1] != n:
-        raise ValueError(f"expected (3, {n}) outputs")
+    cdef double c, s, x
     with nogil:
         for k in range(n):
-            o[0, k] = m[k] * cos(a[k])
-            o[1, k] = m[k] * sin(a[k])
-            o[2, k] = atan2(o[1, k], o[0, k]) * deg
+            x = a[k]
+            sincos(x, &s, &c)
+            o[k] = m[k] * c
+            o[n + k] = m[k] * s
+            # angle(V) in [-180, 180]: the angle itself, wrapped only when outside (no atan2)
+            if x > PI or x < -PI:
+                x = remainder(x, 2.0 * PI)
+                if x == PI or x == -PI:
+                    x = PI if s >= 0.0 else -PI
+            if m[k] < 0.0:  # a negative magnitude turns the phasor half a turn
+                x = x - PI if x > 0.0 else x + PI
+            o[2 * n + k] = x * deg
     return out
 
 
@@ -1057,73 +1110,70 @@ def branch_results(vm, vpolar, long long n, double base_mva, fb, tb, stamps, sca
     factor`` (``factor`` inf: a line without a rating). ``out`` is ``(14, rows)``, its rows in
     the order of ``_reference.BRANCH_ROWS``.
     """
-    cdef const double[::1] m = vm
-    cdef const double[:, ::1] p = vpolar
-    cdef const long long[::1] f = fb
-    cdef const long long[::1] t = tb
-    cdef const double[:, ::1] y = stamps
-    cdef const double[:, ::1] s = scale
-    cdef double[:, ::1] o = out
-    cdef Py_ssize_t k, rows = f.shape[0]
+    cdef Py_ssize_t rows = _len(fb, "fb")
+    cdef const double* m = <const double*>_arr(vm, cnp.NPY_DOUBLE, n, -1, False, "vm")
+    cdef const double* p = <const double*>_arr(vpolar, cnp.NPY_DOUBLE, 3, n, False, "bus voltages")
+    cdef const long long* f = <const long long*>_arr(fb, cnp.NPY_INT64, rows, -1, False, "fb")
+    cdef const long long* t = <const long long*>_arr(tb, cnp.NPY_INT64, rows, -1, False, "tb")
+    cdef const double* y = <const double*>_arr(stamps, cnp.NPY_DOUBLE, 8, rows, False, "stamps")
+    cdef const double* s = <const double*>_arr(scale, cnp.NPY_DOUBLE, 5, rows, False, "scale")
+    cdef double* o = <double*>_arr(out, cnp.NPY_DOUBLE, 14, rows, True, "results")
+    cdef Py_ssize_t k, R = rows
     cdef double vfr, vfi, vtr, vti, ifr, ifi, itr, iti, sfr, sfi, str_, sti, vmf, vmt
     cdef double i_f, i_t, i_max, lf, lt, fac
     cdef double sq3 = sqrt(3.0)
-    if o.shape[0] != 14 or o.shape[1] != rows or y.shape[1] != rows or s.shape[1] != rows:
-        raise ValueError(f"expected (14, {rows}) results for {rows} branches")
-    if p.shape[0] != 3 or p.shape[1] != n:
-        raise ValueError(f"expected (3, {n}) bus voltages")
     with nogil:
         for k in range(rows):
             vfr = vfi = vtr = vti = 0.0
             vmf = vmt = NAN
-            o[11, k] = NAN
-            o[13, k] = NAN
+            o[11 * R + k] = NAN
+            o[13 * R + k] = NAN
             if f[k] < n:
                 vmf = m[f[k]]
-                vfr = p[0, f[k]]
-                vfi = p[1, f[k]]
-                o[11, k] = p[2, f[k]]
+                vfr = p[f[k]]
+                vfi = p[n + f[k]]
+                o[11 * R + k] = p[2 * n + f[k]]
             if t[k] < n:
                 vmt = m[t[k]]
-                vtr = p[0, t[k]]
-                vti = p[1, t[k]]
-                o[13, k] = p[2, t[k]]
-            o[10, k] = vmf
-            o[12, k] = vmt
-            ifr = y[0, k] * vfr - y[1, k] * vfi + y[2, k] * vtr - y[3, k] * vti
-            ifi = y[0, k] * vfi + y[1, k] * vfr + y[2, k] * vti + y[3, k] * vtr
-            itr = y[4, k] * vfr - y[5, k] * vfi + y[6, k] * vtr - y[7, k] * vti
-            iti = y[4, k] * vfi + y[5, k] * vfr + y[6, k] * vti + y[7, k] * vtr
+                vtr = p[t[k]]
+                vti = p[n + t[k]]
+                o[13 * R + k] = p[2 * n + t[k]]
+            o[10 * R + k] = vmf
+            o[12 * R + k] = vmt
+            ifr = y[k] * vfr - y[R + k] * vfi + y[2 * R + k] * vtr - y[3 * R + k] * vti
+            ifi = y[k] * vfi + y[R + k] * vfr + y[2 * R + k] * vti + y[3 * R + k] * vtr
+            itr = y[4 * R + k] * vfr - y[5 * R + k] * vfi + y[6 * R + k] * vtr - y[7 * R + k] * vti
+            iti = y[4 * R + k] * vfi + y[5 * R + k] * vfr + y[6 * R + k] * vti + y[7 * R + k] * vtr
             # S = V conj(I)
             sfr = (vfr * ifr + vfi * ifi) * base_mva
             sfi = (vfi * ifr - vfr * ifi) * base_mva
             str_ = (vtr * itr + vti * iti) * base_mva
             sti = (vti * itr - vtr * iti) * base_mva
-            o[0, k] = sfr
-            o[1, k] = sfi
-            o[2, k] = str_
-            o[3, k] = sti
-            o[4, k] = sfr + str_
-            o[5, k] = sfi + sti
-            i_f = sqrt(sfr * sfr + sfi * sfi) / (vmf * s[0, k]) / sq3
-            i_t = sqrt(str_ * str_ + sti * sti) / (vmt * s[1, k]) / sq3
-            o[6, k] = i_f
-            o[7, k] = i_t
+            o[k] = sfr
+            o[R + k] = sfi
+            o[2 * R + k] = str_
+            o[3 * R + k] = sti
+            o[4 * R + k] = sfr + str_
+            o[5 * R + k] = sfi + sti
+            i_f = sqrt(sfr * sfr + sfi * sfi) / (vmf * s[k]) / sq3
+            i_t = sqrt(str_ * str_ + sti * sti) / (vmt * s[R + k]) / sq3
+            o[6 * R + k] = i_f
+            o[7 * R + k] = i_t
             # NaN at either end propagates, like np.maximum
             if i_f != i_f or i_t != i_t:
                 i_max = NAN
             else:
                 i_max = i_f if i_f >= i_t else i_t
-            o[8, k] = i_max
-            lf = i_f * s[2, k]
-            lt = i_t * s[3, k]
-            fac = s[4, k]
+            o[8 * R + k] = i_max
+            lf = i_f * s[2 * R + k]
+            lt = i_t * s[3 * R + k]
+            fac = s[4 * R + k]
             if fac == INFINITY:
-                o[9, k] = INFINITY
+                o[9 * R + k] = INFINITY
             elif lf != lf or lt != lt:
-                o[9, k] = NAN
+                o[9 * R + k] = NAN
             else:
-                o[9, k] = (lf if lf >= lt else lt) * fac
+                o[9 * R + k] = (lf if lf >= lt else lt) * fac
     return out
 
 
@@ -1160,3 +1210,81 @@ def bus_power(indptr, indices, y_re, y_im, vpolar, rows, out_p, out_q):
             vbi = p[1, b]
             op[k] = vbr * ir + vbi * ii
             oq[k] = vbi * ir - vbr * ii
+
+
+def gen_pq(indptr, indices, y_re, y_im, vpolar, rows, pd, qd, double base_mva, gpos, q_a, q_b,
+           out_p, out_q):
+    """Bus P and gen Q at the gen / ref buses ``rows`` from the solved V, as pypower's pfsoln.
+
+    ``out_p[k] = P(rows[k]) * base_mva + pd[k]`` (the generation at that bus, MW);
+    ``out_q[j] = q_a[j] * (Q(rows[gpos[j]]) * base_mva + qd[gpos[j]]) + q_b[j]`` (gen j's share).
+    """
+    cdef Py_ssize_t n = _len(indptr, "indptr") - 1
+    cdef Py_ssize_t nnz = _len(indices, "indices")
+    cdef Py_ssize_t nr = _len(rows, "rows"), ng = _len(gpos, "gpos")
+    cdef const int* ip = <const int*>_arr(indptr, cnp.NPY_INT32, n + 1, -1, False, "indptr")
+    cdef const int* ix = <const int*>_arr(indices, cnp.NPY_INT32, nnz, -1, False, "indices")
+    cdef const double* gr = <const double*>_arr(y_re, cnp.NPY_DOUBLE, nnz, -1, False, "y_re")
+    cdef const double* gi = <const double*>_arr(y_im, cnp.NPY_DOUBLE, nnz, -1, False, "y_im")
+    cdef const double* p = <const double*>_arr(vpolar, cnp.NPY_DOUBLE, 3, n, False, "bus voltages")
+    cdef const long long* r = <const long long*>_arr(rows, cnp.NPY_INT64, nr, -1, False, "rows")
+    cdef const double* dp = <const double*>_arr(pd, cnp.NPY_DOUBLE, nr, -1, False, "pd")
+    cdef const double* dq = <const double*>_arr(qd, cnp.NPY_DOUBLE, nr, -1, False, "qd")
+    cdef const long long* gp = <const long long*>_arr(gpos, cnp.NPY_INT64, ng, -1, False, "gpos")
+    cdef const double* qa = <const double*>_arr(q_a, cnp.NPY_DOUBLE, ng, -1, False, "q_a")
+    cdef const double* qb = <const double*>_arr(q_b, cnp.NPY_DOUBLE, ng, -1, False, "q_b")
+    cdef double* op = <double*>_arr(out_p, cnp.NPY_DOUBLE, nr, -1, True, "out_p")
+    cdef double* oq = <double*>_arr(out_q, cnp.NPY_DOUBLE, ng, -1, True, "out_q")
+    cdef Py_ssize_t k, j, b, c
+    cdef double ir, ii, vr, vi, vbr, vbi
+    for j in range(ng):
+        if gp[j] < 0 or gp[j] >= nr:
+            raise ValueError(f"gen {j}: bus row {gp[j]} outside 0..{nr - 1}")
+    for k in range(nr):
+        if r[k] < 0 or r[k] >= n:
+            raise ValueError(f"row {k}: bus {r[k]} outside 0..{n - 1}")
+    qbus_arr = np.empty(max(nr, 1))
+    cdef double* qbus = <double*>cnp.PyArray_DATA(qbus_arr)
+    with nogil:
+        for k in range(nr):
+            b = r[k]
+            ir = ii = 0.0
+            for j in range(ip[b], ip[b + 1]):
+                c = ix[j]
+                vr = p[c]
+                vi = p[n + c]
+                ir = ir + gr[j] * vr - gi[j] * vi
+                ii = ii + gr[j] * vi + gi[j] * vr
+            vbr = p[b]
+            vbi = p[n + b]
+            op[k] = (vbr * ir + vbi * ii) * base_mva + dp[k]
+            qbus[k] = (vbi * ir - vbr * ii) * base_mva + dq[k]
+        for j in range(ng):
+            oq[j] = qa[j] * qbus[gp[j]] + qb[j]
+    return None
+
+
+def rows_add(indptr, idx, w, x, out):
+    """``out[r] += sum(w[p] * x[idx[p]] for p in indptr[r]:indptr[r + 1])`` (a CSR product)."""
+    cdef Py_ssize_t nr = _len(out, "out"), nnz = _len(idx, "idx"), nx = _len(x, "x")
+    cdef const long long* ip = <const long long*>_arr(
+        indptr, cnp.NPY_INT64, nr + 1, -1, False, "indptr"
+    )
+    cdef const long long* ix = <const long long*>_arr(idx, cnp.NPY_INT64, nnz, -1, False, "idx")
+    cdef const double* wv = <const double*>_arr(w, cnp.NPY_DOUBLE, nnz, -1, False, "w")
+    cdef const double* xv = <const double*>_arr(x, cnp.NPY_DOUBLE, nx, -1, False, "x")
+    cdef double* o = <double*>_arr(out, cnp.NPY_DOUBLE, nr, -1, True, "out")
+    cdef Py_ssize_t r, p
+    cdef double acc
+    if ip[0] != 0 or ip[nr] != nnz:
+        raise ValueError(f"indptr: expected 0 .. {nnz}, found {ip[0]} .. {ip[nr]}")
+    for p in range(nnz):
+        if ix[p] < 0 or ix[p] >= nx:
+            raise ValueError(f"idx[{p}] = {ix[p]} outside 0..{nx - 1}")
+    with nogil:
+        for r in range(nr):
+            acc = 0.0
+            for p in range(ip[r], ip[r + 1]):
+                acc = acc + wv[p] * xv[ix[p]]
+            o[r] = o[r] + acc
+    return None

@@ -315,3 +315,31 @@ def bus_power(indptr, indices, y_re, y_im, vpolar, rows, out_p, out_q) -> None:
     s = v[rows] * np.conj(y @ v)
     out_p[:] = s.real
     out_q[:] = s.imag
+
+
+def gen_pq(
+    indptr, indices, y_re, y_im, vpolar, rows, pd, qd, base_mva, gpos, q_a, q_b, out_p, out_q
+):
+    """Same contract as ``_newton.gen_pq``."""
+    nr, ng = rows.shape[0], gpos.shape[0]
+    if out_p.shape[0] != nr or pd.shape[0] != nr or qd.shape[0] != nr:
+        raise ValueError(f"expected {nr} bus rows")
+    if out_q.shape[0] != ng or q_a.shape[0] != ng or q_b.shape[0] != ng:
+        raise ValueError(f"expected {ng} gen rows")
+    if np.any((gpos < 0) | (gpos >= nr)):
+        raise ValueError(f"gen bus rows outside 0..{nr - 1}")
+    sp_, sq_ = np.empty(nr), np.empty(nr)
+    bus_power(indptr, indices, y_re, y_im, vpolar, rows, sp_, sq_)
+    out_p[:] = sp_ * base_mva + pd
+    out_q[:] = q_a * (sq_ * base_mva + qd)[gpos] + q_b
+
+
+def rows_add(indptr, idx, w, x, out) -> None:
+    """Same contract as ``_newton.rows_add``."""
+    nr = out.shape[0]
+    if indptr.shape[0] != nr + 1 or indptr[0] != 0 or indptr[-1] != idx.shape[0]:
+        raise ValueError(f"indptr: expected {nr + 1} entries from 0 to {idx.shape[0]}")
+    if np.any((idx < 0) | (idx >= x.shape[0])):
+        raise ValueError(f"idx outside 0..{x.shape[0] - 1}")
+    rows = np.repeat(np.arange(nr), np.diff(indptr))
+    out += np.bincount(rows, weights=w * x[idx], minlength=nr)
