@@ -136,8 +136,12 @@ def test_twin_killed_9_the_inverters_go_safe_and_served_values_age(tmp_path: Pat
 
         assert _wait(safe, WATCHDOG_S + 10.0, 0.1)
         assert beat() == last  # nobody beats any more
-        rr = c.read_input_registers(meas.modbus.address, count=2, device_id=meas.modbus.unit)
-        assert rr.isError() and rr.exception_code == 0x0B  # STALE, not the old value as Good
+
+        def stale() -> bool:  # STALE (0x0B), not the old value as Good: 3 x interval_s
+            rr = c.read_input_registers(meas.modbus.address, count=2, device_id=meas.modbus.unit)
+            return rr.isError() and rr.exception_code == 0x0B
+
+        assert _wait(stale, 3 * meas.interval_s + 10.0, 0.1)
         assert _wait(lambda: "safe state at" in emu_log.read_text(), 5)
         assert "values not refreshed by their writer are STALE" in emu_log.read_text()
         c.close()
