@@ -34,6 +34,7 @@ def serve_substation(
     opcua_security: Any = None,
     modbus_policy: Any = None,
     audit_path: Path | None = None,
+    device_settings: Any = None,
 ) -> int:
     """Serve ``pm`` over OPC UA and Modbus TCP until SIGINT/SIGTERM or ``duration`` seconds.
 
@@ -62,6 +63,7 @@ def serve_substation(
             opcua_security=opcua_security,
             modbus_policy=modbus_policy,
             audit_path=audit_path,
+            device_settings=device_settings,
         )
     )
 
@@ -82,6 +84,7 @@ async def _serve(
     opcua_security: Any = None,
     modbus_policy: Any = None,
     audit_path: Path | None = None,
+    device_settings: Any = None,
 ) -> int:
     from hil.address_space import report_progress
     from hil.emulator import EmulatedSubstation
@@ -113,6 +116,7 @@ async def _serve(
         rng=seed,
         opcua_security=opcua_security,
         modbus_policy=modbus_policy,
+        device_settings=device_settings,
     )
     audit = audit_log(sub.store)
     if audit_path is not None:

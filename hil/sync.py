@@ -856,6 +856,7 @@ class SyncLoop:
 
     async def drain(self) -> None:
         """Wait for pipelined writes still in flight and account for them (errors as events)."""
+        await self.drain_heartbeats()
         t = self.last_report.t if self.last_report is not None else math.nan
         while self._in_flight:
             li, task = next(iter(self._in_flight.items()))
@@ -929,6 +930,7 @@ class SyncLoop:
         #: the heartbeat counter written last (uint16, wraps) and how many writes went out
         self.heartbeat = 0
         self.heartbeats_sent = 0
+        self._beat_tasks: dict[int, asyncio.Task[int]] = {}
         self._link_epochs = [_epoch(lk) for lk in self.links]
         #: the reconcile reports: (t, link name, {point: (twin's last, field's)}), newest last
         self.reconciled: deque[tuple[float, str, dict[str, tuple[float, float]]]] = deque(
@@ -945,12 +947,43 @@ class SyncLoop:
             link = self.links[li]
             if not link.connected or self._link_epochs[li] != _epoch(link):
                 continue  # down, or back but not reconciled yet: nothing is written
+            if self.write_mode == "pipelined":
+                # as the outputs: sent now, the answer collected later (one beat in flight)
+                task = self._beat_tasks.get(li)
+                if task is not None and not task.done():
+                    continue
+                if task is not None:
+                    self._beat_result(t, name, link, _task_outcome(task))
+                self._beat_tasks[li] = asyncio.get_running_loop().create_task(
+                    self._write_beat(link, name), name=f"sync heartbeat {link.name}"
+                )
+                continue
             try:
-                await link.write_point(name, float(self.heartbeat))
-                self.heartbeats_sent += 1
+                self._beat_result(t, name, link, await self._write_beat(link, name))
             except (HilError, OSError, TimeoutError) as exc:
-                self._counters["write_errors"] += 1
-                self._event(t, "write_error", f"heartbeat {name}: {exc}", link=link.name)
+                self._beat_result(t, name, link, exc)
+
+    async def _write_beat(self, link: Any, name: str) -> int:
+        await link.write_point(name, float(self.heartbeat))
+        return 1
+
+    def _beat_result(self, t: float, name: str, link: Any, r: int | BaseException) -> None:
+        if isinstance(r, BaseException):
+            if not isinstance(r, (HilError, OSError, TimeoutError)):
+                raise r
+            self._counters["write_errors"] += 1
+            self._event(t, "write_error", f"heartbeat {name}: {r}", link=link.name)
+        else:
+            self.heartbeats_sent += r
+
+    async def drain_heartbeats(self) -> None:
+        """Wait for heartbeat writes still in flight (pipelined mode) and account for them."""
+        t = self.last_report.t if self.last_report is not None else math.nan
+        tasks, self._beat_tasks = self._beat_tasks, {}
+        for li, task in tasks.items():
+            await asyncio.wait([task])
+            name = next(n for n, i in self._heartbeats if i == li)
+            self._beat_result(t, name, self.links[li], _task_outcome(task))
 
     async def _reconcile_returned_links(self, t: float) -> None:
         """A link back after a loss: read the field's commands and setpoints before anything is

@@ -409,6 +409,7 @@ class TwinServer:
         samples = getattr(loop, "samples", {})
         outputs = getattr(loop, "outputs", {})
         divs = {d.point: d.difference for d in getattr(report, "divergences", ())}
+        down_any = any(not getattr(lk, "connected", True) for lk in getattr(loop, "links", ()))
         for name, v_nid, q_nid, d_nid in self._points:
             s = samples.get(name)
             if s is not None:
@@ -416,8 +417,15 @@ class TwinServer:
                 writes.append((v_nid, dv(float(s.value), dbl, status)))
                 writes.append((q_nid, dv(s.quality.value, ua.VariantType.String)))
             elif name in outputs:
-                writes.append((v_nid, dv(float(outputs[name]), dbl)))
-                writes.append((q_nid, dv("good", ua.VariantType.String)))
+                # a computed value the field link that carries it cannot take is not Good
+                # here either (issue 11): the field is serving it STALE by now
+                if down_any and self._link_down(loop, name):
+                    status = ua.StatusCode(ua.StatusCodes.BadCommunicationError)
+                    writes.append((v_nid, dv(float(outputs[name]), dbl, status)))
+                    writes.append((q_nid, dv("comms_lost", ua.VariantType.String)))
+                else:
+                    writes.append((v_nid, dv(float(outputs[name]), dbl)))
+                    writes.append((q_nid, dv("good", ua.VariantType.String)))
             if name in divs:
                 writes.append((d_nid, dv(float(divs[name]), dbl)))
         active = list(getattr(loop, "active_alarms", {}).values())
@@ -467,6 +475,12 @@ class TwinServer:
         self.publish_durations.append(self.last_publish_s)
         if len(self.publish_durations) > 8192:
             del self.publish_durations[:4096]
+
+    def _link_down(self, loop: Any, name: str) -> bool:
+        """Whether every link of ``loop`` carrying output ``name`` is down (comms lost)."""
+        links = getattr(loop, "links", None) or ()
+        carrying = [lk for lk in links if getattr(lk, "carries", lambda n: False)(name)]
+        return bool(carrying) and not any(getattr(lk, "connected", True) for lk in carrying)
 
     async def write_batch(self, writes: Sequence[tuple[ua.NodeId, ua.DataValue]]) -> None:
         """Write many values straight into the address space in one pass.

@@ -67,6 +67,15 @@ its fallback (inverter: P limit ``fallback_p_limit_pct``, default 0, or hold wit
 breaker, relay, RTU: hold). The fallback overrides the setpoint *behaviour* only; the points keep
 the clients' values, so :meth:`Device.comms_restored` returns to them.
 
+Heartbeat watchdog (issue 11): inverters, AVRs and breakers (``watches_master``) arm on the
+first :meth:`Device.heartbeat` (the substation calls it on every client write of the map's
+heartbeat point); ``heartbeat_s`` (default ``comms_timeout_s``) after the last one they enter
+the fallback and latch the safe state into their setpoints (:meth:`Device._latch_safe_state`:
+inverter ``p_limit_pct`` = fallback limit, reached at once; AVR ``avr_auto`` = 0); a breaker
+refuses commands while no master beats. A returning heartbeat ends the fallback but keeps the
+latched setpoints: nothing returns silently to the old ones. Each transition is logged at
+WARNING and kept in ``watchdog_events``.
+
 :func:`build_devices` creates the devices a net and point map call for and writes initial values.
 """
 

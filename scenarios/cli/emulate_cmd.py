@@ -110,6 +110,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--no-devices", action="store_true", help="serve points only")
     parser.add_argument("--seed", type=int, default=None, help="RTU noise seed")
+    parser.add_argument(
+        "--watchdog-s",
+        type=float,
+        default=10.0,
+        help="device watchdog: seconds without the master's heartbeat (or a scripted comms "
+        "loss) before inverters, AVRs and breakers go to their safe state (default 10)",
+    )
+    parser.add_argument(
+        "--fallback-p-limit-pct",
+        default="0",
+        help="inverter safe state: P limit in %% of rating, or 'hold' (default 0)",
+    )
     parser.set_defaults(func=_emulate)
 
 
@@ -227,6 +239,22 @@ def _emulate(args: argparse.Namespace) -> int:
             else "; plain Modbus TCP (no authentication)"
         )
     )
+    from hil.emulator.devices import DeviceSettings
+
+    if not (args.watchdog_s > 0 and args.watchdog_s < 1e6):
+        return _fail(f"--watchdog-s: expected seconds > 0, found {args.watchdog_s!r}")
+    fallback: float | None = None
+    if args.fallback_p_limit_pct != "hold":
+        try:
+            fallback = float(args.fallback_p_limit_pct)
+        except ValueError:
+            fallback = -1.0
+        if not 0.0 <= fallback <= 100.0:
+            return _fail(
+                "--fallback-p-limit-pct: expected a percentage 0..100 or 'hold', found "
+                f"{args.fallback_p_limit_pct!r}"
+            )
+    settings = DeviceSettings(comms_timeout_s=args.watchdog_s, der_fallback_p_limit_pct=fallback)
     try:
         return serve_substation(
             net,
@@ -243,6 +271,7 @@ def _emulate(args: argparse.Namespace) -> int:
             opcua_security=security,
             modbus_policy=policy,
             audit_path=audit_path,
+            device_settings=settings,
         )
     except OSError as exc:  # port taken, address not on this machine, ...
         print(

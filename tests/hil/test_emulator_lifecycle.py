@@ -117,10 +117,14 @@ async def test_stop_and_restart_on_the_same_ports(ieee14):
         async with Client(sub.opcua_endpoint, timeout=TIMEOUT) as ua_client:
             value = await ua_client.get_node(sub.node_id(setpoint.name)).read_value()
             assert value == pytest.approx(1.03, rel=1e-6)
-        assert len(sub.store._listeners) == 1
+        # one OPC UA listener (the substation's own watchdog listener is not the server's)
+        assert [
+            lis for lis in sub.store._listeners if getattr(lis, "__self__", None) is not sub
+        ] == [sub.opcua._on_change]
     finally:
         await sub.stop()
-    assert len(sub.store._listeners) == 0
+    # the servers unsubscribed on stop (the substation's own watchdog listener stays)
+    assert [lis for lis in sub.store._listeners if getattr(lis, "__self__", None) is not sub] == []
 
 
 async def test_connected_clients_see_the_server_go(ieee14):
@@ -348,7 +352,8 @@ async def test_cli_serves_until_sigint(free_port):
                     break
         text = "".join(lines)
         assert f"Modbus  127.0.0.1:{mb_port}" in text
-        assert "57 points" in text and "57 measurements" in text
+        # 57 measurements + the heartbeat point of issue 11
+        assert "58 points" in text and "57 measurements" in text
         client = await _modbus(mb_port)
         try:
             rr = await client.read_input_registers(0, count=2, device_id=1)

@@ -205,7 +205,12 @@ class SlowLink(FieldLink):
 def _loop(feeder_net, **kw):
     net = feeder_net(breaker=False)
     pm = generate_pointmap(net, mode="hil")
-    points = [p for p in pm.points if p.table != "switch" and p.column != "tap_pos"]
+    # without the heartbeat (issue 11): these tests count the output requests of a step
+    points = [
+        p
+        for p in pm.points
+        if p.table != "switch" and p.column != "tap_pos" and p.column != "heartbeat"
+    ]
     link = SlowLink(points)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
