@@ -238,6 +238,9 @@ class SyncLoop:
         link_now: passed as ``now`` to ``read_inputs`` (None: each link's own clock).
         stop_on_not_converged: raise LoadflowNotConverged out of :meth:`step` instead of going on.
         history: durations kept per phase for the percentiles.
+        heartbeat_s: between steps, the heartbeat is also written every ``heartbeat_s`` wall
+            seconds (a realtime run with 1-min steps keeps a device's 10 s watchdog fed);
+            None: only each step writes it.
         write_mode: ``"await"`` (default): a step's write phase waits for every link's write
             response, so a step ends with the field holding its values and write errors belong
             to that step. ``"pipelined"``: the step encodes and sends its request and goes on;
@@ -272,6 +275,7 @@ class SyncLoop:
         record_values: bool = True,
         write_mode: WriteMode = "await",
         plausibility: bool = True,
+        heartbeat_s: float | None = 1.0,
     ) -> None:
         _check_choice("mode", mode, ("hil", "mirror"))
         _check_choice("stale_policy", stale_policy, ("hold", "refuse"))
@@ -323,6 +327,7 @@ class SyncLoop:
             "apply_errors": 0,
             "alarms": 0,
             "estimation_failures": 0,
+            "idle_heartbeats": 0,
             "implausible": 0,
         }
         net = model.net
@@ -357,6 +362,9 @@ class SyncLoop:
         # are checked by the stale policy (a device's operation counter does not stop a step)
         used = {n for g in self._groups for n in g.names} | {p.name for p in self.measured}
         self._used_inputs: tuple[Point, ...] = tuple(p for p in self.inputs if p.name in used)
+        if heartbeat_s is not None and not (heartbeat_s > 0 and math.isfinite(heartbeat_s)):
+            raise ValueError(f"heartbeat_s: expected a finite number > 0, found {heartbeat_s!r}")
+        self.heartbeat_s = None if heartbeat_s is None else float(heartbeat_s)
         self._init_watchdogs()
 
     # --- construction helpers -----------------------------------------------------------------
@@ -452,6 +460,15 @@ class SyncLoop:
             StaleInputError: an input is not GOOD and ``stale_policy`` is ``"refuse"``.
             LoadflowNotConverged: only with ``stop_on_not_converged``.
         """
+        await self._settle_idle_beat()
+        self._in_step = True
+        try:
+            return await self._step(t)
+        finally:
+            self._in_step = False
+            self._arm_idle_beat()
+
+    async def _step(self, t: float) -> StepReport:
         rep = StepReport(t=t)
         d = rep.durations
         new_alarms: list[Alarm] = []
@@ -855,7 +872,10 @@ class SyncLoop:
         return n
 
     async def drain(self) -> None:
-        """Wait for pipelined writes still in flight and account for them (errors as events)."""
+        """Wait for pipelined writes still in flight and account for them (errors as events);
+        the heartbeat between steps stops (the run is over: the devices' watchdogs take it)."""
+        self._cancel_idle_beat()
+        await self._settle_idle_beat()
         await self.drain_heartbeats()
         t = self.last_report.t if self.last_report is not None else math.nan
         while self._in_flight:
@@ -931,6 +951,9 @@ class SyncLoop:
         self.heartbeat = 0
         self.heartbeats_sent = 0
         self._beat_tasks: dict[int, asyncio.Task[int]] = {}
+        self._in_step = False
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle_task: asyncio.Task[None] | None = None
         self._link_epochs = [_epoch(lk) for lk in self.links]
         #: the reconcile reports: (t, link name, {point: (twin's last, field's)}), newest last
         self.reconciled: deque[tuple[float, str, dict[str, tuple[float, float]]]] = deque(
@@ -962,6 +985,50 @@ class SyncLoop:
                 self._beat_result(t, name, link, await self._write_beat(link, name))
             except (HilError, OSError, TimeoutError) as exc:
                 self._beat_result(t, name, link, exc)
+
+    # the heartbeat between steps: a timer armed at the end of each step (a TimerHandle, not a
+    # task: nothing is left pending when a loop is closed without drain); when it fires before
+    # the next step, one heartbeat goes out as in a step and the timer is armed again
+    def _arm_idle_beat(self) -> None:
+        self._cancel_idle_beat()
+        if self.heartbeat_s is None or not self._heartbeats or self._stopping:
+            return
+        loop = asyncio.get_running_loop()
+        self._idle_timer = loop.call_later(self.heartbeat_s, self._idle_beat_due)
+
+    def _cancel_idle_beat(self) -> None:
+        timer = self._idle_timer
+        if timer is not None:
+            timer.cancel()
+            self._idle_timer = None
+
+    def _idle_beat_due(self) -> None:
+        self._idle_timer = None
+        if self._in_step or self._stopping:
+            return
+        self._idle_task = asyncio.get_running_loop().create_task(
+            self._idle_beat(), name="sync heartbeat between steps"
+        )
+
+    async def _idle_beat(self) -> None:
+        t = self.last_report.t if self.last_report is not None else 0.0
+        try:
+            await self._heartbeat_outputs(t)
+            self._counters["idle_heartbeats"] += 1
+        except Exception:  # never lost silently, never stops the loop
+            _log.exception("heartbeat between steps failed")
+        if not self._in_step:
+            self._arm_idle_beat()
+
+    async def _settle_idle_beat(self) -> None:
+        """A step (or drain) waits for a heartbeat between steps still on the wire: one request
+        at a time per link."""
+        self._cancel_idle_beat()
+        task = self._idle_task
+        if task is not None:
+            self._idle_task = None
+            if not task.done():
+                await asyncio.wait([task])
 
     async def _write_beat(self, link: Any, name: str) -> int:
         await link.write_point(name, float(self.heartbeat))
@@ -1059,8 +1126,9 @@ class SyncLoop:
 
     # --- running at a fixed period --------------------------------------------------------------
     def stop(self) -> None:
-        """Ask :meth:`run` to return after the current step."""
+        """Ask :meth:`run` to return after the current step (no more heartbeats between steps)."""
         self._stopping = True
+        self._cancel_idle_beat()
 
     async def run(
         self, steps: int | None = None, duration_s: float | None = None, *, t0: float = 0.0
