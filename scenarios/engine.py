@@ -14,11 +14,14 @@ Within one simulated instant, events scheduled for it run before the step that s
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import math
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -473,8 +476,9 @@ class _Stepper:
                         f"step at t={t:g} s ended after the next step was due",
                         lag_s=self.bridge.clock() - self.bridge.wall_target(t + sc.step),
                     )
-            self._after_step(t, outcome, miss)
-            self.steps_done += 1
+            with _signals_held():  # a step's row and its count go together, or neither
+                self._after_step(t, outcome, miss)
+                self.steps_done += 1
             if self.progress is not None:
                 self.progress(k + 1, n + 1, t)
             if self.on_step is not None:
@@ -970,3 +974,19 @@ def _versions() -> dict[str, str]:
 
         _VERSIONS = versions()
     return _VERSIONS
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM for a few statements (the main thread only): the CLI's handler
+    raises where the code is, and between recording a step's row and counting the step it
+    would leave a row the summary does not count. A held signal is delivered right after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)

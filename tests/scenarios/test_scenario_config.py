@@ -154,7 +154,7 @@ def test_condition_syntax() -> None:
 def test_every_bundled_scenario_parses() -> None:
     lib = Path(__file__).resolve().parents[2] / "scenarios" / "library"
     files = sorted(lib.glob("*.toml"))
-    assert len(files) == 7
+    assert len(files) == 8
     for f in files:
         sc = load_scenario(f)
         assert sc.checks, f"{f.name} has no checks"
