@@ -128,6 +128,7 @@ setup(
             "pytest>=8",
             "pytest-asyncio>=1.0",
             "pytest-timeout>=2.3",
+            "pytest-xdist>=3.5",
             "hypothesis>=6.100",
             "ruff>=0.6",
         ],
