@@ -41,7 +41,7 @@ from asyncua.ua.ua_binary import (
 )
 from asyncua.ua.uaerrors import UaStatusCodeError
 
-from hil.errors import CommsLost, HilTimeout, OutOfRange, ProtocolError, WriteRejected
+from hil.errors import CommsLost, HilTimeout, ProtocolError, WriteRejected
 from hil.links.base import FieldLink
 from hil.links.base import OutputBatch as BaseOutputBatch
 from twin.pointmap import Point
@@ -712,34 +712,15 @@ class OpcuaLink(FieldLink):
             CommsLost, HilTimeout, ProtocolError: as :meth:`write_outputs`.
         """
         vals = np.asarray(values, dtype=float)
-        if vals.shape != batch.last.shape:
-            raise ValueError(
-                f"write_batch: expected {batch.last.shape[0]} values, found {vals.shape}"
-            )
         now = self.clock()
-        with np.errstate(invalid="ignore"):
-            send = (
-                (batch.deadband <= 0.0)
-                | ~(np.abs(vals - batch.last) < batch.deadband)  # NaN last: never sent
-                | (now - batch.last_t >= batch.interval)
-            )
-        if mask is not None:
-            send &= mask
-        sel = np.flatnonzero(send)
+        sel = batch.select(vals, mask, now)  # deadband, refresh and limits: raises OutOfRange
         if sel.size == 0:
             return 0
         v = vals[sel]
-        with np.errstate(invalid="ignore"):
-            bad = ~np.isfinite(v) | (v < batch.low[sel]) | (v > batch.high[sel])
-        if bad.any():
-            i = int(sel[np.argmax(bad)])
-            p = batch.points[i]
-            raise OutOfRange(p.name, float(vals[i]), p.low, p.high)
         client = self._require("write")
         body = self._encode_batch(batch, sel, v)
         await self._write_encoded(client, body, [batch.names[i] for i in sel.tolist()])
-        batch.last[sel] = v
-        batch.last_t[sel] = now
+        batch.sent(sel, vals, now)
         return int(sel.size)
 
     def _encode_batch(self, batch: OutputBatch, sel: np.ndarray, v: np.ndarray) -> bytes:
