@@ -6,6 +6,18 @@ so a write through one protocol is visible through the other at once. Two write 
 - ``set()``: the inside of the substation (device behaviours, the plant side). No role check.
 - ``write()``: a client write arriving over a protocol. Checks the role against the point's kind,
   the limits, and finiteness, and raises instead of changing anything.
+
+Storage is one row per point, in arrays indexed by the point's *position* (its place in the
+point map, :meth:`PointStore.positions`): values (float64), quality codes (uint8, an index
+into :data:`QUALITIES`), source timestamps (float64) and a version per point that grows on
+every change (what a server compares to know which of its encodings are out of date). A
+:class:`~twin.quality.Sample` is built on demand by :meth:`PointStore.get` and kept until the
+point changes, so ``store.get(n) is sample`` still says "unchanged since".
+
+:meth:`PointStore.set_array` is the bulk path: positions and values as arrays, one clock
+reading, faults and qualities as vector masks, one call per batch listener
+(:meth:`PointStore.subscribe_batch`). The per-point API (``set``, ``set_many``, ``subscribe``)
+behaves as it always did: per-point listeners are called per point, in order.
 """
 
 from __future__ import annotations
@@ -13,7 +25,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
 
 from hil.errors import UnknownPoint, WriteRejected, value_within_limits
 from twin.pointmap import Point, PointMap
@@ -31,9 +45,25 @@ ROLE_WRITES: dict[str, frozenset[str]] = {
 }
 
 Listener = Callable[[Point, Sample, str], None]
+#: ``listener(positions, source)``: one call per write (a bulk write or one point); the
+#: positions (intp array, in write order) index :attr:`PointStore.names` and the arrays.
+BatchListener = Callable[[np.ndarray, str], None]
 #: Turns a value written from outside the devices into what the substation reports (an RTU's
 #: noise and bias). Runs before the value is stored, so every listener sees the reported value.
 Transform = Callable[[Point, float, Quality, str], float]
+
+#: Quality code (the uint8 stored per point) -> Quality.
+QUALITIES: tuple[Quality, ...] = tuple(Quality)
+QUALITY_CODE: dict[Quality, int] = {q: i for i, q in enumerate(QUALITIES)}
+GOOD = QUALITY_CODE[Quality.GOOD]
+INVALID = QUALITY_CODE[Quality.INVALID]
+COMMS_LOST = QUALITY_CODE[Quality.COMMS_LOST]
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    v = a.view()
+    v.flags.writeable = False
+    return v
 
 
 class PointStore:
@@ -43,21 +73,46 @@ class PointStore:
         self.pointmap = pointmap
         self.clock = clock
         now = clock()
-        self._values: dict[str, Sample] = {
-            p.name: Sample(0.0, Quality.INVALID, now) for p in pointmap.points
-        }
         #: the points by name, as the store was built (the hot path looks up here)
         self._points: dict[str, Point] = {p.name: p for p in pointmap.points}
+        #: position -> name / point (one row per distinct name, in point-map order)
+        self.names: tuple[str, ...] = tuple(self._points)
+        self._index: dict[str, int] = {n: i for i, n in enumerate(self.names)}
+        self._by_pos: tuple[Point, ...] = tuple(self._points[n] for n in self.names)
+        n = len(self.names)
+        self._v = np.zeros(n, dtype=np.float64)
+        self._q = np.full(n, INVALID, dtype=np.uint8)
+        self._t = np.full(n, float(now), dtype=np.float64)
+        #: per point: the store's write counter at its last change (0: never changed)
+        self._ver = np.zeros(n, dtype=np.uint64)
+        self._epoch = 0
+        #: Sample objects handed out, kept until the point changes (None: build on demand)
+        self._samples: np.ndarray = np.full(n, None, dtype=object)
         self._listeners: list[Listener] = []
+        self._batch_listeners: list[BatchListener] = []
         self._transform: Transform | None = None
         #: plant-side faults: point -> the sample it is frozen at; points of a device offline
         self._frozen: dict[str, Sample] = {}
         self._offline: set[str] = set()
         #: what the devices last set on a faulted point (restored when the fault ends)
         self._true: dict[str, Sample] = {}
+        #: position -> whether the point is under a fault (name in ``_true``)
+        self._faulted_mask = np.zeros(n, dtype=bool)
+        self.values = _readonly(self._v)
+        self.qualities = _readonly(self._q)
+        self.timestamps = _readonly(self._t)
+        self.versions = _readonly(self._ver)
 
     def __contains__(self, name: str) -> bool:
-        return name in self._values
+        return name in self._index
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def epoch(self) -> int:
+        """The write counter: grows by one per write (a bulk write counts once)."""
+        return self._epoch
 
     def point(self, name: str) -> Point:
         try:
@@ -65,11 +120,44 @@ class PointStore:
         except KeyError:
             raise UnknownPoint(f"no point named {name!r} in the point map") from None
 
-    def get(self, name: str) -> Sample:
+    def position(self, name: str) -> int:
+        """The row of ``name`` in the arrays.
+
+        Raises:
+            UnknownPoint: a name not in the point map.
+        """
+        i = self._index.get(name)
+        if i is None:
+            raise UnknownPoint(f"no point named {name!r} in the point map")
+        return i
+
+    def positions(self, names: Iterable[str]) -> np.ndarray:
+        """Rows of ``names`` (resolve once, keep them: the bulk path takes positions).
+
+        Raises:
+            UnknownPoint: a name not in the point map.
+        """
+        index = self._index
         try:
-            return self._values[name]
-        except KeyError:
-            raise UnknownPoint(f"no point named {name!r} in the point map") from None
+            return np.fromiter((index[n] for n in names), dtype=np.intp)
+        except KeyError as exc:
+            raise UnknownPoint(f"no point named {exc.args[0]!r} in the point map") from None
+
+    def point_at(self, pos: int) -> Point:
+        return self._by_pos[pos]
+
+    def get(self, name: str) -> Sample:
+        i = self._index.get(name)
+        if i is None:
+            raise UnknownPoint(f"no point named {name!r} in the point map")
+        s = self._samples[i]
+        if s is None:
+            v = self._v.item(i)
+            if v != v:  # one NaN object, as float(math.nan) gives: samples compare equal
+                v = math.nan
+            s = Sample(v, QUALITIES[self._q.item(i)], self._t.item(i))
+            self._samples[i] = s
+        return s  # type: ignore[no-any-return]
 
     def device_get(self, name: str) -> Sample:
         """What the device itself has for ``name``: a plant-side fault (a frozen report, a
@@ -78,7 +166,21 @@ class PointStore:
         return s if s is not None else self.get(name)
 
     def value(self, name: str) -> float:
-        return self.get(name).value
+        i = self._index.get(name)
+        if i is None:
+            raise UnknownPoint(f"no point named {name!r} in the point map")
+        v: float = self._v.item(i)
+        return math.nan if v != v else v
+
+    # --- writes ------------------------------------------------------------------------------
+    def _store(self, i: int, sample: Sample) -> None:
+        """Put ``sample`` in row ``i`` (the one per-point write of the arrays)."""
+        self._epoch += 1
+        self._v[i] = sample.value
+        self._q[i] = QUALITY_CODE[sample.quality]
+        self._t[i] = sample.timestamp
+        self._ver[i] = self._epoch
+        self._samples[i] = sample
 
     def set(
         self,
@@ -119,26 +221,140 @@ class PointStore:
         Raises:
             UnknownPoint: a name not in the point map (the pairs before it are set).
         """
-        points = self._points
-        values = self._values
-        true = self._true
-        listeners = tuple(self._listeners)
-        transform = None if source.startswith("device:") else self._transform
+        index = self._index
+        pos: list[int] = []
+        vals: list[float] = []
+        seen: set[int] = set()
         now = self.clock() if timestamp is None else timestamp
-        good, invalid = Quality.GOOD, Quality.INVALID
-        isfinite = math.isfinite
-        for name, value in items:
-            point = points.get(name)
-            if point is None:
-                point = self.point(name)  # raises UnknownPoint
-            v = float(value)
-            if transform is not None:
-                v = float(transform(point, v, good, source))
-            sample = Sample(v, good if isfinite(v) else invalid, now)
-            if true and name in true:
-                true[name] = sample
-                sample = self._faulted(name, sample)
-            values[name] = sample
+        try:
+            for name, value in items:
+                i = index.get(name)
+                if i is None:
+                    self.point(name)  # raises UnknownPoint
+                if i in seen:  # a point twice: the first goes in before the second, as set()
+                    self._set_positions(pos, vals, source, now)
+                    pos, vals, seen = [], [], set()
+                pos.append(i)  # type: ignore[arg-type]
+                vals.append(float(value))
+                seen.add(i)  # type: ignore[arg-type]
+        finally:  # the pairs before a bad one are set
+            self._set_positions(pos, vals, source, now)
+
+    def _set_positions(self, pos: list[int], vals: list[float], source: str, now: float) -> None:
+        if pos:
+            self.set_array(
+                np.array(pos, dtype=np.intp),
+                np.array(vals, dtype=np.float64),
+                source=source,
+                timestamp=now,
+            )
+
+    def set_array(
+        self,
+        positions: np.ndarray | Sequence[int],
+        values: np.ndarray | Sequence[float],
+        *,
+        source: str = "internal",
+        timestamp: float | None = None,
+        quality: Quality | np.ndarray | None = None,
+    ) -> None:
+        """The bulk write: ``values[k]`` into row ``positions[k]``, all stamped ``timestamp``
+        (None: one clock reading), with ``source`` as ``set`` takes it.
+
+        The same rules as ``set`` per point: the transform (not for ``device:`` sources) runs
+        per point in order before anything is stored; a value not finite is INVALID; a point
+        under a plant-side fault keeps the device's sample aside and reports the faulted one.
+        Per-point listeners (if any) are called per point in order once the batch is stored;
+        batch listeners once with the positions.
+
+        Args:
+            positions: rows (:meth:`positions`), each at most once.
+            values: one float per position.
+            quality: GOOD for all (None), one Quality for all, or an array of quality codes
+                (:data:`QUALITY_CODE`) per position.
+
+        Raises:
+            UnknownPoint: a position outside the store (nothing is set).
+            ValueError: positions and values (or qualities) of different lengths.
+        """
+        pos = np.asarray(positions, dtype=np.intp)
+        v = np.array(values, dtype=np.float64)  # a copy: the transform may replace entries
+        if pos.ndim != 1 or v.shape != pos.shape:
+            raise ValueError(
+                f"set_array: expected one value per position, found {v.shape} values for "
+                f"{pos.shape} positions"
+            )
+        n = pos.size
+        if n == 0:
+            return
+        if int(pos.min()) < 0 or int(pos.max()) >= len(self.names):
+            bad = int(pos[(pos < 0) | (pos >= len(self.names))][0])
+            raise UnknownPoint(f"no point at position {bad} (the store has {len(self.names)})")
+        if quality is None:
+            q = np.full(n, GOOD, dtype=np.uint8)
+        elif isinstance(quality, Quality):
+            q = np.full(n, QUALITY_CODE[quality], dtype=np.uint8)
+        else:
+            q = np.array(quality, dtype=np.uint8)
+            if q.shape != pos.shape:
+                raise ValueError(
+                    f"set_array: expected one quality per position, found {q.shape} for "
+                    f"{pos.shape} positions"
+                )
+        transform = None if source.startswith("device:") else self._transform
+        if transform is not None:
+            by_pos = self._by_pos
+            qlist = q.tolist()
+            out = [
+                float(transform(by_pos[i], x, QUALITIES[c], source))
+                for i, x, c in zip(pos.tolist(), v.tolist(), qlist)
+            ]
+            v = np.array(out, dtype=np.float64)
+        finite = np.isfinite(v)
+        if not finite.all():
+            q[~finite] = INVALID
+        now = float(self.clock() if timestamp is None else timestamp)
+        faulted = self._faulted_mask[pos]
+        samples = self._samples
+        self._epoch += 1
+        if faulted.any():
+            # few points (a frozen meter, a device offline): the per-point rules, exactly
+            names = self.names
+            for k in np.flatnonzero(faulted).tolist():
+                i = int(pos[k])
+                name = names[i]
+                true = Sample(v.item(k), QUALITIES[q.item(k)], now)
+                self._true[name] = true
+                rep = self._faulted(name, true)
+                v[k], q[k] = rep.value, QUALITY_CODE[rep.quality]
+                samples[i] = rep
+                self._t[i] = rep.timestamp
+            ok = pos[~faulted]
+            self._t[ok] = now
+            samples[ok] = None
+        else:
+            self._t[pos] = now
+            samples[pos] = None
+        self._v[pos] = v
+        self._q[pos] = q
+        self._ver[pos] = self._epoch
+        if self._listeners:
+            self._notify_points(pos, source)
+        for bl in tuple(self._batch_listeners):
+            try:
+                bl(pos, source)
+            except Exception:  # a listener must not break the writer
+                _log.exception("point-store batch listener failed (%d points)", n)
+
+    def _notify_points(self, pos: np.ndarray, source: str) -> None:
+        listeners = tuple(self._listeners)
+        by_pos = self._by_pos
+        get = self.get
+        names = self.names
+        for i in pos.tolist():
+            name = names[i]
+            point = by_pos[i]
+            sample = get(name)
             for listener in listeners:
                 try:
                     listener(point, sample, source)
@@ -147,12 +363,20 @@ class PointStore:
 
     def _publish(self, point: Point, sample: Sample, source: str) -> None:
         name = point.name
-        self._values[name] = sample
+        i = self._index[name]
+        self._store(i, sample)
         for listener in list(self._listeners):
             try:
                 listener(point, sample, source)
             except Exception:  # a listener must not break the writer
                 _log.exception("point-store listener failed for %s", name)
+        if self._batch_listeners:
+            one = np.array([i], dtype=np.intp)
+            for bl in tuple(self._batch_listeners):
+                try:
+                    bl(one, source)
+                except Exception:  # a listener must not break the writer
+                    _log.exception("point-store batch listener failed for %s", name)
 
     # --- plant-side faults (runtime fault injection: a frozen meter, a device offline) -------
     def _faulted(self, name: str, sample: Sample) -> Sample:
@@ -165,12 +389,14 @@ class PointStore:
         return sample
 
     def _refault(self, name: str, source: str) -> None:
-        true = self._true.get(name, self._values[name])
+        true = self._true.get(name, self.get(name))
         if name not in self._frozen and name not in self._offline:
             self._true.pop(name, None)
+            self._faulted_mask[self._index[name]] = False
             self._publish(self.point(name), true, source)
             return
         self._true[name] = true
+        self._faulted_mask[self._index[name]] = True
         self._publish(self.point(name), self._faulted(name, true), source)
 
     def freeze(self, name: str, frozen: bool = True, *, source: str = "fault") -> None:
@@ -178,7 +404,7 @@ class PointStore:
         reports the device's latest value again). Its quality stays what the device sets."""
         self.point(name)
         if frozen:
-            self._frozen.setdefault(name, self._true.get(name, self._values[name]))
+            self._frozen.setdefault(name, self._true.get(name, self.get(name)))
         else:
             self._frozen.pop(name, None)
         self._refault(name, source)
@@ -231,5 +457,13 @@ class PointStore:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
+    def subscribe_batch(self, listener: BatchListener) -> Callable[[], None]:
+        """Call ``listener(positions, source)`` once per write (bulk or one point) with the
+        rows it changed; returns an unsubscribe. Cheaper than :meth:`subscribe` for a bulk
+        write: no Sample is built and no call is made per point."""
+        self._batch_listeners.append(listener)
+        return lambda: self._batch_listeners.remove(listener)
+
     def snapshot(self) -> dict[str, Sample]:
-        return dict(self._values)
+        get = self.get
+        return {n: get(n) for n in self.names}
