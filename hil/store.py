@@ -157,7 +157,7 @@ class PointStore:
                 v = math.nan
             s = Sample(v, QUALITIES[self._q.item(i)], self._t.item(i))
             self._samples[i] = s
-        return s  # type: ignore[no-any-return]
+        return s
 
     def device_get(self, name: str) -> Sample:
         """What the device itself has for ``name``: a plant-side fault (a frozen report, a

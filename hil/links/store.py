@@ -9,9 +9,10 @@ import numpy as np
 
 from hil.errors import WriteRejected
 from hil.links.base import FieldLink, OutputBatch
+from hil.store import GOOD as _GOOD
 from hil.store import ROLE_WRITES
 from twin.pointmap import Point
-from twin.quality import Sample
+from twin.quality import Quality, Sample
 
 
 class StoreLink(FieldLink):
@@ -40,6 +41,9 @@ class StoreLink(FieldLink):
         self.store = store
         self.role = role
         self._allowed = ROLE_WRITES.get(role, frozenset())
+        self._in_pos: np.ndarray | None = None
+        #: id(batch) -> (batch, its store positions, whether the role may write each)
+        self._batches: dict[int, tuple[OutputBatch, np.ndarray, np.ndarray]] = {}
 
     async def connect(self) -> None:
         self.connected = True
@@ -49,14 +53,35 @@ class StoreLink(FieldLink):
 
     async def poll(self) -> None:
         now = self.clock()
-        for p in self.inputs:
-            if p.name in self.cut_points:
-                continue
-            s = self.store.get(p.name)
-            # A direct read is a fresh read of the device's current value, as a Modbus poll is.
-            self._cache[p.name] = Sample(s.value, s.quality, now) if s.quality.is_good else s
+        store = self.store
+        cut = self.cut_points
+        pos = self._input_positions()
+        if pos is None:  # a store without arrays: the per-point read
+            for p in self.inputs:
+                if p.name in cut:
+                    continue
+                s = store.get(p.name)
+                # A direct read is a fresh read of the device's current value, as a Modbus
+                # poll is.
+                self._cache[p.name] = Sample(s.value, s.quality, now) if s.quality.is_good else s
+        else:
+            good = (store.qualities[pos] == _GOOD).tolist()
+            vals = store.values[pos].tolist()
+            cache = self._cache
+            for p, g, v in zip(self.inputs, good, vals):
+                name = p.name
+                if name in cut:
+                    continue
+                # A direct read is a fresh read of the device's current value, as a Modbus
+                # poll is.
+                cache[name] = Sample(v, Quality.GOOD, now) if g else store.get(name)
         self.stats["reads"] += 1
         self._notify()
+
+    def _input_positions(self) -> np.ndarray | None:
+        if self._in_pos is None and hasattr(self.store, "positions"):
+            self._in_pos = self.store.positions([p.name for p in self.inputs])
+        return self._in_pos
 
     async def read_back(self, names: Iterable[str]) -> dict[str, Sample]:
         return {n: self.store.get(self.point(n).name) for n in names}
@@ -118,17 +143,30 @@ class StoreLink(FieldLink):
         sel = batch.select(vals, mask, now)
         if sel.size == 0:
             return 0
-        names = batch.names
-        idx = sel.tolist()
-        items = list(zip([names[i] for i in idx], vals[sel].tolist()))
-        allowed = self._allowed
-        refused = next((k for k, i in enumerate(idx) if batch.points[i].kind not in allowed), None)
-        if refused is not None:
-            self.store.set_many(items[:refused], source=self.name)
-            name, v = items[refused]
-            self.store.check_write(name, v, role=self.role)  # raises WriteRejected
-            items = items[refused:]
-        self.store.set_many(items, source=self.name)
+        batch_pos, may = self._batch_rows(batch)
+        pos = batch_pos[sel]
+        v = vals[sel]
+        refused = ~may[sel]
+        if refused.any():
+            k = int(np.argmax(refused))
+            self.store.set_array(pos[:k], v[:k], source=self.name)
+            i = int(sel[k])
+            self.store.check_write(batch.names[i], float(vals[i]), role=self.role)  # raises
+            pos, v = pos[k:], v[k:]
+        self.store.set_array(pos, v, source=self.name)
         self.stats["writes"] += 1
         batch.sent(sel, vals, now)
         return int(sel.size)
+
+    def _batch_rows(self, batch: OutputBatch) -> tuple[np.ndarray, np.ndarray]:
+        """The store positions of ``batch``'s points and whether this role may write each,
+        resolved once per batch (the sync loop keeps its batches)."""
+        hit = self._batches.get(id(batch))
+        if hit is None or hit[0] is not batch:
+            pos = self.store.positions(batch.names)
+            may = np.array([p.kind in self._allowed for p in batch.points], dtype=bool)
+            if len(self._batches) >= 64:  # bounded: batches are prepared once per loop
+                self._batches.clear()
+            hit = (batch, pos, may)
+            self._batches[id(batch)] = hit
+        return hit[1], hit[2]
