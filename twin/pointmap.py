@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from twin.errors import InvalidInput, PointMapError
 from twin.labels import element_label as element_label  # re-exported: the one label rule
 from twin.labels import label_index, table_labels
@@ -697,6 +699,201 @@ def decode_registers(point: Point, regs: list[int] | tuple[int, ...]) -> float:
     if isinstance(raw, float) and math.isnan(raw):
         return math.nan
     return float(raw) * mb.scale + mb.offset
+
+
+# --- block codec: many points of one table at once ---------------------------------------------
+
+#: dtype -> the big-endian numpy type its registers hold
+_NP_BE: dict[str, str] = {
+    "int16": ">i2",
+    "uint16": ">u2",
+    "int32": ">i4",
+    "uint32": ">u4",
+    "float32": ">f4",
+    "float64": ">f8",
+}
+#: widest point in registers: a block's rows are this wide, unused words zero
+BLOCK_WIDTH = 4
+
+
+class BlockCodec:
+    """:func:`encode_registers` / :func:`decode_registers` for many points at once.
+
+    Built once for a fixed tuple of points with Modbus bindings; :meth:`encode` and
+    :meth:`decode` take the points' values (or registers) as arrays and work per data type
+    and word order with numpy byte views, giving word for word what the per-point functions
+    give (the tests compare them on every dtype, word order, scale, offset and sentinel).
+    A row of registers is :data:`BLOCK_WIDTH` words wide; point ``k`` uses the first
+    ``count[k]`` of its row.
+
+    Raises:
+        RegisterValueError: a point without a Modbus binding.
+    """
+
+    def __init__(self, points: tuple[Point, ...] | list[Point]) -> None:
+        self.points: tuple[Point, ...] = tuple(points)
+        n = len(self.points)
+        bindings: list[ModbusBinding] = []
+        for p in self.points:
+            if p.modbus is None:
+                raise RegisterValueError(p, None, "a point with a Modbus binding")
+            bindings.append(p.modbus)
+        #: registers of each point (1 for bools)
+        self.count = np.array(
+            [1 if b.dtype == "bool" else REGISTER_COUNT[b.dtype] for b in bindings], dtype=np.intp
+        )
+        self.scale = np.array([b.scale for b in bindings], dtype=np.float64)
+        self.offset = np.array([b.offset for b in bindings], dtype=np.float64)
+        # a sentinel other than NaN (NaN sentinels are IEEE NaN: no raw value to substitute)
+        self._has_na = np.array(
+            [
+                b.na_sentinel is not None
+                and not (isinstance(b.na_sentinel, float) and math.isnan(b.na_sentinel))
+                for b in bindings
+            ],
+            dtype=bool,
+        )
+        self._na_raw = np.array(
+            [float(b.na_sentinel or 0.0) if h else 0.0 for b, h in zip(bindings, self._has_na)],
+            dtype=np.float64,
+        )
+        self._bool_na = np.array(
+            [b.na_sentinel is not None for b in bindings], dtype=bool
+        )  # a bool's sentinel of any kind (its truth is the not-available bit)
+        self._bool_na_bit = np.array([1 if b.na_sentinel else 0 for b in bindings], dtype=np.uint16)
+        groups: dict[tuple[str, str], list[int]] = {}
+        for k, b in enumerate(bindings):
+            groups.setdefault((b.dtype, b.word_order), []).append(k)
+        #: point index -> its (dtype, word order) group id; the groups' keys
+        self._keys: list[tuple[str, str]] = list(groups)
+        self._group = np.zeros(n, dtype=np.intp)
+        for g, key in enumerate(self._keys):
+            self._group[groups[key]] = g
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def _split(self, idx: np.ndarray) -> list[tuple[str, str, np.ndarray]]:
+        """``idx`` (positions in ``idx``, not point indices) per group present."""
+        g = self._group[idx]
+        if g.size and (g == g[0]).all():
+            dtype, order = self._keys[int(g[0])]
+            return [(dtype, order, np.arange(idx.size))]
+        out = []
+        for gid in np.unique(g).tolist():
+            dtype, order = self._keys[gid]
+            out.append((dtype, order, np.flatnonzero(g == gid)))
+        return out
+
+    def encode(
+        self, values: np.ndarray, idx: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Registers of points ``idx`` (all when None) holding ``values`` (one per entry).
+
+        Returns:
+            ``(words, fits)``: uint16 rows (``len(idx)`` x :data:`BLOCK_WIDTH`) and whether
+            each value has an encoding; where ``fits`` is False the row is zeros and
+            :func:`encode_registers` would raise :class:`RegisterValueError`.
+        """
+        if idx is None:
+            idx = np.arange(len(self.points))
+        idx = np.asarray(idx, dtype=np.intp)
+        v = np.asarray(values, dtype=np.float64)
+        if v.shape != idx.shape:
+            raise ValueError(f"encode: expected {idx.size} values, found {v.shape}")
+        m = idx.size
+        words = np.zeros((m, BLOCK_WIDTH), dtype=np.uint16)
+        fits = np.ones(m, dtype=bool)
+        for dtype, order, sub in self._split(idx):
+            pts = idx[sub]
+            x = v[sub]
+            nan = np.isnan(x)
+            if dtype == "bool":
+                bits = (x != 0.0).astype(np.uint16)
+                if nan.any():
+                    has = self._bool_na[pts]
+                    bits[nan] = self._bool_na_bit[pts][nan]
+                    fits[sub[nan & ~has]] = False
+                    bits[nan & ~has] = 0
+                words[sub, 0] = bits
+                continue
+            ok = ~np.isinf(x)
+            with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+                raw = (x - self.offset[pts]) / self.scale[pts]
+            if nan.any():
+                has = self._has_na[pts]
+                raw = np.where(nan & has, self._na_raw[pts], raw)
+                raw = np.where(nan & ~has, np.nan, raw)
+                if dtype not in ("float32", "float64"):
+                    ok &= ~(nan & ~has)
+            if dtype in _INT_RANGE:
+                lo, hi = _INT_RANGE[dtype]
+                ok &= np.isfinite(raw)
+                r = np.rint(np.where(ok, raw, 0.0))
+                ok &= (r >= lo) & (r <= hi)
+                r = np.where(ok, r, 0.0).astype(np.int64)
+                packed = r.astype(_NP_BE[dtype])
+            else:
+                if dtype == "float32":
+                    with np.errstate(invalid="ignore"):
+                        ok &= ~(np.isfinite(raw) & (np.abs(raw) > _FLOAT32_MAX))
+                packed = np.where(ok, raw, 0.0).astype(_NP_BE[dtype])
+            k = REGISTER_COUNT[dtype]
+            w = packed.view(">u2").reshape(-1, k)
+            if order == "little":
+                w = w[:, ::-1]
+            words[sub, :k] = np.where(ok[:, None], w, 0)
+            fits[sub] = ok
+        return words, fits
+
+    def decode(self, words: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray:
+        """Engineering values of points ``idx`` (all when None) from their register rows
+        (``len(idx)`` x at least ``max(count)``; a row's words past the point's count are
+        ignored); NaN for a not-available sentinel, as :func:`decode_registers`.
+
+        Raises:
+            RegisterValueError: a register outside 0..65535 (the first such point).
+        """
+        if idx is None:
+            idx = np.arange(len(self.points))
+        idx = np.asarray(idx, dtype=np.intp)
+        w = np.asarray(words)
+        if w.ndim != 2 or w.shape[0] != idx.size:
+            raise ValueError(f"decode: expected {idx.size} register rows, found {w.shape}")
+        if w.size:
+            cols = np.arange(w.shape[1])
+            used = cols[None, :] < self.count[idx][:, None]
+            bad = used & ((w < 0) | (w > 0xFFFF))
+            if bad.any():
+                k = int(np.flatnonzero(bad.any(axis=1))[0])
+                p = self.points[int(idx[k])]
+                raise RegisterValueError(
+                    p, w[k, : self.count[idx[k]]].tolist(), "registers in 0..65535"
+                )
+        out = np.empty(idx.size, dtype=np.float64)
+        for dtype, order, sub in self._split(idx):
+            pts = idx[sub]
+            if dtype == "bool":
+                bit = (w[sub, 0] != 0).astype(np.uint16)
+                na = self._bool_na[pts] & (bit == self._bool_na_bit[pts])
+                out[sub] = np.where(na, np.nan, bit.astype(np.float64))
+                continue
+            k = REGISTER_COUNT[dtype]
+            rows = w[sub, :k].astype(np.uint16)
+            if order == "little":
+                rows = rows[:, ::-1]
+            be = np.ascontiguousarray(rows).astype(">u2")
+            raw = be.view(_NP_BE[dtype]).reshape(-1)
+            rawf = raw.astype(np.float64)
+            has = self._has_na[pts]
+            if dtype == "float32":
+                s32 = self._na_raw[pts].astype(np.float32).astype(np.float64)
+                na = has & (rawf == s32)
+            else:
+                na = has & (rawf == self._na_raw[pts])
+            val = rawf * self.scale[pts] + self.offset[pts]
+            out[sub] = np.where(na | np.isnan(rawf), np.nan, val)
+        return out
 
 
 # =============================================================================================

@@ -53,14 +53,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from pymodbus.constants import ExcCodes
 from pymodbus.pdu import DecodePDU, ExceptionResponse, ModbusPDU
 
 from hil.emulator.opcua_server import plant_not_available
 from hil.errors import HilError, OutOfRange, WriteRejected
 from hil.security.audit import ACCEPTED, REFUSED, AuditLog, audit_log
+from hil.store import GOOD as _Q_GOOD
+from hil.store import INVALID as _Q_INVALID
 from hil.store import PointStore
-from twin.pointmap import ModbusBinding, Point, decode_registers, encode_registers
+from twin.pointmap import BLOCK_WIDTH, BlockCodec, ModbusBinding, Point, encode_registers
 from twin.quality import Quality, Sample
 
 _log = logging.getLogger(__name__)
@@ -185,6 +188,95 @@ class Caller:
     role: str | None = None
 
 
+class _Table:
+    """One (unit, Modbus table) served: its points, their codec and the register image.
+
+    The image holds every mapped address's served word. A point's words are encoded again
+    only when the store's version of the point differs from the one last encoded (a read
+    after a step re-encodes the points that step changed, as arrays per data type).
+    """
+
+    def __init__(self, store: PointStore, points: list[Point], func_bits: bool) -> None:
+        self.points = tuple(sorted(points, key=lambda p: _binding(p).address))
+        bindings = [_binding(p) for p in self.points]
+        n = len(self.points)
+        self.codec = BlockCodec(self.points)
+        #: store rows of the points
+        self.pos = store.positions([p.name for p in self.points])
+        self.base = min(b.address for b in bindings)
+        end = max(b.address + b.count for b in bindings)
+        size = end - self.base
+        #: address - base -> local point index (-1: unmapped)
+        self.owner = np.full(size, -1, dtype=np.intp)
+        self.image = np.zeros(size, dtype=np.uint16)
+        width = BLOCK_WIDTH
+        self.slots = np.zeros((n, width), dtype=np.intp)
+        self.used = np.zeros((n, width), dtype=bool)
+        for k, b in enumerate(bindings):
+            a = b.address - self.base
+            self.owner[a : a + b.count] = k
+            self.slots[k, : b.count] = np.arange(a, a + b.count)
+            self.used[k, : b.count] = True
+        #: served as one bit (a coil / discrete input, or a bool): 1 when the value is not 0
+        self.bit = np.array(
+            [func_bits or b.table in ("coil", "discrete_input") or b.dtype == "bool"
+             for b in bindings], dtype=bool,
+        )  # fmt: skip
+        self.has_na = np.array([b.na_sentinel is not None for b in bindings], dtype=bool)
+        self.na_words = np.zeros((n, width), dtype=np.uint16)
+        for k, p in enumerate(self.points):
+            if self.has_na[k]:
+                w = _na_registers(p)
+                self.na_words[k, : len(w)] = w
+        #: 0: served; else the exception code a read of the point answers
+        self.code = np.zeros(n, dtype=np.uint8)
+        #: store version last encoded per point (the max: never)
+        self.seen = np.full(n, np.iinfo(np.uint64).max, dtype=np.uint64)
+
+    def refresh(self, store: PointStore, local: np.ndarray) -> None:
+        """Encode again the points ``local`` whose store version moved on."""
+        ver = store.versions[self.pos[local]]
+        stale = ver != self.seen[local]
+        if not stale.any():
+            return
+        li = local[stale]
+        rows = self.pos[li]
+        v = store.values[rows]
+        q = store.qualities[rows]
+        m = li.size
+        words = np.zeros((m, BLOCK_WIDTH), dtype=np.uint16)
+        code = np.zeros(m, dtype=np.uint8)
+        good = q == _Q_GOOD
+        bit = self.bit[li]
+        b = good & bit
+        if b.any():
+            words[b, 0] = v[b] != 0.0
+        r = good & ~bit
+        if r.any():
+            w, fits = self.codec.encode(v[r], li[r])
+            words[r] = w
+            if not fits.all():
+                # a value the register cannot hold (e.g. 40000 in int16): not a valid value
+                for k in np.flatnonzero(r)[~fits].tolist():
+                    p = self.points[int(li[k])]
+                    _log.warning("point %r: value %r does not fit %s", p.name, float(v[k]),
+                                 _binding(p).dtype)  # fmt: skip
+                bad = np.flatnonzero(r)[~fits]
+                good[bad] = False  # served like a point that is not GOOD ...
+                q = q.copy()
+                q[bad] = _Q_INVALID  # ... and INVALID: the sentinel, else 04
+        na = ~good
+        if na.any():
+            has = self.has_na[li]
+            words[na & has] = self.na_words[li[na & has]]
+            lost = na & ~has
+            code[lost] = np.where(q[lost] == _Q_INVALID, _DEVICE_FAILURE, _GATEWAY_NO_RESPONSE)
+        used = self.used[li]
+        self.image[self.slots[li][used]] = words[used]
+        self.code[li] = code
+        self.seen[li] = ver[stale]
+
+
 class StoreContext:
     """The data of the Modbus server: the PointStore, per unit id and table.
 
@@ -199,12 +291,11 @@ class StoreContext:
         self.role = role
         self.audit = audit if audit is not None else audit_log(store)
         self._slots: dict[tuple[int, str], dict[int, _Slot]] = {}
-        #: read request shape -> its addresses' points (:meth:`_plan`)
+        #: read request shape -> (table, first, last image index, its points) (:meth:`_plan`)
         self._plans: dict[
-            tuple[int, int, int, int], tuple[list[tuple[str, int]], list[Point]] | ExcCodes
+            tuple[int, int, int, int], tuple[_Table, int, int, np.ndarray] | ExcCodes
         ] = {}
-        #: point -> (the sample last encoded, its words): a value unchanged is not re-encoded
-        self._encoded: dict[str, tuple[Sample, list[int]]] = {}
+        by_table: dict[tuple[int, str], list[Point]] = {}
         for point in store.pointmap.points:
             mb = point.modbus
             if mb is None:
@@ -218,6 +309,12 @@ class StoreContext:
                         f"found {table[addr].point.name!r} and {point.name!r}"
                     )
                 table[addr] = _Slot(point, i)
+            by_table.setdefault((mb.unit, mb.table), []).append(point)
+        #: (unit, table) -> the served image of its points
+        self._tables: dict[tuple[int, str], _Table] = {
+            key: _Table(store, pts, key[1] in ("coil", "discrete_input"))
+            for key, pts in by_table.items()
+        }
         self.units = sorted({unit for unit, _ in self._slots})
 
     def device_ids(self) -> list[int]:
@@ -240,45 +337,45 @@ class StoreContext:
                 self._plans[key] = plan
         if isinstance(plan, ExcCodes):
             return plan
-        spans, points = plan
-        words: dict[str, list[int]] = {}
-        memo = self._encoded
-        get = self.store.get
-        for point in points:
-            name = point.name
-            sample = get(name)
-            hit = memo.get(name)
-            if hit is not None and hit[0] is sample:
-                words[name] = hit[1]
-                continue
-            try:
-                enc = self._encode_sample(point, sample)
-            except _NotServed as ns:
-                _log.debug("read unit %d: point %r is %s", device_id, name, ns.quality)
-                return ExcCodes(ns.code)
-            memo[name] = (sample, enc)
-            words[name] = enc
-        out = [words[name][i] for name, i in spans]
+        table, a, b, local = plan
+        table.refresh(self.store, local)
+        codes = table.code[local]
+        if codes.any():
+            k = int(np.argmax(codes != 0))
+            point = table.points[int(local[k])]
+            _log.debug("read unit %d: point %r is %s", device_id, point.name,
+                       self.store.get(point.name).quality)  # fmt: skip
+            return ExcCodes(int(codes[k]))
+        words = table.image[a:b]
         if func_code in (1, 2, 5, 15):
-            return [bool(v) for v in out]
-        return out
+            return (words != 0).tolist()
+        return words.tolist()
 
     def _plan(
         self, device_id: int, func_code: int, address: int, count: int
-    ) -> tuple[list[tuple[str, int]], list[Point]] | ExcCodes:
-        """The (point name, word index) of every address of a read, and its points in order;
+    ) -> tuple[_Table, int, int, np.ndarray] | ExcCodes:
+        """The image slice a read answers from and its points in address order;
         ILLEGAL_ADDRESS when an address is unmapped. Fixed per request shape: cached."""
-        table = self._table(device_id, func_code)
-        spans: list[tuple[str, int]] = []
-        points: dict[str, Point] = {}
-        for addr in range(address, address + count):
-            slot = table.get(addr)
-            if slot is None:
-                _log.debug("read unit %d fc %d: address %d unmapped", device_id, func_code, addr)
-                return ExcCodes.ILLEGAL_ADDRESS
-            spans.append((slot.point.name, slot.index))
-            points.setdefault(slot.point.name, slot.point)
-        return spans, list(points.values())
+        table = self._tables.get((device_id, _FC_TABLE[func_code]))
+        if table is None:
+            _log.debug("read unit %d fc %d: address %d unmapped", device_id, func_code, address)
+            return ExcCodes.ILLEGAL_ADDRESS
+        a = address - table.base
+        b = a + count
+        size = table.owner.size
+        owners = table.owner[max(a, 0) : max(min(b, size), 0)]
+        if a < 0 or b > size or (owners < 0).any():
+            bad = next(
+                addr
+                for addr in range(address, address + count)
+                if not (0 <= addr - table.base < size) or table.owner[addr - table.base] < 0
+            )
+            _log.debug("read unit %d fc %d: address %d unmapped", device_id, func_code, bad)
+            return ExcCodes.ILLEGAL_ADDRESS
+        # owners are sorted (points in address order): the distinct ones, in order
+        keep = np.ones(owners.size, dtype=bool)
+        keep[1:] = owners[1:] != owners[:-1]
+        return table, a, b, owners[keep]
 
     async def async_setValues(  # noqa: N802 - pymodbus's name
         self,
@@ -291,9 +388,10 @@ class StoreContext:
         table = self._table(device_id, func_code)
         role, user = caller.role or self.role, caller.user
         where = f"unit {device_id} {_FC_TABLE[func_code]} {address}"
+        store = self.store
 
         def refuse(point: str, new: float | None, reason: str, code: ExcCodes) -> ExcCodes:
-            old = self.store.value(point) if point in self.store else None
+            old = store.value(point) if point in store else None
             self.audit.record(protocol="modbus", peer=caller.peer, user=user, point=point,
                               old=old, new=new, result=REFUSED, reason=reason,
                               role=role)  # fmt: skip
@@ -301,61 +399,96 @@ class StoreContext:
 
         if not caller.may_write:
             return refuse(where, None, caller.why_not, ExcCodes.ILLEGAL_FUNCTION)
-        writes: list[tuple[Point, float]] = []
+        # the points the request covers, in order; the first address problem (if any) is
+        # answered after a decoding problem of a point before it, as a point-by-point walk does
+        points: list[Point] = []
+        chunks: list[Sequence[int] | Sequence[bool]] = []
+        walk_error: tuple[str, str] | None = None
         i = 0
         n = len(values)
         while i < n:
             slot = table.get(address + i)
             if slot is None or slot.index != 0:
                 why = "unmapped" if slot is None else f"splits point {slot.point.name!r}"
-                return refuse(
-                    f"unit {device_id} {_FC_TABLE[func_code]} {address + i}",
-                    None,
-                    f"address {why}",
-                    ExcCodes.ILLEGAL_ADDRESS,
-                )
+                walk_error = (f"unit {device_id} {_FC_TABLE[func_code]} {address + i}",
+                              f"address {why}")  # fmt: skip
+                break
             point = slot.point
             width = _binding(point).count
             if i + width > n:
-                return refuse(point.name, None, f"{n} values split point", ExcCodes.ILLEGAL_ADDRESS)
-            chunk = values[i : i + width]
-            if func_code in (5, 15):
-                value = 1.0 if chunk[0] else 0.0
-            else:
-                try:
-                    value = decode_registers(point, [int(v) for v in chunk])
-                except ValueError as exc:  # RegisterValueError: not a value of this point
-                    return refuse(point.name, None, str(exc), ExcCodes.ILLEGAL_VALUE)
-            writes.append((point, value))
+                walk_error = (point.name, f"{n} values split point")
+                break
+            points.append(point)
+            chunks.append(values[i : i + width])
             i += width
+        if func_code in (5, 15):
+            decoded = [1.0 if c[0] else 0.0 for c in chunks]
+        else:
+            try:
+                decoded = self._decode(device_id, func_code, points, chunks)
+            except ValueError as exc:  # RegisterValueError: not a value of this point
+                name = getattr(exc, "point", None) or points[0].name
+                return refuse(name, None, str(exc), ExcCodes.ILLEGAL_VALUE)
+        if walk_error is not None:
+            return refuse(walk_error[0], None, walk_error[1], ExcCodes.ILLEGAL_ADDRESS)
+        writes = list(zip(points, decoded))
         # check every point before changing any: the write is all or nothing
         for point, value in writes:
             if math.isnan(value) and plant_not_available(point, role):
                 continue  # the plant's "not available" (NaN / sentinel): stored as INVALID
             try:
-                self.store.check_write(point.name, value, role=role)
+                store.check_write(point.name, value, role=role)
             except WriteRejected as exc:
                 return refuse(point.name, value, str(exc), ExcCodes.ILLEGAL_ADDRESS)
             except OutOfRange as exc:
                 return refuse(point.name, value, str(exc), ExcCodes.ILLEGAL_VALUE)
-        for point, value in writes:
-            old = self.store.value(point.name)
-            note = ""
-            if math.isnan(value):
-                self.store.set(point.name, value, quality=Quality.INVALID, source="modbus")
-                note = "not available"
-            else:
-                self.store.write(point.name, value, role=role, source="modbus")
+        if not writes:
+            return None
+        olds = [store.value(p.name) for p in points]
+        vals = np.array(decoded, dtype=np.float64)
+        nan = np.isnan(vals)
+        store.set_array(
+            store.positions([p.name for p in points]),
+            vals,
+            quality=np.where(nan, _Q_INVALID, _Q_GOOD).astype(np.uint8),
+            source="modbus",
+        )
+        for (point, value), old, na in zip(writes, olds, nan.tolist()):
             self.audit.record(protocol="modbus", peer=caller.peer, user=user, point=point.name,
-                              old=old, new=value, result=ACCEPTED, reason=note,
+                              old=old, new=value, result=ACCEPTED,
+                              reason="not available" if na else "",
                               role=role)  # fmt: skip
         return None
+
+    def _decode(
+        self,
+        device_id: int,
+        func_code: int,
+        points: list[Point],
+        chunks: list[Sequence[int] | Sequence[bool]],
+    ) -> list[float]:
+        """The values of a register write, decoded as one block.
+
+        Raises:
+            RegisterValueError: registers that are not a value of a point (the first one).
+        """
+        if not points:
+            return []
+        table = self._tables[(device_id, _FC_TABLE[func_code])]
+        local = np.searchsorted(
+            [_binding(p).address for p in table.points], [_binding(p).address for p in points]
+        )
+        rows = np.zeros((len(points), BLOCK_WIDTH), dtype=np.int64)
+        for k, c in enumerate(chunks):
+            rows[k, : len(c)] = [int(v) for v in c]
+        return table.codec.decode(rows, local).tolist()
 
     def _encode_current(self, point: Point) -> list[int]:
         return self._encode_sample(point, self.store.get(point.name))
 
     def _encode_sample(self, point: Point, sample: Sample) -> list[int]:
-        """The words served for ``point`` holding ``sample`` (a pure function of the two).
+        """The words served for ``point`` holding ``sample`` (a pure function of the two; the
+        per-point reference of :class:`_Table`'s block encoding).
 
         Raises:
             _NotServed: not GOOD and no sentinel, or a value the registers cannot hold.
