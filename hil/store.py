@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 
@@ -60,6 +61,12 @@ INVALID = QUALITY_CODE[Quality.INVALID]
 COMMS_LOST = QUALITY_CODE[Quality.COMMS_LOST]
 
 
+def bulk_enabled() -> bool:
+    """Whether the vectorised data path is on (environment ``GRIDTWIN_BULK``, default on);
+    ``GRIDTWIN_BULK=0`` runs the per-point reference path for a comparison."""
+    return os.environ.get("GRIDTWIN_BULK", "1").strip().lower() not in ("0", "off", "false", "no")
+
+
 def _readonly(a: np.ndarray) -> np.ndarray:
     v = a.view()
     v.flags.writeable = False
@@ -69,9 +76,18 @@ def _readonly(a: np.ndarray) -> np.ndarray:
 class PointStore:
     """Current value, quality and source timestamp of every point of a point map."""
 
-    def __init__(self, pointmap: PointMap, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        pointmap: PointMap,
+        *,
+        clock: Callable[[], float] = time.time,
+        bulk: bool | None = None,
+    ) -> None:
         self.pointmap = pointmap
         self.clock = clock
+        #: False: every bulk write runs point by point (the reference the bulk path is
+        #: compared with; environment ``GRIDTWIN_BULK=0`` for a whole run)
+        self.bulk = bulk_enabled() if bulk is None else bool(bulk)
         now = clock()
         #: the points by name, as the store was built (the hot path looks up here)
         self._points: dict[str, Point] = {p.name: p for p in pointmap.points}
@@ -301,6 +317,9 @@ class PointStore:
                     f"set_array: expected one quality per position, found {q.shape} for "
                     f"{pos.shape} positions"
                 )
+        if not self.bulk:
+            self._set_per_point(pos, v, q, source, timestamp)
+            return
         transform = None if source.startswith("device:") else self._transform
         if transform is not None:
             by_pos = self._by_pos
@@ -345,6 +364,28 @@ class PointStore:
                 bl(pos, source)
             except Exception:  # a listener must not break the writer
                 _log.exception("point-store batch listener failed (%d points)", n)
+
+    def _set_per_point(
+        self, pos: np.ndarray, v: np.ndarray, q: np.ndarray, source: str, ts: float | None
+    ) -> None:
+        """The reference of :meth:`set_array`: ``set`` per point, listeners per point as each
+        is stored (the data path before it was vectorised)."""
+        now = self.clock() if ts is None else ts
+        transform = None if source.startswith("device:") else self._transform
+        names, by_pos, true = self.names, self._by_pos, self._true
+        for i, x, c in zip(pos.tolist(), v.tolist(), q.tolist()):
+            point = by_pos[i]
+            quality = QUALITIES[c]
+            if transform is not None:
+                x = float(transform(point, x, quality, source))
+            if not math.isfinite(x):
+                quality = Quality.INVALID
+            sample = Sample(x, quality, now)
+            name = names[i]
+            if name in true:
+                true[name] = sample
+                sample = self._faulted(name, sample)
+            self._publish(point, sample, source)
 
     def _notify_points(self, pos: np.ndarray, source: str) -> None:
         listeners = tuple(self._listeners)

@@ -316,6 +316,10 @@ class StoreContext:
             for key, pts in by_table.items()
         }
         self.units = sorted({unit for unit, _ in self._slots})
+        #: False: reads encode point by point (the reference; ``GRIDTWIN_BULK=0``)
+        self.block: bool = bool(getattr(store, "bulk", True))
+        #: the per-point reference's memo: point -> (the sample last encoded, its words)
+        self._encoded: dict[str, tuple[Sample, list[int]]] = {}
 
     def device_ids(self) -> list[int]:
         return list(self.units)
@@ -338,6 +342,8 @@ class StoreContext:
         if isinstance(plan, ExcCodes):
             return plan
         table, a, b, local = plan
+        if not self.block:
+            return self._read_per_point(device_id, func_code, table, a, b, local)
         table.refresh(self.store, local)
         codes = table.code[local]
         if codes.any():
@@ -350,6 +356,35 @@ class StoreContext:
         if func_code in (1, 2, 5, 15):
             return (words != 0).tolist()
         return words.tolist()
+
+    def _read_per_point(
+        self, device_id: int, func_code: int, table: _Table, a: int, b: int, local: np.ndarray
+    ) -> list[int] | list[bool] | ExcCodes:
+        """The reference of the block read: each point encoded on its own from its Sample
+        (kept while the store hands out the same Sample), as the server did before."""
+        words: dict[int, list[int]] = {}
+        memo = self._encoded
+        for k in local.tolist():
+            point = table.points[k]
+            sample = self.store.get(point.name)
+            hit = memo.get(point.name)
+            if hit is not None and hit[0] is sample:
+                words[k] = hit[1]
+                continue
+            try:
+                enc = self._encode_sample(point, sample)
+            except _NotServed as ns:
+                _log.debug("read unit %d: point %r is %s", device_id, point.name, ns.quality)
+                return ExcCodes(ns.code)
+            memo[point.name] = (sample, enc)
+            words[k] = enc
+        out = []
+        for addr in range(a, b):
+            k = int(table.owner[addr])
+            out.append(words[k][addr - int(table.slots[k, 0])])
+        if func_code in (1, 2, 5, 15):
+            return [bool(v) for v in out]
+        return out
 
     def _plan(
         self, device_id: int, func_code: int, address: int, count: int
