@@ -27,6 +27,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -65,6 +66,10 @@ def bulk_enabled() -> bool:
     """Whether the vectorised data path is on (environment ``GRIDTWIN_BULK``, default on);
     ``GRIDTWIN_BULK=0`` runs the per-point reference path for a comparison."""
     return os.environ.get("GRIDTWIN_BULK", "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def _mview(a: np.ndarray) -> Any:
+    return memoryview(a)  # type: ignore[arg-type]
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -114,6 +119,13 @@ class PointStore:
         self._true: dict[str, Sample] = {}
         #: position -> whether the point is under a fault (name in ``_true``)
         self._faulted_mask = np.zeros(n, dtype=bool)
+        # memoryviews: a per-point read or write of one row costs less than numpy indexing
+        self._mv, self._mq, self._mt, self._mver = (
+            memoryview(self._v),
+            memoryview(self._q),
+            memoryview(self._t),
+            memoryview(self._ver),
+        )
         self.values = _readonly(self._v)
         self.qualities = _readonly(self._q)
         self.timestamps = _readonly(self._t)
@@ -168,10 +180,10 @@ class PointStore:
             raise UnknownPoint(f"no point named {name!r} in the point map")
         s = self._samples[i]
         if s is None:
-            v = self._v.item(i)
+            v = self._mv[i]
             if v != v:  # one NaN object, as float(math.nan) gives: samples compare equal
                 v = math.nan
-            s = Sample(v, QUALITIES[self._q.item(i)], self._t.item(i))
+            s = Sample(v, QUALITIES[self._mq[i]], self._mt[i])
             self._samples[i] = s
         return s
 
@@ -185,17 +197,17 @@ class PointStore:
         i = self._index.get(name)
         if i is None:
             raise UnknownPoint(f"no point named {name!r} in the point map")
-        v: float = self._v.item(i)
+        v: float = self._mv[i]
         return math.nan if v != v else v
 
     # --- writes ------------------------------------------------------------------------------
     def _store(self, i: int, sample: Sample) -> None:
         """Put ``sample`` in row ``i`` (the one per-point write of the arrays)."""
         self._epoch += 1
-        self._v[i] = sample.value
-        self._q[i] = QUALITY_CODE[sample.quality]
-        self._t[i] = sample.timestamp
-        self._ver[i] = self._epoch
+        self._mv[i] = sample.value
+        self._mq[i] = QUALITY_CODE[sample.quality]
+        self._mt[i] = sample.timestamp
+        self._mver[i] = self._epoch
         self._samples[i] = sample
 
     def set(
