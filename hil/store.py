@@ -121,10 +121,10 @@ class PointStore:
         self._faulted_mask = np.zeros(n, dtype=bool)
         # memoryviews: a per-point read or write of one row costs less than numpy indexing
         self._mv, self._mq, self._mt, self._mver = (
-            memoryview(self._v),
-            memoryview(self._q),
-            memoryview(self._t),
-            memoryview(self._ver),
+            _mview(self._v),
+            _mview(self._q),
+            _mview(self._t),
+            _mview(self._ver),
         )
         self.values = _readonly(self._v)
         self.qualities = _readonly(self._q)
