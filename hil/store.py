@@ -262,8 +262,9 @@ class PointStore:
                 if i in seen:  # a point twice: the first goes in before the second, as set()
                     self._set_positions(pos, vals, source, now)
                     pos, vals, seen = [], [], set()
+                x = float(value)
                 pos.append(i)  # type: ignore[arg-type]
-                vals.append(float(value))
+                vals.append(x)
                 seen.add(i)  # type: ignore[arg-type]
         finally:  # the pairs before a bad one are set
             self._set_positions(pos, vals, source, now)
@@ -392,6 +393,8 @@ class PointStore:
                 x = float(transform(point, x, quality, source))
             if not math.isfinite(x):
                 quality = Quality.INVALID
+                if x != x:
+                    x = math.nan  # one NaN object, as get() hands out
             sample = Sample(x, quality, now)
             name = names[i]
             if name in true:
