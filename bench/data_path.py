@@ -177,12 +177,12 @@ def _bench(n_points: int, repeat: int) -> list[tuple[str, float]]:
             )
             if bulk and not listener:
 
-                def read_get(s: Any = store) -> None:
+                def read_get(s: Any = store, pos: Any = pos) -> None:
                     s.set_array(pos, vals, source="plant")
                     for n in names:
                         s.get(n)
 
-                def read_arr(s: Any = store) -> None:
+                def read_arr(s: Any = store, pos: Any = pos) -> None:
                     s.set_array(pos, vals, source="plant")
                     s.values[pos]
                     s.qualities[pos]
