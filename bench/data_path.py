@@ -34,8 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 _PORT = re.compile(r"(127\.0\.0\.1|localhost|\[::1\]):\d+")
 #: summary keys that depend on the wall clock or the machine, not on the run
-_SUMMARY_SKIP = frozenset({"timing", "wall_s", "file", "backend", "started", "finished_at",
-                           "out_dir", "results", "created", "host", "versions"})  # fmt: skip
+_SUMMARY_SKIP = frozenset(
+    {"timing", "timings", "wall_s", "file", "backend", "versions", "started", "out_dir"}
+)
 
 
 def _csv_rows(path: Path) -> list[str]:
