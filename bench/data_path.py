@@ -59,6 +59,15 @@ def _audit_rows(path: Path) -> list[str]:
     return rows
 
 
+def _untimed(v: Any) -> Any:
+    """``v`` without wall-clock timings (keys ending in ``_ms``: step and phase times)."""
+    if isinstance(v, dict):
+        return {k: _untimed(x) for k, x in v.items() if not str(k).endswith("_ms")}
+    if isinstance(v, list):
+        return [_untimed(x) for x in v]
+    return v
+
+
 def _summary(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
@@ -67,7 +76,7 @@ def _summary(path: Path) -> dict[str, Any]:
     for k, v in d.items():
         if k in _SUMMARY_SKIP:
             continue
-        out[k] = json.loads(_PORT.sub(r"\1:PORT", json.dumps(v, sort_keys=True)))
+        out[k] = _untimed(json.loads(_PORT.sub(r"\1:PORT", json.dumps(v, sort_keys=True))))
     return out
 
 
