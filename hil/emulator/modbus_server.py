@@ -84,6 +84,8 @@ _FC_TABLE: dict[int, str] = {
 #: The function codes served; any other answers 01.
 IMPLEMENTED = frozenset(_FC_TABLE)
 WRITE_CODES = frozenset({5, 6, 15, 16, 22, 23})
+#: reads answered straight from the register image (no pymodbus PDU objects)
+_READ_CODES = frozenset({1, 2, 3, 4})
 #: MBAP length field (unit id + PDU): a Modbus TCP ADU is at most 260 bytes.
 _MAX_LENGTH = 254
 _GATEWAY_NO_RESPONSE = 0x0B
@@ -333,17 +335,42 @@ class StoreContext:
     async def async_getValues(  # noqa: N802 - pymodbus's name
         self, device_id: int, func_code: int, address: int, count: int = 1
     ) -> list[int] | list[bool] | ExcCodes:
+        if not self.block:
+            plan = self._plan_of(device_id, func_code, address, count)
+            if isinstance(plan, ExcCodes):
+                return plan
+            return self._read_per_point(device_id, func_code, *plan)
+        words = self.read_words(device_id, func_code, address, count)
+        if isinstance(words, ExcCodes):
+            return words
+        if func_code in (1, 2, 5, 15):
+            return (words != 0).tolist()
+        return words.tolist()
+
+    def _plan_of(
+        self, device_id: int, func_code: int, address: int, count: int
+    ) -> tuple[_Table, int, int, np.ndarray] | ExcCodes:
         key = (device_id, func_code, address, count)
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plan(*key)
             if len(self._plans) < 4096:  # bounded: a client sweeping addresses grows nothing
                 self._plans[key] = plan
+        return plan
+
+    def read_words(
+        self, device_id: int, func_code: int, address: int, count: int
+    ) -> np.ndarray | ExcCodes:
+        """The words (bits: 0/1) a read answers, as a uint16 array, or its exception code.
+
+        Points changed in the store since the last read are encoded again first (as blocks
+        per data type); a point not served (not GOOD without a sentinel, a value that does not
+        fit) answers its code (the first such point of the read).
+        """
+        plan = self._plan_of(device_id, func_code, address, count)
         if isinstance(plan, ExcCodes):
             return plan
         table, a, b, local = plan
-        if not self.block:
-            return self._read_per_point(device_id, func_code, table, a, b, local)
         table.refresh(self.store, local)
         codes = table.code[local]
         if codes.any():
@@ -352,10 +379,7 @@ class StoreContext:
             _log.debug("read unit %d: point %r is %s", device_id, point.name,
                        self.store.get(point.name).quality)  # fmt: skip
             return ExcCodes(int(codes[k]))
-        words = table.image[a:b]
-        if func_code in (1, 2, 5, 15):
-            return (words != 0).tolist()
-        return words.tolist()
+        return table.image[a:b]
 
     def _read_per_point(
         self, device_id: int, func_code: int, table: _Table, a: int, b: int, local: np.ndarray
@@ -886,6 +910,16 @@ class ModbusServer:
             return exc(0x03)
         if fc in WRITE_CODES and not view._caller.may_write:
             self.stats["writes_refused_policy"] += 1
+        if fc in _READ_CODES and self.context.block:
+            # a read answered from the register image: no PDU objects, one byte string
+            address, count = int.from_bytes(pdu[1:3], "big"), int.from_bytes(pdu[3:5], "big")
+            words = self.context.read_words(unit, fc, address, count)
+            if isinstance(words, ExcCodes):
+                return exc(int(words))
+            if fc in (3, 4):
+                return bytes([fc, 2 * count]) + words.astype(">u2").tobytes()
+            packed = np.packbits(words != 0, bitorder="little").tobytes()
+            return bytes([fc, len(packed)]) + packed
         request: ModbusPDU | None = self._decoder.decode(pdu)
         if request is None:
             raise _Malformed(f"function code {fc}: PDU does not decode")
