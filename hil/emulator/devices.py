@@ -1359,6 +1359,12 @@ class DeviceRound:
                 continue
             self._plan.append((i, d))
         self._index = {id(d): i for i, d in enumerate(self.devices)}
+        #: (name, watchdog_events list) of every device that keeps one (collected per round)
+        self.event_lists: list[tuple[str, list[tuple[float, str, str]]]] = [
+            (str(getattr(d, "name", d)), d.watchdog_events)
+            for d in self.devices
+            if isinstance(getattr(d, "watchdog_events", None), list)
+        ]
 
     def step(self, now: float, on_error: Any) -> None:
         """Step every device once at ``now``; ``on_error(index, device, exc)`` is called for

@@ -490,6 +490,17 @@ class EmulatedSubstation:
                 self.watchdog_log.extend((t, name, k, m) for t, k, m in evs)
                 evs.clear()
 
+    def _collect_round_events(self, rnd: Any) -> None:
+        """:meth:`_collect_watchdog_events` over the event lists the round cached."""
+        lists = getattr(rnd, "event_lists", None)
+        if lists is None:
+            self._collect_watchdog_events()
+            return
+        for name, evs in lists:
+            if evs:
+                self.watchdog_log.extend((t, name, k, m) for t, k, m in evs)
+                evs.clear()
+
     def _device_round(self) -> Any:
         """The stepping plan of :attr:`devices` (``DeviceRound``: inverters as one batch),
         rebuilt when the device list changed."""
@@ -525,11 +536,12 @@ class EmulatedSubstation:
         # Device writes are stamped with the device time they happen at (a breaker that opened
         # at 90.56 s says so even when advance() is called at 120 s).
         self.store.clock = lambda: now
+        rnd = self._device_round()
         try:
-            self._device_round().step(now, self._device_failed)
+            rnd.step(now, self._device_failed)
         finally:
             self.store.clock = self._now_fn
-        self._collect_watchdog_events()
+        self._collect_round_events(rnd)
 
     def next_due(self) -> float | None:
         """The next time devices must be stepped: the first outside store write since the last
