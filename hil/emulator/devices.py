@@ -1359,12 +1359,36 @@ class DeviceRound:
                 continue
             self._plan.append((i, d))
         self._index = {id(d): i for i, d in enumerate(self.devices)}
+        self._due = [d for d in self.devices if getattr(d, "next_due", None) is not None]
         #: (name, watchdog_events list) of every device that keeps one (collected per round)
         self.event_lists: list[tuple[str, list[tuple[float, str, str]]]] = [
             (str(getattr(d, "name", d)), d.watchdog_events)
             for d in self.devices
             if isinstance(getattr(d, "watchdog_events", None), list)
         ]
+
+    def next_dues(self, now: float) -> list[float]:
+        """Every device's ``next_due(now)`` that is not None, in device order (a device whose
+        ``next_due`` raises is left out: it is logged when it is stepped). An inverter with no
+        timer of its own and no watchdog armed is known to have none without asking it."""
+        out: list[float] = []
+        for d in self._due:
+            if (
+                type(d) is DERInverter
+                and d.forced is None
+                and not d.tripped
+                and d._abnormal_since is None
+                and d._comms_lost_at is None
+                and d._beat_at is None
+            ):
+                continue
+            try:
+                due = d.next_due(now)
+            except Exception:  # a broken device is logged when it is stepped
+                continue
+            if due is not None:
+                out.append(due)
+        return out
 
     def step(self, now: float, on_error: Any) -> None:
         """Step every device once at ``now``; ``on_error(index, device, exc)`` is called for

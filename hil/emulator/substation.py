@@ -553,6 +553,14 @@ class EmulatedSubstation:
         (None: every due time counts, also one at or before the last step)."""
         due = self._written_at
         now = self._device_t
+        dues = getattr(self._device_round(), "next_dues", None)
+        if dues is not None:
+            for d in dues(now):
+                if after is not None and d <= after:
+                    continue
+                if due is None or d < due:
+                    due = d
+            return due
         for dev in self.devices:
             fn = getattr(dev, "next_due", None)
             if fn is None:

@@ -87,6 +87,12 @@ def _fail(index: int, dev: object, exc: BaseException) -> None:
     raise AssertionError(f"device {dev} failed: {exc!r}")
 
 
+def _assert_dues_equal(rnd: DeviceRound, reference: list, t: float, where: str) -> None:
+    """The round's due times (the substation's next step) are the devices' own."""
+    expected = [d for d in (dev.next_due(t) for dev in reference) if d is not None]
+    assert rnd.next_dues(t) == expected, where
+
+
 # --- inverters alone: every parameter variant, every input case --------------------------------
 _N_INV = 9
 _BUSES = ("B0.vm_pu", "B1.vm_pu", "B2.vm_pu")
@@ -231,6 +237,7 @@ def _drive_inverters(seed: int, rounds: int) -> tuple[int, int]:
         where = f"seed {seed} round {k} t={t}"
         _assert_stores_equal(sa, sb, where)
         _assert_devices_equal(da, db, where)
+        _assert_dues_equal(batch, da, t, where)
     assert batch.batch is not None
     return batch.batch.batched, batch.batch.scalar
 
@@ -387,5 +394,6 @@ def test_round_of_every_kind_equals_per_device_steps(seed):
         rnd.step(t, lambda i, d, e: pytest.fail(f"{d}: {e}"))
         _assert_stores_equal(sa, sb, f"seed {seed} round {k}")
         _assert_devices_equal(da, db, f"seed {seed} round {k}")
+        _assert_dues_equal(rnd, da, t, f"seed {seed} round {k}")
     # the scenario moved things: breakers operated, a relay tripped
     assert any(d.events for d in da if hasattr(d, "events"))
