@@ -77,6 +77,16 @@ latched setpoints: nothing returns silently to the old ones. Each transition is 
 WARNING and kept in ``watchdog_events``.
 
 :func:`build_devices` creates the devices a net and point map call for and writes initial values.
+
+Batched rounds (issue 15): the substation steps its devices with a :class:`DeviceRound`, which
+steps every :class:`DERInverter` of the store as numpy arrays (:class:`InverterBatch`) with the
+behaviour of :meth:`DERInverter.step` bit for bit (the scalar code stays the reference; tests
+compare the two), writing the batch's outputs that changed with one ``PointStore.set_many`` per
+round, source ``"device:inverters"`` (:data:`BATCH_SOURCE`) instead of ``"device:<name>"``. An
+inverter with anything but the common case pending (a trip or reconnect timer, a forced trip, a
+fallback, a watchdog falling due, a voltage outside the trip band) is stepped by
+:meth:`DERInverter.step` in that round. No device draws random numbers while stepping (RTU
+noise is drawn per value written), so batching changes no random stream.
 """
 
 from __future__ import annotations
@@ -104,7 +114,9 @@ __all__ = [
     "Device",
     "DeviceClockError",
     "DeviceConfigError",
+    "DeviceRound",
     "DeviceSettings",
+    "InverterBatch",
     "OvercurrentRelay",
     "RTUMeasurements",
     "TapChangerAVR",
@@ -1081,6 +1093,326 @@ class RTUMeasurements(Device):
 
     def _step(self, now: float) -> None:
         """Nothing moves with time: values change when the plant writes them."""
+
+
+# --- batched stepping -------------------------------------------------------------------------
+#: the source of the inverters' batched output writes (one ``set_many`` per round)
+BATCH_SOURCE = "device:inverters"
+
+
+def _pymax(a: Any, b: Any) -> Any:
+    """Python's ``max(a, b)`` element-wise: ``a`` unless ``b > a`` (so -0.0 and ties keep
+    the first argument, as the scalar code does)."""
+    return np.where(b > a, b, a)
+
+
+def _pymin(a: Any, b: Any) -> Any:
+    """Python's ``min(a, b)`` element-wise: ``a`` unless ``b < a``."""
+    return np.where(b < a, b, a)
+
+
+class InverterBatch:
+    """Every :class:`DERInverter` of one store stepped as numpy arrays, with the behaviour of
+    :meth:`DERInverter.step` (the scalar reference), bit for bit.
+
+    The batch covers the common case of a round: an inverter connected, not forced, with no
+    protection timer running, no fallback and no watchdog falling due, and its voltage within
+    the trip band (or unknown). The others are stepped one by one by :meth:`DERInverter.step`
+    (returned by :meth:`step` to the caller, which isolates their failures). The batch's
+    outputs are written with ONE :meth:`PointStore.set_many` per round (source
+    :data:`BATCH_SOURCE`), only the values that changed, in device order (P then Q).
+
+    Parameters (rated power, ramp, lag, trip band, curve, default setpoints, point names) are
+    read when the batch is built; the substation rebuilds it when its device list changes.
+    """
+
+    def __init__(self, inverters: Iterable[DERInverter]) -> None:
+        devs = list(inverters)
+        if any(type(d) is not DERInverter for d in devs):
+            raise DeviceConfigError("InverterBatch: expected DERInverter devices only")
+        stores = {id(d.store) for d in devs}
+        if len(stores) > 1:
+            raise DeviceConfigError(
+                f"InverterBatch: expected the inverters of one store, found {len(stores)}"
+            )
+        self.devices = devs
+        self.store = devs[0].store if devs else None
+        f = np.array
+        self._sn = f([d.sn_mva for d in devs], dtype=float)
+        self._ramp = f([float(d.ramp_pct_per_s or 0.0) for d in devs], dtype=float)
+        self._has_ramp = f([bool(d.ramp_pct_per_s) for d in devs], dtype=bool)
+        self._tau = f([d.q_tau_s for d in devs], dtype=float)
+        self._lagged = [i for i, d in enumerate(devs) if d.q_tau_s > 0.0]
+        self._trip_lo = f([d.trip_low_pu for d in devs], dtype=float)
+        self._trip_hi = f([d.trip_high_pu for d in devs], dtype=float)
+        self._points = [
+            (
+                d.voltage_point,
+                d.p_avail_point,
+                d.p_limit_point,
+                d.voltvar_point,
+                d.p_limit_pct,
+                float(d.voltvar_on),
+            )
+            for d in devs
+        ]
+        # one np.interp per distinct curve (the same C routine as the scalar q_pu)
+        by_curve: dict[int, tuple[VoltVarCurve, list[int]]] = {}
+        self._scalar_curve: set[int] = set()
+        for i, d in enumerate(devs):
+            if type(d.curve) is not VoltVarCurve:  # a subclass may compute Q differently
+                self._scalar_curve.add(i)
+                continue
+            by_curve.setdefault(id(d.curve), (d.curve, []))[1].append(i)
+        self._curves = [
+            (f([v for v, _ in c.points]), f([q for _, q in c.points]), f(idx, dtype=np.intp))
+            for c, idx in by_curve.values()
+        ]
+        self.rounds = 0  # rounds stepped as a batch
+        self.batched = 0  # inverter steps done in the batch
+        self.scalar = 0  # inverter steps left to DERInverter.step
+
+    def step(self, now: float) -> list[DERInverter]:
+        """One round at ``now``: the batch's inverters stepped and written; returns those
+        that must be stepped one by one (``DERInverter.step``), in device order."""
+        now = float(now)
+        devs = self.devices
+        if not devs:
+            return []
+        self.rounds += 1
+        store = self.store
+        assert store is not None
+        get = store.device_get
+        good = Quality.GOOD
+        isnan = math.isnan
+        idx: list[int] = []
+        v_l: list[float] = []
+        v_known: list[bool] = []
+        avail_l: list[float] = []
+        pct_l: list[float] = []
+        on_l: list[bool] = []
+        p_l: list[float] = []
+        q_l: list[float] = []
+        prev_l: list[float] = []
+        scalar_curve = self._scalar_curve
+        for i, d in enumerate(devs):
+            if (
+                d.forced is not None
+                or d.tripped
+                or d.fallback_active
+                or d._comms_lost_at is not None
+                or d._abnormal_since is not None
+                or d._normal_since is not None
+                or (d._last_now is not None and now < d._last_now)
+                or i in scalar_curve
+            ):
+                continue
+            beat = d._beat_at
+            if (
+                beat is not None
+                and d.heartbeat_s is not None
+                and not d.heartbeat_lost
+                and _elapsed(now, beat, d.heartbeat_s)
+            ):
+                continue
+            vp, ap, lp, vvp, pct_default, vv_default = self._points[i]
+            if vp is None:
+                v_l.append(1.0)
+                v_known.append(False)
+            else:
+                s = get(vp)
+                sv = s.value
+                if isnan(sv):
+                    v_l.append(0.0)
+                    v_known.append(True)
+                elif s.quality is good:
+                    v_l.append(sv)
+                    v_known.append(True)
+                else:
+                    v_l.append(1.0)
+                    v_known.append(False)
+            if ap is None:
+                avail_l.append(d.p_avail_mw)
+            else:
+                s = get(ap)
+                avail_l.append(s.value if s.quality is good else d.p_avail_mw)
+            if lp is None:
+                pct_l.append(pct_default)
+            else:
+                s = get(lp)
+                pct_l.append(s.value if s.quality is good else pct_default)
+            if vvp is None:
+                on_l.append(vv_default >= 0.5)
+            else:
+                s = get(vvp)
+                on_l.append((s.value if s.quality is good else vv_default) >= 0.5)
+            p_l.append(d.p_mw)
+            q_l.append(d.q_mvar)
+            prev = d._prev
+            prev_l.append(now if prev is None else prev)
+            idx.append(i)
+        if not idx:
+            return list(devs)
+        ix = np.array(idx, dtype=np.intp)
+        v = np.array(v_l)
+        known = np.array(v_known, dtype=bool)
+        # outside the trip band: the protection timer starts, left to the scalar step
+        inband = ~known | ((self._trip_lo[ix] <= v) & (v <= self._trip_hi[ix]))
+        sn = self._sn[ix]
+        dt = now - np.array(prev_l)
+        p_mw = np.array(p_l)
+        avail = np.array(avail_l)
+        p_avail = _pymax(avail, 0.0)
+        pct = np.array(pct_l)
+        p_limit = _pymax(pct, 0.0) / 100.0 * sn
+        target = _pymin(p_avail, p_limit)
+        max_dp = self._ramp[ix] / 100.0 * sn * dt
+        step_p = _pymin(_pymax(target - p_mw, -max_dp), max_dp)
+        p = np.where(self._has_ramp[ix], p_mw + step_p, target)
+        p_new = _pymax(_pymin(p, p_avail), 0.0)
+        q_target = np.zeros(len(ix))
+        pos = np.full(len(devs), -1, dtype=np.intp)
+        pos[ix] = np.arange(len(ix))
+        for vs, qs, members in self._curves:
+            sel = pos[members]
+            sel = sel[sel >= 0]
+            if len(sel):
+                q_target[sel] = np.interp(v[sel], vs, qs)
+        q_target = np.where(np.array(on_l, dtype=bool) & known, q_target * sn, 0.0)
+        q_new = q_target
+        if self._lagged:
+            q_new = q_target.copy()
+            exp = math.exp
+            for i in self._lagged:
+                j = int(pos[i])
+                if j < 0:
+                    continue
+                q0 = q_l[j]
+                q_new[j] = q0 + (float(q_target[j]) - q0) * (
+                    1.0 - exp(-float(dt[j]) / float(self._tau[i]))
+                )
+        p_out = p_new.tolist()
+        q_out = q_new.tolist()
+        avail_out = p_avail.tolist()
+        ok = inband.tolist()
+        items: list[tuple[str, float]] = []
+        taken: set[int] = set()
+        for k, i in enumerate(idx):
+            if not ok[k]:
+                continue
+            d = devs[i]
+            taken.add(i)
+            d._prev = now
+            d._last_now = now
+            d.p_avail_mw = avail_out[k]
+            pv = d.p_mw = p_out[k]
+            qv = d.q_mvar = q_out[k]
+            s = get(d.p_point)
+            if not (s.quality is good and s.value == pv):
+                items.append((d.p_point, pv))
+            s = get(d.q_point)
+            if not (s.quality is good and s.value == qv):
+                items.append((d.q_point, qv))
+        if items:
+            store.set_many(items, source=BATCH_SOURCE)
+        rest = [d for i, d in enumerate(devs) if i not in taken]
+        self.batched += len(taken)
+        self.scalar += len(rest)
+        return rest
+
+
+#: the device kinds a :class:`DeviceRound` knows the inputs and outputs of
+_BUILTIN_KINDS: tuple[type, ...] = (
+    Breaker,
+    OvercurrentRelay,
+    TapChangerAVR,
+    DERInverter,
+    RTUMeasurements,
+)
+
+
+class DeviceRound:
+    """Steps a list of devices at one time, in their order, the inverters as one
+    :class:`InverterBatch` (at the place of the first inverter).
+
+    Batching is exact because within a round no built-in device reads what an inverter
+    writes (P, Q), and inverters read only the twin's or a master's points. With any other
+    kind of device in the list, every device is stepped one by one (:meth:`Device.step`).
+    """
+
+    def __init__(self, devices: Iterable[Any]) -> None:
+        self.devices = tuple(devices)
+        invs = [d for d in self.devices if type(d) is DERInverter]
+        known = all(type(d) in _BUILTIN_KINDS for d in self.devices)
+        one_store = len({id(getattr(d, "store", None)) for d in invs}) <= 1
+        self.batch: InverterBatch | None = None
+        if invs and known and one_store:
+            self.batch = InverterBatch(invs)
+        #: (index in ``devices``, device) in step order; None marks the batch
+        self._plan: list[tuple[int, Any] | None] = []
+        placed = False
+        for i, d in enumerate(self.devices):
+            if self.batch is not None and type(d) is DERInverter:
+                if not placed:
+                    self._plan.append(None)
+                    placed = True
+                continue
+            self._plan.append((i, d))
+        self._index = {id(d): i for i, d in enumerate(self.devices)}
+        self._due = [d for d in self.devices if getattr(d, "next_due", None) is not None]
+        #: (name, watchdog_events list) of every device that keeps one (collected per round)
+        self.event_lists: list[tuple[str, list[tuple[float, str, str]]]] = [
+            (str(getattr(d, "name", d)), d.watchdog_events)
+            for d in self.devices
+            if isinstance(getattr(d, "watchdog_events", None), list)
+        ]
+
+    def next_dues(self, now: float) -> list[float]:
+        """Every device's ``next_due(now)`` that is not None, in device order (a device whose
+        ``next_due`` raises is left out: it is logged when it is stepped). An inverter with no
+        timer of its own and no watchdog armed is known to have none without asking it."""
+        out: list[float] = []
+        for d in self._due:
+            if (
+                type(d) is DERInverter
+                and d.forced is None
+                and not d.tripped
+                and d._abnormal_since is None
+                and d._comms_lost_at is None
+                and d._beat_at is None
+            ):
+                continue
+            try:
+                due = d.next_due(now)
+            except Exception:  # a broken device is logged when it is stepped
+                continue
+            if due is not None:
+                out.append(due)
+        return out
+
+    def step(self, now: float, on_error: Any) -> None:
+        """Step every device once at ``now``; ``on_error(index, device, exc)`` is called for
+        a device whose step raised (the others go on)."""
+        for entry in self._plan:
+            if entry is None:
+                assert self.batch is not None
+                try:
+                    rest = self.batch.step(now)
+                except Exception:  # the batch failed: its inverters one by one (a second
+                    # step at the same time is idempotent: dt = 0 ramps nothing)
+                    _log.exception("inverter batch failed at t=%s, stepping one by one", now)
+                    rest = list(self.batch.devices)
+                for d in rest:
+                    try:
+                        d.step(now)
+                    except Exception as exc:  # one broken device must not stop the others
+                        on_error(self._index[id(d)], d, exc)
+                continue
+            i, dev = entry
+            try:
+                dev.step(now)
+            except Exception as exc:  # one broken device must not stop the others
+                on_error(i, dev, exc)
 
 
 # --- build -----------------------------------------------------------------------------------

@@ -144,6 +144,20 @@ def _build_devices(
     return list(build_devices(net, pointmap, store, **kwargs))
 
 
+class _SequentialRound:
+    """Every device stepped one by one, in order (without ``hil.emulator.devices``)."""
+
+    def __init__(self, devices: list[Device]) -> None:
+        self.devices = tuple(devices)
+
+    def step(self, now: float, on_error: Callable[[int, Any, BaseException], None]) -> None:
+        for i, dev in enumerate(self.devices):
+            try:
+                dev.step(now)
+            except Exception as exc:  # one broken device must not stop the others
+                on_error(i, dev, exc)
+
+
 class EmulatedSubstation:
     """A substation emulated on loopback: OPC UA + Modbus TCP servers over one PointStore.
 
@@ -238,6 +252,7 @@ class EmulatedSubstation:
         self._device_t = now_fn()  # the time devices were last stepped at
         self._written_at: float | None = None  # first outside write since then
         self._failed_devices: set[int] = set()
+        self._round: Any = None  # the stepping plan of self.devices (_device_round)
         self.device_steps = 0  # device rounds run (every device stepped once per round)
         self.heartbeat_points = frozenset(p.name for p in pointmap.points if is_heartbeat(p))
         if self.devices:
@@ -475,6 +490,41 @@ class EmulatedSubstation:
                 self.watchdog_log.extend((t, name, k, m) for t, k, m in evs)
                 evs.clear()
 
+    def _collect_round_events(self, rnd: Any) -> None:
+        """:meth:`_collect_watchdog_events` over the event lists the round cached."""
+        lists = getattr(rnd, "event_lists", None)
+        if lists is None:
+            self._collect_watchdog_events()
+            return
+        for name, evs in lists:
+            if evs:
+                self.watchdog_log.extend((t, name, k, m) for t, k, m in evs)
+                evs.clear()
+
+    def _device_round(self) -> Any:
+        """The stepping plan of :attr:`devices` (``DeviceRound``: inverters as one batch),
+        rebuilt when the device list changed."""
+        rnd = self._round
+        if rnd is None or rnd.devices != tuple(self.devices):
+            try:
+                from hil.emulator.devices import DeviceRound
+            except ImportError:  # pragma: no cover - devices are optional (see _build_devices)
+                rnd = _SequentialRound(self.devices)
+            else:
+                rnd = DeviceRound(self.devices)
+            self._round = rnd
+        return rnd
+
+    def _device_failed(self, index: int, dev: Any, exc: BaseException) -> None:
+        if index not in self._failed_devices:
+            self._failed_devices.add(index)
+            _log.error(
+                "device %r failed at t=%s (further failures not logged)",
+                dev,
+                self._device_t,
+                exc_info=exc,
+            )
+
     def _step_devices(self, now: float) -> None:
         w = self._written_at
         if w is not None and w <= now:
@@ -486,19 +536,12 @@ class EmulatedSubstation:
         # Device writes are stamped with the device time they happen at (a breaker that opened
         # at 90.56 s says so even when advance() is called at 120 s).
         self.store.clock = lambda: now
+        rnd = self._device_round()
         try:
-            for i, dev in enumerate(self.devices):
-                try:
-                    dev.step(now)
-                except Exception:  # one broken device must not stop the others
-                    if i not in self._failed_devices:
-                        self._failed_devices.add(i)
-                        _log.exception(
-                            "device %r failed at t=%s (further failures not logged)", dev, now
-                        )
+            rnd.step(now, self._device_failed)
         finally:
             self.store.clock = self._now_fn
-        self._collect_watchdog_events()
+        self._collect_round_events(rnd)
 
     def next_due(self) -> float | None:
         """The next time devices must be stepped: the first outside store write since the last
@@ -510,6 +553,14 @@ class EmulatedSubstation:
         (None: every due time counts, also one at or before the last step)."""
         due = self._written_at
         now = self._device_t
+        dues = getattr(self._device_round(), "next_dues", None)
+        if dues is not None:
+            for d in dues(now):
+                if after is not None and d <= after:
+                    continue
+                if due is None or d < due:
+                    due = d
+            return due
         for dev in self.devices:
             fn = getattr(dev, "next_due", None)
             if fn is None:

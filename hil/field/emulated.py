@@ -34,6 +34,7 @@ import numpy as np
 
 from hil.field.base import SimClock, StepOutcome, alarm_dict
 from hil.links.store import StoreLink
+from twin.quality import Quality
 
 #: the sync loop's alarm kinds that name a point and reach the scenario engine
 _POINT_ALARMS = frozenset({"divergence", "implausible"})
@@ -115,6 +116,9 @@ class EmulatedField:
         self.faults: dict[str, dict[str, Any]] = {}
         self._scanned = [p for p in self.pointmap.points if p.direction == "to_twin"]
         self._cut: set[str] = set()
+        self._scan_key: frozenset[str] | None = None  # the cut _scan_list was made for
+        self._scan_list: list[str] = []
+        self._scan_needed = True  # set at start: whether the scan's re-stamps reach anyone
         self._password = secrets.token_urlsafe(12)
         #: link name -> connected at the last step (link lost/restored events)
         self._link_up: dict[str, bool] = {}
@@ -203,7 +207,19 @@ class EmulatedField:
             )
             await self.plant_link.connect()
             self.plant_sync = self._make_sync(plant=True, link_now=self.clock)
+        self._scan_needed = self._timestamps_read()
         await self._start_twin_server()
+
+    def _timestamps_read(self) -> bool:
+        """Whether anyone reads the source timestamps of the statuses the substation reports:
+        a link other than Modbus reading inputs (OPC UA, the store link, the mirror plant's),
+        the OPC UA server (its clients), or an outside controller (``serve``). Modbus carries
+        no timestamps (a value is stamped when its response arrives): with Modbus links only,
+        the RTU scan's re-stamps would reach nobody and are skipped."""
+        if self.serve is not None or "opcua" in self.sub.protocols:
+            return True
+        links = [lk for lk in [*self.links, self.plant_link] if lk is not None]
+        return any(lk.protocol != "modbus" and lk.inputs for lk in links)
 
     @property
     def audit(self) -> Any:
@@ -376,7 +392,7 @@ class EmulatedField:
             await fn()
         self.clock.t = t
         self.advance_devices(t)
-        if self._sub_started:
+        if self._sub_started and self._scan_needed:
             self._scan(t)
         self._note_faults(t)
         if self.pending_outputs:
@@ -420,9 +436,8 @@ class EmulatedField:
         if values:
             # Points no link of the twin can write (e.g. p_avail on a Modbus-only setup): set them
             # inside the emulated substation, as its plant side would.
-            for n, v in values.items():
-                if n in self.sub.store:
-                    self.sub.store.set(n, v, source="plant")
+            store = self.sub.store
+            store.set_many([(n, v) for n, v in values.items() if n in store], source="plant")
 
     # --- what the field did by itself -----------------------------------------------------------
     def _note_source(self, point: Any, sample: Any, source: str) -> None:
@@ -538,12 +553,24 @@ class EmulatedField:
         not refreshed.
         """
         store = self.sub.store
-        for p in self._scanned:
-            if p.name in self._cut:
-                continue
-            smp = store.get(p.name)
-            if smp.quality.is_good:
-                store.set(p.name, smp.value, timestamp=t, source=_SCAN_SOURCE)
+        get = store.get
+        good = Quality.GOOD
+        items = []
+        for name in self._scan_names():
+            smp = get(name)
+            if smp.quality is good:
+                items.append((name, smp.value))
+        if items:
+            # one bulk write, stamped t (GOOD: only GOOD values are re-stamped)
+            store.set_many(items, timestamp=t, source=_SCAN_SOURCE)
+
+    def _scan_names(self) -> list[str]:
+        """The scanned points not cut off by ``comms_loss``, recomputed when the cut changes."""
+        key = frozenset(self._cut)
+        if self._scan_key != key:
+            self._scan_key = key
+            self._scan_list = [p.name for p in self._scanned if p.name not in key]
+        return self._scan_list
 
     def command(self, name: str, value: float) -> None:
         """A command or setpoint write, sent by the twin's link as an operator would."""
