@@ -169,7 +169,9 @@ class ModbusLink(FieldLink):
         self._block_what = [
             f"read {b.table} {b.address}+{b.count} unit {b.unit}" for b in self.blocks
         ]
-        #: per register block: (point name, offset in the block, registers) of its points
+        #: per block: the data of its last good answer and the (name, value, quality) it gave
+        self._block_last: dict[int, tuple[bytes, list[tuple[str, float, Quality]]]] = {}
+        #: per block: (point name, offset in the block, registers) of its points
         self._layout: dict[int, list[tuple[str, int, int]]] = {
             id(b): [(p.name, p.modbus.address - b.address, p.modbus.count) for p in b.points]  # type: ignore[union-attr]
             for b in self.blocks
@@ -278,6 +280,7 @@ class ModbusLink(FieldLink):
         not_served_error: ProtocolError | None = None  # 04/0B: a point quality, see below
         any_good = False
         store = self._store_input
+        cache = self._cache
         memo = self._decoded
         good = Quality.GOOD
         for blk, pdu, what in zip(self.blocks, self._block_pdus, self._block_what):
@@ -307,24 +310,32 @@ class ModbusLink(FieldLink):
                 continue
             self.stats["reads"] += 1
             any_good = True
+            key = id(blk)
+            data = rr.data
+            last = self._block_last.get(key)
+            if last is not None and last[0] == data:
+                # the block's bytes did not change: the same values, read now
+                for name, value, quality in last[1]:
+                    cache[name] = Sample(value, quality, t)
+                continue
+            decoded: list[tuple[str, float, Quality]] = []
             if blk.table in _BIT_TABLES:
                 bits = rr.bits(blk.count)
-                for p in blk.points:
-                    b = p.modbus
-                    assert b is not None
-                    store(p.name, Sample(1.0 if bits[b.address - blk.address] else 0.0, good, t),
-                          notify=False)  # fmt: skip
-                continue
-            regs = rr.registers(blk.count)
-            for name, off, n in self._layout[id(blk)]:
-                words = regs[off : off + n]
-                hit = memo.get(name)
-                if hit is not None and hit[0] == words:
-                    sample = Sample(hit[1], hit[2], t)
-                else:
-                    sample = Sample.good(decode_registers(self._by_name[name], words), t)
-                    memo[name] = (words, sample.value, sample.quality)
-                store(name, sample, notify=False)
+                for name, off, _n in self._layout[key]:
+                    decoded.append((name, 1.0 if bits[off] else 0.0, good))
+            else:
+                regs = rr.registers(blk.count)
+                for name, off, n in self._layout[key]:
+                    words = regs[off : off + n]
+                    hit = memo.get(name)
+                    if hit is None or hit[0] != words:
+                        value = float(decode_registers(self._by_name[name], words))
+                        q = good if math.isfinite(value) else Quality.INVALID
+                        hit = memo[name] = (words, value, q)
+                    decoded.append((name, hit[1], hit[2]))
+            for name, value, quality in decoded:
+                cache[name] = Sample(value, quality, t)
+            self._block_last[key] = (data, decoded)
         self._notify()
         if first_error is not None:
             raise first_error

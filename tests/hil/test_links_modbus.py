@@ -194,6 +194,36 @@ async def test_sentinel_and_nan_are_invalid(plc, link):
     assert s["L1.q_mvar"].quality is Quality.GOOD
 
 
+async def test_repeated_polls_follow_changes_and_keep_qualities(plc, link):
+    """Unchanged blocks are not decoded again: values, qualities and fresh timestamps still
+    come out as if they were, and a change (or a change back) shows at once."""
+    await _fill(plc)
+    await plc.set(1, 4, 4, [0x7FFF])  # tap sentinel: INVALID
+    await link.poll()
+    first = link.read_inputs()
+    await asyncio.sleep(0.01)
+    await link.poll()
+    again = link.read_inputs()
+    for name, s in first.items():
+        assert (again[name].value == s.value or math.isnan(s.value)) and (
+            again[name].quality is s.quality
+        ), name
+        assert again[name].timestamp > s.timestamp, name
+    assert again["T1.tap_pos"].quality is Quality.INVALID
+    await plc.set(1, 4, 2, _f32(4.0))
+    await plc.set(1, 2, 1, [True])
+    await link.poll()
+    s = link.read_inputs()
+    assert s["L1.q_mvar"].value == pytest.approx(4.0) and s["Q2.closed"].value == 1.0
+    assert s["L1.p_mw"].value == pytest.approx(12.5)
+    await plc.set(1, 4, 2, _f32(-3.25))
+    await plc.set(1, 4, 4, [3])
+    await link.poll()
+    s = link.read_inputs()
+    assert s["L1.q_mvar"].value == pytest.approx(-3.25)
+    assert s["T1.tap_pos"].value == 3.0 and s["T1.tap_pos"].quality is Quality.GOOD
+
+
 async def test_staleness_after_interval(plc, free_port):
     fast = [
         _pt("L1.p_mw", "input_register", 0, kind="measurement", interval_s=0.05),
