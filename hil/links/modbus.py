@@ -1,12 +1,12 @@
-"""Modbus TCP field link (pymodbus 3.16.1 ``AsyncModbusTcpClient``).
+"""Modbus TCP field link over our own asyncio client (:mod:`hil.links.mbap`).
 
 - Inputs are polled in coalesced blocks: neighbouring points of one unit and table become one
-  request (at most 125 registers or 2000 bits).
-- One request in flight per connection (an ``asyncio.Lock``): the pymodbus client does not check
-  transaction ids, so concurrent requests could pair a response with the wrong request.
-- Reconnection is managed here, not by pymodbus (its ``reconnect_delay=0`` is off; a 0 delay once
-  caused a busy loop): a supervisor task retries with a bounded exponential backoff, each attempt
-  on a fresh client object.
+  request (at most 125 registers or 2000 bits), each block's request PDU built once; a block
+  whose answer did not change is not decoded again.
+- One request in flight per connection (an ``asyncio.Lock``); responses are paired with their
+  request by transaction id (pymodbus's client did not check them, FIELD-NOTES).
+- Reconnection is managed here: a supervisor task retries with a bounded exponential backoff,
+  each attempt on a fresh client object.
 - Modbus carries no timestamps: a value's timestamp is the time its response arrived.
 """
 
