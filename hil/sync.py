@@ -400,6 +400,7 @@ class SyncLoop:
         # are checked by the stale policy (a device's operation counter does not stop a step)
         used = {n for g in self._groups for n in g.names} | {p.name for p in self.measured}
         self._used_inputs: tuple[Point, ...] = tuple(p for p in self.inputs if p.name in used)
+        self._used_names: tuple[str, ...] = tuple(p.name for p in self._used_inputs)
         if heartbeat_s is not None and not (heartbeat_s > 0 and math.isfinite(heartbeat_s)):
             raise ValueError(f"heartbeat_s: expected a finite number > 0, found {heartbeat_s!r}")
         self.heartbeat_s = None if heartbeat_s is None else float(heartbeat_s)
@@ -640,12 +641,11 @@ class SyncLoop:
 
     def _apply(self, samples: Mapping[str, Sample], t: float) -> tuple[int, list[str]]:
         """Apply GOOD to_twin inputs; returns (values applied, points not GOOD)."""
+        good, isfinite = Quality.GOOD, math.isfinite
         stale = [
-            p.name
-            for p in self._used_inputs
-            if (s := samples.get(p.name)) is None
-            or not s.quality.is_good
-            or not math.isfinite(s.value)
+            n
+            for n in self._used_names
+            if (s := samples.get(n)) is None or s.quality is not good or not isfinite(s.value)
         ]
         if stale and self.stale_policy == "refuse":
             self._counters["refused"] += 1
