@@ -49,13 +49,26 @@ def _build(grid: str):
         return net, generate_pointmap(net, mode="hil")
 
 
-def _emulator_process(grid: str, conn, gc_freeze: bool = True) -> None:
+def _audit_to_file(sub, folder: str) -> None:
+    """Stream the substation's audit log to a file, as ``gridtwin emulate --audit`` and every
+    scenario do. Kept in memory instead, the log trims itself on every write once it holds
+    100,000 records (about 15 s of this benchmark): each trim scans the whole buffer, and the
+    ~700 records of one Write request then block the emulator's event loop for 5-8 s (its
+    Modbus reads time out, then the OPC UA write)."""
+    from hil.security.audit import audit_log
+
+    audit_log(sub.store).stream_to(Path(folder) / "audit.jsonl")
+
+
+def _emulator_process(grid: str, conn, gc_freeze: bool = True, audit: str = "file") -> None:
     """Child process: serve the emulated substation until the parent says stop."""
     from hil.emulator.substation import EmulatedSubstation
 
     async def serve() -> None:
         net, pm = _build(grid)
         async with EmulatedSubstation(net, pm, users=PLANT_USERS) as sub:
+            if audit == "file":
+                _audit_to_file(sub, folder)
             if gc_freeze:  # as in the twin's process (see run())
                 gc.collect()
                 gc.freeze()
@@ -64,19 +77,20 @@ def _emulator_process(grid: str, conn, gc_freeze: bool = True) -> None:
                 await asyncio.sleep(0.2)
 
     logging.basicConfig(level=logging.ERROR)
-    asyncio.run(serve())
+    with tempfile.TemporaryDirectory(prefix="gridtwin-bench-emulator-") as folder:
+        asyncio.run(serve())
 
 
 class _Remote:
     """The emulated substation in its own process (its CPU is not the twin's)."""
 
-    def __init__(self, grid: str, gc_freeze: bool = True) -> None:
+    def __init__(self, grid: str, gc_freeze: bool = True, audit: str = "file") -> None:
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(
-            target=_emulator_process, args=(grid, child, gc_freeze), daemon=True
+            target=_emulator_process, args=(grid, child, gc_freeze, audit), daemon=True
         )
 
     async def __aenter__(self):
@@ -129,12 +143,14 @@ async def run(args: argparse.Namespace) -> dict:
         model.update("load", "q_mvar", q0 * scale)
 
     if args.emulator == "process":
-        substation = _Remote(args.grid, args.gc_freeze)
+        substation = _Remote(args.grid, args.gc_freeze, args.audit)
     else:
         substation = EmulatedSubstation(net, pm, users=PLANT_USERS)
     with tempfile.TemporaryDirectory(prefix="gridtwin-bench-sync-") as out:
         rec = Recorder(Path(out) / "run", flush_every=max(1, int(args.rate * 10)))
         async with substation as sub:
+            if args.emulator != "process" and args.audit == "file":
+                _audit_to_file(sub, out)
             mb = ModbusLink("127.0.0.1", sub.modbus_port, inputs)
             ua = OpcuaLink(
                 sub.opcua_endpoint,
@@ -214,7 +230,8 @@ def table(res: dict, args: argparse.Namespace) -> str:
         f"Sync loop on {res['grid']}: {res['points']} points in the map "
         f"({res['inputs']} read over Modbus, "
         f"{res['outputs']} written over OPC UA), {args.rate:g} steps/s for {args.duration:g} s, "
-        f"deadline policy {args.policy}, write mode {args.write_mode}, emulator {args.emulator}; "
+        f"deadline policy {args.policy}, write mode {args.write_mode}, emulator {args.emulator} "
+        f"(audit log in {args.audit}); "
         f"{res['steps']} steps in {res['wall_s']:.1f} s. Machine: {res['cpus']} CPUs, load "
         f"average (1/5/15 min) {'/'.join(f'{x:.2f}' for x in res['load'][0])} before, "
         f"{'/'.join(f'{x:.2f}' for x in res['load'][1])} after.",
@@ -364,6 +381,13 @@ def main(argv: list[str] | None = None) -> int:
         default="step",
         choices=("step", "background"),
         help="twin server publication inside the step, or as a task after it",
+    )
+    parser.add_argument(
+        "--audit",
+        default="file",
+        choices=("file", "memory"),
+        help="the emulator's audit log streamed to a file (default, as `gridtwin emulate "
+        "--audit` and scenarios) or kept in memory",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

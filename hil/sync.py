@@ -29,7 +29,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -212,6 +212,44 @@ class _LinkOutputs:
     batch: Any = None  # the link's prepared output set (links with write_batch), else None
 
 
+class _Outputs(Mapping[str, float]):
+    """A step's computed outputs (point name -> value, in-range ones only) over the groups'
+    arrays: the dict is built on first use, not on every step."""
+
+    __slots__ = ("_parts", "_dict")
+
+    def __init__(self, parts: list[tuple[list[str], np.ndarray, np.ndarray]]) -> None:
+        self._parts = parts
+        self._dict: dict[str, float] | None = None
+
+    def _d(self) -> dict[str, float]:
+        d = self._dict
+        if d is None:
+            d = {}
+            for names, vals, ok in self._parts:
+                if ok.all():
+                    d.update(zip(names, vals.tolist()))
+                else:
+                    d.update(zip([n for n, k in zip(names, ok) if k], vals[ok].tolist()))
+            self._dict = d
+        return d
+
+    def __getitem__(self, name: str) -> float:
+        return self._d()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._d())
+
+    def __len__(self) -> int:
+        return len(self._d())
+
+    def __bool__(self) -> bool:
+        return any(ok.any() for _, _, ok in self._parts)
+
+    def __repr__(self) -> str:
+        return repr(self._d())
+
+
 Listener = Callable[["SyncLoop", StepReport, Any], Awaitable[None] | None]
 
 
@@ -307,7 +345,7 @@ class SyncLoop:
         self.active_alarms: dict[str, Alarm] = {}
         #: last samples read (point name -> Sample) and last outputs computed (name -> value)
         self.samples: dict[str, Sample] = {}
-        self.outputs: dict[str, float] = {}
+        self.outputs: Mapping[str, float] = {}
         self.last_report: StepReport | None = None
         self.last_solution: Any = None
         self._stopping = False
@@ -362,6 +400,7 @@ class SyncLoop:
         # are checked by the stale policy (a device's operation counter does not stop a step)
         used = {n for g in self._groups for n in g.names} | {p.name for p in self.measured}
         self._used_inputs: tuple[Point, ...] = tuple(p for p in self.inputs if p.name in used)
+        self._used_names: tuple[str, ...] = tuple(p.name for p in self._used_inputs)
         if heartbeat_s is not None and not (heartbeat_s > 0 and math.isfinite(heartbeat_s)):
             raise ValueError(f"heartbeat_s: expected a finite number > 0, found {heartbeat_s!r}")
         self.heartbeat_s = None if heartbeat_s is None else float(heartbeat_s)
@@ -524,7 +563,7 @@ class SyncLoop:
         d["estimate"] = t4 - t3
 
         await self._reconcile_returned_links(t)
-        outputs: dict[str, float] = {}
+        outputs: Mapping[str, float] = {}
         if self.mode == "hil" and sol is not None and rep.converged:
             outputs = self._outputs(sol)
             t45 = pc()
@@ -566,19 +605,23 @@ class SyncLoop:
         self.last_report = rep
 
     async def _read(self) -> dict[str, Sample]:
-        if self._poll_links:
-            results = await asyncio.gather(
-                *(lk.poll() for lk in self._poll_links if lk.connected), return_exceptions=True
-            )
+        polled = [lk for lk in self._poll_links if lk.connected]
+        if len(polled) == 1:  # the usual case: no gather (a task per link per step)
+            try:
+                await polled[0].poll()
+            except Exception as exc:
+                self._poll_failed(exc)
+        elif polled:
+            results = await asyncio.gather(*(lk.poll() for lk in polled), return_exceptions=True)
             for r in results:
                 if isinstance(r, BaseException):
-                    if not isinstance(r, (HilError, OSError, TimeoutError)):
-                        raise r
-                    self._counters["poll_errors"] += 1
-                    _log.debug("poll failed: %s", r)
+                    self._poll_failed(r)
         now = self.link_now() if self.link_now is not None else None
+        sources = [lk for lk in self.links if getattr(lk, "inputs", True)]  # none: no samples
+        if len(sources) == 1:
+            return sources[0].read_inputs(now)
         merged: dict[str, Sample] = {}
-        for link in self.links:
+        for link in sources:
             for name, s in link.read_inputs(now).items():
                 old = merged.get(name)
                 # Several links may carry a point: a GOOD sample wins, then the newest.
@@ -590,14 +633,19 @@ class SyncLoop:
                     merged[name] = s
         return merged
 
+    def _poll_failed(self, r: BaseException) -> None:
+        if not isinstance(r, (HilError, OSError, TimeoutError)):
+            raise r
+        self._counters["poll_errors"] += 1
+        _log.debug("poll failed: %s", r)
+
     def _apply(self, samples: Mapping[str, Sample], t: float) -> tuple[int, list[str]]:
         """Apply GOOD to_twin inputs; returns (values applied, points not GOOD)."""
+        good, isfinite = Quality.GOOD, math.isfinite
         stale = [
-            p.name
-            for p in self._used_inputs
-            if (s := samples.get(p.name)) is None
-            or not s.quality.is_good
-            or not math.isfinite(s.value)
+            n
+            for n in self._used_names
+            if (s := samples.get(n)) is None or s.quality is not good or not isfinite(s.value)
         ]
         if stale and self.stale_policy == "refuse":
             self._counters["refused"] += 1
@@ -783,8 +831,10 @@ class SyncLoop:
                 continue
         return out
 
-    def _outputs(self, sol: Any) -> dict[str, float]:
-        out: dict[str, float] = {}
+    def _outputs(self, sol: Any) -> Mapping[str, float]:
+        """This step's computed outputs: into the groups' arrays and each link's batch; the
+        returned name -> value mapping is only built when someone reads it."""
+        parts: list[tuple[list[str], np.ndarray, np.ndarray]] = []
         for g in self._out_groups:
             if not g.enabled:
                 continue
@@ -800,10 +850,7 @@ class SyncLoop:
             vals[~np.isfinite(vals)] = 0.0
             ok = (vals >= g.low) & (vals <= g.high)
             g.values, g.ok = vals, ok
-            if ok.all():
-                out.update(zip(g.names, vals.tolist()))
-            else:
-                out.update(zip([n for n, k in zip(g.names, ok) if k], vals[ok].tolist()))
+            parts.append((g.names, vals, ok))
         groups = self._out_groups
         for lo in self._link_outs:
             for gi, rows, here in lo.sources:
@@ -813,7 +860,7 @@ class SyncLoop:
                     continue
                 lo.values[here] = g.values[rows]
                 lo.valid[here] = g.ok[rows]
-        return out
+        return _Outputs(parts)
 
     async def _write(self, outputs: Mapping[str, float], t: float) -> int:
         if self.write_mode == "pipelined":

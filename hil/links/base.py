@@ -162,6 +162,8 @@ class FieldLink(abc.ABC):
         self.inputs: tuple[Point, ...] = tuple(p for p in self.points if p.direction == "to_twin")
         self.outputs: tuple[Point, ...] = tuple(p for p in self.points if p.direction == "to_field")
         self._cache: dict[str, Sample] = {}
+        self._ages: list[tuple[str, float]] = []
+        self._ages_key: float | None = None
         self._last_written: dict[str, float] = {}
         self._last_write_time: dict[str, float] = {}
         self._update_event: asyncio.Event | None = None
@@ -199,20 +201,36 @@ class FieldLink(abc.ABC):
         """
         t = self.clock() if now is None else now
         out: dict[str, Sample] = {}
-        for p in self.inputs:
-            s = self._cache.get(p.name)
-            if s is None:
-                s = Sample(math.nan, Quality.STALE, _NEVER)
-            if not self.connected:
-                s = Sample(s.value, Quality.COMMS_LOST, s.timestamp)
-            else:
-                s = s.aged(t, self.stale_factor * p.interval_s)
-            out[p.name] = s
+        cache = self._cache
+        if self.connected:
+            good, stale = Quality.GOOD, Quality.STALE
+            for name, max_age in self._max_ages():
+                s = cache.get(name)
+                if s is None:
+                    s = Sample(math.nan, stale, _NEVER)
+                elif s.quality is good and t - s.timestamp > max_age:
+                    s = Sample(s.value, stale, s.timestamp)
+                out[name] = s
+        else:
+            for p in self.inputs:
+                s = cache.get(p.name)
+                if s is None:
+                    s = Sample(math.nan, Quality.STALE, _NEVER)
+                out[p.name] = Sample(s.value, Quality.COMMS_LOST, s.timestamp)
         for n in self.cut_points:
             s = out.get(n)
             if s is not None:
                 out[n] = Sample(s.value, Quality.COMMS_LOST, s.timestamp)
         return out
+
+    def _max_ages(self) -> list[tuple[str, float]]:
+        """(name, age beyond which a GOOD value is STALE) per input, for the current
+        ``stale_factor``."""
+        key = self.stale_factor
+        if self._ages_key != key:
+            self._ages = [(p.name, key * p.interval_s) for p in self.inputs]
+            self._ages_key = key
+        return self._ages
 
     async def write_outputs(self, values: dict[str, float]) -> None:
         """Write ``to_field`` values, all checked first; changes inside the deadband are skipped.

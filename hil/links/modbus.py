@@ -1,12 +1,12 @@
-"""Modbus TCP field link (pymodbus 3.16.1 ``AsyncModbusTcpClient``).
+"""Modbus TCP field link over our own asyncio client (:mod:`hil.links.mbap`).
 
 - Inputs are polled in coalesced blocks: neighbouring points of one unit and table become one
-  request (at most 125 registers or 2000 bits).
-- One request in flight per connection (an ``asyncio.Lock``): the pymodbus client does not check
-  transaction ids, so concurrent requests could pair a response with the wrong request.
-- Reconnection is managed here, not by pymodbus (its ``reconnect_delay=0`` is off; a 0 delay once
-  caused a busy loop): a supervisor task retries with a bounded exponential backoff, each attempt
-  on a fresh client object.
+  request (at most 125 registers or 2000 bits), each block's request PDU built once; a block
+  whose answer did not change is not decoded again.
+- One request in flight per connection (an ``asyncio.Lock``); responses are paired with their
+  request by transaction id (pymodbus's client did not check them, FIELD-NOTES).
+- Reconnection is managed here: a supervisor task retries with a bounded exponential backoff,
+  each attempt on a fresh client object.
 - Modbus carries no timestamps: a value's timestamp is the time its response arrived.
 """
 
@@ -15,15 +15,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pymodbus.client import AsyncModbusTcpClient, AsyncModbusTlsClient
-from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-
 from hil.errors import CommsLost, HilTimeout, ProtocolError
 from hil.links.base import FieldLink
+from hil.links.mbap import (
+    MbapClient,
+    Response,
+    read_pdu,
+    write_coil_pdu,
+    write_coils_pdu,
+    write_registers_pdu,
+)
 from twin.pointmap import Point, decode_registers, encode_registers
 from twin.quality import Quality, Sample
 
@@ -49,12 +55,8 @@ _EXCEPTION_NAMES = {
 #: Exception codes a server answers for a point it does not serve as good (04 device failure:
 #: invalid; 0B gateway target failed to respond: comms lost), not faults of the request.
 _NOT_SERVED = (0x04, 0x0B)
-_READ_FN = {
-    "coil": "read_coils",
-    "discrete_input": "read_discrete_inputs",
-    "input_register": "read_input_registers",
-    "holding_register": "read_holding_registers",
-}
+_READ_FC = {"coil": 1, "discrete_input": 2, "holding_register": 3, "input_register": 4}
+_BIT_TABLES = ("coil", "discrete_input")
 
 
 @dataclass(frozen=True)
@@ -161,7 +163,19 @@ class ModbusLink(FieldLink):
         self._decoded: dict[str, tuple[tuple[int, ...], float, Quality]] = {}
         self.stats["requests"] = 0
         self.stats["reconnect_attempts"] = 0
-        self._client: AsyncModbusTcpClient | None = None
+        self._client: MbapClient | None = None
+        #: per block: its read request PDU, built once
+        self._block_pdus = [read_pdu(_READ_FC[b.table], b.address, b.count) for b in self.blocks]
+        self._block_what = [
+            f"read {b.table} {b.address}+{b.count} unit {b.unit}" for b in self.blocks
+        ]
+        #: per block: the data of its last good answer and the (name, value, quality) it gave
+        self._block_last: dict[int, tuple[bytes, list[tuple[str, float, Quality]]]] = {}
+        #: per block: (point name, offset in the block, registers) of its points
+        self._layout: dict[int, list[tuple[str, int, int]]] = {
+            id(b): [(p.name, p.modbus.address - b.address, p.modbus.count) for p in b.points]  # type: ignore[union-attr]
+            for b in self.blocks
+        }
         self._lock = asyncio.Lock()
 
     @property
@@ -169,57 +183,41 @@ class ModbusLink(FieldLink):
         return not self.poll_interval_s
 
     # --- connection ----------------------------------------------------------------------------
-    def _new_client(self) -> AsyncModbusTcpClient:
+    def _new_client(self) -> MbapClient:
         self._generation += 1
         gen = self._generation
 
-        def on_connect(up: bool) -> None:
+        def on_lost(exc: BaseException | None) -> None:
             # only the current client may report a loss, never one we already dropped
-            if not up and gen == self._generation and not self._closing and self.connected:
-                self._lost("connection closed by the peer")
+            if gen == self._generation and not self._closing and self.connected:
+                self._lost(f"connection closed by the peer ({exc!r})" if exc else
+                           "connection closed by the peer")  # fmt: skip
 
-        if self._sslctx is not None:
-            return AsyncModbusTlsClient(
-                self.host,
-                port=self.port,
-                sslctx=self._sslctx,
-                timeout=self.timeout_s,
-                retries=0,
-                reconnect_delay=0,
-                trace_connect=on_connect,
-            )
-        return AsyncModbusTcpClient(
-            self.host,
-            port=self.port,
-            timeout=self.timeout_s,
-            retries=0,  # a retry would double every timeout; the next poll is the retry
-            reconnect_delay=0,  # reconnection is ours (see module docstring)
-            trace_connect=on_connect,
-        )
+        return MbapClient(on_lost)
 
-    async def _open(self) -> AsyncModbusTcpClient:
+    async def _open(self) -> MbapClient:
         client = self._new_client()
         try:
-            ok = await asyncio.wait_for(client.connect(), self.timeout_s + 1.0)
-        except (TimeoutError, OSError, ModbusException) as exc:
+            await client.connect(
+                self.host, self.port, timeout=self.timeout_s + 1.0, sslctx=self._sslctx
+            )
+        except ssl.SSLError as exc:
             client.close()
-            raise CommsLost(f"{self.name}: expected a Modbus TCP server, found {exc!r}") from exc
+            raise CommsLost(
+                f"{self.name}: expected a Modbus/TLS server at {self.host}:{self.port} whose "
+                f"certificate we trust, found the handshake failed ({exc.reason or exc}): is "
+                f"the server's certificate in {self.tls.trust}? trust it with `gridtwin certs "
+                f"trust SERVER.der --pki {self.tls.trust.parent}`"
+            ) from exc
+        except (TimeoutError, OSError) as exc:
+            client.close()
+            raise CommsLost(
+                f"{self.name}: expected a Modbus TCP server at {self.host}:{self.port}, "
+                f"found {exc!r} (connection refused or timed out)"
+            ) from exc
         except BaseException:  # cancelled (close() during a reconnect): leave nothing open
             client.close()
             raise
-        if not ok or not client.connected:
-            client.close()
-            tls = (
-                f" (Modbus/TLS: or the handshake failed: is the server's certificate in "
-                f"{self.tls.trust}? trust it with `gridtwin certs trust SERVER.der --pki "
-                f"{self.tls.trust.parent}`)"
-                if self.tls is not None
-                else ""
-            )
-            raise CommsLost(
-                f"{self.name}: expected a Modbus TCP server at {self.host}:{self.port}, "
-                f"connection refused or timed out{tls}"
-            )
         return client
 
     async def connect(self) -> None:
@@ -236,11 +234,11 @@ class ModbusLink(FieldLink):
     async def close(self) -> None:
         await self._shut_down()
 
-    def _discard(self, client: AsyncModbusTcpClient) -> None:
+    def _discard(self, client: MbapClient) -> None:
         client.close()
 
     # --- requests ------------------------------------------------------------------------------
-    async def _call(self, what: str, fn: str, *args: Any, **kw: Any) -> Any:
+    async def _call(self, what: str, unit: int, pdu: bytes) -> Response:
         """One request under the connection lock; maps transport failures to HilError."""
         async with self._lock:
             client = self._client
@@ -248,22 +246,20 @@ class ModbusLink(FieldLink):
                 raise CommsLost(f"{self.name}: {what}: expected a connected link, found it down")
             self.stats["requests"] += 1
             try:
-                return await asyncio.wait_for(
-                    getattr(client, fn)(*args, **kw), self.timeout_s + 0.5
-                )
-            except (TimeoutError, ModbusIOException) as exc:
+                return await client.request(unit, pdu, self.timeout_s)
+            except TimeoutError as exc:
                 self._note_error(exc)
                 # a request without an answer leaves the stream in an unknown state: start over
                 self._lost(f"{what}: no answer")
                 raise HilTimeout(f"{self.name}: {what}", self.timeout_s) from exc
-            except (ConnectionException, OSError) as exc:
+            except OSError as exc:  # ConnectionError, FrameError
                 self._note_error(exc)
                 self._lost(str(exc))
                 raise CommsLost(f"{self.name}: {what}: connection lost ({exc})") from exc
 
-    def _check_response(self, rr: Any, point: Point, what: str) -> None:
-        if rr.isError():
-            code = int(getattr(rr, "exception_code", 0) or 0)
+    def _check_response(self, rr: Response, point: Point, what: str) -> None:
+        code = rr.exception_code
+        if code:
             err = ProtocolError(
                 "modbus",
                 code,
@@ -283,62 +279,63 @@ class ModbusLink(FieldLink):
         first_error: ProtocolError | None = None
         not_served_error: ProtocolError | None = None  # 04/0B: a point quality, see below
         any_good = False
-        for blk in self.blocks:
-            fn = {
-                "coil": "read_coils",
-                "discrete_input": "read_discrete_inputs",
-                "input_register": "read_input_registers",
-                "holding_register": "read_holding_registers",
-            }[blk.table]
-            what = f"read {blk.table} {blk.address}+{blk.count} unit {blk.unit}"
-            rr = await self._call(what, fn, blk.address, count=blk.count, device_id=blk.unit)
+        store = self._store_input
+        cache = self._cache
+        memo = self._decoded
+        good = Quality.GOOD
+        for blk, pdu, what in zip(self.blocks, self._block_pdus, self._block_what):
+            rr = await self._call(what, blk.unit, pdu)
             t = self.clock()
-            if rr.isError() and int(getattr(rr, "exception_code", 0) or 0) in _NOT_SERVED:
+            code = rr.exception_code
+            if code in _NOT_SERVED:
                 # the server does not serve a point that is not good (issue 11: 04 invalid,
                 # 0B comms lost): one point failed the block; read its points one by one
-                err, not_served, good = await self._poll_points(blk, fn)
+                err, not_served, ok = await self._poll_points(blk)
                 first_error = first_error or err
                 not_served_error = not_served_error or not_served
-                any_good = any_good or good
+                any_good = any_good or ok
                 continue
-            try:
-                self._check_response(rr, blk.points[0], what)
-            except ProtocolError as exc:
-                for p in blk.points:
-                    old = self._cache.get(p.name)
-                    self._store_input(
-                        p.name,
-                        Sample(old.value if old else math.nan, Quality.INVALID, t),
-                        notify=False,
-                    )
-                first_error = first_error or exc
+            if code:
+                try:
+                    self._check_response(rr, blk.points[0], what)
+                except ProtocolError as exc:
+                    for p in blk.points:
+                        old = self._cache.get(p.name)
+                        store(
+                            p.name,
+                            Sample(old.value if old else math.nan, Quality.INVALID, t),
+                            notify=False,
+                        )
+                    first_error = first_error or exc
                 continue
             self.stats["reads"] += 1
             any_good = True
-            store = self._store_input
-            q_good = Quality.GOOD
-            if blk.table in ("coil", "discrete_input"):
-                bits = rr.bits
-                for p in blk.points:
-                    b = p.modbus
-                    assert b is not None
-                    value = 1.0 if bits[b.address - blk.address] else 0.0
-                    store(p.name, Sample(value, q_good, t), notify=False)
+            key = id(blk)
+            data = rr.data
+            last = self._block_last.get(key)
+            if last is not None and last[0] == data:
+                # the block's bytes did not change: the same values, read now
+                for name, value, quality in last[1]:
+                    cache[name] = Sample(value, quality, t)
                 continue
-            regs = rr.registers
-            memo = self._decoded
-            for p in blk.points:
-                b = p.modbus
-                assert b is not None
-                off = b.address - blk.address
-                words = tuple(regs[off : off + b.count])
-                hit = memo.get(p.name)
-                if hit is not None and hit[0] == words:
-                    sample = Sample(hit[1], hit[2], t)
-                else:
-                    sample = Sample.good(decode_registers(p, words), t)
-                    memo[p.name] = (words, sample.value, sample.quality)
-                store(p.name, sample, notify=False)
+            decoded: list[tuple[str, float, Quality]] = []
+            if blk.table in _BIT_TABLES:
+                bits = rr.bits(blk.count)
+                for name, off, _n in self._layout[key]:
+                    decoded.append((name, 1.0 if bits[off] else 0.0, good))
+            else:
+                regs = rr.registers(blk.count)
+                for name, off, n in self._layout[key]:
+                    words = regs[off : off + n]
+                    hit = memo.get(name)
+                    if hit is None or hit[0] != words:
+                        value = float(decode_registers(self._by_name[name], words))
+                        q = good if math.isfinite(value) else Quality.INVALID
+                        hit = memo[name] = (words, value, q)
+                    decoded.append((name, hit[1], hit[2]))
+            for name, value, quality in decoded:
+                cache[name] = Sample(value, quality, t)
+            self._block_last[key] = (data, decoded)
         self._notify()
         if first_error is not None:
             raise first_error
@@ -346,7 +343,7 @@ class ModbusLink(FieldLink):
             raise not_served_error  # nothing at all was served: the device, not one point
 
     async def _poll_points(
-        self, blk: Block, fn: str
+        self, blk: Block
     ) -> tuple[ProtocolError | None, ProtocolError | None, bool]:
         """Read a block's points one at a time: 04 -> INVALID, 0B -> COMMS_LOST, else the value.
 
@@ -355,13 +352,14 @@ class ModbusLink(FieldLink):
         first_error: ProtocolError | None = None
         not_served: ProtocolError | None = None
         good = False
+        fc = _READ_FC[blk.table]
         for p in blk.points:
             b = p.modbus
             assert b is not None
             what = f"read {blk.table} {b.address}+{b.count} unit {blk.unit}"
-            rr = await self._call(what, fn, b.address, count=b.count, device_id=blk.unit)
+            rr = await self._call(what, blk.unit, read_pdu(fc, b.address, b.count))
             t = self.clock()
-            code = int(getattr(rr, "exception_code", 0) or 0) if rr.isError() else 0
+            code = rr.exception_code
             if code:
                 old = self._cache.get(p.name)
                 q = Quality.COMMS_LOST if code == 0x0B else Quality.INVALID
@@ -378,10 +376,10 @@ class ModbusLink(FieldLink):
                 continue
             self.stats["reads"] += 1
             good = True
-            if blk.table in ("coil", "discrete_input"):
-                value = 1.0 if rr.bits[0] else 0.0
+            if blk.table in _BIT_TABLES:
+                value = 1.0 if rr.bits(1)[0] else 0.0
             else:
-                value = decode_registers(p, list(rr.registers[: b.count]))
+                value = decode_registers(p, rr.registers(b.count))
             self._store_input(p.name, Sample.good(value, t), notify=False)
         return first_error, not_served, good
 
@@ -392,16 +390,15 @@ class ModbusLink(FieldLink):
             p = self.point(name)
             b = p.modbus
             assert b is not None
-            fn = _READ_FN[b.table]
             what = f"read back {b.table} {b.address}+{b.count} unit {b.unit}"
-            rr = await self._call(what, fn, b.address, count=b.count, device_id=b.unit)
+            rr = await self._call(what, b.unit, read_pdu(_READ_FC[b.table], b.address, b.count))
             t = self.clock()
             if rr.isError():
                 out[name] = Sample(math.nan, Quality.INVALID, t)
-            elif b.table in ("coil", "discrete_input"):
-                out[name] = Sample.good(1.0 if rr.bits[0] else 0.0, t)
+            elif b.table in _BIT_TABLES:
+                out[name] = Sample.good(1.0 if rr.bits(1)[0] else 0.0, t)
             else:
-                out[name] = Sample.good(decode_registers(p, list(rr.registers[: b.count])), t)
+                out[name] = Sample.good(decode_registers(p, rr.registers(b.count)), t)
         return out
 
     # --- writes --------------------------------------------------------------------------------
@@ -444,10 +441,11 @@ class ModbusLink(FieldLink):
         what = f"write {table} {run[0]}+{len(run)} unit {unit}"
         if table == "coil":
             if len(values) == 1:
-                rr = await self._call(what, "write_coil", run[0], values[0], device_id=unit)
+                pdu = write_coil_pdu(run[0], bool(values[0]))
             else:
-                rr = await self._call(what, "write_coils", run[0], values, device_id=unit)
+                pdu = write_coils_pdu(run[0], [bool(v) for v in values])
         else:  # FC16 even for one register: float32 points span two anyway
-            rr = await self._call(what, "write_registers", run[0], values, device_id=unit)
+            pdu = write_registers_pdu(run[0], [int(v) for v in values])
+        rr = await self._call(what, unit, pdu)
         self._check_response(rr, first, what)
         self.stats["writes"] += 1

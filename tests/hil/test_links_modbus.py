@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import struct
 
 import pytest
@@ -193,6 +194,36 @@ async def test_sentinel_and_nan_are_invalid(plc, link):
     assert s["L1.q_mvar"].quality is Quality.GOOD
 
 
+async def test_repeated_polls_follow_changes_and_keep_qualities(plc, link):
+    """Unchanged blocks are not decoded again: values, qualities and fresh timestamps still
+    come out as if they were, and a change (or a change back) shows at once."""
+    await _fill(plc)
+    await plc.set(1, 4, 4, [0x7FFF])  # tap sentinel: INVALID
+    await link.poll()
+    first = link.read_inputs()
+    await asyncio.sleep(0.01)
+    await link.poll()
+    again = link.read_inputs()
+    for name, s in first.items():
+        assert (again[name].value == s.value or math.isnan(s.value)) and (
+            again[name].quality is s.quality
+        ), name
+        assert again[name].timestamp > s.timestamp, name
+    assert again["T1.tap_pos"].quality is Quality.INVALID
+    await plc.set(1, 4, 2, _f32(4.0))
+    await plc.set(1, 2, 1, [True])
+    await link.poll()
+    s = link.read_inputs()
+    assert s["L1.q_mvar"].value == pytest.approx(4.0) and s["Q2.closed"].value == 1.0
+    assert s["L1.p_mw"].value == pytest.approx(12.5)
+    await plc.set(1, 4, 2, _f32(-3.25))
+    await plc.set(1, 4, 4, [3])
+    await link.poll()
+    s = link.read_inputs()
+    assert s["L1.q_mvar"].value == pytest.approx(-3.25)
+    assert s["T1.tap_pos"].value == 3.0 and s["T1.tap_pos"].quality is Quality.GOOD
+
+
 async def test_staleness_after_interval(plc, free_port):
     fast = [
         _pt("L1.p_mw", "input_register", 0, kind="measurement", interval_s=0.05),
@@ -366,3 +397,178 @@ async def test_close_leaks_no_tasks(plc):
     await asyncio.sleep(0)
     leaked = {t for t in asyncio.all_tasks() - before if not t.done()}
     assert not leaked, leaked
+
+
+# --- our Modbus TCP client (hil.links.mbap) against scripted peers -------------------------
+class Scripted:
+    """A raw asyncio TCP peer: ``answer(tid, unit, pdu) -> bytes | None`` per request frame
+    (None: stay silent); frames are built with :func:`_frame`."""
+
+    def __init__(self, answer) -> None:
+        self.answer = answer
+        self.requests: list[tuple[int, int, bytes]] = []
+        self.accepted = 0
+        self._writers: list[asyncio.StreamWriter] = []
+        self.server: asyncio.Server | None = None
+
+    async def _serve(self, reader, writer) -> None:
+        self.accepted += 1
+        self._writers.append(writer)
+        try:
+            while True:
+                head = await reader.readexactly(7)
+                tid, _pid, length, unit = struct.unpack(">HHHB", head)
+                pdu = await reader.readexactly(length - 1)
+                self.requests.append((tid, unit, pdu))
+                out = self.answer(tid, unit, pdu)
+                if out:
+                    writer.write(out)
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+
+    async def __aenter__(self):
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        for w in self._writers:
+            w.close()
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+
+def _frame(tid: int, unit: int, pdu: bytes, pid: int = 0) -> bytes:
+    return struct.pack(">HHHB", tid, pid, len(pdu) + 1, unit) + pdu
+
+
+def _regs_pdu(fc: int, words: list[int]) -> bytes:
+    return bytes([fc, 2 * len(words)]) + struct.pack(f">{len(words)}H", *words)
+
+
+F32_POINT = _pt("L1.p_mw", "input_register", 0, kind="measurement")
+
+
+async def test_answer_with_another_transaction_id_is_dropped():
+    """A response is paired with its request by transaction id: a stray one is not taken."""
+
+    def answer(tid, unit, pdu):
+        stray = _frame((tid + 7) % 0xFFFF, unit, _regs_pdu(4, _f32(-99.0)))
+        return stray + _frame(tid, unit, _regs_pdu(4, _f32(12.5)))
+
+    async with Scripted(answer) as peer:
+        async with ModbusLink("127.0.0.1", peer.port, [F32_POINT], timeout_s=1.0) as lk:
+            await lk.poll()
+            assert lk.read_inputs()["L1.p_mw"].value == pytest.approx(12.5)
+            assert lk._client is not None and lk._client.dropped == 1
+            await lk.poll()
+            tids = [t for t, _, _ in peer.requests]
+            assert tids[1] == tids[0] + 1  # a fresh transaction id per request
+
+
+async def test_late_answer_is_not_taken_for_the_next_request():
+    """The answer to a request that timed out, arriving with the next request's, is dropped."""
+    from hil.links.mbap import MbapClient, read_pdu
+
+    held: list[bytes] = []
+
+    def answer(tid, unit, pdu):
+        if not held:  # hold the first answer back until the second request comes
+            held.append(_frame(tid, unit, _regs_pdu(4, [111])))
+            return None
+        return held[0] + _frame(tid, unit, _regs_pdu(4, [222]))
+
+    async with Scripted(answer) as peer:
+        client = MbapClient()
+        await client.connect("127.0.0.1", peer.port, timeout=WAIT)
+        try:
+            with pytest.raises(TimeoutError):
+                await client.request(1, read_pdu(4, 0, 1), 0.1)
+            rr = await client.request(1, read_pdu(4, 0, 1), WAIT)
+            assert rr.registers(1) == (222,) and client.dropped == 1
+        finally:
+            client.close()
+
+
+@pytest.mark.parametrize(
+    "reply, what",
+    [
+        (lambda tid, unit: _frame(tid, unit, _regs_pdu(4, _f32(1.0)), pid=1), "protocol id 1"),
+        (lambda tid, unit: _frame(tid, unit, _regs_pdu(3, _f32(1.0))), "function code 3"),
+        (lambda tid, unit: _frame(tid, unit, _regs_pdu(4, [1, 2, 3])), "expected 6 bytes"),
+    ],
+    ids=["protocol-id", "function-code", "length"],
+)
+async def test_a_frame_that_is_not_the_answer_drops_the_connection(reply, what):
+    """Not Modbus TCP, or not an answer to the request: CommsLost naming why, a new socket."""
+    async with Scripted(lambda tid, unit, pdu: reply(tid, unit)) as peer:
+        async with ModbusLink(
+            "127.0.0.1", peer.port, [F32_POINT], timeout_s=1.0, backoff_min_s=0.05
+        ) as lk:
+            with pytest.raises(CommsLost, match=what):
+                await lk.poll()
+            assert lk.read_inputs()["L1.p_mw"].quality is Quality.COMMS_LOST
+            await _until(lambda: lk.connected)
+            assert peer.accepted == 2
+
+
+async def test_exception_answer_names_register_and_code():
+    async with Scripted(lambda tid, unit, pdu: _frame(tid, unit, bytes([0x84, 0x02]))) as peer:
+        async with ModbusLink("127.0.0.1", peer.port, [F32_POINT], timeout_s=1.0) as lk:
+            with pytest.raises(
+                ProtocolError, match=r"input_register 0\+2 unit 1.*exception 2"
+            ) as ei:
+                await lk.poll()
+            assert ei.value.point == "L1.p_mw" and ei.value.code == 2
+            assert lk.connected  # an exception is an answer: the connection stays
+
+
+def test_request_pdus_match_the_protocol():
+    """Request PDUs byte for byte as the Modbus Application Protocol v1.1b3 spells them."""
+    from hil.links.mbap import read_pdu, write_coil_pdu, write_coils_pdu, write_registers_pdu
+
+    assert read_pdu(3, 0x006B, 3) == bytes.fromhex("03006b0003")
+    assert write_coil_pdu(0x00AC, True) == bytes.fromhex("0500acff00")
+    assert write_coil_pdu(0x00AC, False) == bytes.fromhex("0500ac0000")
+    bits = [True, False, True, True, False, False, True, True, True, False]  # CD 01
+    assert write_coils_pdu(0x0013, bits) == bytes.fromhex("0f0013000a02cd01")
+    assert write_registers_pdu(0x0001, [0x000A, 0x0102]) == bytes.fromhex("100001000204000a0102")
+
+
+# --- an independent peer: Debian's mbpoll (libmodbus) on the same pymodbus server ----------
+def _mbpoll(port: int, *opts: str, values: tuple[str, ...] = ()) -> str:
+    import shutil
+    import subprocess
+
+    exe = shutil.which("mbpoll")
+    if exe is None:
+        pytest.skip("mbpoll not installed (apt-get install -y mbpoll)")
+    cmd = [exe, "-m", "tcp", "-p", str(port), "-a", "1", "-0", "-1", "-o", "2", *opts]
+    cmd += ["127.0.0.1", *(("--", *values) if values else ())]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=WAIT)
+    assert done.returncode == 0, (cmd, done.stdout, done.stderr)
+    return done.stdout
+
+
+async def test_writes_and_reads_agree_with_mbpoll(plc):
+    """What our client writes, libmodbus reads back; what libmodbus writes, we read."""
+    pts = [
+        _pt("T1.avr_vset_pu", "holding_register", 0, direction="to_field", kind="setpoint",
+            low=0.0, high=2.0),
+        _pt("Q1.cmd", "coil", 3, "bool", direction="to_field", kind="command", low=0, high=1),
+        _pt("H.level", "holding_register", 4, kind="measurement"),
+    ]  # fmt: skip
+    async with ModbusLink("127.0.0.1", plc.port, pts, timeout_s=1.0) as lk:
+        await lk.write_point("T1.avr_vset_pu", 1.03125)
+        await lk.write_point("Q1.cmd", 1)
+        got = await asyncio.to_thread(_mbpoll, plc.port, "-t", "4:float", "-B", "-r", "0")
+        assert re.search(r"\[0\]:\s+1\.03125\b", got), got
+        coils = await asyncio.to_thread(_mbpoll, plc.port, "-t", "0", "-r", "3")
+        assert re.search(r"\[3\]:\s+1\b", coils), coils
+        await asyncio.to_thread(
+            _mbpoll, plc.port, "-t", "4:float", "-B", "-r", "4", values=("-2.5",)
+        )
+        await lk.poll()
+        assert lk.read_inputs()["H.level"].value == pytest.approx(-2.5)
