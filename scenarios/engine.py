@@ -391,11 +391,17 @@ class _Stepper:
         self._fired: set[int] = set()
         self._held: dict[int, bool] = {}
         self._record_cols = self._plan_record()
+        self._names_key: tuple[tuple[int, ...], tuple[str, ...]] | None = None
+        self._names: tuple[str, ...] = ()
 
     # --- recording plan -------------------------------------------------------------------------
-    def _plan_record(self) -> list[tuple[str, str, list[str], np.ndarray | None, bool]]:
+    def _plan_record(
+        self,
+    ) -> list[tuple[str, str, list[str], np.ndarray | None, bool, tuple[str, ...]]]:
+        """Per recorded quantity: table, column, labels, their positions (None: all), whether
+        it is a load-flow result, and its record column names (made once, not per step)."""
         net = self.rt.net
-        plan: list[tuple[str, str, list[str], np.ndarray | None, bool]] = []
+        plan: list[tuple[str, str, list[str], np.ndarray | None, bool, tuple[str, ...]]] = []
         for q in self.sc.record.quantities:
             table, _, rest = q.partition(".")
             column, _, label = rest.partition("[")
@@ -407,15 +413,20 @@ class _Stepper:
                 if label not in labels:
                     continue
                 pos = np.asarray([labels.index(label)])
-                plan.append((table, column, [label], pos, _is_result(net, table, column)))
+                labels = [label]
             else:
-                plan.append((table, column, labels, None, _is_result(net, table, column)))
+                pos = None
+            names = tuple(column_name(table, column, lab) for lab in labels)
+            plan.append((table, column, labels, pos, _is_result(net, table, column), names))
         return plan
 
-    def _values(self, sol: Any) -> dict[str, float]:
+    def _values(self, sol: Any) -> tuple[tuple[str, ...], np.ndarray]:
+        """This step's record row: column names (the same tuple object while they do not
+        change, so the recorder looks them up once) and their values."""
         net = self.rt.net
-        out: dict[str, float] = {}
-        for table, column, labels, pos, is_result in self._record_cols:
+        parts: list[np.ndarray] = []
+        used: list[int] = []
+        for i, (table, column, labels, pos, is_result, _names) in enumerate(self._record_cols):
             arr = None
             if sol is not None and is_result:
                 try:
@@ -431,16 +442,27 @@ class _Stepper:
                     continue
             if pos is not None:
                 arr = arr[pos]
-            for lab, v in zip(labels, arr.tolist()):
-                out[f"{table}.{column}[{lab}]"] = v
+            if arr.shape != (len(labels),):  # a result of another shape: as many as fit
+                fit = np.full(len(labels), np.nan)
+                flat = arr.ravel()[: len(labels)]
+                fit[: flat.size] = flat
+                arr = fit
+            parts.append(arr)
+            used.append(i)
         f = self.rt.field
+        extra: dict[str, float] = {}
         if self.sc.record.setpoints:
             for name, v in f.setpoint_values().items():
                 p = f.pointmap[name]
-                out[column_name(p.table, p.column, name[: -len(p.column) - 1])] = v
-        out["alarms.active"] = float(f.active_alarms())
-        out.update(f.link_quality())
-        return out
+                extra[column_name(p.table, p.column, name[: -len(p.column) - 1])] = v
+        extra["alarms.active"] = float(f.active_alarms())
+        extra.update(f.link_quality())
+        key = (tuple(used), tuple(extra))
+        if key != self._names_key:
+            self._names_key = key
+            self._names = tuple(n for i in used for n in self._record_cols[i][5]) + tuple(extra)
+        parts.append(np.fromiter(extra.values(), dtype=float, count=len(extra)))
+        return self._names, np.concatenate(parts)
 
     # --- processes ------------------------------------------------------------------------------
     def step_process(self) -> Any:
@@ -522,7 +544,7 @@ class _Stepper:
         self._last = st
         k = self.steps_done
         if k % self.sc.record.every == 0:
-            rt.recorder.record(t, self._values(sol))
+            rt.recorder.record_array(t, *self._values(sol))
         self._conditions(t)
 
     def _conditions(self, t: float) -> None:

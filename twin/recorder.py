@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -66,7 +66,12 @@ class Recorder:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.flush_every = int(flush_every)
         self._names: list[str] = ["time_s"]
-        self._data: dict[str, list[float]] = {"time_s": []}
+        self._pos: dict[str, int] = {"time_s": 0}
+        #: one float64 array per row, as long as the column list was when it was recorded
+        #: (columns only grow: a shorter row is NaN in the later columns)
+        self._rows: list[np.ndarray] = []
+        self._last_names: Sequence[str] | None = None  # record_array's names of the last call
+        self._last_pos: np.ndarray = np.zeros(0, dtype=np.intp)
         self._pending = 0  # rows not yet written to Parquet
         self._written = 0  # rows already written
         self._parts = 0  # part files written
@@ -107,43 +112,74 @@ class Recorder:
     # --- time series ------------------------------------------------------------------------
     @property
     def rows(self) -> int:
-        return len(self._data["time_s"])
+        return len(self._rows)
 
     @property
     def names(self) -> list[str]:
         """Column names in the order they first appeared (``time_s`` first)."""
         return list(self._names)
 
+    def _column_pos(self, name: str) -> int:
+        p = self._pos.get(name)
+        if p is None:
+            p = self._pos[name] = len(self._names)
+            self._names.append(name)
+        return p
+
     def record(self, time_s: float, values: Mapping[str, float]) -> None:
         """Append one row. Columns missing from ``values`` get NaN; new names add a column."""
         self._check_open()
-        n = self.rows
-        for name, value in values.items():
-            col = self._data.get(name)
-            if col is None:
-                col = self._data[name] = [math.nan] * n
-                self._names.append(name)
-            col.append(float(value))
-        self._data["time_s"].append(float(time_s))
-        for name in self._names:
-            col = self._data[name]
-            if len(col) == n:
-                col.append(math.nan)
+        pos = [self._column_pos(name) for name in values]
+        row = np.full(len(self._names), math.nan)
+        row[0] = float(time_s)
+        if pos:
+            row[pos] = np.fromiter(values.values(), dtype=float, count=len(pos))
+        self._append(row)
+
+    def record_array(self, time_s: float, names: Sequence[str], values: Any) -> None:
+        """Append one row given as parallel ``names`` and ``values`` (an array): the step
+        path's form. Pass the same ``names`` object every step and the columns are looked up
+        once (a new object is looked up again). Same result as :meth:`record`."""
+        self._check_open()
+        if names is not self._last_names:
+            self._last_pos = np.fromiter(
+                (self._column_pos(n) for n in names), dtype=np.intp, count=len(names)
+            )
+            self._last_names = names
+        row = np.full(len(self._names), math.nan)
+        row[0] = float(time_s)
+        row[self._last_pos] = values
+        self._append(row)
+
+    def _append(self, row: np.ndarray) -> None:
+        self._rows.append(row)
         self._pending += 1
         if self._pending >= self.flush_every:
             self.flush()
 
+    def _matrix(self, lo: int, hi: int) -> np.ndarray:
+        """Rows ``lo:hi`` as a (columns, rows) array, NaN where a row predates a column."""
+        rows = self._rows[lo:hi]
+        n = len(self._names)
+        if all(len(r) == n for r in rows):
+            return np.stack(rows, axis=1) if rows else np.zeros((n, 0))
+        out = np.full((n, len(rows)), math.nan)
+        for i, r in enumerate(rows):
+            out[: len(r), i] = r
+        return out
+
     def column(self, name: str) -> np.ndarray:
-        try:
-            return np.asarray(self._data[name], dtype=float)
-        except KeyError:
-            raise KeyError(f"no recorded column {name!r}; {len(self._names)} columns") from None
+        p = self._pos.get(name)
+        if p is None:
+            raise KeyError(f"no recorded column {name!r}; {len(self._names)} columns")
+        return np.asarray([r[p] if p < len(r) else math.nan for r in self._rows], dtype=float)
 
     def to_frame(self):
         """All rows recorded so far as a pandas DataFrame."""
         import pandas as pd
 
-        return pd.DataFrame({name: self._data[name] for name in self._names})
+        m = self._matrix(0, self.rows)
+        return pd.DataFrame({name: m[j] for j, name in enumerate(self._names)})
 
     def flush(self) -> None:
         """Write pending rows as one complete Parquet part file (no-op in memory-only mode)."""
@@ -162,17 +198,16 @@ class Recorder:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        cols = {name: pa.array(self._data[name][lo:hi], pa.float64()) for name in self._names}
+        m = self._matrix(lo, hi)
+        names = self._names
+        arrays = [pa.array(m[j]) for j in range(len(names))]
         if self.start is not None:
             base = np.datetime64(self.start.replace(tzinfo=None), "ms")
-            ms = np.round(np.asarray(self._data["time_s"][lo:hi], dtype=float) * 1e3)
+            ms = np.round(m[0] * 1e3)
             stamps = base + ms.astype("timedelta64[ms]")
-            cols = {
-                "time_s": cols["time_s"],
-                TIME_COLUMN: pa.array(stamps, pa.timestamp("ms")),
-                **{k: v for k, v in cols.items() if k != "time_s"},
-            }
-        table = pa.table(cols)
+            arrays.insert(1, pa.array(stamps, pa.timestamp("ms")))
+            names = [names[0], TIME_COLUMN, *names[1:]]
+        table = pa.Table.from_arrays(arrays, names=names)
         tmp = path.with_name(path.name + ".tmp")
         pq.write_table(table, tmp, row_group_size=max(self.flush_every, 1))
         tmp.replace(path)
