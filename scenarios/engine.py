@@ -126,6 +126,8 @@ class TwinRuntime:
         #: (table, index) of elements held at zero P and Q (a DER trip without field hardware)
         self.tripped: set[tuple[str, int]] = set()
         self._was_tripped: set[tuple[str, int]] = set()
+        self._vec_plan: Any = None  # _profile_vectors: which profiles feed which columns
+        self._full_pos: dict[tuple[int, str, str], tuple[Any, Any, np.ndarray | None]] = {}
         self._labels = {
             t: element_labels(self.net, t)
             for t in ("bus", "line", "trafo", "switch", "load", "sgen")
@@ -310,19 +312,82 @@ class TwinRuntime:
         t = self.t
         target = self.plant
         hw = self.field.has_hardware
-        by_table: dict[tuple[str, str], dict[int, float]] = {}
-        for prof in self.profiles:
-            if prof.index.size == 0:
+        vecs = self._profile_vectors(t)
+        if self.power_factor or self.power_offset or self.tripped or self._was_tripped:
+            self._apply_modified(target, hw, vecs)
+            return
+        for (table, col), (idx, vals) in vecs.items():
+            if table == "sgen" and col == "p_mw" and hw:
+                self._offer_available(idx, vals)
                 continue
-            vals, q = prof.targets(t)
-            col = prof.spec.column
-            by_table.setdefault((prof.spec.table, col), {}).update(
-                zip(prof.index.tolist(), vals.tolist())
-            )
-            if q is not None:
-                by_table.setdefault((prof.spec.table, "q_mvar"), {}).update(
-                    zip(prof.index.tolist(), q.tolist())
-                )
+            self._update(target, table, col, idx, vals)
+
+    def _profile_vectors(self, t: float) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
+        """(table, column) -> (element indices, values) of every profile at ``t``; where
+        profiles overlap, the later one's value (as the file orders them)."""
+        got = [p.targets(t) if p.index.size else None for p in self.profiles]
+        shape = tuple(None if g is None else g[1] is not None for g in got)
+        plan = self._vec_plan
+        if plan is None or plan[0] != shape:
+            groups: dict[tuple[str, str], list[tuple[int, int]]] = {}
+            for i, prof in enumerate(self.profiles):
+                if got[i] is None:
+                    continue
+                groups.setdefault((prof.spec.table, prof.spec.column), []).append((i, 0))
+                if shape[i]:
+                    groups.setdefault((prof.spec.table, "q_mvar"), []).append((i, 1))
+            built = []
+            for key, parts in groups.items():
+                idx = np.concatenate([self.profiles[i].index for i, _ in parts]).astype(np.int64)
+                # the last occurrence of an element wins (a later profile overrides)
+                _, last = np.unique(idx[::-1], return_index=True)
+                keep = None if last.size == idx.size else np.sort(idx.size - 1 - last)
+                built.append((key, parts, idx if keep is None else idx[keep], keep))
+            plan = self._vec_plan = (shape, built)
+        out: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+        for key, parts, idx, keep in plan[1]:
+            vals = np.concatenate([np.asarray(got[i][k], dtype=float) for i, k in parts])
+            out[key] = (idx, vals if keep is None else vals[keep])
+        return out
+
+    def _update(self, target: Any, table: str, col: str, idx: np.ndarray, vals: Any) -> None:
+        """``target.update`` of these elements; a vector in table order when they are the
+        whole table (the model's fast path for a full load / sgen column)."""
+        df = target.net[table]
+        key = (id(target), table, col)
+        hit = self._full_pos.get(key)
+        if hit is None or hit[0] is not df.index or hit[1] is not idx:
+            pos = None
+            if idx.size == len(df) and df.index.is_unique:
+                p = df.index.get_indexer(idx)
+                if (p >= 0).all() and np.unique(p).size == p.size:
+                    pos = p
+            hit = self._full_pos[key] = (df.index, idx, pos)
+        pos = hit[2]
+        if pos is None:
+            target.update(table, col, vals, index=idx.tolist())
+            return
+        full = np.empty(len(df))
+        full[pos] = vals
+        target.update(table, col, full)
+
+    def _offer_available(self, idx: Any, vals: Any) -> None:
+        # The inverters decide what they feed in: the twin tells them what the sun gives.
+        for i, v in zip(np.asarray(idx).tolist(), np.asarray(vals, dtype=float).tolist()):
+            name = self.point("sgen", i, "p_avail_mw")
+            if name is not None:
+                self.field.offer_output(name, max(v, 0.0))
+
+    def _apply_modified(
+        self,
+        target: Any,
+        hw: bool,
+        vecs: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]],
+    ) -> None:
+        """The profile values with the run's steps on top (factors, offsets, trips)."""
+        by_table: dict[tuple[str, str], dict[int, float]] = {
+            key: dict(zip(idx.tolist(), vals.tolist())) for key, (idx, vals) in vecs.items()
+        }
         # Steps stack on the profile value (or the element's own value when not profiled).
         for (table, i), f in self.power_factor.items():
             d = by_table.setdefault((table, "p_mw"), {})
@@ -346,11 +411,7 @@ class TwinRuntime:
             idx = list(d)
             vals = np.asarray([d[i] for i in idx], dtype=float)
             if table == "sgen" and col == "p_mw" and hw:
-                # The inverters decide what they feed in: the twin tells them what the sun gives.
-                for i, v in zip(idx, vals):
-                    name = self.point("sgen", i, "p_avail_mw")
-                    if name is not None:
-                        self.field.offer_output(name, max(float(v), 0.0))
+                self._offer_available(idx, vals)
                 continue
             target.update(table, col, vals, index=idx)
 
