@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import shutil
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -48,7 +49,12 @@ class Recorder:
 
     Args:
         out_dir: folder for the result files; ``None`` keeps everything in memory only.
-        flush_every: records per Parquet row group.
+        flush_every: records per Parquet row group (and per part file).
+        flush_interval_s: a part file is written once ``flush_every`` records are pending and
+            at least this much wall time has passed since the last one (0: every
+            ``flush_every`` records). A fast-paced run then writes a part a second, not one
+            per ``flush_every`` steps (each part costs ~15 ms at 500 columns); a paced run
+            is slower than that anyway.
         start: the date-time of ``time_s = 0``; with it every file gets a ``time`` column
             (ISO 8601, second resolution or finer) beside ``time_s``.
     """
@@ -59,9 +65,16 @@ class Recorder:
         *,
         flush_every: int = 60,
         start: _dt.datetime | None = None,
+        flush_interval_s: float = 0.0,
     ) -> None:
         if flush_every < 1:
             raise ValueError(f"flush_every: expected an integer >= 1, found {flush_every!r}")
+        if not flush_interval_s >= 0:
+            raise ValueError(
+                f"flush_interval_s: expected a number >= 0, found {flush_interval_s!r}"
+            )
+        self.flush_interval_s = float(flush_interval_s)
+        self._last_flush = time.monotonic()
         self.start = start
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.flush_every = int(flush_every)
@@ -154,7 +167,10 @@ class Recorder:
     def _append(self, row: np.ndarray) -> None:
         self._rows.append(row)
         self._pending += 1
-        if self._pending >= self.flush_every:
+        if self._pending >= self.flush_every and (
+            self.flush_interval_s <= 0
+            or time.monotonic() - self._last_flush >= self.flush_interval_s
+        ):
             self.flush()
 
     def _matrix(self, lo: int, hi: int) -> np.ndarray:
@@ -189,12 +205,13 @@ class Recorder:
         lo, hi = self._written, self.rows
         parts = self.out_dir / PARTS_DIR
         parts.mkdir(exist_ok=True)
-        self._write_parquet(parts / f"part-{self._parts:05d}.parquet", lo, hi)
+        self._write_parquet(parts / f"part-{self._parts:05d}.parquet", lo, hi, part=True)
+        self._last_flush = time.monotonic()
         self._parts += 1
         self._written = hi
         self._pending = 0
 
-    def _write_parquet(self, path: Path, lo: int, hi: int) -> None:
+    def _write_parquet(self, path: Path, lo: int, hi: int, *, part: bool = False) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -209,7 +226,10 @@ class Recorder:
             names = [names[0], TIME_COLUMN, *names[1:]]
         table = pa.Table.from_arrays(arrays, names=names)
         tmp = path.with_name(path.name + ".tmp")
-        pq.write_table(table, tmp, row_group_size=max(self.flush_every, 1))
+        # a part is temporary (joined into the whole file at close): no statistics, no
+        # dictionary pages (~40 % of its write time)
+        extra: dict[str, Any] = {"write_statistics": False, "use_dictionary": False} if part else {}
+        pq.write_table(table, tmp, row_group_size=max(self.flush_every, 1), **extra)
         tmp.replace(path)
 
     # --- events and alarms ------------------------------------------------------------------

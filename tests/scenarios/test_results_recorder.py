@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -87,3 +88,38 @@ def test_memory_only_and_closed_recorder(tmp_path: Path) -> None:
     assert read_timeseries(tmp_path / "empty").shape == (0, 1)
     with pytest.raises(ValueError, match="flush_every"):
         Recorder(None, flush_every=0)
+
+
+def test_parts_wait_for_the_flush_interval(tmp_path: Path) -> None:
+    """With ``flush_interval_s`` a part waits for that much wall time since the last one (a
+    fast-paced run writes a part a second); the whole file keeps its row groups."""
+    rec = Recorder(tmp_path, flush_every=2, flush_interval_s=3600.0)
+    for k in range(5):
+        rec.record(float(k), {"a": float(k)})
+    assert not (tmp_path / "timeseries.parts").exists()  # no part within the interval
+    rec.close()
+    f = pq.ParquetFile(tmp_path / "timeseries.parquet")
+    assert f.metadata.num_row_groups == 3 and f.metadata.num_rows == 5
+    with pytest.raises(ValueError, match="flush_interval_s"):
+        Recorder(None, flush_interval_s=-1.0)
+
+
+def test_record_array_gives_the_rows_of_record(tmp_path: Path) -> None:
+    """The step path's ``record_array`` (names looked up once per names object) writes what
+    ``record`` writes, new columns and missing values included."""
+    a, b = Recorder(tmp_path / "a", flush_every=2), Recorder(tmp_path / "b", flush_every=2)
+    names1 = ("x", "y")
+    names2 = ("y", "z", "x")
+    rows = [(names1, [1.0, 2.0]), (names1, [3.0, 4.0]), (names2, [5.0, 6.0, 7.0]),
+            (names1, [8.0, 9.0]), (("z",), [10.0])]  # fmt: skip
+    for k, (names, vals) in enumerate(rows):
+        a.record(float(k), dict(zip(names, vals)))
+        b.record_array(float(k), names, np.asarray(vals))
+    assert a.names == b.names == ["time_s", "x", "y", "z"]
+    for name in a.names:
+        assert np.array_equal(a.column(name), b.column(name), equal_nan=True), name
+    a.close()
+    b.close()
+    da, db = read_timeseries(tmp_path / "a"), read_timeseries(tmp_path / "b")
+    assert da.equals(db) and list(da.columns) == ["time_s", "x", "y", "z"]
+    assert math.isnan(da["z"].iloc[0]) and da["z"].iloc[4] == 10.0
