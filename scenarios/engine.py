@@ -777,7 +777,8 @@ def run_scenario(
     out = None
     if write_files:
         out = Path(out_dir) if out_dir is not None else default_out_dir(sc)
-    rec = Recorder(out, flush_every=60, start=run_start(sc), flush_interval_s=1.0)
+    # parts written on a worker thread: pyarrow's write runs beside the steps on a second core
+    rec = Recorder(out, flush_every=60, start=run_start(sc), background_writes=True)
     clock = SimClock(0.0)
     fld: Field
     if sc.hardware == "none":

@@ -51,10 +51,14 @@ class Recorder:
         out_dir: folder for the result files; ``None`` keeps everything in memory only.
         flush_every: records per Parquet row group (and per part file).
         flush_interval_s: a part file is written once ``flush_every`` records are pending and
-            at least this much wall time has passed since the last one (0: every
-            ``flush_every`` records). A fast-paced run then writes a part a second, not one
-            per ``flush_every`` steps (each part costs ~15 ms at 500 columns); a paced run
-            is slower than that anyway.
+            at least this much wall time has passed since the last one (default 0: every
+            ``flush_every`` records). With 1.0 a fast-paced run writes a part a second, not
+            one per ``flush_every`` steps (each part costs ~15-30 ms at 500 columns), but its
+            parts are larger.
+        background_writes: write the part files on a worker thread (pyarrow writes without
+            the GIL: on a second core the part costs the step loop only its table's making).
+            A part's write error is raised by the next :meth:`flush` or by :meth:`close`;
+            :meth:`close` waits for the parts before writing the whole file.
         start: the date-time of ``time_s = 0``; with it every file gets a ``time`` column
             (ISO 8601, second resolution or finer) beside ``time_s``.
     """
@@ -66,6 +70,7 @@ class Recorder:
         flush_every: int = 60,
         start: _dt.datetime | None = None,
         flush_interval_s: float = 0.0,
+        background_writes: bool = False,
     ) -> None:
         if flush_every < 1:
             raise ValueError(f"flush_every: expected an integer >= 1, found {flush_every!r}")
@@ -74,6 +79,9 @@ class Recorder:
                 f"flush_interval_s: expected a number >= 0, found {flush_interval_s!r}"
             )
         self.flush_interval_s = float(flush_interval_s)
+        self.background_writes = bool(background_writes)
+        self._pool: Any = None  # the part writer (a one-thread executor), made on first use
+        self._inflight: list[Any] = []  # futures of part writes not yet checked
         self._last_flush = time.monotonic()
         self.start = start
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -202,18 +210,46 @@ class Recorder:
         if self.out_dir is None or self._pending == 0:
             self._pending = 0
             return
+        self._check_parts(wait=False)
         lo, hi = self._written, self.rows
         parts = self.out_dir / PARTS_DIR
         parts.mkdir(exist_ok=True)
-        self._write_parquet(parts / f"part-{self._parts:05d}.parquet", lo, hi, part=True)
+        path = parts / f"part-{self._parts:05d}.parquet"
+        if self.background_writes:
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="recorder-parts")
+            self._inflight.append(self._pool.submit(_write_table, self._table(lo, hi), path,
+                                                    self.flush_every))  # fmt: skip
+        else:
+            self._write_parquet(path, lo, hi)
         self._last_flush = time.monotonic()
         self._parts += 1
         self._written = hi
         self._pending = 0
 
-    def _write_parquet(self, path: Path, lo: int, hi: int, *, part: bool = False) -> None:
+    def _check_parts(self, *, wait: bool) -> None:
+        """Raise the first error of a finished background part write (all of them: ``wait``)."""
+        pending = []
+        first: BaseException | None = None
+        for fut in self._inflight:
+            if wait or fut.done():
+                exc = fut.exception()
+                if exc is not None and first is None:
+                    first = exc
+            else:
+                pending.append(fut)
+        self._inflight = pending
+        if first is not None:
+            raise first
+
+    def _write_parquet(self, path: Path, lo: int, hi: int) -> None:
+        _write_table(self._table(lo, hi), path, self.flush_every)
+
+    def _table(self, lo: int, hi: int) -> Any:
+        """Rows ``lo:hi`` as a pyarrow Table (``time_s``, ``time`` when known, the columns)."""
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         m = self._matrix(lo, hi)
         names = self._names
@@ -224,13 +260,7 @@ class Recorder:
             stamps = base + ms.astype("timedelta64[ms]")
             arrays.insert(1, pa.array(stamps, pa.timestamp("ms")))
             names = [names[0], TIME_COLUMN, *names[1:]]
-        table = pa.Table.from_arrays(arrays, names=names)
-        tmp = path.with_name(path.name + ".tmp")
-        # a part is temporary (joined into the whole file at close): no statistics, no
-        # dictionary pages (~40 % of its write time)
-        extra: dict[str, Any] = {"write_statistics": False, "use_dictionary": False} if part else {}
-        pq.write_table(table, tmp, row_group_size=max(self.flush_every, 1), **extra)
-        tmp.replace(path)
+        return pa.Table.from_arrays(arrays, names=names)
 
     # --- events and alarms ------------------------------------------------------------------
     def event(self, time_s: float, kind: str, message: str, **fields: Any) -> None:
@@ -290,6 +320,10 @@ class Recorder:
         try:
             if self.out_dir is not None:
                 try:
+                    try:
+                        self._check_parts(wait=True)
+                    except OSError as exc:  # the whole file below supersedes the parts
+                        _log.warning("a part of %s was not written: %s", self.out_dir, exc)
                     self._write_parquet(self.out_dir / TIMESERIES_FILE, 0, self.rows)
                 except OSError:  # a full disk: the last rows as one more (small) part, if it fits
                     try:
@@ -301,6 +335,9 @@ class Recorder:
                 # by a write that a signal cut short included
                 shutil.rmtree(self.out_dir / PARTS_DIR, ignore_errors=True)
         finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
             for fh in (self._events_fh, self._alarms_fh):
                 if fh is not None:
                     fh.close()
@@ -315,6 +352,15 @@ class Recorder:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _write_table(table: Any, path: Path, row_group_size: int) -> None:
+    """``table`` as the Parquet file ``path`` (a temporary file, then renamed)."""
+    import pyarrow.parquet as pq
+
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp, row_group_size=max(row_group_size, 1))
+    tmp.replace(path)
 
 
 def read_timeseries(out_dir: Path | str):

@@ -123,3 +123,40 @@ def test_record_array_gives_the_rows_of_record(tmp_path: Path) -> None:
     da, db = read_timeseries(tmp_path / "a"), read_timeseries(tmp_path / "b")
     assert da.equals(db) and list(da.columns) == ["time_s", "x", "y", "z"]
     assert math.isnan(da["z"].iloc[0]) and da["z"].iloc[4] == 10.0
+
+
+def test_background_part_writes_give_the_same_files(tmp_path: Path) -> None:
+    """Parts written on the worker thread: the same parts and whole file as written inline;
+    close() waits for them."""
+    recs = {
+        bg: Recorder(tmp_path / str(bg), flush_every=4, background_writes=bg)
+        for bg in (False, True)
+    }
+    for k in range(10):
+        for rec in recs.values():
+            rec.record(k * 60.0, {"a": float(k), **({"b": 2.0 * k} if k > 5 else {})})
+    recs[True]._check_parts(wait=True)  # the two parts are on disk (or their error raised)
+    parts = {bg: sorted(p.name for p in (tmp_path / str(bg) / "timeseries.parts").iterdir())
+             for bg in recs}  # fmt: skip
+    assert parts[True] == parts[False] == ["part-00000.parquet", "part-00001.parquet"]
+    for rec in recs.values():
+        rec.close()
+    a, b = (read_timeseries(tmp_path / str(bg)) for bg in (False, True))
+    assert a.equals(b) and len(b) == 10
+
+
+def test_a_background_part_that_fails_is_raised_by_the_next_flush(tmp_path: Path) -> None:
+    rec = Recorder(tmp_path, flush_every=2, background_writes=True)
+    rec.record(0.0, {"a": 0.0})
+    rec.record(1.0, {"a": 1.0})  # part 0 (creates timeseries.parts/)
+    rec._check_parts(wait=True)
+    blocker = tmp_path / "timeseries.parts" / "part-00001.parquet.tmp"
+    blocker.mkdir()  # part 1's temporary file cannot be made (even by root)
+    rec.record(2.0, {"a": 2.0})
+    rec.record(3.0, {"a": 3.0})  # part 1 submitted: fails on the worker
+    rec._inflight[-1].exception(timeout=60)
+    rec.record(4.0, {"a": 4.0})
+    with pytest.raises(IsADirectoryError):
+        rec.record(5.0, {"a": 5.0})  # the next flush raises part 1's error
+    rec.close()  # the whole file has every row
+    assert list(read_timeseries(tmp_path)["time_s"]) == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
