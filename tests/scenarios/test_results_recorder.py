@@ -160,3 +160,15 @@ def test_a_background_part_that_fails_is_raised_by_the_next_flush(tmp_path: Path
         rec.record(5.0, {"a": 5.0})  # the next flush raises part 1's error
     rec.close()  # the whole file has every row
     assert list(read_timeseries(tmp_path)["time_s"]) == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+def test_the_whole_file_may_have_larger_row_groups_than_the_parts(tmp_path: Path) -> None:
+    rec = Recorder(tmp_path, flush_every=3, file_row_group=100)
+    for k in range(10):
+        rec.record(float(k), {"a": float(k)})
+    assert len(list((tmp_path / "timeseries.parts").iterdir())) == 3  # parts of 3 rows
+    rec.close()
+    f = pq.ParquetFile(tmp_path / "timeseries.parquet")
+    assert f.metadata.num_row_groups == 1 and f.metadata.num_rows == 10
+    with pytest.raises(ValueError, match="file_row_group"):
+        Recorder(None, file_row_group=0)
