@@ -454,6 +454,8 @@ class _Stepper:
         self._record_cols = self._plan_record()
         self._names_key: tuple[tuple[int, ...], tuple[str, ...]] | None = None
         self._names: tuple[str, ...] = ()
+        #: this step's solution results by (table, column) (see _result)
+        self._memo: dict[tuple[str, str], np.ndarray | Exception] = {}
 
     # --- recording plan -------------------------------------------------------------------------
     def _plan_record(
@@ -481,6 +483,19 @@ class _Stepper:
             plan.append((table, column, labels, pos, _is_result(net, table, column), names))
         return plan
 
+    def _result(self, sol: Any, table: str, column: str) -> np.ndarray | Exception:
+        """``sol.get(table, column)`` as floats, or its error; once per step (the checks and
+        the record row ask for the same results)."""
+        key = (table, column)
+        got = self._memo.get(key)
+        if got is None:
+            try:
+                got = np.asarray(sol.get(table, column), dtype=float)
+            except (KeyError, AttributeError, TwinError, ValueError) as exc:
+                got = exc
+            self._memo[key] = got
+        return got
+
     def _values(self, sol: Any) -> tuple[tuple[str, ...], np.ndarray]:
         """This step's record row: column names (the same tuple object while they do not
         change, so the recorder looks them up once) and their values."""
@@ -490,10 +505,8 @@ class _Stepper:
         for i, (table, column, labels, pos, is_result, _names) in enumerate(self._record_cols):
             arr = None
             if sol is not None and is_result:
-                try:
-                    arr = np.asarray(sol.get(table, column), dtype=float)
-                except (KeyError, AttributeError, TwinError, ValueError):
-                    arr = None
+                got = self._result(sol, table, column)
+                arr = None if isinstance(got, Exception) else got
             if arr is None and column in net[table].columns:
                 arr = net[table][column].to_numpy(dtype=float)
             if arr is None:
@@ -578,13 +591,15 @@ class _Stepper:
             self.stale_steps += 1
         self.alarm_count += len(outcome.alarms)  # the field's sync loop has recorded them
 
+        self._memo = {}
+
         def arr(table: str, column: str) -> np.ndarray | None:
             if sol is None or table not in rt.net or len(rt.net[table]) == 0:
                 return None
-            try:
-                return np.asarray(sol.get(table, column), dtype=float)
-            except (KeyError, AttributeError, TwinError):
-                return None
+            got = self._result(sol, table, column)
+            if isinstance(got, ValueError):
+                raise got
+            return None if isinstance(got, Exception) else got
 
         st = StepState(
             t=t,
