@@ -18,6 +18,7 @@ import logging
 import os
 import pickle
 import re
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -506,6 +507,48 @@ def read_net_json(path: Path) -> pandapowerNet:
     return net
 
 
+#: Set when pandapower's package body is still to run (see :func:`light_pandapower`).
+_pp_lock = threading.RLock()
+
+
+def light_pandapower() -> None:
+    """Make ``pandapower``'s package cheap to import: its submodules (the net class, the
+    load-flow internals the twin uses) load on their own, and the package's ``__init__`` (which
+    imports plotting with matplotlib and networkx, estimation, control, shortcircuit, the
+    network schemas: ~1.3 s of a ~2 s import) runs on the first access of an attribute the
+    package does not have yet (``pandapower.runpp``, ``pandapower.__version__``,
+    ``from pandapower import pp_dir``), so every caller still sees the whole package.
+
+    A no-op when pandapower is already imported (or imported partly: only the first caller
+    installs it), or with ``GRIDTWIN_LIGHT_IMPORT=off``.
+    """
+    if "pandapower" in sys.modules:
+        return
+    if os.environ.get("GRIDTWIN_LIGHT_IMPORT", "").lower() in ("off", "0", "no"):
+        return
+    import importlib.util
+
+    with _pp_lock:
+        if "pandapower" in sys.modules:
+            return
+        spec = importlib.util.find_spec("pandapower")
+        if spec is None or spec.loader is None:
+            return
+        loader = spec.loader
+        mod = importlib.util.module_from_spec(spec)
+
+        def __getattr__(name: str) -> Any:  # noqa: N807 - the module hook (PEP 562)
+            with _pp_lock:
+                if mod.__dict__.get("__getattr__") is __getattr__:
+                    del mod.__dict__["__getattr__"]
+                    _log.debug("pandapower.%s asked for: importing the whole package", name)
+                    loader.exec_module(mod)
+            return getattr(mod, name)  # the hook is gone: a missing name is AttributeError
+
+        mod.__dict__["__getattr__"] = __getattr__
+        sys.modules["pandapower"] = mod
+
+
 def load(name: str) -> pandapowerNet:
     """A fresh pandapower net for grid ``name`` (independent of every other call's net).
 
@@ -515,6 +558,7 @@ def load(name: str) -> pandapowerNet:
     """
     spec = SPECS.get(name)
     if spec is not None:
+        light_pandapower()  # unpickling needs the net class, not all of pandapower
         return pickle.loads(_serialized(spec))
     path = _user_grid_files().get(name)
     if path is None:
@@ -527,6 +571,7 @@ def load(name: str) -> pandapowerNet:
     with _cache_lock:
         hit = _user_cache.get(path)
     if hit is not None and hit[0] == stamp:
+        light_pandapower()
         return pickle.loads(hit[1])
     net = read_net_json(path)
     with _cache_lock:

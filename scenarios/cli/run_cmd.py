@@ -125,7 +125,16 @@ def add_security_options(p: argparse.ArgumentParser) -> None:
 
 def run_security(args: argparse.Namespace) -> Any:
     """The run's :class:`hil.security.run.RunSecurity` from the options (announces
-    ``--insecure`` on stderr). Raises ConfigError naming the option."""
+    ``--insecure`` on stderr), or None when every option is its default (the same as
+    ``RunSecurity()`` to the fields, without importing the OPC UA stack for a run that may not
+    use it). Raises ConfigError naming the option."""
+    if (
+        getattr(args, "pki", None) is None
+        and getattr(args, "users", None) is None
+        and not getattr(args, "insecure", False)
+        and (getattr(args, "embedded_security", None) or "None") == "None"
+    ):
+        return None
     from hil.security.certs import CertificateError
     from hil.security.run import RunSecurity
     from twin.errors import ConfigError

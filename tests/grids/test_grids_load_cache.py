@@ -90,3 +90,38 @@ def test_a_user_grid_is_read_again_only_when_its_file_changes(cold, monkeypatch)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
     assert len(grids.load("mine").bus) == 3
     assert len(reads) == 2
+
+
+_PROBE = """
+import sys
+import grids
+net = grids.load("urban_district")
+light = "pandapower.plotting" not in sys.modules and "matplotlib" not in sys.modules
+import pandapower
+pandapower.runpp(net)  # the whole package on first use of what only its __init__ has
+print(light, "pandapower.plotting" in sys.modules, round(float(net.res_bus.vm_pu.min()), 4))
+"""
+
+
+def test_a_cached_grid_loads_without_the_whole_of_pandapower(tmp_path):
+    """A cached bundled grid needs pandapower's net class, not its plotting (matplotlib) and
+    the rest of its package body; the first access of a package attribute still gives the
+    whole package. Two processes: the first builds the disk cache, the second reads it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "GRIDTWIN_HOME": str(tmp_path), "PYTHONPATH": str(root)}
+    env.pop("GRIDTWIN_CACHE", None)
+    outs = []
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True,
+                              text=True, timeout=120, check=True)  # fmt: skip
+        outs.append(done.stdout.split())
+    assert outs[0][1:] == outs[1][1:] and outs[1][1] == "True"  # full package after runpp
+    assert outs[1][0] == "True", outs  # the cached load imported no plotting
+    env["GRIDTWIN_LIGHT_IMPORT"] = "off"
+    off = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True,
+                         env=env, timeout=120, check=True)  # fmt: skip
+    assert off.stdout.split()[0] == "False"  # the switch restores the plain import

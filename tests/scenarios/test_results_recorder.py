@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -87,3 +88,87 @@ def test_memory_only_and_closed_recorder(tmp_path: Path) -> None:
     assert read_timeseries(tmp_path / "empty").shape == (0, 1)
     with pytest.raises(ValueError, match="flush_every"):
         Recorder(None, flush_every=0)
+
+
+def test_parts_wait_for_the_flush_interval(tmp_path: Path) -> None:
+    """With ``flush_interval_s`` a part waits for that much wall time since the last one (a
+    fast-paced run writes a part a second); the whole file keeps its row groups."""
+    rec = Recorder(tmp_path, flush_every=2, flush_interval_s=3600.0)
+    for k in range(5):
+        rec.record(float(k), {"a": float(k)})
+    assert not (tmp_path / "timeseries.parts").exists()  # no part within the interval
+    rec.close()
+    f = pq.ParquetFile(tmp_path / "timeseries.parquet")
+    assert f.metadata.num_row_groups == 3 and f.metadata.num_rows == 5
+    with pytest.raises(ValueError, match="flush_interval_s"):
+        Recorder(None, flush_interval_s=-1.0)
+
+
+def test_record_array_gives_the_rows_of_record(tmp_path: Path) -> None:
+    """The step path's ``record_array`` (names looked up once per names object) writes what
+    ``record`` writes, new columns and missing values included."""
+    a, b = Recorder(tmp_path / "a", flush_every=2), Recorder(tmp_path / "b", flush_every=2)
+    names1 = ("x", "y")
+    names2 = ("y", "z", "x")
+    rows = [(names1, [1.0, 2.0]), (names1, [3.0, 4.0]), (names2, [5.0, 6.0, 7.0]),
+            (names1, [8.0, 9.0]), (("z",), [10.0])]  # fmt: skip
+    for k, (names, vals) in enumerate(rows):
+        a.record(float(k), dict(zip(names, vals)))
+        b.record_array(float(k), names, np.asarray(vals))
+    assert a.names == b.names == ["time_s", "x", "y", "z"]
+    for name in a.names:
+        assert np.array_equal(a.column(name), b.column(name), equal_nan=True), name
+    a.close()
+    b.close()
+    da, db = read_timeseries(tmp_path / "a"), read_timeseries(tmp_path / "b")
+    assert da.equals(db) and list(da.columns) == ["time_s", "x", "y", "z"]
+    assert math.isnan(da["z"].iloc[0]) and da["z"].iloc[4] == 10.0
+
+
+def test_background_part_writes_give_the_same_files(tmp_path: Path) -> None:
+    """Parts written on the worker thread: the same parts and whole file as written inline;
+    close() waits for them."""
+    recs = {
+        bg: Recorder(tmp_path / str(bg), flush_every=4, background_writes=bg)
+        for bg in (False, True)
+    }
+    for k in range(10):
+        for rec in recs.values():
+            rec.record(k * 60.0, {"a": float(k), **({"b": 2.0 * k} if k > 5 else {})})
+    recs[True]._check_parts(wait=True)  # the two parts are on disk (or their error raised)
+    parts = {bg: sorted(p.name for p in (tmp_path / str(bg) / "timeseries.parts").iterdir())
+             for bg in recs}  # fmt: skip
+    assert parts[True] == parts[False] == ["part-00000.parquet", "part-00001.parquet"]
+    for rec in recs.values():
+        rec.close()
+    a, b = (read_timeseries(tmp_path / str(bg)) for bg in (False, True))
+    assert a.equals(b) and len(b) == 10
+
+
+def test_a_background_part_that_fails_is_raised_by_the_next_flush(tmp_path: Path) -> None:
+    rec = Recorder(tmp_path, flush_every=2, background_writes=True)
+    rec.record(0.0, {"a": 0.0})
+    rec.record(1.0, {"a": 1.0})  # part 0 (creates timeseries.parts/)
+    rec._check_parts(wait=True)
+    blocker = tmp_path / "timeseries.parts" / "part-00001.parquet.tmp"
+    blocker.mkdir()  # part 1's temporary file cannot be made (even by root)
+    rec.record(2.0, {"a": 2.0})
+    rec.record(3.0, {"a": 3.0})  # part 1 submitted: fails on the worker
+    rec._inflight[-1].exception(timeout=60)
+    rec.record(4.0, {"a": 4.0})
+    with pytest.raises(IsADirectoryError):
+        rec.record(5.0, {"a": 5.0})  # the next flush raises part 1's error
+    rec.close()  # the whole file has every row
+    assert list(read_timeseries(tmp_path)["time_s"]) == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+def test_the_whole_file_may_have_larger_row_groups_than_the_parts(tmp_path: Path) -> None:
+    rec = Recorder(tmp_path, flush_every=3, file_row_group=100)
+    for k in range(10):
+        rec.record(float(k), {"a": float(k)})
+    assert len(list((tmp_path / "timeseries.parts").iterdir())) == 3  # parts of 3 rows
+    rec.close()
+    f = pq.ParquetFile(tmp_path / "timeseries.parquet")
+    assert f.metadata.num_row_groups == 1 and f.metadata.num_rows == 10
+    with pytest.raises(ValueError, match="file_row_group"):
+        Recorder(None, file_row_group=0)
