@@ -301,6 +301,9 @@ class OpcuaServer:
         self._hi = np.zeros(0)
         self._int = np.zeros(0, dtype=bool)
         self._may_role: dict[str, np.ndarray] = {}
+        #: Write requests served in bulk (decoded in one pass), and their values
+        self.bulk_writes = 0
+        self.bulk_values = 0
 
     @property
     def endpoint(self) -> str:
@@ -505,9 +508,12 @@ class OpcuaServer:
                 posix = None if t is None else _posix(ua.win_epoch_to_datetime(t))
             stamps.append(posix)
         bads = [bool(c & 0x80000000) for c in decoded.statuses]
-        return self._apply_many(
+        codes = self._apply_many(
             [pts[i] for i in idx], decoded.values, bads, stamps, user or User(), idx
         )
+        self.bulk_writes += 1
+        self.bulk_values += len(idx)
+        return codes
 
     def _apply_many(
         self,
