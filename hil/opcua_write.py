@@ -34,7 +34,7 @@ _log = logging.getLogger(__name__)
 
 #: The attribute a handler is kept in on asyncua's InternalServer.
 _ATTR = "gridtwin_bulk_write"
-_WRITE_TYPEID = ua.NodeId(ua.ObjectIds.WriteRequest_Encoding_DefaultBinary)
+_WRITE_TYPEID = ua.NodeId(ua.ObjectIds.WriteRequest_Encoding_DefaultBinary)  # type: ignore[arg-type]
 _VALUE = int(ua.AttributeIds.Value)
 _I32 = struct.Struct("<i")
 _NS_LEN = struct.Struct("<Hi")

@@ -84,22 +84,27 @@ class AuditRecord:
 
     def to_json(self) -> str:
         if self.points:
-            return _ENCODE(
-                {
-                    "time": self.time,
-                    "protocol": self.protocol,
-                    "peer": self.peer,
-                    "user": self.user,
-                    "point": self.point,
-                    "count": len(self.points),
-                    "points": self.points,
-                    "old": [_json_number(v) for v in self.olds],
-                    "new": [_json_number(v) for v in self.news],
-                    "result": self.result,
-                    "reason": self.reason,
-                    "role": self.role,
-                }
-            )
+            d = {
+                "time": self.time,
+                "protocol": self.protocol,
+                "peer": self.peer,
+                "user": self.user,
+                "point": self.point,
+                "count": len(self.points),
+                "points": self.points,
+                "old": _OLD,
+                "new": _NEW,
+                "result": self.result,
+                "reason": self.reason,
+                "role": self.role,
+            }
+            if "\x00" in "".join(self.points):  # a name cannot look like a placeholder
+                d["old"] = [_json_number(v) for v in self.olds]
+                d["new"] = [_json_number(v) for v in self.news]
+                return _ENCODE(d)
+            line = _ENCODE(d)
+            line = line.replace(_OLD_JSON, _json_numbers(self.olds), 1)
+            return line.replace(_NEW_JSON, _json_numbers(self.news), 1)
         old, new = self.old, self.new
         # JSON has no NaN / inf: keep them readable and the line valid
         if isinstance(old, float) and not math.isfinite(old):
@@ -120,6 +125,24 @@ class AuditRecord:
                 "role": self.role,
             }
         )
+
+
+#: placeholders of a group record's value lists, replaced by :func:`_json_numbers`
+_OLD, _NEW = "\x00old\x00", "\x00new\x00"
+_OLD_JSON, _NEW_JSON = _ENCODE(_OLD), _ENCODE(_NEW)
+
+
+def _json_numbers(values: Sequence[float | None]) -> str:
+    """A JSON array of numbers (None -> null, NaN/inf -> "nan"/"inf" strings), as
+    ``json.dumps`` writes them but about twice as fast for the hundreds of a group record."""
+    try:
+        return (
+            "[" + ",".join(map(float.__repr__, values)) + "]"
+            if all(map(math.isfinite, values))  # type: ignore[arg-type]
+            else _ENCODE([_json_number(v) for v in values])
+        )
+    except TypeError:  # None or an int among them
+        return _ENCODE([_json_number(v) for v in values])
 
 
 def _json_number(v: float | None) -> float | str | None:
