@@ -81,6 +81,17 @@ def _emulator_process(grid: str, conn, gc_freeze: bool = True, audit: str = "fil
         asyncio.run(serve())
 
 
+def _cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds of process ``pid`` (Linux /proc; 0 when unknown)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class _Remote:
     """The emulated substation in its own process (its CPU is not the twin's)."""
 
@@ -100,6 +111,7 @@ class _Remote:
         if not ready:
             raise RuntimeError("emulated substation process did not start within 120 s")
         self.opcua_endpoint, self.modbus_port = self._conn.recv()
+        self.pid = self._proc.pid
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -191,9 +203,11 @@ async def run(args: argparse.Namespace) -> dict:
                 gc.freeze()
             pauses = _GcPauses()
             load_before = os.getloadavg()
+            cpu0 = (time.process_time(), _cpu_s(getattr(sub, "pid", None)))
             t0 = time.perf_counter()
             n = await loop.run(duration_s=args.duration)
             wall = time.perf_counter() - t0
+            cpu = (time.process_time() - cpu0[0], _cpu_s(getattr(sub, "pid", None)) - cpu0[1])
             load_after = os.getloadavg()
             pauses.stop()
             st = loop.stats()
@@ -217,6 +231,7 @@ async def run(args: argparse.Namespace) -> dict:
         "publish_s": np.array(server.publish_durations[-max(1, n) :]) if server else np.zeros(0),
         "publish_skipped": server.publish_skipped if server is not None else 0,
         "load": (load_before, load_after),
+        "cpu_s": cpu,
         "gc": pauses.summary(),
         "cpus": os.cpu_count(),
     }
@@ -262,6 +277,13 @@ def table(res: dict, args: argparse.Namespace) -> str:
         f"ticks: {st['caught_up_ticks']}; recorder row groups written between steps: "
         f"{st['idle_flushes']}",
         _ack_line(d["write_ack"], st, args),
+        f"- CPU time per step (not inflated by waiting for a core on a shared machine): twin "
+        f"process {res['cpu_s'][0] / max(res['steps'], 1) * 1e3:.2f} ms"
+        + (
+            f", emulator process {res['cpu_s'][1] / max(res['steps'], 1) * 1e3:.2f} ms"
+            if args.emulator == "process"
+            else " (emulator included)"
+        ),
         f"- garbage collector: {res['gc']}"
         + (" (start-up objects frozen with gc.freeze())" if args.gc_freeze else ""),
         f"- not converged: {st['not_converged']}, write errors: {st['write_errors']}, poll "

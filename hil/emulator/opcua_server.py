@@ -43,9 +43,11 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 from asyncua import Server, ua
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.address_space import AttributeService
+from asyncua.ua.ua_binary import nodeid_to_binary
 
 from hil.address_space import build_point_nodes
 from hil.errors import HilError, OutOfRange, WriteRejected
@@ -58,6 +60,7 @@ from hil.opcua_common import (
     status_code,
     user_label,
 )
+from hil.opcua_write import DecodedWrite, install_bulk_write
 from hil.security.audit import ACCEPTED, REFUSED, AuditLog, audit_log
 from hil.security.certs import OpcuaSecurity
 from hil.security.users import UserEntry
@@ -96,6 +99,7 @@ _UNECE: dict[str, str] = {
     "Hz": "HTZ",
 }
 _UNECE_URI = "http://www.opcfoundation.org/UA/units/un/cefact"
+_MISSING = object()
 
 NAMESPACE_DEFAULT = "urn:gridtwin:substation"
 
@@ -289,6 +293,17 @@ class OpcuaServer:
         self._pending: dict[str, None] = {}  # ordered set of point names to push
         self._wake: asyncio.Event | None = None
         self._pump: asyncio.Task[None] | None = None
+        # the point nodes in one order, for Write requests judged as arrays (filled by _build)
+        self._index_points: list[Point] = []
+        self._key_index: dict[bytes, int] = {}  # binary NodeId -> position
+        self._pos: dict[str, int] = {}  # point name -> position
+        self._lo = np.zeros(0)
+        self._hi = np.zeros(0)
+        self._int = np.zeros(0, dtype=bool)
+        self._may_role: dict[str, np.ndarray] = {}
+        #: Write requests served in bulk (decoded in one pass), and their values
+        self.bulk_writes = 0
+        self.bulk_values = 0
 
     @property
     def endpoint(self) -> str:
@@ -328,6 +343,8 @@ class OpcuaServer:
         server.iserver.attribute_service = _GuardedAttributeService(
             server.iserver.attribute_service, self
         )
+        # the plant's Write requests decoded in one pass, judged and stored in bulk
+        install_bulk_write(server, self._bulk_write)
         await server.start()
         limit_connections(server, self.max_connections)
         self._server = server
@@ -375,6 +392,21 @@ class OpcuaServer:
         self._nodes.update(
             await build_point_nodes(server, ns, self.store, self._node_of, self._vtype, self._built)
         )
+        self._index_nodes()
+
+    def _index_nodes(self) -> None:
+        """The point nodes in one order: binary node ids, limits, integer types per position."""
+        pts = list(self._nodes.items())
+        self._index_points = [p for _nid, p in pts]
+        self._key_index = {nodeid_to_binary(nid): i for i, (nid, _p) in enumerate(pts)}
+        self._pos = {p.name: i for i, p in enumerate(self._index_points)}
+        inf = math.inf
+        self._lo = np.array([-inf if p.low is None else p.low for p in self._index_points], float)
+        self._hi = np.array([inf if p.high is None else p.high for p in self._index_points], float)
+        self._int = np.array(
+            [self._vtype[p.name] in _INTEGER for p in self._index_points], dtype=bool
+        )
+        self._may_role = {}
 
     # store -> nodes ---------------------------------------------------------------------------
     def _on_change(self, point: Point, sample: Sample, source: str) -> None:
@@ -443,53 +475,190 @@ class OpcuaServer:
     def client_write_many(
         self, writes: Sequence[tuple[Point, ua.DataValue]], user: User
     ) -> list[ua.StatusCode]:
+        """Apply one Write request's values (distinct points, decoded by asyncua) in bulk:
+        :meth:`_apply_many`, status codes as asyncua's objects."""
+        raws: list[Any] = []
+        bads: list[bool] = []
+        stamps: list[float | None] = []
+        for _p, dv in writes:
+            variant = dv.Value
+            raws.append(variant.Value if variant is not None else None)
+            bads.append(dv.StatusCode is not None and dv.StatusCode.is_bad())
+            stamps.append(_posix(dv.SourceTimestamp))
+        codes = self._apply_many([p for p, _ in writes], raws, bads, stamps, user)
+        return [ua.StatusCode(c) for c in codes]
+
+    def _bulk_write(self, decoded: DecodedWrite, user: User | None) -> list[int] | None:
+        """A Write request decoded in one pass (:mod:`hil.opcua_write`): every node one of
+        our point nodes, each once, else None (asyncua's path, node by node)."""
+        index = self._key_index
+        pts = self._index_points
+        try:
+            idx = [index[k] for k in decoded.keys]
+        except KeyError:
+            return None
+        if len(idx) < 2 or len(set(idx)) != len(idx):
+            return None
+        stamps: list[float | None] = []
+        last: Any = _MISSING
+        posix: float | None = None
+        for t in decoded.ticks:  # one step's values share one timestamp: convert it once
+            if t != last:
+                last = t
+                posix = None if t is None else _posix(ua.win_epoch_to_datetime(t))
+            stamps.append(posix)
+        bads = [bool(c & 0x80000000) for c in decoded.statuses]
+        codes = self._apply_many(
+            [pts[i] for i in idx], decoded.values, bads, stamps, user or User(), idx
+        )
+        self.bulk_writes += 1
+        self.bulk_values += len(idx)
+        return codes
+
+    def _apply_many(
+        self,
+        points: Sequence[Point],
+        raws: Sequence[Any],
+        bads: Sequence[bool],
+        stamps: Sequence[float | None],
+        user: User,
+        idx: Sequence[int] | None = None,
+    ) -> list[int]:
         """Apply one Write request's values (distinct points) to the store in bulk.
 
         Each value is judged as :meth:`client_write` judges it (role, type, limits, the plant's
-        "not available"); the accepted ones go into the store with one ``set_many`` per run of
-        equal source timestamps (the twin sends one per request), in request order; then every
-        value is audited in request order, ``old`` being the value before the request.
+        "not available"; the common case as array operations, anything else value by value);
+        the accepted ones go into the store with one ``set_many`` per run of equal source
+        timestamps (the twin sends one per request), in request order. The audit gets one group
+        record per run of accepted values with one reason (normally one for the request) and
+        one record per refused value, in request order, ``old`` being the value before the
+        request. Returns the status codes.
         """
         role = self.user_manager.role_of(user)
         who = user_label(user)
         peer = peer_of_current_request()
         store = self.store
         get = store.get
-        olds = [get(p.name).value for p, _ in writes]
-        verdicts = [self._judge(p, dv, role) for p, dv in writes]
+        names = [p.name for p in points]
+        olds = [get(n).value for n in names]
+        n = len(names)
+        good = ua.StatusCodes.Good
+        verdicts: list[tuple[int, float | None, str, float | None, bool] | None] = [None] * n
+        vals: list[float] = []
+        if all(type(r) in (float, int, bool) for r in raws) and role in ROLE_WRITES:
+            if idx is None:
+                pos = self._pos
+                idx = [pos[nm] for nm in names]
+            ix = np.asarray(idx, dtype=np.intp)
+            v = np.asarray(raws, dtype=float)
+            v[np.asarray(bads, dtype=bool)] = math.nan
+            finite = np.isfinite(v)
+            with np.errstate(invalid="ignore"):
+                ok = (
+                    finite
+                    & self._may(role)[ix]
+                    & (v >= self._lo[ix])
+                    & (v <= self._hi[ix])
+                    & ~(self._int[ix] & (v != np.trunc(np.where(finite, v, 0.0))))
+                )
+            vals = v.tolist()
+            for i in np.flatnonzero(~ok).tolist():
+                verdicts[i] = self._judge_raw(points[i], raws[i], bads[i], stamps[i], role)
+        else:
+            verdicts = [
+                self._judge_raw(p, r, b, t, role) for p, r, b, t in zip(points, raws, bads, stamps)
+            ]
+            vals = [math.nan if vd is None or vd[1] is None else vd[1] for vd in verdicts]
         # runs of plain sets with one source timestamp each; a "not available" one on its own
         runs: list[tuple[float | None, list[tuple[str, float]], bool]] = []
-        for (point, _), (status, value, _reason, ts, na) in zip(writes, verdicts):
-            if status != ua.StatusCodes.Good or value is None:
-                continue
+        for i in range(n):
+            vd = verdicts[i]
+            if vd is None:
+                ts, na, value = stamps[i], False, vals[i]
+            else:
+                status, val, _reason, ts, na = vd
+                if status != good or val is None:
+                    continue
+                value = val
             if na or not runs or runs[-1][2] or runs[-1][0] != ts:
                 runs.append((ts, [], na))
-            runs[-1][1].append((point.name, value))
+            runs[-1][1].append((names[i], value))
         for ts, items, na in runs:
             if na:
-                name = items[0][0]
-                store.set(name, math.nan, quality=Quality.INVALID, timestamp=ts, source="opcua")
+                store.set(items[0][0], math.nan, quality=Quality.INVALID, timestamp=ts,
+                          source="opcua")  # fmt: skip
             else:
                 store.set_many(items, source="opcua", timestamp=ts)
-        record = self.audit.record
-        out: list[ua.StatusCode] = []
-        good = ua.StatusCodes.Good
-        for (point, _), old, (status, value, reason, _ts, _na) in zip(writes, olds, verdicts):
-            record(protocol="opcua", peer=peer, user=who, point=point.name, old=old, new=value,
-                   result=ACCEPTED if status == good else REFUSED, reason=reason,
-                   role=role)  # fmt: skip
-            out.append(ua.StatusCode(status))
-        return out
+        # the audit: a group per run of accepted values with one reason, refused ones singly
+        audit = self.audit
+        codes: list[int] = []
+        group: list[int] = []
+        group_reason = ""
+
+        def flush() -> None:
+            if not group:
+                return
+            if len(group) == 1:
+                i = group[0]
+                audit.record(protocol="opcua", peer=peer, user=who, point=names[i],
+                             old=olds[i], new=_new(i), result=ACCEPTED, reason=group_reason,
+                             role=role)  # fmt: skip
+            else:
+                audit.record_many(protocol="opcua", peer=peer, user=who,
+                                  points=[names[i] for i in group],
+                                  olds=[olds[i] for i in group], news=[_new(i) for i in group],
+                                  result=ACCEPTED, reason=group_reason, role=role)  # fmt: skip
+            group.clear()
+
+        def _new(i: int) -> float | None:
+            vd = verdicts[i]
+            return vals[i] if vd is None else vd[1]
+
+        for i in range(n):
+            vd = verdicts[i]
+            status, reason = (good, "") if vd is None else (vd[0], vd[2])
+            codes.append(status)
+            if status == good:
+                if group and reason != group_reason:
+                    flush()
+                group_reason = reason
+                group.append(i)
+                continue
+            flush()
+            audit.record(protocol="opcua", peer=peer, user=who, point=names[i], old=olds[i],
+                         new=_new(i), result=REFUSED, reason=reason, role=role)  # fmt: skip
+        flush()
+        return codes
+
+    def _may(self, role: str) -> np.ndarray:
+        """Per point (node order): whether ``role`` may write its kind."""
+        may = self._may_role.get(role)
+        if may is None:
+            allowed = ROLE_WRITES[role]
+            may = self._may_role[role] = np.array(
+                [p.kind in allowed for p in self._index_points], dtype=bool
+            )
+        return may
 
     def _judge(
         self, point: Point, dv: ua.DataValue, role: str
     ) -> tuple[int, float | None, str, float | None, bool]:
-        """What :meth:`_client_write` would do with ``dv``, without doing it: (status, the value
-        for the audit, reason, source timestamp, whether it is the plant's "not available")."""
-        timestamp = _posix(dv.SourceTimestamp)
-        bad_status = dv.StatusCode is not None and dv.StatusCode.is_bad()
+        """What :meth:`_client_write` would do with ``dv``, without doing it."""
         variant = dv.Value
-        raw = variant.Value if variant is not None else None
+        return self._judge_raw(
+            point,
+            variant.Value if variant is not None else None,
+            dv.StatusCode is not None and dv.StatusCode.is_bad(),
+            _posix(dv.SourceTimestamp),
+            role,
+        )
+
+    def _judge_raw(
+        self, point: Point, raw: Any, bad_status: bool, timestamp: float | None, role: str
+    ) -> tuple[int, float | None, str, float | None, bool]:
+        """(status, the value for the audit, reason, source timestamp, whether it is the
+        plant's "not available") of a written value ``raw`` (a bad DataValue status: no value).
+        """
         if bad_status:
             value = math.nan
         elif isinstance(raw, bool):
