@@ -27,6 +27,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import numpy as np
@@ -57,6 +58,8 @@ Transform = Callable[[Point, float, Quality, str], float]
 #: Quality code (the uint8 stored per point) -> Quality.
 QUALITIES: tuple[Quality, ...] = tuple(Quality)
 QUALITY_CODE: dict[Quality, int] = {q: i for i, q in enumerate(QUALITIES)}
+#: the same keyed by the member's value (a str hash: an Enum member hashes in Python, ~10x slower)
+_CODE_OF_VALUE: dict[str, int] = {q._value_: i for i, q in enumerate(QUALITIES)}
 GOOD = QUALITY_CODE[Quality.GOOD]
 INVALID = QUALITY_CODE[Quality.INVALID]
 COMMS_LOST = QUALITY_CODE[Quality.COMMS_LOST]
@@ -108,7 +111,7 @@ class PointStore:
         self._ver = np.zeros(n, dtype=np.uint64)
         self._epoch = 0
         #: Sample objects handed out, kept until the point changes (None: build on demand)
-        self._samples: np.ndarray = np.full(n, None, dtype=object)
+        self._samples: list[Sample | None] = [None] * n
         self._listeners: list[Listener] = []
         self._batch_listeners: list[BatchListener] = []
         self._transform: Transform | None = None
@@ -205,7 +208,7 @@ class PointStore:
         """Put ``sample`` in row ``i`` (the one per-point write of the arrays)."""
         self._epoch += 1
         self._mv[i] = sample.value
-        self._mq[i] = QUALITY_CODE[sample.quality]
+        self._mq[i] = _CODE_OF_VALUE[sample.quality._value_]
         self._mt[i] = sample.timestamp
         self._mver[i] = self._epoch
         self._samples[i] = sample
@@ -349,6 +352,8 @@ class PointStore:
         faulted = self._faulted_mask[pos]
         samples = self._samples
         self._epoch += 1
+        self._t[pos] = now
+        fixed: set[int] = set()  # positions whose reported Sample is made here (faulted)
         if faulted.any():
             # few points (a frozen meter, a device offline): the per-point rules, exactly
             names = self.names
@@ -361,17 +366,16 @@ class PointStore:
                 v[k], q[k] = rep.value, QUALITY_CODE[rep.quality]
                 samples[i] = rep
                 self._t[i] = rep.timestamp
-            ok = pos[~faulted]
-            self._t[ok] = now
-            samples[ok] = None
-        else:
-            self._t[pos] = now
-            samples[pos] = None
+                fixed.add(i)
         self._v[pos] = v
         self._q[pos] = q
         self._ver[pos] = self._epoch
         if self._listeners:
-            self._notify_points(pos, source)
+            self._notify_points(pos, v, q, now, fixed, source)
+        else:  # Samples are built when someone asks (get)
+            for i in pos.tolist():
+                if i not in fixed:
+                    samples[i] = None
         for bl in tuple(self._batch_listeners):
             try:
                 bl(pos, source)
@@ -402,20 +406,32 @@ class PointStore:
                 sample = self._faulted(name, sample)
             self._publish(point, sample, source)
 
-    def _notify_points(self, pos: np.ndarray, source: str) -> None:
+    def _notify_points(
+        self,
+        pos: np.ndarray,
+        v: np.ndarray,
+        q: np.ndarray,
+        now: float,
+        fixed: AbstractSet[int],
+        source: str,
+    ) -> None:
+        """Per-point listeners, per point in order, with the Samples of the batch."""
         listeners = tuple(self._listeners)
         by_pos = self._by_pos
-        get = self.get
-        names = self.names
-        for i in pos.tolist():
-            name = names[i]
+        samples = self._samples
+        nan = math.nan
+        for i, x, c in zip(pos.tolist(), v.tolist(), q.tolist()):
+            if i in fixed:
+                sample = samples[i]
+            else:
+                sample = Sample(nan if x != x else x, QUALITIES[c], now)
+                samples[i] = sample
             point = by_pos[i]
-            sample = get(name)
             for listener in listeners:
                 try:
                     listener(point, sample, source)
                 except Exception:  # a listener must not break the writer
-                    _log.exception("point-store listener failed for %s", name)
+                    _log.exception("point-store listener failed for %s", point.name)
 
     def _publish(self, point: Point, sample: Sample, source: str) -> None:
         name = point.name

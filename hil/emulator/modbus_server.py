@@ -190,6 +190,25 @@ class Caller:
     role: str | None = None
 
 
+def _check_overlaps(unit: int, table: str, points: list[Point]) -> None:
+    """Raise when two points of one table share an address (the first such, in map order)."""
+    bindings = [_binding(p) for p in points]
+    cnt = np.array([b.count for b in bindings], dtype=np.intp)
+    addr = np.repeat(np.array([b.address for b in bindings], dtype=np.intp), cnt)
+    addr += np.arange(addr.size) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+    if np.unique(addr).size == addr.size:
+        return
+    seen: dict[int, Point] = {}
+    for point, b in zip(points, bindings):
+        for a in range(b.address, b.address + b.count):
+            if a in seen:
+                raise HilError(
+                    f"Modbus unit {unit} {table} address {a}: expected one point, "
+                    f"found {seen[a].name!r} and {point.name!r}"
+                )
+            seen[a] = point
+
+
 class _Table:
     """One (unit, Modbus table) served: its points, their codec and the register image.
 
@@ -205,27 +224,28 @@ class _Table:
         self.codec = BlockCodec(self.points)
         #: store rows of the points
         self.pos = store.positions([p.name for p in self.points])
-        self.base = min(b.address for b in bindings)
-        end = max(b.address + b.count for b in bindings)
-        size = end - self.base
+        addr = np.array([b.address for b in bindings], dtype=np.intp)
+        cnt = np.array([b.count for b in bindings], dtype=np.intp)
+        self.base = int(addr.min())
+        rel = addr - self.base
+        size = int((rel + cnt).max())
         #: address - base -> local point index (-1: unmapped)
         self.owner = np.full(size, -1, dtype=np.intp)
+        starts = np.repeat(rel, cnt)
+        within = np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+        self.owner[starts + within] = np.repeat(np.arange(n), cnt)
         self.image = np.zeros(size, dtype=np.uint16)
-        width = BLOCK_WIDTH
-        self.slots = np.zeros((n, width), dtype=np.intp)
-        self.used = np.zeros((n, width), dtype=bool)
-        for k, b in enumerate(bindings):
-            a = b.address - self.base
-            self.owner[a : a + b.count] = k
-            self.slots[k, : b.count] = np.arange(a, a + b.count)
-            self.used[k, : b.count] = True
+        cols = np.arange(BLOCK_WIDTH)
+        #: per point: the image index of each of its words (``used``: the point has it)
+        self.used = cols[None, :] < cnt[:, None]
+        self.slots = np.where(self.used, rel[:, None] + cols[None, :], 0)
         #: served as one bit (a coil / discrete input, or a bool): 1 when the value is not 0
         self.bit = np.array(
             [func_bits or b.table in ("coil", "discrete_input") or b.dtype == "bool"
              for b in bindings], dtype=bool,
         )  # fmt: skip
         self.has_na = np.array([b.na_sentinel is not None for b in bindings], dtype=bool)
-        self.na_words = np.zeros((n, width), dtype=np.uint16)
+        self.na_words = np.zeros((n, BLOCK_WIDTH), dtype=np.uint16)
         for k, p in enumerate(self.points):
             if self.has_na[k]:
                 w = _na_registers(p)
@@ -292,7 +312,6 @@ class StoreContext:
         self.store = store
         self.role = role
         self.audit = audit if audit is not None else audit_log(store)
-        self._slots: dict[tuple[int, str], dict[int, _Slot]] = {}
         #: read request shape -> (table, first, last image index, its points) (:meth:`_plan`)
         self._plans: dict[
             tuple[int, int, int, int], tuple[_Table, int, int, np.ndarray] | ExcCodes
@@ -300,24 +319,16 @@ class StoreContext:
         by_table: dict[tuple[int, str], list[Point]] = {}
         for point in store.pointmap.points:
             mb = point.modbus
-            if mb is None:
-                continue
-            table = self._slots.setdefault((mb.unit, mb.table), {})
-            for i in range(mb.count):
-                addr = mb.address + i
-                if addr in table:
-                    raise HilError(
-                        f"Modbus unit {mb.unit} {mb.table} address {addr}: expected one point, "
-                        f"found {table[addr].point.name!r} and {point.name!r}"
-                    )
-                table[addr] = _Slot(point, i)
-            by_table.setdefault((mb.unit, mb.table), []).append(point)
+            if mb is not None:
+                by_table.setdefault((mb.unit, mb.table), []).append(point)
+        for (unit, table), pts in by_table.items():
+            _check_overlaps(unit, table, pts)
         #: (unit, table) -> the served image of its points
         self._tables: dict[tuple[int, str], _Table] = {
             key: _Table(store, pts, key[1] in ("coil", "discrete_input"))
             for key, pts in by_table.items()
         }
-        self.units = sorted({unit for unit, _ in self._slots})
+        self.units = sorted({unit for unit, _ in self._tables})
         #: False: reads encode point by point (the reference; ``GRIDTWIN_BULK=0``)
         self.block: bool = bool(getattr(store, "bulk", True))
         #: the per-point reference's memo: point -> (the sample last encoded, its words)
@@ -329,8 +340,16 @@ class StoreContext:
     def view(self, caller: Caller) -> _CallerView:
         return _CallerView(self, caller)
 
-    def _table(self, device_id: int, func_code: int) -> dict[int, _Slot]:
-        return self._slots.get((device_id, _FC_TABLE[func_code]), {})
+    def _slot(self, device_id: int, func_code: int, address: int) -> _Slot | None:
+        """The point at ``address`` and the index of that word in it (None: unmapped)."""
+        t = self._tables.get((device_id, _FC_TABLE[func_code]))
+        if t is None:
+            return None
+        a = address - t.base
+        if not 0 <= a < t.owner.size or t.owner[a] < 0:
+            return None
+        k = int(t.owner[a])
+        return _Slot(t.points[k], a - int(t.slots[k, 0]))
 
     async def async_getValues(  # noqa: N802 - pymodbus's name
         self, device_id: int, func_code: int, address: int, count: int = 1
@@ -444,7 +463,6 @@ class StoreContext:
         values: Sequence[int] | Sequence[bool],
         caller: Caller = Caller(),
     ) -> ExcCodes | None:
-        table = self._table(device_id, func_code)
         role, user = caller.role or self.role, caller.user
         where = f"unit {device_id} {_FC_TABLE[func_code]} {address}"
         store = self.store
@@ -466,7 +484,7 @@ class StoreContext:
         i = 0
         n = len(values)
         while i < n:
-            slot = table.get(address + i)
+            slot = self._slot(device_id, func_code, address + i)
             if slot is None or slot.index != 0:
                 why = "unmapped" if slot is None else f"splits point {slot.point.name!r}"
                 walk_error = (f"unit {device_id} {_FC_TABLE[func_code]} {address + i}",

@@ -30,6 +30,7 @@ from twin.pointmap import (
     BlockCodec,
     ModbusBinding,
     Point,
+    PointMap,
     RegisterValueError,
     decode_registers,
     encode_registers,
@@ -418,3 +419,14 @@ async def test_read_answers_from_the_image_are_pymodbus_bytes(feeder_net, pm):
                 slow = await server._answer(mb.unit, pdu, view)
                 assert fast == slow, (round_, mb, count)
     server.context.block = True
+
+
+def test_overlapping_modbus_points_are_refused():
+    from hil.errors import HilError
+
+    a = _mb_point(0, "float32", "big", 1.0, 0.0, None)  # holding registers 0-1
+    b = Point("B", "bus", "vm_pu", 1, "to_field", "measurement",
+              modbus=ModbusBinding(1, "holding_register", 1, "int16"))  # fmt: skip
+    store = PointStore(PointMap((a, b)), clock=SimClock(0.0))
+    with pytest.raises(HilError, match="address 1: expected one point, found 'P0' and 'B'"):
+        StoreContext(store)
