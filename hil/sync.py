@@ -868,9 +868,16 @@ class SyncLoop:
         todo = [lo for lo in self._link_outs if self.links[lo.link].connected and lo.valid.any()]
         if not todo:
             return 0
-        results = await asyncio.gather(
-            *(self._write_link(lo) for lo in todo), return_exceptions=True
-        )
+        results: list[int | BaseException]
+        if len(todo) == 1:  # the usual case: no gather (a task per link per step)
+            try:
+                results = [await self._write_link(todo[0])]
+            except Exception as exc:
+                results = [exc]
+        else:
+            results = await asyncio.gather(
+                *(self._write_link(lo) for lo in todo), return_exceptions=True
+            )
         written = 0
         for lo, r in zip(todo, results):
             written += self._write_result(lo, r, t)
