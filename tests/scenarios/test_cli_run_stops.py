@@ -112,7 +112,8 @@ def _small_files() -> None:  # in the child: no file may grow past 20 kB (a "ful
 def test_results_that_cannot_be_written_say_so_and_keep_the_parts(tmp_path: Path) -> None:
     """The whole-run Parquet (bigger than the limit) cannot be written at the end: the parts stay,
     summary.json and junit.xml (small) say why, exit 3."""
-    proc, out = _start(tmp_path, "--duration", "6h", preexec=_small_files)
+    # 24 h: the whole file (one row group, ~45 kB) is past the limit, each part (~9 kB) is not
+    proc, out = _start(tmp_path, "--duration", "24h", preexec=_small_files)
     stdout, stderr = proc.communicate(timeout=_WAIT_S)
     assert proc.returncode == 3, (stdout, stderr)
     assert "Traceback" not in stdout + stderr, stderr
@@ -120,5 +121,5 @@ def test_results_that_cannot_be_written_say_so_and_keep_the_parts(tmp_path: Path
     assert "could not write" in summary["error"] and "timeseries.parquet" in summary["error"]
     assert ET.parse(out / "junit.xml").getroot().find(".//error") is not None
     ts = read_timeseries(out)
-    assert len(ts) == 361  # six parts of 60 rows and the last row as a seventh
+    assert len(ts) == 1441  # 24 parts of 60 rows and the last row as a 25th
     assert "could not complete" in stdout
