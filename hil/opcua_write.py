@@ -87,16 +87,30 @@ def decode_nodes_to_write(data: bytes, pos: int = 0) -> DecodedWrite | None:
 
     Returns None when any WriteValue is not of the plain shape (Value attribute, null index
     range, a scalar numeric Variant, no ServerTimestamp or picoseconds) or the bytes end early.
+    A request laid out like a recent one (the same nodes, value type and mask: the plant's
+    step) is decoded with array operations (:class:`_Layout`), anything else value by value.
     """
     try:
         (n,) = _I32.unpack_from(data, pos)
-        pos += 4
-        if n <= 0:
-            return None
+    except struct.error:
+        return None
+    pos += 4
+    if n <= 0:
+        return None
+    shape = (n, len(data) - pos)
+    layout = _LAYOUTS.get(shape)
+    if layout is not None:
+        got = layout.decode(data, pos)
+        if got is not None:
+            return got
+    try:
         keys: list[bytes] = []
         values: list[Any] = []
         statuses: list[int] = []
         ticks: list[int | None] = []
+        offsets: list[int] = []  # of each value, from the first WriteValue
+        kinds: set[tuple[int, int]] = set()  # (mask, variant type) seen
+        start = pos
         fixed = _FIXED_NODEID
         scalars = _SCALARS
         head = _HEAD.unpack_from
@@ -121,6 +135,8 @@ def decode_nodes_to_write(data: bytes, pos: int = 0) -> DecodedWrite | None:
             fmt = scalars.get(vt)  # array and dimension bits make it unknown here
             if fmt is None:
                 return None
+            kinds.add((mask, vt))
+            offsets.append(pos + 1 - start)
             values.append(fmt.unpack_from(data, pos + 1)[0])
             pos += 1 + fmt.size
             if mask & _DV_STATUS:
@@ -137,7 +153,93 @@ def decode_nodes_to_write(data: bytes, pos: int = 0) -> DecodedWrite | None:
             return None
     except (IndexError, struct.error):
         return None
+    if len(kinds) == 1 and n >= _LAYOUT_MIN:
+        ((mask, vt),) = kinds
+        if vt in _DTYPES:
+            if len(_LAYOUTS) >= _LAYOUT_CACHE:
+                del _LAYOUTS[next(iter(_LAYOUTS))]
+            _LAYOUTS[shape] = _Layout(data, start, pos - start, keys, offsets, mask, vt)
     return DecodedWrite(keys, values, statuses, ticks)
+
+
+#: numpy dtypes of the variant types a layout decodes (Boolean goes value by value)
+_DTYPES: dict[int, str] = {
+    ua.VariantType.SByte.value: "i1",
+    ua.VariantType.Byte.value: "u1",
+    ua.VariantType.Int16.value: "<i2",
+    ua.VariantType.UInt16.value: "<u2",
+    ua.VariantType.Int32.value: "<i4",
+    ua.VariantType.UInt32.value: "<u4",
+    ua.VariantType.Int64.value: "<i8",
+    ua.VariantType.UInt64.value: "<u8",
+    ua.VariantType.Float.value: "<f4",
+    ua.VariantType.Double.value: "<f8",
+}
+#: layouts are kept for requests of at least this many values, at most this many layouts
+_LAYOUT_MIN = 16
+_LAYOUT_CACHE = 8
+
+
+class _Layout:
+    """Where the values, status codes and timestamps sit in a request of one node sequence,
+    one mask and one value type; every other byte is compared with the request it was made
+    from, so a request decoded through it is byte for byte of that shape."""
+
+    def __init__(
+        self,
+        data: bytes,
+        start: int,
+        size: int,
+        keys: list[bytes],
+        offsets: list[int],
+        mask: int,
+        vt: int,
+    ) -> None:
+        self.size = size
+        self.keys = keys
+        self.dtype = np.dtype(_DTYPES[vt])
+        width = self.dtype.itemsize
+        off = np.asarray(offsets, dtype=np.intp)
+        self.value_at = off[:, None] + np.arange(width)
+        dynamic = [self.value_at.ravel()]
+        after = off + width
+        self.status_at = None
+        if mask & _DV_STATUS:
+            self.status_at = after[:, None] + np.arange(4)
+            dynamic.append(self.status_at.ravel())
+            after = after + 4
+        self.ticks_at = None
+        if mask & _DV_SOURCE_TS:
+            self.ticks_at = after[:, None] + np.arange(8)
+            dynamic.append(self.ticks_at.ravel())
+        template = np.frombuffer(data, dtype=np.uint8, count=size, offset=start).copy()
+        template[np.concatenate(dynamic)] = 0
+        self.template = template.tobytes()
+        self.dynamic = np.concatenate(dynamic)
+
+    def decode(self, data: bytes, pos: int) -> DecodedWrite | None:
+        if len(data) - pos < self.size:
+            return None
+        buf = np.frombuffer(data, dtype=np.uint8, count=self.size, offset=pos)
+        check = buf.copy()
+        check[self.dynamic] = 0
+        if check.tobytes() != self.template:
+            return None
+        n = len(self.keys)
+        values = buf[self.value_at].copy().view(self.dtype).reshape(n).tolist()
+        if self.status_at is not None:
+            statuses = buf[self.status_at].copy().view("<u4").reshape(n).tolist()
+        else:
+            statuses = [0] * n
+        ticks: list[int | None]
+        if self.ticks_at is not None:
+            ticks = buf[self.ticks_at].copy().view("<i8").reshape(n).tolist()
+        else:
+            ticks = [None] * n
+        return DecodedWrite(self.keys, values, statuses, ticks)
+
+
+_LAYOUTS: dict[tuple[int, int], _Layout] = {}
 
 
 def install_bulk_write(server: Any, handler: BulkWriteHandler | None) -> None:

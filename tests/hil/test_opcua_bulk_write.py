@@ -97,6 +97,44 @@ def test_decoder_declines_what_it_does_not_take(wv):
     assert decode_nodes_to_write(_body([plain, wv])) is None
 
 
+def _ref(data: bytes) -> list[tuple[bytes, object, int, datetime | None]]:
+    from asyncua.common.utils import Buffer
+
+    out = []
+    for w in struct_from_binary(ua.WriteParameters, Buffer(data)).NodesToWrite:
+        sc = w.Value.StatusCode
+        out.append((nodeid_to_binary(w.NodeId), w.Value.Value.Value,
+                    sc.value if sc is not None else 0, w.Value.SourceTimestamp))  # fmt: skip
+    return out
+
+
+def _got(data: bytes) -> list[tuple[bytes, object, int, datetime | None]]:
+    got = decode_nodes_to_write(data)
+    assert got is not None
+    return [(k, v, s, None if t is None else ua.win_epoch_to_datetime(t))
+            for k, v, s, t in zip(got.keys, got.values, got.statuses, got.ticks)]  # fmt: skip
+
+
+def test_a_repeated_layout_decodes_the_same_as_asyncua():
+    """The plant's step repeats one node sequence: the array path (a layout of the first
+    request) gives what asyncua decodes, and a request differing in any other byte (a node
+    id, the status mask) is decoded afresh."""
+
+    def request(step: int, name: str = "x", status: bool = False) -> bytes:
+        wvs = []
+        for i in range(40):
+            code = ua.StatusCode(ua.StatusCodes.BadSensorFailure if i == 3 else 0)
+            ts = datetime(2026, 12, 2, 7, step, tzinfo=UTC)
+            var = ua.Variant(0.5 * i + step, ua.VariantType.Float)
+            dv = ua.DataValue(var, StatusCode=code if status else None, SourceTimestamp=ts)
+            wvs.append(_wv(ua.NodeId(f"SS1/{name}{i:02d}/vm_pu", 2), dv))
+        return _body(wvs)
+
+    for data in (request(1), request(2), request(3, name="y"), request(4, status=True),
+                 request(5, status=True), request(6)):  # fmt: skip
+        assert _got(data) == _ref(data)
+
+
 def test_decoder_declines_cut_or_empty_bytes():
     body = _body([_wv(ua.NodeId("y", 2), ua.DataValue(ua.Variant(1.0), SourceTimestamp=TS))] * 3)
     assert decode_nodes_to_write(body) is not None
