@@ -133,6 +133,19 @@ def test_a_repeated_layout_decodes_the_same_as_asyncua():
     for data in (request(1), request(2), request(3, name="y"), request(4, status=True),
                  request(5, status=True), request(6)):  # fmt: skip
         assert _got(data) == _ref(data)
+    # not uniform past the first value: a Double, a numeric node id, a shorter name
+    dv = ua.DataValue(ua.Variant(2.5, ua.VariantType.Float), SourceTimestamp=TS)
+    odd = [
+        _wv(ua.NodeId("SS1/z/vm_pu", 2), ua.DataValue(ua.Variant(2.5, ua.VariantType.Double))),
+        _wv(ua.NodeId(99, 2), dv),
+        _wv(ua.NodeId("s", 2), dv),
+    ]
+    for k, w in enumerate(odd):
+        wvs = [_wv(ua.NodeId(f"SS1/a{i:02d}/vm_pu", 2), dv) for i in range(30)]
+        wvs.insert(10 + k, w)
+        data = _body(wvs)
+        for _ in range(3):  # new, seen, layout
+            assert _got(data) == _ref(data)
 
 
 def test_decoder_declines_cut_or_empty_bytes():
