@@ -257,6 +257,14 @@ def test_audit_buffer_past_its_bound_is_cut_in_one_pass():
     log.record_many(protocol="opcua", peer="p", user="u", points=["x", "y"], olds=[0.0, None],
                     news=[math.inf, 2.0], result=ACCEPTED)  # fmt: skip
     assert log.counts == {ACCEPTED: 302, REFUSED: 1}
+    groups = AuditLog(max_buffer=100)  # the bound is in values: groups count theirs
+    names = [f"p{i}" for i in range(30)]
+    for _ in range(10):
+        groups.record_many(protocol="opcua", peer="p", user="u", points=names, olds=[0.0] * 30,
+                           news=[1.0] * 30, result=ACCEPTED)  # fmt: skip
+        assert len(groups.records()) <= 100
+    assert groups.dropped + len(groups.records()) == 300
+    assert [r.point for r in groups.records()[-30:]] == names
     with pytest.raises(ValueError, match="expected 1 old and new values"):
         log.record_many(protocol="opcua", peer="p", user="u", points=["x"], olds=[], news=[],
                         result=ACCEPTED)  # fmt: skip
