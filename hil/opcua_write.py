@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 from asyncua import ua
+from asyncua.common.callback import CallbackType
 from asyncua.server.uaprocessor import UaProcessor
 from asyncua.ua.ua_binary import struct_to_binary
 
@@ -365,8 +366,6 @@ def _has_write_callbacks(iserver: Any) -> bool:
     listeners = getattr(getattr(iserver, "callback_service", None), "_listeners", None)
     if not isinstance(listeners, dict):
         return True  # unknown layout: let asyncua dispatch
-    from asyncua.common.callback import CallbackType
-
     return bool(listeners.get(CallbackType.PreWrite) or listeners.get(CallbackType.PostWrite))
 
 
