@@ -301,6 +301,8 @@ class OpcuaServer:
         self._hi = np.zeros(0)
         self._int = np.zeros(0, dtype=bool)
         self._may_role: dict[str, np.ndarray] = {}
+        #: the last bulk request's key list (a layout's, reused) -> positions and points
+        self._last_request: tuple[list[bytes], list[int], list[Point]] | None = None
         #: Write requests served in bulk (decoded in one pass), and their values
         self.bulk_writes = 0
         self.bulk_values = 0
@@ -407,6 +409,7 @@ class OpcuaServer:
             [self._vtype[p.name] in _INTEGER for p in self._index_points], dtype=bool
         )
         self._may_role = {}
+        self._last_request = None
 
     # store -> nodes ---------------------------------------------------------------------------
     def _on_change(self, point: Point, sample: Sample, source: str) -> None:
@@ -491,25 +494,43 @@ class OpcuaServer:
     def _bulk_write(self, decoded: DecodedWrite, user: User | None) -> list[int] | None:
         """A Write request decoded in one pass (:mod:`hil.opcua_write`): every node one of
         our point nodes, each once, else None (asyncua's path, node by node)."""
-        index = self._key_index
-        pts = self._index_points
-        try:
-            idx = [index[k] for k in decoded.keys]
-        except KeyError:
-            return None
-        if len(idx) < 2 or len(set(idx)) != len(idx):
-            return None
-        stamps: list[float | None] = []
-        last: Any = _MISSING
-        posix: float | None = None
-        for t in decoded.ticks:  # one step's values share one timestamp: convert it once
-            if t != last:
-                last = t
-                posix = None if t is None else _posix(ua.win_epoch_to_datetime(t))
-            stamps.append(posix)
-        bads = [bool(c & 0x80000000) for c in decoded.statuses]
+        keys = decoded.keys
+        cached = self._last_request
+        if cached is not None and cached[0] is keys:  # the same layout's key list
+            idx, points = cached[1], cached[2]
+        else:
+            index = self._key_index
+            try:
+                idx = [index[k] for k in keys]
+            except KeyError:
+                return None
+            if len(idx) < 2 or len(set(idx)) != len(idx):
+                return None
+            pts = self._index_points
+            points = [pts[i] for i in idx]
+            self._last_request = (keys, idx, points)
+        n = len(idx)
+        ticks = decoded.ticks
+        stamps: list[float | None]
+        if ticks.count(ticks[0]) == n:  # one step's values share one timestamp
+            t0 = ticks[0]
+            stamps = [None if t0 is None else _posix(ua.win_epoch_to_datetime(t0))] * n
+        else:
+            stamps = []
+            last: Any = _MISSING
+            posix: float | None = None
+            for t in ticks:
+                if t != last:
+                    last = t
+                    posix = None if t is None else _posix(ua.win_epoch_to_datetime(t))
+                stamps.append(posix)
+        statuses = decoded.statuses
+        if statuses.count(0) == n:
+            bads = [False] * n
+        else:
+            bads = [bool(c & 0x80000000) for c in statuses]
         codes = self._apply_many(
-            [pts[i] for i in idx], decoded.values, bads, stamps, user or User(), idx
+            points, decoded.values, bads, stamps, user or User(), idx, numeric=True
         )
         self.bulk_writes += 1
         self.bulk_values += len(idx)
@@ -523,6 +544,8 @@ class OpcuaServer:
         stamps: Sequence[float | None],
         user: User,
         idx: Sequence[int] | None = None,
+        *,
+        numeric: bool = False,
     ) -> list[int]:
         """Apply one Write request's values (distinct points) to the store in bulk.
 
@@ -532,7 +555,8 @@ class OpcuaServer:
         timestamps (the twin sends one per request), in request order. The audit gets one group
         record per run of accepted values with one reason (normally one for the request) and
         one record per refused value, in request order, ``old`` being the value before the
-        request. Returns the status codes.
+        request. Returns the status codes. ``idx``: the points' positions in node order;
+        ``numeric``: every raw value is a bool, int or float (the one-pass decoder's).
         """
         role = self.user_manager.role_of(user)
         who = user_label(user)
@@ -545,7 +569,7 @@ class OpcuaServer:
         good = ua.StatusCodes.Good
         verdicts: list[tuple[int, float | None, str, float | None, bool] | None] = [None] * n
         vals: list[float] = []
-        if all(type(r) in (float, int, bool) for r in raws) and role in ROLE_WRITES:
+        if role in ROLE_WRITES and (numeric or all(type(r) in (float, int, bool) for r in raws)):
             if idx is None:
                 pos = self._pos
                 idx = [pos[nm] for nm in names]
@@ -562,6 +586,13 @@ class OpcuaServer:
                     & ~(self._int[ix] & (v != np.trunc(np.where(finite, v, 0.0))))
                 )
             vals = v.tolist()
+            if n > 1 and ok.all() and stamps.count(stamps[0]) == n:
+                # the plant's step: every value accepted, one source timestamp
+                store.set_many(zip(names, vals), source="opcua", timestamp=stamps[0])
+                self.audit.record_many(protocol="opcua", peer=peer, user=who, points=names,
+                                       olds=olds, news=vals, result=ACCEPTED,
+                                       role=role)  # fmt: skip
+                return [good] * n
             for i in np.flatnonzero(~ok).tolist():
                 verdicts[i] = self._judge_raw(points[i], raws[i], bads[i], stamps[i], role)
         else:

@@ -14,8 +14,9 @@ WARNING line). :meth:`AuditLog.records` and :func:`read_audit` give one record p
 (``expand=False``: as stored).
 
 Until a file is attached (:meth:`AuditLog.stream_to`) records are kept in memory (at most
-``max_buffer``; beyond that the oldest *accepted* records are dropped first and counted in
-``dropped``, refused ones are kept); attaching a file writes the buffer first, then every
+``max_buffer`` values, a group counting its values; beyond that the oldest *accepted* records
+are dropped first, down to 90 % of the bound, and their values counted in ``dropped``; refused
+ones are kept); attaching a file writes the buffer first, then every
 record as it happens (line-buffered, flushed per record). A run puts the audit of its
 substation into its results folder with ``audit_log(sub.store).stream_to(out / "audit.jsonl")``.
 """
@@ -163,6 +164,7 @@ class AuditLog:
     def __init__(self, path: str | Path | None = None, *, max_buffer: int = 100_000) -> None:
         self.max_buffer = int(max_buffer)
         self._buffer: list[AuditRecord] = []  # every record, in order, while no file is set
+        self._held = 0  # values (write attempts) in the buffer
         self._file: IO[str] | None = None
         self.path: Path | None = None
         self.counts: dict[str, int] = {ACCEPTED: 0, REFUSED: 0}
@@ -192,7 +194,8 @@ class AuditLog:
                 self._write(rec)
             else:
                 self._buffer.append(rec)
-                if len(self._buffer) > self.max_buffer:
+                self._held += rec.count
+                if self._held > self.max_buffer:
                     self._trim()
         if result != ACCEPTED:
             if self._file is not None:
@@ -245,7 +248,8 @@ class AuditLog:
                 self._write(rec)
             else:
                 self._buffer.append(rec)
-                if len(self._buffer) > self.max_buffer:
+                self._held += rec.count
+                if self._held > self.max_buffer:
                     self._trim()
         if result != ACCEPTED:
             if self._file is not None:
@@ -259,16 +263,23 @@ class AuditLog:
 
     def _trim(self) -> None:
         # cut to TRIM_TO of the bound at once: trimming by one record per record made every
-        # write past the bound scan the whole buffer (seconds per 1,155-value request)
+        # write past the bound scan the whole buffer (seconds per 1,155-value request). The
+        # bound is in values (a group record holds many), so memory stays bounded.
         target = int(self.max_buffer * TRIM_TO)
-        keep = [r for r in self._buffer if r.result != ACCEPTED]
-        accepted = [r for r in self._buffer if r.result == ACCEPTED]
-        room = max(target - len(keep), 0)
-        drop = len(accepted) - room
+        room = target - sum(r.count for r in self._buffer if r.result != ACCEPTED)
+        keep: set[int] = set()
+        for r in reversed(self._buffer):  # the newest accepted records that fit
+            if r.result == ACCEPTED:
+                if r.count > room:
+                    break
+                room -= r.count
+                keep.add(id(r))
+        out = [r for r in self._buffer if r.result != ACCEPTED or id(r) in keep]
+        drop = self._held - sum(r.count for r in out)
         if drop <= 0:
             return
-        dropped = set(map(id, accepted[:drop]))
-        self._buffer = [r for r in self._buffer if id(r) not in dropped]
+        self._buffer = out
+        self._held -= drop
         if self.dropped == 0:
             _log.warning("audit: no file attached, oldest accepted records dropped from memory")
         self.dropped += drop
@@ -303,6 +314,7 @@ class AuditLog:
             for rec in self._buffer:
                 self._write(rec)
             self._buffer = []
+            self._held = 0
             self._flush()
         _log.info("audit log: %s", p)
         return p

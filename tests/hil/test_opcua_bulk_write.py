@@ -97,6 +97,57 @@ def test_decoder_declines_what_it_does_not_take(wv):
     assert decode_nodes_to_write(_body([plain, wv])) is None
 
 
+def _ref(data: bytes) -> list[tuple[bytes, object, int, datetime | None]]:
+    from asyncua.common.utils import Buffer
+
+    out = []
+    for w in struct_from_binary(ua.WriteParameters, Buffer(data)).NodesToWrite:
+        sc = w.Value.StatusCode
+        out.append((nodeid_to_binary(w.NodeId), w.Value.Value.Value,
+                    sc.value if sc is not None else 0, w.Value.SourceTimestamp))  # fmt: skip
+    return out
+
+
+def _got(data: bytes) -> list[tuple[bytes, object, int, datetime | None]]:
+    got = decode_nodes_to_write(data)
+    assert got is not None
+    return [(k, v, s, None if t is None else ua.win_epoch_to_datetime(t))
+            for k, v, s, t in zip(got.keys, got.values, got.statuses, got.ticks)]  # fmt: skip
+
+
+def test_a_repeated_layout_decodes_the_same_as_asyncua():
+    """The plant's step repeats one node sequence: the array path (a layout of the first
+    request) gives what asyncua decodes, and a request differing in any other byte (a node
+    id, the status mask) is decoded afresh."""
+
+    def request(step: int, name: str = "x", status: bool = False) -> bytes:
+        wvs = []
+        for i in range(40):
+            code = ua.StatusCode(ua.StatusCodes.BadSensorFailure if i == 3 else 0)
+            ts = datetime(2026, 12, 2, 7, step, tzinfo=UTC)
+            var = ua.Variant(0.5 * i + step, ua.VariantType.Float)
+            dv = ua.DataValue(var, StatusCode=code if status else None, SourceTimestamp=ts)
+            wvs.append(_wv(ua.NodeId(f"SS1/{name}{i:02d}/vm_pu", 2), dv))
+        return _body(wvs)
+
+    for data in (request(1), request(2), request(3, name="y"), request(4, status=True),
+                 request(5, status=True), request(6)):  # fmt: skip
+        assert _got(data) == _ref(data)
+    # not uniform past the first value: a Double, a numeric node id, a shorter name
+    dv = ua.DataValue(ua.Variant(2.5, ua.VariantType.Float), SourceTimestamp=TS)
+    odd = [
+        _wv(ua.NodeId("SS1/z/vm_pu", 2), ua.DataValue(ua.Variant(2.5, ua.VariantType.Double))),
+        _wv(ua.NodeId(99, 2), dv),
+        _wv(ua.NodeId("s", 2), dv),
+    ]
+    for k, w in enumerate(odd):
+        wvs = [_wv(ua.NodeId(f"SS1/a{i:02d}/vm_pu", 2), dv) for i in range(30)]
+        wvs.insert(10 + k, w)
+        data = _body(wvs)
+        for _ in range(3):  # new, seen, layout
+            assert _got(data) == _ref(data)
+
+
 def test_decoder_declines_cut_or_empty_bytes():
     body = _body([_wv(ua.NodeId("y", 2), ua.DataValue(ua.Variant(1.0), SourceTimestamp=TS))] * 3)
     assert decode_nodes_to_write(body) is not None
@@ -161,6 +212,7 @@ async def test_a_refused_value_splits_the_group_in_request_order(feeder_net, pm)
     async with EmulatedSubstation(feeder_net(), pm, protocols=("opcua",), users=PLANT) as sub:
         log = audit_log(sub.store)
         skip = len(log.records(expand=False))
+        skip_values = len(log.records())
         client = Client(sub.opcua_endpoint, timeout=10)
         client.set_user("plant")
         client.set_password("plant-pw")
@@ -175,6 +227,15 @@ async def test_a_refused_value_splits_the_group_in_request_order(feeder_net, pm)
             before = sub.opcua.bulk_writes
             codes = await client.uaclient.write_attributes(nids, dvs, ua.AttributeIds.Value)
             assert sub.opcua.bulk_writes == before + 1
+            # a node that is no point: asyncua's path, node by node, the same answers
+            unknown = ua.NodeId("SS1/nowhere", ns)
+            more = await client.uaclient.write_attributes(
+                [nids[0], unknown], [ua.DataValue(ua.Variant(1.02, ua.VariantType.Float)),
+                                     dvs[0]], ua.AttributeIds.Value
+            )  # fmt: skip
+            assert [c.value for c in more] == [ua.StatusCodes.Good, ua.StatusCodes.BadNodeIdUnknown]
+            assert sub.opcua.bulk_writes == before + 1
+            assert sub.store.value("HV.vm_pu") == pytest.approx(1.02)
     assert [c.value for c in codes] == [
         ua.StatusCodes.Good,
         ua.StatusCodes.BadOutOfRange,  # a 1.5 pu set point
@@ -182,9 +243,9 @@ async def test_a_refused_value_splits_the_group_in_request_order(feeder_net, pm)
         ua.StatusCodes.Good,
     ]
     raw = log.records(expand=False)[skip:]
-    assert [(r.result, r.count) for r in raw] == [(ACCEPTED, 1), (REFUSED, 1), (ACCEPTED, 2)]
+    assert [(r.result, r.count) for r in raw][:3] == [(ACCEPTED, 1), (REFUSED, 1), (ACCEPTED, 2)]
     assert raw[1].point == "T1.avr_vset_pu" and raw[1].new == 1.5 and raw[1].reason
-    assert [r.point for r in log.records()[-4:]] == names
+    assert [r.point for r in log.records()[skip_values:][:4]] == names
     assert sub.store.value("T1.loading_percent") == pytest.approx(40.0)
     assert sub.store.value("T1.avr_vset_pu") != 1.5
 
@@ -206,6 +267,14 @@ def test_audit_buffer_past_its_bound_is_cut_in_one_pass():
     log.record_many(protocol="opcua", peer="p", user="u", points=["x", "y"], olds=[0.0, None],
                     news=[math.inf, 2.0], result=ACCEPTED)  # fmt: skip
     assert log.counts == {ACCEPTED: 302, REFUSED: 1}
+    groups = AuditLog(max_buffer=100)  # the bound is in values: groups count theirs
+    names = [f"p{i}" for i in range(30)]
+    for _ in range(10):
+        groups.record_many(protocol="opcua", peer="p", user="u", points=names, olds=[0.0] * 30,
+                           news=[1.0] * 30, result=ACCEPTED)  # fmt: skip
+        assert len(groups.records()) <= 100
+    assert groups.dropped + len(groups.records()) == 300
+    assert [r.point for r in groups.records()[-30:]] == names
     with pytest.raises(ValueError, match="expected 1 old and new values"):
         log.record_many(protocol="opcua", peer="p", user="u", points=["x"], olds=[], news=[],
                         result=ACCEPTED)  # fmt: skip

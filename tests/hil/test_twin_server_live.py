@@ -195,3 +195,39 @@ async def test_subscribers_get_the_values_published_in_bulk(feeder_net):
             await asyncio.wait_for(got_two.wait(), timeout=10)
             assert seen[-1] == 2
             await sub.delete()
+
+
+async def test_unmonitored_values_read_the_last_publication_and_a_late_subscriber_starts_there(
+    feeder_net,
+):
+    """Issue 15: a variable nobody monitors keeps the step's value and makes its DataValue when
+    read; subscribing later starts from the last published value, then follows each step."""
+    import asyncio
+
+    net, pm, model, link, loop = _loop(feeder_net, "hil")
+    async with TwinServer(net, pm) as srv:
+        srv.attach(loop)
+        async with Client(srv.endpoint, timeout=5) as client:
+            await loop.step(0.0)
+            assert await _value(client, srv, "Twin/Stats/Steps") == 1
+            await loop.step(0.25)
+            assert await _value(client, srv, "Twin/Stats/Steps") == 2
+            assert await _value(client, srv, "Twin/Stats/Time_s") == pytest.approx(0.25)
+            dv = await client.get_node(srv.node_id("Twin/Stats/Steps")).read_data_value()
+            assert dv.StatusCode.is_good() and dv.SourceTimestamp is not None
+            seen: list[int] = []
+            got_three = asyncio.Event()
+
+            class Handler:
+                def datachange_notification(self, node, val, data):
+                    seen.append(val)
+                    if val == 3:
+                        got_three.set()
+
+            sub = await client.create_subscription(50, Handler())
+            await sub.subscribe_data_change(client.get_node(srv.node_id("Twin/Stats/Steps")))
+            await loop.step(0.5)
+            await asyncio.wait_for(got_three.wait(), timeout=10)
+            assert seen[0] == 2 and seen[-1] == 3
+            assert await _value(client, srv, "Twin/Stats/Time_s") == pytest.approx(0.5)
+            await sub.delete()
