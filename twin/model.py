@@ -108,6 +108,9 @@ _RES_TABLES = (
 
 
 _UNSET = object()
+# the impedance a bus-bus switch is compiled with (a link branch: its admittance is never used,
+# only its pattern and pandapower's connectivity through it)
+_LINK_OHM = 1e-3
 
 
 class _Lazy:
@@ -388,7 +391,7 @@ class GridModel:
         self._compile()
 
     # ------------------------------------------------------------------ compile
-    def _compile(self) -> None:
+    def _compile(self, use_links: bool = True) -> None:
         pp = self._pp
         net = self.net  # flushes pending inputs
         self._inp.clear()
@@ -408,7 +411,22 @@ class GridModel:
             "bus": empty, "bus_dc": empty, "ext_grid": empty, "gen": empty,
             "branch": empty, "branch_dc": empty,
         }  # fmt: skip
-        ppc, ppci = pp["pd2ppc"](net)
+        links = self._link_switches(net) if use_links else None
+        if links is not None:
+            # every bus-bus switch compiled as a branch between its two buses (pandapower models
+            # a switch with z_ohm > 0 so): no bus fused by pandapower, the fusion is done here
+            sw = net.switch
+            saved = (sw["closed"].copy(), sw["z_ohm"].copy())
+            sw.loc[sw.index[links], "closed"] = True
+            sw.loc[sw.index[links], "z_ohm"] = _LINK_OHM
+            try:
+                ppc, ppci = pp["pd2ppc"](net)
+            finally:
+                sw["closed"], sw["z_ohm"] = saved
+                net._impedance_bb_switches = np.zeros(len(sw), dtype=bool)
+            links_at = net._pd2ppc_lookups["branch"].pop("switch", None)
+        else:
+            ppc, ppci = pp["pd2ppc"](net)
         net["_ppc"] = ppc
         for key in ("svc", "tcsc", "ssc", "vsc"):
             if key in ppci and len(ppci[key]):
@@ -426,11 +444,25 @@ class GridModel:
         ref, pv, pq, on, gbus, v0, ref_gens = _rest[4:]
         if len(ref) == 0:
             raise TopologyError("expected at least one slack (ext_grid or slack gen), found none")
-        ybus, yf, yt = pp["makeYbus"](base_mva, bus, branch)
         n = bus.shape[0]
+        link = None
+        if links is not None:
+            link = self._link_rows(net, ppci, links, links_at, n)
+        if link is not None:
+            # the link branches carry no admittance: only the pattern of every fusion
+            branch_y = branch.copy()
+            branch_y[link.rows[link.rows >= 0], 10] = 0  # BR_STATUS
+            ybus, yf, yt = pp["makeYbus"](base_mva, bus, branch_y)
+        else:
+            ybus, yf, yt = pp["makeYbus"](base_mva, bus, branch)
         ybus = ybus.tocsr()
         # the kernel needs every diagonal stored (assembly writes the diagonal block)
         ybus = _with_diagonal(ybus, n)
+        if link is not None:
+            ybus = self._link_pattern(ybus, link, n)
+            if ybus is None:  # the fusions would fill too much: pandapower fuses instead
+                return self._compile(use_links=False)
+        self._link = link
         kind = np.full(n, 2, dtype=np.int8)
         kind[pv] = 1
         kind[ref] = 0
@@ -552,6 +584,203 @@ class GridModel:
         self._tap_stamps: dict[tuple[int, float], tuple[complex, ...]] = {}
         self._patch_info: SimpleNamespace | None = None
         self.patches = getattr(self, "patches", 0)
+        self._kind_fused = kind  # kind0 with the fused-away buses of closed bus-bus switches at 3
+        self._fuse: SimpleNamespace | None = None
+        if link is not None:
+            # the switch states as they are: closed links fuse, open ones are out
+            link.base = SimpleNamespace(
+                gen_bus=self._gen_bus, rest_p=self._rest_p, rest_q=self._rest_q,
+                groups=groups, elem_bus=dict(self._elem_bus),
+            )  # fmt: skip
+            sw_open = {int(r): 3 for r, c in zip(link.rows, link.closed) if r >= 0 and not c}
+            patches = self.patches
+            if not self._apply_state(self._svc_out, sw_open, self._patch_data(), force=True):
+                # open bus-bus switches leave buses without a slack: pandapower's own fusion
+                self._compile(use_links=False)
+                return
+            self.patches = patches
+            self._unsupplied = self._unsupplied_buses(net, ib)
+
+    # ------------------------------------------------------------------ bus-bus switches
+    @staticmethod
+    def _link_switches(net: Any) -> np.ndarray | None:
+        """Positions of the bus-bus switches compiled as links (None: pandapower fuses)."""
+        df = net.switch
+        if len(df) == 0 or "z_ohm" not in df.columns:
+            return None
+        et = df["et"].to_numpy().astype(str)
+        bb = et == "b"
+        if not bb.any():
+            return None
+        z = df["z_ohm"].to_numpy(dtype=float)
+        if np.any(bb & (z > 0)):
+            return None  # impedance switches keep pandapower's own switch branches
+        on = net.bus.index.to_numpy()[net.bus["in_service"].to_numpy(dtype=bool)]
+        bus = df["bus"].to_numpy(dtype=np.int64)
+        elem = df["element"].to_numpy(dtype=np.int64)
+        ok = bb & (bus != elem) & np.isin(bus, on) & np.isin(elem, on)
+        pos = np.flatnonzero(ok)
+        return pos if pos.size else None
+
+    def _link_rows(
+        self, net: Any, ppci: dict, links: np.ndarray, links_at: Any, n: int
+    ) -> SimpleNamespace | None:
+        """Per linked switch: its compiled branch row (-1: not compiled) and end buses."""
+        if links_at is None:
+            return None
+        start, end = int(links_at[0]), int(links_at[1])
+        if end - start != links.shape[0]:
+            return None
+        branch_is = np.asarray(ppci["internal"]["branch_is"], dtype=bool)
+        to_int = np.where(branch_is, np.cumsum(branch_is) - 1, -1)
+        rows = to_int[start:end].astype(np.int64)
+        br = ppci["branch"]
+        a = np.where(rows >= 0, br[np.maximum(rows, 0), 0].real, -1).astype(np.int64)
+        b = np.where(rows >= 0, br[np.maximum(rows, 0), 1].real, -1).astype(np.int64)
+        closed = net.switch["closed"].to_numpy(dtype=bool)[links].copy()
+        ok = rows >= 0
+        nodes = np.unique(np.concatenate([a[ok], b[ok]]))
+        return SimpleNamespace(sw=links, rows=rows, a=a, b=b, closed=closed, nodes=nodes)
+
+    def _link_pattern(self, ybus: Any, link: SimpleNamespace, n: int) -> Any:
+        """Ybus on the pattern of every fusion the links allow (None: too much fill)."""
+        import scipy.sparse as sp
+        from scipy.sparse.csgraph import connected_components
+
+        ok = link.rows >= 0
+        a, b = link.a[ok], link.b[ok]
+        g = sp.coo_matrix((np.ones(a.shape[0]), (a, b)), shape=(n, n))
+        ncomp, lab = connected_components(g, directed=False)
+        cnt = np.bincount(lab, minlength=ncomp)
+        grouped = cnt[lab] > 1
+        idx = np.flatnonzero(grouped)
+        c = sp.csr_matrix((np.ones(idx.shape[0]), (idx, lab[idx])), shape=(n, ncomp))
+        m = (c @ c.T + sp.diags((~grouped).astype(float))).tocsr()
+        pat = sp.csr_matrix((np.ones(ybus.nnz), ybus.indices, ybus.indptr), shape=(n, n))
+        s = (m @ pat @ m).tocoo()
+        if s.nnz > 3 * ybus.nnz + 64:
+            _log.debug("bus-bus switch fusions would fill %d entries: pandapower fuses", s.nnz)
+            return None
+        coo = ybus.tocoo()
+        rows = np.concatenate([coo.row, s.row])
+        cols = np.concatenate([coo.col, s.col])
+        data = np.concatenate([coo.data, np.zeros(s.nnz, dtype=complex)])
+        out = sp.csr_matrix((data, (rows, cols)), shape=(n, n))
+        out.sum_duplicates()
+        out.sort_indices()
+        rows_p = np.repeat(np.arange(n, dtype=np.int64), np.diff(out.indptr))
+        cols_p = out.indices.astype(np.int64)
+        touch = grouped[rows_p] | grouped[cols_p]
+        link.keys = rows_p * n + cols_p
+        link.entries = np.flatnonzero(touch)
+        link.rows_e, link.cols_e = rows_p[touch], cols_p[touch]
+        return out
+
+    def _fusion_rep(self, out: frozenset[int]) -> np.ndarray | None:
+        """Internal bus -> the bus it is fused into with links ``out`` open (None: two slacks).
+
+        Each group of buses joined by closed links is solved at one member: a slack if it has
+        one, else a PV bus, else the first bus (pandapower keeps the same kind of bus).
+        """
+        import scipy.sparse as sp
+        from scipy.sparse.csgraph import connected_components
+
+        link = self._link
+        assert link is not None
+        nodes = link.nodes
+        live = link.rows >= 0
+        if out:
+            live &= ~np.isin(link.rows, np.fromiter(out, dtype=np.int64))
+        la = np.searchsorted(nodes, link.a[live])
+        lb = np.searchsorted(nodes, link.b[live])
+        k = nodes.shape[0]
+        g = sp.coo_matrix((np.ones(la.shape[0]), (la, lb)), shape=(k, k))
+        ncomp, lab = connected_components(g, directed=False)
+        kind = self._kind0[nodes]
+        if np.any(np.bincount(lab, weights=(kind == 0).astype(float), minlength=ncomp) > 1):
+            return None  # two slacks fused into one: the slack set changes, recompile
+        order = np.lexsort((nodes, kind))[::-1]
+        first = np.empty(ncomp, dtype=np.int64)
+        first[lab[order]] = nodes[order]  # the last write is the first in (kind, bus) order
+        rep = np.arange(self._n, dtype=np.int64)
+        rep[nodes] = first[lab]
+        return rep
+
+    def _set_fusion(self, rep: np.ndarray) -> None:
+        """Solve with the buses of closed bus-bus switches fused as ``rep`` maps them."""
+        link = self._link
+        assert link is not None
+        nodes = link.nodes
+        old = self._fuse
+        if old is not None and np.array_equal(old.rep[nodes], rep[nodes]):
+            return
+        if old is None and np.array_equal(rep[nodes], nodes):
+            return
+        base = link.base
+        n = self._n
+        if np.array_equal(rep[nodes], nodes):
+            fz = None
+            gen_bus, rest_p, rest_q = base.gen_bus, base.rest_p, base.rest_q
+            groups, elem_bus, kind = base.groups, base.elem_bus, self._kind0
+        else:
+            members = nodes[rep[nodes] != nodes]
+
+            def move(b: np.ndarray) -> np.ndarray:
+                return np.ascontiguousarray(np.where(b >= 0, rep[np.maximum(b, 0)], -1))
+
+            gen_bus = rep[base.gen_bus]
+            rest_p = np.bincount(rep, weights=base.rest_p, minlength=n)
+            rest_q = np.bincount(rep, weights=base.rest_q, minlength=n)
+            groups = [(move(b), w, val) for b, w, val in base.groups]
+            elem_bus = {t: move(b) for t, b in base.elem_bus.items()}
+            kind = self._kind0.copy()
+            kind[members] = 3
+            # the Ybus entries of fused buses, moved onto the bus they are solved at
+            tgt = np.searchsorted(link.keys, rep[link.rows_e] * n + rep[link.cols_e])
+            fz = SimpleNamespace(
+                rep=rep, members=members, of=rep[members], tgt=tgt, gen_bus=gen_bus,
+                rest_p=rest_p, rest_q=rest_q, groups=groups,
+            )  # fmt: skip
+        self._fuse = fz
+        self._gen_bus, self._rest_p, self._rest_q = gen_bus, rest_p, rest_q
+        self._groups_now = self._groups = groups
+        self._elem_bus = dict(elem_bus)
+        self._kind_fused = kind
+        zeros = np.zeros(n)
+        self._stepper = self._kernel.Stepper(
+            self._plan, self._y_indptr, self._y_indices, self._y_re, self._y_im, kind,
+            self._vset, zeros, zeros, groups, self._inv_base,
+        )  # fmt: skip
+        self._gen_sums = None
+
+    def _fold(self, y: np.ndarray) -> None:
+        """Ybus values of the unfused buses moved (in place) onto the buses they fuse into."""
+        fz, link = self._fuse, self._link
+        assert fz is not None and link is not None
+        vals = y[link.entries]
+        y[link.entries] = 0.0
+        np.add.at(y, fz.tgt, vals)
+
+    def _fused_ppci(self, ppci: dict) -> dict:
+        """``ppci`` with gen and branch buses moved onto the buses they fuse into."""
+        fz = self._fuse
+        assert fz is not None
+        out = dict(ppci)
+        gen = out["gen"] = ppci["gen"].copy()
+        gen[:, 0] = fz.rep[gen[:, 0].real.astype(np.int64)]
+        br = out["branch"] = ppci["branch"].copy()
+        for col in (0, 1):
+            br[:, col] = fz.rep[br[:, col].real.astype(np.int64)]
+        return out
+
+    def _fused_elements(self, fz: SimpleNamespace, ppci: dict) -> dict[str, Any]:
+        """The element result maps of a fused state (the compile's maps read these inputs)."""
+        saved = (self._groups_now, self._rest_p, self._rest_q)
+        self._groups_now, self._rest_p, self._rest_q = fz.groups, fz.rest_p, fz.rest_q
+        try:
+            return self._element_maps(ppci, None, self._n)
+        finally:
+            self._groups_now, self._rest_p, self._rest_q = saved
 
     # ------------------------------------------------------------------ topology patches
     def _patch_data(self) -> SimpleNamespace:
@@ -569,6 +798,8 @@ class GridModel:
         ytt, yff, yft, ytf = branch_vectors(br, br.shape[0])
         pos = batch._ybus_positions(c, f, t)  # (4, rows)
         stamps = np.vstack([yff, yft, ytf, ytt])
+        if self._link is not None:
+            stamps[:, self._link.rows[self._link.rows >= 0]] = 0.0  # links carry no admittance
         branch_is = np.asarray(c.ppci["internal"]["branch_is"], dtype=bool)
         to_int = np.where(branch_is, np.cumsum(branch_is) - 1, -1)
         rows: dict[str, np.ndarray] = {}
@@ -623,7 +854,11 @@ class GridModel:
         return self._apply_state(frozenset(out), self._sw_open, info)
 
     def _apply_state(
-        self, svc_out: frozenset[int], sw_open: dict[int, int], info: SimpleNamespace
+        self,
+        svc_out: frozenset[int],
+        sw_open: dict[int, int],
+        info: SimpleNamespace,
+        force: bool = False,
     ) -> bool:
         """Install the patch for rows out of service and switch-opened ends (False: not fit)."""
         out = set(svc_out)
@@ -638,23 +873,32 @@ class GridModel:
         new_out = frozenset(out)
         isolated = {r: e for r, e in sw_open.items() if e and r in new_out}
         old_isolated = {r: e for r, e in self._sw_open.items() if e and r in self._out}
-        if new_out == self._out and half == self._half and isolated == old_isolated:
+        same = new_out == self._out and half == self._half and isolated == old_isolated
+        if same and not force:
             self._svc_out, self._sw_open = svc_out, dict(sw_open)
             return True
+        rep = None
+        if self._link is not None:
+            # closed bus-bus switches fuse their buses; open ones are links out of service
+            rep = self._fusion_rep(new_out)
+            if rep is None:
+                return False
         cut = new_out | frozenset(half)
         dead = self._cut_off(cut, info)
         # only auxiliary buses (no pandapower bus: the open ends of element switches) may be
         # left without supply; they are solved as dead buses (kind 3), as pandapower drops them
         if dead.size and (self._bus_rep[dead] >= 0).any():
             return False
+        if rep is not None:
+            self._set_fusion(rep)
         self._svc_out, self._sw_open = svc_out, dict(sw_open)
         self._half = half
         if dead.size:
-            kind = self._kind0.copy()
+            kind = self._kind_fused.copy()
             kind[dead] = 3
             self._kind_run = kind
         else:
-            self._kind_run = self._kind0
+            self._kind_run = self._kind_fused
         self._dead_aux = dead
         self._install_patch(new_out, info)
         return True
@@ -727,6 +971,13 @@ class GridModel:
             if not all(closed[k] for k, _ in mine):
                 for k, _ in mine:
                     row_of_switch[k] = -1
+        link = self._link
+        if link is not None:
+            # a bus-bus switch is its link row: open = the row out (both ends), closed = fused
+            for k, r in zip(link.sw.tolist(), link.rows.tolist()):
+                if r >= 0:
+                    row_of_switch[k] = r
+                    switches_of_row[r] = [(k, 3)]
         self._sw_info = SimpleNamespace(
             row_of_switch=row_of_switch, switches_of_row=switches_of_row, closed=closed
         )
@@ -762,6 +1013,10 @@ class GridModel:
             pos = info.pos[:, hrows].reshape(-1)
             np.add.at(yre, pos, d.real)
             np.add.at(yim, pos, d.imag)
+        fz = self._fuse
+        if fz is not None:
+            self._fold(yre)
+            self._fold(yim)
         self._y_re: np.ndarray = yre
         self._y_im: np.ndarray = yim
         self._stepper.set_y(yre, yim)  # same pattern, plan and injections: new values only
@@ -781,6 +1036,14 @@ class GridModel:
             base = self._c_fields = (c0, kept_fields)
         fields = dict(base[1])
         fields.update(ppci=ppci, y_re=yre, y_im=yim)
+        if fz is not None:
+            # solved on fused buses: gens, branches and injections at the buses they fuse into;
+            # the unfused buses get their fused bus's voltage (_newton), so Yf / Yt flows hold
+            ppci = self._fused_ppci(ppci)
+            fields.update(
+                ppci=ppci, gen_bus=fz.gen_bus, rest_p=fz.rest_p, rest_q=fz.rest_q,
+                groups=[(b, w) for b, w, _ in fz.groups],
+            )  # fmt: skip
 
         def lazy(name: str) -> Any:
             # built when a solution's results are first read, not on every toggle
@@ -830,6 +1093,8 @@ class GridModel:
                         fields["fb"], fields["tb"] = fb, tb
                     maps[table] = SimpleNamespace(**fields)
                 return maps
+            if fz is not None:
+                return self._fused_elements(fz, ppci)
             return c0.element  # gen results read the patched Ybus values (c.y_re / c.y_im)
 
         c = _Structure(lazy=lazy, **fields)
@@ -952,7 +1217,7 @@ class GridModel:
         self._c_base = _Structure(lazy=lazy, **fields)
         self._c = self._c_base
         self._y_re, self._y_im = y_re0, y_im0
-        if self._out or self._half or self._sw_open:
+        if self._out or self._half or self._sw_open or self._fuse is not None:
             self._install_patch(self._out, self._patch_info)
         else:
             self._stepper.set_y(y_re0, y_im0)
@@ -1054,6 +1319,9 @@ class GridModel:
         vm, va = np.abs(v0).astype(float), np.angle(v0).astype(float)
         if self._net._options.get("init_va_degree") == "dc":
             dc = _copy_ppc(ppci)
+            link = self._link
+            if link is not None:
+                dc["branch"][link.rows[(link.rows >= 0) & ~link.closed], 10] = 0  # BR_STATUS
             try:
                 dc = self._pp["dc"](dc)
                 va = np.deg2rad(dc["bus"][:, 8].astype(float))  # VA column
@@ -1712,6 +1980,10 @@ class GridModel:
             if not newly:
                 break
             limited.extend(newly)
+        fz = self._fuse
+        if fz is not None:  # fused buses: one voltage, as pandapower reports them
+            vm[fz.members] = vm[fz.of]
+            va[fz.members] = va[fz.of]
         return vm, va, kind, qfix, limited, total_it, nrm
 
     def solve(self) -> Solution:
