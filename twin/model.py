@@ -544,6 +544,7 @@ class GridModel:
                 "%d in-service buses have no connection to a slack and are not solved (NaN): %s",
                 self._unsupplied.size, _short_list(self._unsupplied),
             )  # fmt: skip
+        self._bus_int0, self._unsupplied0 = ib, self._unsupplied
         self._vm = vm
         self._va = va
         self._va_ref = np.angle(v0)[ref]
@@ -599,7 +600,6 @@ class GridModel:
                 self._compile(use_links=False)
                 return
             self.patches = patches
-            self._unsupplied = self._unsupplied_buses(net, ib)
 
     # ------------------------------------------------------------------ bus-bus switches
     @staticmethod
@@ -885,23 +885,60 @@ class GridModel:
                 return False
         cut = new_out | frozenset(half)
         dead = self._cut_off(cut, info)
-        # only auxiliary buses (no pandapower bus: the open ends of element switches) may be
-        # left without supply; they are solved as dead buses (kind 3), as pandapower drops them
-        if dead.size and (self._bus_rep[dead] >= 0).any():
+        # buses left without supply (auxiliary buses of open element switches, cut-off parts of
+        # the grid) are solved as dead buses (kind 3): NaN, their loads at zero, as pandapower
+        # drops them; a cut-off generator recompiles (pandapower turns it off)
+        gen_bus = self._gen_bus if rep is None else rep[self._link.base.gen_bus]  # type: ignore[union-attr]
+        if dead.size and np.isin(gen_bus[self._gen_on], dead).any():
             return False
         if rep is not None:
             self._set_fusion(rep)
         self._svc_out, self._sw_open = svc_out, dict(sw_open)
         self._half = half
+        self._set_unsupplied(dead)
         if dead.size:
             kind = self._kind_fused.copy()
             kind[dead] = 3
             self._kind_run = kind
         else:
             self._kind_run = self._kind_fused
+        back = np.setdiff1d(self._dead_aux, dead)
+        if back.size:
+            # buses supplied again start from their live neighbours, not from zero
+            have = np.ones(self._n, dtype=bool)
+            have[back] = False
+            if dead.size:
+                have[dead] = False
+            vm, va = self._vm.copy(), self._va.copy()
+            vm[back], va[back] = 1.0, 0.0
+            _fill_from_neighbours(vm, va, have, self._y_indptr, self._y_indices)
+            self._vm, self._va = vm, va
         self._dead_aux = dead
         self._install_patch(new_out, info)
         return True
+
+    def _set_unsupplied(self, dead: np.ndarray) -> None:
+        """pandapower buses at dead compiled buses: NaN in results, named in the solution."""
+        ib0, un0 = self._bus_int0, self._unsupplied0
+        cut = ib0 >= 0
+        if dead.size:
+            cut &= np.isin(ib0, dead)
+        else:
+            cut[:] = False
+        if not cut.any():
+            if self._bus_int is not ib0:
+                self._bus_int, self._unsupplied = ib0, un0
+            return
+        ib = ib0.copy()
+        ib[cut] = -1
+        new = self._net.bus.index.to_numpy()[cut]
+        if not np.array_equal(new, self._unsupplied[~np.isin(self._unsupplied, un0)]):
+            _log.warning(
+                "%d in-service buses have no connection to a slack and are not solved (NaN): %s",
+                new.size, _short_list(new),
+            )  # fmt: skip
+        self._bus_int = ib
+        self._unsupplied = np.union1d(un0, new)
 
     def _try_switch(self, pos: np.ndarray, new: np.ndarray) -> bool:
         """Line / trafo switch changes as Ybus patches (False: recompile instead).
@@ -1014,6 +1051,7 @@ class GridModel:
             np.add.at(yre, pos, d.real)
             np.add.at(yim, pos, d.imag)
         fz = self._fuse
+        elem_bus = self._elem_bus
         if fz is not None:
             self._fold(yre)
             self._fold(yim)
@@ -1093,9 +1131,16 @@ class GridModel:
                         fields["fb"], fields["tb"] = fb, tb
                     maps[table] = SimpleNamespace(**fields)
                 return maps
-            if fz is not None:
-                return self._fused_elements(fz, ppci)
-            return c0.element  # gen results read the patched Ybus values (c.y_re / c.y_im)
+            el = self._fused_elements(fz, ppci) if fz is not None else c0.element
+            if dead_buses.size:
+                # loads / sgens at dead buses: zero, as pandapower reports them
+                el = dict(el)
+                for table in ("load", "sgen"):
+                    m = el.get(table)
+                    if m is not None:
+                        at = np.isin(elem_bus[table], dead_buses)
+                        el[table] = SimpleNamespace(**{**vars(m), "factor": m.factor * ~at})
+            return el  # gen results read the patched Ybus values (c.y_re / c.y_im)
 
         c = _Structure(lazy=lazy, **fields)
         self._c = c
@@ -1959,6 +2004,9 @@ class GridModel:
         nrm = 0.0
         vm = vm0.copy()  # the kernel sets slack and PV magnitudes from vset
         va = va0.copy()
+        dead = self._dead_aux
+        if dead.size:
+            vm[dead], va[dead] = 1.0, 0.0  # held as zero between solves (below)
         for _round in range(20):
             try:
                 it, nrm = self._stepper.run(
@@ -1984,6 +2032,8 @@ class GridModel:
         if fz is not None:  # fused buses: one voltage, as pandapower reports them
             vm[fz.members] = vm[fz.of]
             va[fz.members] = va[fz.of]
+        if dead.size:  # dead buses carry no voltage: zero flows at them in every result
+            vm[dead], va[dead] = 0.0, 0.0
         return vm, va, kind, qfix, limited, total_it, nrm
 
     def solve(self) -> Solution:
