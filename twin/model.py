@@ -13,7 +13,8 @@ values. Results go to ``net.res_*`` only on :meth:`GridModel.to_net`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from types import SimpleNamespace
 from typing import Any
@@ -940,6 +941,30 @@ class GridModel:
         self._bus_int = ib
         self._unsupplied = np.union1d(un0, new)
 
+    @contextmanager
+    def _dead_elements(self, c: Any) -> Iterator[None]:
+        """pandapower's extraction sees the elements at dead buses of ``c`` as out of service."""
+        dead = c.__dict__.get("dead")
+        if dead is None or not dead.size:
+            yield
+            return
+        net = self._net
+        saved = net._is_elements
+        iso = dict(saved)
+        lk = self._bus_lookup
+        for table in ("load", "sgen", "shunt", "ward", "xward", "storage", "motor"):
+            arr = saved.get(table)
+            if arr is None or table not in net or len(net[table]) != len(arr):
+                continue
+            b = net[table]["bus"].to_numpy(dtype=np.int64)
+            ib = np.where(b < lk.shape[0], lk[np.minimum(b, lk.shape[0] - 1)], -1)
+            iso[table] = np.asarray(arr, dtype=bool) & ~np.isin(ib, dead)
+        net._is_elements = iso
+        try:
+            yield
+        finally:
+            net._is_elements = saved
+
     def _try_switch(self, pos: np.ndarray, new: np.ndarray) -> bool:
         """Line / trafo switch changes as Ybus patches (False: recompile instead).
 
@@ -1073,7 +1098,7 @@ class GridModel:
             }
             base = self._c_fields = (c0, kept_fields)
         fields = dict(base[1])
-        fields.update(ppci=ppci, y_re=yre, y_im=yim)
+        fields.update(ppci=ppci, y_re=yre, y_im=yim, dead=dead_buses)
         if fz is not None:
             # solved on fused buses: gens, branches and injections at the buses they fuse into;
             # the unfused buses get their fused bus's voltage (_newton), so Yf / Yt flows hold
@@ -2202,7 +2227,8 @@ class GridModel:
         ppc = pp["copy_results"](result, ppc, "pf")
         net["_ppc"] = ppc
         net["converged"] = True
-        pp["extract"](net, ppc)
+        with self._dead_elements(snap["c"]):
+            pp["extract"](net, ppc)
 
     def to_net(self) -> None:
         """Write the last solution into ``net.res_*`` with pandapower's semantics.
