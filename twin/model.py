@@ -886,6 +886,12 @@ class GridModel:
                 return False
         cut = new_out | frozenset(half)
         dead = self._cut_off(cut, info)
+        if dead.size and half:
+            # an element opened at one end whose closed end is cut off is dead as a whole
+            gone = [r for r, e in half.items() if (info.t[r] if e == 1 else info.f[r]) in dead]
+            if gone:
+                half = {r: e for r, e in half.items() if r not in gone}
+                new_out = new_out | frozenset(gone)
         # buses left without supply (auxiliary buses of open element switches, cut-off parts of
         # the grid) are solved as dead buses (kind 3): NaN, their loads at zero, as pandapower
         # drops them; a cut-off generator recompiles (pandapower turns it off)
@@ -961,7 +967,8 @@ class GridModel:
             iso[table] = np.asarray(arr, dtype=bool) & ~np.isin(ib, dead)
         net._is_elements = iso
         try:
-            yield
+            with np.errstate(invalid="ignore", divide="ignore"):  # currents at zero voltage
+                yield
         finally:
             net._is_elements = saved
 
@@ -1153,6 +1160,13 @@ class GridModel:
                                 tb[j] = n
                         fb[at_dead_f] = n  # a dead auxiliary bus: NaN voltage, like pandapower
                         tb[at_dead_t] = n
+                        if part.size:
+                            # a switch-opened end at a dead bus: the element still hangs from
+                            # its live closed end (zero flow at the open end, its aux voltage)
+                            t_open = np.array([half[int(r)] == 2 for r in m.rows[part]])
+                            fo, to_ = part[~t_open], part[t_open]
+                            fb[fo] = m.tb[fo]
+                            tb[to_] = m.fb[to_]
                         fields["fb"], fields["tb"] = fb, tb
                     maps[table] = SimpleNamespace(**fields)
                 return maps
