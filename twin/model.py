@@ -594,6 +594,7 @@ class GridModel:
                 gen_bus=self._gen_bus, rest_p=self._rest_p, rest_q=self._rest_q,
                 groups=groups, elem_bus=dict(self._elem_bus),
             )  # fmt: skip
+            link.stepper0 = self._stepper
             sw_open = {int(r): 3 for r, c in zip(link.rows, link.closed) if r >= 0 and not c}
             patches = self.patches
             if not self._apply_state(self._svc_out, sw_open, self._patch_data(), force=True):
@@ -682,29 +683,49 @@ class GridModel:
 
         Each group of buses joined by closed links is solved at one member: a slack if it has
         one, else a PV bus, else the first bus (pandapower keeps the same kind of bus).
+        Memoised per set of closed links (a breaker toggled back and forth).
         """
-        import scipy.sparse as sp
-        from scipy.sparse.csgraph import connected_components
-
         link = self._link
         assert link is not None
+        closed = tuple(k for k, r in enumerate(link.rows.tolist()) if r >= 0 and r not in out)
+        cache = link.__dict__.setdefault("rep_cache", {})
+        if closed in cache:
+            return cache[closed]
         nodes = link.nodes
-        live = link.rows >= 0
-        if out:
-            live &= ~np.isin(link.rows, np.fromiter(out, dtype=np.int64))
-        la = np.searchsorted(nodes, link.a[live])
-        lb = np.searchsorted(nodes, link.b[live])
-        k = nodes.shape[0]
-        g = sp.coo_matrix((np.ones(la.shape[0]), (la, lb)), shape=(k, k))
-        ncomp, lab = connected_components(g, directed=False)
-        kind = self._kind0[nodes]
-        if np.any(np.bincount(lab, weights=(kind == 0).astype(float), minlength=ncomp) > 1):
-            return None  # two slacks fused into one: the slack set changes, recompile
-        order = np.lexsort((nodes, kind))[::-1]
-        first = np.empty(ncomp, dtype=np.int64)
-        first[lab[order]] = nodes[order]  # the last write is the first in (kind, bus) order
+        if "prio" not in link.__dict__:
+            # local node ids of the link ends, and each node's rank in (kind, bus) order
+            link.la = np.searchsorted(nodes, link.a).tolist()
+            link.lb = np.searchsorted(nodes, link.b).tolist()
+            prio = np.empty(nodes.shape[0], dtype=np.int64)
+            prio[np.lexsort((nodes, self._kind0[nodes]))] = np.arange(nodes.shape[0])
+            link.prio = prio.tolist()
+            link.slack = (self._kind0[nodes] == 0).tolist()
+        parent = list(range(nodes.shape[0]))
+
+        def find(x: int) -> int:
+            while parent[x] != x:
+                parent[x] = parent[parent[x]]
+                x = parent[x]
+            return x
+
+        prio, slack = link.prio, list(link.slack)
+        for k in closed:
+            x, y = find(link.la[k]), find(link.lb[k])
+            if x == y:
+                continue
+            if slack[x] and slack[y]:
+                cache[closed] = None  # two slacks fused into one: the slack set changes
+                return None
+            # the root is the member first in (kind, bus) order; it carries the group's slack
+            if prio[y] < prio[x]:
+                x, y = y, x
+            parent[y] = x
+            slack[x] = slack[x] or slack[y]
         rep = np.arange(self._n, dtype=np.int64)
-        rep[nodes] = first[lab]
+        rep[nodes] = nodes[[find(x) for x in range(nodes.shape[0])]]
+        if len(cache) >= 64:
+            cache.clear()
+        cache[closed] = rep
         return rep
 
     def _set_fusion(self, rep: np.ndarray) -> None:
@@ -716,6 +737,16 @@ class GridModel:
         if old is not None and np.array_equal(old.rep[nodes], rep[nodes]):
             return
         if old is None and np.array_equal(rep[nodes], nodes):
+            return
+        states = link.__dict__.setdefault("states", {})
+        key = rep[nodes].tobytes()
+        state = states.get(key)
+        if state is not None:
+            # a fusion seen before on this compile (its stepper too): nothing to build
+            (self._fuse, self._gen_bus, self._rest_p, self._rest_q, self._groups_now,
+             self._elem_bus, self._kind_fused, self._stepper) = state  # fmt: skip
+            self._groups = self._groups_now
+            self._gen_sums = None
             return
         base = link.base
         n = self._n
@@ -747,12 +778,18 @@ class GridModel:
         self._groups_now = self._groups = groups
         self._elem_bus = dict(elem_bus)
         self._kind_fused = kind
-        zeros = np.zeros(n)
-        self._stepper = self._kernel.Stepper(
-            self._plan, self._y_indptr, self._y_indices, self._y_re, self._y_im, kind,
-            self._vset, zeros, zeros, groups, self._inv_base,
-        )  # fmt: skip
+        if fz is None and "stepper0" in link.__dict__:
+            self._stepper = link.stepper0  # the compile's own (unfused) stepper
+        else:
+            zeros = np.zeros(n)
+            self._stepper = self._kernel.Stepper(
+                self._plan, self._y_indptr, self._y_indices, self._y_re, self._y_im, kind,
+                self._vset, zeros, zeros, groups, self._inv_base,
+            )  # fmt: skip
         self._gen_sums = None
+        if len(states) >= 16:
+            states.clear()
+        states[key] = (fz, gen_bus, rest_p, rest_q, groups, self._elem_bus, kind, self._stepper)
 
     def _fold(self, y: np.ndarray) -> None:
         """Ybus values of the unfused buses moved (in place) onto the buses they fuse into."""
@@ -909,7 +946,7 @@ class GridModel:
             self._kind_run = kind
         else:
             self._kind_run = self._kind_fused
-        back = np.setdiff1d(self._dead_aux, dead)
+        back = np.setdiff1d(self._dead_aux, dead) if self._dead_aux.size else dead[:0]
         if back.size:
             # buses supplied again start from their live neighbours, not from zero
             have = np.ones(self._n, dtype=bool)
@@ -989,7 +1026,7 @@ class GridModel:
         state = sw.closed.copy()
         state[pos] = new
         sw_open = dict(self._sw_open)
-        for r in np.unique(cand).tolist():
+        for r in set(cand.tolist()):
             mine = sw.switches_of_row[r]
             ends = 0
             for k, end in mine:
@@ -1014,7 +1051,9 @@ class GridModel:
         et = df["et"].to_numpy().astype(str)
         elem = df["element"].to_numpy(dtype=np.int64)
         bus = df["bus"].to_numpy(dtype=np.int64)
-        closed = df["closed"].to_numpy(dtype=bool).copy()
+        # the states the model solves (the guard), not the net's (it may be edited behind its back)
+        held = self._guard_values("switch", "closed")
+        closed = (held if held is not None else df["closed"].to_numpy()).astype(bool)
         row_of_switch = np.full(len(df), -1, dtype=np.int64)
         switches_of_row: dict[int, list[tuple[int, int]]] = {}
         for code, table, ends in (("l", "line", ("from_bus", "to_bus")),
@@ -1206,7 +1245,7 @@ class GridModel:
             return False
         df = net.trafo
         col = df.columns.get_loc("tap_pos")
-        old = compiled[pos].copy()  # the net's values: the caller checked the guard is fresh
+        old = compiled[pos].copy()  # as solved (restored into the net if this fails)
         if not self._write_guarded("trafo", "tap_pos", pos, new):
             df.iloc[pos, col] = new
         rows = rows_of[pos]
@@ -1232,7 +1271,10 @@ class GridModel:
             if not self._write_guarded("trafo", "tap_pos", pos, old):
                 df.iloc[pos, col] = old
             return False
-        self._guard_refresh("trafo", "tap_pos")
+        if compiled.dtype == new.dtype:
+            compiled[pos] = new  # the guard's record of what the model now solves
+        else:
+            self._guard_refresh("trafo", "tap_pos", keep_except=pos, compiled=compiled)
         if not sel.size:
             return True
         br_rows = rows[sel]
@@ -1309,11 +1351,32 @@ class GridModel:
         self.patches += 1
         return True
 
-    def _guard_refresh(self, table: str, column: str) -> None:
-        """Record the net's current column as compiled (after a change patched onto it)."""
+    def _guard_refresh(
+        self,
+        table: str,
+        column: str,
+        keep_except: np.ndarray | None = None,
+        compiled: np.ndarray | None = None,
+    ) -> None:
+        """Record the net's current column as compiled (after a change patched onto it).
+
+        With ``keep_except``, only those positions are taken from the net (the column's dtype
+        changed); the others keep ``compiled``, so an edit made behind the model's back there
+        still differs and is found by the next full check.
+        """
         for g in self._guard:
             if g[0] == table and g[1] == column:
-                g[5] = self._net[table][column].to_numpy().copy()
+                now = self._net[table][column].to_numpy().copy()
+                if keep_except is not None and compiled is not None:
+                    keep = np.ones(now.shape[0], dtype=bool)
+                    keep[keep_except] = False
+                    try:
+                        if now.shape != compiled.shape:
+                            raise ValueError("shape")
+                        now[keep] = compiled[keep]
+                    except (ValueError, TypeError):
+                        return  # left as compiled: the next full check recompiles
+                g[5] = now
                 g[2] = g[3] = g[4] = None
                 del g[6:]
 
@@ -1366,6 +1429,23 @@ class GridModel:
                 return True
             entry[2], entry[3] = df, df.index
         return False
+
+    def _guard_view(self, table: str, column: str) -> np.ndarray | None:
+        """The net's current ``table.column`` as the guard caches it (refreshed when pandas
+        replaced the frame or its blocks); None when the column is gone."""
+        for g in self._guard:
+            if g[0] != table or g[1] != column:
+                continue
+            df = self._net[table]
+            blocks = df._mgr.blocks
+            if g[4] is None or g[2] is not df or g[3] is not blocks:
+                try:
+                    g[4] = df[column].to_numpy()
+                except KeyError:
+                    return None
+                g[2], g[3] = df, blocks
+            return g[4]
+        return None
 
     def _write_guarded(self, table: str, column: str, pos: np.ndarray, new: np.ndarray) -> bool:
         """Write a bool / float column through the guard's view of the frame's block (no pandas).
@@ -1929,11 +2009,24 @@ class GridModel:
         if (table, column) in _TOPOLOGY:
             df = self.net[table]  # flushed: the recompile reads every input from the net
             compiled = self._guard_values(table, column)
-            # the guard holds what was compiled; when the net still agrees with it (not stale),
-            # it stands for the net's column and no pandas read is needed
-            fresh = compiled is not None and not self._guard_stale()
+            # the guard holds what the model solves. The change is made on it (and written into
+            # the net) when this column still has the compiled shape; any other edit made to
+            # the net behind the model's back is found by solve()'s full check, which compares
+            # the net with the guard after this change (one full check per toggle, not two)
+            gview = self._guard_view(table, column) if compiled is not None else None
+            fresh = (
+                gview is not None
+                and compiled is not None
+                and gview.shape == compiled.shape
+                and gview.dtype == compiled.dtype
+            )
             if fresh and compiled is not None and _same_values(compiled[pos], newv):
-                return  # unchanged: a sync loop may resend the same status every step
+                assert gview is not None
+                if _same_values(gview[pos], newv):
+                    return  # unchanged: a sync loop may resend the same status every step
+                if self._write_guarded(table, column, pos, newv):
+                    return  # the net was edited behind the model's back: now as asked
+                fresh = False
             if fresh and column == "tap_pos" and self._try_tap(pos, newv):
                 return
             # the switch states as compiled are read before the net is written below
