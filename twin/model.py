@@ -584,6 +584,8 @@ class GridModel:
         self._tap_memo: dict[tuple[int, float], tuple[float, ...]] = {}
         # (trafo position, tap) -> its branch's ytt, yff, yft, ytf on this compile
         self._tap_stamps: dict[tuple[int, float], tuple[complex, ...]] = {}
+        # every trafo tap vector patched on this compile -> its patched admittances (bounded)
+        self._tap_states: dict[bytes, tuple[Any, ...]] = {}
         self._patch_info: SimpleNamespace | None = None
         self.patches = getattr(self, "patches", 0)
         self._kind_fused = kind  # kind0 with the fused-away buses of closed bus-bus switches at 3
@@ -1245,6 +1247,7 @@ class GridModel:
             return False
         df = net.trafo
         col = df.columns.get_loc("tap_pos")
+        key_before = compiled.tobytes()
         old = compiled[pos].copy()  # as solved (restored into the net if this fails)
         if not self._write_guarded("trafo", "tap_pos", pos, new):
             df.iloc[pos, col] = new
@@ -1276,6 +1279,27 @@ class GridModel:
         else:
             self._guard_refresh("trafo", "tap_pos", keep_except=pos, compiled=compiled)
         if not sel.size:
+            return True
+        # every tap position of the compile seen before: its patched admittances as they were
+        # (a controller stepping up and down costs a lookup, not a new patch)
+        states = self._tap_states
+        held = self._guard_values("trafo", "tap_pos")
+        key = held.tobytes() if held is not None else None
+        if key_before not in states and len(states) < 8:
+            states[key_before] = (
+                self._y_base, self._patch_info, self._ppci, self._c_base, self._y_pending
+            )  # fmt: skip
+        hit = states.get(key) if key is not None else None
+        if hit is not None:
+            self._y_base, self._patch_info, self._ppci, self._c_base, self._y_pending = hit
+            self._c = self._c_base
+            self._y_re, self._y_im = self._y_base
+            if self._out or self._half or self._sw_open or self._fuse is not None:
+                self._install_patch(self._out, self._patch_info)
+            else:
+                self._stepper.set_y(self._y_re, self._y_im)
+                self._last_snap = None
+            self.patches += 1
             return True
         br_rows = rows[sel]
         c0 = self._c_base
@@ -1349,6 +1373,8 @@ class GridModel:
             self._stepper.set_y(y_re0, y_im0)
             self._last_snap = None
         self.patches += 1
+        if key is not None and len(states) < 8 and branch.nbytes < (16 << 20):
+            states[key] = (y_re0, y_im0), self._patch_info, ppci, self._c_base, self._y_pending
         return True
 
     def _guard_refresh(
