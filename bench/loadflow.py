@@ -351,7 +351,7 @@ def _with_coupler(net):
 
 
 def _toggle_bus_switch(net) -> int | None:
-    """A closed bus-bus switch the model patches (its opening may cut a feeder off)."""
+    """A closed bus-bus switch, one the model patches if any (its opening may cut a feeder off)."""
     from twin.model import GridModel
 
     cands = net.switch.index[(net.switch.et == "b") & net.switch.closed]
@@ -366,7 +366,7 @@ def _toggle_bus_switch(net) -> int | None:
         model.update("switch", "closed", [True], index=[int(sw)])
         if patched:
             return int(sw)
-    return None
+    return int(cands[0])  # none patched (an older model): its full conversion is timed
 
 
 def run_toggle_bus_switch_ls2g(net, sw: int, steps: int):
