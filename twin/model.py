@@ -546,6 +546,8 @@ class GridModel:
                 self._unsupplied.size, _short_list(self._unsupplied),
             )  # fmt: skip
         self._bus_int0, self._unsupplied0 = ib, self._unsupplied
+        self._held_v = (np.full(n, np.nan), np.full(n, np.nan))  # last live V of dead buses
+        self._warned: set[bytes] = set()  # cut-off bus sets already named in a warning
         self._vm = vm
         self._va = va
         self._va_ref = np.angle(v0)[ref]
@@ -927,16 +929,19 @@ class GridModel:
         dead = self._cut_off(cut, info)
         if dead.size and half:
             # an element opened at one end whose closed end is cut off is dead as a whole
-            gone = [r for r, e in half.items() if (info.t[r] if e == 1 else info.f[r]) in dead]
-            if gone:
-                half = {r: e for r, e in half.items() if r not in gone}
-                new_out = new_out | frozenset(gone)
+            lost = [r for r, e in half.items() if (info.t[r] if e == 1 else info.f[r]) in dead]
+            if lost:
+                half = {r: e for r, e in half.items() if r not in lost}
+                new_out = new_out | frozenset(lost)
         # buses left without supply (auxiliary buses of open element switches, cut-off parts of
         # the grid) are solved as dead buses (kind 3): NaN, their loads at zero, as pandapower
         # drops them; a cut-off generator recompiles (pandapower turns it off)
-        gen_bus = self._gen_bus if rep is None else rep[self._link.base.gen_bus]  # type: ignore[union-attr]
-        if dead.size and np.isin(gen_bus[self._gen_on], dead).any():
-            return False
+        if dead.size:
+            gen_bus = self._gen_bus if rep is None else rep[self._link.base.gen_bus]  # type: ignore[union-attr]
+            is_dead = np.zeros(self._n + 1, dtype=bool)
+            is_dead[dead] = True
+            if is_dead[gen_bus[self._gen_on]].any():
+                return False
         if rep is not None:
             self._set_fusion(rep)
         self._svc_out, self._sw_open = svc_out, dict(sw_open)
@@ -948,16 +953,26 @@ class GridModel:
             self._kind_run = kind
         else:
             self._kind_run = self._kind_fused
-        back = np.setdiff1d(self._dead_aux, dead) if self._dead_aux.size else dead[:0]
+        old_dead = self._dead_aux
+        same_dead = old_dead.shape == dead.shape and bool(np.all(old_dead == dead))
+        back = dead[:0] if same_dead or not old_dead.size else np.setdiff1d(old_dead, dead)
+        if dead.size and not same_dead:
+            gone = np.setdiff1d(dead, old_dead) if old_dead.size else dead
+            # their last live voltage, for when they are supplied again
+            self._held_v[0][gone], self._held_v[1][gone] = self._vm[gone], self._va[gone]
         if back.size:
-            # buses supplied again start from their live neighbours, not from zero
-            have = np.ones(self._n, dtype=bool)
-            have[back] = False
-            if dead.size:
-                have[dead] = False
+            # buses supplied again start from their last live voltage, else (dead since the
+            # compile) from their live neighbours, not from zero
             vm, va = self._vm.copy(), self._va.copy()
-            vm[back], va[back] = 1.0, 0.0
-            _fill_from_neighbours(vm, va, have, self._y_indptr, self._y_indices)
+            vm[back], va[back] = self._held_v[0][back], self._held_v[1][back]
+            cold = back[~np.isfinite(vm[back])]
+            if cold.size:
+                have = np.ones(self._n, dtype=bool)
+                have[cold] = False
+                if dead.size:
+                    have[dead] = False
+                vm[cold], va[cold] = 1.0, 0.0
+                _fill_from_neighbours(vm, va, have, self._y_indptr, self._y_indices)
             self._vm, self._va = vm, va
         self._dead_aux = dead
         self._install_patch(new_out, info)
@@ -966,19 +981,20 @@ class GridModel:
     def _set_unsupplied(self, dead: np.ndarray) -> None:
         """pandapower buses at dead compiled buses: NaN in results, named in the solution."""
         ib0, un0 = self._bus_int0, self._unsupplied0
-        cut = ib0 >= 0
-        if dead.size:
-            cut &= np.isin(ib0, dead)
-        else:
-            cut[:] = False
-        if not cut.any():
+        cut = None
+        if dead.size and (self._bus_rep[dead] >= 0).any():  # not only auxiliary buses
+            is_dead = np.zeros(self._n + 1, dtype=bool)
+            is_dead[dead] = True
+            cut = is_dead[ib0]  # ib0 == -1 reads the last entry: False
+        if cut is None or not cut.any():
             if self._bus_int is not ib0:
                 self._bus_int, self._unsupplied = ib0, un0
             return
         ib = ib0.copy()
         ib[cut] = -1
         new = self._net.bus.index.to_numpy()[cut]
-        if not np.array_equal(new, self._unsupplied[~np.isin(self._unsupplied, un0)]):
+        if new.tobytes() not in self._warned and len(self._warned) < 1024:
+            self._warned.add(new.tobytes())  # once per set of cut-off buses and compile
             _log.warning(
                 "%d in-service buses have no connection to a slack and are not solved (NaN): %s",
                 new.size, _short_list(new),
