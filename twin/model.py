@@ -4,10 +4,12 @@ pandapower's own conversion (``_pd2ppc``, ``makeYbus``) builds the admittance mo
 keeps the index maps between pandapower elements and internal buses, the injection arrays and the
 kernel's symbolic analysis. Injection updates touch only the injection arrays: load / sgen inputs
 are written in place into arrays the kernel's ``Stepper`` reads, and the bus injections are
-assembled inside the kernel call at the next solve; switching, outages and tap changes recompile
-the admittance model and keep the symbolic analysis whenever the new pattern fits into the old
-one, except line / trafo outages that keep every bus supplied, which patch the compiled Ybus
-values. Results go to ``net.res_*`` only on :meth:`GridModel.to_net`.
+assembled inside the kernel call at the next solve. Line / trafo outages, tap changes, line /
+trafo switches and bus-bus switches (compiled as links and fused on the compiled pattern) patch
+the compiled Ybus values, also when they cut buses off (solved as dead buses, NaN); the few
+changes that cannot be patched recompile and keep the symbolic analysis whenever the new
+pattern fits into the old one (docs/architecture.md). Results go to ``net.res_*`` only on
+:meth:`GridModel.to_net`.
 """
 
 from __future__ import annotations
@@ -348,8 +350,9 @@ class GridModel:
     The model keeps the caller's net (no copy) and detects topology edits made to it directly:
     before every solve the topology columns and table lengths it compiled are compared with the
     net, and a difference recompiles (see docs/architecture.md "Topology and the net"). Injections
-    go through :meth:`update`; parameter edits need a new model. Line / trafo outages that keep
-    every bus supplied are patched onto the compiled Ybus; other topology changes recompile.
+    go through :meth:`update`; parameter edits need a new model. Outages, taps, element and
+    bus-bus switches are patched onto the compiled Ybus (cut-off buses included); the rest
+    recompiles (see docs/architecture.md "Topology and the net").
 
     Args:
         net: the pandapower net; kept (not copied) as ``model.net`` and kept in sync by updates.
