@@ -9,7 +9,9 @@ lightsim2grid divides its tolerance by ``sn_mva``, so it is given ``tol * sn_mva
    results (gridtwin: ``Solution.get``; lightsim2grid: its ``get_*_res`` arrays; pandapower's
    runpp always writes every result).
 2. Topology toggle + solve (median): one line out / back in; a line switch open / closed (on
-   radial grids the variant with every line switch closed); a trafo tap up / down.
+   radial grids the variant with every line switch closed); a trafo tap up / down; a bus-bus
+   switch open / closed (the grid's own, or a bus coupler added to ieee14 / ieee118 /
+   case2869pegase).
 3. N-1 over the in-service lines and trafos: gridtwin ``twin.n_minus_1`` vs lightsim2grid's
    ContingencyAnalysisCPP (same threads) vs pandapower's contingency module (a few cases).
 
@@ -206,7 +208,7 @@ def gridtwin_memory(net, backend: str = "cython") -> tuple[float, float]:
     return peak / 1e6, model.memory_bytes() / 1e6
 
 
-def _toggle_line(net) -> int:
+def _toggle_line(net) -> int | None:
     """A line whose outage keeps every bus supplied (the same one for every method)."""
     from twin import batch
     from twin.model import GridModel
@@ -215,6 +217,10 @@ def _toggle_line(net) -> int:
     first = net.line.index[net.line.in_service][:50]
     res = batch.n_minus_1(model, [("line", int(i)) for i in first])
     ok = [k for k in range(len(res)) if res.converged[k] and not res.islanded[k]]
+    if not ok:  # a radial grid: every outage cuts a feeder off (patched too)
+        ok = [k for k in range(len(res)) if res.converged[k]]
+    if not ok:
+        return None
     # prefer a line the model patches (a line with an open switch recompiles: its auxiliary
     # bus would be left without supply)
     for k in ok[len(ok) // 2 :] + ok[: len(ok) // 2]:
@@ -313,6 +319,97 @@ def run_toggle_switch_ls2g(net, sw: int, steps: int):
         off = getattr(model, f"deactivate_powerline_side{side}")
         on = getattr(model, f"reactivate_powerline_side{side}")
         return lambda k: (off if k % 2 == 0 else on)(pos)
+
+    return _ls2g_toggle(net, make, steps)
+
+
+def _with_coupler(net):
+    """A copy of ``net`` with one bus split by a bus coupler (a closed bus-bus switch).
+
+    The split bus is the load bus with the fewest lines (three or more); half of its lines move
+    to the new bus, so both halves stay supplied when the coupler opens. None when no bus has
+    three lines.
+    """
+    import pandapower as pp
+
+    net = copy.deepcopy(net)
+    ends = np.concatenate([net.line.from_bus.to_numpy(), net.line.to_bus.to_numpy()])
+    count = np.bincount(ends.astype(np.int64), minlength=int(net.bus.index.max()) + 1)
+    slack = set(net.ext_grid.bus.tolist()) | set(net.gen.bus.tolist())
+    # the least-connected such bus: splitting a hub can leave a case that is hard for every
+    # solver (case2869pegase's busiest bus: lightsim2grid diverges, gridtwin needs its DC retry)
+    cands = [b for b in np.argsort(count, kind="stable") if count[b] >= 3 and int(b) not in slack]
+    if not cands:
+        return None
+    bus = int(cands[0])
+    new = pp.create_bus(net, vn_kv=net.bus.at[bus, "vn_kv"], name=f"{bus} coupled")
+    lines = net.line.index[(net.line.from_bus == bus) | (net.line.to_bus == bus)]
+    for line in lines[: len(lines) // 2]:
+        for end in ("from_bus", "to_bus"):
+            if net.line.at[line, end] == bus:
+                net.line.at[line, end] = new
+    pp.create_switch(net, bus, new, et="b", closed=True)
+    net["_ppc"] = None
+    return net
+
+
+def _toggle_bus_switch(net) -> int | None:
+    """A closed bus-bus switch, one the model patches if any (its opening may cut a feeder off)."""
+    from twin.model import GridModel
+
+    cands = net.switch.index[(net.switch.et == "b") & net.switch.closed]
+    if not len(cands):
+        return None
+    model = GridModel(copy.deepcopy(net))
+    model.solve()
+    for sw in cands[:20]:
+        before = model.patches
+        model.update("switch", "closed", [False], index=[int(sw)])
+        patched = model.patches > before
+        model.update("switch", "closed", [True], index=[int(sw)])
+        if patched:
+            return int(sw)
+    return int(cands[0])  # none patched (an older model): its full conversion is timed
+
+
+def run_toggle_bus_switch_ls2g(net, sw: int, steps: int):
+    """lightsim2grid: the elements of the switch's second bus moved onto its first bus (closed)
+    and back (open), the emptied bus deactivated / reactivated (lightsim2grid does not fuse
+    bus-bus switches itself: its ``change_bus_*`` methods are its topology change) + ac_pf."""
+    a, b = int(net.switch.at[sw, "bus"]), int(net.switch.at[sw, "element"])
+    pa, pb = int(net.bus.index.get_loc(a)), int(net.bus.index.get_loc(b))
+
+    def at(table: str, column: str) -> list[int]:
+        df = net[table]
+        return [int(df.index.get_loc(i)) for i in df.index[df[column] == b]]
+
+    moves = [("change_bus1_powerline", at("line", "from_bus")),
+             ("change_bus2_powerline", at("line", "to_bus")),
+             ("change_bus1_trafo", at("trafo", "hv_bus")),
+             ("change_bus2_trafo", at("trafo", "lv_bus")), ("change_bus_load", at("load", "bus")),
+             ("change_bus_gen", at("gen", "bus")), ("change_bus_sgen", at("sgen", "bus")),
+             ("change_bus_shunt", at("shunt", "bus"))]  # fmt: skip
+
+    def make(model: Any) -> Callable[[int], None]:
+        calls = [(getattr(model, name), ids) for name, ids in moves if ids]
+
+        def place(bus: int) -> None:
+            for fn, ids in calls:
+                for i in ids:
+                    fn(i, bus)
+
+        place(pa)  # the coupler closed: every element on the first bus
+        model.deactivate_bus(pb)
+
+        def change(k: int) -> None:
+            if k % 2 == 0:  # open
+                model.reactivate_bus(pb)
+                place(pb)
+            else:
+                place(pa)
+                model.deactivate_bus(pb)
+
+        return change
 
     return _ls2g_toggle(net, make, steps)
 
@@ -459,9 +556,10 @@ def main(argv: list[str] | None = None) -> int:
         if case == "case9241pegase" and not args.quick:
             memory = gridtwin_memory(net)
         if len(net.line) and build_info()["cython_available"]:
-            kinds: list[tuple[str, int, Callable, Callable, object]] = [
-                ("line", _toggle_line(net), run_toggle_gridtwin, run_toggle_ls2g, net)
-            ]
+            kinds: list[tuple[str, int, Callable, Callable, object]] = []
+            line = _toggle_line(net)
+            if line is not None:
+                kinds.append(("line", line, run_toggle_gridtwin, run_toggle_ls2g, net))
             sw = _toggle_switch(net) if len(net.switch) else None
             if sw is not None:
                 sw_fns = (run_toggle_switch_gridtwin, run_toggle_switch_ls2g)
@@ -478,6 +576,16 @@ def main(argv: list[str] | None = None) -> int:
             tap = _toggle_tap(net) if len(net.trafo) else None
             if tap is not None:
                 kinds.append(("tap", tap, run_toggle_tap_gridtwin, run_toggle_tap_ls2g, net))
+            # a bus-bus switch: the grid's own (cigre_lv: each feeds a feeder, opening cuts it
+            # off), else a bus coupler added to a meshed grid (both halves stay supplied)
+            bb_net = net if (net.switch.et == "b").any() else None
+            if bb_net is None and case in ("ieee14", "ieee118", "case2869pegase"):
+                bb_net = _with_coupler(net)
+            bb = _toggle_bus_switch(bb_net) if bb_net is not None else None
+            if bb is not None:
+                what = "bus switch" if bb_net is net else "bus coupler"
+                kinds.append((what, bb, run_toggle_switch_gridtwin, run_toggle_bus_switch_ls2g,
+                              bb_net))  # fmt: skip
             for what, element, fn_gt, fn_ls, on_net in kinds:
                 cell: dict[str, tuple[float, float] | str] = {}
                 for name, fn in (("gridtwin", fn_gt), ("ls2g", fn_ls)):
@@ -521,6 +629,8 @@ def main(argv: list[str] | None = None) -> int:
         net = grids.load(case)
         net["_ppc"] = None
         line = _toggle_line(net)
+        if line is None:
+            continue
         cell = {}
         for name, fn in (("gridtwin", run_toggle_gridtwin), ("ls2g", run_toggle_ls2g)):
             try:
@@ -557,7 +667,9 @@ def main(argv: list[str] | None = None) -> int:
         print(
             "\nTopology toggle + solve, median ms per toggle: a line out / in (lightsim2grid "
             "deactivate / reactivate), a line switch open / closed (lightsim2grid: that line "
-            "end), a tap up / down (lightsim2grid change_ratio_trafo)\n"
+            "end), a tap up / down (lightsim2grid change_ratio_trafo), a bus-bus switch open / "
+            "closed (the grid's own, or a bus coupler splitting one bus; lightsim2grid: the "
+            "second bus's elements moved with change_bus_*)\n"
         )
         print("| grid | toggle | gridtwin | lightsim2grid | gridtwin / lightsim2grid |")
         print("|---|---|---|---|---|")

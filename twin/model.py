@@ -4,16 +4,19 @@ pandapower's own conversion (``_pd2ppc``, ``makeYbus``) builds the admittance mo
 keeps the index maps between pandapower elements and internal buses, the injection arrays and the
 kernel's symbolic analysis. Injection updates touch only the injection arrays: load / sgen inputs
 are written in place into arrays the kernel's ``Stepper`` reads, and the bus injections are
-assembled inside the kernel call at the next solve; switching, outages and tap changes recompile
-the admittance model and keep the symbolic analysis whenever the new pattern fits into the old
-one, except line / trafo outages that keep every bus supplied, which patch the compiled Ybus
-values. Results go to ``net.res_*`` only on :meth:`GridModel.to_net`.
+assembled inside the kernel call at the next solve. Line / trafo outages, tap changes, line /
+trafo switches and bus-bus switches (compiled as links and fused on the compiled pattern) patch
+the compiled Ybus values, also when they cut buses off (solved as dead buses, NaN); the few
+changes that cannot be patched recompile and keep the symbolic analysis whenever the new
+pattern fits into the old one (docs/architecture.md). Results go to ``net.res_*`` only on
+:meth:`GridModel.to_net`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from types import SimpleNamespace
 from typing import Any
@@ -108,6 +111,9 @@ _RES_TABLES = (
 
 
 _UNSET = object()
+# the impedance a bus-bus switch is compiled with (a link branch: its admittance is never used,
+# only its pattern and pandapower's connectivity through it)
+_LINK_OHM = 1e-3
 
 
 class _Lazy:
@@ -344,8 +350,9 @@ class GridModel:
     The model keeps the caller's net (no copy) and detects topology edits made to it directly:
     before every solve the topology columns and table lengths it compiled are compared with the
     net, and a difference recompiles (see docs/architecture.md "Topology and the net"). Injections
-    go through :meth:`update`; parameter edits need a new model. Line / trafo outages that keep
-    every bus supplied are patched onto the compiled Ybus; other topology changes recompile.
+    go through :meth:`update`; parameter edits need a new model. Outages, taps, element and
+    bus-bus switches are patched onto the compiled Ybus (cut-off buses included); the rest
+    recompiles (see docs/architecture.md "Topology and the net").
 
     Args:
         net: the pandapower net; kept (not copied) as ``model.net`` and kept in sync by updates.
@@ -388,7 +395,7 @@ class GridModel:
         self._compile()
 
     # ------------------------------------------------------------------ compile
-    def _compile(self) -> None:
+    def _compile(self, use_links: bool = True) -> None:
         pp = self._pp
         net = self.net  # flushes pending inputs
         self._inp.clear()
@@ -408,7 +415,22 @@ class GridModel:
             "bus": empty, "bus_dc": empty, "ext_grid": empty, "gen": empty,
             "branch": empty, "branch_dc": empty,
         }  # fmt: skip
-        ppc, ppci = pp["pd2ppc"](net)
+        links = self._link_switches(net) if use_links else None
+        if links is not None:
+            # every bus-bus switch compiled as a branch between its two buses (pandapower models
+            # a switch with z_ohm > 0 so): no bus fused by pandapower, the fusion is done here
+            sw = net.switch
+            saved = (sw["closed"].copy(), sw["z_ohm"].copy())
+            sw.loc[sw.index[links], "closed"] = True
+            sw.loc[sw.index[links], "z_ohm"] = _LINK_OHM
+            try:
+                ppc, ppci = pp["pd2ppc"](net)
+            finally:
+                sw["closed"], sw["z_ohm"] = saved
+                net._impedance_bb_switches = np.zeros(len(sw), dtype=bool)
+            links_at = net._pd2ppc_lookups["branch"].pop("switch", None)
+        else:
+            ppc, ppci = pp["pd2ppc"](net)
         net["_ppc"] = ppc
         for key in ("svc", "tcsc", "ssc", "vsc"):
             if key in ppci and len(ppci[key]):
@@ -426,11 +448,25 @@ class GridModel:
         ref, pv, pq, on, gbus, v0, ref_gens = _rest[4:]
         if len(ref) == 0:
             raise TopologyError("expected at least one slack (ext_grid or slack gen), found none")
-        ybus, yf, yt = pp["makeYbus"](base_mva, bus, branch)
         n = bus.shape[0]
+        link = None
+        if links is not None:
+            link = self._link_rows(net, ppci, links, links_at, n)
+        if link is not None:
+            # the link branches carry no admittance: only the pattern of every fusion
+            branch_y = branch.copy()
+            branch_y[link.rows[link.rows >= 0], 10] = 0  # BR_STATUS
+            ybus, yf, yt = pp["makeYbus"](base_mva, bus, branch_y)
+        else:
+            ybus, yf, yt = pp["makeYbus"](base_mva, bus, branch)
         ybus = ybus.tocsr()
         # the kernel needs every diagonal stored (assembly writes the diagonal block)
         ybus = _with_diagonal(ybus, n)
+        if link is not None:
+            ybus = self._link_pattern(ybus, link, n)
+            if ybus is None:  # the fusions would fill too much: pandapower fuses instead
+                return self._compile(use_links=False)
+        self._link = link
         kind = np.full(n, 2, dtype=np.int8)
         kind[pv] = 1
         kind[ref] = 0
@@ -512,6 +548,9 @@ class GridModel:
                 "%d in-service buses have no connection to a slack and are not solved (NaN): %s",
                 self._unsupplied.size, _short_list(self._unsupplied),
             )  # fmt: skip
+        self._bus_int0, self._unsupplied0 = ib, self._unsupplied
+        self._held_v = (np.full(n, np.nan), np.full(n, np.nan))  # last live V of dead buses
+        self._warned: set[bytes] = set()  # cut-off bus sets already named in a warning
         self._vm = vm
         self._va = va
         self._va_ref = np.angle(v0)[ref]
@@ -550,8 +589,243 @@ class GridModel:
         self._tap_memo: dict[tuple[int, float], tuple[float, ...]] = {}
         # (trafo position, tap) -> its branch's ytt, yff, yft, ytf on this compile
         self._tap_stamps: dict[tuple[int, float], tuple[complex, ...]] = {}
+        # every trafo tap vector patched on this compile -> its patched admittances (bounded)
+        self._tap_states: dict[bytes, tuple[Any, ...]] = {}
         self._patch_info: SimpleNamespace | None = None
         self.patches = getattr(self, "patches", 0)
+        self._kind_fused = kind  # kind0 with the fused-away buses of closed bus-bus switches at 3
+        self._fuse: SimpleNamespace | None = None
+        if link is not None:
+            # the switch states as they are: closed links fuse, open ones are out
+            link.base = SimpleNamespace(
+                gen_bus=self._gen_bus, rest_p=self._rest_p, rest_q=self._rest_q,
+                groups=groups, elem_bus=dict(self._elem_bus),
+            )  # fmt: skip
+            link.stepper0 = self._stepper
+            sw_open = {int(r): 3 for r, c in zip(link.rows, link.closed) if r >= 0 and not c}
+            patches = self.patches
+            if not self._apply_state(self._svc_out, sw_open, self._patch_data(), force=True):
+                # open bus-bus switches leave buses without a slack: pandapower's own fusion
+                self._compile(use_links=False)
+                return
+            self.patches = patches
+
+    # ------------------------------------------------------------------ bus-bus switches
+    @staticmethod
+    def _link_switches(net: Any) -> np.ndarray | None:
+        """Positions of the bus-bus switches compiled as links (None: pandapower fuses)."""
+        df = net.switch
+        if len(df) == 0 or "z_ohm" not in df.columns:
+            return None
+        et = df["et"].to_numpy().astype(str)
+        bb = et == "b"
+        if not bb.any():
+            return None
+        z = df["z_ohm"].to_numpy(dtype=float)
+        if np.any(bb & (z > 0)):
+            return None  # impedance switches keep pandapower's own switch branches
+        on = net.bus.index.to_numpy()[net.bus["in_service"].to_numpy(dtype=bool)]
+        bus = df["bus"].to_numpy(dtype=np.int64)
+        elem = df["element"].to_numpy(dtype=np.int64)
+        ok = bb & (bus != elem) & np.isin(bus, on) & np.isin(elem, on)
+        pos = np.flatnonzero(ok)
+        return pos if pos.size else None
+
+    def _link_rows(
+        self, net: Any, ppci: dict, links: np.ndarray, links_at: Any, n: int
+    ) -> SimpleNamespace | None:
+        """Per linked switch: its compiled branch row (-1: not compiled) and end buses."""
+        if links_at is None:
+            return None
+        start, end = int(links_at[0]), int(links_at[1])
+        if end - start != links.shape[0]:
+            return None
+        branch_is = np.asarray(ppci["internal"]["branch_is"], dtype=bool)
+        to_int = np.where(branch_is, np.cumsum(branch_is) - 1, -1)
+        rows = to_int[start:end].astype(np.int64)
+        br = ppci["branch"]
+        a = np.where(rows >= 0, br[np.maximum(rows, 0), 0].real, -1).astype(np.int64)
+        b = np.where(rows >= 0, br[np.maximum(rows, 0), 1].real, -1).astype(np.int64)
+        closed = net.switch["closed"].to_numpy(dtype=bool)[links].copy()
+        ok = rows >= 0
+        nodes = np.unique(np.concatenate([a[ok], b[ok]]))
+        return SimpleNamespace(sw=links, rows=rows, a=a, b=b, closed=closed, nodes=nodes)
+
+    def _link_pattern(self, ybus: Any, link: SimpleNamespace, n: int) -> Any:
+        """Ybus on the pattern of every fusion the links allow (None: too much fill)."""
+        import scipy.sparse as sp
+        from scipy.sparse.csgraph import connected_components
+
+        ok = link.rows >= 0
+        a, b = link.a[ok], link.b[ok]
+        g = sp.coo_matrix((np.ones(a.shape[0]), (a, b)), shape=(n, n))
+        ncomp, lab = connected_components(g, directed=False)
+        cnt = np.bincount(lab, minlength=ncomp)
+        grouped = cnt[lab] > 1
+        idx = np.flatnonzero(grouped)
+        c = sp.csr_matrix((np.ones(idx.shape[0]), (idx, lab[idx])), shape=(n, ncomp))
+        m = (c @ c.T + sp.diags((~grouped).astype(float))).tocsr()
+        pat = sp.csr_matrix((np.ones(ybus.nnz), ybus.indices, ybus.indptr), shape=(n, n))
+        s = (m @ pat @ m).tocoo()
+        if s.nnz > 3 * ybus.nnz + 64:
+            _log.debug("bus-bus switch fusions would fill %d entries: pandapower fuses", s.nnz)
+            return None
+        coo = ybus.tocoo()
+        rows = np.concatenate([coo.row, s.row])
+        cols = np.concatenate([coo.col, s.col])
+        data = np.concatenate([coo.data, np.zeros(s.nnz, dtype=complex)])
+        out = sp.csr_matrix((data, (rows, cols)), shape=(n, n))
+        out.sum_duplicates()
+        out.sort_indices()
+        rows_p = np.repeat(np.arange(n, dtype=np.int64), np.diff(out.indptr))
+        cols_p = out.indices.astype(np.int64)
+        touch = grouped[rows_p] | grouped[cols_p]
+        link.keys = rows_p * n + cols_p
+        link.entries = np.flatnonzero(touch)
+        link.rows_e, link.cols_e = rows_p[touch], cols_p[touch]
+        return out
+
+    def _fusion_rep(self, out: frozenset[int]) -> np.ndarray | None:
+        """Internal bus -> the bus it is fused into with links ``out`` open (None: two slacks).
+
+        Each group of buses joined by closed links is solved at one member: a slack if it has
+        one, else a PV bus, else the first bus (pandapower keeps the same kind of bus).
+        Memoised per set of closed links (a breaker toggled back and forth).
+        """
+        link = self._link
+        assert link is not None
+        closed = tuple(k for k, r in enumerate(link.rows.tolist()) if r >= 0 and r not in out)
+        cache = link.__dict__.setdefault("rep_cache", {})
+        if closed in cache:
+            return cache[closed]
+        nodes = link.nodes
+        if "prio" not in link.__dict__:
+            # local node ids of the link ends, and each node's rank in (kind, bus) order
+            link.la = np.searchsorted(nodes, link.a).tolist()
+            link.lb = np.searchsorted(nodes, link.b).tolist()
+            prio = np.empty(nodes.shape[0], dtype=np.int64)
+            prio[np.lexsort((nodes, self._kind0[nodes]))] = np.arange(nodes.shape[0])
+            link.prio = prio.tolist()
+            link.slack = (self._kind0[nodes] == 0).tolist()
+        parent = list(range(nodes.shape[0]))
+
+        def find(x: int) -> int:
+            while parent[x] != x:
+                parent[x] = parent[parent[x]]
+                x = parent[x]
+            return x
+
+        prio, slack = link.prio, list(link.slack)
+        for k in closed:
+            x, y = find(link.la[k]), find(link.lb[k])
+            if x == y:
+                continue
+            if slack[x] and slack[y]:
+                cache[closed] = None  # two slacks fused into one: the slack set changes
+                return None
+            # the root is the member first in (kind, bus) order; it carries the group's slack
+            if prio[y] < prio[x]:
+                x, y = y, x
+            parent[y] = x
+            slack[x] = slack[x] or slack[y]
+        rep = np.arange(self._n, dtype=np.int64)
+        rep[nodes] = nodes[[find(x) for x in range(nodes.shape[0])]]
+        if len(cache) >= 64:
+            cache.clear()
+        cache[closed] = rep
+        return rep
+
+    def _set_fusion(self, rep: np.ndarray) -> None:
+        """Solve with the buses of closed bus-bus switches fused as ``rep`` maps them."""
+        link = self._link
+        assert link is not None
+        nodes = link.nodes
+        old = self._fuse
+        if old is not None and np.array_equal(old.rep[nodes], rep[nodes]):
+            return
+        if old is None and np.array_equal(rep[nodes], nodes):
+            return
+        states = link.__dict__.setdefault("states", {})
+        key = rep[nodes].tobytes()
+        state = states.get(key)
+        if state is not None:
+            # a fusion seen before on this compile (its stepper too): nothing to build
+            (self._fuse, self._gen_bus, self._rest_p, self._rest_q, self._groups_now,
+             self._elem_bus, self._kind_fused, self._stepper) = state  # fmt: skip
+            self._groups = self._groups_now
+            self._gen_sums = None
+            return
+        base = link.base
+        n = self._n
+        if np.array_equal(rep[nodes], nodes):
+            fz = None
+            gen_bus, rest_p, rest_q = base.gen_bus, base.rest_p, base.rest_q
+            groups, elem_bus, kind = base.groups, base.elem_bus, self._kind0
+        else:
+            members = nodes[rep[nodes] != nodes]
+
+            def move(b: np.ndarray) -> np.ndarray:
+                return np.ascontiguousarray(np.where(b >= 0, rep[np.maximum(b, 0)], -1))
+
+            gen_bus = rep[base.gen_bus]
+            rest_p = np.bincount(rep, weights=base.rest_p, minlength=n)
+            rest_q = np.bincount(rep, weights=base.rest_q, minlength=n)
+            groups = [(move(b), w, val) for b, w, val in base.groups]
+            elem_bus = {t: move(b) for t, b in base.elem_bus.items()}
+            kind = self._kind0.copy()
+            kind[members] = 3
+            # the Ybus entries of fused buses, moved onto the bus they are solved at
+            tgt = np.searchsorted(link.keys, rep[link.rows_e] * n + rep[link.cols_e])
+            fz = SimpleNamespace(
+                rep=rep, members=members, of=rep[members], tgt=tgt, gen_bus=gen_bus,
+                rest_p=rest_p, rest_q=rest_q, groups=groups,
+            )  # fmt: skip
+        self._fuse = fz
+        self._gen_bus, self._rest_p, self._rest_q = gen_bus, rest_p, rest_q
+        self._groups_now = self._groups = groups
+        self._elem_bus = dict(elem_bus)
+        self._kind_fused = kind
+        if fz is None and "stepper0" in link.__dict__:
+            self._stepper = link.stepper0  # the compile's own (unfused) stepper
+        else:
+            zeros = np.zeros(n)
+            self._stepper = self._kernel.Stepper(
+                self._plan, self._y_indptr, self._y_indices, self._y_re, self._y_im, kind,
+                self._vset, zeros, zeros, groups, self._inv_base,
+            )  # fmt: skip
+        self._gen_sums = None
+        if len(states) >= 16:
+            states.clear()
+        states[key] = (fz, gen_bus, rest_p, rest_q, groups, self._elem_bus, kind, self._stepper)
+
+    def _fold(self, y: np.ndarray) -> None:
+        """Ybus values of the unfused buses moved (in place) onto the buses they fuse into."""
+        fz, link = self._fuse, self._link
+        assert fz is not None and link is not None
+        vals = y[link.entries]
+        y[link.entries] = 0.0
+        np.add.at(y, fz.tgt, vals)
+
+    def _fused_ppci(self, ppci: dict) -> dict:
+        """``ppci`` with gen and branch buses moved onto the buses they fuse into."""
+        fz = self._fuse
+        assert fz is not None
+        out = dict(ppci)
+        gen = out["gen"] = ppci["gen"].copy()
+        gen[:, 0] = fz.rep[gen[:, 0].real.astype(np.int64)]
+        br = out["branch"] = ppci["branch"].copy()
+        for col in (0, 1):
+            br[:, col] = fz.rep[br[:, col].real.astype(np.int64)]
+        return out
+
+    def _fused_elements(self, fz: SimpleNamespace, ppci: dict) -> dict[str, Any]:
+        """The element result maps of a fused state (the compile's maps read these inputs)."""
+        saved = (self._groups_now, self._rest_p, self._rest_q)
+        self._groups_now, self._rest_p, self._rest_q = fz.groups, fz.rest_p, fz.rest_q
+        try:
+            return self._element_maps(ppci, None, self._n)
+        finally:
+            self._groups_now, self._rest_p, self._rest_q = saved
 
     # ------------------------------------------------------------------ topology patches
     def _patch_data(self) -> SimpleNamespace:
@@ -569,6 +843,8 @@ class GridModel:
         ytt, yff, yft, ytf = branch_vectors(br, br.shape[0])
         pos = batch._ybus_positions(c, f, t)  # (4, rows)
         stamps = np.vstack([yff, yft, ytf, ytt])
+        if self._link is not None:
+            stamps[:, self._link.rows[self._link.rows >= 0]] = 0.0  # links carry no admittance
         branch_is = np.asarray(c.ppci["internal"]["branch_is"], dtype=bool)
         to_int = np.where(branch_is, np.cumsum(branch_is) - 1, -1)
         rows: dict[str, np.ndarray] = {}
@@ -623,7 +899,11 @@ class GridModel:
         return self._apply_state(frozenset(out), self._sw_open, info)
 
     def _apply_state(
-        self, svc_out: frozenset[int], sw_open: dict[int, int], info: SimpleNamespace
+        self,
+        svc_out: frozenset[int],
+        sw_open: dict[int, int],
+        info: SimpleNamespace,
+        force: bool = False,
     ) -> bool:
         """Install the patch for rows out of service and switch-opened ends (False: not fit)."""
         out = set(svc_out)
@@ -638,26 +918,117 @@ class GridModel:
         new_out = frozenset(out)
         isolated = {r: e for r, e in sw_open.items() if e and r in new_out}
         old_isolated = {r: e for r, e in self._sw_open.items() if e and r in self._out}
-        if new_out == self._out and half == self._half and isolated == old_isolated:
+        same = new_out == self._out and half == self._half and isolated == old_isolated
+        if same and not force:
             self._svc_out, self._sw_open = svc_out, dict(sw_open)
             return True
+        rep = None
+        if self._link is not None:
+            # closed bus-bus switches fuse their buses; open ones are links out of service
+            rep = self._fusion_rep(new_out)
+            if rep is None:
+                return False
         cut = new_out | frozenset(half)
         dead = self._cut_off(cut, info)
-        # only auxiliary buses (no pandapower bus: the open ends of element switches) may be
-        # left without supply; they are solved as dead buses (kind 3), as pandapower drops them
-        if dead.size and (self._bus_rep[dead] >= 0).any():
-            return False
+        if dead.size and half:
+            # an element opened at one end whose closed end is cut off is dead as a whole
+            lost = [r for r, e in half.items() if (info.t[r] if e == 1 else info.f[r]) in dead]
+            if lost:
+                half = {r: e for r, e in half.items() if r not in lost}
+                new_out = new_out | frozenset(lost)
+        # buses left without supply (auxiliary buses of open element switches, cut-off parts of
+        # the grid) are solved as dead buses (kind 3): NaN, their loads at zero, as pandapower
+        # drops them; a cut-off generator recompiles (pandapower turns it off)
+        if dead.size:
+            gen_bus = self._gen_bus if rep is None else rep[self._link.base.gen_bus]  # type: ignore[union-attr]
+            is_dead = np.zeros(self._n + 1, dtype=bool)
+            is_dead[dead] = True
+            if is_dead[gen_bus[self._gen_on]].any():
+                return False
+        if rep is not None:
+            self._set_fusion(rep)
         self._svc_out, self._sw_open = svc_out, dict(sw_open)
         self._half = half
+        self._set_unsupplied(dead)
         if dead.size:
-            kind = self._kind0.copy()
+            kind = self._kind_fused.copy()
             kind[dead] = 3
             self._kind_run = kind
         else:
-            self._kind_run = self._kind0
+            self._kind_run = self._kind_fused
+        old_dead = self._dead_aux
+        same_dead = old_dead.shape == dead.shape and bool(np.all(old_dead == dead))
+        back = dead[:0] if same_dead or not old_dead.size else np.setdiff1d(old_dead, dead)
+        if dead.size and not same_dead:
+            gone = np.setdiff1d(dead, old_dead) if old_dead.size else dead
+            # their last live voltage, for when they are supplied again
+            self._held_v[0][gone], self._held_v[1][gone] = self._vm[gone], self._va[gone]
+        if back.size:
+            # buses supplied again start from their last live voltage, else (dead since the
+            # compile) from their live neighbours, not from zero
+            vm, va = self._vm.copy(), self._va.copy()
+            vm[back], va[back] = self._held_v[0][back], self._held_v[1][back]
+            cold = back[~np.isfinite(vm[back])]
+            if cold.size:
+                have = np.ones(self._n, dtype=bool)
+                have[cold] = False
+                if dead.size:
+                    have[dead] = False
+                vm[cold], va[cold] = 1.0, 0.0
+                _fill_from_neighbours(vm, va, have, self._y_indptr, self._y_indices)
+            self._vm, self._va = vm, va
         self._dead_aux = dead
         self._install_patch(new_out, info)
         return True
+
+    def _set_unsupplied(self, dead: np.ndarray) -> None:
+        """pandapower buses at dead compiled buses: NaN in results, named in the solution."""
+        ib0, un0 = self._bus_int0, self._unsupplied0
+        cut = None
+        if dead.size and (self._bus_rep[dead] >= 0).any():  # not only auxiliary buses
+            is_dead = np.zeros(self._n + 1, dtype=bool)
+            is_dead[dead] = True
+            cut = is_dead[ib0]  # ib0 == -1 reads the last entry: False
+        if cut is None or not cut.any():
+            if self._bus_int is not ib0:
+                self._bus_int, self._unsupplied = ib0, un0
+            return
+        ib = ib0.copy()
+        ib[cut] = -1
+        new = self._net.bus.index.to_numpy()[cut]
+        if new.tobytes() not in self._warned and len(self._warned) < 1024:
+            self._warned.add(new.tobytes())  # once per set of cut-off buses and compile
+            _log.warning(
+                "%d in-service buses have no connection to a slack and are not solved (NaN): %s",
+                new.size, _short_list(new),
+            )  # fmt: skip
+        self._bus_int = ib
+        self._unsupplied = np.union1d(un0, new)
+
+    @contextmanager
+    def _dead_elements(self, c: Any) -> Iterator[None]:
+        """pandapower's extraction sees the elements at dead buses of ``c`` as out of service."""
+        dead = c.__dict__.get("dead")
+        if dead is None or not dead.size:
+            yield
+            return
+        net = self._net
+        saved = net._is_elements
+        iso = dict(saved)
+        lk = self._bus_lookup
+        for table in ("load", "sgen", "shunt", "ward", "xward", "storage", "motor"):
+            arr = saved.get(table)
+            if arr is None or table not in net or len(net[table]) != len(arr):
+                continue
+            b = net[table]["bus"].to_numpy(dtype=np.int64)
+            ib = np.where(b < lk.shape[0], lk[np.minimum(b, lk.shape[0] - 1)], -1)
+            iso[table] = np.asarray(arr, dtype=bool) & ~np.isin(ib, dead)
+        net._is_elements = iso
+        try:
+            with np.errstate(invalid="ignore", divide="ignore"):  # currents at zero voltage
+                yield
+        finally:
+            net._is_elements = saved
 
     def _try_switch(self, pos: np.ndarray, new: np.ndarray) -> bool:
         """Line / trafo switch changes as Ybus patches (False: recompile instead).
@@ -676,7 +1047,7 @@ class GridModel:
         state = sw.closed.copy()
         state[pos] = new
         sw_open = dict(self._sw_open)
-        for r in np.unique(cand).tolist():
+        for r in set(cand.tolist()):
             mine = sw.switches_of_row[r]
             ends = 0
             for k, end in mine:
@@ -701,7 +1072,9 @@ class GridModel:
         et = df["et"].to_numpy().astype(str)
         elem = df["element"].to_numpy(dtype=np.int64)
         bus = df["bus"].to_numpy(dtype=np.int64)
-        closed = df["closed"].to_numpy(dtype=bool).copy()
+        # the states the model solves (the guard), not the net's (it may be edited behind its back)
+        held = self._guard_values("switch", "closed")
+        closed = (held if held is not None else df["closed"].to_numpy()).astype(bool)
         row_of_switch = np.full(len(df), -1, dtype=np.int64)
         switches_of_row: dict[int, list[tuple[int, int]]] = {}
         for code, table, ends in (("l", "line", ("from_bus", "to_bus")),
@@ -727,6 +1100,13 @@ class GridModel:
             if not all(closed[k] for k, _ in mine):
                 for k, _ in mine:
                     row_of_switch[k] = -1
+        link = self._link
+        if link is not None:
+            # a bus-bus switch is its link row: open = the row out (both ends), closed = fused
+            for k, r in zip(link.sw.tolist(), link.rows.tolist()):
+                if r >= 0:
+                    row_of_switch[k] = r
+                    switches_of_row[r] = [(k, 3)]
         self._sw_info = SimpleNamespace(
             row_of_switch=row_of_switch, switches_of_row=switches_of_row, closed=closed
         )
@@ -762,6 +1142,11 @@ class GridModel:
             pos = info.pos[:, hrows].reshape(-1)
             np.add.at(yre, pos, d.real)
             np.add.at(yim, pos, d.imag)
+        fz = self._fuse
+        elem_bus = self._elem_bus
+        if fz is not None:
+            self._fold(yre)
+            self._fold(yim)
         self._y_re: np.ndarray = yre
         self._y_im: np.ndarray = yim
         self._stepper.set_y(yre, yim)  # same pattern, plan and injections: new values only
@@ -780,7 +1165,15 @@ class GridModel:
             }
             base = self._c_fields = (c0, kept_fields)
         fields = dict(base[1])
-        fields.update(ppci=ppci, y_re=yre, y_im=yim)
+        fields.update(ppci=ppci, y_re=yre, y_im=yim, dead=dead_buses)
+        if fz is not None:
+            # solved on fused buses: gens, branches and injections at the buses they fuse into;
+            # the unfused buses get their fused bus's voltage (_newton), so Yf / Yt flows hold
+            ppci = self._fused_ppci(ppci)
+            fields.update(
+                ppci=ppci, gen_bus=fz.gen_bus, rest_p=fz.rest_p, rest_q=fz.rest_q,
+                groups=[(b, w) for b, w, _ in fz.groups],
+            )  # fmt: skip
 
         def lazy(name: str) -> Any:
             # built when a solution's results are first read, not on every toggle
@@ -827,10 +1220,26 @@ class GridModel:
                                 tb[j] = n
                         fb[at_dead_f] = n  # a dead auxiliary bus: NaN voltage, like pandapower
                         tb[at_dead_t] = n
+                        if part.size:
+                            # a switch-opened end at a dead bus: the element still hangs from
+                            # its live closed end (zero flow at the open end, its aux voltage)
+                            t_open = np.array([half[int(r)] == 2 for r in m.rows[part]])
+                            fo, to_ = part[~t_open], part[t_open]
+                            fb[fo] = m.tb[fo]
+                            tb[to_] = m.fb[to_]
                         fields["fb"], fields["tb"] = fb, tb
                     maps[table] = SimpleNamespace(**fields)
                 return maps
-            return c0.element  # gen results read the patched Ybus values (c.y_re / c.y_im)
+            el = self._fused_elements(fz, ppci) if fz is not None else c0.element
+            if dead_buses.size:
+                # loads / sgens at dead buses: zero, as pandapower reports them
+                el = dict(el)
+                for table in ("load", "sgen"):
+                    m = el.get(table)
+                    if m is not None:
+                        at = np.isin(elem_bus[table], dead_buses)
+                        el[table] = SimpleNamespace(**{**vars(m), "factor": m.factor * ~at})
+            return el  # gen results read the patched Ybus values (c.y_re / c.y_im)
 
         c = _Structure(lazy=lazy, **fields)
         self._c = c
@@ -857,7 +1266,8 @@ class GridModel:
             return False
         df = net.trafo
         col = df.columns.get_loc("tap_pos")
-        old = compiled[pos].copy()  # the net's values: the caller checked the guard is fresh
+        key_before = compiled.tobytes()
+        old = compiled[pos].copy()  # as solved (restored into the net if this fails)
         if not self._write_guarded("trafo", "tap_pos", pos, new):
             df.iloc[pos, col] = new
         rows = rows_of[pos]
@@ -883,8 +1293,32 @@ class GridModel:
             if not self._write_guarded("trafo", "tap_pos", pos, old):
                 df.iloc[pos, col] = old
             return False
-        self._guard_refresh("trafo", "tap_pos")
+        if compiled.dtype == new.dtype:
+            compiled[pos] = new  # the guard's record of what the model now solves
+        else:
+            self._guard_refresh("trafo", "tap_pos", keep_except=pos, compiled=compiled)
         if not sel.size:
+            return True
+        # every tap position of the compile seen before: its patched admittances as they were
+        # (a controller stepping up and down costs a lookup, not a new patch)
+        states = self._tap_states
+        held = self._guard_values("trafo", "tap_pos")
+        key = held.tobytes() if held is not None else None
+        if key_before not in states and len(states) < 8:
+            states[key_before] = (
+                self._y_base, self._patch_info, self._ppci, self._c_base, self._y_pending
+            )  # fmt: skip
+        hit = states.get(key) if key is not None else None
+        if hit is not None:
+            self._y_base, self._patch_info, self._ppci, self._c_base, self._y_pending = hit
+            self._c = self._c_base
+            self._y_re, self._y_im = self._y_base
+            if self._out or self._half or self._sw_open or self._fuse is not None:
+                self._install_patch(self._out, self._patch_info)
+            else:
+                self._stepper.set_y(self._y_re, self._y_im)
+                self._last_snap = None
+            self.patches += 1
             return True
         br_rows = rows[sel]
         c0 = self._c_base
@@ -952,19 +1386,42 @@ class GridModel:
         self._c_base = _Structure(lazy=lazy, **fields)
         self._c = self._c_base
         self._y_re, self._y_im = y_re0, y_im0
-        if self._out or self._half or self._sw_open:
+        if self._out or self._half or self._sw_open or self._fuse is not None:
             self._install_patch(self._out, self._patch_info)
         else:
             self._stepper.set_y(y_re0, y_im0)
             self._last_snap = None
         self.patches += 1
+        if key is not None and len(states) < 8 and branch.nbytes < (16 << 20):
+            states[key] = (y_re0, y_im0), self._patch_info, ppci, self._c_base, self._y_pending
         return True
 
-    def _guard_refresh(self, table: str, column: str) -> None:
-        """Record the net's current column as compiled (after a change patched onto it)."""
+    def _guard_refresh(
+        self,
+        table: str,
+        column: str,
+        keep_except: np.ndarray | None = None,
+        compiled: np.ndarray | None = None,
+    ) -> None:
+        """Record the net's current column as compiled (after a change patched onto it).
+
+        With ``keep_except``, only those positions are taken from the net (the column's dtype
+        changed); the others keep ``compiled``, so an edit made behind the model's back there
+        still differs and is found by the next full check.
+        """
         for g in self._guard:
             if g[0] == table and g[1] == column:
-                g[5] = self._net[table][column].to_numpy().copy()
+                now = self._net[table][column].to_numpy().copy()
+                if keep_except is not None and compiled is not None:
+                    keep = np.ones(now.shape[0], dtype=bool)
+                    keep[keep_except] = False
+                    try:
+                        if now.shape != compiled.shape:
+                            raise ValueError("shape")
+                        now[keep] = compiled[keep]
+                    except (ValueError, TypeError):
+                        return  # left as compiled: the next full check recompiles
+                g[5] = now
                 g[2] = g[3] = g[4] = None
                 del g[6:]
 
@@ -1018,6 +1475,23 @@ class GridModel:
             entry[2], entry[3] = df, df.index
         return False
 
+    def _guard_view(self, table: str, column: str) -> np.ndarray | None:
+        """The net's current ``table.column`` as the guard caches it (refreshed when pandas
+        replaced the frame or its blocks); None when the column is gone."""
+        for g in self._guard:
+            if g[0] != table or g[1] != column:
+                continue
+            df = self._net[table]
+            blocks = df._mgr.blocks
+            if g[4] is None or g[2] is not df or g[3] is not blocks:
+                try:
+                    g[4] = df[column].to_numpy()
+                except KeyError:
+                    return None
+                g[2], g[3] = df, blocks
+            return g[4]
+        return None
+
     def _write_guarded(self, table: str, column: str, pos: np.ndarray, new: np.ndarray) -> bool:
         """Write a bool / float column through the guard's view of the frame's block (no pandas).
 
@@ -1054,6 +1528,9 @@ class GridModel:
         vm, va = np.abs(v0).astype(float), np.angle(v0).astype(float)
         if self._net._options.get("init_va_degree") == "dc":
             dc = _copy_ppc(ppci)
+            link = self._link
+            if link is not None:
+                dc["branch"][link.rows[(link.rows >= 0) & ~link.closed], 10] = 0  # BR_STATUS
             try:
                 dc = self._pp["dc"](dc)
                 va = np.deg2rad(dc["bus"][:, 8].astype(float))  # VA column
@@ -1577,11 +2054,24 @@ class GridModel:
         if (table, column) in _TOPOLOGY:
             df = self.net[table]  # flushed: the recompile reads every input from the net
             compiled = self._guard_values(table, column)
-            # the guard holds what was compiled; when the net still agrees with it (not stale),
-            # it stands for the net's column and no pandas read is needed
-            fresh = compiled is not None and not self._guard_stale()
+            # the guard holds what the model solves. The change is made on it (and written into
+            # the net) when this column still has the compiled shape; any other edit made to
+            # the net behind the model's back is found by solve()'s full check, which compares
+            # the net with the guard after this change (one full check per toggle, not two)
+            gview = self._guard_view(table, column) if compiled is not None else None
+            fresh = (
+                gview is not None
+                and compiled is not None
+                and gview.shape == compiled.shape
+                and gview.dtype == compiled.dtype
+            )
             if fresh and compiled is not None and _same_values(compiled[pos], newv):
-                return  # unchanged: a sync loop may resend the same status every step
+                assert gview is not None
+                if _same_values(gview[pos], newv):
+                    return  # unchanged: a sync loop may resend the same status every step
+                if self._write_guarded(table, column, pos, newv):
+                    return  # the net was edited behind the model's back: now as asked
+                fresh = False
             if fresh and column == "tap_pos" and self._try_tap(pos, newv):
                 return
             # the switch states as compiled are read before the net is written below
@@ -1691,6 +2181,9 @@ class GridModel:
         nrm = 0.0
         vm = vm0.copy()  # the kernel sets slack and PV magnitudes from vset
         va = va0.copy()
+        dead = self._dead_aux
+        if dead.size:
+            vm[dead], va[dead] = 1.0, 0.0  # held as zero between solves (below)
         for _round in range(20):
             try:
                 it, nrm = self._stepper.run(
@@ -1712,6 +2205,12 @@ class GridModel:
             if not newly:
                 break
             limited.extend(newly)
+        fz = self._fuse
+        if fz is not None:  # fused buses: one voltage, as pandapower reports them
+            vm[fz.members] = vm[fz.of]
+            va[fz.members] = va[fz.of]
+        if dead.size:  # dead buses carry no voltage: zero flows at them in every result
+            vm[dead], va[dead] = 0.0, 0.0
         return vm, va, kind, qfix, limited, total_it, nrm
 
     def solve(self) -> Solution:
@@ -1880,7 +2379,8 @@ class GridModel:
         ppc = pp["copy_results"](result, ppc, "pf")
         net["_ppc"] = ppc
         net["converged"] = True
-        pp["extract"](net, ppc)
+        with self._dead_elements(snap["c"]):
+            pp["extract"](net, ppc)
 
     def to_net(self) -> None:
         """Write the last solution into ``net.res_*`` with pandapower's semantics.

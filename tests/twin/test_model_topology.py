@@ -142,3 +142,30 @@ def test_unchanged_status_resend_does_not_recompile(backend: str) -> None:
         model.update("line", "in_service", [True], index=[net.line.index[0]])
         model.solve()
     assert calls == []
+
+
+@pytest.mark.parametrize(
+    ("table", "column", "direct", "direct_value", "asked", "asked_value"),
+    [
+        ("switch", "closed", 0, False, 5, False),
+        ("trafo", "tap_pos", 114, 2.0, 142, 1.0),
+        ("line", "in_service", 3, False, 20, False),
+    ],
+)
+def test_direct_edit_then_a_patched_update_of_another_element(
+    table, column, direct, direct_value, asked, asked_value, backend: str
+) -> None:
+    # update() patches on the model's own record; solve() still finds the edit made behind its
+    # back (the one full check per toggle) and answers for both changes
+    net = grids.load("mv_oberrhein")
+    model = GridModel(net, backend=backend)
+    model.solve()
+    net[table].at[net[table].index[direct] if table == "switch" else direct, column] = direct_value
+    index = net[table].index[asked] if table == "switch" else asked
+    model.update(table, column, [asked_value], index=[index])
+    _assert_like_pandapower(model.solve(), net)
+    # and the same value resent after a direct edit of that very element
+    net[table].at[index, column] = not asked_value if column != "tap_pos" else 0.0
+    model.update(table, column, [asked_value], index=[index])
+    _assert_like_pandapower(model.solve(), net)
+    assert net[table].at[index, column] == asked_value

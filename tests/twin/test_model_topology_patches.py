@@ -192,3 +192,137 @@ def test_tap_changes_unread_in_between_give_the_flows_of_the_last_taps(backend: 
     np.testing.assert_allclose(last.get("bus", "p_mw"), ref.res_bus.p_mw.to_numpy(), atol=1e-5)
     _assert_like(first, first_ref)
     assert model.patches == 4
+
+
+# --- bus-bus switches and cut-off outages: patched, no pandapower conversion -----------------
+def _split_ieee14():
+    """ieee14 with two bus couplers: bus 4 and PV bus 2 each split in two by a bus-bus switch."""
+    net = grids.load("ieee14")
+    for bus, moved, load in ((3, 2, True), (1, 1, False)):
+        new = pp.create_bus(net, vn_kv=net.bus.at[bus, "vn_kv"], name=f"split {bus}")
+        lines = net.line.index[(net.line.from_bus == bus) | (net.line.to_bus == bus)][:moved]
+        for line in lines:
+            for end in ("from_bus", "to_bus"):
+                if net.line.at[line, end] == bus:
+                    net.line.at[line, end] = new
+        if load:
+            pp.create_load(net, new, p_mw=5.0, q_mvar=2.0)
+        pp.create_switch(net, bus, new, et="b", closed=True)
+    return net
+
+
+def _count_conversions(model) -> list[int]:
+    """Calls of pandapower's conversion and of the model's recompile, appended to one list."""
+    calls: list[int] = []
+    conv, recompile = model._pp["pd2ppc"], model._recompile
+    model._pp["pd2ppc"] = lambda net: (calls.append(1), conv(net))[1]
+    model._recompile = lambda: (calls.append(2), recompile())[1]
+    return calls
+
+
+def _assert_all_like(sol, ref) -> None:
+    """Every bus, line, trafo, load and ext_grid / gen result column like pandapower's."""
+    _assert_like(sol, ref)
+    for table, columns in (
+        ("bus", ("va_degree", "p_mw", "q_mvar")),
+        ("line", ("i_ka", "q_to_mvar", "vm_from_pu", "va_to_degree")),
+        ("load", ("p_mw", "q_mvar")),
+        ("gen", ("p_mw", "q_mvar", "vm_pu")),
+        ("switch", ("i_ka",)),
+    ):
+        if not len(ref[table]):
+            continue
+        for column in columns:
+            np.testing.assert_allclose(
+                sol.get(table, column), ref[f"res_{table}"][column].to_numpy(dtype=float),
+                atol=1e-4, rtol=0, equal_nan=True, err_msg=f"{table}.{column}",
+            )  # fmt: skip
+
+
+def test_bus_bus_switch_toggles_patch_and_match_pandapower(backend: str) -> None:
+    net = _split_ieee14()
+    model = GridModel(copy.deepcopy(net), backend=backend)
+    _assert_all_like(model.solve(), _solved_copy(net))
+    calls = _count_conversions(model)
+    steps = [(0, False), (1, False), (0, True), (1, True), (1, False), (0, False)]
+    for k, (sw, closed) in enumerate(steps):
+        model.update("switch", "closed", [closed], index=[sw])
+        net.switch.at[sw, "closed"] = closed
+        sol = model.solve()
+        ref = _solved_copy(net)
+        _assert_all_like(sol, ref)
+        # the buses of a closed switch are one bus: the same voltage, as pandapower reports
+        for s in net.switch.index[net.switch.closed]:
+            a, b = net.switch.at[s, "bus"], net.switch.at[s, "element"]
+            pa, pb = net.bus.index.get_loc(a), net.bus.index.get_loc(b)
+            assert sol.vm_pu[pa] == sol.vm_pu[pb] and sol.va_degree[pa] == sol.va_degree[pb]
+        assert model.patches == k + 1
+    assert calls == [] and model.analyses == 1
+
+
+def test_bus_bus_switch_open_at_compile_then_closed(backend: str) -> None:
+    net = _split_ieee14()
+    net.switch.at[0, "closed"] = False
+    model = GridModel(copy.deepcopy(net), backend=backend)
+    _assert_all_like(model.solve(), _solved_copy(net))
+    calls = _count_conversions(model)
+    model.update("switch", "closed", [True], index=[0])
+    net.switch.at[0, "closed"] = True
+    _assert_all_like(model.solve(), _solved_copy(net))
+    assert calls == []
+
+
+def test_n_minus_1_on_fused_buses_equals_a_fresh_model() -> None:
+    net = _split_ieee14()
+    model = GridModel(copy.deepcopy(net))
+    model.solve()
+    model.update("switch", "closed", [False], index=[1])
+    net.switch.at[1, "closed"] = False
+    elements = [("line", int(i)) for i in net.line.index[:8]]
+    got = twin.n_minus_1(model, elements)
+    fresh = GridModel(copy.deepcopy(net))
+    fresh.solve()
+    want = twin.n_minus_1(fresh, elements)
+    np.testing.assert_array_equal(got.converged, want.converged)
+    np.testing.assert_allclose(got.vm_pu, want.vm_pu, atol=1e-8, equal_nan=True)
+
+
+@pytest.mark.parametrize(
+    ("name", "steps"),
+    [
+        # cigre_lv: each bus-bus switch feeds a whole feeder (radial): opening cuts it off
+        ("cigre_lv", [("switch", 0, False), ("switch", 1, False), ("switch", 0, True),
+                      ("switch", 1, True)]),
+        # cigre_mv: radial line and trafo outages cut load buses off, then return
+        ("cigre_mv", [("line", 1, False), ("line", 10, False), ("line", 1, True),
+                      ("trafo", 1, False), ("line", 10, True), ("trafo", 1, True)]),
+    ],
+)  # fmt: skip
+def test_cut_off_changes_patch_and_report_the_buses(name, steps, backend: str) -> None:
+    net = grids.load(name)
+    model = GridModel(copy.deepcopy(net), backend=backend)
+    model.solve()
+    calls = _count_conversions(model)
+    for table, idx, value in steps:
+        column = "closed" if table == "switch" else "in_service"
+        model.update(table, column, [value], index=[idx])
+        net[table].at[idx, column] = value
+        sol = model.solve()
+        ref = _solved_copy(net)
+        _assert_all_like(sol, ref)
+        cut = set(net.bus.index[ref.res_bus.vm_pu.isna() & net.bus.in_service].tolist())
+        assert set(sol.unsupplied_buses.tolist()) == cut
+    assert calls == [] and model.analyses == 1
+
+
+def test_tap_stepped_up_and_down_again_matches_pandapower(backend: str) -> None:
+    # a tap vector seen before is restored from the compile's memo: same answers as pandapower
+    net = grids.load("mv_oberrhein")
+    model = GridModel(copy.deepcopy(net), backend=backend)
+    model.solve()
+    calls = _count_conversions(model)
+    for tap in (1, 0, 1, 0, 2, 1):
+        model.update("trafo", "tap_pos", [tap], index=[142])
+        net.trafo.at[142, "tap_pos"] = tap
+        _assert_like(model.solve(), _solved_copy(net))
+    assert calls == [] and model.analyses == 1

@@ -25,9 +25,25 @@ BACKENDS = ["cython", "numpy"] if build_info()["cython_available"] else ["numpy"
 _NETS: dict[str, object] = {}
 
 
+def _split_ieee14():
+    """ieee14 with two bus couplers: bus 4 and PV bus 2 each split in two by a bus-bus switch."""
+    net = grids.load("ieee14")
+    for bus, moved, load in ((3, 2, True), (1, 1, False)):
+        new = pp.create_bus(net, vn_kv=net.bus.at[bus, "vn_kv"], name=f"split {bus}")
+        lines = net.line.index[(net.line.from_bus == bus) | (net.line.to_bus == bus)][:moved]
+        for line in lines:
+            for end in ("from_bus", "to_bus"):
+                if net.line.at[line, end] == bus:
+                    net.line.at[line, end] = new
+        if load:
+            pp.create_load(net, new, p_mw=5.0, q_mvar=2.0)
+        pp.create_switch(net, bus, new, et="b", closed=True)
+    return net
+
+
 def _net(name: str):
     if name not in _NETS:
-        net = grids.load(name)
+        net = _split_ieee14() if name == "ieee14_split" else grids.load(name)
         net["_ppc"] = None
         _NETS[name] = net
     return copy.deepcopy(_NETS[name])
@@ -81,7 +97,10 @@ def _check_sequence(name: str, backend: str, data) -> None:
         assert np.nanmax(np.abs(sol.va_degree - va)) < 1e-4
         loading = ref.res_line.loading_percent.to_numpy()
         np.testing.assert_allclose(sol.line_loading_percent, loading, atol=1e-4, rtol=0)
-        for table, column in (("trafo", "loading_percent"), ("ext_grid", "p_mw")):
+        cut = ref.bus.index[ref.res_bus.vm_pu.isna() & ref.bus.in_service].tolist()
+        assert sorted(sol.unsupplied_buses.tolist()) == sorted(cut)
+        for table, column in (("trafo", "loading_percent"), ("ext_grid", "p_mw"),
+                              ("bus", "p_mw"), ("load", "p_mw")):  # fmt: skip
             want = ref[f"res_{table}"][column].to_numpy(dtype=float)
             np.testing.assert_allclose(sol.get(table, column), want, atol=1e-4, rtol=0)
 
@@ -95,7 +114,9 @@ _SETTINGS = settings(
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name", ["ieee14", "cigre_mv", "mv_oberrhein"])
+@pytest.mark.parametrize(
+    "name", ["ieee14", "cigre_mv", "mv_oberrhein", "ieee14_split", "cigre_lv"]
+)  # bus-bus switches: ieee14_split (meshed couplers), cigre_lv (each feeds a feeder)
 @_SETTINGS
 @given(data=st.data())
 def test_random_topology_sequences_match_pandapower(name: str, backend: str, data) -> None:
@@ -108,3 +129,11 @@ def test_random_topology_sequences_match_pandapower(name: str, backend: str, dat
 @given(data=st.data())
 def test_random_topology_sequences_match_pandapower_larger(name: str, data) -> None:
     _check_sequence(name, BACKENDS[0], data)
+
+
+@pytest.mark.slow
+@settings(max_examples=4, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])  # fmt: skip
+@given(data=st.data())
+def test_random_topology_sequences_match_pandapower_pegase(data) -> None:
+    _check_sequence("case1354pegase", BACKENDS[0], data)
