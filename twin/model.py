@@ -1246,9 +1246,8 @@ class GridModel:
         if rp is None or rp[0] is not c:
             rp = self._rplan = (c, self._result_plan(c, len(inp[_LP]), len(inp[_SP])))
         plan, full, limited, aux = rp[1]
-        buf = np.empty(plan.size)
-        plan.compute(
-            snap["vm"], snap["va"], snap["gen_pg"], inp[_LP], inp[_SP], inp[_LQ], inp[_SQ], buf
+        buf = plan.compute(
+            snap["vm"], snap["va"], snap["gen_pg"], inp[_LP], inp[_SP], inp[_LQ], inp[_SQ]
         )
         if aux:
             start, _rows, n = plan.offsets["polar"]

@@ -1430,10 +1430,12 @@ cdef class Results:
         self.o_sgen = self.offsets["sgen"][0]
         self.o_work = self.offsets["work"][0]
 
-    def compute(self, vm, va, gen_pg, load_p, sgen_p, load_q, sgen_q, out):
-        """Fill ``out`` (``size`` float64) from the solved ``vm`` / ``va`` (internal buses),
-        the gens' PG set points ``gen_pg`` (internal gen rows) and the element inputs the state
-        was solved with; returns ``out``."""
+    def compute(self, vm, va, gen_pg, load_p, sgen_p, load_q, sgen_q, out=None):
+        """Fill ``out`` (``size`` float64; None: a new array) from the solved ``vm`` / ``va``
+        (internal buses), the gens' PG set points ``gen_pg`` (internal gen rows; not read
+        without ``gen``) and the element inputs the state was solved with; returns ``out``."""
+        if out is None:
+            out = cnp.PyArray_EMPTY(1, [self.size], cnp.NPY_DOUBLE, 0)
         cdef Py_ssize_t n = self.n
         cdef const double* m = <const double*>_arr(vm, cnp.NPY_DOUBLE, n, -1, False, "vm")
         cdef const double* a = <const double*>_arr(va, cnp.NPY_DOUBLE, n, -1, False, "va")

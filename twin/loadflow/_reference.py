@@ -467,9 +467,11 @@ class Results:
         start, rows, length = self.offsets[name]
         return out[start : start + rows * length].reshape(rows, length)
 
-    def compute(self, vm, va, gen_pg, load_p, sgen_p, load_q, sgen_q, out):
+    def compute(self, vm, va, gen_pg, load_p, sgen_p, load_q, sgen_q, out=None):
         """Same contract as ``_newton.Results.compute``."""
         n = self.n
+        if out is None:
+            out = np.empty(self.size)
         if vm.shape != (n,) or va.shape != (n,):
             raise ValueError(f"expected vm / va for {n} buses")
         if out.shape != (self.size,) or out.dtype != np.float64:
