@@ -99,7 +99,8 @@ _RES_TABLES = (
 )  # fmt: skip
 
 
-_NO_COLUMNS: dict[str, slice] = {}
+Span = tuple[int, int]  # (start, stop) of a result column in a solution's result buffer
+_NO_COLUMNS: dict[str, Span] = {}
 _NO_BUSES = np.zeros(0, dtype=np.int64)
 _NO_VALUES = np.zeros(0)
 # the element input arrays Results.compute takes, in its argument order
@@ -167,7 +168,8 @@ class Solution:
         max_mismatch: float,
         backend: str,
         results: Callable[[], dict[str, Any]],
-        native: Callable[[], tuple[np.ndarray, dict[str, dict[str, slice]]] | None] | None = None,
+        native: Callable[[], tuple[np.ndarray, dict[str, dict[str, Span]], Any] | None]
+        | None = None,
         unsupplied_buses: np.ndarray | None = None,
     ) -> None:
         self._vm_int = vm
@@ -182,10 +184,12 @@ class Solution:
         self.max_mismatch = max_mismatch
         self.backend = backend
         self._results_fn = results
-        # native() -> (buffer, {table: {column: slice of the buffer}}) or None
+        # native() -> (buffer, {table: {column: (start, stop) in the buffer}}, take) or None;
+        # take(buffer, span) is the kernel's copy of a span
         self._native_fn = native
         self._buf: np.ndarray | None = None
-        self._layout: dict[str, dict[str, slice]] | None = None  # None: not computed yet
+        self._layout: dict[str, dict[str, Span]] | None = None  # None: not computed yet
+        self._take: Any = None
         self._tables: dict[str, Any] | None = None
 
     def _bus(self) -> None:
@@ -228,7 +232,7 @@ class Solution:
             layout = self._load_native()
         at = layout.get(table, _NO_COLUMNS).get(column)
         if at is not None:
-            return self._buf[at].copy()  # type: ignore[index]
+            return self._take(self._buf, at)
         if table == "bus" and column == "vm_pu":
             return self.vm_pu.copy()
         if table == "bus" and column == "va_degree":
@@ -243,13 +247,13 @@ class Solution:
             )
         return df[column].to_numpy(dtype=float, copy=True)
 
-    def _load_native(self) -> dict[str, dict[str, slice]]:
+    def _load_native(self) -> dict[str, dict[str, Span]]:
         """Every natively computed table, in one kernel call (once)."""
         got = self._native_fn() if self._native_fn is not None else None
         if got is None:
             self._layout = {}
         else:
-            self._buf, self._layout = got
+            self._buf, self._layout, self._take = got
         return self._layout
 
     def native(self, table: str, column: str) -> bool:
@@ -1164,7 +1168,11 @@ class GridModel:
                 q_b[same] = 0.0
             # the slack list as CSR arrays for the kernel (Results): per ref bus its position
             # in rows, whether one gen takes the bus P, its slack gens (weights), other gens
-            s_pos, s_single, e_idx, e_w, p_idx = [], [], [], [], []
+            s_pos: list[int] = []
+            s_single: list[bool] = []
+            e_idx: list[int] = []
+            e_w: list[float] = []
+            p_idx: list[int] = []
             e_ptr, p_ptr = [0], [0]
             for _ref_bus, pos, at, ext, pvg, w in slack:
                 s_pos.append(pos)
@@ -1212,15 +1220,15 @@ class GridModel:
         )  # fmt: skip
         offsets = plan.offsets
 
-        def columns(section: str, names: Sequence[str], keep: Any = None) -> dict[str, slice]:
+        def columns(section: str, names: Sequence[str], keep: Any = None) -> dict[str, Span]:
             start, _rows, length = offsets[section]
             return {
-                name: slice(start + k * length, start + (k + 1) * length)
+                name: (start + k * length, start + (k + 1) * length)
                 for k, name in enumerate(names)
                 if name and (keep is None or name in keep)
             }
 
-        limited: dict[str, dict[str, slice]] = {}
+        limited: dict[str, dict[str, Span]] = {}
         for table, m in (("load", load), ("sgen", sgen)):
             if m is not None:
                 limited[table] = columns(table, ("p_mw", "q_mvar"), m.base)
@@ -1238,7 +1246,7 @@ class GridModel:
                 aux.append((offsets[table][0], m.fb.shape[0], m, m.aux))
         return plan, full, limited, aux
 
-    def _native_results(self, snap: dict[str, Any]) -> tuple[np.ndarray, dict] | None:
+    def _native_results(self, snap: dict[str, Any]) -> tuple[np.ndarray, dict, Any] | None:
         """Every natively computed result table of a snapshot: (buffer, column layout)."""
         c = snap["c"]
         inp = snap["inputs"]
@@ -1260,7 +1268,7 @@ class GridModel:
                 vm_row = np.where(t_open, 12, 10)
                 out[vm_row, part] = np.abs(v)
                 out[vm_row + 1, part] = np.rad2deg(np.angle(v))
-        return buf, (limited if snap["limited"].size else full)
+        return buf, (limited if snap["limited"].size else full), self._kernel.take
 
     def _gen_row_map(self) -> dict[str, np.ndarray]:
         """pandapower gen / ext_grid index order -> internal gen row (-1 when not in service)."""

@@ -327,3 +327,18 @@ def test_results_kernel_rejects_bad_maps_and_sizes(name: str) -> None:
     with pytest.raises(ValueError, match="expected indices"):
         k.Results(c.n, c.base_mva, c.y_indptr, c.y_indices, c.y_re, c.y_im, None, None,
                   bad_gen, None, None, len(args[3]), len(args[4]))  # fmt: skip
+
+
+@pytest.mark.parametrize("name", KERNELS)
+def test_take_copies_a_span(name: str) -> None:
+    take = kernel(name).take
+    buf = np.arange(10.0)
+    buf.setflags(write=False)
+    got = take(buf, (2, 5))
+    assert got.tolist() == [2.0, 3.0, 4.0] and got.flags.writeable
+    got[0] = -1.0  # a copy: the buffer keeps its values
+    assert buf[2] == 2.0
+    assert take(buf, (4, 4)).shape == (0,)
+    for bad in ((-1, 3), (5, 4), (0, 11)):
+        with pytest.raises(ValueError, match="expected"):
+            take(buf, bad)

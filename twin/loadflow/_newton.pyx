@@ -16,6 +16,7 @@ import numpy as np
 cimport cython
 cimport numpy as cnp
 from libc.math cimport INFINITY, NAN, atan2, cos, fabs, isfinite, remainder, sin, sqrt
+from libc.string cimport memcpy
 
 
 cdef extern from "math.h" nogil:
@@ -1200,6 +1201,24 @@ def branch_results(vm, vpolar, long long n, double base_mva, fb, tb, stamps, sca
     cdef double* o = <double*>_arr(out, cnp.NPY_DOUBLE, 14, rows, True, "results")
     with nogil:
         _branch_loop(rows, n, base_mva, m, p, f, t, y, s, NULL, o)
+    return out
+
+
+def take(buf, tuple span):
+    """A new float64 array holding ``buf[span[0]:span[1]]`` (``buf`` 1-D float64, C order).
+
+    One allocation, where ``buf[a:b].copy()`` makes a view first: reading a result column.
+    """
+    cdef Py_ssize_t start = span[0], stop = span[1]
+    cdef Py_ssize_t size = _len(buf, "buf")
+    cdef const double* src = <const double*>_arr(buf, cnp.NPY_DOUBLE, size, -1, False, "buf")
+    cdef cnp.npy_intp length
+    if start < 0 or stop < start or stop > size:
+        raise ValueError(f"span: expected 0 <= start <= stop <= {size}, found {start}, {stop}")
+    length = stop - start
+    out = cnp.PyArray_EMPTY(1, &length, cnp.NPY_DOUBLE, 0)
+    if length:
+        memcpy(cnp.PyArray_DATA(out), src + start, length * sizeof(double))
     return out
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -346,6 +347,16 @@ def rows_add(indptr, idx, w, x, out) -> None:
     out += np.bincount(rows, weights=w * x[idx], minlength=nr)
 
 
+def take(buf, span):
+    """Same contract as ``_newton.take``."""
+    start, stop = span
+    if buf.ndim != 1 or not 0 <= start <= stop <= buf.shape[0]:
+        raise ValueError(
+            f"span: expected 0 <= start <= stop <= {buf.shape[0]}, found {start}, {stop}"
+        )
+    return buf[start:stop].copy()
+
+
 # the sections of the buffer ``Results.compute`` fills, in order, with their row counts
 RESULT_SECTIONS = (
     ("polar", 3), ("line", 14), ("trafo", 14), ("gen_pg", 1), ("gen_qg", 1), ("ext_grid", 2),
@@ -402,7 +413,7 @@ class Results:
         )  # fmt: skip
         if self.ybus.nnz != nnz:
             raise ValueError(f"expected {nnz} Ybus values")
-        self.branches = []
+        self.branches: list[tuple[Any, ...] | None] = []
         for br in (line, trafo):
             if br is None:
                 self.branches.append(None)
