@@ -103,6 +103,8 @@ Span = tuple[int, int]  # (start, stop) of a result column in a solution's resul
 _NO_COLUMNS: dict[str, Span] = {}
 _NO_BUSES = np.zeros(0, dtype=np.int64)
 _NO_VALUES = np.zeros(0)
+_NO_BUSES.setflags(write=False)  # shared: nobody may write into it
+_NO_VALUES.setflags(write=False)
 # the element input arrays Results.compute takes, in its argument order
 _LP, _SP, _LQ, _SQ = _GROUPS
 

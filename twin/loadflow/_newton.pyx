@@ -1246,7 +1246,7 @@ cdef class _Keep:
                    str what) except? NULL:
         dtype = {cnp.NPY_DOUBLE: np.float64, cnp.NPY_INT64: np.int64, cnp.NPY_INT32: np.int32,
                  cnp.NPY_INT8: np.int8}[typenum]
-        x = np.ascontiguousarray(a, dtype=dtype)
+        x = np.array(a, dtype=dtype, order="C")  # a copy: later edits of ``a`` do not leak in
         self.arrays.append(x)
         return _arr(x, typenum, rows, cols, False, what)
 
