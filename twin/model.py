@@ -230,11 +230,12 @@ class Solution:
             InvalidInput: unknown table or column (the message lists what exists).
         """
         layout = self._layout
-        if layout is None:
+        if layout is None and table in _NATIVE:  # bus voltages alone compute no flows
             layout = self._load_native()
-        at = layout.get(table, _NO_COLUMNS).get(column)
-        if at is not None:
-            return self._take(self._buf, at)
+        if layout is not None:
+            at = layout.get(table, _NO_COLUMNS).get(column)
+            if at is not None:
+                return self._take(self._buf, at)
         if table == "bus" and column == "vm_pu":
             return self.vm_pu.copy()
         if table == "bus" and column == "va_degree":
@@ -262,6 +263,8 @@ class Solution:
         """Whether ``get(table, column)`` is computed here, without pandapower's extraction."""
         if table == "bus" and column in ("vm_pu", "va_degree"):
             return True
+        if table not in _NATIVE:
+            return False
         layout = self._layout
         if layout is None:
             layout = self._load_native()

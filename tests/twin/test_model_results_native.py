@@ -220,3 +220,22 @@ def test_q_limited_solution_keeps_load_and_sgen_native_and_matches_pandapower(
     # a solution without binding limits on the same model keeps every table native again
     model2 = GridModel(grids.load("ieee118"), backend=backend)
     assert model2.solve().native("gen", "q_mvar")
+
+
+def test_bus_voltages_alone_compute_no_flows(backend: str) -> None:
+    model = GridModel(grids.load("cigre_mv"), backend=backend)
+    calls = []
+    native = model._native_results
+
+    def counting(snap):
+        calls.append(1)
+        return native(snap)
+
+    model._native_results = counting  # type: ignore[method-assign]
+    sol = model.solve()
+    assert sol.get("bus", "vm_pu").shape == sol.vm_pu.shape
+    assert not calls, "reading bus voltages ran the result kernel"
+    sol.get("line", "p_from_mw")
+    sol.get("load", "p_mw")
+    sol.get("ext_grid", "q_mvar")
+    assert len(calls) == 1, "every native table comes from one kernel call"
