@@ -165,10 +165,15 @@ def run_ls2g_batch(net, fac):
     return [total / steps] * steps, iters
 
 
+# what "+results" reads per step: both ends' flows of every line and trafo (lightsim2grid's
+# get_line_res1 / res2 and get_trafo_res1 / res2 give P, Q, V, angle at each end), line
+# loading, and the P / Q of ext_grid, gen (lightsim2grid's get_gen_res covers both), sgen, load
 _RESULTS = [
-    ("line", "p_from_mw"), ("line", "q_from_mvar"), ("line", "loading_percent"),
-    ("trafo", "p_hv_mw"), ("trafo", "loading_percent"), ("ext_grid", "p_mw"),
-    ("gen", "q_mvar"), ("sgen", "p_mw"), ("load", "p_mw"),
+    ("line", "p_from_mw"), ("line", "q_from_mvar"), ("line", "p_to_mw"), ("line", "q_to_mvar"),
+    ("line", "loading_percent"), ("trafo", "p_hv_mw"), ("trafo", "q_hv_mvar"),
+    ("trafo", "p_lv_mw"), ("trafo", "q_lv_mvar"), ("ext_grid", "p_mw"), ("ext_grid", "q_mvar"),
+    ("gen", "p_mw"), ("gen", "q_mvar"), ("sgen", "p_mw"), ("sgen", "q_mvar"), ("load", "p_mw"),
+    ("load", "q_mvar"),
 ]  # fmt: skip
 
 

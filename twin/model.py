@@ -72,24 +72,16 @@ _NATIVE_ELEMENT = {
     "sgen": frozenset(("p_mw", "q_mvar")),
 }
 _NATIVE: dict[str, frozenset[str]] = {**_NATIVE_BRANCH, **_NATIVE_ELEMENT}
-# result column -> row of the kernel's branch result matrix (_reference.BRANCH_ROWS)
-_LINE_ROWS = {
-    name: k
-    for k, name in enumerate(
-        ("p_from_mw", "q_from_mvar", "p_to_mw", "q_to_mvar", "pl_mw", "ql_mvar", "i_from_ka",
-         "i_to_ka", "i_ka", "loading_percent", "vm_from_pu", "va_from_degree", "vm_to_pu",
-         "va_to_degree")
-    )
-}  # fmt: skip
-_TRAFO_ROWS = {
-    name: k
-    for k, name in enumerate(
-        ("p_hv_mw", "q_hv_mvar", "p_lv_mw", "q_lv_mvar", "pl_mw", "ql_mvar", "i_hv_ka",
-         "i_lv_ka", "", "loading_percent", "vm_hv_pu", "va_hv_degree", "vm_lv_pu",
-         "va_lv_degree")
-    )
-    if name
-}  # fmt: skip
+# the rows of the kernel's branch result matrix (_reference.BRANCH_ROWS) as result columns
+_LINE_NAMES = (
+    "p_from_mw", "q_from_mvar", "p_to_mw", "q_to_mvar", "pl_mw", "ql_mvar", "i_from_ka",
+    "i_to_ka", "i_ka", "loading_percent", "vm_from_pu", "va_from_degree", "vm_to_pu",
+    "va_to_degree",
+)  # fmt: skip
+_TRAFO_NAMES = (
+    "p_hv_mw", "q_hv_mvar", "p_lv_mw", "q_lv_mvar", "pl_mw", "ql_mvar", "i_hv_ka", "i_lv_ka",
+    "", "loading_percent", "vm_hv_pu", "va_hv_degree", "vm_lv_pu", "va_lv_degree",
+)  # fmt: skip
 _EPS = float(np.finfo(float).eps)  # pypower's guard in the reactive-power split
 _SL_FAC = 25  # pypower gen column: slack contribution factor
 _BOOL_COLUMNS = {("switch", "closed"), ("line", "in_service"), ("trafo", "in_service")}
@@ -115,64 +107,14 @@ _UNSET = object()
 # only its pattern and pandapower's connectivity through it)
 _LINK_OHM = 1e-3
 
-
-class _Lazy:
-    """Result columns computed on first ``get`` (each one gather or product), then kept."""
-
-    __slots__ = ("names", "fn", "done")
-
-    def __init__(self, names: Any, fn: Callable[[str], np.ndarray]) -> None:
-        self.names = names
-        self.fn = fn
-        self.done: dict[str, np.ndarray] = {}
-
-    def get(self, name: str, default: Any = None) -> Any:
-        v = self.done.get(name)
-        if v is None:
-            if name not in self.names:
-                return default
-            v = self.done[name] = self.fn(name)
-        return v
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        if name not in self.names:
-            raise KeyError(name)
-        return self.get(name)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self.names
-
-    def keys(self) -> Any:
-        return iter(self.names)
-
-    def items(self) -> Any:
-        return ((name, self.get(name)) for name in self.names)
-
-
-class _Rows:
-    """Named rows of one result matrix: ``get(column)`` is a view of its row (no dict built)."""
-
-    __slots__ = ("m", "rows")
-
-    def __init__(self, m: np.ndarray, rows: dict[str, int]) -> None:
-        self.m = m
-        self.rows = rows
-
-    def get(self, name: str, default: Any = None) -> Any:
-        k = self.rows.get(name)
-        return default if k is None else self.m[k]
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return self.m[self.rows[name]]
-
-    def __contains__(self, name: object) -> bool:
-        return name in self.rows
-
-    def keys(self) -> Any:
-        return self.rows.keys()
-
-    def items(self) -> Any:
-        return ((name, self.m[k]) for name, k in self.rows.items())
+Span = tuple[int, int]  # (start, stop) of a result column in a solution's result buffer
+_NO_COLUMNS: dict[str, Span] = {}
+_NO_BUSES = np.zeros(0, dtype=np.int64)
+_NO_VALUES = np.zeros(0)
+_NO_BUSES.setflags(write=False)  # shared: nobody may write into it
+_NO_VALUES.setflags(write=False)
+# the element input arrays Results.compute takes, in its argument order
+_LP, _SP, _LQ, _SQ = _GROUPS
 
 
 def _pp():
@@ -217,10 +159,12 @@ def _copy_ppc(ppc: dict) -> dict:
 
 
 class Solution:
-    """One load-flow result. Bus voltages are computed eagerly; everything else on first access.
+    """One load-flow result. Bus voltages and the native result tables on first access.
 
     Arrays are ordered like the pandapower tables; ``get(table, column)`` returns what
-    ``net.res_<table>[column]`` would hold after ``pandapower.runpp``.
+    ``net.res_<table>[column]`` would hold after ``pandapower.runpp``. The natively computed
+    tables (line, trafo, ext_grid, gen, load, sgen) are filled by one kernel call on the first
+    ``get`` of any of them; other tables go through pandapower's extraction.
     """
 
     def __init__(
@@ -234,15 +178,13 @@ class Solution:
         max_mismatch: float,
         backend: str,
         results: Callable[[], dict[str, Any]],
-        branch: Callable[[str], dict[str, np.ndarray] | None] | None = None,
-        native: Callable[[str], dict[str, np.ndarray] | None] | None = None,
+        native: Callable[[], tuple[np.ndarray, dict[str, dict[str, Span]], Any] | None]
+        | None = None,
         unsupplied_buses: np.ndarray | None = None,
     ) -> None:
         self._vm_int = vm
         #: pandapower indices of in-service buses with no path to a slack (NaN in the results)
-        self.unsupplied_buses = (
-            np.zeros(0, dtype=np.int64) if unsupplied_buses is None else unsupplied_buses
-        )
+        self.unsupplied_buses = _NO_BUSES if unsupplied_buses is None else unsupplied_buses
         self._va_int = va
         self._bus_int = bus_int
         self._vm_pu: np.ndarray | None = None
@@ -252,11 +194,12 @@ class Solution:
         self.max_mismatch = max_mismatch
         self.backend = backend
         self._results_fn = results
-        # native(table) -> {column: array} for the columns computed without pandapower
-        self._native_fn = native if native is not None else branch
-        # table -> its natively computed columns (a dict or row views of one matrix), None when
-        # the table goes through pandapower's extraction; filled on first access
-        self._native: dict[str, Any] = {}
+        # native() -> (buffer, {table: {column: (start, stop) in the buffer}}, take) or None;
+        # take(buffer, span) is the kernel's copy of a span
+        self._native_fn = native
+        self._buf: np.ndarray | None = None
+        self._layout: dict[str, dict[str, Span]] | None = None  # None: not computed yet
+        self._take: Any = None
         self._tables: dict[str, Any] | None = None
 
     def _bus(self) -> None:
@@ -294,13 +237,13 @@ class Solution:
         Raises:
             InvalidInput: unknown table or column (the message lists what exists).
         """
-        cols = self._native.get(table, _UNSET)
-        if cols is _UNSET:
-            cols = self._load_native(table)
-        if cols is not None:
-            col = cols.get(column)
-            if col is not None:
-                return col.copy()
+        layout = self._layout
+        if layout is None and table in _NATIVE:  # bus voltages alone compute no flows
+            layout = self._load_native()
+        if layout is not None:
+            at = layout.get(table, _NO_COLUMNS).get(column)
+            if at is not None:
+                return self._take(self._buf, at)
         if table == "bus" and column == "vm_pu":
             return self.vm_pu.copy()
         if table == "bus" and column == "va_degree":
@@ -315,24 +258,25 @@ class Solution:
             )
         return df[column].to_numpy(dtype=float, copy=True)
 
-    def _load_native(self, table: str) -> Any:
-        """The natively computed columns of ``table`` (None: pandapower's extraction), once."""
-        cols = None
-        if table in _NATIVE and self._native_fn is not None:
-            cols = self._native_fn(table)
-        self._native[table] = cols
-        return cols
+    def _load_native(self) -> dict[str, dict[str, Span]]:
+        """Every natively computed table, in one kernel call (once)."""
+        got = self._native_fn() if self._native_fn is not None else None
+        if got is None:
+            self._layout = {}
+        else:
+            self._buf, self._layout, self._take = got
+        return self._layout
 
     def native(self, table: str, column: str) -> bool:
         """Whether ``get(table, column)`` is computed here, without pandapower's extraction."""
         if table == "bus" and column in ("vm_pu", "va_degree"):
             return True
-        if column not in _NATIVE.get(table, ()):
+        if table not in _NATIVE:
             return False
-        cols = self._native.get(table, _UNSET)
-        if cols is _UNSET:
-            cols = self._load_native(table)
-        return cols is not None and column in cols
+        layout = self._layout
+        if layout is None:
+            layout = self._load_native()
+        return column in layout.get(table, _NO_COLUMNS)
 
     def __getattr__(self, name: str) -> np.ndarray:
         # sol.line_loading_percent -> get("line", "loading_percent"); longest table name first
@@ -1545,6 +1489,9 @@ class GridModel:
         on = net.bus["in_service"].to_numpy(dtype=bool)
         return net.bus.index.to_numpy()[on & (ib < 0)]
 
+    # (compiled structure, its result plan): the last structure results were read on
+    _rplan: tuple[Any, tuple[Any, dict, dict, list]] | None = None
+
     def _branch_maps(self, ppc: dict, ppci: dict, n: int, yf: Any, yt: Any) -> dict[str, Any]:
         """Per line / trafo: the Yf / Yt rows of its solved branches, end buses, ratings."""
         net = self._net
@@ -1606,27 +1553,6 @@ class GridModel:
                 stamps=stamps, scale=scale,
             )  # fmt: skip
         return maps
-
-    def _branch_results(self, snap: dict[str, Any], table: str) -> Any:
-        c = snap["c"]
-        m = c.branch.get(table)
-        if m is None:
-            return None
-        out = np.empty((14, m.fb.shape[0]))
-        self._kernel.branch_results(
-            snap["vm"], self._polar(snap), c.n, c.base_mva, m.fb, m.tb, m.stamps, m.scale, out
-        )
-        aux = getattr(m, "aux", None)
-        if aux is not None:
-            # an end opened by a switch reports pandapower's auxiliary bus voltage there
-            part, t_open, coef = aux
-            p = self._polar(snap)
-            closed = np.where(t_open, m.fb[part], m.tb[part])
-            v = coef * (p[0, closed] + 1j * p[1, closed])
-            vm_row = np.where(t_open, 12, 10)
-            out[vm_row, part] = np.abs(v)
-            out[vm_row + 1, part] = np.rad2deg(np.angle(v))
-        return _Rows(out, _LINE_ROWS if table == "line" else _TRAFO_ROWS)
 
     def _element_maps(self, ppci: dict, ybus: Any, n: int) -> dict[str, Any]:
         """What ext_grid, gen, load and sgen results need, resolved once per compile.
@@ -1724,111 +1650,109 @@ class GridModel:
                 q_b = qmin - qgmin_b * q_a
                 q_a[same] = 1.0 / ngg[same]
                 q_b[same] = 0.0
-            all_on = on.size == gen.shape[0]
+            # the slack list as CSR arrays for the kernel (Results): per ref bus its position
+            # in rows, whether one gen takes the bus P, its slack gens (weights), other gens
+            s_pos: list[int] = []
+            s_single: list[bool] = []
+            e_idx: list[int] = []
+            e_w: list[float] = []
+            p_idx: list[int] = []
+            e_ptr, p_ptr = [0], [0]
+            for _ref_bus, pos, at, ext, pvg, w in slack:
+                s_pos.append(pos)
+                s_single.append(ext is None)
+                if ext is None:
+                    e_idx.append(int(at[0]))
+                    e_w.append(1.0)
+                else:
+                    e_idx.extend(int(x) for x in ext)
+                    e_w.extend(float(x) for x in w)
+                    p_idx.extend(int(x) for x in pvg)
+                e_ptr.append(len(e_idx))
+                p_ptr.append(len(p_idx))
+            by_key = {key: (ptr, idx, w) for key, _is_p, ptr, idx, w in demand}
+            empty = (np.zeros(rows.size + 1, dtype=np.int64), _NO_BUSES, _NO_VALUES)
+            i64 = partial(np.asarray, dtype=np.int64)
             out["gen_rows"] = SimpleNamespace(
-                q_a=q_a, q_b=q_b, all_on=all_on,
-                eg_all=bool(np.all(eg_on)), g_all=bool(np.all(g_on)),
-                demand=demand, rest_p=self._rest_p[rows], rest_q=self._rest_q[rows],
-                ng=gen.shape[0], on=on, gbus=gbus, qmin=qmin, split=split, slack=slack,
+                q_a=q_a, q_b=q_b, rest_p=self._rest_p[rows], rest_q=self._rest_q[rows],
+                ng=gen.shape[0], on=i64(on),
                 rows=np.ascontiguousarray(rows, dtype=np.int64),
                 gpos=np.searchsorted(rows, gbus).astype(np.int64),
-                eg_on=eg_on, eg_rows=eg_rows[eg_on], g_on=g_on, g_rows=g_rows[g_on],
-                g_bus=g_bus[g_on],
+                demand=[by_key.get(key, empty) for key in _GROUPS],
+                slack=(i64(s_pos), np.asarray(s_single, dtype=np.int8), i64(e_ptr), i64(e_idx),
+                       np.asarray(e_w, dtype=float), i64(p_ptr), i64(p_idx)),
+                eg_src=i64(np.where(eg_on, eg_rows, -1)), g_src=i64(np.where(g_on, g_rows, -1)),
+                g_bus=i64(np.where(g_on, g_bus, -1)),
             )  # fmt: skip
         return out
 
-    def _gen_results(self, snap: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
-        """PG and QG of every internal gen row, as pypower's pfsoln sets them."""
-        c = snap["c"]
-        m = c.element.get("gen_rows")
-        if m is None or snap["limited"].size:
-            return None  # Q-limited gens keep their fixed Q: pandapower's extraction does that
-        cached = snap.get("gen_pq")
-        if cached is not None:
-            return cached
-        base = c.base_mva
-        nr = m.rows.shape[0]
-        # bus demand at the gen and ref buses (the element groups of the solved inputs)
-        pd_, qd_ = m.rest_p, m.rest_q
-        inputs = snap["inputs"]
-        kern = self._kernel
-        if m.demand:
-            pd_, qd_ = pd_.copy(), qd_.copy()
-            for key, is_p, ptr, idx, w in m.demand:
-                kern.rows_add(ptr, idx, w, inputs[key], pd_ if is_p else qd_)
-        # generation at those buses (MW) and each gen's share of its bus Q (Mvar)
-        p_bus, q_on = np.empty(nr), np.empty(m.gpos.shape[0])
-        self._kernel.gen_pq(
-            c.y_indptr, c.y_indices, c.y_re, c.y_im, self._polar(snap), m.rows, pd_, qd_, base,
-            m.gpos, m.q_a, m.q_b, p_bus, q_on,
+    def _result_plan(self, c: Any, n_load: int, n_sgen: int) -> tuple[Any, dict, dict, list]:
+        """The kernel's Results for compiled structure ``c`` with its buffer layouts: all
+        native tables, and those a Q-limited solution keeps native (load, sgen); plus the
+        switch-opened branch ends whose voltages are fixed after the kernel call."""
+        element = c.element
+        branch = c.branch
+        gen = element.get("gen_rows")
+        load, sgen = element.get("load"), element.get("sgen")
+        line, trafo = branch.get("line"), branch.get("trafo")
+        plan = self._kernel.Results(
+            c.n, c.base_mva, c.y_indptr, c.y_indices, c.y_re, c.y_im,
+            None if line is None else (line.fb, line.tb, line.stamps, line.scale),
+            None if trafo is None else (trafo.fb, trafo.tb, trafo.stamps, trafo.scale),
+            gen, None if load is None else load.factor, None if sgen is None else sgen.factor,
+            n_load, n_sgen,
         )  # fmt: skip
-        if m.all_on:
-            qg = q_on
-        else:
-            qg = np.zeros(m.ng)
-            qg[m.on] = q_on
-        pg = np.array(snap["gen_pg"], dtype=float)
-        for _ref_bus, pos, at, ext, pvg, w in m.slack:
-            if ext is None:
-                pg[at[0]] = p_bus[pos]
-                continue
-            p_ext = p_bus[pos] - np.sum(pg[pvg])
-            sw = np.sum(w)
-            if sw > 0:
-                pg[ext] = pg[ext] + (p_ext - np.sum(pg[ext])) * w / sw
-            else:
-                pg[ext] = p_ext / len(ext)
-        snap["gen_pq"] = (pg, qg)
-        return pg, qg
+        offsets = plan.offsets
 
-    def _native_results(self, snap: dict[str, Any], table: str) -> Any:
-        """Natively computed result columns of ``table`` (None: use pandapower's extraction)."""
-        if table in _NATIVE_BRANCH:
-            if snap["limited"].size:
-                return None
-            return self._branch_results(snap, table)
+        def columns(section: str, names: Sequence[str], keep: Any = None) -> dict[str, Span]:
+            start, _rows, length = offsets[section]
+            return {
+                name: (start + k * length, start + (k + 1) * length)
+                for k, name in enumerate(names)
+                if name and (keep is None or name in keep)
+            }
+
+        limited: dict[str, dict[str, Span]] = {}
+        for table, m in (("load", load), ("sgen", sgen)):
+            if m is not None:
+                limited[table] = columns(table, ("p_mw", "q_mvar"), m.base)
+        full = dict(limited)
+        if line is not None:
+            full["line"] = columns("line", _LINE_NAMES)
+        if trafo is not None:
+            full["trafo"] = columns("trafo", _TRAFO_NAMES)
+        if gen is not None:
+            full["ext_grid"] = columns("ext_grid", ("p_mw", "q_mvar"))
+            full["gen"] = columns("gen", ("p_mw", "q_mvar", "vm_pu", "va_degree"))
+        aux = []
+        for table, m in (("line", line), ("trafo", trafo)):
+            if m is not None and getattr(m, "aux", None) is not None:
+                aux.append((offsets[table][0], m.fb.shape[0], m, m.aux))
+        return plan, full, limited, aux
+
+    def _native_results(self, snap: dict[str, Any]) -> tuple[np.ndarray, dict, Any] | None:
+        """Every natively computed result table of a snapshot: (buffer, column layout)."""
         c = snap["c"]
-        if table in ("load", "sgen"):
-            m = c.element.get(table)
-            if m is None:
-                return None
-            return _Lazy(m.base, partial(self._element_column, snap, table))
-        if table not in ("ext_grid", "gen"):
-            return None
-        m = c.element.get("gen_rows")
-        if m is None or snap["limited"].size:
-            return None  # Q-limited gens keep their fixed Q: pandapower's extraction does that
-        names = _NATIVE_ELEMENT[table]
-        return _Lazy(names, partial(self._element_column, snap, table))
-
-    def _element_column(self, snap: dict[str, Any], table: str, column: str) -> np.ndarray:
-        """One natively computed load / sgen / ext_grid / gen result column."""
-        c = snap["c"]
-        if table in ("load", "sgen"):
-            m = c.element[table]
-            return snap["inputs"].get((table, column), m.base[column]) * m.factor
-        pq = self._gen_results(snap)
-        assert pq is not None  # _native_results checked what _gen_results needs
-        m = c.element["gen_rows"]
-        if column in ("p_mw", "q_mvar"):
-            src = pq[0] if column == "p_mw" else pq[1]
-            on, rows = (m.eg_on, m.eg_rows) if table == "ext_grid" else (m.g_on, m.g_rows)
-        else:  # gen vm_pu / va_degree
-            src = snap["vm"] if column == "vm_pu" else self._polar(snap)[2]
-            on, rows = m.g_on, m.g_bus
-        if m.eg_all if table == "ext_grid" else m.g_all:
-            return src[rows]
-        out = np.zeros(on.shape[0])
-        out[on] = src[rows]
-        return out
-
-    def _polar(self, snap: dict[str, Any]) -> np.ndarray:
-        """(re, im, angle degrees) of the snapshot's internal bus voltages (computed once)."""
-        p = snap.get("polar")
-        if p is None:
-            vm = snap["vm"]
-            p = snap["polar"] = self._kernel.polar(vm, snap["va"], np.empty((3, vm.shape[0])))
-        return p
+        inp = snap["inputs"]
+        rp = self._rplan
+        if rp is None or rp[0] is not c:
+            rp = self._rplan = (c, self._result_plan(c, len(inp[_LP]), len(inp[_SP])))
+        plan, full, limited, aux = rp[1]
+        buf = plan.compute(
+            snap["vm"], snap["va"], snap["gen_pg"], inp[_LP], inp[_SP], inp[_LQ], inp[_SQ]
+        )
+        if aux:
+            start, _rows, n = plan.offsets["polar"]
+            vre, vim = buf[start : start + n], buf[start + n : start + 2 * n]
+            for off, rows, m, (part, t_open, coef) in aux:
+                # an end opened by a switch reports pandapower's auxiliary bus voltage there
+                out = buf[off : off + 14 * rows].reshape(14, rows)
+                closed = np.where(t_open, m.fb[part], m.tb[part])
+                v = coef * (vre[closed] + 1j * vim[closed])
+                vm_row = np.where(t_open, 12, 10)
+                out[vm_row, part] = np.abs(v)
+                out[vm_row + 1, part] = np.rad2deg(np.angle(v))
+        return buf, (limited if snap["limited"].size else full), self._kernel.take
 
     def _gen_row_map(self) -> dict[str, np.ndarray]:
         """pandapower gen / ext_grid index order -> internal gen row (-1 when not in service)."""
@@ -2269,7 +2193,7 @@ class GridModel:
             max_mismatch=float(nrm),
             backend=self.backend,
             results=lambda: self._results(snap),
-            native=lambda table: self._native_results(snap, table),
+            native=lambda: self._native_results(snap),
             unsupplied_buses=self._unsupplied,
         )
 

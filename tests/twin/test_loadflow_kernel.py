@@ -234,3 +234,111 @@ def test_gen_pq_and_rows_add_agree_with_the_reference() -> None:
         with pytest.raises(ValueError, match="expected"):
             k.gen_pq(indptr, indices, y_re, y_im, np.empty((3, n)), rows, np.zeros(2),
                      np.zeros(3), 100.0, gpos, q_a, q_b, np.empty(3), np.empty(4))  # fmt: skip
+
+
+def _result_inputs(name: str, edit=None):
+    """A solved GridModel's compiled structure and snapshot (what Results is built from)."""
+    net = grids.load(name)
+    if edit is not None:
+        edit(net)
+    model = GridModel(net, backend="numpy")
+    model.solve()
+    snap = model._last_snap
+    return model, snap["c"], snap
+
+
+def _results(k, c, snap):
+    el, br = c.element, c.branch
+    line, trafo = br.get("line"), br.get("trafo")
+    inp = snap["inputs"]
+    plan = k.Results(
+        c.n, c.base_mva, c.y_indptr, c.y_indices, c.y_re, c.y_im,
+        None if line is None else (line.fb, line.tb, line.stamps, line.scale),
+        None if trafo is None else (trafo.fb, trafo.tb, trafo.stamps, trafo.scale),
+        el.get("gen_rows"), *(el[t].factor if t in el else None for t in ("load", "sgen")),
+        len(inp[("load", "p_mw")]), len(inp[("sgen", "p_mw")]),
+    )  # fmt: skip
+    args = [inp[key] for key in (("load", "p_mw"), ("sgen", "p_mw"), ("load", "q_mvar"),
+                                 ("sgen", "q_mvar"))]  # fmt: skip
+    return plan, (snap["vm"], snap["va"], snap["gen_pg"], *args)
+
+
+def _two_slacks(net) -> None:
+    """Two ext_grids and a PV gen on one bus (the slack split), an out-of-service gen."""
+    import pandapower as pp
+
+    eg = net.ext_grid.index[0]
+    bus = int(net.ext_grid.at[eg, "bus"])
+    vm = float(net.ext_grid.at[eg, "vm_pu"])
+    pp.create_ext_grid(net, bus, vm_pu=vm, slack_weight=3.0)
+    pp.create_gen(net, bus, p_mw=0.05, vm_pu=vm, min_q_mvar=-1.0, max_q_mvar=1.0)
+    if len(net.gen) > 2:
+        net.gen.at[net.gen.index[0], "in_service"] = False
+
+
+@pytest.mark.skipif(len(KERNELS) < 2, reason="needs the compiled kernel")
+@pytest.mark.parametrize(
+    ("grid", "edit"), [("ieee118", None), ("cigre_mv", _two_slacks), ("mv_oberrhein", None),
+                       ("ieee30", _two_slacks)],
+)  # fmt: skip
+def test_results_kernels_agree_and_leave_inputs_alone(grid: str, edit) -> None:
+    _model, c, snap = _result_inputs(grid, edit)
+    out = {}
+    for name in KERNELS:
+        plan, args = _results(kernel(name), c, snap)
+        for a in args:
+            a.setflags(write=False)  # read-only inputs must be accepted
+        before = [a.copy() for a in args]
+        buf = plan.compute(*args)
+        assert buf.shape == (plan.size,) and plan.offsets["size"][0] == plan.size
+        again = plan.compute(*args, np.full(plan.size, np.nan))
+        work = plan.offsets["work"][0]  # scratch after the results
+        np.testing.assert_array_equal(buf[:work], again[:work], err_msg=f"{name}: out given")
+        for a, b in zip(args, before):
+            np.testing.assert_array_equal(a, b, err_msg=f"{name}: an input was mutated")
+            a.setflags(write=True)
+        out[name] = (buf[:work], plan.offsets)
+    assert out["cython"][1] == out["numpy"][1]
+    np.testing.assert_allclose(out["cython"][0], out["numpy"][0], rtol=1e-12, atol=1e-9,
+                               equal_nan=True)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", KERNELS)
+def test_results_kernel_rejects_bad_maps_and_sizes(name: str) -> None:
+    k = kernel(name)
+    _model, c, snap = _result_inputs("cigre_mv", _two_slacks)
+    plan, args = _results(k, c, snap)
+    with pytest.raises(ValueError, match="expected"):
+        plan.compute(args[0][:-1], *args[1:])  # vm of the wrong length
+    with pytest.raises(ValueError, match="expected"):
+        plan.compute(*args[:3], args[3][:-1], *args[4:])  # load inputs of the wrong length
+    with pytest.raises(ValueError, match="expected"):
+        plan.compute(*args, np.empty(plan.size - 1))
+    line = c.branch["line"]
+    bad_fb = line.fb.copy()
+    bad_fb[0] = -1
+    with pytest.raises(ValueError, match="expected indices"):
+        k.Results(c.n, c.base_mva, c.y_indptr, c.y_indices, c.y_re, c.y_im,
+                  (bad_fb, line.tb, line.stamps, line.scale))  # fmt: skip
+    from types import SimpleNamespace
+
+    gen = c.element["gen_rows"]
+    bad_gen = SimpleNamespace(**{**vars(gen), "g_bus": np.full(len(gen.g_bus), c.n)})
+    with pytest.raises(ValueError, match="expected indices"):
+        k.Results(c.n, c.base_mva, c.y_indptr, c.y_indices, c.y_re, c.y_im, None, None,
+                  bad_gen, None, None, len(args[3]), len(args[4]))  # fmt: skip
+
+
+@pytest.mark.parametrize("name", KERNELS)
+def test_take_copies_a_span(name: str) -> None:
+    take = kernel(name).take
+    buf = np.arange(10.0)
+    buf.setflags(write=False)
+    got = take(buf, (2, 5))
+    assert got.tolist() == [2.0, 3.0, 4.0] and got.flags.writeable
+    got[0] = -1.0  # a copy: the buffer keeps its values
+    assert buf[2] == 2.0
+    assert take(buf, (4, 4)).shape == (0,)
+    for bad in ((-1, 3), (5, 4), (0, 11)):
+        with pytest.raises(ValueError, match="expected"):
+            take(buf, bad)

@@ -195,3 +195,47 @@ def test_native_falls_back_for_voltage_dependent_loads(backend: str) -> None:
     assert not sol.native("load", "p_mw")
     assert sol.native("sgen", "p_mw") and sol.native("line", "i_ka")
     assert sol.get("load", "p_mw").shape == (len(net.load),)
+
+
+def test_q_limited_solution_keeps_load_and_sgen_native_and_matches_pandapower(
+    backend: str,
+) -> None:
+    """Q limits bind on ieee118: gens and flows go through pandapower's extraction (fixed Q of
+    the limited gens), load / sgen stay native; every column still equals runpp's."""
+    net = grids.load("ieee118")
+    ref = copy.deepcopy(net)
+    ref["_ppc"] = None
+    pp.runpp(ref, lightsim2grid=False, enforce_q_lims=True)
+    model = GridModel(net, backend=backend, enforce_q_lims=True)
+    sol = model.solve()
+    assert sol.native("load", "p_mw") and sol.native("load", "q_mvar")
+    assert not sol.native("gen", "q_mvar") and not sol.native("line", "p_from_mw")
+    checked = (("load", "p_mw"), ("load", "q_mvar"), ("gen", "q_mvar"), ("ext_grid", "p_mw"),
+               ("line", "p_from_mw"), ("trafo", "q_lv_mvar"))  # fmt: skip
+    for table, column in checked:
+        np.testing.assert_allclose(
+            sol.get(table, column), ref["res_" + table][column].to_numpy(float), atol=1e-4,
+            err_msg=f"{table}.{column}",
+        )  # fmt: skip
+    # a solution without binding limits on the same model keeps every table native again
+    model2 = GridModel(grids.load("ieee118"), backend=backend)
+    assert model2.solve().native("gen", "q_mvar")
+
+
+def test_bus_voltages_alone_compute_no_flows(backend: str) -> None:
+    model = GridModel(grids.load("cigre_mv"), backend=backend)
+    calls = []
+    native = model._native_results
+
+    def counting(snap):
+        calls.append(1)
+        return native(snap)
+
+    model._native_results = counting  # type: ignore[method-assign]
+    sol = model.solve()
+    assert sol.get("bus", "vm_pu").shape == sol.vm_pu.shape
+    assert not calls, "reading bus voltages ran the result kernel"
+    sol.get("line", "p_from_mw")
+    sol.get("load", "p_mw")
+    sol.get("ext_grid", "q_mvar")
+    assert len(calls) == 1, "every native table comes from one kernel call"

@@ -11,8 +11,11 @@ on one plan without the GIL: see ``_newton.batch``),
 ``copy_if_finite(src, dst) -> bool`` (the update fast path's all-or-nothing finite copy), and
 the result functions ``polar(vm, va, out)`` (per-bus V and wrapped angle),
 ``branch_results(vm, vpolar, n, base_mva, fb, tb, stamps, scale, out)`` (a line / trafo table's
-flows, currents, loading and end voltages) and ``bus_power(indptr, indices, y_re, y_im, vpolar,
-rows, out_p, out_q)`` (S = V conj(Ybus V) at some buses).
+flows, currents, loading and end voltages), ``bus_power(indptr, indices, y_re, y_im, vpolar,
+rows, out_p, out_q)`` (S = V conj(Ybus V) at some buses), and ``Results(n, base_mva, indptr,
+indices, y_re, y_im, line, trafo, gen, load, sgen, n_load, n_sgen)`` whose ``compute(vm, va,
+gen_pg, load_p, sgen_p, load_q, sgen_q, out=None)`` fills every native result table into one
+buffer in one call (sections in ``Results.offsets``), read with ``take(buffer, (start, stop))``.
 The backend is chosen per call (``"auto" | "cython" | "numpy"``); the environment variable
 ``GRIDTWIN_BACKEND`` overrides the choice.
 """

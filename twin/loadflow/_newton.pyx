@@ -16,6 +16,7 @@ import numpy as np
 cimport cython
 cimport numpy as cnp
 from libc.math cimport INFINITY, NAN, atan2, cos, fabs, isfinite, remainder, sin, sqrt
+from libc.string cimport memcpy
 
 
 cdef extern from "math.h" nogil:
@@ -27,6 +28,7 @@ cdef double PI = 3.141592653589793
 cnp.import_array()
 
 from twin.errors import LoadflowNotConverged
+from twin.loadflow import _reference
 
 
 cdef class Plan:
@@ -1075,29 +1077,108 @@ cdef inline Py_ssize_t _len(object a, str what) except -1:
     return cnp.PyArray_DIMS(<cnp.ndarray>a)[0]
 
 
+cdef inline void _polar_loop(Py_ssize_t n, const double* m, const double* a,
+                             double* o) noexcept nogil:
+    cdef Py_ssize_t k
+    cdef double deg = 180.0 / 3.141592653589793
+    cdef double c, s, x
+    for k in range(n):
+        x = a[k]
+        sincos(x, &s, &c)
+        o[k] = m[k] * c
+        o[n + k] = m[k] * s
+        # angle(V) in [-180, 180]: the angle itself, wrapped only when outside (no atan2)
+        if x > PI or x < -PI:
+            x = remainder(x, 2.0 * PI)
+            if x == PI or x == -PI:
+                x = PI if s >= 0.0 else -PI
+        if m[k] < 0.0:  # a negative magnitude turns the phasor half a turn
+            x = x - PI if x > 0.0 else x + PI
+        o[2 * n + k] = x * deg
+
+
 def polar(vm, va, out):
     """Per bus: ``out[0] + 1j * out[1] = vm * exp(1j * va)``, ``out[2]`` angle(V) in degrees."""
-    cdef Py_ssize_t k, n = _len(vm, "vm")
+    cdef Py_ssize_t n = _len(vm, "vm")
     cdef const double* m = <const double*>_arr(vm, cnp.NPY_DOUBLE, n, -1, False, "vm")
     cdef const double* a = <const double*>_arr(va, cnp.NPY_DOUBLE, n, -1, False, "va")
     cdef double* o = <double*>_arr(out, cnp.NPY_DOUBLE, 3, n, True, "outputs")
-    cdef double deg = 180.0 / 3.141592653589793
-    cdef double c, s, x
     with nogil:
-        for k in range(n):
-            x = a[k]
-            sincos(x, &s, &c)
-            o[k] = m[k] * c
-            o[n + k] = m[k] * s
-            # angle(V) in [-180, 180]: the angle itself, wrapped only when outside (no atan2)
-            if x > PI or x < -PI:
-                x = remainder(x, 2.0 * PI)
-                if x == PI or x == -PI:
-                    x = PI if s >= 0.0 else -PI
-            if m[k] < 0.0:  # a negative magnitude turns the phasor half a turn
-                x = x - PI if x > 0.0 else x + PI
-            o[2 * n + k] = x * deg
+        _polar_loop(n, m, a, o)
     return out
+
+
+cdef inline void _branch_loop(Py_ssize_t rows, long long n, double base_mva, const double* m,
+                              const double* p, const long long* f, const long long* t,
+                              const double* y, const double* s, const double* cf,
+                              double* o) noexcept nogil:
+    """The body of :func:`branch_results` (``o`` is ``(14, rows)``).
+
+    ``cf`` is NULL or ``(2, rows)``: ``base_mva / (sqrt(3) kv)`` at each end (kA per pu of
+    current; computed here when NULL). ``|I| = |S| / |V|``, so the current comes from the
+    branch current itself, without a division.
+    """
+    cdef Py_ssize_t k, R = rows
+    cdef double vfr, vfi, vtr, vti, ifr, ifi, itr, iti, sfr, sfi, str_, sti
+    cdef double i_f, i_t, i_max, lf, lt, fac, c_f, c_t
+    cdef double sq3 = sqrt(3.0)
+    for k in range(rows):
+        vfr = vfi = vtr = vti = 0.0
+        o[10 * R + k] = NAN
+        o[11 * R + k] = NAN
+        o[12 * R + k] = NAN
+        o[13 * R + k] = NAN
+        if f[k] < n:
+            vfr = p[f[k]]
+            vfi = p[n + f[k]]
+            o[10 * R + k] = m[f[k]]
+            o[11 * R + k] = p[2 * n + f[k]]
+        if t[k] < n:
+            vtr = p[t[k]]
+            vti = p[n + t[k]]
+            o[12 * R + k] = m[t[k]]
+            o[13 * R + k] = p[2 * n + t[k]]
+        ifr = y[k] * vfr - y[R + k] * vfi + y[2 * R + k] * vtr - y[3 * R + k] * vti
+        ifi = y[k] * vfi + y[R + k] * vfr + y[2 * R + k] * vti + y[3 * R + k] * vtr
+        itr = y[4 * R + k] * vfr - y[5 * R + k] * vfi + y[6 * R + k] * vtr - y[7 * R + k] * vti
+        iti = y[4 * R + k] * vfi + y[5 * R + k] * vfr + y[6 * R + k] * vti + y[7 * R + k] * vtr
+        # S = V conj(I)
+        sfr = (vfr * ifr + vfi * ifi) * base_mva
+        sfi = (vfi * ifr - vfr * ifi) * base_mva
+        str_ = (vtr * itr + vti * iti) * base_mva
+        sti = (vti * itr - vtr * iti) * base_mva
+        o[k] = sfr
+        o[R + k] = sfi
+        o[2 * R + k] = str_
+        o[3 * R + k] = sti
+        o[4 * R + k] = sfr + str_
+        o[5 * R + k] = sfi + sti
+        if cf != NULL:
+            c_f = cf[k]
+            c_t = cf[R + k]
+        else:
+            c_f = base_mva / (sq3 * s[k])
+            c_t = base_mva / (sq3 * s[R + k])
+        # a branch end that is not energized has no voltage: NaN current (pandapower's 0 / NaN)
+        i_f = sqrt(ifr * ifr + ifi * ifi) * c_f if f[k] < n else NAN
+        i_t = sqrt(itr * itr + iti * iti) * c_t if t[k] < n else NAN
+        o[6 * R + k] = i_f
+        o[7 * R + k] = i_t
+        # NaN at either end propagates, like np.maximum
+        if i_f != i_f or i_t != i_t:
+            i_max = NAN
+        else:
+            i_max = i_f if i_f >= i_t else i_t
+        o[8 * R + k] = i_max
+        lf = i_f * s[2 * R + k]
+        lt = i_t * s[3 * R + k]
+        fac = s[4 * R + k]
+        if fac == INFINITY:
+            o[9 * R + k] = INFINITY
+        elif lf != lf or lt != lt:
+            o[9 * R + k] = NAN
+        else:
+            o[9 * R + k] = (lf if lf >= lt else lt) * fac
 
 
 def branch_results(vm, vpolar, long long n, double base_mva, fb, tb, stamps, scale, out):
@@ -1118,63 +1199,364 @@ def branch_results(vm, vpolar, long long n, double base_mva, fb, tb, stamps, sca
     cdef const double* y = <const double*>_arr(stamps, cnp.NPY_DOUBLE, 8, rows, False, "stamps")
     cdef const double* s = <const double*>_arr(scale, cnp.NPY_DOUBLE, 5, rows, False, "scale")
     cdef double* o = <double*>_arr(out, cnp.NPY_DOUBLE, 14, rows, True, "results")
-    cdef Py_ssize_t k, R = rows
-    cdef double vfr, vfi, vtr, vti, ifr, ifi, itr, iti, sfr, sfi, str_, sti, vmf, vmt
-    cdef double i_f, i_t, i_max, lf, lt, fac
-    cdef double sq3 = sqrt(3.0)
     with nogil:
-        for k in range(rows):
-            vfr = vfi = vtr = vti = 0.0
-            vmf = vmt = NAN
-            o[11 * R + k] = NAN
-            o[13 * R + k] = NAN
-            if f[k] < n:
-                vmf = m[f[k]]
-                vfr = p[f[k]]
-                vfi = p[n + f[k]]
-                o[11 * R + k] = p[2 * n + f[k]]
-            if t[k] < n:
-                vmt = m[t[k]]
-                vtr = p[t[k]]
-                vti = p[n + t[k]]
-                o[13 * R + k] = p[2 * n + t[k]]
-            o[10 * R + k] = vmf
-            o[12 * R + k] = vmt
-            ifr = y[k] * vfr - y[R + k] * vfi + y[2 * R + k] * vtr - y[3 * R + k] * vti
-            ifi = y[k] * vfi + y[R + k] * vfr + y[2 * R + k] * vti + y[3 * R + k] * vtr
-            itr = y[4 * R + k] * vfr - y[5 * R + k] * vfi + y[6 * R + k] * vtr - y[7 * R + k] * vti
-            iti = y[4 * R + k] * vfi + y[5 * R + k] * vfr + y[6 * R + k] * vti + y[7 * R + k] * vtr
-            # S = V conj(I)
-            sfr = (vfr * ifr + vfi * ifi) * base_mva
-            sfi = (vfi * ifr - vfr * ifi) * base_mva
-            str_ = (vtr * itr + vti * iti) * base_mva
-            sti = (vti * itr - vtr * iti) * base_mva
-            o[k] = sfr
-            o[R + k] = sfi
-            o[2 * R + k] = str_
-            o[3 * R + k] = sti
-            o[4 * R + k] = sfr + str_
-            o[5 * R + k] = sfi + sti
-            i_f = sqrt(sfr * sfr + sfi * sfi) / (vmf * s[k]) / sq3
-            i_t = sqrt(str_ * str_ + sti * sti) / (vmt * s[R + k]) / sq3
-            o[6 * R + k] = i_f
-            o[7 * R + k] = i_t
-            # NaN at either end propagates, like np.maximum
-            if i_f != i_f or i_t != i_t:
-                i_max = NAN
-            else:
-                i_max = i_f if i_f >= i_t else i_t
-            o[8 * R + k] = i_max
-            lf = i_f * s[2 * R + k]
-            lt = i_t * s[3 * R + k]
-            fac = s[4 * R + k]
-            if fac == INFINITY:
-                o[9 * R + k] = INFINITY
-            elif lf != lf or lt != lt:
-                o[9 * R + k] = NAN
-            else:
-                o[9 * R + k] = (lf if lf >= lt else lt) * fac
+        _branch_loop(rows, n, base_mva, m, p, f, t, y, s, NULL, o)
     return out
+
+
+def take(buf, tuple span):
+    """A new float64 array holding ``buf[span[0]:span[1]]`` (``buf`` 1-D float64, C order).
+
+    One allocation, where ``buf[a:b].copy()`` makes a view first: reading a result column.
+    """
+    cdef Py_ssize_t start = span[0], stop = span[1]
+    cdef Py_ssize_t size = _len(buf, "buf")
+    cdef const double* src = <const double*>_arr(buf, cnp.NPY_DOUBLE, size, -1, False, "buf")
+    cdef cnp.npy_intp length
+    if start < 0 or stop < start or stop > size:
+        raise ValueError(f"span: expected 0 <= start <= stop <= {size}, found {start}, {stop}")
+    length = stop - start
+    out = cnp.PyArray_EMPTY(1, &length, cnp.NPY_DOUBLE, 0)
+    if length:
+        memcpy(cnp.PyArray_DATA(out), src + start, length * sizeof(double))
+    return out
+
+
+cdef inline void _csr_add(Py_ssize_t nr, const long long* ip, const long long* ix,
+                          const double* wv, const double* xv, double* o) noexcept nogil:
+    """``o[r] += sum(w[p] * x[idx[p]])`` over row ``r`` of a CSR map (the body of rows_add)."""
+    cdef Py_ssize_t r, p
+    cdef double acc
+    for r in range(nr):
+        acc = 0.0
+        for p in range(ip[r], ip[r + 1]):
+            acc = acc + wv[p] * xv[ix[p]]
+        o[r] = o[r] + acc
+
+
+cdef class _Keep:
+    """Contiguous copies of a result plan's arrays, checked once, kept alive with the plan."""
+
+    cdef list arrays
+
+    def __init__(self):
+        self.arrays = []
+
+    cdef void* ptr(self, object a, int typenum, Py_ssize_t rows, Py_ssize_t cols,
+                   str what) except? NULL:
+        dtype = {cnp.NPY_DOUBLE: np.float64, cnp.NPY_INT64: np.int64, cnp.NPY_INT32: np.int32,
+                 cnp.NPY_INT8: np.int8}[typenum]
+        x = np.array(a, dtype=dtype, order="C")  # a copy: later edits of ``a`` do not leak in
+        self.arrays.append(x)
+        return _arr(x, typenum, rows, cols, False, what)
+
+
+cdef inline int _check_index(object a, Py_ssize_t lo, Py_ssize_t hi, str what) except -1:
+    a = np.asarray(a)
+    if a.size and (int(a.min()) < lo or int(a.max()) >= hi):
+        raise ValueError(f"{what}: expected indices in {lo}..{hi - 1}, found "
+                         f"{int(a.min())}..{int(a.max())}")
+    return 0
+
+
+cdef class Results:
+    """Every natively computed result table of one compiled structure, in one call.
+
+    Built once per compiled structure (the maps from ``GridModel``); :meth:`compute` then fills
+    one flat float64 buffer from a solved state without the GIL. The buffer's sections, in
+    order, are listed by ``offsets`` (name -> (start, rows, length); each section is C-ordered
+    ``(rows, length)``): ``polar`` (3, n: V real, imaginary, angle in degrees), ``line`` and
+    ``trafo`` (14, branches: the rows of :func:`branch_results`), ``gen_pg`` / ``gen_qg``
+    (1, internal gen rows: pypower's PG / QG after pfsoln), ``ext_grid`` (2: p, q), ``gen``
+    (4: p, q, vm, va), ``load`` and ``sgen`` (2: p, q), and ``work`` (scratch).
+
+    Args (all arrays are copied; indices are checked here, not in ``compute``):
+        n, base_mva, indptr, indices, y_re, y_im: the solved system (internal buses, Ybus).
+        line, trafo: ``(fb, tb, stamps, scale)`` as :func:`branch_results` takes them, or None.
+        gen: None or an object with attributes ``rows`` (gen / ref buses), ``gpos`` (per
+            in-service gen: its position in ``rows``), ``on`` (their internal gen rows),
+            ``q_a``, ``q_b`` (the reactive split: ``q = q_a * Qbus + q_b``), ``rest_p``,
+            ``rest_q`` (demand at ``rows`` that is not an element input), ``ng`` (internal gen
+            rows), ``demand`` (4 CSR maps ``(ptr, idx, w)`` over ``rows`` into the load P, sgen
+            P, load Q, sgen Q inputs), ``slack`` (``(pos, single, ext_ptr, ext_idx, ext_w,
+            pvg_ptr, pvg_idx)``: per reference bus its position in ``rows``, whether one gen
+            takes the whole bus P, and CSR lists of its slack gens with weights and of its
+            other gens), ``eg_src``, ``g_src`` (per ext_grid / gen: its internal gen row or -1)
+            and ``g_bus`` (per gen: its internal bus or -1).
+        load, sgen: per element the factor its input is multiplied by (scaling * in service),
+            or None when the table is not computed here.
+        n_load, n_sgen: lengths of the load and sgen input arrays.
+    """
+
+    cdef readonly Py_ssize_t size
+    cdef readonly dict offsets
+    cdef _Keep keep
+    cdef Py_ssize_t n, nnz, ng, nr, non, ns, neg, ngen, nload, nsgen, nin_load, nin_sgen
+    cdef double base_mva
+    cdef bint has_gen
+    cdef const int* yp
+    cdef const int* yi
+    cdef const double* yre
+    cdef const double* yim
+    cdef const long long* bf[2]
+    cdef const long long* bt[2]
+    cdef const double* bst[2]
+    cdef const double* bsc[2]
+    cdef const double* bcf[2]
+    cdef Py_ssize_t nb[2]
+    cdef Py_ssize_t boff[2]
+    cdef const long long* rows
+    cdef const long long* gpos
+    cdef const long long* qon
+    cdef const double* qa
+    cdef const double* qb
+    cdef const double* rp
+    cdef const double* rq
+    cdef const long long* dptr[4]
+    cdef const long long* didx[4]
+    cdef const double* dw[4]
+    cdef const long long* spos
+    cdef const signed char* ssingle
+    cdef const long long* septr
+    cdef const long long* seidx
+    cdef const double* sew
+    cdef const long long* spptr
+    cdef const long long* spidx
+    cdef const long long* egsrc
+    cdef const long long* gsrc
+    cdef const long long* gbus
+    cdef const double* lf
+    cdef const double* sf
+    cdef Py_ssize_t o_polar, o_pg, o_qg, o_eg, o_gen, o_load, o_sgen, o_work
+
+    def __init__(self, Py_ssize_t n, double base_mva, indptr, indices, y_re, y_im, line=None,
+                 trafo=None, gen=None, load=None, sgen=None, Py_ssize_t n_load=0,
+                 Py_ssize_t n_sgen=0):
+        cdef _Keep kp = _Keep()
+        cdef Py_ssize_t j, g, nin
+        self.keep = kp
+        self.n = n
+        self.base_mva = base_mva
+        self.nnz = len(indices)
+        self.yp = <const int*>kp.ptr(indptr, cnp.NPY_INT32, n + 1, -1, "indptr")
+        self.yi = <const int*>kp.ptr(indices, cnp.NPY_INT32, self.nnz, -1, "indices")
+        self.yre = <const double*>kp.ptr(y_re, cnp.NPY_DOUBLE, self.nnz, -1, "y_re")
+        self.yim = <const double*>kp.ptr(y_im, cnp.NPY_DOUBLE, self.nnz, -1, "y_im")
+        _check_index(indices, 0, n, "indices")
+        for j, br in enumerate((line, trafo)):
+            self.nb[j] = 0
+            self.bf[j] = self.bt[j] = NULL
+            self.bst[j] = self.bsc[j] = self.bcf[j] = NULL
+            if br is None:
+                continue
+            fb, tb, stamps, scale = br
+            self.nb[j] = len(fb)
+            _check_index(fb, 0, 2 ** 62, "fb")
+            _check_index(tb, 0, 2 ** 62, "tb")
+            self.bf[j] = <const long long*>kp.ptr(fb, cnp.NPY_INT64, self.nb[j], -1, "fb")
+            self.bt[j] = <const long long*>kp.ptr(tb, cnp.NPY_INT64, self.nb[j], -1, "tb")
+            self.bst[j] = <const double*>kp.ptr(stamps, cnp.NPY_DOUBLE, 8, self.nb[j], "stamps")
+            self.bsc[j] = <const double*>kp.ptr(scale, cnp.NPY_DOUBLE, 5, self.nb[j], "scale")
+            with np.errstate(divide="ignore", invalid="ignore"):
+                cfac = base_mva / (np.sqrt(3.0) * np.asarray(scale, dtype=float)[:2])
+            self.bcf[j] = <const double*>kp.ptr(cfac, cnp.NPY_DOUBLE, 2, self.nb[j], "scale")
+        self.nin_load = n_load
+        self.nin_sgen = n_sgen
+        self.has_gen = gen is not None
+        self.ng = self.nr = self.non = self.ns = self.neg = self.ngen = 0
+        if self.has_gen:
+            self.ng = int(gen.ng)
+            self.nr = len(gen.rows)
+            self.non = len(gen.gpos)
+            _check_index(gen.rows, 0, n, "gen rows")
+            _check_index(gen.gpos, 0, self.nr, "gpos")
+            _check_index(gen.on, 0, self.ng, "on")
+            if len(gen.on) != self.non:
+                raise ValueError(f"on: expected {self.non} gen rows, found {len(gen.on)}")
+            self.rows = <const long long*>kp.ptr(gen.rows, cnp.NPY_INT64, self.nr, -1, "rows")
+            self.gpos = <const long long*>kp.ptr(gen.gpos, cnp.NPY_INT64, self.non, -1, "gpos")
+            self.qon = <const long long*>kp.ptr(gen.on, cnp.NPY_INT64, self.non, -1, "on")
+            self.qa = <const double*>kp.ptr(gen.q_a, cnp.NPY_DOUBLE, self.non, -1, "q_a")
+            self.qb = <const double*>kp.ptr(gen.q_b, cnp.NPY_DOUBLE, self.non, -1, "q_b")
+            self.rp = <const double*>kp.ptr(gen.rest_p, cnp.NPY_DOUBLE, self.nr, -1, "rest_p")
+            self.rq = <const double*>kp.ptr(gen.rest_q, cnp.NPY_DOUBLE, self.nr, -1, "rest_q")
+            if len(gen.demand) != 4:
+                raise ValueError(f"demand: expected 4 maps, found {len(gen.demand)}")
+            for g in range(4):
+                ptr, idx, w = gen.demand[g]
+                nin = n_load if g % 2 == 0 else n_sgen
+                ptr = np.asarray(ptr, dtype=np.int64)
+                if len(ptr) != self.nr + 1 or ptr[0] != 0 or ptr[len(ptr) - 1] != len(idx) \
+                        or np.any(np.diff(ptr) < 0):
+                    raise ValueError(f"demand {g}: expected a CSR map over {self.nr} rows")
+                _check_index(idx, 0, nin, f"demand {g}")
+                self.dptr[g] = <const long long*>kp.ptr(ptr, cnp.NPY_INT64, self.nr + 1, -1,
+                                                         "demand ptr")
+                self.didx[g] = <const long long*>kp.ptr(idx, cnp.NPY_INT64, len(idx), -1,
+                                                         "demand idx")
+                self.dw[g] = <const double*>kp.ptr(w, cnp.NPY_DOUBLE, len(idx), -1, "demand w")
+            pos, single, eptr, eidx, ew, pptr, pidx = gen.slack
+            self.ns = len(pos)
+            _check_index(pos, 0, self.nr, "slack pos")
+            _check_index(eidx, 0, self.ng, "slack gens")
+            _check_index(pidx, 0, self.ng, "slack bus gens")
+            for what, ptr, idx in (("ext", eptr, eidx), ("pvg", pptr, pidx)):
+                ptr = np.asarray(ptr, dtype=np.int64)
+                if len(ptr) != self.ns + 1 or ptr[0] != 0 or ptr[len(ptr) - 1] != len(idx) \
+                        or np.any(np.diff(ptr) < 0):
+                    raise ValueError(f"slack {what}: expected a CSR map over {self.ns} buses")
+            if np.any(np.asarray(single, dtype=bool) & (np.diff(np.asarray(eptr)) < 1)):
+                raise ValueError("slack: a single-gen bus without its gen")
+            self.spos = <const long long*>kp.ptr(pos, cnp.NPY_INT64, self.ns, -1, "slack pos")
+            self.ssingle = <const signed char*>kp.ptr(single, cnp.NPY_INT8, self.ns, -1,
+                                                      "slack single")
+            self.septr = <const long long*>kp.ptr(eptr, cnp.NPY_INT64, self.ns + 1, -1, "ext_ptr")
+            self.seidx = <const long long*>kp.ptr(eidx, cnp.NPY_INT64, len(eidx), -1, "ext_idx")
+            self.sew = <const double*>kp.ptr(ew, cnp.NPY_DOUBLE, len(eidx), -1, "ext_w")
+            self.spptr = <const long long*>kp.ptr(pptr, cnp.NPY_INT64, self.ns + 1, -1, "pvg_ptr")
+            self.spidx = <const long long*>kp.ptr(pidx, cnp.NPY_INT64, len(pidx), -1, "pvg_idx")
+            self.neg = len(gen.eg_src)
+            self.ngen = len(gen.g_src)
+            if len(gen.g_bus) != self.ngen:
+                raise ValueError(f"g_bus: expected {self.ngen} gens, found {len(gen.g_bus)}")
+            _check_index(gen.eg_src, -1, self.ng, "eg_src")
+            _check_index(gen.g_src, -1, self.ng, "g_src")
+            _check_index(gen.g_bus, -1, n, "g_bus")
+            self.egsrc = <const long long*>kp.ptr(gen.eg_src, cnp.NPY_INT64, self.neg, -1, "eg")
+            self.gsrc = <const long long*>kp.ptr(gen.g_src, cnp.NPY_INT64, self.ngen, -1, "g")
+            self.gbus = <const long long*>kp.ptr(gen.g_bus, cnp.NPY_INT64, self.ngen, -1, "g_bus")
+        self.nload = self.nsgen = 0
+        self.lf = self.sf = NULL
+        if load is not None:
+            self.nload = n_load
+            self.lf = <const double*>kp.ptr(load, cnp.NPY_DOUBLE, n_load, -1, "load factor")
+        if sgen is not None:
+            self.nsgen = n_sgen
+            self.sf = <const double*>kp.ptr(sgen, cnp.NPY_DOUBLE, n_sgen, -1, "sgen factor")
+        self.offsets = _reference.result_offsets(
+            n, self.nb[0], self.nb[1], self.ng, self.neg, self.ngen, self.nload, self.nsgen,
+            self.nr,
+        )
+        self.size = self.offsets["size"][0]
+        self.o_polar = self.offsets["polar"][0]
+        self.boff[0] = self.offsets["line"][0]
+        self.boff[1] = self.offsets["trafo"][0]
+        self.o_pg = self.offsets["gen_pg"][0]
+        self.o_qg = self.offsets["gen_qg"][0]
+        self.o_eg = self.offsets["ext_grid"][0]
+        self.o_gen = self.offsets["gen"][0]
+        self.o_load = self.offsets["load"][0]
+        self.o_sgen = self.offsets["sgen"][0]
+        self.o_work = self.offsets["work"][0]
+
+    def compute(self, vm, va, gen_pg, load_p, sgen_p, load_q, sgen_q, out=None):
+        """Fill ``out`` (``size`` float64; None: a new array) from the solved ``vm`` / ``va``
+        (internal buses), the gens' PG set points ``gen_pg`` (internal gen rows; not read
+        without ``gen``) and the element inputs the state was solved with; returns ``out``."""
+        if out is None:
+            out = cnp.PyArray_EMPTY(1, [self.size], cnp.NPY_DOUBLE, 0)
+        cdef Py_ssize_t n = self.n
+        cdef const double* m = <const double*>_arr(vm, cnp.NPY_DOUBLE, n, -1, False, "vm")
+        cdef const double* a = <const double*>_arr(va, cnp.NPY_DOUBLE, n, -1, False, "va")
+        cdef const double* pg0 = NULL
+        if self.has_gen:
+            pg0 = <const double*>_arr(gen_pg, cnp.NPY_DOUBLE, self.ng, -1, False, "gen_pg")
+        cdef const double* x[4]
+        x[0] = <const double*>_arr(load_p, cnp.NPY_DOUBLE, self.nin_load, -1, False, "load p")
+        x[1] = <const double*>_arr(sgen_p, cnp.NPY_DOUBLE, self.nin_sgen, -1, False, "sgen p")
+        x[2] = <const double*>_arr(load_q, cnp.NPY_DOUBLE, self.nin_load, -1, False, "load q")
+        x[3] = <const double*>_arr(sgen_q, cnp.NPY_DOUBLE, self.nin_sgen, -1, False, "sgen q")
+        cdef double* o = <double*>_arr(out, cnp.NPY_DOUBLE, self.size, -1, True, "out")
+        with nogil:
+            self._compute(m, a, pg0, x, o)
+        return out
+
+    cdef void _compute(self, const double* m, const double* a, const double* pg0,
+                       const double** x, double* o) noexcept nogil:
+        cdef Py_ssize_t n = self.n, nr = self.nr, k, j, g, b, c, s, e
+        cdef double* p = o + self.o_polar
+        cdef double* pg = o + self.o_pg
+        cdef double* qg = o + self.o_qg
+        cdef double* pd = o + self.o_work
+        cdef double* qd = pd + nr
+        cdef double* pbus = qd + nr
+        cdef double* qbus = pbus + nr
+        cdef double* out
+        cdef double ir, ii, vr, vi, vbr, vbi, p_ext, tot, sw, base = self.base_mva
+        cdef Py_ssize_t ne
+        _polar_loop(n, m, a, p)
+        for j in range(2):
+            if self.nb[j]:
+                _branch_loop(self.nb[j], n, base, m, p, self.bf[j], self.bt[j], self.bst[j],
+                             self.bsc[j], self.bcf[j], o + self.boff[j])
+        if self.has_gen:
+            # bus demand at the gen / ref buses: the fixed part plus the element groups
+            for k in range(nr):
+                pd[k] = self.rp[k]
+                qd[k] = self.rq[k]
+            for g in range(4):
+                _csr_add(nr, self.dptr[g], self.didx[g], self.dw[g], x[g], pd if g < 2 else qd)
+            # generation there: S = V conj(Ybus V) plus the demand (pypower's pfsoln)
+            for k in range(nr):
+                b = self.rows[k]
+                ir = ii = 0.0
+                for j in range(self.yp[b], self.yp[b + 1]):
+                    c = self.yi[j]
+                    vr = p[c]
+                    vi = p[n + c]
+                    ir = ir + self.yre[j] * vr - self.yim[j] * vi
+                    ii = ii + self.yre[j] * vi + self.yim[j] * vr
+                vbr = p[b]
+                vbi = p[n + b]
+                pbus[k] = (vbr * ir + vbi * ii) * base + pd[k]
+                qbus[k] = (vbi * ir - vbr * ii) * base + qd[k]
+            for j in range(self.ng):
+                pg[j] = pg0[j]
+                qg[j] = 0.0
+            for j in range(self.non):
+                qg[self.qon[j]] = self.qa[j] * qbus[self.gpos[j]] + self.qb[j]
+            # the slack buses' P: one gen takes it all, or the slack gens share what the
+            # other gens there leave, by their weights (pypower's _update_p)
+            for s in range(self.ns):
+                if self.ssingle[s]:
+                    pg[self.seidx[self.septr[s]]] = pbus[self.spos[s]]
+                    continue
+                p_ext = pbus[self.spos[s]]
+                for e in range(self.spptr[s], self.spptr[s + 1]):
+                    p_ext = p_ext - pg[self.spidx[e]]
+                tot = 0.0
+                sw = 0.0
+                for e in range(self.septr[s], self.septr[s + 1]):
+                    tot = tot + pg[self.seidx[e]]
+                    sw = sw + self.sew[e]
+                ne = self.septr[s + 1] - self.septr[s]
+                for e in range(self.septr[s], self.septr[s + 1]):
+                    if sw > 0:
+                        pg[self.seidx[e]] = pg[self.seidx[e]] + (p_ext - tot) * self.sew[e] / sw
+                    else:
+                        pg[self.seidx[e]] = p_ext / ne
+            out = o + self.o_eg
+            for j in range(self.neg):
+                g = self.egsrc[j]
+                out[j] = pg[g] if g >= 0 else 0.0
+                out[self.neg + j] = qg[g] if g >= 0 else 0.0
+            out = o + self.o_gen
+            k = self.ngen
+            for j in range(k):
+                g = self.gsrc[j]
+                out[j] = pg[g] if g >= 0 else 0.0
+                out[k + j] = qg[g] if g >= 0 else 0.0
+                b = self.gbus[j]
+                out[2 * k + j] = m[b] if b >= 0 else 0.0
+                out[3 * k + j] = p[2 * n + b] if b >= 0 else 0.0
+        out = o + self.o_load
+        for j in range(self.nload):
+            out[j] = x[0][j] * self.lf[j]
+            out[self.nload + j] = x[2][j] * self.lf[j]
+        out = o + self.o_sgen
+        for j in range(self.nsgen):
+            out[j] = x[1][j] * self.sf[j]
+            out[self.nsgen + j] = x[3][j] * self.sf[j]
 
 
 def bus_power(indptr, indices, y_re, y_im, vpolar, rows, out_p, out_q):
@@ -1274,17 +1656,12 @@ def rows_add(indptr, idx, w, x, out):
     cdef const double* wv = <const double*>_arr(w, cnp.NPY_DOUBLE, nnz, -1, False, "w")
     cdef const double* xv = <const double*>_arr(x, cnp.NPY_DOUBLE, nx, -1, False, "x")
     cdef double* o = <double*>_arr(out, cnp.NPY_DOUBLE, nr, -1, True, "out")
-    cdef Py_ssize_t r, p
-    cdef double acc
+    cdef Py_ssize_t p
     if ip[0] != 0 or ip[nr] != nnz:
         raise ValueError(f"indptr: expected 0 .. {nnz}, found {ip[0]} .. {ip[nr]}")
     for p in range(nnz):
         if ix[p] < 0 or ix[p] >= nx:
             raise ValueError(f"idx[{p}] = {ix[p]} outside 0..{nx - 1}")
     with nogil:
-        for r in range(nr):
-            acc = 0.0
-            for p in range(ip[r], ip[r + 1]):
-                acc = acc + wv[p] * xv[ix[p]]
-            o[r] = o[r] + acc
+        _csr_add(nr, ip, ix, wv, xv, o)
     return None

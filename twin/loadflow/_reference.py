@@ -8,6 +8,8 @@ assembled with SciPy sparse products and factorized by ``splu`` every iteration.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -343,3 +345,198 @@ def rows_add(indptr, idx, w, x, out) -> None:
         raise ValueError(f"idx outside 0..{x.shape[0] - 1}")
     rows = np.repeat(np.arange(nr), np.diff(indptr))
     out += np.bincount(rows, weights=w * x[idx], minlength=nr)
+
+
+def take(buf, span):
+    """Same contract as ``_newton.take``."""
+    start, stop = span
+    if buf.ndim != 1 or not 0 <= start <= stop <= buf.shape[0]:
+        raise ValueError(
+            f"span: expected 0 <= start <= stop <= {buf.shape[0]}, found {start}, {stop}"
+        )
+    return buf[start:stop].copy()
+
+
+# the sections of the buffer ``Results.compute`` fills, in order, with their row counts
+RESULT_SECTIONS = (
+    ("polar", 3), ("line", 14), ("trafo", 14), ("gen_pg", 1), ("gen_qg", 1), ("ext_grid", 2),
+    ("gen", 4), ("load", 2), ("sgen", 2), ("work", 4),
+)  # fmt: skip
+
+
+def result_offsets(
+    n: int, nl: int, nt: int, ng: int, neg: int, ngen: int, nload: int, nsgen: int, nr: int
+) -> dict[str, tuple[int, int, int]]:
+    """name -> (start, rows, length) of each section of a ``Results`` buffer, and "size"."""
+    lengths = {
+        "polar": n, "line": nl, "trafo": nt, "gen_pg": ng, "gen_qg": ng, "ext_grid": neg,
+        "gen": ngen, "load": nload, "sgen": nsgen, "work": nr,
+    }  # fmt: skip
+    out: dict[str, tuple[int, int, int]] = {}
+    at = 0
+    for name, rows in RESULT_SECTIONS:
+        out[name] = (at, rows, lengths[name])
+        at += rows * lengths[name]
+    out["size"] = (at, 1, at)
+    return out
+
+
+class Results:
+    """Same contract as ``_newton.Results`` (NumPy; copies its arrays, checks the indices)."""
+
+    def __init__(
+        self, n, base_mva, indptr, indices, y_re, y_im, line=None, trafo=None, gen=None,
+        load=None, sgen=None, n_load=0, n_sgen=0,
+    ) -> None:  # fmt: skip
+        def idx(a, lo, hi, what):
+            a = np.array(a, dtype=np.int64)
+            if a.size and (a.min() < lo or a.max() >= hi):
+                raise ValueError(
+                    f"{what}: expected indices in {lo}..{hi - 1}, found {a.min()}..{a.max()}"
+                )
+            return a
+
+        def csr(ptr, nrows, nnz, what):
+            ptr = np.array(ptr, dtype=np.int64)
+            bad = ptr.shape != (nrows + 1,) or ptr[0] != 0 or ptr[-1] != nnz
+            if bad or np.any(ptr[1:] < ptr[:-1]):
+                raise ValueError(f"{what}: expected a CSR map over {nrows} rows")
+            return ptr
+
+        self.n = int(n)
+        self.base_mva = float(base_mva)
+        nnz = len(indices)
+        self.ybus = sp.csr_matrix(
+            (np.asarray(y_re, float) + 1j * np.asarray(y_im, float),
+             idx(indices, 0, n, "indices"), np.array(indptr, dtype=np.int64)),
+            shape=(n, n),
+        )  # fmt: skip
+        if self.ybus.nnz != nnz:
+            raise ValueError(f"expected {nnz} Ybus values")
+        self.branches: list[tuple[Any, ...] | None] = []
+        for br in (line, trafo):
+            if br is None:
+                self.branches.append(None)
+                continue
+            fb, tb, stamps, scale = br
+            rows = len(fb)
+            fb, tb = idx(fb, 0, 2**62, "fb"), idx(tb, 0, 2**62, "tb")
+            stamps, scale = np.array(stamps, dtype=float), np.array(scale, dtype=float)
+            if stamps.shape != (8, rows) or scale.shape != (5, rows):
+                raise ValueError(f"expected (8, {rows}) stamps and (5, {rows}) scales")
+            self.branches.append((fb, tb, stamps, scale))
+        self.n_load, self.n_sgen = int(n_load), int(n_sgen)
+        self.gen = None
+        ng = nr = neg = ngen = 0
+        if gen is not None:
+            ng, nr = int(gen.ng), len(gen.rows)
+            rows = idx(gen.rows, 0, n, "gen rows")
+            gpos = idx(gen.gpos, 0, nr, "gpos")
+            on = idx(gen.on, 0, ng, "on")
+            if on.shape != gpos.shape:
+                raise ValueError(f"on: expected {gpos.shape[0]} gen rows, found {on.shape[0]}")
+            if len(gen.demand) != 4:
+                raise ValueError(f"demand: expected 4 maps, found {len(gen.demand)}")
+            demand = []
+            for g, (ptr, di, w) in enumerate(gen.demand):
+                nin = self.n_load if g % 2 == 0 else self.n_sgen
+                demand.append(
+                    (csr(ptr, nr, len(di), f"demand {g}"), idx(di, 0, nin, f"demand {g}"),
+                     np.array(w, dtype=float))
+                )  # fmt: skip
+            pos, single, eptr, eidx, ew, pptr, pidx = gen.slack
+            ns = len(pos)
+            slack = (
+                idx(pos, 0, nr, "slack pos"), np.array(single, dtype=bool),
+                csr(eptr, ns, len(eidx), "slack ext"), idx(eidx, 0, ng, "slack gens"),
+                np.array(ew, dtype=float), csr(pptr, ns, len(pidx), "slack pvg"),
+                idx(pidx, 0, ng, "slack bus gens"),
+            )  # fmt: skip
+            if np.any(slack[1] & (np.diff(slack[2]) < 1)):
+                raise ValueError("slack: a single-gen bus without its gen")
+            neg, ngen = len(gen.eg_src), len(gen.g_src)
+            if len(gen.g_bus) != ngen:
+                raise ValueError(f"g_bus: expected {ngen} gens, found {len(gen.g_bus)}")
+            self.gen = SimpleNamespace(
+                ng=ng, rows=rows, gpos=gpos, on=on, q_a=np.array(gen.q_a, dtype=float),
+                q_b=np.array(gen.q_b, dtype=float), rest_p=np.array(gen.rest_p, dtype=float),
+                rest_q=np.array(gen.rest_q, dtype=float), demand=demand, slack=slack,
+                eg_src=idx(gen.eg_src, -1, ng, "eg_src"), g_src=idx(gen.g_src, -1, ng, "g_src"),
+                g_bus=idx(gen.g_bus, -1, n, "g_bus"),
+            )  # fmt: skip
+        self.load = None if load is None else np.array(load, dtype=float).reshape(self.n_load)
+        self.sgen = None if sgen is None else np.array(sgen, dtype=float).reshape(self.n_sgen)
+        nl = 0 if line is None else len(line[0])
+        nt = 0 if trafo is None else len(trafo[0])
+        self.offsets = result_offsets(
+            self.n, nl, nt, ng, neg, ngen, 0 if load is None else self.n_load,
+            0 if sgen is None else self.n_sgen, nr,
+        )  # fmt: skip
+        self.size = self.offsets["size"][0]
+
+    def _section(self, out, name):
+        start, rows, length = self.offsets[name]
+        return out[start : start + rows * length].reshape(rows, length)
+
+    def compute(self, vm, va, gen_pg, load_p, sgen_p, load_q, sgen_q, out=None):
+        """Same contract as ``_newton.Results.compute``."""
+        n = self.n
+        if out is None:
+            out = np.empty(self.size)
+        if vm.shape != (n,) or va.shape != (n,):
+            raise ValueError(f"expected vm / va for {n} buses")
+        if out.shape != (self.size,) or out.dtype != np.float64:
+            raise ValueError(f"out: expected a ({self.size},) float64 array")
+        x = (load_p, sgen_p, load_q, sgen_q)
+        for k, arr in enumerate(x):
+            want = self.n_load if k % 2 == 0 else self.n_sgen
+            if arr.shape != (want,):
+                raise ValueError(f"inputs: expected {want} values, found {arr.shape}")
+        p = polar(vm, va, self._section(out, "polar"))
+        for name, br in zip(("line", "trafo"), self.branches):
+            if br is not None:
+                branch_results(vm, p, n, self.base_mva, *br, self._section(out, name))
+        m = self.gen
+        if m is not None:
+            if gen_pg.shape != (m.ng,):
+                raise ValueError(f"gen_pg: expected {m.ng} values, found {gen_pg.shape}")
+            pd, qd = m.rest_p.copy(), m.rest_q.copy()
+            for g, (ptr, di, w) in enumerate(m.demand):
+                rows_add(ptr, di, w, x[g], pd if g < 2 else qd)
+            v = p[0] + 1j * p[1]
+            s = v[m.rows] * np.conj(self.ybus[m.rows] @ v) * self.base_mva
+            pbus, qbus = s.real + pd, s.imag + qd
+            pg = self._section(out, "gen_pg")[0]
+            qg = self._section(out, "gen_qg")[0]
+            pg[:] = gen_pg
+            qg[:] = 0.0
+            qg[m.on] = m.q_a * qbus[m.gpos] + m.q_b
+            pos, single, eptr, eidx, ew, pptr, pidx = m.slack
+            for s_ in range(pos.shape[0]):
+                ext = eidx[eptr[s_] : eptr[s_ + 1]]
+                if single[s_]:
+                    pg[ext[0]] = pbus[pos[s_]]
+                    continue
+                p_ext = pbus[pos[s_]] - np.sum(pg[pidx[pptr[s_] : pptr[s_ + 1]]])
+                w = ew[eptr[s_] : eptr[s_ + 1]]
+                sw = np.sum(w)
+                if sw > 0:
+                    pg[ext] = pg[ext] + (p_ext - np.sum(pg[ext])) * w / sw
+                else:
+                    pg[ext] = p_ext / len(ext)
+
+            def pick(src, at):
+                return np.where(at >= 0, src[np.maximum(at, 0)], 0.0) if src.size else 0.0 * at
+
+            eg = self._section(out, "ext_grid")
+            eg[0], eg[1] = pick(pg, m.eg_src), pick(qg, m.eg_src)
+            gn = self._section(out, "gen")
+            gn[0], gn[1] = pick(pg, m.g_src), pick(qg, m.g_src)
+            gn[2], gn[3] = pick(vm, m.g_bus), pick(p[2], m.g_bus)
+        if self.load is not None:
+            ld = self._section(out, "load")
+            ld[0], ld[1] = load_p * self.load, load_q * self.load
+        if self.sgen is not None:
+            sg = self._section(out, "sgen")
+            sg[0], sg[1] = sgen_p * self.sgen, sgen_q * self.sgen
+        return out
