@@ -122,17 +122,53 @@ class PointStore:
         self._true: dict[str, Sample] = {}
         #: position -> whether the point is under a fault (name in ``_true``)
         self._faulted_mask = np.zeros(n, dtype=bool)
-        # memoryviews: a per-point read or write of one row costs less than numpy indexing
-        self._mv, self._mq, self._mt, self._mver = (
-            _mview(self._v),
-            _mview(self._q),
-            _mview(self._t),
-            _mview(self._ver),
-        )
-        self.values = _readonly(self._v)
-        self.qualities = _readonly(self._q)
-        self.timestamps = _readonly(self._t)
-        self.versions = _readonly(self._ver)
+        # memoryviews: a per-point read of one row costs less than numpy indexing
+        self._mv, self._mq, self._mt = _mview(self._v), _mview(self._q), _mview(self._t)
+        #: rows whose newest Sample (set per point) is not in the arrays yet: copied in as a
+        #: block by :meth:`_sync` when the arrays are read (a per-point set stays a list append)
+        self._dirty: list[int] = []
+        self._dirty_cap = 4 * n + 1024
+        self._ro = (
+            _readonly(self._v), _readonly(self._q), _readonly(self._t), _readonly(self._ver)
+        )  # fmt: skip
+
+    @property
+    def values(self) -> np.ndarray:
+        """Values by position (read-only view)."""
+        self._sync()
+        return self._ro[0]
+
+    @property
+    def qualities(self) -> np.ndarray:
+        """Quality codes by position (:data:`QUALITIES`; read-only view)."""
+        self._sync()
+        return self._ro[1]
+
+    @property
+    def timestamps(self) -> np.ndarray:
+        """Source timestamps by position (read-only view)."""
+        self._sync()
+        return self._ro[2]
+
+    @property
+    def versions(self) -> np.ndarray:
+        """Per position: the write counter at the point's last change (read-only view)."""
+        self._sync()
+        return self._ro[3]
+
+    def _sync(self) -> None:
+        """Copy the Samples set per point since the last sync into the arrays, as one block."""
+        dirty = self._dirty
+        if not dirty:
+            return
+        self._dirty = []
+        samples = self._samples
+        ss = [samples[i] for i in dirty]
+        rows = np.array(dirty, dtype=np.intp)
+        self._v[rows] = [s.value for s in ss]  # type: ignore[union-attr]
+        self._q[rows] = [_CODE_OF_VALUE[s.quality._value_] for s in ss]  # type: ignore[union-attr]
+        self._t[rows] = [s.timestamp for s in ss]  # type: ignore[union-attr]
+        self._ver[rows] = self._epoch
 
     def __contains__(self, name: str) -> bool:
         return name in self._index
@@ -200,18 +236,21 @@ class PointStore:
         i = self._index.get(name)
         if i is None:
             raise UnknownPoint(f"no point named {name!r} in the point map")
+        s = self._samples[i]
+        if s is not None:
+            return s.value
         v: float = self._mv[i]
         return math.nan if v != v else v
 
     # --- writes ------------------------------------------------------------------------------
     def _store(self, i: int, sample: Sample) -> None:
-        """Put ``sample`` in row ``i`` (the one per-point write of the arrays)."""
+        """Make ``sample`` row ``i``'s (the one per-point write; the arrays follow at sync)."""
         self._epoch += 1
-        self._mv[i] = sample.value
-        self._mq[i] = _CODE_OF_VALUE[sample.quality._value_]
-        self._mt[i] = sample.timestamp
-        self._mver[i] = self._epoch
         self._samples[i] = sample
+        dirty = self._dirty
+        dirty.append(i)
+        if len(dirty) > self._dirty_cap:  # nobody reads the arrays: keep the list bounded
+            self._sync()
 
     def set(
         self,
@@ -336,6 +375,7 @@ class PointStore:
         if not self.bulk:
             self._set_per_point(pos, v, q, source, timestamp)
             return
+        self._sync()  # rows set per point reach the arrays before this batch overwrites them
         transform = None if source.startswith("device:") else self._transform
         if transform is not None:
             by_pos = self._by_pos

@@ -884,7 +884,8 @@ class BlockCodec:
                 rows = rows[:, ::-1]
             be = np.ascontiguousarray(rows).astype(">u2")
             raw = be.view(_NP_BE[dtype]).reshape(-1)
-            rawf = raw.astype(np.float64)
+            with np.errstate(invalid="ignore"):  # a signalling-NaN pattern stays NaN
+                rawf = raw.astype(np.float64)
             has = self._has_na[pts]
             if dtype == "float32":
                 s32 = self._na_raw[pts].astype(np.float32).astype(np.float64)
