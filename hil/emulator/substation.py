@@ -30,6 +30,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+import numpy as np
+
 from hil.emulator.modbus_server import ModbusServer
 from hil.emulator.opcua_server import OpcuaServer
 from hil.errors import HilError
@@ -255,8 +257,9 @@ class EmulatedSubstation:
         self._round: Any = None  # the stepping plan of self.devices (_device_round)
         self.device_steps = 0  # device rounds run (every device stepped once per round)
         self.heartbeat_points = frozenset(p.name for p in pointmap.points if is_heartbeat(p))
+        self._hb_mask: np.ndarray | None = None  # store positions of heartbeat points
         if self.devices:
-            self.store.subscribe(self._on_store_write)
+            self.store.subscribe_batch(self._on_store_write_batch)
         # Watchdogs both ways (issue 11), on the wall clock only by default: on a simulated
         # clock the twin and the substation share one process and one time, nobody can vanish.
         wall = clock is None
@@ -427,6 +430,19 @@ class EmulatedSubstation:
         self.store.set_offline(self.device_points(device), offline, source="fault:offline")
 
     # device behaviours --------------------------------------------------------------------------
+    def _on_store_write_batch(self, pos: Any, source: str) -> None:
+        """``_on_store_write`` for a whole store write (one call per write)."""
+        if self._written_at is not None or source.startswith("device:"):
+            return
+        hb = self._hb_mask
+        if hb is None:
+            hb = self._hb_mask = np.array(
+                [n in self.heartbeat_points for n in self.store.names], dtype=bool
+            )
+        if len(pos) and hb[pos].all():
+            return
+        self._written_at = max(self._now_fn(), self._device_t)
+
     def _on_store_write(self, point: Any, sample: Any, source: str) -> None:
         """A write from outside the devices (client, plant, twin): devices see it at its time.
 

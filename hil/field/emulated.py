@@ -182,7 +182,8 @@ class EmulatedField:
 
         # every write attempt over a protocol, with its peer; the run streams it to audit.jsonl
         self._audit = audit_log(self.sub.store)
-        self.sub.store.subscribe(self._note_source)
+        self._cmd_mask: np.ndarray | None = None  # store positions of command points
+        self.sub.store.subscribe_batch(self._note_source_batch)
         if protocols or self.serve is not None:
             await self.sub.start()
             self._sub_started = True
@@ -440,6 +441,24 @@ class EmulatedField:
             store.set_many([(n, v) for n, v in values.items() if n in store], source="plant")
 
     # --- what the field did by itself -----------------------------------------------------------
+    def _note_source_batch(self, pos: np.ndarray, source: str) -> None:
+        """``_note_source`` for a whole store write (one call per write, positions in the store)."""
+        if source == _SCAN_SOURCE:
+            return  # a re-stamp of what a device reported: the device stays the source
+        store = self.sub.store
+        names = store.names
+        last = self._last_source
+        for i in pos.tolist():
+            last[names[i]] = source
+        if not source.startswith("device:") and source != "scenario":
+            cmd = self._cmd_mask
+            if cmd is None or len(cmd) != len(names):
+                cmd = self._cmd_mask = np.array(
+                    [store.point_at(i).kind == "command" for i in range(len(names))], dtype=bool
+                )
+            for i in pos[cmd[pos]].tolist():
+                self._outside_command[names[i].rsplit(".", 1)[0]] = (source, self.clock.t)
+
     def _note_source(self, point: Any, sample: Any, source: str) -> None:
         if source == _SCAN_SOURCE:
             return  # a re-stamp of what a device reported: the device stays the source
