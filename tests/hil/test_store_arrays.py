@@ -358,7 +358,7 @@ async def test_block_reads_over_a_loopback_socket(feeder_net, pm):
 def test_city_scenario_same_results_with_bulk_on_and_off(tmp_path: Path, monkeypatch):
     """A bundled scenario over Modbus and the direct link: the results folder (time series,
     events, alarms, audit, checks, summary counts) is the same with the bulk path off."""
-    from bench.data_path import compare_folders
+    compare_folders = _compare_folders()
     from scenarios.engine import run_scenario
 
     lib = Path(__file__).resolve().parents[2] / "scenarios" / "library"
@@ -370,7 +370,7 @@ def test_city_scenario_same_results_with_bulk_on_and_off(tmp_path: Path, monkeyp
 
 
 def test_compare_folders_sees_a_difference(tmp_path: Path):
-    from bench.data_path import compare_folders
+    compare_folders = _compare_folders()
 
     for name, text in (("a", "x"), ("b", "y")):
         d = tmp_path / name
@@ -430,3 +430,15 @@ def test_overlapping_modbus_points_are_refused():
     store = PointStore(PointMap((a, b)), clock=SimClock(0.0))
     with pytest.raises(HilError, match="address 1: expected one point, found 'P0' and 'B'"):
         StoreContext(store)
+
+
+def _compare_folders():
+    """bench/data_path.py's comparison, loaded from the checkout (bench/ is not installed)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "data_path.py"
+    spec = importlib.util.spec_from_file_location("gridtwin_bench_data_path", path)
+    assert spec is not None and spec.loader is not None, path
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.compare_folders
