@@ -1,8 +1,10 @@
 """OPC UA field link (asyncua 2.1.0 client).
 
 - Inputs come from one subscription (sampling interval per link), or from one Read request per
-  :meth:`OpcuaLink.poll` in polled mode. A value's timestamp is its SourceTimestamp, so the first,
-  possibly old, value after a reconnect is aged like any other (FIELD-NOTES).
+  :meth:`OpcuaLink.poll` in polled mode. A value's timestamp is its SourceTimestamp. Staleness
+  comes from the protocol in both modes: an input is STALE when its subscription stops publishing
+  (or the Reads stop succeeding) for ``stale_factor * interval_s``, or when a change arrives
+  already older than that; an unchanged value the server still serves as Good stays GOOD.
 - All outputs of a step go in one Write request; per-node bad status codes become ProtocolError
   naming the point and the status code. The request body is assembled from byte strings encoded
   once per point (node id, attribute, DataValue mask, variant type) plus the packed value and
@@ -97,6 +99,11 @@ def _to_python(value: float, vtype: ua.VariantType) -> Any:
     if vtype in _INTEGER:
         return int(round(value))
     return float(value)
+
+
+def _same_value(a: float, b: float) -> bool:
+    """Equal, NaN equal to NaN (a device's "not available" read twice is no change)."""
+    return a == b or (a != a and b != b)
 
 
 def _timestamp(dt: datetime | None) -> float | None:
@@ -232,6 +239,7 @@ class OpcuaLink(FieldLink):
         #: inputs notified since (re)subscribing; of those, the ones whose last change came late
         self._seen: set[str] = set()
         self._late: set[str] = set()
+        self._polled_at: float | None = None  # clock() of the last Read of every input (poll)
 
     @property
     def polled(self) -> bool:
@@ -337,6 +345,10 @@ class OpcuaLink(FieldLink):
             self._node[p.name] = nid
             self._name_of[nid] = p.name
         names = [p.name for p in self.points]
+        # a (re)connect starts over: the first value of each input is its current one
+        self._seen.clear()
+        self._late.clear()
+        self._polled_at = None
         self.stats["requests"] += 1
         dts = await client.uaclient.read_attributes(
             [self._node[n] for n in names], ua.AttributeIds.DataType
@@ -444,40 +456,62 @@ class OpcuaLink(FieldLink):
             return
         self.stats["reads"] += 1
         sample = self._sample(dv)
+        self._changed(name, sample, self.clock())
+        self._store_input(name, sample)
+
+    def _changed(self, name: str, sample: Sample, now: float) -> None:
+        """Judge a value the server says changed (a notification, or a polled value that differs
+        from the last one read): a change stamped long ago is late (STALE on arrival, until its
+        next timely change). The first value after (re)connecting is the item's current value,
+        whatever its age."""
         if name in self._seen:
-            # the server says it changed: a change stamped long ago is late (stale at arrival)
-            p = self._by_name[name]
-            if self.clock() - sample.timestamp > self.stale_factor * p.interval_s:
+            if now - sample.timestamp > self.stale_factor * self._by_name[name].interval_s:
                 self._late.add(name)
             else:
                 self._late.discard(name)
-        else:  # the first notification is the item's current value, whatever its age
+        else:
             self._seen.add(name)
             self._late.discard(name)
-        self._store_input(name, sample)
+
+    @property
+    def polled_at(self) -> float | None:
+        """Poll mode: ``clock()`` time of the last successful Read of every input (None before
+        the first one after a (re)connect)."""
+        return self._polled_at
 
     def read_inputs(self, now: float | None = None) -> dict[str, Sample]:
         """As :meth:`FieldLink.read_inputs`, with staleness from the protocol in subscription
         mode: a subscribed input is STALE only when the subscription stopped publishing
         (neither notifications nor keep-alives for ``stale_factor * interval_s``) or its last
         change arrived with a source timestamp already older than that; an unchanged value
-        of a live subscription stays GOOD, whatever its age. Poll mode ages by timestamp."""
+        of a live subscription stays GOOD, whatever its age.
+
+        Poll mode, the same rule on the Reads: an input is STALE when no Read of the inputs has
+        succeeded for ``stale_factor * interval_s`` of link time (``now``), or when its last
+        change (a value, status or timestamp different from the previous Read) came with a
+        source timestamp already older than that; a value the server still returns unchanged
+        with status Good stays GOOD, whatever its age."""
         out = super().read_inputs(now)
-        sub = self._sub
-        if self.mode != "subscription" or sub is None or not self.connected:
+        if not self.connected:
             return out
-        last = getattr(sub, "last_publish_at", None)
-        if last is None:
-            return out  # nothing published yet: the timestamp rule until the first publish
-        silent = time.monotonic() - last
-        params = getattr(sub, "parameters", None)
         keep_s = 0.0
-        if params is not None:
-            keep_s = (
-                float(params.RequestedPublishingInterval or 0.0)
-                / 1000.0
-                * max(int(params.RequestedMaxKeepAliveCount or 1), 1)
-            )
+        if self.mode == "poll":
+            if self._polled_at is None:
+                return out  # nothing read yet since connecting: the timestamp rule
+            silent = (self.clock() if now is None else now) - self._polled_at
+        else:
+            sub = self._sub
+            last = getattr(sub, "last_publish_at", None) if sub is not None else None
+            if last is None:
+                return out  # nothing published yet: the timestamp rule until the first publish
+            silent = time.monotonic() - last
+            params = getattr(sub, "parameters", None)
+            if params is not None:
+                keep_s = (
+                    float(params.RequestedPublishingInterval or 0.0)
+                    / 1000.0
+                    * max(int(params.RequestedMaxKeepAliveCount or 1), 1)
+                )
         cache = self._cache
         stale = Quality.STALE
         for p in self.inputs:
@@ -503,8 +537,22 @@ class OpcuaLink(FieldLink):
             ),
             self.timeout_s + 0.5,
         )
+        now = self.clock()
+        cache = self._cache
         for p, dv in zip(self.inputs, dvs):
-            self._store_input(p.name, self._sample(dv), notify=False)
+            name = p.name
+            sample = self._sample(dv)
+            last = cache.get(name)
+            if (
+                last is None
+                or name not in self._seen
+                or last.timestamp != sample.timestamp
+                or last.quality is not sample.quality
+                or not _same_value(last.value, sample.value)
+            ):
+                self._changed(name, sample, now)
+            self._store_input(name, sample, notify=False)
+        self._polled_at = now
         self.stats["reads"] += 1
         self._notify()
 

@@ -281,7 +281,10 @@ class FaultRig:
                 safe = now - t0
             q_in = self.loop.samples[in_name].quality
             s_in = self.loop.samples[in_name]
-            if q_in is Quality.GOOD and s_in.timestamp < t0 - 3.0 * self.pm[in_name].interval_s:
+            # GOOD though neither stamped nor (OPC UA poll) read back since before the fault
+            old = t0 - 3.0 * self.pm[in_name].interval_s
+            read_at = getattr(self.link, "polled_at", None)
+            if q_in is Quality.GOOD and s_in.timestamp < old and (read_at or 0.0) < old:
                 stale_good += 1
             for seen, q in ((seen_in, q_in), (seen_served, self.sub.store.get(served).quality)):
                 if seen[-1] != q.value:

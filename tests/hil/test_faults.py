@@ -46,9 +46,9 @@ async def test_a_link_fault_is_detected_made_safe_and_recovered(feeder_net, prot
         assert rig.sub.store.value("PV.p_limit_pct") == 0.0  # latched: no silent return
         # quality: GOOD -> COMMS_LOST -> GOOD on the twin; never an old value taken as GOOD
         assert r["input_qualities"][0] == "good" and "comms_lost" in r["input_qualities"]
-        # back: not comms-lost any more (over OPC UA an unchanged device value keeps its source
-        # timestamp, so P held at 0 since the safe state reads STALE: honest, not GOOD)
-        assert r["input_qualities"][-1] == ("good" if protocol == "modbus" else "stale")
+        # back: GOOD again (over OPC UA the P held at 0 since the safe state keeps its old source
+        # timestamp; the server serves it unchanged with status Good, so it is current)
+        assert r["input_qualities"][-1] == "good"
         assert r["stale_applied_good"] == 0
         if protocol == "opcua":  # the twin's measurements went over the faulted link too
             assert "stale" in r["served_qualities"] and r["served_qualities"][-1] == "good"

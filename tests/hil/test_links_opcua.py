@@ -252,9 +252,51 @@ async def test_staleness_after_interval_and_refresh_by_timestamp(plant):
         plant.endpoint, FAST, namespace=NS, mode="poll", stale_factor=3.0
     ) as polled:
         await polled.poll()
-        t = polled.read_inputs()["G1.p_mw"].timestamp
+        # poll mode: the same rule on the Reads (this pinned the old rule, aged by timestamp)
+        t = polled.polled_at
         assert polled.read_inputs(now=t + 0.1)["G1.p_mw"].quality is Quality.GOOD
         assert polled.read_inputs(now=t + 1.0)["G1.p_mw"].quality is Quality.STALE
+
+
+@leak_checked
+async def test_poll_mode_staleness_from_the_reads(plant):
+    """Poll mode, the subscription's rule on the Reads (issue 15): a value the server returns
+    unchanged with status Good stays GOOD whatever its source timestamp's age; STALE when no Read
+    has succeeded for stale_factor intervals of link time; a change stamped long ago is STALE
+    until its next timely change; the first value after connecting is current, whatever its age."""
+    await _fill(plant)
+    await plant.set("G1.p_mw", 9.0, ts=time.time() - 3600)
+    async with OpcuaLink(
+        plant.endpoint, FAST, namespace=NS, mode="poll", stale_factor=3.0
+    ) as polled:
+        assert polled.polled_at is not None  # connecting reads every input once
+        await polled.poll()
+        assert polled.read_inputs()["G1.p_mw"].value == 9.0
+        assert _q(polled, "G1.p_mw") is Quality.GOOD  # the first Read: current, 1 h old or not
+        for _ in range(5):  # 1 s: five intervals, every one read back unchanged
+            await asyncio.sleep(0.2)
+            await polled.poll()
+            assert _q(polled, "G1.p_mw") is Quality.GOOD
+            assert _q(polled, "Q1.closed") is Quality.GOOD
+        at = polled.polled_at
+        assert at is not None
+        # no Read for 3 intervals of link time: STALE, both the old and the fresh value
+        assert polled.read_inputs(now=at + 0.5)["G1.p_mw"].quality is Quality.GOOD
+        assert polled.read_inputs(now=at + 0.7)["G1.p_mw"].quality is Quality.STALE
+        assert polled.read_inputs(now=at + 0.7)["Q1.closed"].quality is Quality.STALE
+        await plant.set("G1.p_mw", 7.0, ts=time.time() - 3600)  # a change, stamped 1 h ago
+        await polled.poll()
+        assert polled.read_inputs()["G1.p_mw"].value == 7.0
+        assert _q(polled, "G1.p_mw") is Quality.STALE
+        await polled.poll()  # read back unchanged: still the late change
+        assert _q(polled, "G1.p_mw") is Quality.STALE
+        assert _q(polled, "Q1.closed") is Quality.GOOD
+        await plant.set("G1.p_mw", 6.0)
+        await polled.poll()
+        assert _q(polled, "G1.p_mw") is Quality.GOOD
+        await plant.set("G1.p_mw", 6.0, status=ua.StatusCodes.BadNoCommunication)
+        await polled.poll()
+        assert _q(polled, "G1.p_mw") is Quality.INVALID
 
 
 @leak_checked
