@@ -291,23 +291,29 @@ def run_toggle_ls2g(net, line: int, steps: int):
     return _ls2g_toggle(net, make, steps)
 
 
-def _toggle_switch(net) -> int | None:
-    """A closed line switch whose opening islands nothing and that the model patches."""
+def _patched_switch(net, et: str, limit: int) -> tuple[int | None, int | None]:
+    """(the first closed ``et`` switch among the first ``limit`` that the model patches when it
+    opens, the first closed ``et`` switch); None where there is none."""
     from twin.model import GridModel
 
-    cands = net.switch.index[(net.switch.et == "l") & net.switch.closed]
+    cands = net.switch.index[(net.switch.et == et) & net.switch.closed]
     if not len(cands):
-        return None
+        return None, None
     model = GridModel(copy.deepcopy(net))
     model.solve()
-    for sw in cands[:60]:
+    for sw in cands[:limit]:
         before = model.patches
         model.update("switch", "closed", [False], index=[int(sw)])
         patched = model.patches > before
         model.update("switch", "closed", [True], index=[int(sw)])
         if patched:
-            return int(sw)
-    return None
+            return int(sw), int(cands[0])
+    return None, int(cands[0])
+
+
+def _toggle_switch(net) -> int | None:
+    """A closed line switch whose opening islands nothing and that the model patches."""
+    return _patched_switch(net, "l", 60)[0]
 
 
 def run_toggle_switch_gridtwin(net, sw: int, steps: int):
@@ -359,22 +365,10 @@ def _with_coupler(net):
 
 
 def _toggle_bus_switch(net) -> int | None:
-    """A closed bus-bus switch, one the model patches if any (its opening may cut a feeder off)."""
-    from twin.model import GridModel
-
-    cands = net.switch.index[(net.switch.et == "b") & net.switch.closed]
-    if not len(cands):
-        return None
-    model = GridModel(copy.deepcopy(net))
-    model.solve()
-    for sw in cands[:20]:
-        before = model.patches
-        model.update("switch", "closed", [False], index=[int(sw)])
-        patched = model.patches > before
-        model.update("switch", "closed", [True], index=[int(sw)])
-        if patched:
-            return int(sw)
-    return int(cands[0])  # none patched (an older model): its full conversion is timed
+    """A closed bus-bus switch, one the model patches if any (its opening may cut a feeder off);
+    when none patches (an older model), the first one: its full conversion is timed."""
+    patched, first = _patched_switch(net, "b", 20)
+    return patched if patched is not None else first
 
 
 def run_toggle_bus_switch_ls2g(net, sw: int, steps: int):
