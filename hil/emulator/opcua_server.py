@@ -288,6 +288,9 @@ class OpcuaServer:
         self._node_of: dict[str, ua.NodeId] = {}
         #: point -> its node's Value attribute (set on every store change; filled on first use)
         self._value_attrs: dict[str, Any] = {}
+        #: per store position: how many monitored items watch its node's Value (kept by the
+        #: address space's add/delete_datachange_callback, wrapped in :meth:`_track_monitors`)
+        self._monitors = np.zeros(len(store), dtype=np.int32)
         self._vtype: dict[str, ua.VariantType] = {}
         self._unsubscribe: Any = None
         self._pending: dict[str, None] = {}  # ordered set of point names to push
@@ -299,6 +302,7 @@ class OpcuaServer:
         self._pos: dict[str, int] = {}  # point name -> position
         self._lo = np.zeros(0)
         self._hi = np.zeros(0)
+        self._store_pos = np.zeros(0, dtype=np.intp)
         self._int = np.zeros(0, dtype=bool)
         self._may_role: dict[str, np.ndarray] = {}
         #: the last bulk request's key list (a layout's, reused) -> positions and points
@@ -351,7 +355,7 @@ class OpcuaServer:
         limit_connections(server, self.max_connections)
         self._server = server
         self._wake = asyncio.Event()
-        self._unsubscribe = self.store.subscribe(self._on_change)
+        self._unsubscribe = self.store.subscribe_batch(self._on_batch)
         # the store may have changed while the server started: push those values once
         built: dict[str, Sample] = getattr(self, "_built", {})  # none: push all
         self._pending = dict.fromkeys(
@@ -395,6 +399,56 @@ class OpcuaServer:
             await build_point_nodes(server, ns, self.store, self._node_of, self._vtype, self._built)
         )
         self._index_nodes()
+        self._track_monitors(server)
+
+    def _track_monitors(self, server: Server) -> None:
+        """Count the monitored items on each point node (asyncua's subscriptions add and delete
+        them through these two methods of the address space), and let every unmonitored point
+        node read its Value from the store when it is read: a store change then costs nothing
+        for a node nobody watches (a step of the plant changes tens of thousands of points)."""
+        aspace = server.iserver.aspace
+        store = self.store
+        self._monitors = count = np.zeros(len(store), dtype=np.int32)
+        pos_of = {nid: store.position(p.name) for nid, p in self._nodes.items()}
+        names = store.names
+        handles: dict[int, int] = {}
+        add, delete = aspace.add_datachange_callback, aspace.delete_datachange_callback
+        attrs = self._value_attrs
+        read = self._read_value
+        for nid, p in self._nodes.items():
+            node = aspace.get(nid)
+            if node is not None:
+                av = attrs[p.name] = node.attributes[ua.AttributeIds.Value]
+                av.value_callback = read
+
+        def add_callback(
+            nodeid: ua.NodeId, attr: ua.AttributeIds, callback: Callable[..., Any]
+        ) -> tuple[ua.StatusCode, int]:
+            status, handle = add(nodeid, attr, callback)
+            i = pos_of.get(nodeid)
+            if i is not None and attr == ua.AttributeIds.Value and status.is_good():
+                handles[handle] = i
+                count[i] += 1
+            return status, handle
+
+        def delete_callback(handle: int) -> None:
+            delete(handle)
+            i = handles.pop(handle, None)
+            if i is not None:
+                count[i] -= 1
+                if count[i] == 0:  # nobody watches it any more: reads follow the store again
+                    av = attrs.get(names[i])
+                    if av is not None:
+                        av.value_callback = read
+
+        aspace.add_datachange_callback = add_callback  # type: ignore[method-assign]
+        aspace.delete_datachange_callback = delete_callback  # type: ignore[method-assign]
+
+    def _read_value(self, nodeid: ua.NodeId, attr: ua.AttributeIds) -> ua.DataValue:
+        """An unmonitored point node's Value, read from the store at read time (asyncua's value
+        callback, one for every such node)."""
+        name = self._nodes[nodeid].name
+        return data_value(self.store.get(name), self._vtype[name])
 
     def _index_nodes(self) -> None:
         """The point nodes in one order: binary node ids, limits, integer types per position."""
@@ -402,6 +456,8 @@ class OpcuaServer:
         self._index_points = [p for _nid, p in pts]
         self._key_index = {nodeid_to_binary(nid): i for i, (nid, _p) in enumerate(pts)}
         self._pos = {p.name: i for i, p in enumerate(self._index_points)}
+        #: node order -> store position
+        self._store_pos = self.store.positions(p.name for p in self._index_points)
         inf = math.inf
         self._lo = np.array([-inf if p.low is None else p.low for p in self._index_points], float)
         self._hi = np.array([inf if p.high is None else p.high for p in self._index_points], float)
@@ -412,41 +468,34 @@ class OpcuaServer:
         self._last_request = None
 
     # store -> nodes ---------------------------------------------------------------------------
-    def _on_change(self, point: Point, sample: Sample, source: str) -> None:
-        server = self._server
-        if server is None:
+    def _on_batch(self, positions: np.ndarray, source: str) -> None:
+        """A store write (a batch or one point): only the nodes a subscription monitors are
+        touched; every other point node reads the store when it is read."""
+        if self._server is None:
             return
-        name = point.name
-        attr = self._value_attrs.get(name)
-        if attr is None:
-            nid = self._node_of.get(name)
-            node = server.iserver.aspace.get(nid) if nid is not None else None
-            if node is None:
-                return
-            attr = self._value_attrs[name] = node.attributes[ua.AttributeIds.Value]
-        if not attr.datachange_callbacks:
-            # nobody monitors it: its reads take the store's value when they come (no DataValue
-            # per change: a step of the plant changes tens of thousands of points)
-            if attr.value_callback is None:
-                attr.value_callback = self._reader(name)
+        count = self._monitors
+        if count.size == 0:
             return
-        # monitored: set at once so a read right after a Modbus write sees it ...
-        attr.value = data_value(sample, self._vtype[name])
-        attr.value_callback = None
-        # ... and let the pump notify subscriptions (asyncua's callbacks are async)
-        self._pending[name] = None
+        watched = positions[count[positions] > 0]
+        if watched.size == 0:
+            return
+        names = self.store.names
+        attrs = self._value_attrs
+        get = self.store.get
+        vtype = self._vtype
+        pending = self._pending
+        for i in watched.tolist():
+            name = names[i]
+            attr = attrs.get(name)
+            if attr is None:
+                continue
+            # monitored: set at once so a read right after a Modbus write sees it ...
+            attr.value = data_value(get(name), vtype[name])
+            attr.value_callback = None
+            # ... and let the pump notify subscriptions (asyncua's callbacks are async)
+            pending[name] = None
         if self._wake is not None:
             self._wake.set()
-
-    def _reader(self, name: str) -> Callable[[ua.NodeId, ua.AttributeIds], ua.DataValue]:
-        """A node's Value read from the store at read time (asyncua's value callback)."""
-        get = self.store.get
-        vtype = self._vtype[name]
-
-        def read(nodeid: ua.NodeId, attr: ua.AttributeIds) -> ua.DataValue:
-            return data_value(get(name), vtype)
-
-        return read
 
     async def _push_loop(self) -> None:
         assert self._wake is not None
@@ -461,7 +510,7 @@ class OpcuaServer:
             for name in names:
                 attr = attrs.get(name)
                 if attr is not None and not attr.datachange_callbacks:
-                    continue  # nobody monitors it: _on_change has set its value already
+                    continue  # nobody monitors it any more: its reads follow the store
                 nid = self._node_of[name]
                 dv = data_value(self.store.get(name), self._vtype[name])
                 try:
@@ -564,7 +613,11 @@ class OpcuaServer:
         store = self.store
         get = store.get
         names = [p.name for p in points]
-        olds = [get(n).value for n in names]
+        if idx is None:
+            olds = [get(nm).value for nm in names]
+        else:  # the values before the request, from the store's arrays (NaN as get() has it)
+            nan = math.nan
+            olds = [nan if x != x else x for x in store.values[self._store_pos[idx]].tolist()]
         n = len(names)
         good = ua.StatusCodes.Good
         verdicts: list[tuple[int, float | None, str, float | None, bool] | None] = [None] * n
@@ -588,7 +641,7 @@ class OpcuaServer:
             vals = v.tolist()
             if n > 1 and ok.all() and stamps.count(stamps[0]) == n:
                 # the plant's step: every value accepted, one source timestamp
-                store.set_many(zip(names, vals), source="opcua", timestamp=stamps[0])
+                store.set_array(self._store_pos[ix], v, source="opcua", timestamp=stamps[0])
                 self.audit.record_many(protocol="opcua", peer=peer, user=who, points=names,
                                        olds=olds, news=vals, result=ACCEPTED,
                                        role=role)  # fmt: skip

@@ -117,14 +117,21 @@ async def test_stop_and_restart_on_the_same_ports(ieee14):
         async with Client(sub.opcua_endpoint, timeout=TIMEOUT) as ua_client:
             value = await ua_client.get_node(sub.node_id(setpoint.name)).read_value()
             assert value == pytest.approx(1.03, rel=1e-6)
-        # one OPC UA listener (the substation's own watchdog listener is not the server's)
+        # one OPC UA listener, a batch one (the substation's own watchdog listener is not the
+        # server's)
         assert [
             lis for lis in sub.store._listeners if getattr(lis, "__self__", None) is not sub
-        ] == [sub.opcua._on_change]
+        ] == []
+        assert [
+            lis for lis in sub.store._batch_listeners if getattr(lis, "__self__", None) is sub.opcua
+        ] == [sub.opcua._on_batch]
     finally:
         await sub.stop()
     # the servers unsubscribed on stop (the substation's own watchdog listener stays)
     assert [lis for lis in sub.store._listeners if getattr(lis, "__self__", None) is not sub] == []
+    assert not [
+        lis for lis in sub.store._batch_listeners if getattr(lis, "__self__", None) is sub.opcua
+    ]
 
 
 async def test_connected_clients_see_the_server_go(ieee14):
