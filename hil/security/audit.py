@@ -131,6 +131,10 @@ class AuditRecord:
 #: placeholders of a group record's value lists, replaced by :func:`_json_numbers`
 _OLD, _NEW = "\x00old\x00", "\x00new\x00"
 _OLD_JSON, _NEW_JSON = _ENCODE(_OLD), _ENCODE(_NEW)
+_PTS = "\x00points\x00"
+_PTS_JSON = _ENCODE(_PTS)
+#: distinct points tuples whose JSON an AuditLog keeps (a run has a few request layouts)
+_GROUP_CACHE = 64
 
 
 def _json_numbers(values: Sequence[float | None]) -> str:
@@ -171,6 +175,9 @@ class AuditLog:
         self.dropped = 0
         self._flushed = 0.0
         self._lock = threading.Lock()
+        #: group records written: the JSON of a points tuple, and its last new values + JSON
+        self._names_json: dict[tuple[str, ...], str] = {}
+        self._last_news: dict[tuple[str, ...], tuple[tuple[float | None, ...], str]] = {}
         if path is not None:
             self.stream_to(path)
 
@@ -286,10 +293,46 @@ class AuditLog:
 
     def _write(self, rec: AuditRecord) -> None:
         assert self._file is not None
-        self._file.write(rec.to_json() + "\n")
+        self._file.write((self._group_json(rec) if rec.points else rec.to_json()) + "\n")
         now = time.monotonic()
         if now - self._flushed >= FLUSH_S:
             self._flush(now)
+
+    def _group_json(self, rec: AuditRecord) -> str:
+        """``rec.to_json()`` of a group record, with what repeats from the last record of the
+        same points taken from it: the names' JSON, and the old values when they are that
+        record's new ones (a plant's step after step: the float formatting is the cost)."""
+        pts = rec.points
+        names = self._names_json.get(pts)
+        if names is None:
+            if "\x00" in "".join(pts):  # a name cannot look like a placeholder
+                return rec.to_json()
+            if len(self._names_json) >= _GROUP_CACHE:
+                self._names_json.clear()
+                self._last_news.clear()
+            names = self._names_json[pts] = _ENCODE(pts)
+        last = self._last_news.get(pts)
+        olds = last[1] if last is not None and last[0] == rec.olds else _json_numbers(rec.olds)
+        news = olds if rec.news == rec.olds else _json_numbers(rec.news)
+        self._last_news[pts] = (rec.news, news)
+        line = _ENCODE(
+            {
+                "time": rec.time,
+                "protocol": rec.protocol,
+                "peer": rec.peer,
+                "user": rec.user,
+                "point": rec.point,
+                "count": len(pts),
+                "points": _PTS,
+                "old": _OLD,
+                "new": _NEW,
+                "result": rec.result,
+                "reason": rec.reason,
+                "role": rec.role,
+            }
+        )
+        line = line.replace(_PTS_JSON, names, 1).replace(_OLD_JSON, olds, 1)
+        return line.replace(_NEW_JSON, news, 1)
 
     def _flush(self, now: float | None = None) -> None:
         assert self._file is not None

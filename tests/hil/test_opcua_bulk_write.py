@@ -278,3 +278,37 @@ def test_audit_buffer_past_its_bound_is_cut_in_one_pass():
     with pytest.raises(ValueError, match="expected 1 old and new values"):
         log.record_many(protocol="opcua", peer="p", user="u", points=["x"], olds=[], news=[],
                         result=ACCEPTED)  # fmt: skip
+
+
+def test_a_streamed_group_record_is_its_to_json_line(tmp_path):
+    """The file's group lines reuse what repeats from the last record of the same points (the
+    names, old values that were the last new ones): every line equals ``to_json()`` exactly,
+    through NaN, inf, None, repeated values, other layouts and a name with a NUL."""
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path)
+    rng = np.random.default_rng(3)
+    names = [f"bus{i}.vm_pu" for i in range(50)]
+    odd = ["a\x00old\x00", "b"]
+    prev = rng.random(50).tolist()
+    recs = []
+    for k in range(40):
+        new = rng.random(50).astype(np.float32).astype(float).tolist()
+        if k % 5 == 0:
+            new[3] = math.nan
+        if k % 6 == 0:
+            new[4] = math.inf
+        if k % 7 == 0:
+            new[5] = None
+        if k % 4 == 0:
+            new = list(prev)  # unchanged: old and new the same
+        pts, olds, news = (names, prev, new) if k % 9 else (odd, prev[:2], new[:2])
+        recs.append(log.record_many(protocol="opcua", peer="127.0.0.1:1", user="plant",
+                                    points=pts, olds=olds, news=news, result=ACCEPTED,
+                                    role="plant"))  # fmt: skip
+        if k % 9:
+            prev = new
+    log.flush()
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert lines == [r.to_json() for r in recs]
+    back = read_audit(path)
+    assert len(back) == sum(r.count for r in recs)
