@@ -306,7 +306,9 @@ class OpcuaServer:
         self._int = np.zeros(0, dtype=bool)
         self._may_role: dict[str, np.ndarray] = {}
         #: the last bulk request's key list (a layout's, reused) -> positions and points
-        self._last_request: tuple[list[bytes], list[int], list[Point]] | None = None
+        #: recent bulk requests' key lists (a layout's, reused by the decoder) -> positions and
+        #: points, by the list's id (a plant alternates a few layouts: its step, its set points)
+        self._layouts: dict[int, tuple[list[bytes], list[int], list[Point]]] = {}
         #: Write requests served in bulk (decoded in one pass), and their values
         self.bulk_writes = 0
         self.bulk_values = 0
@@ -465,7 +467,7 @@ class OpcuaServer:
             [self._vtype[p.name] in _INTEGER for p in self._index_points], dtype=bool
         )
         self._may_role = {}
-        self._last_request = None
+        self._layouts = {}
 
     # store -> nodes ---------------------------------------------------------------------------
     def _on_batch(self, positions: np.ndarray, source: str) -> None:
@@ -544,7 +546,7 @@ class OpcuaServer:
         """A Write request decoded in one pass (:mod:`hil.opcua_write`): every node one of
         our point nodes, each once, else None (asyncua's path, node by node)."""
         keys = decoded.keys
-        cached = self._last_request
+        cached = self._layouts.get(id(keys))
         if cached is not None and cached[0] is keys:  # the same layout's key list
             idx, points = cached[1], cached[2]
         else:
@@ -557,7 +559,9 @@ class OpcuaServer:
                 return None
             pts = self._index_points
             points = [pts[i] for i in idx]
-            self._last_request = (keys, idx, points)
+            if len(self._layouts) >= _LAYOUTS:
+                self._layouts.clear()
+            self._layouts[id(keys)] = (keys, idx, points)  # holds keys: its id stays its own
         n = len(idx)
         ticks = decoded.ticks
         stamps: list[float | None]
@@ -815,6 +819,10 @@ class OpcuaServer:
             return done(ua.StatusCodes.BadOutOfRange, value, str(exc))
         self.store.set(point.name, value, timestamp=timestamp, source="opcua")
         return done(ua.StatusCodes.Good, value)
+
+
+#: request layouts an emulator OPC UA server keeps resolved
+_LAYOUTS = 16
 
 
 def plant_not_available(point: Point, role: str) -> bool:

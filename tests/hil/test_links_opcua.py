@@ -8,6 +8,7 @@ import math
 import time
 from datetime import UTC, datetime
 
+import numpy as np
 import pytest
 from asyncua import Server, ua
 
@@ -545,3 +546,26 @@ async def test_blackholed_connection_replaced_by_fresh_client(plant, caplog):
     finally:
         await link.close()
         await proxy.close()
+
+
+def test_output_batch_encodes_floats_as_the_pieces_joined():
+    """The Write body assembled with array operations is byte for byte the per-point join
+    (heads of different lengths, any subset in any order, with and without a timestamp)."""
+    import struct
+
+    from hil.links.opcua import OutputBatch
+
+    rng = np.random.default_rng(5)
+    pts = [Point(f"E{i}.x", "x", "x", f"E{i}", "to_field", "measurement") for i in range(40)]
+    batch = OutputBatch(pts)
+    heads = [bytes(rng.integers(0, 256, int(rng.integers(5, 60)), dtype=np.uint8)) for _ in pts]
+    batch.bind(heads, [ua.VariantType.Float] * len(pts))
+    for tail in (b"\x00\x00\x00\x00" + bytes(range(8)), b"\x00\x00\x00\x00", b""):
+        for size in (0, 1, 7, 40):
+            sel = rng.permutation(40)[:size]
+            v = rng.normal(0.0, 1e3, size)
+            raw = v.astype("<f4").tobytes()
+            want = struct.pack("<i", size) + b"".join(
+                heads[i] + raw[4 * k : 4 * k + 4] + tail for k, i in enumerate(sel.tolist())
+            )
+            assert batch.encode_floats(sel, v, tail) == want
