@@ -339,7 +339,7 @@ class GridModel:
         self._compile()
 
     # ------------------------------------------------------------------ compile
-    def _compile(self, use_links: bool = True) -> None:
+    def _compile(self, use_links: bool = True, widen: bool = True) -> None:
         pp = self._pp
         net = self.net  # flushes pending inputs
         self._inp.clear()
@@ -360,21 +360,40 @@ class GridModel:
             "branch": empty, "branch_dc": empty,
         }  # fmt: skip
         links = self._link_switches(net) if use_links else None
-        if links is not None:
-            # every bus-bus switch compiled as a branch between its two buses (pandapower models
-            # a switch with z_ohm > 0 so): no bus fused by pandapower, the fusion is done here
-            sw = net.switch
-            saved = (sw["closed"].copy(), sw["z_ohm"].copy())
-            sw.loc[sw.index[links], "closed"] = True
-            sw.loc[sw.index[links], "z_ohm"] = _LINK_OHM
-            try:
+        # the widened compile: every line and trafo in service and every line / trafo switch
+        # closed, so that each branch is in the ppc and the Ybus pattern; the real state is
+        # then applied as patches (below), as a later toggle is
+        widened = self._widening(net) if widen else []
+        saved_cols = [(t, c, net[t][c].copy()) for t, c, _pos in widened]
+        for table, column, pos in widened:
+            net[table].iloc[pos, net[table].columns.get_loc(column)] = True
+        try:
+            if links is not None:
+                # every bus-bus switch compiled as a branch between its two buses (pandapower
+                # models a switch with z_ohm > 0 so): no bus fused by pandapower, the fusion
+                # is done here
+                sw = net.switch
+                saved = (sw["closed"].copy(), sw["z_ohm"].copy())
+                sw.loc[sw.index[links], "closed"] = True
+                sw.loc[sw.index[links], "z_ohm"] = _LINK_OHM
+                try:
+                    ppc, ppci = pp["pd2ppc"](net)
+                finally:
+                    sw["closed"], sw["z_ohm"] = saved
+                    net._impedance_bb_switches = np.zeros(len(sw), dtype=bool)
+                links_at = net._pd2ppc_lookups["branch"].pop("switch", None)
+            else:
                 ppc, ppci = pp["pd2ppc"](net)
-            finally:
-                sw["closed"], sw["z_ohm"] = saved
-                net._impedance_bb_switches = np.zeros(len(sw), dtype=bool)
-            links_at = net._pd2ppc_lookups["branch"].pop("switch", None)
-        else:
-            ppc, ppci = pp["pd2ppc"](net)
+        except Exception:
+            if not widened:
+                raise
+            ppc = None  # pandapower refuses the widened net: compile the real state instead
+        finally:
+            for table, column, values in saved_cols:
+                net[table][column] = values
+        if ppc is None:
+            return self._compile(use_links=use_links, widen=False)
+        self._widened = bool(widened)
         net["_ppc"] = ppc
         for key in ("svc", "tcsc", "ssc", "vsc"):
             if key in ppci and len(ppci[key]):
@@ -409,7 +428,7 @@ class GridModel:
         if link is not None:
             ybus = self._link_pattern(ybus, link, n)
             if ybus is None:  # the fusions would fill too much: pandapower fuses instead
-                return self._compile(use_links=False)
+                return self._compile(use_links=False, widen=widen)
         self._link = link
         kind = np.full(n, 2, dtype=np.int8)
         kind[pv] = 1
@@ -540,19 +559,29 @@ class GridModel:
         self._kind_fused = kind  # kind0 with the fused-away buses of closed bus-bus switches at 3
         self._fuse: SimpleNamespace | None = None
         if link is not None:
-            # the switch states as they are: closed links fuse, open ones are out
             link.base = SimpleNamespace(
                 gen_bus=self._gen_bus, rest_p=self._rest_p, rest_q=self._rest_q,
                 groups=groups, elem_bus=dict(self._elem_bus),
             )  # fmt: skip
             link.stepper0 = self._stepper
-            sw_open = {int(r): 3 for r, c in zip(link.rows, link.closed) if r >= 0 and not c}
+        if link is not None or self._widened:
+            # the real state as patches: out-of-service branches out, open element switches
+            # opened at their ends, closed links fused and open ones out
+            info = self._patch_data()
+            svc_out, sw_open = self._real_state(info)
             patches = self.patches
-            if not self._apply_state(self._svc_out, sw_open, self._patch_data(), force=True):
-                # open bus-bus switches leave buses without a slack: pandapower's own fusion
-                self._compile(use_links=False)
+            applied = self._apply_state(svc_out, sw_open, info, force=True)
+            self.patches = patches  # the compile's own state is no patch
+            if not applied:
+                # a generator cut off (pandapower turns it off) or two slacks fused: the real
+                # state compiled by pandapower, without widening, then without links
+                if self._widened:
+                    self._compile(use_links=use_links, widen=False)
+                else:
+                    self._compile(use_links=False, widen=widen)
                 return
-            self.patches = patches
+            if self._widened:
+                self._real_start(ppci, v0, kind, info, warm=self._last_vm_pp is not None)
 
     # ------------------------------------------------------------------ bus-bus switches
     @staticmethod
@@ -574,6 +603,64 @@ class GridModel:
         ok = bb & (bus != elem) & np.isin(bus, on) & np.isin(elem, on)
         pos = np.flatnonzero(ok)
         return pos if pos.size else None
+
+    @staticmethod
+    def _widening(net: Any) -> list[tuple[str, str, np.ndarray]]:
+        """(table, column, positions) a widened compile sets True: out-of-service lines and
+        trafos, open line / trafo switches (empty: the net is compiled as it is)."""
+        out = []
+        for table in ("line", "trafo"):
+            df = net[table] if table in net else None
+            if df is not None and len(df) and "in_service" in df.columns:
+                pos = np.flatnonzero(~df["in_service"].to_numpy(dtype=bool))
+                if pos.size:
+                    out.append((table, "in_service", pos))
+        sw = net.switch if "switch" in net else None
+        if sw is not None and len(sw):
+            et = sw["et"].to_numpy().astype(str)
+            pos = np.flatnonzero(~sw["closed"].to_numpy(dtype=bool) & ((et == "l") | (et == "t")))
+            if pos.size:
+                out.append(("switch", "closed", pos))
+        return out
+
+    def _real_state(self, info: SimpleNamespace) -> tuple[frozenset[int], dict[int, int]]:
+        """The compiled rows out of service and the switch-opened ends of the net's state."""
+        svc: set[int] = set()
+        for table in ("line", "trafo"):
+            rows_of = info.rows.get(table)
+            on = self._guard_values(table, "in_service")
+            if rows_of is None or on is None or on.shape != rows_of.shape:
+                continue
+            off = rows_of[~on.astype(bool)]
+            svc.update(int(r) for r in off[off >= 0].tolist())
+        sw_open: dict[int, int] = {}
+        sw = self._switch_data()
+        if sw is not None:
+            for r, mine in sw.switches_of_row.items():
+                ends = 0
+                for k, end in mine:
+                    if sw.row_of_switch[k] >= 0 and not sw.closed[k]:
+                        ends |= end
+                if ends:
+                    sw_open[r] = ends
+        return frozenset(svc), sw_open
+
+    def _real_start(
+        self, ppci: dict, v0: np.ndarray, kind: np.ndarray, info: SimpleNamespace, warm: bool
+    ) -> None:
+        """The cold (DC) start of a widened compile, for the real state: the branches patched
+        out carry no DC flow (those to cut-off buses stay: they keep the DC system regular)."""
+        off_rows = sorted(self._out | frozenset(self._half))
+        if not off_rows or self._net._options.get("init_va_degree") != "dc":
+            return
+        is_dead = np.zeros(self._n + 1, dtype=bool)
+        is_dead[self._dead_aux] = True
+        rows = np.asarray(off_rows, dtype=np.int64)
+        rows = rows[~(is_dead[info.f[rows]] | is_dead[info.t[rows]])]
+        vm, va = self._cold_start(ppci, v0, kind, off=rows)
+        self._start = (vm.copy(), va.copy())
+        if not warm:
+            self._vm, self._va = vm, va
 
     def _link_rows(
         self, net: Any, ppci: dict, links: np.ndarray, links_at: Any, n: int
@@ -1039,8 +1126,9 @@ class GridModel:
                     continue
                 row_of_switch[k] = rows_of[q]
                 switches_of_row.setdefault(int(rows_of[q]), []).append((k, side))
-        # only elements whose switches were all closed at compile (no auxiliary bus compiled)
-        for mine in switches_of_row.values():
+        # only elements whose switches were all closed at compile (no auxiliary bus compiled);
+        # a widened compile closed every one of them
+        for mine in switches_of_row.values() if not self._widened else ():
             if not all(closed[k] for k, _ in mine):
                 for k, _ in mine:
                     row_of_switch[k] = -1
@@ -1068,6 +1156,7 @@ class GridModel:
             np.subtract.at(yim, pos, d.imag)
         half = dict(self._half)
         hrows = np.asarray(sorted(half), dtype=np.int64)
+        self._kept_half: dict[int, np.ndarray] = {}  # half-open row -> the stamps it keeps
         # rows out with switch-opened ends: those ends are isolated auxiliary buses (NaN)
         dead_ends = {r: e for r, e in self._sw_open.items() if e and r in out}
         dead_buses = self._dead_aux
@@ -1082,6 +1171,7 @@ class GridModel:
                 kept[0] = np.where(t_open, yff - yft * ytf / ytt, 0)
                 kept[3] = np.where(t_open, 0, ytt - ytf * yft / yff)
                 aux = np.where(t_open, -ytf / ytt, -yft / yff)
+            self._kept_half = dict(zip(hrows.tolist(), kept.T.copy()))
             d = (kept - info.stamps[:, hrows]).reshape(-1)
             pos = info.pos[:, hrows].reshape(-1)
             np.add.at(yre, pos, d.real)
@@ -1110,6 +1200,10 @@ class GridModel:
             base = self._c_fields = (c0, kept_fields)
         fields = dict(base[1])
         fields.update(ppci=ppci, y_re=yre, y_im=yim, dead=dead_buses)
+        if hrows.size or dead_ends:
+            # pandapower's auxiliary buses at switch-opened ends, for its own extraction
+            t_open_h = np.array([half[r] == 2 for r in hrows.tolist()], dtype=bool)
+            fields["open_ends"] = (hrows, t_open_h, aux, dict(dead_ends))
         if fz is not None:
             # solved on fused buses: gens, branches and injections at the buses they fuse into;
             # the unfused buses get their fused bus's voltage (_newton), so Yf / Yt flows hold
@@ -1191,6 +1285,13 @@ class GridModel:
         self._last_snap = None
         self.patches += 1
 
+    def _reinstall(self) -> None:
+        """The current outage / switch patch again on new base values (a tap change): part of
+        that change, not a patch of its own."""
+        patches = self.patches
+        self._install_patch(self._out, self._patch_data())
+        self.patches = patches
+
     def _try_tap(self, pos: np.ndarray, new: np.ndarray) -> bool:
         """Trafo tap changes as new branch admittances on this compile (False: recompile).
 
@@ -1258,7 +1359,7 @@ class GridModel:
             self._c = self._c_base
             self._y_re, self._y_im = self._y_base
             if self._out or self._half or self._sw_open or self._fuse is not None:
-                self._install_patch(self._out, self._patch_info)
+                self._reinstall()
             else:
                 self._stepper.set_y(self._y_re, self._y_im)
                 self._last_snap = None
@@ -1331,7 +1432,7 @@ class GridModel:
         self._c = self._c_base
         self._y_re, self._y_im = y_re0, y_im0
         if self._out or self._half or self._sw_open or self._fuse is not None:
-            self._install_patch(self._out, self._patch_info)
+            self._reinstall()
         else:
             self._stepper.set_y(y_re0, y_im0)
             self._last_snap = None
@@ -1466,15 +1567,20 @@ class GridModel:
         return None
 
     def _cold_start(
-        self, ppci: dict, v0: np.ndarray, kind: np.ndarray
+        self, ppci: dict, v0: np.ndarray, kind: np.ndarray, off: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """pandapower's start for this compile: set-point magnitudes, DC angles when asked."""
+        """pandapower's start for this compile: set-point magnitudes, DC angles when asked.
+
+        ``off``: compiled branch rows left out of the DC run (patched out of a widened compile).
+        """
         vm, va = np.abs(v0).astype(float), np.angle(v0).astype(float)
         if self._net._options.get("init_va_degree") == "dc":
             dc = _copy_ppc(ppci)
             link = self._link
             if link is not None:
                 dc["branch"][link.rows[(link.rows >= 0) & ~link.closed], 10] = 0  # BR_STATUS
+            if off is not None and off.size:
+                dc["branch"][off, 10] = 0
             try:
                 dc = self._pp["dc"](dc)
                 va = np.deg2rad(dc["bus"][:, 8].astype(float))  # VA column
@@ -2301,6 +2407,7 @@ class GridModel:
         result, ppc = self._result_ppci(snap)
         pp["init_results"](net)
         ppc = pp["copy_results"](result, ppc, "pf")
+        _pandapower_buses(snap["c"], ppc)
         net["_ppc"] = ppc
         net["converged"] = True
         with self._dead_elements(snap["c"]):
@@ -2341,7 +2448,7 @@ class GridModel:
             y_re=self._y_re, y_im=self._y_im, kind=self._kind_run, vset=self._vset,
             vm=self._vm, va=self._va, retry=self._start, spec=spec, n=self._n,
             bus_int=self._bus_int, ppci=c.ppci, base_mva=self._base_mva, groups=groups,
-            out_rows=self._out | frozenset(self._half),
+            out_rows=self._out | frozenset(self._half), half=getattr(self, "_kept_half", {}),
         )  # fmt: skip
 
     def memory_bytes(self) -> int:
@@ -2361,6 +2468,49 @@ class _Structure(SimpleNamespace):
             setattr(self, name, value)
             return value
         raise AttributeError(name)
+
+
+def _pandapower_buses(c: Any, ppc: dict) -> None:
+    """A patched structure's solved ``ppc`` as pandapower's conversion would lay it out.
+
+    Cut-off buses carry no voltage (NaN, not the zero they are solved at); an end opened by a
+    line / trafo switch is an auxiliary bus: the voltage the open end floats at, or NaN when
+    the element is out as a whole.
+    """
+    bus = ppc["bus"]
+    dead = c.__dict__.get("dead")
+    if dead is not None and dead.size:
+        bus[dead, 7] = np.nan  # VM
+        bus[dead, 8] = np.nan  # VA
+    ends = c.__dict__.get("open_ends")
+    if ends is None:
+        return
+    hrows, t_open, coef, dead_ends = ends
+    ppc_row = np.flatnonzero(np.asarray(c.ppci["internal"]["branch_is"], dtype=bool))
+    br = ppc["branch"]
+    new_rows = []
+    at = bus.shape[0]
+    for k, r in enumerate(hrows.tolist()):
+        row = ppc_row[r]
+        side, other = (1, 0) if t_open[k] else (0, 1)  # T_BUS open, else F_BUS open
+        closed = int(br[row, other].real)
+        v = coef[k] * bus[closed, 7] * np.exp(1j * np.deg2rad(bus[closed, 8]))
+        aux = bus[int(br[row, side].real)].copy()
+        aux[7], aux[8] = np.abs(v), np.rad2deg(np.angle(v))
+        new_rows.append(aux)
+        br[row, side] = at
+        at += 1
+    for r, e in dead_ends.items():
+        row = ppc_row[r]
+        for side, bit in ((0, 1), (1, 2)):
+            if e & bit:
+                aux = bus[int(br[row, side].real)].copy()
+                aux[7] = aux[8] = np.nan
+                new_rows.append(aux)
+                br[row, side] = at
+                at += 1
+    if new_rows:
+        ppc["bus"] = np.vstack([bus, np.asarray(new_rows)])
 
 
 def _demand(c: Any, inputs: dict[tuple[str, str], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
