@@ -6,7 +6,10 @@ kernel's symbolic analysis. Injection updates touch only the injection arrays: l
 are written in place into arrays the kernel's ``Stepper`` reads, and the bus injections are
 assembled inside the kernel call at the next solve. Line / trafo outages, tap changes, line /
 trafo switches and bus-bus switches (compiled as links and fused on the compiled pattern) patch
-the compiled Ybus values, also when they cut buses off (solved as dead buses, NaN); the few
+the compiled Ybus values, also when they cut buses off (solved as dead buses, NaN). The compile is
+widened: pandapower converts the net with every line / trafo in service and every line / trafo
+switch closed, and the real state is applied as patches, so branches out of service or behind an
+open switch at compile are in the pattern and toggle as patches too; the few
 changes that cannot be patched recompile and keep the symbolic analysis whenever the new
 pattern fits into the old one (docs/architecture.md). Results go to ``net.res_*`` only on
 :meth:`GridModel.to_net`.
@@ -295,8 +298,9 @@ class GridModel:
     before every solve the topology columns and table lengths it compiled are compared with the
     net, and a difference recompiles (see docs/architecture.md "Topology and the net"). Injections
     go through :meth:`update`; parameter edits need a new model. Outages, taps, element and
-    bus-bus switches are patched onto the compiled Ybus (cut-off buses included); the rest
-    recompiles (see docs/architecture.md "Topology and the net").
+    bus-bus switches are patched onto the compiled Ybus (cut-off buses included, and branches
+    out of service or switched open at compile: the widened compile); the rest recompiles (see
+    docs/architecture.md "Topology and the net").
 
     Args:
         net: the pandapower net; kept (not copied) as ``model.net`` and kept in sync by updates.
@@ -394,6 +398,7 @@ class GridModel:
         if ppc is None:
             return self._compile(use_links=use_links, widen=False)
         self._widened = bool(widened)
+        self._refused = False  # set when the patch path refuses a state (see _recompile)
         net["_ppc"] = ppc
         for key in ("svc", "tcsc", "ssc", "vsc"):
             if key in ppci and len(ppci[key]):
@@ -555,6 +560,10 @@ class GridModel:
         # every trafo tap vector patched on this compile -> its patched admittances (bounded)
         self._tap_states: dict[bytes, tuple[Any, ...]] = {}
         self._patch_info: SimpleNamespace | None = None
+        self._cut_memo: dict[frozenset[int], np.ndarray] = {}  # removed rows -> cut-off buses
+        # [the compile's removed rows, their bridges' cut-off sets or None], when nothing is
+        # cut off under them (see _cut_off)
+        self._cut_ref: list[Any] | None = [frozenset(), None]
         self.patches = getattr(self, "patches", 0)
         self._kind_fused = kind  # kind0 with the fused-away buses of closed bus-bus switches at 3
         self._fuse: SimpleNamespace | None = None
@@ -582,6 +591,9 @@ class GridModel:
                 return
             if self._widened:
                 self._real_start(ppci, v0, kind, info, warm=self._last_vm_pp is not None)
+            removed = self._out | frozenset(self._half)
+            self._cut_ref = None if self._dead_aux.size else [removed, None]
+        self._refused = False
 
     # ------------------------------------------------------------------ bus-bus switches
     @staticmethod
@@ -890,12 +902,56 @@ class GridModel:
         return self._patch_info
 
     def _cut_off(self, out: frozenset[int], info: SimpleNamespace) -> np.ndarray:
-        """Compiled buses without a path to a slack once branches ``out`` are removed."""
+        """Compiled buses without a path to a slack once branches ``out`` are removed.
+
+        Memoised per set. Against the compile's own removed set (its real state, when that
+        cuts nothing off): a subset of it cuts nothing off either (fewer branches removed), and
+        one branch more is a lookup in the bridges of the graph without that set.
+        """
         if not out:
-            return np.zeros(0, dtype=np.int64)
+            return _NO_BUSES
+        memo = self._cut_memo
+        hit = memo.get(out)
+        if hit is not None:
+            return hit
+        ref = self._cut_ref
+        if ref is not None:
+            base = ref[0]
+            if out <= base:
+                return _NO_BUSES
+            if len(out) == len(base) + 1 and base < out:
+                if ref[1] is None:
+                    ref[1] = self._base_bridges(base, info)
+                dead = ref[1].get(next(iter(out - base)))
+                return _NO_BUSES if dead is None else np.asarray(dead, dtype=np.int64)
+        dead = self._cut_off_all(out, info)
+        dead.setflags(write=False)
+        if len(memo) >= 256:
+            memo.clear()
+        memo[out] = dead
+        return dead
+
+    def _base_bridges(self, base: frozenset[int], info: SimpleNamespace) -> dict[int, Any]:
+        """Per compiled branch row: the buses cut off when it is out besides rows ``base``."""
+        from twin import batch
+
+        if not base:
+            return info.bridge_dead
+        live = np.ones(info.f.shape[0], dtype=bool)
+        live[list(base)] = False
+        rows = np.flatnonzero(live)
+        dead = batch._dead_sets(self._c_base, info.f[live], info.t[live], self._kind0)
+        out = {}
+        for e, d in dead.items():
+            arr = np.asarray(d, dtype=np.int64)
+            arr.setflags(write=False)
+            out[int(rows[e])] = arr
+        return out
+
+    def _cut_off_all(self, out: frozenset[int], info: SimpleNamespace) -> np.ndarray:
         if len(out) == 1:
             dead = info.bridge_dead.get(next(iter(out)))
-            return np.zeros(0, dtype=np.int64) if dead is None else np.asarray(dead, np.int64)
+            return np.zeros(0, dtype=np.int64) if dead is None else np.array(dead, np.int64)
         import scipy.sparse as sp
         from scipy.sparse.csgraph import connected_components
 
@@ -911,8 +967,8 @@ class GridModel:
     def _try_patch(self, table: str, pos: np.ndarray, new: np.ndarray) -> bool:
         """Branch in_service changes as Ybus patches on this compile (False: recompile instead).
 
-        Only branches of the compile (in service when it was built) whose change keeps every
-        bus supplied: no pandapower conversion, same pattern, same symbolic analysis.
+        Branches of the compile (all of them when it was widened; a cut-off generator is not
+        patched): no pandapower conversion, same pattern, same symbolic analysis.
         """
         info = self._patch_data()
         rows_of = info.rows.get(table)
@@ -958,12 +1014,15 @@ class GridModel:
             # closed bus-bus switches fuse their buses; open ones are links out of service
             rep = self._fusion_rep(new_out)
             if rep is None:
+                self._refused = True
                 return False
         cut = new_out | frozenset(half)
         dead = self._cut_off(cut, info)
         if dead.size and half:
             # an element opened at one end whose closed end is cut off is dead as a whole
-            lost = [r for r, e in half.items() if (info.t[r] if e == 1 else info.f[r]) in dead]
+            at_dead = np.zeros(self._n, dtype=bool)
+            at_dead[dead] = True
+            lost = [r for r, e in half.items() if at_dead[info.t[r] if e == 1 else info.f[r]]]
             if lost:
                 half = {r: e for r, e in half.items() if r not in lost}
                 new_out = new_out | frozenset(lost)
@@ -975,6 +1034,7 @@ class GridModel:
             is_dead = np.zeros(self._n + 1, dtype=bool)
             is_dead[dead] = True
             if is_dead[gen_bus[self._gen_on]].any():
+                self._refused = True
                 return False
         if rep is not None:
             self._set_fusion(rep)
@@ -1066,8 +1126,9 @@ class GridModel:
 
         An open element switch leaves the element connected at its other end only: pandapower
         puts an auxiliary bus at the open end; eliminating that bus gives the closed end the
-        admittance ``y_cc - y_co y_oc / y_oo`` (none at all with both ends open). Patched only
-        for elements all of whose switches were closed when the model was compiled.
+        admittance ``y_cc - y_co y_oc / y_oo`` (none at all with both ends open). Patched for
+        every element of a widened compile; otherwise only for elements all of whose switches
+        were closed when the model was compiled (pandapower compiled the others' aux buses).
         """
         sw = self._switch_data()
         if sw is None:
@@ -1144,7 +1205,19 @@ class GridModel:
         )
         return self._sw_info
 
-    def _install_patch(self, out: frozenset[int], info: SimpleNamespace) -> None:
+    def _patched_values(
+        self, out: frozenset[int], half: dict[int, int], info: SimpleNamespace
+    ) -> tuple[np.ndarray, ...]:
+        """Ybus values with rows ``out`` removed and the ``half`` rows opened at one end, plus
+        per half-open row (sorted) the stamps it keeps (yff', 0, 0, 0 or 0, 0, 0, ytt') and the
+        open end's voltage as a multiple of the closed end's. Memoised per state on ``info``
+        (a breaker toggled back and forth; a tap change makes a new ``info``)."""
+        fz = self._fuse
+        key = (out, frozenset(half.items()), None if fz is None else fz.rep.tobytes())
+        memo = info.__dict__.setdefault("y_memo", {})
+        hit = memo.get(key)
+        if hit is not None:
+            return hit
         y_re0, y_im0 = self._y_base
         yre = y_re0.copy()
         yim = y_im0.copy()
@@ -1154,14 +1227,7 @@ class GridModel:
             d = info.stamps[:, rows].reshape(-1)
             np.subtract.at(yre, pos, d.real)
             np.subtract.at(yim, pos, d.imag)
-        half = dict(self._half)
         hrows = np.asarray(sorted(half), dtype=np.int64)
-        self._kept_half: dict[int, np.ndarray] = {}  # half-open row -> the stamps it keeps
-        # rows out with switch-opened ends: those ends are isolated auxiliary buses (NaN)
-        dead_ends = {r: e for r, e in self._sw_open.items() if e and r in out}
-        dead_buses = self._dead_aux
-        # per half-open row: the stamps it keeps (yff', 0, 0, 0 or 0, 0, 0, ytt') and the
-        # open end's voltage as a multiple of the closed end's (results of that element)
         kept = np.zeros((4, hrows.shape[0]), dtype=complex)
         aux = np.zeros(hrows.shape[0], dtype=complex)
         if hrows.size:
@@ -1171,16 +1237,29 @@ class GridModel:
                 kept[0] = np.where(t_open, yff - yft * ytf / ytt, 0)
                 kept[3] = np.where(t_open, 0, ytt - ytf * yft / yff)
                 aux = np.where(t_open, -ytf / ytt, -yft / yff)
-            self._kept_half = dict(zip(hrows.tolist(), kept.T.copy()))
             d = (kept - info.stamps[:, hrows]).reshape(-1)
             pos = info.pos[:, hrows].reshape(-1)
             np.add.at(yre, pos, d.real)
             np.add.at(yim, pos, d.imag)
-        fz = self._fuse
-        elem_bus = self._elem_bus
         if fz is not None:
             self._fold(yre)
             self._fold(yim)
+        got = (rows, yre, yim, hrows, kept, aux)  # shared by every install of this state
+        if len(memo) >= 16 or yre.nbytes > (4 << 20):
+            memo.clear()
+        memo[key] = got
+        return got
+
+    def _install_patch(self, out: frozenset[int], info: SimpleNamespace) -> None:
+        half = dict(self._half)
+        rows, yre, yim, hrows, kept, aux = self._patched_values(out, half, info)
+        # half-open row -> the stamps it keeps
+        self._kept_half: dict[int, np.ndarray] = dict(zip(hrows.tolist(), kept.T))
+        # rows out with switch-opened ends: those ends are isolated auxiliary buses (NaN)
+        dead_ends = {r: e for r, e in self._sw_open.items() if e and r in out}
+        dead_buses = self._dead_aux
+        fz = self._fuse
+        elem_bus = self._elem_bus
         self._y_re: np.ndarray = yre
         self._y_im: np.ndarray = yim
         self._stepper.set_y(yre, yim)  # same pattern, plan and injections: new values only
@@ -1411,7 +1490,8 @@ class GridModel:
                 built["yf"], built["yt"] = yf, yt
             return built["yf"], built["yt"]
 
-        self._patch_info = SimpleNamespace(**{**vars(info), "stamps": stamps})
+        # new stamps: Ybus values memoised on the old ones do not carry over
+        self._patch_info = SimpleNamespace(**{**vars(info), "stamps": stamps, "y_memo": {}})
         self._y_base = (y_re0, y_im0)
         self._ppci = ppci
         fields = {k: v for k, v in vars(c0).items() if k not in ("branch", "yf", "yt", "lazy")}
@@ -2164,7 +2244,11 @@ class GridModel:
     def _recompile(self) -> None:
         if self._last_vm_pp is None:
             self._last_vm_pp, self._last_va_pp = self._state_pp()
-        self._compile()
+        # a state the patch path refused (a cut-off generator, two slacks fused) is refused by
+        # a widened compile too: pandapower converts it as it is (one conversion, not two)
+        widen = not self._refused
+        self._refused = False
+        self._compile(widen=widen)
 
     def value(self, table: str, column: str, element: int) -> float:
         """The current input ``net.<table>.<column>`` of one element."""

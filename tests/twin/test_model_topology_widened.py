@@ -269,6 +269,23 @@ def test_generator_cut_off_at_compile_compiles_the_real_state(backend: str) -> N
     _assert_like(model.solve(), _solved_copy(net), "line 7 back")
 
 
+def test_a_refused_patch_converts_the_real_state_once(backend: str) -> None:
+    # ieee118 line 7 cuts the generator at bus 9 off: the patch is refused and the state is
+    # converted once as it is (a widened conversion would be refused the same way)
+    net = grids.load("ieee118")
+    model = GridModel(copy.deepcopy(net), backend=backend)
+    model.solve()
+    calls = _count_conversions(model)
+    model.update("line", "in_service", [False], index=[7])
+    net.line.at[7, "in_service"] = False
+    _assert_like(model.solve(), _solved_copy(net), "line 7 out")
+    assert calls == [2, 1] and not model._widened
+    model.update("line", "in_service", [True], index=[7])  # not in that compile: converts
+    net.line.at[7, "in_service"] = True
+    _assert_like(model.solve(), _solved_copy(net), "line 7 back")
+    assert calls == [2, 1, 2, 1]
+
+
 def test_out_of_service_bus_stays_as_pandapower_handles_it(backend: str) -> None:
     net = grids.load("cigre_mv")
     net.bus.at[10, "in_service"] = False  # lines 7 and 8 end at an out-of-service bus
