@@ -111,8 +111,10 @@ def _branches(c: Any, net: Any) -> _Branches:
         cts.append(table)
     row = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
     br = ppci["branch"]
-    # a branch patched out of the compile (GridModel topology patch) is not a candidate
-    out_rows = np.asarray(sorted(getattr(c, "out_rows", ())), dtype=np.int64)
+    # a branch patched out of the compile (GridModel topology patch) is not a candidate; one
+    # opened at one end by a switch is, with the stamps it keeps (its closed end's shunt)
+    half: dict[int, np.ndarray] = getattr(c, "half", {})
+    out_rows = np.asarray(sorted(set(getattr(c, "out_rows", ())) - half.keys()), dtype=np.int64)
     row = np.where(np.isin(row, out_rows), -1, row)
     ok = row >= 0
     f = np.full(row.shape[0], -1, dtype=np.int64)
@@ -122,6 +124,13 @@ def _branches(c: Any, net: Any) -> _Branches:
     stamps = np.zeros((4, row.shape[0]), dtype=complex)
     for k, y in enumerate((yff, yft, ytf, ytt)):
         stamps[k, ok] = y[row[ok]]
+    for j in np.flatnonzero(np.isin(row, list(half))).tolist() if half else ():
+        # the kept stamps sit at the closed end alone: the open end is that bus too (no flow)
+        stamps[:, j] = half[int(row[j])]
+        if stamps[3, j] == 0:
+            t[j] = f[j]
+        else:
+            f[j] = t[j]
     # loading = max(|I_f| cf, |I_t| ct) with I in per unit: pandapower's current-based loading
     cf = np.zeros(row.shape[0])
     ct = np.zeros(row.shape[0])

@@ -6,7 +6,10 @@ kernel's symbolic analysis. Injection updates touch only the injection arrays: l
 are written in place into arrays the kernel's ``Stepper`` reads, and the bus injections are
 assembled inside the kernel call at the next solve. Line / trafo outages, tap changes, line /
 trafo switches and bus-bus switches (compiled as links and fused on the compiled pattern) patch
-the compiled Ybus values, also when they cut buses off (solved as dead buses, NaN); the few
+the compiled Ybus values, also when they cut buses off (solved as dead buses, NaN). The compile is
+widened: pandapower converts the net with every line / trafo in service and every line / trafo
+switch closed, and the real state is applied as patches, so branches out of service or behind an
+open switch at compile are in the pattern and toggle as patches too; the few
 changes that cannot be patched recompile and keep the symbolic analysis whenever the new
 pattern fits into the old one (docs/architecture.md). Results go to ``net.res_*`` only on
 :meth:`GridModel.to_net`.
@@ -295,8 +298,9 @@ class GridModel:
     before every solve the topology columns and table lengths it compiled are compared with the
     net, and a difference recompiles (see docs/architecture.md "Topology and the net"). Injections
     go through :meth:`update`; parameter edits need a new model. Outages, taps, element and
-    bus-bus switches are patched onto the compiled Ybus (cut-off buses included); the rest
-    recompiles (see docs/architecture.md "Topology and the net").
+    bus-bus switches are patched onto the compiled Ybus (cut-off buses included, and branches
+    out of service or switched open at compile: the widened compile); the rest recompiles (see
+    docs/architecture.md "Topology and the net").
 
     Args:
         net: the pandapower net; kept (not copied) as ``model.net`` and kept in sync by updates.
@@ -339,7 +343,7 @@ class GridModel:
         self._compile()
 
     # ------------------------------------------------------------------ compile
-    def _compile(self, use_links: bool = True) -> None:
+    def _compile(self, use_links: bool = True, widen: bool = True) -> None:
         pp = self._pp
         net = self.net  # flushes pending inputs
         self._inp.clear()
@@ -360,21 +364,41 @@ class GridModel:
             "branch": empty, "branch_dc": empty,
         }  # fmt: skip
         links = self._link_switches(net) if use_links else None
-        if links is not None:
-            # every bus-bus switch compiled as a branch between its two buses (pandapower models
-            # a switch with z_ohm > 0 so): no bus fused by pandapower, the fusion is done here
-            sw = net.switch
-            saved = (sw["closed"].copy(), sw["z_ohm"].copy())
-            sw.loc[sw.index[links], "closed"] = True
-            sw.loc[sw.index[links], "z_ohm"] = _LINK_OHM
-            try:
+        # the widened compile: every line and trafo in service and every line / trafo switch
+        # closed, so that each branch is in the ppc and the Ybus pattern; the real state is
+        # then applied as patches (below), as a later toggle is
+        widened = self._widening(net) if widen else []
+        saved_cols = [(t, c, net[t][c].copy()) for t, c, _pos in widened]
+        for table, column, pos in widened:
+            net[table].iloc[pos, net[table].columns.get_loc(column)] = True
+        try:
+            if links is not None:
+                # every bus-bus switch compiled as a branch between its two buses (pandapower
+                # models a switch with z_ohm > 0 so): no bus fused by pandapower, the fusion
+                # is done here
+                sw = net.switch
+                saved = (sw["closed"].copy(), sw["z_ohm"].copy())
+                sw.loc[sw.index[links], "closed"] = True
+                sw.loc[sw.index[links], "z_ohm"] = _LINK_OHM
+                try:
+                    ppc, ppci = pp["pd2ppc"](net)
+                finally:
+                    sw["closed"], sw["z_ohm"] = saved
+                    net._impedance_bb_switches = np.zeros(len(sw), dtype=bool)
+                links_at = net._pd2ppc_lookups["branch"].pop("switch", None)
+            else:
                 ppc, ppci = pp["pd2ppc"](net)
-            finally:
-                sw["closed"], sw["z_ohm"] = saved
-                net._impedance_bb_switches = np.zeros(len(sw), dtype=bool)
-            links_at = net._pd2ppc_lookups["branch"].pop("switch", None)
-        else:
-            ppc, ppci = pp["pd2ppc"](net)
+        except Exception:
+            if not widened:
+                raise
+            ppc = None  # pandapower refuses the widened net: compile the real state instead
+        finally:
+            for table, column, values in saved_cols:
+                net[table][column] = values
+        if ppc is None:
+            return self._compile(use_links=use_links, widen=False)
+        self._widened = bool(widened)
+        self._refused = False  # set when the patch path refuses a state (see _recompile)
         net["_ppc"] = ppc
         for key in ("svc", "tcsc", "ssc", "vsc"):
             if key in ppci and len(ppci[key]):
@@ -409,7 +433,7 @@ class GridModel:
         if link is not None:
             ybus = self._link_pattern(ybus, link, n)
             if ybus is None:  # the fusions would fill too much: pandapower fuses instead
-                return self._compile(use_links=False)
+                return self._compile(use_links=False, widen=widen)
         self._link = link
         kind = np.full(n, 2, dtype=np.int8)
         kind[pv] = 1
@@ -536,23 +560,40 @@ class GridModel:
         # every trafo tap vector patched on this compile -> its patched admittances (bounded)
         self._tap_states: dict[bytes, tuple[Any, ...]] = {}
         self._patch_info: SimpleNamespace | None = None
+        self._cut_memo: dict[frozenset[int], np.ndarray] = {}  # removed rows -> cut-off buses
+        # [the compile's removed rows, their bridges' cut-off sets or None], when nothing is
+        # cut off under them (see _cut_off)
+        self._cut_ref: list[Any] | None = [frozenset(), None]
         self.patches = getattr(self, "patches", 0)
         self._kind_fused = kind  # kind0 with the fused-away buses of closed bus-bus switches at 3
         self._fuse: SimpleNamespace | None = None
         if link is not None:
-            # the switch states as they are: closed links fuse, open ones are out
             link.base = SimpleNamespace(
                 gen_bus=self._gen_bus, rest_p=self._rest_p, rest_q=self._rest_q,
                 groups=groups, elem_bus=dict(self._elem_bus),
             )  # fmt: skip
             link.stepper0 = self._stepper
-            sw_open = {int(r): 3 for r, c in zip(link.rows, link.closed) if r >= 0 and not c}
+        if link is not None or self._widened:
+            # the real state as patches: out-of-service branches out, open element switches
+            # opened at their ends, closed links fused and open ones out
+            info = self._patch_data()
+            svc_out, sw_open = self._real_state(info)
             patches = self.patches
-            if not self._apply_state(self._svc_out, sw_open, self._patch_data(), force=True):
-                # open bus-bus switches leave buses without a slack: pandapower's own fusion
-                self._compile(use_links=False)
+            applied = self._apply_state(svc_out, sw_open, info, force=True)
+            self.patches = patches  # the compile's own state is no patch
+            if not applied:
+                # a generator cut off (pandapower turns it off) or two slacks fused: the real
+                # state compiled by pandapower, without widening, then without links
+                if self._widened:
+                    self._compile(use_links=use_links, widen=False)
+                else:
+                    self._compile(use_links=False, widen=widen)
                 return
-            self.patches = patches
+            if self._widened:
+                self._real_start(ppci, v0, kind, info, warm=self._last_vm_pp is not None)
+            removed = self._out | frozenset(self._half)
+            self._cut_ref = None if self._dead_aux.size else [removed, None]
+        self._refused = False
 
     # ------------------------------------------------------------------ bus-bus switches
     @staticmethod
@@ -574,6 +615,64 @@ class GridModel:
         ok = bb & (bus != elem) & np.isin(bus, on) & np.isin(elem, on)
         pos = np.flatnonzero(ok)
         return pos if pos.size else None
+
+    @staticmethod
+    def _widening(net: Any) -> list[tuple[str, str, np.ndarray]]:
+        """(table, column, positions) a widened compile sets True: out-of-service lines and
+        trafos, open line / trafo switches (empty: the net is compiled as it is)."""
+        out = []
+        for table in ("line", "trafo"):
+            df = net[table] if table in net else None
+            if df is not None and len(df) and "in_service" in df.columns:
+                pos = np.flatnonzero(~df["in_service"].to_numpy(dtype=bool))
+                if pos.size:
+                    out.append((table, "in_service", pos))
+        sw = net.switch if "switch" in net else None
+        if sw is not None and len(sw):
+            et = sw["et"].to_numpy().astype(str)
+            pos = np.flatnonzero(~sw["closed"].to_numpy(dtype=bool) & ((et == "l") | (et == "t")))
+            if pos.size:
+                out.append(("switch", "closed", pos))
+        return out
+
+    def _real_state(self, info: SimpleNamespace) -> tuple[frozenset[int], dict[int, int]]:
+        """The compiled rows out of service and the switch-opened ends of the net's state."""
+        svc: set[int] = set()
+        for table in ("line", "trafo"):
+            rows_of = info.rows.get(table)
+            on = self._guard_values(table, "in_service")
+            if rows_of is None or on is None or on.shape != rows_of.shape:
+                continue
+            off = rows_of[~on.astype(bool)]
+            svc.update(int(r) for r in off[off >= 0].tolist())
+        sw_open: dict[int, int] = {}
+        sw = self._switch_data()
+        if sw is not None:
+            for r, mine in sw.switches_of_row.items():
+                ends = 0
+                for k, end in mine:
+                    if sw.row_of_switch[k] >= 0 and not sw.closed[k]:
+                        ends |= end
+                if ends:
+                    sw_open[r] = ends
+        return frozenset(svc), sw_open
+
+    def _real_start(
+        self, ppci: dict, v0: np.ndarray, kind: np.ndarray, info: SimpleNamespace, warm: bool
+    ) -> None:
+        """The cold (DC) start of a widened compile, for the real state: the branches patched
+        out carry no DC flow (those to cut-off buses stay: they keep the DC system regular)."""
+        off_rows = sorted(self._out | frozenset(self._half))
+        if not off_rows or self._net._options.get("init_va_degree") != "dc":
+            return
+        is_dead = np.zeros(self._n + 1, dtype=bool)
+        is_dead[self._dead_aux] = True
+        rows = np.asarray(off_rows, dtype=np.int64)
+        rows = rows[~(is_dead[info.f[rows]] | is_dead[info.t[rows]])]
+        vm, va = self._cold_start(ppci, v0, kind, off=rows)
+        self._start = (vm.copy(), va.copy())
+        if not warm:
+            self._vm, self._va = vm, va
 
     def _link_rows(
         self, net: Any, ppci: dict, links: np.ndarray, links_at: Any, n: int
@@ -803,12 +902,56 @@ class GridModel:
         return self._patch_info
 
     def _cut_off(self, out: frozenset[int], info: SimpleNamespace) -> np.ndarray:
-        """Compiled buses without a path to a slack once branches ``out`` are removed."""
+        """Compiled buses without a path to a slack once branches ``out`` are removed.
+
+        Memoised per set. Against the compile's own removed set (its real state, when that
+        cuts nothing off): a subset of it cuts nothing off either (fewer branches removed), and
+        one branch more is a lookup in the bridges of the graph without that set.
+        """
         if not out:
-            return np.zeros(0, dtype=np.int64)
+            return _NO_BUSES
+        memo = self._cut_memo
+        hit = memo.get(out)
+        if hit is not None:
+            return hit
+        ref = self._cut_ref
+        if ref is not None:
+            base = ref[0]
+            if out <= base:
+                return _NO_BUSES
+            if len(out) == len(base) + 1 and base < out:
+                if ref[1] is None:
+                    ref[1] = self._base_bridges(base, info)
+                dead = ref[1].get(next(iter(out - base)))
+                return _NO_BUSES if dead is None else np.asarray(dead, dtype=np.int64)
+        dead = self._cut_off_all(out, info)
+        dead.setflags(write=False)
+        if len(memo) >= 256:
+            memo.clear()
+        memo[out] = dead
+        return dead
+
+    def _base_bridges(self, base: frozenset[int], info: SimpleNamespace) -> dict[int, Any]:
+        """Per compiled branch row: the buses cut off when it is out besides rows ``base``."""
+        from twin import batch
+
+        if not base:
+            return info.bridge_dead
+        live = np.ones(info.f.shape[0], dtype=bool)
+        live[list(base)] = False
+        rows = np.flatnonzero(live)
+        dead = batch._dead_sets(self._c_base, info.f[live], info.t[live], self._kind0)
+        out = {}
+        for e, d in dead.items():
+            arr = np.asarray(d, dtype=np.int64)
+            arr.setflags(write=False)
+            out[int(rows[e])] = arr
+        return out
+
+    def _cut_off_all(self, out: frozenset[int], info: SimpleNamespace) -> np.ndarray:
         if len(out) == 1:
             dead = info.bridge_dead.get(next(iter(out)))
-            return np.zeros(0, dtype=np.int64) if dead is None else np.asarray(dead, np.int64)
+            return np.zeros(0, dtype=np.int64) if dead is None else np.array(dead, np.int64)
         import scipy.sparse as sp
         from scipy.sparse.csgraph import connected_components
 
@@ -824,8 +967,8 @@ class GridModel:
     def _try_patch(self, table: str, pos: np.ndarray, new: np.ndarray) -> bool:
         """Branch in_service changes as Ybus patches on this compile (False: recompile instead).
 
-        Only branches of the compile (in service when it was built) whose change keeps every
-        bus supplied: no pandapower conversion, same pattern, same symbolic analysis.
+        Branches of the compile (all of them when it was widened; a cut-off generator is not
+        patched): no pandapower conversion, same pattern, same symbolic analysis.
         """
         info = self._patch_data()
         rows_of = info.rows.get(table)
@@ -871,12 +1014,15 @@ class GridModel:
             # closed bus-bus switches fuse their buses; open ones are links out of service
             rep = self._fusion_rep(new_out)
             if rep is None:
+                self._refused = True
                 return False
         cut = new_out | frozenset(half)
         dead = self._cut_off(cut, info)
         if dead.size and half:
             # an element opened at one end whose closed end is cut off is dead as a whole
-            lost = [r for r, e in half.items() if (info.t[r] if e == 1 else info.f[r]) in dead]
+            at_dead = np.zeros(self._n, dtype=bool)
+            at_dead[dead] = True
+            lost = [r for r, e in half.items() if at_dead[info.t[r] if e == 1 else info.f[r]]]
             if lost:
                 half = {r: e for r, e in half.items() if r not in lost}
                 new_out = new_out | frozenset(lost)
@@ -888,6 +1034,7 @@ class GridModel:
             is_dead = np.zeros(self._n + 1, dtype=bool)
             is_dead[dead] = True
             if is_dead[gen_bus[self._gen_on]].any():
+                self._refused = True
                 return False
         if rep is not None:
             self._set_fusion(rep)
@@ -979,8 +1126,9 @@ class GridModel:
 
         An open element switch leaves the element connected at its other end only: pandapower
         puts an auxiliary bus at the open end; eliminating that bus gives the closed end the
-        admittance ``y_cc - y_co y_oc / y_oo`` (none at all with both ends open). Patched only
-        for elements all of whose switches were closed when the model was compiled.
+        admittance ``y_cc - y_co y_oc / y_oo`` (none at all with both ends open). Patched for
+        every element of a widened compile; otherwise only for elements all of whose switches
+        were closed when the model was compiled (pandapower compiled the others' aux buses).
         """
         sw = self._switch_data()
         if sw is None:
@@ -1039,8 +1187,9 @@ class GridModel:
                     continue
                 row_of_switch[k] = rows_of[q]
                 switches_of_row.setdefault(int(rows_of[q]), []).append((k, side))
-        # only elements whose switches were all closed at compile (no auxiliary bus compiled)
-        for mine in switches_of_row.values():
+        # only elements whose switches were all closed at compile (no auxiliary bus compiled);
+        # a widened compile closed every one of them
+        for mine in switches_of_row.values() if not self._widened else ():
             if not all(closed[k] for k, _ in mine):
                 for k, _ in mine:
                     row_of_switch[k] = -1
@@ -1056,7 +1205,19 @@ class GridModel:
         )
         return self._sw_info
 
-    def _install_patch(self, out: frozenset[int], info: SimpleNamespace) -> None:
+    def _patched_values(
+        self, out: frozenset[int], half: dict[int, int], info: SimpleNamespace
+    ) -> tuple[np.ndarray, ...]:
+        """Ybus values with rows ``out`` removed and the ``half`` rows opened at one end, plus
+        per half-open row (sorted) the stamps it keeps (yff', 0, 0, 0 or 0, 0, 0, ytt') and the
+        open end's voltage as a multiple of the closed end's. Memoised per state on ``info``
+        (a breaker toggled back and forth; a tap change makes a new ``info``)."""
+        fz = self._fuse
+        key = (out, frozenset(half.items()), None if fz is None else fz.rep.tobytes())
+        memo = info.__dict__.setdefault("y_memo", {})
+        hit = memo.get(key)
+        if hit is not None:
+            return hit
         y_re0, y_im0 = self._y_base
         yre = y_re0.copy()
         yim = y_im0.copy()
@@ -1066,13 +1227,7 @@ class GridModel:
             d = info.stamps[:, rows].reshape(-1)
             np.subtract.at(yre, pos, d.real)
             np.subtract.at(yim, pos, d.imag)
-        half = dict(self._half)
         hrows = np.asarray(sorted(half), dtype=np.int64)
-        # rows out with switch-opened ends: those ends are isolated auxiliary buses (NaN)
-        dead_ends = {r: e for r, e in self._sw_open.items() if e and r in out}
-        dead_buses = self._dead_aux
-        # per half-open row: the stamps it keeps (yff', 0, 0, 0 or 0, 0, 0, ytt') and the
-        # open end's voltage as a multiple of the closed end's (results of that element)
         kept = np.zeros((4, hrows.shape[0]), dtype=complex)
         aux = np.zeros(hrows.shape[0], dtype=complex)
         if hrows.size:
@@ -1086,11 +1241,25 @@ class GridModel:
             pos = info.pos[:, hrows].reshape(-1)
             np.add.at(yre, pos, d.real)
             np.add.at(yim, pos, d.imag)
-        fz = self._fuse
-        elem_bus = self._elem_bus
         if fz is not None:
             self._fold(yre)
             self._fold(yim)
+        got = (rows, yre, yim, hrows, kept, aux)  # shared by every install of this state
+        if len(memo) >= 16 or yre.nbytes > (4 << 20):
+            memo.clear()
+        memo[key] = got
+        return got
+
+    def _install_patch(self, out: frozenset[int], info: SimpleNamespace) -> None:
+        half = dict(self._half)
+        rows, yre, yim, hrows, kept, aux = self._patched_values(out, half, info)
+        # half-open row -> the stamps it keeps
+        self._kept_half: dict[int, np.ndarray] = dict(zip(hrows.tolist(), kept.T))
+        # rows out with switch-opened ends: those ends are isolated auxiliary buses (NaN)
+        dead_ends = {r: e for r, e in self._sw_open.items() if e and r in out}
+        dead_buses = self._dead_aux
+        fz = self._fuse
+        elem_bus = self._elem_bus
         self._y_re: np.ndarray = yre
         self._y_im: np.ndarray = yim
         self._stepper.set_y(yre, yim)  # same pattern, plan and injections: new values only
@@ -1110,6 +1279,10 @@ class GridModel:
             base = self._c_fields = (c0, kept_fields)
         fields = dict(base[1])
         fields.update(ppci=ppci, y_re=yre, y_im=yim, dead=dead_buses)
+        if hrows.size or dead_ends:
+            # pandapower's auxiliary buses at switch-opened ends, for its own extraction
+            t_open_h = np.array([half[r] == 2 for r in hrows.tolist()], dtype=bool)
+            fields["open_ends"] = (hrows, t_open_h, aux, dict(dead_ends))
         if fz is not None:
             # solved on fused buses: gens, branches and injections at the buses they fuse into;
             # the unfused buses get their fused bus's voltage (_newton), so Yf / Yt flows hold
@@ -1191,6 +1364,13 @@ class GridModel:
         self._last_snap = None
         self.patches += 1
 
+    def _reinstall(self) -> None:
+        """The current outage / switch patch again on new base values (a tap change): part of
+        that change, not a patch of its own."""
+        patches = self.patches
+        self._install_patch(self._out, self._patch_data())
+        self.patches = patches
+
     def _try_tap(self, pos: np.ndarray, new: np.ndarray) -> bool:
         """Trafo tap changes as new branch admittances on this compile (False: recompile).
 
@@ -1258,7 +1438,7 @@ class GridModel:
             self._c = self._c_base
             self._y_re, self._y_im = self._y_base
             if self._out or self._half or self._sw_open or self._fuse is not None:
-                self._install_patch(self._out, self._patch_info)
+                self._reinstall()
             else:
                 self._stepper.set_y(self._y_re, self._y_im)
                 self._last_snap = None
@@ -1310,7 +1490,8 @@ class GridModel:
                 built["yf"], built["yt"] = yf, yt
             return built["yf"], built["yt"]
 
-        self._patch_info = SimpleNamespace(**{**vars(info), "stamps": stamps})
+        # new stamps: Ybus values memoised on the old ones do not carry over
+        self._patch_info = SimpleNamespace(**{**vars(info), "stamps": stamps, "y_memo": {}})
         self._y_base = (y_re0, y_im0)
         self._ppci = ppci
         fields = {k: v for k, v in vars(c0).items() if k not in ("branch", "yf", "yt", "lazy")}
@@ -1331,7 +1512,7 @@ class GridModel:
         self._c = self._c_base
         self._y_re, self._y_im = y_re0, y_im0
         if self._out or self._half or self._sw_open or self._fuse is not None:
-            self._install_patch(self._out, self._patch_info)
+            self._reinstall()
         else:
             self._stepper.set_y(y_re0, y_im0)
             self._last_snap = None
@@ -1466,15 +1647,20 @@ class GridModel:
         return None
 
     def _cold_start(
-        self, ppci: dict, v0: np.ndarray, kind: np.ndarray
+        self, ppci: dict, v0: np.ndarray, kind: np.ndarray, off: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """pandapower's start for this compile: set-point magnitudes, DC angles when asked."""
+        """pandapower's start for this compile: set-point magnitudes, DC angles when asked.
+
+        ``off``: compiled branch rows left out of the DC run (patched out of a widened compile).
+        """
         vm, va = np.abs(v0).astype(float), np.angle(v0).astype(float)
         if self._net._options.get("init_va_degree") == "dc":
             dc = _copy_ppc(ppci)
             link = self._link
             if link is not None:
                 dc["branch"][link.rows[(link.rows >= 0) & ~link.closed], 10] = 0  # BR_STATUS
+            if off is not None and off.size:
+                dc["branch"][off, 10] = 0
             try:
                 dc = self._pp["dc"](dc)
                 va = np.deg2rad(dc["bus"][:, 8].astype(float))  # VA column
@@ -2058,7 +2244,11 @@ class GridModel:
     def _recompile(self) -> None:
         if self._last_vm_pp is None:
             self._last_vm_pp, self._last_va_pp = self._state_pp()
-        self._compile()
+        # a state the patch path refused (a cut-off generator, two slacks fused) is refused by
+        # a widened compile too: pandapower converts it as it is (one conversion, not two)
+        widen = not self._refused
+        self._refused = False
+        self._compile(widen=widen)
 
     def value(self, table: str, column: str, element: int) -> float:
         """The current input ``net.<table>.<column>`` of one element."""
@@ -2301,6 +2491,7 @@ class GridModel:
         result, ppc = self._result_ppci(snap)
         pp["init_results"](net)
         ppc = pp["copy_results"](result, ppc, "pf")
+        _pandapower_buses(snap["c"], ppc)
         net["_ppc"] = ppc
         net["converged"] = True
         with self._dead_elements(snap["c"]):
@@ -2341,7 +2532,7 @@ class GridModel:
             y_re=self._y_re, y_im=self._y_im, kind=self._kind_run, vset=self._vset,
             vm=self._vm, va=self._va, retry=self._start, spec=spec, n=self._n,
             bus_int=self._bus_int, ppci=c.ppci, base_mva=self._base_mva, groups=groups,
-            out_rows=self._out | frozenset(self._half),
+            out_rows=self._out | frozenset(self._half), half=getattr(self, "_kept_half", {}),
         )  # fmt: skip
 
     def memory_bytes(self) -> int:
@@ -2361,6 +2552,49 @@ class _Structure(SimpleNamespace):
             setattr(self, name, value)
             return value
         raise AttributeError(name)
+
+
+def _pandapower_buses(c: Any, ppc: dict) -> None:
+    """A patched structure's solved ``ppc`` as pandapower's conversion would lay it out.
+
+    Cut-off buses carry no voltage (NaN, not the zero they are solved at); an end opened by a
+    line / trafo switch is an auxiliary bus: the voltage the open end floats at, or NaN when
+    the element is out as a whole.
+    """
+    bus = ppc["bus"]
+    dead = c.__dict__.get("dead")
+    if dead is not None and dead.size:
+        bus[dead, 7] = np.nan  # VM
+        bus[dead, 8] = np.nan  # VA
+    ends = c.__dict__.get("open_ends")
+    if ends is None:
+        return
+    hrows, t_open, coef, dead_ends = ends
+    ppc_row = np.flatnonzero(np.asarray(c.ppci["internal"]["branch_is"], dtype=bool))
+    br = ppc["branch"]
+    new_rows = []
+    at = bus.shape[0]
+    for k, r in enumerate(hrows.tolist()):
+        row = ppc_row[r]
+        side, other = (1, 0) if t_open[k] else (0, 1)  # T_BUS open, else F_BUS open
+        closed = int(br[row, other].real)
+        v = coef[k] * bus[closed, 7] * np.exp(1j * np.deg2rad(bus[closed, 8]))
+        aux = bus[int(br[row, side].real)].copy()
+        aux[7], aux[8] = np.abs(v), np.rad2deg(np.angle(v))
+        new_rows.append(aux)
+        br[row, side] = at
+        at += 1
+    for r, e in dead_ends.items():
+        row = ppc_row[r]
+        for side, bit in ((0, 1), (1, 2)):
+            if e & bit:
+                aux = bus[int(br[row, side].real)].copy()
+                aux[7] = aux[8] = np.nan
+                new_rows.append(aux)
+                br[row, side] = at
+                at += 1
+    if new_rows:
+        ppc["bus"] = np.vstack([bus, np.asarray(new_rows)])
 
 
 def _demand(c: Any, inputs: dict[tuple[str, str], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
