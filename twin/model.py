@@ -687,8 +687,12 @@ class GridModel:
         to_int = np.where(branch_is, np.cumsum(branch_is) - 1, -1)
         rows = to_int[start:end].astype(np.int64)
         br = ppci["branch"]
-        a = np.where(rows >= 0, br[np.maximum(rows, 0), 0].real, -1).astype(np.int64)
-        b = np.where(rows >= 0, br[np.maximum(rows, 0), 1].real, -1).astype(np.int64)
+        if br.shape[0] == 0:  # nothing compiled (every branch out or cut off): no link either
+            rows = np.full(rows.shape, -1, dtype=np.int64)
+            a = b = rows.copy()
+        else:
+            a = np.where(rows >= 0, br[np.maximum(rows, 0), 0].real, -1).astype(np.int64)
+            b = np.where(rows >= 0, br[np.maximum(rows, 0), 1].real, -1).astype(np.int64)
         closed = net.switch["closed"].to_numpy(dtype=bool)[links].copy()
         ok = rows >= 0
         nodes = np.unique(np.concatenate([a[ok], b[ok]]))
@@ -1059,7 +1063,11 @@ class GridModel:
             # compile) from their live neighbours, not from zero
             vm, va = self._vm.copy(), self._va.copy()
             vm[back], va[back] = self._held_v[0][back], self._held_v[1][back]
-            cold = back[~np.isfinite(vm[back])]
+            # a held voltage that is not a live one (dead since the compile, or zero from a
+            # compile that had them cut off) starts cold: from V = 0 Newton can converge to the
+            # spurious answer where a bus at 0 V takes any current (S = V I* = 0)
+            held = vm[back]
+            cold = back[~(np.isfinite(held) & (held > _LIVE_VM))]
             if cold.size:
                 have = np.ones(self._n, dtype=bool)
                 have[cold] = False
@@ -2319,6 +2327,17 @@ class GridModel:
             if not newly:
                 break
             limited.extend(newly)
+        live = kind < 3
+        if live.any():
+            low = int(np.argmin(np.where(live, vm, np.inf)))
+            if vm[low] < _COLLAPSED_VM:
+                # Newton's spurious answer: a bus at ~0 V takes any current (S = V I* = 0).
+                # Seen from a warm start whose angles ignore a phase-shifting transformer of
+                # buses just supplied again; solve() retries from the DC start
+                raise LoadflowNotConverged(
+                    total_it, int(self._bus_rep[low]), float(nrm),
+                    f"converged to a collapsed voltage ({vm[low]:.3g} pu): not a solution",
+                )  # fmt: skip
         fz = self._fuse
         if fz is not None:  # fused buses: one voltage, as pandapower reports them
             vm[fz.members] = vm[fz.of]
@@ -2612,6 +2631,12 @@ def _snap_demand(snap: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     if d is None:
         d = snap["demand"] = _demand(snap["c"], snap["inputs"])
     return d
+
+
+#: below this (pu), a held bus voltage is no warm start for a bus that is supplied again
+_LIVE_VM = 0.5
+#: a solved bus below this (pu) is Newton's spurious low-voltage answer, never a load flow's
+_COLLAPSED_VM = 0.05
 
 
 def _fill_from_neighbours(
