@@ -687,7 +687,7 @@ class EmulatedField:
             self.rtu.set_noise(sigma, point=point)
         if offset is not None:
             self.rtu.set_bias(point, offset)
-        if point in getattr(self.rtu, "_true", {}):
+        if self.rtu.has_true_value(point):
             self.rtu.refresh(point)
 
     def freeze_point(self, point: str, frozen: bool) -> None:
