@@ -93,6 +93,7 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -1237,6 +1238,17 @@ class InverterBatch:
             )
             for d in devs
         ]
+        if devs:
+            store = devs[0].store
+            cols = ("voltage_point", "p_avail_point", "p_limit_point", "voltvar_point")
+            self._in = _Inputs(store, [[getattr(d, c) for d in devs] for c in cols])
+            self._pq_pos = store.positions(
+                [n for d in devs for n in (d.p_point, d.q_point)]
+            ).reshape(-1, 2)
+            # outputs written as one set_array when no two outputs share a point
+            self._pq_distinct = len(set(self._pq_pos.ravel().tolist())) == 2 * len(devs)
+        self._pct_default = f([d.p_limit_pct for d in devs], dtype=float)
+        self._vv_default = f([float(d.voltvar_on) for d in devs], dtype=float)
         # one np.interp per distinct curve (the same C routine as the scalar q_pu)
         by_curve: dict[int, tuple[VoltVarCurve, list[int]]] = {}
         self._scalar_curve: set[int] = set()
@@ -1263,15 +1275,8 @@ class InverterBatch:
         self.rounds += 1
         store = self.store
         assert store is not None
-        get = store.device_get
-        good = Quality.GOOD
-        isnan = math.isnan
         idx: list[int] = []
-        v_l: list[float] = []
-        v_known: list[bool] = []
-        avail_l: list[float] = []
-        pct_l: list[float] = []
-        on_l: list[bool] = []
+        avail_dev: list[float] = []
         p_l: list[float] = []
         q_l: list[float] = []
         prev_l: list[float] = []
@@ -1296,37 +1301,7 @@ class InverterBatch:
                 and _elapsed(now, beat, d.heartbeat_s)
             ):
                 continue
-            vp, ap, lp, vvp, pct_default, vv_default = self._points[i]
-            if vp is None:
-                v_l.append(1.0)
-                v_known.append(False)
-            else:
-                s = get(vp)
-                sv = s.value
-                if isnan(sv):
-                    v_l.append(0.0)
-                    v_known.append(True)
-                elif s.quality is good:
-                    v_l.append(sv)
-                    v_known.append(True)
-                else:
-                    v_l.append(1.0)
-                    v_known.append(False)
-            if ap is None:
-                avail_l.append(d.p_avail_mw)
-            else:
-                s = get(ap)
-                avail_l.append(s.value if s.quality is good else d.p_avail_mw)
-            if lp is None:
-                pct_l.append(pct_default)
-            else:
-                s = get(lp)
-                pct_l.append(s.value if s.quality is good else pct_default)
-            if vvp is None:
-                on_l.append(vv_default >= 0.5)
-            else:
-                s = get(vvp)
-                on_l.append((s.value if s.quality is good else vv_default) >= 0.5)
+            avail_dev.append(d.p_avail_mw)
             p_l.append(d.p_mw)
             q_l.append(d.q_mvar)
             prev = d._prev
@@ -1335,16 +1310,26 @@ class InverterBatch:
         if not idx:
             return list(devs)
         ix = np.array(idx, dtype=np.intp)
-        v = np.array(v_l)
-        known = np.array(v_known, dtype=bool)
+        # the inputs as the devices see them (DERInverter._voltage and _read), as arrays
+        inp = self._in
+        all_v, all_q = inp.raw()
+        raw_v, raw_q = all_v[:, ix], all_q[:, ix]
+        has_v = inp.has[0, ix]
+        sv = raw_v[0]
+        nan_v = has_v & np.isnan(sv)  # an isolated bus: 0 pu, known (whatever the quality)
+        good_v = has_v & ~nan_v & (raw_q[0] == _GOOD_CODE)
+        known = nan_v | good_v
+        v = np.where(good_v, sv, np.where(nan_v, 0.0, 1.0))
+        ok_in = inp.has[1:, ix] & (raw_q[1:] == _GOOD_CODE)
+        avail = np.where(ok_in[0], raw_v[1], np.array(avail_dev))
+        pct = np.where(ok_in[1], raw_v[2], self._pct_default[ix])
+        on = np.where(ok_in[2], raw_v[3], self._vv_default[ix]) >= 0.5
         # outside the trip band: the protection timer starts, left to the scalar step
         inband = ~known | ((self._trip_lo[ix] <= v) & (v <= self._trip_hi[ix]))
         sn = self._sn[ix]
         dt = now - np.array(prev_l)
         p_mw = np.array(p_l)
-        avail = np.array(avail_l)
         p_avail = _pymax(avail, 0.0)
-        pct = np.array(pct_l)
         p_limit = _pymax(pct, 0.0) / 100.0 * sn
         target = _pymin(p_avail, p_limit)
         max_dp = self._ramp[ix] / 100.0 * sn * dt
@@ -1359,7 +1344,7 @@ class InverterBatch:
             sel = sel[sel >= 0]
             if len(sel):
                 q_target[sel] = np.interp(v[sel], vs, qs)
-        q_target = np.where(np.array(on_l, dtype=bool) & known, q_target * sn, 0.0)
+        q_target = np.where(on & known, q_target * sn, 0.0)
         q_new = q_target
         if self._lagged:
             q_new = q_target.copy()
@@ -1372,11 +1357,17 @@ class InverterBatch:
                 q_new[j] = q0 + (float(q_target[j]) - q0) * (
                     1.0 - exp(-float(dt[j]) / float(self._tau[i]))
                 )
+        # what the devices have for their outputs now (device_get, as Device._write checks),
+        # before any write
+        taken_ix = ix[inband]
+        out_pos = self._pq_pos[taken_ix]
+        out_v = np.stack([p_new[inband], q_new[inband]], axis=1)
+        cur, cur_q = store.device_arrays(out_pos.ravel())
+        same = (cur_q == _GOOD_CODE) & (cur == out_v.ravel())
         p_out = p_new.tolist()
         q_out = q_new.tolist()
         avail_out = p_avail.tolist()
         ok = inband.tolist()
-        items: list[tuple[str, float]] = []
         taken: set[int] = set()
         for k, i in enumerate(idx):
             if not ok[k]:
@@ -1386,16 +1377,20 @@ class InverterBatch:
             d._prev = now
             d._last_now = now
             d.p_avail_mw = avail_out[k]
-            pv = d.p_mw = p_out[k]
-            qv = d.q_mvar = q_out[k]
-            s = get(d.p_point)
-            if not (s.quality is good and s.value == pv):
-                items.append((d.p_point, pv))
-            s = get(d.q_point)
-            if not (s.quality is good and s.value == qv):
-                items.append((d.q_point, qv))
-        if items:
-            store.set_many(items, source=BATCH_SOURCE)
+            d.p_mw = p_out[k]
+            d.q_mvar = q_out[k]
+        write = ~same
+        if write.any():
+            wpos = out_pos.ravel()[write]
+            wval = out_v.ravel()[write]
+            if self._pq_distinct:
+                store.set_array(wpos, wval, source=BATCH_SOURCE)
+            else:
+                names = store.names
+                store.set_many(
+                    [(names[j], x) for j, x in zip(wpos.tolist(), wval.tolist())],
+                    source=BATCH_SOURCE,
+                )
         rest = [d for i, d in enumerate(devs) if i not in taken]
         self.batched += len(taken)
         self.scalar += len(rest)
@@ -1425,12 +1420,21 @@ def _opt_positions(store: PointStore, names: list[str | None]) -> tuple[np.ndarr
     return pos, has
 
 
-def _read_array(
-    store: PointStore, pos: np.ndarray, has: np.ndarray, default: np.ndarray
-) -> np.ndarray:
-    """:meth:`Device._read` for many points: the device's value when present and GOOD."""
-    v, q = store.device_arrays(pos)
-    return np.where(has & (q == _GOOD_CODE), v, default)
+class _Inputs:
+    """Optional input points of a list of devices, one row per input column, read in one
+    gather as the devices read them (:meth:`PointStore.device_arrays`)."""
+
+    def __init__(self, store: PointStore, columns: list[list[str | None]]) -> None:
+        self.store = store
+        rows = [_opt_positions(store, c) for c in columns]
+        self.pos = np.stack([p for p, _ in rows])
+        self.has = np.stack([h for _, h in rows])
+        self._flat = self.pos.ravel()
+
+    def raw(self) -> tuple[np.ndarray, np.ndarray]:
+        """Values and quality codes, shape (columns, devices)."""
+        v, q = self.store.device_arrays(self._flat)
+        return v.reshape(self.pos.shape), q.reshape(self.pos.shape)
 
 
 class _SeenPoints:
@@ -1454,7 +1458,9 @@ class _SeenPoints:
         if not len(self.pos):
             return np.zeros(0, dtype=bool)
         same = self._valid & (self.store.versions[self.pos] == self._ver)
-        return same & np.array([a is b for a, b in zip(held, self._sample)], dtype=bool)
+        if all(map(operator.is_, held, self._sample)):
+            return same
+        return same & np.fromiter(map(operator.is_, held, self._sample), dtype=bool)
 
     def record(self, k: int, held: Sample | None) -> None:
         """The device of point ``k`` has just looked: it holds ``held``."""
@@ -1488,7 +1494,7 @@ class _KindBatch:
         self.rounds += 1
         quiet = self._quiet(now)
         rest = []
-        for d, q in zip(self.devices, quiet):
+        for d, q in zip(self.devices, quiet, strict=True):
             if q:
                 d._last_now = now
             else:
@@ -1515,7 +1521,15 @@ class _BreakerBatch(_KindBatch):
 
     def _quiet(self, now: float) -> list[bool]:
         same = self.cmd_unchanged()
-        return [s and d.pending is None and _base_quiet(d, now) for d, s in zip(self.devices, same)]
+        return [
+            s
+            and d.pending is None
+            and d._comms_lost_at is None
+            and not d.fallback_active
+            and (d._beat_at is None or _base_quiet(d, now))
+            and (d._last_now is None or now >= d._last_now)
+            for d, s in zip(self.devices, same, strict=True)
+        ]
 
     def stepped(self, d: Any) -> None:
         self._cmd.record(self._k[id(d)], d._seen_cmd)
@@ -1528,22 +1542,27 @@ class _RelayBatch(_KindBatch):
     def __init__(self, devices: list[Any]) -> None:
         super().__init__(devices)
         store = self.store
-        self._cur = store.positions([d.current_point for d in devices])
-        self._pick, self._has_pick = _opt_positions(store, [d.pickup_point for d in devices])
+        self._in = _Inputs(
+            store, [[d.current_point for d in devices], [d.pickup_point for d in devices]]
+        )
         self._pick_default = np.array([d.pickup_ka for d in devices], dtype=float)
         self._ratio = np.array([d.dropout_ratio for d in devices], dtype=float)
 
     def _quiet(self, now: float) -> list[bool]:
-        store = self.store
-        v, q = store.device_arrays(self._cur)
-        i = np.abs(v)
-        pickup = _read_array(store, self._pick, self._has_pick, self._pick_default)
+        v, q = self._in.raw()
+        i = np.abs(v[0])
+        pickup = np.where(self._in.has[1] & (q[1] == _GOOD_CODE), v[1], self._pick_default)
         dropout = self._ratio * pickup
         latched = np.array([d.latched for d in self.devices], dtype=bool)
-        calm = (q != _GOOD_CODE) | np.where(latched, ~(i < dropout), ~(i > pickup))
+        calm = (q[0] != _GOOD_CODE) | np.where(latched, ~(i < dropout), ~(i > pickup))
         return [
-            c and d.picked_up_since is None and _base_quiet(d, now)
-            for d, c in zip(self.devices, calm.tolist())
+            c
+            and d.picked_up_since is None
+            and d._comms_lost_at is None
+            and not d.fallback_active
+            and (d._beat_at is None or _base_quiet(d, now))
+            and (d._last_now is None or now >= d._last_now)
+            for d, c in zip(self.devices, calm.tolist(), strict=True)
         ]
 
 
@@ -1556,16 +1575,20 @@ class _AVRBatch(_KindBatch):
     def __init__(self, devices: list[Any]) -> None:
         super().__init__(devices)
         store = self.store
-        self._volt = store.positions([d.voltage_point for d in devices])
-        self._auto, self._has_auto = _opt_positions(store, [d.auto_point for d in devices])
-        self._vset, self._has_vset = _opt_positions(store, [d.vset_point for d in devices])
-        self._band, self._has_band = _opt_positions(store, [d.band_point for d in devices])
-        self._delay, self._has_delay = _opt_positions(store, [d.delay_point for d in devices])
+        cols = ("voltage_point", "auto_point", "vset_point", "band_point", "delay_point")
+        self._in = _Inputs(store, [[getattr(d, c) for d in devices] for c in cols])
         f = np.array
-        self._auto_default = f([float(d.auto) for d in devices], dtype=float)
-        self._vset_default = f([d.vset_pu for d in devices], dtype=float)
-        self._band_default = f([d.band_pu for d in devices], dtype=float)
-        self._delay_default = f([d.delay_s for d in devices], dtype=float)
+        #: defaults of the rows of _in (the voltage has none: its quality is looked at)
+        self._defaults = f(
+            [
+                [math.nan for d in devices],
+                [float(d.auto) for d in devices],
+                [d.vset_pu for d in devices],
+                [d.band_pu for d in devices],
+                [d.delay_s for d in devices],
+            ],
+            dtype=float,
+        )
         self._tmin = f([d.tap_min for d in devices], dtype=np.int64)
         self._tmax = f([d.tap_max for d in devices], dtype=np.int64)
         self._raise = f([d.raise_delta for d in devices], dtype=np.int64)
@@ -1577,40 +1600,49 @@ class _AVRBatch(_KindBatch):
             self._pulse_k.setdefault(id(devices[k]), []).append(j)
 
     def _quiet(self, now: float) -> list[bool]:
-        store, devs = self.store, self.devices
+        devs = self.devices
         n = len(devs)
-        calm_pulses = np.ones(n, dtype=bool)
+        calm_pulses: np.ndarray | None = None
         if self._pulse_of:
             held = [devs[k]._seen_pulse[p] for k, p in self._pulse_of]
             same = self._pulses.unchanged(held)
             if not same.all():
+                calm_pulses = np.ones(n, dtype=bool)
                 ks = np.array([k for k, _ in self._pulse_of], dtype=np.intp)
                 calm_pulses[ks[~same]] = False
-        auto = _read_array(store, self._auto, self._has_auto, self._auto_default) >= 0.5
-        v, q = store.device_arrays(self._volt)
-        good = q == _GOOD_CODE
-        vset = _read_array(store, self._vset, self._has_vset, self._vset_default)
-        band = np.abs(_read_array(store, self._band, self._has_band, self._band_default))
-        delay = _pymax(_read_array(store, self._delay, self._has_delay, self._delay_default), 0.0)
-        dev = v - vset
-        inband = np.abs(dev) <= band
-        sign = np.where(dev < 0, 1, -1)
-        timer_off = ~auto | ~good | inband  # the scalar step resets the timer (or keeps it off)
-        out_since = np.array(
-            [math.nan if d._out_since is None else d._out_since for d in devs], dtype=float
-        )
-        running = ~np.isnan(out_since)
-        out_sign = np.array([d._out_sign for d in devs], dtype=np.int64)
-        tap = np.array([d.tap_pos for d in devs], dtype=np.int64)
-        logged = np.array([d._at_limit_logged for d in devs], dtype=bool)
-        target = tap + sign * self._raise
-        at_limit = (target < self._tmin) | (target > self._tmax)
-        due = (now - out_since) >= (delay - TIME_EPS_S)
-        waiting = running & (sign == out_sign) & (~due | (at_limit & logged))
-        calm = calm_pulses & np.where(timer_off, ~running, waiting)
+        raw_v, raw_q = self._in.raw()
+        r = np.where(self._in.has & (raw_q == _GOOD_CODE), raw_v, self._defaults)
+        dev = raw_v[0] - r[2]  # voltage - vset
+        inband = np.abs(dev) <= np.abs(r[3])
+        # manual, no GOOD voltage or in band: the scalar step resets the timer (keeps it off)
+        timer_off = ~(r[1] >= 0.5) | (raw_q[0] != _GOOD_CODE) | inband
+        since = [d._out_since for d in devs]
+        if all(x is None for x in since):  # the common case: no timer running
+            calm = timer_off
+        else:
+            out_since = np.array([math.nan if x is None else x for x in since], dtype=float)
+            running = ~np.isnan(out_since)
+            delay = _pymax(r[4], 0.0)
+            sign = np.where(dev < 0, 1, -1)
+            out_sign = np.array([d._out_sign for d in devs], dtype=np.int64)
+            tap = np.array([d.tap_pos for d in devs], dtype=np.int64)
+            logged = np.array([d._at_limit_logged for d in devs], dtype=bool)
+            target = tap + sign * self._raise
+            at_limit = (target < self._tmin) | (target > self._tmax)
+            due = (now - out_since) >= (delay - TIME_EPS_S)
+            waiting = running & (sign == out_sign) & (~due | (at_limit & logged))
+            calm = np.where(timer_off, ~running, waiting)
+        if calm_pulses is not None:
+            calm = calm & calm_pulses
         return [
-            c and d.moving_to is None and d._v_at_move is None and _base_quiet(d, now)
-            for d, c in zip(devs, calm.tolist())
+            c
+            and d.moving_to is None
+            and d._v_at_move is None
+            and d._comms_lost_at is None
+            and not d.fallback_active
+            and (d._beat_at is None or _base_quiet(d, now))
+            and (d._last_now is None or now >= d._last_now)
+            for d, c in zip(devs, calm.tolist(), strict=True)
         ]
 
     def stepped(self, d: Any) -> None:
