@@ -54,6 +54,10 @@ BatchListener = Callable[[np.ndarray, str], None]
 #: Turns a value written from outside the devices into what the substation reports (an RTU's
 #: noise and bias). Runs before the value is stored, so every listener sees the reported value.
 Transform = Callable[[Point, float, Quality, str], float]
+#: The same for a whole bulk write: ``(positions, values, quality codes, source) -> values``
+#: (one float per position, in order), with the behaviour of the per-point transform applied
+#: to each entry in order (see :meth:`PointStore.set_transform`).
+ArrayTransform = Callable[[np.ndarray, np.ndarray, np.ndarray, str], np.ndarray]
 
 #: Quality code (the uint8 stored per point) -> Quality.
 QUALITIES: tuple[Quality, ...] = tuple(Quality)
@@ -115,6 +119,7 @@ class PointStore:
         self._listeners: list[Listener] = []
         self._batch_listeners: list[BatchListener] = []
         self._transform: Transform | None = None
+        self._array_transform: ArrayTransform | None = None
         #: plant-side faults: point -> the sample it is frozen at; points of a device offline
         self._frozen: dict[str, Sample] = {}
         self._offline: set[str] = set()
@@ -377,7 +382,14 @@ class PointStore:
             return
         self._sync()  # rows set per point reach the arrays before this batch overwrites them
         transform = None if source.startswith("device:") else self._transform
-        if transform is not None:
+        if transform is not None and self._array_transform is not None:
+            v = np.array(self._array_transform(pos, v, q, source), dtype=np.float64)
+            if v.shape != pos.shape:
+                raise ValueError(
+                    f"set_array: the array transform returned {v.shape} values for "
+                    f"{pos.shape} positions"
+                )
+        elif transform is not None:
             by_pos = self._by_pos
             qlist = q.tolist()
             out = [
@@ -558,11 +570,39 @@ class PointStore:
         self.check_write(name, value, role=role)
         self.set(name, value, source=source)
 
-    def set_transform(self, transform: Transform | None) -> None:
-        """Install (or remove, with None) the one transform of non-device writes."""
+    def set_transform(
+        self, transform: Transform | None, *, array: ArrayTransform | None = None
+    ) -> None:
+        """Install (or remove, with None) the one transform of non-device writes.
+
+        ``array`` is the same transform for a whole :meth:`set_array` batch (one call instead
+        of one per point); it must give what ``transform`` gives point by point in order (same
+        values, same side effects). Without it the bulk path calls ``transform`` per point.
+        The reference path (``bulk=False``) always calls ``transform`` per point.
+        """
         if transform is not None and self._transform not in (None, transform):
             raise ValueError("the point store already has a transform (one RTU per store)")
+        if transform is None and array is not None:
+            raise ValueError("set_transform: an array transform needs its per-point transform")
         self._transform = transform
+        self._array_transform = array
+
+    def device_arrays(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Values and quality codes at ``positions`` as the devices see them
+        (:meth:`device_get` for many points at once, new arrays): a point under a plant-side
+        fault gives the device's own sample, not the reported one."""
+        self._sync()
+        v = self._v[positions]
+        q = self._q[positions]
+        if self._true:
+            faulted = self._faulted_mask[positions]
+            if faulted.any():
+                names, true = self.names, self._true
+                for k in np.flatnonzero(faulted).tolist():
+                    s = true[names[int(positions[k])]]
+                    v[k] = s.value
+                    q[k] = _CODE_OF_VALUE[s.quality._value_]
+        return v, q
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener(point, sample, source)`` on every change; returns an unsubscribe."""

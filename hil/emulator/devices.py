@@ -93,6 +93,7 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -101,7 +102,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from hil.errors import HilError
-from hil.store import PointStore
+from hil.store import QUALITY_CODE, PointStore
 from twin.pointmap import PointMap
 from twin.quality import Quality, Sample
 
@@ -126,6 +127,8 @@ __all__ = [
     "tap_delta_raising_voltage",
 ]
 
+
+_GOOD_CODE = QUALITY_CODE[Quality.GOOD]
 
 #: Slack on time comparisons: a simulated clock built by adding floats (0.1 + ...) must not
 #: miss a due time by one ulp.
@@ -973,7 +976,16 @@ class RTUMeasurements(Device):
         self._sigma_unit: dict[str, float] = {}
         self._sigma_point: dict[str, float] = {}
         self._bias: dict[str, float] = {}
-        self._true: dict[str, tuple[float, float | None]] = {}
+        # The true values by store position (what ``true_value`` answers), with the substation
+        # time each came at (NaN: none given) and whether one came at all.
+        n = len(store)
+        self._tv = np.full(n, math.nan)
+        self._tt = np.full(n, math.nan)
+        self._seen = np.zeros(n, dtype=bool)
+        self._cover = np.zeros(n, dtype=bool)
+        self._cover[store.positions(sorted(self.points))] = True
+        #: sigma and bias by position (None: to be rebuilt from the settings)
+        self._sig_bias: tuple[np.ndarray, np.ndarray] | None = None
         self._unsubscribe: Any = None
         self._pass_through = True  # no noise, no bias anywhere: the per-write fast path
         self.set_noise(sigma)
@@ -996,6 +1008,7 @@ class RTUMeasurements(Device):
         else:
             self._sigma_default = sigma
         self._pass_through = self._exact
+        self._sig_bias = None
 
     def set_bias(self, point: str, value: float) -> None:
         """An additive bias on one point (engineering unit); 0 removes it. Applies from the next
@@ -1003,6 +1016,7 @@ class RTUMeasurements(Device):
         self._check(point)
         self._bias[point] = float(value)
         self._pass_through = self._exact
+        self._sig_bias = None
 
     def sigma(self, point: str) -> float:
         if point in self._sigma_point:
@@ -1036,22 +1050,46 @@ class RTUMeasurements(Device):
         """
         self._check(name)
         v = float(true_value)
-        self._true[name] = (v, now)
+        self._keep_true(name, v, now)
         reported = self._report(name, v, quality)
         self.store.set(name, reported, quality=quality, timestamp=timestamp, source=self.source)
         return reported
 
+    def _keep_true(self, name: str, value: float, now: float | None) -> None:
+        i = self.store.position(name)
+        self._tv[i] = value
+        self._tt[i] = math.nan if now is None else now
+        self._seen[i] = True
+
+    def has_true_value(self, name: str) -> bool:
+        """Whether a true value was injected or seen for ``name`` (False for a name not in
+        the store)."""
+        if name not in self.store:
+            return False
+        return bool(self._seen[self.store.position(name)])
+
     def true_value(self, name: str) -> float:
         """The last true value injected or seen for ``name`` (NaN if none)."""
-        return self._true.get(name, (math.nan, None))[0]
+        i = self.store.position(name)
+        return float(self._tv[i]) if self._seen[i] else math.nan
 
     def refresh(self, name: str | None = None) -> None:
-        """Re-report the current true value(s) with fresh noise and the current bias."""
-        for n in [name] if name is not None else sorted(self._true):
-            value, when = self._true[n]
+        """Re-report the current true value(s) with fresh noise and the current bias.
+
+        Raises:
+            KeyError: ``name`` has no true value yet (:meth:`has_true_value`).
+        """
+        names = self.store.names
+        if name is not None:
+            if not self.has_true_value(name):
+                raise KeyError(name)
+            todo = [name]
+        else:
+            todo = sorted(names[i] for i in np.flatnonzero(self._seen).tolist())
+        for n in todo:
+            value = self.true_value(n)
             q = self.store.get(n).quality
             self.store.set(n, self._report(n, value, q), quality=q, source=self.source)
-            self._true[n] = (value, when)
 
     @property
     def _exact(self) -> bool:
@@ -1076,7 +1114,7 @@ class RTUMeasurements(Device):
         Installed as the store's transform: the reported value (bias + noise) is what gets
         stored, so every store listener sees only the reported value.
         """
-        self.store.set_transform(self._on_write)
+        self.store.set_transform(self._on_write, array=self._on_write_array)
         self._unsubscribe = lambda: self.store.set_transform(None)
 
     def detach(self) -> None:
@@ -1088,8 +1126,52 @@ class RTUMeasurements(Device):
         name = point.name
         if name not in self.points:
             return value
-        self._true[name] = (value, self._last_now)
+        self._keep_true(name, value, self._last_now)
         return self._report(name, value, quality)
+
+    def _sigmas_biases(self) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`sigma` and :meth:`bias` of every store position (0 where not covered)."""
+        sb = self._sig_bias
+        if sb is None:
+            n = len(self.store)
+            sig, bias = np.zeros(n), np.zeros(n)
+            names = self.store.names
+            for i in np.flatnonzero(self._cover).tolist():
+                sig[i] = self.sigma(names[i])
+                bias[i] = self.bias(names[i])
+            sb = self._sig_bias = (sig, bias)
+        return sb
+
+    def _on_write_array(
+        self, pos: np.ndarray, values: np.ndarray, qualities: np.ndarray, source: str
+    ) -> np.ndarray:
+        """:meth:`_on_write` for a whole bulk write (the store's array transform), entry by
+        entry the same: true values kept, then ``v + bias + noise`` for every covered GOOD
+        finite value, the noise drawn in write order (one ``normal`` call over the sigmas,
+        the same stream as one call per value)."""
+        cov = self._cover[pos]
+        if not cov.any():
+            return values
+        sel = pos[cov]
+        vals = values[cov]
+        self._tv[sel] = vals
+        self._tt[sel] = math.nan if self._last_now is None else self._last_now
+        self._seen[sel] = True
+        if self._pass_through:
+            return values
+        apply = cov & (qualities == _GOOD_CODE) & np.isfinite(values)
+        if not apply.any():
+            return values
+        at = pos[apply]
+        sig, bias = self._sigmas_biases()
+        s = sig[at]
+        noise = np.zeros(len(at))
+        draw = s > 0
+        if draw.any():
+            noise[draw] = self.rng.normal(0.0, s[draw])
+        out = values.copy()
+        out[apply] = values[apply] + bias[at] + noise
+        return out
 
     def _step(self, now: float) -> None:
         """Nothing moves with time: values change when the plant writes them."""
@@ -1156,6 +1238,17 @@ class InverterBatch:
             )
             for d in devs
         ]
+        if devs:
+            store = devs[0].store
+            cols = ("voltage_point", "p_avail_point", "p_limit_point", "voltvar_point")
+            self._in = _Inputs(store, [[getattr(d, c) for d in devs] for c in cols])
+            self._pq_pos = store.positions(
+                [n for d in devs for n in (d.p_point, d.q_point)]
+            ).reshape(-1, 2)
+            # outputs written as one set_array when no two outputs share a point
+            self._pq_distinct = len(set(self._pq_pos.ravel().tolist())) == 2 * len(devs)
+        self._pct_default = f([d.p_limit_pct for d in devs], dtype=float)
+        self._vv_default = f([float(d.voltvar_on) for d in devs], dtype=float)
         # one np.interp per distinct curve (the same C routine as the scalar q_pu)
         by_curve: dict[int, tuple[VoltVarCurve, list[int]]] = {}
         self._scalar_curve: set[int] = set()
@@ -1182,15 +1275,8 @@ class InverterBatch:
         self.rounds += 1
         store = self.store
         assert store is not None
-        get = store.device_get
-        good = Quality.GOOD
-        isnan = math.isnan
         idx: list[int] = []
-        v_l: list[float] = []
-        v_known: list[bool] = []
-        avail_l: list[float] = []
-        pct_l: list[float] = []
-        on_l: list[bool] = []
+        avail_dev: list[float] = []
         p_l: list[float] = []
         q_l: list[float] = []
         prev_l: list[float] = []
@@ -1215,37 +1301,7 @@ class InverterBatch:
                 and _elapsed(now, beat, d.heartbeat_s)
             ):
                 continue
-            vp, ap, lp, vvp, pct_default, vv_default = self._points[i]
-            if vp is None:
-                v_l.append(1.0)
-                v_known.append(False)
-            else:
-                s = get(vp)
-                sv = s.value
-                if isnan(sv):
-                    v_l.append(0.0)
-                    v_known.append(True)
-                elif s.quality is good:
-                    v_l.append(sv)
-                    v_known.append(True)
-                else:
-                    v_l.append(1.0)
-                    v_known.append(False)
-            if ap is None:
-                avail_l.append(d.p_avail_mw)
-            else:
-                s = get(ap)
-                avail_l.append(s.value if s.quality is good else d.p_avail_mw)
-            if lp is None:
-                pct_l.append(pct_default)
-            else:
-                s = get(lp)
-                pct_l.append(s.value if s.quality is good else pct_default)
-            if vvp is None:
-                on_l.append(vv_default >= 0.5)
-            else:
-                s = get(vvp)
-                on_l.append((s.value if s.quality is good else vv_default) >= 0.5)
+            avail_dev.append(d.p_avail_mw)
             p_l.append(d.p_mw)
             q_l.append(d.q_mvar)
             prev = d._prev
@@ -1254,16 +1310,26 @@ class InverterBatch:
         if not idx:
             return list(devs)
         ix = np.array(idx, dtype=np.intp)
-        v = np.array(v_l)
-        known = np.array(v_known, dtype=bool)
+        # the inputs as the devices see them (DERInverter._voltage and _read), as arrays
+        inp = self._in
+        all_v, all_q = inp.raw()
+        raw_v, raw_q = all_v[:, ix], all_q[:, ix]
+        has_v = inp.has[0, ix]
+        sv = raw_v[0]
+        nan_v = has_v & np.isnan(sv)  # an isolated bus: 0 pu, known (whatever the quality)
+        good_v = has_v & ~nan_v & (raw_q[0] == _GOOD_CODE)
+        known = nan_v | good_v
+        v = np.where(good_v, sv, np.where(nan_v, 0.0, 1.0))
+        ok_in = inp.has[1:, ix] & (raw_q[1:] == _GOOD_CODE)
+        avail = np.where(ok_in[0], raw_v[1], np.array(avail_dev))
+        pct = np.where(ok_in[1], raw_v[2], self._pct_default[ix])
+        on = np.where(ok_in[2], raw_v[3], self._vv_default[ix]) >= 0.5
         # outside the trip band: the protection timer starts, left to the scalar step
         inband = ~known | ((self._trip_lo[ix] <= v) & (v <= self._trip_hi[ix]))
         sn = self._sn[ix]
         dt = now - np.array(prev_l)
         p_mw = np.array(p_l)
-        avail = np.array(avail_l)
         p_avail = _pymax(avail, 0.0)
-        pct = np.array(pct_l)
         p_limit = _pymax(pct, 0.0) / 100.0 * sn
         target = _pymin(p_avail, p_limit)
         max_dp = self._ramp[ix] / 100.0 * sn * dt
@@ -1278,7 +1344,7 @@ class InverterBatch:
             sel = sel[sel >= 0]
             if len(sel):
                 q_target[sel] = np.interp(v[sel], vs, qs)
-        q_target = np.where(np.array(on_l, dtype=bool) & known, q_target * sn, 0.0)
+        q_target = np.where(on & known, q_target * sn, 0.0)
         q_new = q_target
         if self._lagged:
             q_new = q_target.copy()
@@ -1291,11 +1357,17 @@ class InverterBatch:
                 q_new[j] = q0 + (float(q_target[j]) - q0) * (
                     1.0 - exp(-float(dt[j]) / float(self._tau[i]))
                 )
+        # what the devices have for their outputs now (device_get, as Device._write checks),
+        # before any write
+        taken_ix = ix[inband]
+        out_pos = self._pq_pos[taken_ix]
+        out_v = np.stack([p_new[inband], q_new[inband]], axis=1)
+        cur, cur_q = store.device_arrays(out_pos.ravel())
+        same = (cur_q == _GOOD_CODE) & (cur == out_v.ravel())
         p_out = p_new.tolist()
         q_out = q_new.tolist()
         avail_out = p_avail.tolist()
         ok = inband.tolist()
-        items: list[tuple[str, float]] = []
         taken: set[int] = set()
         for k, i in enumerate(idx):
             if not ok[k]:
@@ -1305,20 +1377,277 @@ class InverterBatch:
             d._prev = now
             d._last_now = now
             d.p_avail_mw = avail_out[k]
-            pv = d.p_mw = p_out[k]
-            qv = d.q_mvar = q_out[k]
-            s = get(d.p_point)
-            if not (s.quality is good and s.value == pv):
-                items.append((d.p_point, pv))
-            s = get(d.q_point)
-            if not (s.quality is good and s.value == qv):
-                items.append((d.q_point, qv))
-        if items:
-            store.set_many(items, source=BATCH_SOURCE)
+            d.p_mw = p_out[k]
+            d.q_mvar = q_out[k]
+        write = ~same
+        if write.any():
+            wpos = out_pos.ravel()[write]
+            wval = out_v.ravel()[write]
+            if self._pq_distinct:
+                store.set_array(wpos, wval, source=BATCH_SOURCE)
+            else:
+                names = store.names
+                store.set_many(
+                    [(names[j], x) for j, x in zip(wpos.tolist(), wval.tolist())],
+                    source=BATCH_SOURCE,
+                )
         rest = [d for i, d in enumerate(devs) if i not in taken]
         self.batched += len(taken)
         self.scalar += len(rest)
         return rest
+
+
+# --- breakers, relays, AVRs: the quiet ones of a round found in one array pass ----------------
+def _base_quiet(d: Device, now: float) -> bool:
+    """Whether :meth:`Device.step` at ``now`` would pass the clock and watchdog checks
+    without acting: time not going back, no comms loss or fallback, no heartbeat due."""
+    last = d._last_now
+    if (last is not None and now < last) or d._comms_lost_at is not None or d.fallback_active:
+        return False
+    beat = d._beat_at
+    return (
+        beat is None
+        or d.heartbeat_s is None
+        or d.heartbeat_lost
+        or not _elapsed(now, beat, d.heartbeat_s)
+    )
+
+
+def _opt_positions(store: PointStore, names: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
+    """Store positions of optional points (0 where absent) and whether each is present."""
+    has = np.array([n is not None for n in names], dtype=bool)
+    pos = np.array([store.position(n) if n is not None else 0 for n in names], dtype=np.intp)
+    return pos, has
+
+
+class _Inputs:
+    """Optional input points of a list of devices, one row per input column, read in one
+    gather as the devices read them (:meth:`PointStore.device_arrays`)."""
+
+    def __init__(self, store: PointStore, columns: list[list[str | None]]) -> None:
+        self.store = store
+        rows = [_opt_positions(store, c) for c in columns]
+        self.pos = np.stack([p for p, _ in rows])
+        self.has = np.stack([h for _, h in rows])
+        self._flat = self.pos.ravel()
+
+    def raw(self) -> tuple[np.ndarray, np.ndarray]:
+        """Values and quality codes, shape (columns, devices)."""
+        v, q = self.store.device_arrays(self._flat)
+        return v.reshape(self.pos.shape), q.reshape(self.pos.shape)
+
+
+class _SeenPoints:
+    """Whether points a device remembers the last Sample of (a breaker's command, an AVR's
+    raise/lower pulses) are unchanged since: the store's per-point version has not moved
+    since the device last looked, and the device still holds the Sample seen then.
+
+    A version only moves on a write (or a fault applied), so "unchanged" here is exact; a
+    moved version is only "maybe changed": the device's own step decides."""
+
+    def __init__(self, store: PointStore, names: list[str]) -> None:
+        self.store = store
+        self.pos = store.positions(names)
+        self.names = names
+        self._ver = np.zeros(len(names), dtype=np.uint64)
+        self._valid = np.zeros(len(names), dtype=bool)
+        self._sample: list[Sample | None] = [None] * len(names)
+
+    def unchanged(self, held: list[Sample | None]) -> np.ndarray:
+        """Per point: unchanged since recorded, given the Samples the devices hold now."""
+        if not len(self.pos):
+            return np.zeros(0, dtype=bool)
+        same = self._valid & (self.store.versions[self.pos] == self._ver)
+        if all(map(operator.is_, held, self._sample)):
+            return same
+        return same & np.fromiter(map(operator.is_, held, self._sample), dtype=bool)
+
+    def record(self, k: int, held: Sample | None) -> None:
+        """The device of point ``k`` has just looked: it holds ``held``."""
+        self._sample[k] = held
+        ok = held is not None and self.store.device_get(self.names[k]) is held
+        self._valid[k] = ok
+        if ok:
+            self._ver[k] = self.store.versions[self.pos[k]]
+
+
+class _KindBatch:
+    """Devices of one built-in kind stepped at one time (a :class:`DeviceRound` run of
+    consecutive devices of that kind). One array pass finds the devices whose
+    :meth:`Device.step` would change nothing but the time of their last step (quiet); they
+    are given the time, and the others are returned to be stepped one by one by their own
+    ``step`` (the reference behaviour, audit records and all). Parameters that are not
+    points (defaults, limits) are read when the batch is built."""
+
+    def __init__(self, devices: list[Any]) -> None:
+        self.devices = devices
+        self.store: PointStore = devices[0].store
+        self.rounds = 0
+        self.quiet = 0  # device steps found quiet
+        self.scalar = 0  # device steps left to Device.step
+
+    def _quiet(self, now: float) -> list[bool]:
+        raise NotImplementedError
+
+    def step(self, now: float) -> list[Any]:
+        """Give the quiet devices the time ``now``; return the others, in device order."""
+        self.rounds += 1
+        quiet = self._quiet(now)
+        rest = []
+        for d, q in zip(self.devices, quiet, strict=True):
+            if q:
+                d._last_now = now
+            else:
+                rest.append(d)
+        self.scalar += len(rest)
+        self.quiet += len(self.devices) - len(rest)
+        return rest
+
+    def stepped(self, d: Any) -> None:
+        """``d`` was stepped by its own ``step`` (or tried): note what it has seen."""
+
+
+class _BreakerBatch(_KindBatch):
+    """Quiet: no operation pending and no command written since the last scan."""
+
+    def __init__(self, devices: list[Any]) -> None:
+        super().__init__(devices)
+        self._cmd = _SeenPoints(self.store, [d.cmd_point for d in devices])
+        self._k = {id(d): k for k, d in enumerate(devices)}
+
+    def cmd_unchanged(self) -> list[bool]:
+        """Per breaker: no command written since its last scan (False: maybe one)."""
+        return self._cmd.unchanged([d._seen_cmd for d in self.devices]).tolist()
+
+    def _quiet(self, now: float) -> list[bool]:
+        same = self.cmd_unchanged()
+        return [
+            s
+            and d.pending is None
+            and d._comms_lost_at is None
+            and not d.fallback_active
+            and (d._beat_at is None or _base_quiet(d, now))
+            and (d._last_now is None or now >= d._last_now)
+            for d, s in zip(self.devices, same, strict=True)
+        ]
+
+    def stepped(self, d: Any) -> None:
+        self._cmd.record(self._k[id(d)], d._seen_cmd)
+
+
+class _RelayBatch(_KindBatch):
+    """Quiet: not picked up, and the current neither above the pickup (not latched) nor
+    below the dropout (latched), or not GOOD."""
+
+    def __init__(self, devices: list[Any]) -> None:
+        super().__init__(devices)
+        store = self.store
+        self._in = _Inputs(
+            store, [[d.current_point for d in devices], [d.pickup_point for d in devices]]
+        )
+        self._pick_default = np.array([d.pickup_ka for d in devices], dtype=float)
+        self._ratio = np.array([d.dropout_ratio for d in devices], dtype=float)
+
+    def _quiet(self, now: float) -> list[bool]:
+        v, q = self._in.raw()
+        i = np.abs(v[0])
+        pickup = np.where(self._in.has[1] & (q[1] == _GOOD_CODE), v[1], self._pick_default)
+        dropout = self._ratio * pickup
+        latched = np.array([d.latched for d in self.devices], dtype=bool)
+        calm = (q[0] != _GOOD_CODE) | np.where(latched, ~(i < dropout), ~(i > pickup))
+        return [
+            c
+            and d.picked_up_since is None
+            and d._comms_lost_at is None
+            and not d.fallback_active
+            and (d._beat_at is None or _base_quiet(d, now))
+            and (d._last_now is None or now >= d._last_now)
+            for d, c in zip(self.devices, calm.tolist(), strict=True)
+        ]
+
+
+class _AVRBatch(_KindBatch):
+    """Quiet: no pulse written, the mechanism at rest, no step just completed, and the
+    definite-time timer neither to start, reset nor act (in band or not GOOD or manual with
+    no timer running; out of band on the same side with the delay not over, or over at a
+    limit already reported)."""
+
+    def __init__(self, devices: list[Any]) -> None:
+        super().__init__(devices)
+        store = self.store
+        cols = ("voltage_point", "auto_point", "vset_point", "band_point", "delay_point")
+        self._in = _Inputs(store, [[getattr(d, c) for d in devices] for c in cols])
+        f = np.array
+        #: defaults of the rows of _in (the voltage has none: its quality is looked at)
+        self._defaults = f(
+            [
+                [math.nan for d in devices],
+                [float(d.auto) for d in devices],
+                [d.vset_pu for d in devices],
+                [d.band_pu for d in devices],
+                [d.delay_s for d in devices],
+            ],
+            dtype=float,
+        )
+        self._tmin = f([d.tap_min for d in devices], dtype=np.int64)
+        self._tmax = f([d.tap_max for d in devices], dtype=np.int64)
+        self._raise = f([d.raise_delta for d in devices], dtype=np.int64)
+        #: (device index, pulse point) of every raise/lower point, in device order
+        self._pulse_of = [(k, p) for k, d in enumerate(devices) for p in d._pulses]
+        self._pulses = _SeenPoints(store, [p for _, p in self._pulse_of])
+        self._pulse_k: dict[int, list[int]] = {}
+        for j, (k, _) in enumerate(self._pulse_of):
+            self._pulse_k.setdefault(id(devices[k]), []).append(j)
+
+    def _quiet(self, now: float) -> list[bool]:
+        devs = self.devices
+        n = len(devs)
+        calm_pulses: np.ndarray | None = None
+        if self._pulse_of:
+            held = [devs[k]._seen_pulse[p] for k, p in self._pulse_of]
+            same = self._pulses.unchanged(held)
+            if not same.all():
+                calm_pulses = np.ones(n, dtype=bool)
+                ks = np.array([k for k, _ in self._pulse_of], dtype=np.intp)
+                calm_pulses[ks[~same]] = False
+        raw_v, raw_q = self._in.raw()
+        r = np.where(self._in.has & (raw_q == _GOOD_CODE), raw_v, self._defaults)
+        dev = raw_v[0] - r[2]  # voltage - vset
+        inband = np.abs(dev) <= np.abs(r[3])
+        # manual, no GOOD voltage or in band: the scalar step resets the timer (keeps it off)
+        timer_off = ~(r[1] >= 0.5) | (raw_q[0] != _GOOD_CODE) | inband
+        since = [d._out_since for d in devs]
+        if all(x is None for x in since):  # the common case: no timer running
+            calm = timer_off
+        else:
+            out_since = np.array([math.nan if x is None else x for x in since], dtype=float)
+            running = ~np.isnan(out_since)
+            delay = _pymax(r[4], 0.0)
+            sign = np.where(dev < 0, 1, -1)
+            out_sign = np.array([d._out_sign for d in devs], dtype=np.int64)
+            tap = np.array([d.tap_pos for d in devs], dtype=np.int64)
+            logged = np.array([d._at_limit_logged for d in devs], dtype=bool)
+            target = tap + sign * self._raise
+            at_limit = (target < self._tmin) | (target > self._tmax)
+            due = (now - out_since) >= (delay - TIME_EPS_S)
+            waiting = running & (sign == out_sign) & (~due | (at_limit & logged))
+            calm = np.where(timer_off, ~running, waiting)
+        if calm_pulses is not None:
+            calm = calm & calm_pulses
+        return [
+            c
+            and d.moving_to is None
+            and d._v_at_move is None
+            and d._comms_lost_at is None
+            and not d.fallback_active
+            and (d._beat_at is None or _base_quiet(d, now))
+            and (d._last_now is None or now >= d._last_now)
+            for d, c in zip(devs, calm.tolist(), strict=True)
+        ]
+
+    def stepped(self, d: Any) -> None:
+        for j in self._pulse_k.get(id(d), ()):
+            self._pulses.record(j, d._seen_pulse[self._pulse_of[j][1]])
 
 
 #: the device kinds a :class:`DeviceRound` knows the inputs and outputs of
@@ -1331,35 +1660,78 @@ _BUILTIN_KINDS: tuple[type, ...] = (
 )
 
 
+#: exact device type -> the batch that steps a run of consecutive devices of it
+_KIND_BATCHES: dict[type, type[_KindBatch]] = {
+    Breaker: _BreakerBatch,
+    OvercurrentRelay: _RelayBatch,
+    TapChangerAVR: _AVRBatch,
+}
+
+
 class DeviceRound:
-    """Steps a list of devices at one time, in their order, the inverters as one
-    :class:`InverterBatch` (at the place of the first inverter).
+    """Steps a list of devices at one time, in their order: the inverters as one
+    :class:`InverterBatch` (at the place of the first inverter), and each run of
+    consecutive breakers, relays or AVRs as one :class:`_KindBatch` (the quiet ones given the
+    time in one array pass, the others stepped one by one, in order).
 
     Batching is exact because within a round no built-in device reads what an inverter
-    writes (P, Q), and inverters read only the twin's or a master's points. With any other
-    kind of device in the list, every device is stepped one by one (:meth:`Device.step`).
+    writes (P, Q), and inverters read only the twin's or a master's points; a kind batch
+    changes nothing for a quiet device but its time, and steps the others in device order.
+    With any other kind of device in the list, or a store with the bulk path off
+    (``GRIDTWIN_BULK=0``, :attr:`hil.store.PointStore.bulk`), every device is stepped one
+    by one (:meth:`Device.step`): the reference.
     """
 
     def __init__(self, devices: Iterable[Any]) -> None:
         self.devices = tuple(devices)
         invs = [d for d in self.devices if type(d) is DERInverter]
         known = all(type(d) in _BUILTIN_KINDS for d in self.devices)
+        stores = {id(getattr(d, "store", None)) for d in self.devices}
+        bulk = all(bool(getattr(getattr(d, "store", None), "bulk", False)) for d in self.devices)
         one_store = len({id(getattr(d, "store", None)) for d in invs}) <= 1
+        batching = known and bulk
         self.batch: InverterBatch | None = None
-        if invs and known and one_store:
+        if invs and batching and one_store:
             self.batch = InverterBatch(invs)
-        #: (index in ``devices``, device) in step order; None marks the batch
-        self._plan: list[tuple[int, Any] | None] = []
+        #: the kind batches (runs of consecutive breakers, relays, AVRs of one store)
+        self.kind_batches: list[_KindBatch] = []
+        #: (index in ``devices``, device) in step order; None marks the inverter batch, a
+        #: _KindBatch a run of one kind
+        self._plan: list[tuple[int, Any] | _KindBatch | None] = []
+        kind_of: dict[int, tuple[_KindBatch, int]] = {}  # id(device) -> (its batch, place)
         placed = False
-        for i, d in enumerate(self.devices):
+        i = 0
+        devs = self.devices
+        while i < len(devs):
+            d = devs[i]
             if self.batch is not None and type(d) is DERInverter:
                 if not placed:
                     self._plan.append(None)
                     placed = True
+                i += 1
                 continue
-            self._plan.append((i, d))
+            cls = _KIND_BATCHES.get(type(d)) if batching and len(stores) == 1 else None
+            if cls is None:
+                self._plan.append((i, d))
+                i += 1
+                continue
+            j = i
+            while j < len(devs) and type(devs[j]) is type(d):
+                j += 1
+            kb = cls(list(devs[i:j]))
+            self.kind_batches.append(kb)
+            self._plan.append(kb)
+            for k, x in enumerate(kb.devices):
+                kind_of[id(x)] = (kb, k)
+            i = j
         self._index = {id(d): i for i, d in enumerate(self.devices)}
         self._due = [d for d in self.devices if getattr(d, "next_due", None) is not None]
+        #: per device of ``_due``: (its kind batch's index in kind_batches, place) or None
+        kb_index = {id(kb): n for n, kb in enumerate(self.kind_batches)}
+        self._due_kind: list[tuple[int, int] | None] = []
+        for d in self._due:
+            hit = kind_of.get(id(d))
+            self._due_kind.append(None if hit is None else (kb_index[id(hit[0])], hit[1]))
         #: (name, watchdog_events list) of every device that keeps one (collected per round)
         self.event_lists: list[tuple[str, list[tuple[float, str, str]]]] = [
             (str(getattr(d, "name", d)), d.watchdog_events)
@@ -1369,19 +1741,36 @@ class DeviceRound:
 
     def next_dues(self, now: float) -> list[float]:
         """Every device's ``next_due(now)`` that is not None, in device order (a device whose
-        ``next_due`` raises is left out: it is logged when it is stepped). An inverter with no
-        timer of its own and no watchdog armed is known to have none without asking it."""
+        ``next_due`` raises is left out: it is logged when it is stepped). A device with no
+        timer of its own and no watchdog armed (and, for a breaker, no command written since
+        its scan) is known to have none without asking it."""
         out: list[float] = []
-        for d in self._due:
-            if (
-                type(d) is DERInverter
-                and d.forced is None
-                and not d.tripped
-                and d._abnormal_since is None
-                and d._comms_lost_at is None
-                and d._beat_at is None
-            ):
-                continue
+        cmd_same: list[list[bool] | None] = [
+            kb.cmd_unchanged() if isinstance(kb, _BreakerBatch) else None
+            for kb in self.kind_batches
+        ]
+        for d, kind in zip(self._due, self._due_kind):
+            t = type(d)
+            if t is DERInverter:
+                if (
+                    d.forced is None
+                    and not d.tripped
+                    and d._abnormal_since is None
+                    and d._comms_lost_at is None
+                    and d._beat_at is None
+                ):
+                    continue
+            elif kind is not None and d._comms_lost_at is None and d._beat_at is None:
+                if t is OvercurrentRelay:
+                    if d.picked_up_since is None or d.latched:
+                        continue
+                elif t is TapChangerAVR:
+                    if d.moving_to is None and d._out_since is None:
+                        continue
+                elif t is Breaker:
+                    same = cmd_same[kind[0]]
+                    if d.pending is None and same is not None and same[kind[1]]:
+                        continue
             try:
                 due = d.next_due(now)
             except Exception:  # a broken device is logged when it is stepped
@@ -1407,6 +1796,19 @@ class DeviceRound:
                         d.step(now)
                     except Exception as exc:  # one broken device must not stop the others
                         on_error(self._index[id(d)], d, exc)
+                continue
+            if isinstance(entry, _KindBatch):
+                try:
+                    rest = entry.step(now)
+                except Exception:  # the pass failed: every device of the run one by one
+                    _log.exception("%s batch failed at t=%s", type(entry).__name__, now)
+                    rest = list(entry.devices)
+                for d in rest:
+                    try:
+                        d.step(now)
+                    except Exception as exc:  # one broken device must not stop the others
+                        on_error(self._index[id(d)], d, exc)
+                    entry.stepped(d)
                 continue
             i, dev = entry
             try:

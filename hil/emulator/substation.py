@@ -255,6 +255,8 @@ class EmulatedSubstation:
         self._written_at: float | None = None  # first outside write since then
         self._failed_devices: set[int] = set()
         self._round: Any = None  # the stepping plan of self.devices (_device_round)
+        #: the round's event_lists and the bare lists in it (one any() per round)
+        self._event_lists: tuple[Any, list[Any]] | None = None
         self.device_steps = 0  # device rounds run (every device stepped once per round)
         self.heartbeat_points = frozenset(p.name for p in pointmap.points if is_heartbeat(p))
         self._hb_mask: np.ndarray | None = None  # store positions of heartbeat points
@@ -511,6 +513,11 @@ class EmulatedSubstation:
         lists = getattr(rnd, "event_lists", None)
         if lists is None:
             self._collect_watchdog_events()
+            return
+        bare = self._event_lists
+        if bare is None or bare[0] is not lists:
+            bare = self._event_lists = (lists, [evs for _, evs in lists])
+        if not any(bare[1]):  # the common round: no device logged anything
             return
         for name, evs in lists:
             if evs:

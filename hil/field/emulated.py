@@ -126,8 +126,15 @@ class EmulatedField:
         self._status_seen: dict[str, float] = {}
         #: element label -> simulated time of the twin's last command to it
         self._commanded: dict[str, float] = {}
-        #: point -> source of its last write in the emulated store (who changed it)
-        self._last_source: dict[str, str] = {}
+        #: per store position: the code (index in _sources) of its last write's source in
+        #: the emulated store (who changed it; -1: nobody yet)
+        self._last_src: np.ndarray | None = None
+        self._sources: list[str] = []
+        self._source_code: dict[str, int] = {}
+        #: (names, store positions) of the setpoints (setpoint_values), made once
+        self._setpoints: tuple[list[str], np.ndarray] | None = None
+        #: (name, label) of the discrete statuses the field reports (_note_field), made once
+        self._discrete: list[tuple[str, str]] | None = None
         #: element label -> (who, when) of the last command written to it from outside the
         #: devices (a breaker's cmd, a tap changer's raise/lower): another master
         self._outside_command: dict[str, tuple[str, float]] = {}
@@ -447,9 +454,14 @@ class EmulatedField:
             return  # a re-stamp of what a device reported: the device stays the source
         store = self.sub.store
         names = store.names
-        last = self._last_source
-        for i in pos.tolist():
-            last[names[i]] = source
+        last = self._last_src
+        if last is None or len(last) != len(names):
+            last = self._last_src = np.full(len(names), -1, dtype=np.int32)
+        code = self._source_code.get(source)
+        if code is None:
+            code = self._source_code[source] = len(self._sources)
+            self._sources.append(source)
+        last[pos] = code
         if not source.startswith("device:") and source != "scenario":
             cmd = self._cmd_mask
             if cmd is None or len(cmd) != len(names):
@@ -460,13 +472,10 @@ class EmulatedField:
                 self._outside_command[names[i].rsplit(".", 1)[0]] = (source, self.clock.t)
 
     def _note_source(self, point: Any, sample: Any, source: str) -> None:
-        if source == _SCAN_SOURCE:
-            return  # a re-stamp of what a device reported: the device stays the source
+        """``_note_source_batch`` for one point (a per-point listener's signature)."""
         name = point if isinstance(point, str) else point.name
-        self._last_source[name] = source
-        kind = getattr(point, "kind", None)
-        if kind == "command" and not source.startswith("device:") and source != "scenario":
-            self._outside_command[name.rsplit(".", 1)[0]] = (source, self.clock.t)
+        store = self.sub.store
+        self._note_source_batch(np.array([store.position(name)], dtype=np.intp), source)
 
     def _event(self, t: float, kind: str, message: str, **fields: Any) -> None:
         if self.recorder is not None:
@@ -486,26 +495,36 @@ class EmulatedField:
                     self._event(t, "link_lost", f"link {link.name} lost: {why}", link=link.name)
             self._link_up[link.name] = now
         samples = self.sync.samples if self.sync is not None else {}
-        for p in self.pointmap.points:
-            if p.kind != "status" or p.direction != "to_twin" or p.column not in _DISCRETE:
-                continue  # an inverter's P/Q output is a status too, but it moves every step
-            smp = samples.get(p.name)
-            if smp is None or not smp.quality.is_good:
+        discrete = self._discrete
+        if discrete is None:
+            # an inverter's P/Q output is a status too, but it moves every step: not here
+            discrete = self._discrete = [
+                (
+                    p.name,
+                    p.name[: -len(p.column) - 1] if p.name.endswith("." + p.column) else p.name,
+                )
+                for p in self.pointmap.points
+                if p.kind == "status" and p.direction == "to_twin" and p.column in _DISCRETE
+            ]
+        good = Quality.GOOD
+        seen = self._status_seen
+        for name, label in discrete:
+            smp = samples.get(name)
+            if smp is None or smp.quality is not good:
                 continue
-            before = self._status_seen.get(p.name)
-            self._status_seen[p.name] = smp.value
+            before = seen.get(name)
+            seen[name] = smp.value
             if before is None or before == smp.value:
                 continue
-            label = p.name[: -len(p.column) - 1] if p.name.endswith("." + p.column) else p.name
             asked = self._commanded.get(label)
             if asked is not None and t - asked <= 60.0:
                 continue  # the twin's own command, logged by the scenario
-            source = self._status_source(p.name, label)
+            source = self._status_source(name, label)
             self._event(
                 t,
                 "field_change",
-                f"{p.name} {before:g} -> {smp.value:g} by the field ({source})",
-                point=p.name,
+                f"{name} {before:g} -> {smp.value:g} by the field ({source})",
+                point=name,
                 source=source,
                 before=before,
                 after=smp.value,
@@ -517,7 +536,12 @@ class EmulatedField:
         cmd = self._outside_command.get(label)
         if cmd is not None and self.clock.t - cmd[1] <= 60.0:
             return f"command from {cmd[0]}"
-        return self._last_source.get(point, "field")
+        last = self._last_src
+        store = self.sub.store if self.sub is not None else None
+        if last is None or store is None or point not in store:
+            return "field"
+        code = int(last[store.position(point)])
+        return self._sources[code] if code >= 0 else "field"
 
     def link_quality(self) -> dict[str, float]:
         """Per link: ``link.up[<name>]`` (1/0) and ``link.good[<name>]``, the share of its
@@ -527,7 +551,8 @@ class EmulatedField:
             key = self._link_key(link)
             out[f"link.up[{key}]"] = 1.0 if link.connected else 0.0
             inputs = link.read_inputs()
-            good = sum(1 for smp in inputs.values() if smp.quality.is_good)
+            ok = Quality.GOOD
+            good = sum([smp.quality is ok for smp in inputs.values()])
             out[f"link.good[{key}]"] = good / len(inputs) if inputs else math.nan
         return out
 
@@ -546,8 +571,13 @@ class EmulatedField:
         if self.sub is None:
             return {}
         store = self.sub.store
-        pts = self.pointmap.points
-        return {p.name: store.get(p.name).value for p in pts if p.kind == "setpoint"}
+        sp = self._setpoints
+        if sp is None:
+            pts = self.pointmap.points
+            names = list(dict.fromkeys(p.name for p in pts if p.kind == "setpoint"))
+            sp = self._setpoints = (names, store.positions(names))
+        names, pos = sp
+        return dict(zip(names, store.values[pos].tolist()))
 
     def offer_output(self, name: str, value: float) -> None:
         self.pending_outputs[name] = float(value)
@@ -687,7 +717,7 @@ class EmulatedField:
             self.rtu.set_noise(sigma, point=point)
         if offset is not None:
             self.rtu.set_bias(point, offset)
-        if point in getattr(self.rtu, "_true", {}):
+        if self.rtu.has_true_value(point):
             self.rtu.refresh(point)
 
     def freeze_point(self, point: str, frozen: bool) -> None:

@@ -397,3 +397,296 @@ def test_round_of_every_kind_equals_per_device_steps(seed):
         _assert_dues_equal(rnd, da, t, f"seed {seed} round {k}")
     # the scenario moved things: breakers operated, a relay tripped
     assert any(d.events for d in da if hasattr(d, "events"))
+
+
+# --- breakers, relays and AVRs as kind batches: every state the quiet test must see ----------
+_KIND_STATE = (
+    "_last_now",
+    "fallback_active",
+    "heartbeat_lost",
+    "_comms_lost_at",
+    "_beat_at",
+    "pending",
+    "closed",
+    "operations",
+    "locked_out",
+    "picked_up_since",
+    "latched",
+    "tap_pos",
+    "moving_to",
+    "_out_since",
+    "_out_sign",
+    "_at_limit_logged",
+)
+
+
+def _kind_map(n: int) -> PointMap:
+    def pt(name: str, kind: str) -> Point:
+        return Point(name, "x", name.rsplit(".", 1)[1], 0, KIND_DIR[kind], kind, "")  # type: ignore[arg-type]
+
+    pts = []
+    for k in range(n):
+        pts += [
+            pt(f"CB{k}.closed", "status"),
+            pt(f"CB{k}.cmd", "command"),
+            pt(f"CB{k}.operations", "measurement"),
+            pt(f"L{k}.i_ka", "measurement"),
+            pt(f"L{k}.oc_pickup_ka", "setpoint"),
+            pt(f"L{k}.oc_delay_s", "setpoint"),
+            pt(f"T{k}.tap_pos", "status"),
+            pt(f"T{k}.avr_auto", "setpoint"),
+            pt(f"T{k}.avr_vset_pu", "setpoint"),
+            pt(f"T{k}.avr_band_pu", "setpoint"),
+            pt(f"T{k}.avr_delay_s", "setpoint"),
+            pt(f"T{k}.tap_raise", "command"),
+            pt(f"T{k}.tap_lower", "command"),
+            pt(f"B{k}.vm_pu", "measurement"),
+        ]
+    return PointMap(tuple(pts))
+
+
+def _kind_devices(store: PointStore, n: int) -> list:
+    from hil.emulator.devices import Breaker, OvercurrentRelay, TapChangerAVR
+
+    brk = [
+        Breaker(
+            f"CB{k}",
+            store,
+            closed_point=f"CB{k}.closed",
+            cmd_point=f"CB{k}.cmd",
+            operations_point=f"CB{k}.operations" if k % 2 else None,
+            open_time_s=0.0 if k == 0 else 0.06,
+            close_time_s=0.1,
+            closed=k % 3 != 2,
+            comms_timeout_s=2.0,
+        )
+        for k in range(n)
+    ]
+    relays = [
+        OvercurrentRelay(
+            f"L{k}",
+            store,
+            current_point=f"L{k}.i_ka",
+            breaker=brk[k],
+            pickup_point=f"L{k}.oc_pickup_ka" if k % 2 else None,
+            delay_point=f"L{k}.oc_delay_s" if k % 3 else None,
+            pickup_ka=0.5,
+            delay_s=0.3,
+            dropout_ratio=0.9,
+            comms_timeout_s=2.0,
+        )
+        for k in range(n)
+    ]
+    avrs = [
+        TapChangerAVR(
+            f"T{k}",
+            store,
+            tap_point=f"T{k}.tap_pos",
+            voltage_point=f"B{k % 2}.vm_pu",
+            tap_min=-2 + (k % 2),
+            tap_max=2 - (k % 3),
+            raise_delta=1 if k % 2 else -1,
+            vset_point=f"T{k}.avr_vset_pu" if k % 2 else None,
+            band_point=f"T{k}.avr_band_pu" if k % 3 else None,
+            delay_point=f"T{k}.avr_delay_s" if k != 1 else None,
+            auto_point=f"T{k}.avr_auto" if k != 2 else None,
+            raise_point=f"T{k}.tap_raise" if k % 2 == 0 else None,
+            lower_point=f"T{k}.tap_lower" if k % 2 == 0 else None,
+            tap_pos=0,
+            mechanism_s=0.0 if k == 3 else 2.0,
+            delay_s=5.0,
+            comms_timeout_s=2.0,
+        )
+        for k in range(n)
+    ]
+    return [*brk, *relays, *avrs]
+
+
+def _assert_kind_state_equal(da: list, db: list, where: str) -> None:
+    for x, y in zip(da, db, strict=True):
+        for attr in _KIND_STATE:
+            if hasattr(x, attr):
+                assert getattr(x, attr) == getattr(y, attr), (where, x.name, attr)
+        for attr in ("trips", "events", "watchdog_events"):
+            if hasattr(x, attr):
+                assert getattr(x, attr) == getattr(y, attr), (where, x.name, attr)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kind_batches_equal_per_device_steps(seed):
+    """Breakers, relays and AVRs stepped as kind batches (quiet ones in one array pass) give
+    the same samples, states, trips, events and due times as ``Device.step``, through
+    commands, pulses, setpoint changes, faults, comms losses and heartbeats."""
+    n = 6
+    worlds = []
+    for _ in range(2):
+        clock = _Clock()
+        store = PointStore(_kind_map(n), clock=clock)
+        for k in range(n):
+            store.set(f"L{k}.i_ka", 0.1)
+            store.set(f"L{k}.oc_pickup_ka", 0.6)
+            store.set(f"L{k}.oc_delay_s", 0.2)
+            store.set(f"T{k}.avr_auto", 1.0)
+            store.set(f"T{k}.avr_vset_pu", 1.0)
+            store.set(f"T{k}.avr_band_pu", 0.02)
+            store.set(f"T{k}.avr_delay_s", 3.0)
+            store.set(f"B{k}.vm_pu", 1.0)
+        worlds.append((clock, store, _kind_devices(store, n)))
+    (ca, sa, da), (cb, sb, db) = worlds
+    rnd = DeviceRound(db)
+    assert [type(kb).__name__ for kb in rnd.kind_batches] == [
+        "_BreakerBatch",
+        "_RelayBatch",
+        "_AVRBatch",
+    ]
+    rng = np.random.default_rng(seed)
+    t = 0.0
+    for k in range(400):
+        t += float(rng.choice([0.0, 0.05, 0.1, 0.3, 1.0, 2.5, 6.0]))
+        ca.t = cb.t = t
+        acts: list = []
+        for j in range(n):
+            r = rng.random()
+            if r < 0.12:
+                acts.append(("set", f"L{j}.i_ka", float(rng.choice([0.1, 0.55, 0.58, 2.0]))))
+            elif r < 0.16:
+                acts.append(("setq", f"L{j}.i_ka", 1.0, Quality.STALE))
+            elif r < 0.22:
+                acts.append(("set", f"CB{j}.cmd", float(rng.integers(0, 2))))
+            elif r < 0.26:
+                acts.append(("set", f"B{j % 2}.vm_pu", float(rng.uniform(0.9, 1.1))))
+            elif r < 0.28:
+                acts.append(("setq", f"B{j % 2}.vm_pu", 1.0, Quality.INVALID))
+            elif r < 0.31:
+                acts.append(("set", f"T{j}.avr_auto", float(rng.integers(0, 2))))
+            elif r < 0.33:
+                acts.append(("set", f"T{j}.avr_band_pu", float(rng.choice([-0.05, 0.0, 0.02]))))
+            elif r < 0.35:
+                acts.append(("set", f"T{j}.avr_delay_s", float(rng.choice([-1.0, 0.0, 2.0]))))
+            elif r < 0.37:
+                acts.append(("set", f"L{j}.oc_pickup_ka", float(rng.choice([0.3, 0.6]))))
+            elif r < 0.40:
+                acts.append(("set", f"T{j}.tap_{rng.choice(['raise', 'lower'])}", 1.0))
+            elif r < 0.41:
+                acts.append(("dev", int(rng.integers(0, len(da))), "comms_lost"))
+            elif r < 0.43:
+                acts.append(("dev", int(rng.integers(0, len(da))), "comms_restored"))
+            elif r < 0.45:
+                acts.append(("dev", int(rng.integers(0, len(da))), "heartbeat"))
+            elif r < 0.46:
+                acts.append(("freeze", f"L{j}.i_ka", bool(rng.integers(0, 2))))
+            elif r < 0.47:
+                acts.append(("offline", f"CB{j}.cmd", bool(rng.integers(0, 2))))
+            elif r < 0.48:
+                acts.append(("freeze", f"B{j % 2}.vm_pu", bool(rng.integers(0, 2))))
+            elif r < 0.49:
+                acts.append(("operate", n + n + j, int(rng.choice([-1, 1]))))
+        for store, devs in ((sa, da), (sb, db)):
+            for act in acts:
+                kind = act[0]
+                if kind == "set":
+                    if act[1] in store:
+                        store.set(act[1], act[2], source="plant")
+                elif kind == "setq":
+                    store.set(act[1], act[2], quality=act[3], source="plant")
+                elif kind == "dev":
+                    getattr(devs[act[1]], act[2])(t)
+                elif kind == "freeze":
+                    store.freeze(act[1], act[2])
+                elif kind == "offline":
+                    store.set_offline([act[1]], act[2])
+                else:
+                    devs[act[1]].operate(t, act[2])
+        for dev in da:
+            dev.step(t)
+        rnd.step(t, _fail)
+        where = f"seed {seed} round {k} t={t}"
+        _assert_stores_equal(sa, sb, where)
+        _assert_kind_state_equal(da, db, where)
+        _assert_dues_equal(rnd, da, t, where)
+    quiet = [kb.quiet for kb in rnd.kind_batches]
+    scalar = [kb.scalar for kb in rnd.kind_batches]
+    assert all(q > 100 for q in quiet) and all(s > 50 for s in scalar), (quiet, scalar)
+    assert any(d.events for d in da if hasattr(d, "events"))  # breakers did operate
+    assert any(d.trips for d in da if hasattr(d, "trips"))  # relays did trip
+    assert any(d.tap_pos != 0 for d in da if hasattr(d, "tap_pos"))  # taps did move
+
+
+def test_round_without_bulk_steps_every_device_by_itself():
+    """``GRIDTWIN_BULK=0`` (a store with ``bulk=False``): no batch at all, the reference."""
+    store = PointStore(_kind_map(2), bulk=False)
+    rnd = DeviceRound(_kind_devices(store, 2))
+    assert rnd.batch is None and rnd.kind_batches == []
+
+
+def test_kinds_interleaved_keep_their_order():
+    """A relay between two breakers: the breakers are two runs, so a trip with no operate
+    time completes in the same round, as when stepped one by one."""
+    from hil.emulator.devices import Breaker, OvercurrentRelay
+
+    worlds = []
+    for _ in range(2):
+        store = PointStore(_kind_map(2), clock=_Clock())
+        b0 = Breaker("CB0", store, closed_point="CB0.closed", cmd_point="CB0.cmd", closed=True)
+        b1 = Breaker(
+            "CB1", store, closed_point="CB1.closed", cmd_point="CB1.cmd", open_time_s=0.0,
+            closed=True,
+        )  # fmt: skip
+        rel = OvercurrentRelay("L0", store, current_point="L0.i_ka", breaker=b1, delay_s=0.0)
+        worlds.append((store, [b0, rel, b1]))
+    (sa, da), (sb, db) = worlds
+    rnd = DeviceRound(db)
+    assert len(rnd.kind_batches) == 3
+    for store in (sa, sb):
+        store.set("L0.i_ka", 5.0, source="plant")
+    for dev in da:
+        dev.step(1.0)
+    rnd.step(1.0, _fail)
+    assert da[2].closed is False and db[2].closed is False
+    _assert_stores_equal(sa, sb, "interleaved")
+
+
+@pytest.mark.parametrize("noise", [False, True])
+def test_rtu_array_transform_equals_per_point(noise):
+    """The RTU as the store's array transform: the same reported values (same seeded noise
+    stream, bias), true values and times as the per-point transform (``bulk=False``)."""
+    from hil.emulator.devices import RTUMeasurements
+
+    def pt(name: str, kind: str, unit: str) -> Point:
+        return Point(name, "x", name.rsplit(".", 1)[1], 0, KIND_DIR[kind], kind, unit)  # type: ignore[arg-type]
+
+    pm = PointMap(
+        tuple(
+            [pt(f"B{k}.vm_pu", "measurement", "pu") for k in range(20)]
+            + [pt(f"L{k}.i_ka", "measurement", "kA") for k in range(20)]
+            + [pt(f"CB{k}.closed", "status", "") for k in range(5)]
+        )
+    )
+    stores, rtus = [], []
+    for bulk in (True, False):
+        store = PointStore(pm, bulk=bulk, clock=_Clock())
+        rtu = RTUMeasurements("rtu", store, rng=11)
+        if noise:
+            rtu.set_noise(0.01)
+            rtu.set_noise(0.05, unit="kA")
+            rtu.set_noise(0.0, point="B3.vm_pu")
+            rtu.set_bias("B4.vm_pu", 0.02)
+            rtu.set_bias("L7.i_ka", -0.1)
+        rtu.attach()
+        rtu.step(3.0)
+        stores.append(store)
+        rtus.append(rtu)
+    rng = np.random.default_rng(5)
+    for _ in range(30):
+        pos = rng.permutation(len(pm))[: int(rng.integers(1, len(pm)))]
+        vals = rng.uniform(0.0, 2.0, len(pos))
+        vals[rng.random(len(pos)) < 0.1] = math.nan
+        q = np.where(rng.random(len(pos)) < 0.1, 2, 0).astype(np.uint8)
+        for store in stores:
+            store.set_array(pos, vals, quality=q, source="plant")
+        _assert_stores_equal(stores[0], stores[1], "rtu")
+        for name in stores[0].names:
+            a, b = rtus[0].true_value(name), rtus[1].true_value(name)
+            assert _same(a, b), name
+            assert rtus[0].has_true_value(name) == rtus[1].has_true_value(name)
+    assert rtus[0].rng.random() == rtus[1].rng.random()  # the streams are at the same place
