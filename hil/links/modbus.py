@@ -10,8 +10,9 @@
 - Modbus carries no timestamps: a value's timestamp is the time its response arrived.
 - The vectorised path (default; ``GRIDTWIN_BULK=0`` or ``bulk=False`` runs the per-point
   reference): the inputs' values, quality codes and timestamps live in arrays, a block's
-  registers are decoded in one :class:`twin.pointmap.BlockCodec` pass, and the sync loop takes
-  the arrays (:meth:`ModbusLink.input_arrays`). Both paths give the same samples.
+  registers are decoded in one :class:`twin.pointmap.BlockCodec` pass (a reader prepared per
+  block), and the sync loop takes the arrays (:meth:`ModbusLink.input_arrays`). Both paths
+  give the same samples.
 - ``max_in_flight`` > 1 pipelines a poll's block reads (that many requests sent back to back,
   paired by transaction id): for servers known to take them, e.g. the emulated substation.
 """
@@ -39,7 +40,7 @@ from hil.links.mbap import (
     write_registers_pdu,
 )
 from hil.store import COMMS_LOST, GOOD, INVALID, QUALITIES, QUALITY_CODE, bulk_enabled
-from twin.pointmap import BLOCK_WIDTH, BlockCodec, Point, decode_registers, encode_registers
+from twin.pointmap import BlockCodec, BlockReader, Point, decode_registers, encode_registers
 from twin.quality import Quality, Sample
 
 _log = logging.getLogger(__name__)
@@ -214,20 +215,16 @@ class ModbusLink(FieldLink):
         regs = [p for b in self.blocks if b.table not in _BIT_TABLES for p in b.points]
         self._codec = BlockCodec(regs)
         at = {p.name: k for k, p in enumerate(regs)}
-        #: per block: (positions in the arrays, codec rows or bit offsets, word gather matrix)
-        self._plan: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
+        #: per block: (positions in the arrays, bit offsets or None, a prepared decode or None)
+        self._plan: list[tuple[np.ndarray, np.ndarray | None, BlockReader | None]] = []
         for b in self.blocks:
             pos = np.array([self._in_index[p.name] for p in b.points], dtype=np.intp)
             offs = [p.modbus.address - b.address for p in b.points]  # type: ignore[union-attr]
             if b.table in _BIT_TABLES:
                 self._plan.append((pos, np.array(offs, dtype=np.intp), None))
                 continue
-            gather = np.full((len(b.points), BLOCK_WIDTH), b.count, dtype=np.intp)  # pad: 0
-            for k, (p, off) in enumerate(zip(b.points, offs)):
-                m = min(p.modbus.count, BLOCK_WIDTH)  # type: ignore[union-attr]
-                gather[k, :m] = np.arange(off, off + m)
             rows = np.array([at[p.name] for p in b.points], dtype=np.intp)
-            self._plan.append((pos, rows, gather))
+            self._plan.append((pos, None, self._codec.reader(offs, rows)))
         #: per block: its last good answer's data and the values and quality codes it gave
         self._block_arrays: dict[int, tuple[bytes, np.ndarray, np.ndarray]] = {}
 
@@ -431,20 +428,18 @@ class ModbusLink(FieldLink):
     def _take_block(self, i: int, blk: Block, data: bytes, t: float) -> None:
         """A block's good answer into the arrays: one BlockCodec pass (or one bit unpack); an
         answer with the same bytes as the block's last gives the same values, read now."""
-        pos, rows, gather = self._plan[i]
+        pos, offs, reader = self._plan[i]
         last = self._block_arrays.get(i)
         if last is not None and last[0] == data:
             vals, qs = last[1], last[2]
         else:
-            if gather is None:
+            if reader is None:
                 raw = np.frombuffer(data, dtype=np.uint8, offset=1)
                 bits = np.unpackbits(raw, bitorder="little")
-                vals = bits[rows].astype(np.float64)
+                vals = bits[offs].astype(np.float64)
                 qs = np.full(len(pos), GOOD, dtype=np.uint8)
             else:
-                w = np.zeros(blk.count + 1, dtype=np.uint16)  # the last word: the pad
-                w[:-1] = np.frombuffer(data, dtype=">u2", count=blk.count, offset=1)
-                vals = self._codec.decode(w[gather], rows)
+                vals = reader.decode(np.frombuffer(data, dtype=">u2", count=blk.count, offset=1))
                 qs = np.where(np.isfinite(vals), GOOD, INVALID).astype(np.uint8)
             self._block_arrays[i] = (data, vals, qs)
         self._v[pos] = vals
