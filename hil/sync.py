@@ -256,7 +256,7 @@ class _SampleView(Mapping[str, Sample]):
     """A step's samples (point name -> Sample) over the arrays the links gave: a Sample is
     made only for a name someone asks for (the vectorised read path)."""
 
-    __slots__ = ("_index", "_names", "v", "q", "ts")
+    __slots__ = ("_index", "_names", "v", "q", "ts", "_lists")
 
     def __init__(
         self,
@@ -271,13 +271,21 @@ class _SampleView(Mapping[str, Sample]):
         self.v = values
         self.q = quality
         self.ts = stamps
+        self._lists: tuple[list[float], list[int], list[float]] | None = None
+
+    def changed(self) -> None:
+        """The arrays were changed in place (qualities marked INVALID)."""
+        self._lists = None
 
     def __getitem__(self, name: str) -> Sample:
         i = self._index[name]
-        c = int(self.q[i])
+        lists = self._lists
+        if lists is None:  # Python floats and ints, made once for every lookup of the step
+            lists = self._lists = (self.v.tolist(), self.q.tolist(), self.ts.tolist())
+        c = lists[1][i]
         if c == ABSENT:
             raise KeyError(name)
-        return Sample(float(self.v[i]), QUALITIES[c], float(self.ts[i]))
+        return Sample(lists[0][i], QUALITIES[c], lists[2][i])
 
     def __contains__(self, name: object) -> bool:
         i = self._index.get(name) if isinstance(name, str) else None
@@ -795,6 +803,7 @@ class SyncLoop:
             started, ended, bad_idx = self.plausibility.screen_values(raw, t)
             if bad_idx.size:
                 view.q[b.in_pos[bad_idx]] = INVALID
+                view.changed()
         else:
             if not isinstance(samples, dict):
                 samples = dict(samples)
