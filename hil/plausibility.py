@@ -88,6 +88,21 @@ class PlausibilityCheck:
             dtype=float,
             count=len(self.names),
         )
+        started, ended, bad = self.screen_values(raw, t)
+        for i in bad.tolist():
+            name = self.names[i]
+            s = samples[name]
+            samples[name] = Sample(s.value, Quality.INVALID, s.timestamp)
+        return started, ended
+
+    def screen_values(
+        self, raw: np.ndarray, t: float
+    ) -> tuple[list[Implausible], list[Implausible], np.ndarray]:
+        """:meth:`screen` on an array: ``raw`` holds each input's GOOD value (NaN where the
+        sample is not GOOD), in input order, and becomes :attr:`values` (implausible ones
+        NaN). Returns (started, ended, the indices of the implausible inputs): the caller
+        marks those INVALID."""
+        nan = math.nan
         have = np.isfinite(raw)
         ok = (raw >= self.low) & (raw <= self.high)
         if self._any_binary:
@@ -103,29 +118,26 @@ class PlausibilityCheck:
         fine = have & ok
         self.last_good[fine] = raw[fine]
         self.last_good_t[fine] = t
-        raw[bad] = nan
-        self.values = raw
         started: list[Implausible] = []
         ended: list[Implausible] = []
-        if bad.any():
-            for i in np.flatnonzero(bad):
-                name = self.names[int(i)]
-                s = samples[name]
-                samples[name] = Sample(s.value, Quality.INVALID, s.timestamp)
-                if not self.active[i]:
-                    started.append(self._describe(int(i), s.value, bool(rate_bad[i]), t))
+        bad_idx = np.flatnonzero(bad)
+        for i in bad_idx.tolist():
+            if not self.active[i]:
+                started.append(self._describe(i, float(raw[i]), bool(rate_bad[i]), t))
+        raw[bad] = nan
+        self.values = raw
         newly_fine = self.active & fine
         if newly_fine.any():
-            for i in np.flatnonzero(newly_fine):
-                name = self.names[int(i)]
-                v = float(self.last_good[i])
+            for j in np.flatnonzero(newly_fine).tolist():
+                name = self.names[j]
+                v = float(self.last_good[j])
                 ended.append(
                     Implausible(
                         name, v, v, nan, f"{name} = {v:.6g} plausible again (within its limits)"
                     )
                 )
         self.active = (self.active | bad) & ~fine
-        return started, ended
+        return started, ended, bad_idx
 
     def column(self, names: Sequence[str]) -> np.ndarray:
         """Positions in :attr:`values` of ``names`` (for one input group of the loop)."""

@@ -36,7 +36,9 @@ from typing import Any, Literal
 import numpy as np
 
 from hil.errors import HilError
+from hil.links.base import ABSENT
 from hil.plausibility import Implausible, PlausibilityCheck
+from hil.store import GOOD, INVALID, QUALITIES, bulk_enabled
 from twin.errors import (
     DeadlineMissed,
     LoadflowNotConverged,
@@ -250,6 +252,70 @@ class _Outputs(Mapping[str, float]):
         return repr(self._d())
 
 
+class _SampleView(Mapping[str, Sample]):
+    """A step's samples (point name -> Sample) over the arrays the links gave: a Sample is
+    made only for a name someone asks for (the vectorised read path)."""
+
+    __slots__ = ("_index", "_names", "v", "q", "ts", "_lists")
+
+    def __init__(
+        self,
+        index: Mapping[str, int],
+        names: Sequence[str],
+        values: np.ndarray,
+        quality: np.ndarray,
+        stamps: np.ndarray,
+    ) -> None:
+        self._index = index
+        self._names = names
+        self.v = values
+        self.q = quality
+        self.ts = stamps
+        self._lists: tuple[list[float], list[int], list[float]] | None = None
+
+    def changed(self) -> None:
+        """The arrays were changed in place (qualities marked INVALID)."""
+        self._lists = None
+
+    def __getitem__(self, name: str) -> Sample:
+        i = self._index[name]
+        lists = self._lists
+        if lists is None:  # Python floats and ints, made once for every lookup of the step
+            lists = self._lists = (self.v.tolist(), self.q.tolist(), self.ts.tolist())
+        c = lists[1][i]
+        if c == ABSENT:
+            raise KeyError(name)
+        return Sample(lists[0][i], QUALITIES[c], lists[2][i])
+
+    def __contains__(self, name: object) -> bool:
+        i = self._index.get(name) if isinstance(name, str) else None
+        return i is not None and int(self.q[i]) != ABSENT
+
+    def __iter__(self) -> Iterator[str]:
+        names = self._names
+        return (names[i] for i in np.flatnonzero(self.q != ABSENT).tolist())
+
+    def __len__(self) -> int:
+        return int(np.count_nonzero(self.q != ABSENT))
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
+@dataclass
+class _BulkRead:
+    """The vectorised read path's layout, resolved once: the input-carrying links, the names
+    they carry (first appearance, in link order) and where each link's and each loop input's
+    entries sit among them."""
+
+    sources: list[Any]
+    names: tuple[str, ...]
+    index: dict[str, int]
+    per_link: list[np.ndarray]  # per source: the positions of its inputs among ``names``
+    in_pos: np.ndarray  # per SyncLoop.inputs entry
+    used_pos: np.ndarray  # per SyncLoop._used_names entry
+
+
 Listener = Callable[["SyncLoop", StepReport, Any], Awaitable[None] | None]
 
 
@@ -344,7 +410,7 @@ class SyncLoop:
         #: alarms standing now, by point name (divergence alarms clear when back in band)
         self.active_alarms: dict[str, Alarm] = {}
         #: last samples read (point name -> Sample) and last outputs computed (name -> value)
-        self.samples: dict[str, Sample] = {}
+        self.samples: Mapping[str, Sample] = {}
         self.outputs: Mapping[str, float] = {}
         self.last_report: StepReport | None = None
         self.last_solution: Any = None
@@ -401,6 +467,9 @@ class SyncLoop:
         used = {n for g in self._groups for n in g.names} | {p.name for p in self.measured}
         self._used_inputs: tuple[Point, ...] = tuple(p for p in self.inputs if p.name in used)
         self._used_names: tuple[str, ...] = tuple(p.name for p in self._used_inputs)
+        #: the vectorised read path (``GRIDTWIN_BULK=0``: the per-point reference), or None
+        #: where a link cannot give arrays
+        self._bulk: _BulkRead | None = self._build_bulk_read() if bulk_enabled() else None
         if heartbeat_s is not None and not (heartbeat_s > 0 and math.isfinite(heartbeat_s)):
             raise ValueError(f"heartbeat_s: expected a finite number > 0, found {heartbeat_s!r}")
         self.heartbeat_s = None if heartbeat_s is None else float(heartbeat_s)
@@ -483,6 +552,25 @@ class SyncLoop:
                 )
             )
         return outs
+
+    def _build_bulk_read(self) -> _BulkRead | None:
+        sources = [lk for lk in self.links if getattr(lk, "inputs", True)]
+        if not all(hasattr(lk, "input_arrays") for lk in sources):
+            return None
+        names: list[str] = []
+        index: dict[str, int] = {}
+        per_link = []
+        for lk in sources:
+            for p in lk.inputs:
+                if p.name not in index:
+                    index[p.name] = len(names)
+                    names.append(p.name)
+            per_link.append(np.array([index[p.name] for p in lk.inputs], dtype=np.intp))
+        if any(p.name not in index for p in self.inputs):
+            return None
+        in_pos = np.array([index[p.name] for p in self.inputs], dtype=np.intp)
+        used_pos = np.array([index[n] for n in self._used_names], dtype=np.intp)
+        return _BulkRead(sources, tuple(names), index, per_link, in_pos, used_pos)
 
     def _route(self, point: Point) -> int | None:
         """The first link that carries ``point`` and can write it (None: no link can)."""
@@ -604,7 +692,7 @@ class SyncLoop:
         self.alarms.extend(new_alarms)
         self.last_report = rep
 
-    async def _read(self) -> dict[str, Sample]:
+    async def _read(self) -> Mapping[str, Sample]:
         polled = [lk for lk in self._poll_links if lk.connected]
         if len(polled) == 1:  # the usual case: no gather (a task per link per step)
             try:
@@ -617,6 +705,8 @@ class SyncLoop:
                 if isinstance(r, BaseException):
                     self._poll_failed(r)
         now = self.link_now() if self.link_now is not None else None
+        if self._bulk is not None:
+            return self._read_arrays(self._bulk, now)
         sources = [lk for lk in self.links if getattr(lk, "inputs", True)]  # none: no samples
         if len(sources) == 1:
             return sources[0].read_inputs(now)
@@ -633,6 +723,33 @@ class SyncLoop:
                     merged[name] = s
         return merged
 
+    def _read_arrays(self, b: _BulkRead, now: float | None) -> _SampleView:
+        """The links' inputs as one set of arrays over ``b.names`` (several links carrying a
+        point: a GOOD sample wins, then the newest, as the per-point merge)."""
+        if len(b.sources) == 1:
+            a = b.sources[0].input_arrays(now)
+            return _SampleView(b.index, b.names, a.values, a.quality, a.stamps)
+        n = len(b.names)
+        v = np.full(n, math.nan)
+        q = np.full(n, ABSENT, dtype=np.uint8)
+        ts = np.zeros(n)
+        for link, pos in zip(b.sources, b.per_link):
+            a = link.input_arrays(now)
+            oq = q[pos]
+            new_good = a.quality == GOOD
+            old_good = oq == GOOD
+            take = (a.quality != ABSENT) & (
+                (oq == ABSENT)
+                | (new_good & ~old_good)
+                | ((new_good == old_good) & (a.stamps > ts[pos]))
+            )
+            if take.any():
+                at = pos[take]
+                v[at] = a.values[take]
+                q[at] = a.quality[take]
+                ts[at] = a.stamps[take]
+        return _SampleView(b.index, b.names, v, q, ts)
+
     def _poll_failed(self, r: BaseException) -> None:
         if not isinstance(r, (HilError, OSError, TimeoutError)):
             raise r
@@ -641,12 +758,21 @@ class SyncLoop:
 
     def _apply(self, samples: Mapping[str, Sample], t: float) -> tuple[int, list[str]]:
         """Apply GOOD to_twin inputs; returns (values applied, points not GOOD)."""
-        good, isfinite = Quality.GOOD, math.isfinite
-        stale = [
-            n
-            for n in self._used_names
-            if (s := samples.get(n)) is None or s.quality is not good or not isfinite(s.value)
-        ]
+        b = self._bulk
+        view = samples if b is not None and isinstance(samples, _SampleView) else None
+        if view is not None:
+            assert b is not None
+            uq, uv = view.q[b.used_pos], view.v[b.used_pos]
+            bad = (uq != GOOD) | ~np.isfinite(uv)
+            used = self._used_names
+            stale = [used[i] for i in np.flatnonzero(bad).tolist()] if bad.any() else []
+        else:
+            good, isfinite = Quality.GOOD, math.isfinite
+            stale = [
+                n
+                for n in self._used_names
+                if (s := samples.get(n)) is None or s.quality is not good or not isfinite(s.value)
+            ]
         if stale and self.stale_policy == "refuse":
             self._counters["refused"] += 1
             qual = {n: (samples[n].quality.value if n in samples else "missing") for n in stale}
@@ -669,10 +795,19 @@ class SyncLoop:
             for base, g in zip(self._good_inputs, self._groups):
                 np.copyto(base, g.last, where=np.isfinite(g.last))
             self._good_t = None if last is None else last.t
-        if not isinstance(samples, dict):
-            samples = dict(samples)
         # implausible values become INVALID in ``samples`` and NaN here: held, not applied
-        started, ended = self.plausibility.screen(samples, t)
+        if view is not None:
+            assert b is not None
+            iq = view.q[b.in_pos]
+            raw = np.where(iq == GOOD, view.v[b.in_pos], math.nan)
+            started, ended, bad_idx = self.plausibility.screen_values(raw, t)
+            if bad_idx.size:
+                view.q[b.in_pos[bad_idx]] = INVALID
+                view.changed()
+        else:
+            if not isinstance(samples, dict):
+                samples = dict(samples)
+            started, ended = self.plausibility.screen(samples, t)
         if started or ended:
             self._on_implausible(started, ended, t)
         values = self.plausibility.values
@@ -967,9 +1102,15 @@ class SyncLoop:
             nan = math.nan
             good = Quality.GOOD
             values: dict[str, float] = {}
-            for col, p in zip(self._in_columns, self.inputs):
-                s = samples.get(p.name)
-                values[col] = s.value if s is not None and s.quality is good else nan
+            b = self._bulk
+            if b is not None and isinstance(samples, _SampleView):
+                iq = samples.q[b.in_pos]
+                vals = np.where(iq == GOOD, samples.v[b.in_pos], nan)
+                values.update(zip(self._in_columns, vals.tolist()))
+            else:
+                for col, p in zip(self._in_columns, self.inputs):
+                    s = samples.get(p.name)
+                    values[col] = s.value if s is not None and s.quality is good else nan
             # outputs: the arrays of this step's groups (what ``outputs`` holds, by column)
             for g in self._out_groups if outputs else ():
                 if g.values is None or g.ok is None or not g.enabled:

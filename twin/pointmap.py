@@ -19,6 +19,7 @@ import math
 import os
 import re
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -896,6 +897,96 @@ class BlockCodec:
                 na = has & (rawf == self._na_raw[pts])
             val = rawf * self.scale[pts] + self.offset[pts]
             out[sub] = np.where(na | np.isnan(rawf), np.nan, val)
+        return out
+
+    def reader(
+        self, offsets: Sequence[int] | np.ndarray, idx: np.ndarray | None = None
+    ) -> BlockReader:
+        """A prepared :meth:`decode` for one fixed read block: points ``idx`` (all when None)
+        whose registers start at ``offsets`` in the block's register array.
+
+        :meth:`BlockReader.decode` takes that 1-D array as it came (a response's words) and
+        gives what :meth:`decode` gives for the same registers, with the per-type work
+        (grouping, word order, scale, sentinels) resolved here once.
+        """
+        return BlockReader(self, offsets, idx)
+
+
+class BlockReader:
+    """:meth:`BlockCodec.decode` for a fixed block layout (see :meth:`BlockCodec.reader`)."""
+
+    def __init__(
+        self, codec: BlockCodec, offsets: Sequence[int] | np.ndarray, idx: np.ndarray | None
+    ) -> None:
+        if idx is None:
+            idx = np.arange(len(codec))
+        idx = np.asarray(idx, dtype=np.intp)
+        off = np.asarray(offsets, dtype=np.intp)
+        if off.shape != idx.shape:
+            raise ValueError(f"reader: expected {idx.size} offsets, found {off.shape}")
+        self.size = int(idx.size)
+        #: per group: (dtype, output positions, word index columns most significant first,
+        #: scale, offset, sentinel mask or None, sentinel values, bool sentinel bits)
+        self._groups: list[tuple[Any, ...]] = []
+        for dtype, order, sub in codec._split(idx):
+            pts = idx[sub]
+            o = off[sub]
+            if dtype == "bool":
+                na = codec._bool_na[pts]
+                self._groups.append(
+                    (dtype, sub, [o], None, None, na if na.any() else None, None,
+                     codec._bool_na_bit[pts])
+                )  # fmt: skip
+                continue
+            k = REGISTER_COUNT[dtype]
+            cols = [o + j for j in range(k)]
+            if order == "little":
+                cols = cols[::-1]
+            has = codec._has_na[pts]
+            na_raw = codec._na_raw[pts]
+            if dtype == "float32":
+                na_raw = na_raw.astype(np.float32).astype(np.float64)
+            self._groups.append(
+                (dtype, sub, cols, codec.scale[pts], codec.offset[pts],
+                 has if has.any() else None, na_raw, None)
+            )  # fmt: skip
+
+    def decode(self, words: np.ndarray) -> np.ndarray:
+        """Engineering values of the block's points from its register array (uint16 values;
+        NaN for a not-available sentinel, as :func:`decode_registers`)."""
+        w = np.asarray(words, dtype=np.uint16)
+        out = np.empty(self.size, dtype=np.float64)
+        for dtype, sub, cols, scale, offset, has, na_raw, na_bit in self._groups:
+            if dtype == "bool":
+                bit = (w[cols[0]] != 0).astype(np.uint16)
+                val = bit.astype(np.float64)
+                if has is not None:
+                    val[has & (bit == na_bit)] = np.nan
+                out[sub] = val
+                continue
+            if len(cols) == 1:
+                raw = w[cols[0]]
+                if dtype == "int16":
+                    raw = raw.view(np.int16)
+            elif len(cols) == 2:
+                u = (w[cols[0]].astype(np.uint32) << 16) | w[cols[1]]
+                raw = u.view({"int32": np.int32, "uint32": np.uint32, "float32": np.float32}[dtype])
+            else:
+                u64 = w[cols[0]].astype(np.uint64)
+                for c in cols[1:]:
+                    u64 = (u64 << np.uint64(16)) | w[c]
+                raw = u64.view(np.float64)
+            with np.errstate(invalid="ignore"):  # a signalling-NaN pattern stays NaN
+                rawf = raw.astype(np.float64)
+            val = rawf * scale + offset
+            if has is not None:
+                bad = has & (rawf == na_raw)
+                if dtype in ("float32", "float64"):
+                    bad |= np.isnan(rawf)
+                val = np.where(bad, np.nan, val)
+            elif dtype in ("float32", "float64"):
+                val = np.where(np.isnan(rawf), np.nan, val)
+            out[sub] = val
         return out
 
 

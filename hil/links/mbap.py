@@ -6,9 +6,10 @@ response with its request by transaction id (FIELD-NOTES). This client sends rea
 request PDUs and hands back the response PDU's bytes:
 
 - MBAP framing: transaction id (incremented per request, 1..65535), protocol id 0, length,
-  unit id. One request in flight per connection (the caller serialises); a response whose
-  transaction id, unit id or function code is not the pending request's is dropped (a late
-  answer of a request that timed out is never taken for the next one's).
+  unit id. One request, or one batch of pipelined requests (:meth:`MbapClient.request_many`),
+  in flight per connection (the caller serialises); a response is paired with its request by
+  transaction id, and one whose transaction id or unit id is no pending request's is dropped
+  (a late answer of a request that timed out is never taken for the next one's).
 - Exception responses (``0x80 | fc``, code) come back as :class:`Response` with
   ``exception_code`` set; the caller names device, register and code.
 - A frame that is not Modbus TCP (protocol id not 0, a length outside 2..254) closes the
@@ -24,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 
 _HEAD = struct.Struct(">HHHB")  # transaction id, protocol id, length, unit id
 _READ = struct.Struct(">BHH")  # function code, start address, count / value
@@ -105,9 +106,8 @@ class MbapClient(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._buf = b""
         self._tid = 0
-        self._pending: asyncio.Future[Response] | None = None
-        self._pending_head = (0, 0, 0)  # transaction id, unit, function code
-        self._request = b""
+        #: transaction id -> (its future, unit id, function code, request PDU)
+        self._pending: dict[int, tuple[asyncio.Future[Response], int, int, bytes]] = {}
         self._on_lost = on_lost
         self._closed = False
         self.dropped = 0  # responses that matched no pending request
@@ -167,30 +167,62 @@ class MbapClient(asyncio.Protocol):
             ConnectionError: the connection is down or closed meanwhile (FrameError: the peer
                 sent a frame that is not Modbus TCP).
         """
-        t = self._transport
-        if t is None or t.is_closing():
-            raise ConnectionError("not connected")
-        if self._pending is not None and not self._pending.done():
-            raise RuntimeError("MbapClient: one request at a time")
-        self._tid = tid = self._tid % 0xFFFF + 1
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Response] = loop.create_future()
-        self._pending = fut
-        self._pending_head = (tid, unit, pdu[0])
-        self._request = pdu
-        t.write(_HEAD.pack(tid, 0, len(pdu) + 1, unit) + pdu)
-        timer = loop.call_later(timeout, _expire, fut)
+        (fut,) = self._send_all(((unit, pdu),))
+        timer = asyncio.get_running_loop().call_later(timeout, _expire, fut)
         try:
             return await fut
         finally:
             timer.cancel()
-            if self._pending is fut:
-                self._pending = None
+            self._pending.clear()
+
+    async def request_many(
+        self, requests: Sequence[tuple[int, bytes]], timeout: float
+    ) -> list[BaseException | Response]:
+        """Send several requests back to back (one write, a transaction id each) and wait for
+        all their responses: one round trip instead of one per request. For a server that
+        takes pipelined requests (the Modbus TCP implementation guide lets a server serve
+        several transactions; many devices do not), see ``ModbusLink(max_in_flight=...)``.
+
+        Returns, in request order, each response or the exception that request ended with
+        (TimeoutError: no response within ``timeout`` seconds of the send; ConnectionError as
+        :meth:`request`).
+        """
+        futs = self._send_all(requests)
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(timeout, _expire_all, futs)
+        try:
+            await asyncio.wait(futs)
+        finally:
+            timer.cancel()
+            self._pending.clear()
+            for f in futs:  # cancelled meanwhile: no "exception never retrieved" later
+                if f.done() and not f.cancelled():
+                    f.exception()
+        return [f.exception() or f.result() for f in futs]
+
+    def _send_all(self, requests: Iterable[tuple[int, bytes]]) -> list[asyncio.Future[Response]]:
+        t = self._transport
+        if t is None or t.is_closing():
+            raise ConnectionError("not connected")
+        if any(not f.done() for f, *_ in self._pending.values()):
+            raise RuntimeError("MbapClient: one request (or batch) at a time")
+        self._pending.clear()
+        loop = asyncio.get_running_loop()
+        futs: list[asyncio.Future[Response]] = []
+        frames: list[bytes] = []
+        for unit, pdu in requests:
+            self._tid = tid = self._tid % 0xFFFF + 1
+            fut: asyncio.Future[Response] = loop.create_future()
+            self._pending[tid] = (fut, unit, pdu[0], pdu)
+            futs.append(fut)
+            frames.append(_HEAD.pack(tid, 0, len(pdu) + 1, unit) + pdu)
+        t.write(frames[0] if len(frames) == 1 else b"".join(frames))
+        return futs
 
     def _fail(self, exc: BaseException) -> None:
-        fut = self._pending
-        if fut is not None and not fut.done():
-            fut.set_exception(exc)
+        for fut, *_ in self._pending.values():
+            if not fut.done():
+                fut.set_exception(exc)
 
     def data_received(self, data: bytes) -> None:
         buf = self._buf + data if self._buf else data
@@ -209,19 +241,19 @@ class MbapClient(asyncio.Protocol):
         self._buf = buf
 
     def _response(self, tid: int, unit: int, pdu: bytes) -> None:
-        fut = self._pending
-        want_tid, want_unit, want_fc = self._pending_head
-        fc = pdu[0]
-        if fut is None or fut.done() or tid != want_tid or unit != want_unit:
+        hit = self._pending.get(tid)
+        if hit is None or hit[0].done() or unit != hit[1]:
             self.dropped += 1  # a late answer to a request that timed out, or noise
             return
+        fut, _unit, want_fc, request = hit
+        fc = pdu[0]
         if fc == want_fc | 0x80:
             if len(pdu) != 2:
                 self._broken(f"exception response of {len(pdu)} bytes, expected 2")
                 return
             fut.set_result(Response(want_fc, pdu[1] or 0xFF, b""))
             return
-        size = _expected_size(want_fc, self._request)
+        size = _expected_size(want_fc, request)
         if fc != want_fc or (size is not None and len(pdu) != size):
             self._broken(
                 f"response function code {fc} of {len(pdu)} bytes to a request with "
@@ -240,3 +272,8 @@ class MbapClient(asyncio.Protocol):
 def _expire(fut: asyncio.Future[Response]) -> None:
     if not fut.done():
         fut.set_exception(TimeoutError())
+
+
+def _expire_all(futs: list[asyncio.Future[Response]]) -> None:
+    for fut in futs:
+        _expire(fut)

@@ -8,6 +8,13 @@
 - Reconnection is managed here: a supervisor task retries with a bounded exponential backoff,
   each attempt on a fresh client object.
 - Modbus carries no timestamps: a value's timestamp is the time its response arrived.
+- The vectorised path (default; ``GRIDTWIN_BULK=0`` or ``bulk=False`` runs the per-point
+  reference): the inputs' values, quality codes and timestamps live in arrays, a block's
+  registers are decoded in one :class:`twin.pointmap.BlockCodec` pass (a reader prepared per
+  block), and the sync loop takes the arrays (:meth:`ModbusLink.input_arrays`). Both paths
+  give the same samples.
+- ``max_in_flight`` > 1 pipelines a poll's block reads (that many requests sent back to back,
+  paired by transaction id): for servers known to take them, e.g. the emulated substation.
 """
 
 from __future__ import annotations
@@ -20,8 +27,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from hil.errors import CommsLost, HilTimeout, ProtocolError
-from hil.links.base import FieldLink
+from hil.links.base import FieldLink, InputArrays
 from hil.links.mbap import (
     MbapClient,
     Response,
@@ -30,10 +39,13 @@ from hil.links.mbap import (
     write_coils_pdu,
     write_registers_pdu,
 )
-from twin.pointmap import Point, decode_registers, encode_registers
+from hil.store import COMMS_LOST, GOOD, INVALID, QUALITIES, QUALITY_CODE, bulk_enabled
+from twin.pointmap import BlockCodec, BlockReader, Point, decode_registers, encode_registers
 from twin.quality import Quality, Sample
 
 _log = logging.getLogger(__name__)
+
+_STALE = QUALITY_CODE[Quality.STALE]
 
 MAX_REGISTERS = 125  # per read request (Modbus spec, function codes 3 and 4)
 MAX_BITS = 2000  # per read request (function codes 1 and 2)
@@ -116,6 +128,11 @@ class ModbusLink(FieldLink):
         max_gap: registers/bits a read block may skip to merge two points.
         tls: Modbus/TCP Security (:class:`hil.security.modbus_tls.ModbusTls`): mutual TLS
             with the link's certificate; the server's certificate must be in ``tls.trust``.
+        max_in_flight: read requests of one poll sent back to back before the first answer
+            (1: one at a time, for any device; more only for a server that serves pipelined
+            transactions in order of arrival, as the emulated substation does).
+        bulk: the vectorised input path (None: ``hil.store.bulk_enabled()``, the environment
+            ``GRIDTWIN_BULK``); False runs the per-point reference path.
     """
 
     protocol = "modbus"
@@ -136,6 +153,8 @@ class ModbusLink(FieldLink):
         clock: Callable[[], float] | None = None,
         name: str | None = None,
         tls: Any = None,
+        max_in_flight: int = 1,
+        bulk: bool | None = None,
     ) -> None:
         pts = tuple(points)
         missing = [p.name for p in pts if p.modbus is None]
@@ -177,6 +196,37 @@ class ModbusLink(FieldLink):
             for b in self.blocks
         }
         self._lock = asyncio.Lock()
+        if not 1 <= int(max_in_flight) <= 64:
+            raise ValueError(f"max_in_flight: expected 1..64 requests, found {max_in_flight!r}")
+        self.max_in_flight = int(max_in_flight)
+        self.bulk = bulk_enabled() if bulk is None else bool(bulk)
+        self._init_arrays()
+
+    def _init_arrays(self) -> None:
+        """The vectorised path's state: per input (``self.inputs`` order) its value, quality
+        code and timestamp, and per block how its answer maps onto them."""
+        n = len(self.inputs)
+        self._in_index: dict[str, int] = {p.name: i for i, p in enumerate(self.inputs)}
+        self._in_names: tuple[str, ...] = tuple(p.name for p in self.inputs)
+        self._v = np.full(n, math.nan)
+        self._q = np.full(n, _STALE, dtype=np.uint8)  # never received: STALE, NaN, time 0
+        self._t = np.zeros(n)
+        self._interval = np.array([p.interval_s for p in self.inputs], dtype=float)
+        regs = [p for b in self.blocks if b.table not in _BIT_TABLES for p in b.points]
+        self._codec = BlockCodec(regs)
+        at = {p.name: k for k, p in enumerate(regs)}
+        #: per block: (positions in the arrays, bit offsets or None, a prepared decode or None)
+        self._plan: list[tuple[np.ndarray, np.ndarray | None, BlockReader | None]] = []
+        for b in self.blocks:
+            pos = np.array([self._in_index[p.name] for p in b.points], dtype=np.intp)
+            offs = [p.modbus.address - b.address for p in b.points]  # type: ignore[union-attr]
+            if b.table in _BIT_TABLES:
+                self._plan.append((pos, np.array(offs, dtype=np.intp), None))
+                continue
+            rows = np.array([at[p.name] for p in b.points], dtype=np.intp)
+            self._plan.append((pos, None, self._codec.reader(offs, rows)))
+        #: per block: its last good answer's data and the values and quality codes it gave
+        self._block_arrays: dict[int, tuple[bytes, np.ndarray, np.ndarray]] = {}
 
     @property
     def polled(self) -> bool:
@@ -270,6 +320,42 @@ class ModbusLink(FieldLink):
             self._note_error(err)
             raise err
 
+    async def _call_many(self, items: list[tuple[str, int, bytes]]) -> list[Response | Exception]:
+        """Several requests pipelined under the connection lock (``max_in_flight``): each
+        response, or the HilError its request ended with (the link is lost at the first)."""
+        async with self._lock:
+            client = self._client
+            if client is None or not self.connected or not client.connected:
+                what = items[0][0]
+                raise CommsLost(f"{self.name}: {what}: expected a connected link, found it down")
+            self.stats["requests"] += len(items)
+            try:
+                got = await client.request_many([(u, pdu) for _, u, pdu in items], self.timeout_s)
+            except OSError as exc:  # ConnectionError: down before anything was sent
+                self._note_error(exc)
+                self._lost(str(exc))
+                raise CommsLost(f"{self.name}: {items[0][0]}: connection lost ({exc})") from exc
+        out: list[Response | Exception] = []
+        failed = False
+        for (what, _unit, _pdu), r in zip(items, got):
+            if isinstance(r, Response):
+                out.append(r)
+                continue
+            err: Exception
+            if isinstance(r, TimeoutError):
+                err = HilTimeout(f"{self.name}: {what}", self.timeout_s)
+                why = f"{what}: no answer"
+            else:
+                err = CommsLost(f"{self.name}: {what}: connection lost ({r})")
+                why = str(r)
+            err.__cause__ = r
+            if not failed:  # the first failure loses the link, as one request would
+                failed = True
+                self._note_error(r)
+                self._lost(why)
+            out.append(err)
+        return out
+
     async def poll(self) -> None:
         """Read every input block now and cache the values.
 
@@ -279,68 +365,166 @@ class ModbusLink(FieldLink):
         first_error: ProtocolError | None = None
         not_served_error: ProtocolError | None = None  # 04/0B: a point quality, see below
         any_good = False
-        store = self._store_input
-        cache = self._cache
-        memo = self._decoded
-        good = Quality.GOOD
-        for blk, pdu, what in zip(self.blocks, self._block_pdus, self._block_what):
-            rr = await self._call(what, blk.unit, pdu)
-            t = self.clock()
-            code = rr.exception_code
-            if code in _NOT_SERVED:
-                # the server does not serve a point that is not good (issue 11: 04 invalid,
-                # 0B comms lost): one point failed the block; read its points one by one
-                err, not_served, ok = await self._poll_points(blk)
+        blocks, k = self.blocks, self.max_in_flight
+        for start in range(0, len(blocks), k):
+            if k == 1 or start + 1 == len(blocks):
+                answers: Any = (
+                    (start, await self._call(self._block_what[start], blocks[start].unit,
+                                             self._block_pdus[start])),
+                )  # fmt: skip
+            else:
+                idx = range(start, min(start + k, len(blocks)))
+                items = [(self._block_what[i], blocks[i].unit, self._block_pdus[i]) for i in idx]
+                answers = zip(idx, await self._call_many(items))
+            for i, rr in answers:
+                if isinstance(rr, Exception):
+                    raise rr
+                err, not_served, ok = await self._take_answer(i, rr)
                 first_error = first_error or err
                 not_served_error = not_served_error or not_served
                 any_good = any_good or ok
-                continue
-            if code:
-                try:
-                    self._check_response(rr, blk.points[0], what)
-                except ProtocolError as exc:
-                    for p in blk.points:
-                        old = self._cache.get(p.name)
-                        store(
-                            p.name,
-                            Sample(old.value if old else math.nan, Quality.INVALID, t),
-                            notify=False,
-                        )
-                    first_error = first_error or exc
-                continue
-            self.stats["reads"] += 1
-            any_good = True
-            key = id(blk)
-            data = rr.data
-            last = self._block_last.get(key)
-            if last is not None and last[0] == data:
-                # the block's bytes did not change: the same values, read now
-                for name, value, quality in last[1]:
-                    cache[name] = Sample(value, quality, t)
-                continue
-            decoded: list[tuple[str, float, Quality]] = []
-            if blk.table in _BIT_TABLES:
-                bits = rr.bits(blk.count)
-                for name, off, _n in self._layout[key]:
-                    decoded.append((name, 1.0 if bits[off] else 0.0, good))
-            else:
-                regs = rr.registers(blk.count)
-                for name, off, n in self._layout[key]:
-                    words = regs[off : off + n]
-                    hit = memo.get(name)
-                    if hit is None or hit[0] != words:
-                        value = float(decode_registers(self._by_name[name], words))
-                        q = good if math.isfinite(value) else Quality.INVALID
-                        hit = memo[name] = (words, value, q)
-                    decoded.append((name, hit[1], hit[2]))
-            for name, value, quality in decoded:
-                cache[name] = Sample(value, quality, t)
-            self._block_last[key] = (data, decoded)
         self._notify()
         if first_error is not None:
             raise first_error
         if not_served_error is not None and not any_good:
             raise not_served_error  # nothing at all was served: the device, not one point
+
+    async def _take_answer(
+        self, i: int, rr: Response
+    ) -> tuple[ProtocolError | None, ProtocolError | None, bool]:
+        """Block ``i``'s answer into the inputs. Returns the protocol error it gave, the 04/0B
+        error of a point read alone, and whether anything was read (as :meth:`_poll_points`)."""
+        blk = self.blocks[i]
+        t = self.clock()
+        code = rr.exception_code
+        if code in _NOT_SERVED:
+            # the server does not serve a point that is not good (issue 11: 04 invalid,
+            # 0B comms lost): one point failed the block; read its points one by one
+            return await self._poll_points(blk)
+        if code:
+            try:
+                self._check_response(rr, blk.points[0], self._block_what[i])
+            except ProtocolError as exc:
+                if self.bulk:
+                    pos = self._plan[i][0]
+                    self._q[pos] = INVALID  # the last value kept (NaN: none yet)
+                    self._t[pos] = t
+                else:
+                    for p in blk.points:
+                        self._store_input(
+                            p.name,
+                            Sample(self._old_value(p.name), Quality.INVALID, t),
+                            notify=False,
+                        )
+                return exc, None, False
+            return None, None, False  # pragma: no cover - _check_response raises for a code
+        self.stats["reads"] += 1
+        if self.bulk:
+            self._take_block(i, blk, rr.data, t)
+        else:
+            self._take_block_points(blk, rr, t)
+        return None, None, True
+
+    def _take_block(self, i: int, blk: Block, data: bytes, t: float) -> None:
+        """A block's good answer into the arrays: one BlockCodec pass (or one bit unpack); an
+        answer with the same bytes as the block's last gives the same values, read now."""
+        pos, offs, reader = self._plan[i]
+        last = self._block_arrays.get(i)
+        if last is not None and last[0] == data:
+            vals, qs = last[1], last[2]
+        else:
+            if reader is None:
+                raw = np.frombuffer(data, dtype=np.uint8, offset=1)
+                bits = np.unpackbits(raw, bitorder="little")
+                vals = bits[offs].astype(np.float64)
+                qs = np.full(len(pos), GOOD, dtype=np.uint8)
+            else:
+                vals = reader.decode(np.frombuffer(data, dtype=">u2", count=blk.count, offset=1))
+                qs = np.where(np.isfinite(vals), GOOD, INVALID).astype(np.uint8)
+            self._block_arrays[i] = (data, vals, qs)
+        self._v[pos] = vals
+        self._q[pos] = qs
+        self._t[pos] = t
+
+    def _take_block_points(self, blk: Block, rr: Response, t: float) -> None:
+        """The per-point reference of :meth:`_take_block` (``bulk=False``)."""
+        cache = self._cache
+        memo = self._decoded
+        good = Quality.GOOD
+        key = id(blk)
+        data = rr.data
+        last = self._block_last.get(key)
+        if last is not None and last[0] == data:
+            # the block's bytes did not change: the same values, read now
+            for name, value, quality in last[1]:
+                cache[name] = Sample(value, quality, t)
+            return
+        decoded: list[tuple[str, float, Quality]] = []
+        if blk.table in _BIT_TABLES:
+            bits = rr.bits(blk.count)
+            for name, off, _n in self._layout[key]:
+                decoded.append((name, 1.0 if bits[off] else 0.0, good))
+        else:
+            regs = rr.registers(blk.count)
+            for name, off, n in self._layout[key]:
+                words = regs[off : off + n]
+                hit = memo.get(name)
+                if hit is None or hit[0] != words:
+                    value = float(decode_registers(self._by_name[name], words))
+                    q = good if math.isfinite(value) else Quality.INVALID
+                    hit = memo[name] = (words, value, q)
+                decoded.append((name, hit[1], hit[2]))
+        for name, value, quality in decoded:
+            cache[name] = Sample(value, quality, t)
+        self._block_last[key] = (data, decoded)
+
+    # --- the inputs: arrays on the vectorised path ---------------------------------------------
+    def _old_value(self, name: str) -> float:
+        """The value last received for input ``name`` (NaN: none yet)."""
+        if self.bulk:
+            i = self._in_index.get(name)
+            return math.nan if i is None else float(self._v[i])
+        old = self._cache.get(name)
+        return old.value if old is not None else math.nan
+
+    def _store_input(self, name: str, sample: Sample, *, notify: bool = True) -> None:
+        if not self.bulk:
+            super()._store_input(name, sample, notify=notify)
+            return
+        i = self._in_index.get(name)
+        if i is not None:
+            self._v[i] = sample.value
+            self._q[i] = QUALITY_CODE[sample.quality]
+            self._t[i] = sample.timestamp
+        if notify:
+            self._notify()
+
+    def input_arrays(self, now: float | None = None) -> InputArrays:
+        """:meth:`read_inputs` as arrays over ``self.inputs``: values, quality codes
+        (``hil.store.QUALITIES``) and timestamps, fresh copies (the same rules: GOOD values
+        older than ``stale_factor * interval_s`` STALE, all COMMS_LOST while down)."""
+        if not self.bulk:
+            return super().input_arrays(now)
+        t = self.clock() if now is None else now
+        v, q, ts = self._v.copy(), self._q.copy(), self._t.copy()
+        if self.connected:
+            q[(q == GOOD) & (t - ts > self.stale_factor * self._interval)] = _STALE
+        else:
+            q[:] = COMMS_LOST
+        if self.cut_points:
+            cut = [self._in_index[n] for n in self.cut_points if n in self._in_index]
+            q[cut] = COMMS_LOST
+        return InputArrays(self._in_names, v, q, ts)
+
+    def read_inputs(self, now: float | None = None) -> dict[str, Sample]:
+        if not self.bulk:
+            return super().read_inputs(now)
+        a = self.input_arrays(now)
+        qs = QUALITIES
+        return {
+            n: Sample(v, qs[c], t)
+            for n, v, c, t in zip(a.names, a.values.tolist(), a.quality.tolist(), a.stamps.tolist())
+        }
 
     async def _poll_points(
         self, blk: Block
@@ -361,11 +545,8 @@ class ModbusLink(FieldLink):
             t = self.clock()
             code = rr.exception_code
             if code:
-                old = self._cache.get(p.name)
                 q = Quality.COMMS_LOST if code == 0x0B else Quality.INVALID
-                self._store_input(
-                    p.name, Sample(old.value if old else math.nan, q, t), notify=False
-                )
+                self._store_input(p.name, Sample(self._old_value(p.name), q, t), notify=False)
                 try:
                     self._check_response(rr, p, what)
                 except ProtocolError as exc:
