@@ -42,7 +42,8 @@ _OPCUA_KEYS = (
     "write_timestamps",
 )  # fmt: skip
 _MODBUS_KEYS = (
-    "host", "port", "units", "timeout_s", "poll_interval_s", "max_gap", "read", "write", "tls_pki",
+    "host", "port", "units", "timeout_s", "poll_interval_s", "max_gap", "max_in_flight", "read",
+    "write", "tls_pki",
 )  # fmt: skip
 
 
@@ -92,6 +93,9 @@ class ModbusConfig:
     timeout_s: float = 1.0
     poll_interval_s: float | None = None  # None: the sync loop polls each step
     max_gap: int = 0
+    #: read requests of one poll sent back to back (1: one at a time; more only for a device
+    #: that answers pipelined requests: pymodbus's own server does not)
+    max_in_flight: int = 1
     read: bool = True
     write: bool = False
     #: Modbus/TCP Security: PKI folder (own certificate and key, ``trusted/`` server
@@ -198,7 +202,14 @@ def emulated_hardware(
     if "modbus" in kinds:
         # The substation's register blocks are contiguous (every address is mapped), so a
         # read may span the measurements between two statuses: a few requests per step.
-        mb = ModbusConfig(host="127.0.0.1", port=0, write=True, max_gap=_EMULATED_MAX_GAP)
+        # ... and sent back to back: the emulator's server answers pipelined requests
+        mb = ModbusConfig(
+            host="127.0.0.1",
+            port=0,
+            write=True,
+            max_gap=_EMULATED_MAX_GAP,
+            max_in_flight=_EMULATED_IN_FLIGHT,
+        )
     dev = DeviceConfig(
         name="emulated", opcua=op, modbus=mb, store=role if "direct" in kinds else None
     )
@@ -212,6 +223,8 @@ def emulated_hardware(
 
 #: Registers/bits a Modbus read of the emulated substation may span (one request's worth).
 _EMULATED_MAX_GAP = 125
+#: Read requests of one poll of the emulated substation sent before the first answer.
+_EMULATED_IN_FLIGHT = 4
 
 
 def default_hardware(*, user: str | None = "plant", password: str | None = None) -> HardwareConfig:
@@ -401,6 +414,9 @@ def _read_modbus(r: _Reader) -> ModbusConfig:
     max_gap = r.get("max_gap", int, 0, what="a number of registers")
     if not 0 <= max_gap <= 100:
         raise r.fail("max_gap", f"expected 0..100 registers, found {max_gap}")
+    max_in_flight = r.get("max_in_flight", int, 1, what="a number of requests")
+    if not 1 <= max_in_flight <= 64:
+        raise r.fail("max_in_flight", f"expected 1..64 requests, found {max_in_flight}")
     tls_pki = r.path_("tls_pki", must_exist=False)
     if tls_pki is not None and not (
         (tls_pki / "own" / "cert.der").is_file() and (tls_pki / "own" / "key.pem").is_file()
@@ -417,6 +433,7 @@ def _read_modbus(r: _Reader) -> ModbusConfig:
         timeout_s=r.positive("timeout_s", 1.0) or 1.0,
         poll_interval_s=r.positive("poll_interval_s", None),
         max_gap=max_gap,
+        max_in_flight=max_in_flight,
         read=r.get("read", bool, True),
         write=r.get("write", bool, False),
         tls_pki=tls_pki,
@@ -707,6 +724,7 @@ def make_links(
                     timeout_s=mb.timeout_s,
                     poll_interval_s=mb.poll_interval_s,
                     max_gap=mb.max_gap,
+                    max_in_flight=mb.max_in_flight,
                     tls=_modbus_tls(mb),
                     **common,
                 )

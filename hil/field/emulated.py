@@ -550,10 +550,7 @@ class EmulatedField:
         for link in self.links:
             key = self._link_key(link)
             out[f"link.up[{key}]"] = 1.0 if link.connected else 0.0
-            inputs = link.read_inputs()
-            ok = Quality.GOOD
-            good = sum([smp.quality is ok for smp in inputs.values()])
-            out[f"link.good[{key}]"] = good / len(inputs) if inputs else math.nan
+            out[f"link.good[{key}]"] = link.good_share()
         return out
 
     def _link_key(self, link: Any) -> str:

@@ -238,6 +238,14 @@ class FieldLink(abc.ABC):
                 out[n] = Sample(s.value, Quality.COMMS_LOST, s.timestamp)
         return out
 
+    def good_share(self, now: float | None = None) -> float:
+        """The share of this link's inputs that :meth:`read_inputs` calls GOOD now (NaN: the
+        link has no inputs)."""
+        inputs = self.read_inputs(now)
+        ok = Quality.GOOD
+        good = sum([s.quality is ok for s in inputs.values()])
+        return good / len(inputs) if inputs else math.nan
+
     def input_arrays(self, now: float | None = None) -> InputArrays:
         """:meth:`read_inputs` as arrays over ``self.inputs`` (the sync loop's vectorised
         path). This default builds them from :meth:`read_inputs`; a link that keeps its

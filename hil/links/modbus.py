@@ -516,6 +516,12 @@ class ModbusLink(FieldLink):
             q[cut] = COMMS_LOST
         return InputArrays(self._in_names, v, q, ts)
 
+    def good_share(self, now: float | None = None) -> float:
+        if not self.bulk:
+            return super().good_share(now)
+        q = self.input_arrays(now).quality
+        return int(np.count_nonzero(q == GOOD)) / q.size if q.size else math.nan
+
     def read_inputs(self, now: float | None = None) -> dict[str, Sample]:
         if not self.bulk:
             return super().read_inputs(now)
