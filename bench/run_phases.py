@@ -14,8 +14,11 @@ hits every tree alike. The probe wraps ``scenarios.engine.run_scenario``'s ``pro
   ``run_scenario`` (interpreter, imports, parsing);
 - ``steps``: the end of the first step to the end of the last (every step but the first);
 - ``finish``: the last step to ``run_scenario``'s return (recorder close, summary, junit);
-- ``report``: the return to the process's exit (the checks table, report.html);
-- ``wall``: launch to exit, as a user waits for it.
+- ``report``: the return to the end of ``main`` (the checks table, report.html);
+- ``exit``: the end of ``main`` to the process's end (interpreter shut-down);
+- ``wall``: launch to exit, as a user waits for it;
+- ``cpu ...``: the process's CPU time (all its threads) in the same phases (start-up from the
+  process's start, report to the return of ``main``): steadier than wall time on a busy machine.
 
 The machine is shared: the header prints the load average; read the ratios between the trees.
 """
@@ -38,32 +41,47 @@ from _common import machine_line  # noqa: E402
 _PROBE = r"""
 import json, sys, time
 stamps = {}
+def stamp(key):
+    stamps[key] = (time.time(), time.process_time())
 import scenarios.engine as _eng
 _orig = _eng.run_scenario
 def _wrapped(*a, **kw):
-    stamps["run_scenario"] = time.time()
+    stamp("run_scenario")
     inner = kw.get("progress")
     def progress(done, total, t):
-        now = time.time()
-        stamps.setdefault("first_step", now)
-        stamps["last_step"] = now
+        if "first_step" not in stamps:
+            stamp("first_step")
+        stamp("last_step")
         if inner is not None:
             inner(done, total, t)
     kw["progress"] = progress
     try:
         return _orig(*a, **kw)
     finally:
-        stamps["returned"] = time.time()
+        stamp("returned")
 _eng.run_scenario = _wrapped
 from scenarios.cli import main
 code = main(sys.argv[1:])
+stamp("exit")
 stamps["code"] = code
 sys.stdout.flush()
 print("PHASES " + json.dumps(stamps))
 sys.exit(code)
 """
 
-PHASES = ("to run_scenario", "start-up", "steps", "finish", "report", "wall")
+PHASES = (
+    "to run_scenario",
+    "start-up",
+    "steps",
+    "finish",
+    "report",
+    "exit",
+    "wall",
+    "cpu start-up",
+    "cpu steps",
+    "cpu finish",
+    "cpu report",
+)
 
 
 def one_run(tree: Path, scenario: str, extra: list[str], out: Path) -> dict[str, float]:
@@ -82,13 +100,21 @@ def one_run(tree: Path, scenario: str, extra: list[str], out: Path) -> dict[str,
     s = json.loads(line[-1][len("PHASES ") :])
     if s.get("code") not in (0, 1):
         raise SystemExit(f"{tree}: exit code {s.get('code')}:\n{done.stderr[-3000:]}")
+    w = {k: v[0] for k, v in s.items() if isinstance(v, list)}
+    c = {k: v[1] for k, v in s.items() if isinstance(v, list)}
     return {
-        "to run_scenario": s["run_scenario"] - t0,
-        "start-up": s["first_step"] - t0,
-        "steps": s["last_step"] - s["first_step"],
-        "finish": s["returned"] - s["last_step"],
-        "report": t_end - s["returned"],
+        "to run_scenario": w["run_scenario"] - t0,
+        "start-up": w["first_step"] - t0,
+        "steps": w["last_step"] - w["first_step"],
+        "finish": w["returned"] - w["last_step"],
+        "report": w["exit"] - w["returned"],
+        "exit": t_end - w["exit"],
         "wall": t_end - t0,
+        # CPU seconds of the process (every thread), less sensitive to a busy machine
+        "cpu start-up": c["first_step"],
+        "cpu steps": c["last_step"] - c["first_step"],
+        "cpu finish": c["returned"] - c["last_step"],
+        "cpu report": c["exit"] - c["returned"],
     }
 
 

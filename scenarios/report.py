@@ -176,7 +176,8 @@ def _figure(
 
 def _png(fig: Any) -> str:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=_DPI)
+    # zlib level 1, not PIL's 6: a third of the encoding time for ~15 % more bytes
+    fig.savefig(buf, format="png", dpi=_DPI, pil_kwargs={"compress_level": 1})
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -735,6 +736,45 @@ def _section_diagram(rd: RunData, clk: _Clock) -> str:
     )
 
 
+def _phase_histograms(tdf: Any, cols: list[str]) -> str:
+    """Per-step durations of every phase as one figure: a row per phase (its histogram, bar
+    height the share of that phase's busiest bin), one log-scaled time axis for all, so the
+    phases compare at a glance. One axes, not one per phase: each axes' ticks and labels were
+    most of this section's time (nine axes ~0.2 s of every city_day report)."""
+    from matplotlib.ticker import NullLocator
+
+    series = []
+    for c in cols:
+        v = tdf[c].to_numpy(float)
+        series.append((c[:-3], v[np.isfinite(v)]))
+    positive = np.concatenate([v[v > 0] for _, v in series])
+    floor = float(positive.min()) if positive.size else 1e-3  # a log axis: 0 ms sits here
+    top = max(float(max(v.max() for _, v in series)), floor * 10.0)
+    edges = np.geomspace(floor, top * 1.0001, 61)
+    n = len(series)
+    with _figure(10.0, 0.42 * n + 1.0, left=2.9, right=0.3, bottom=0.5, top=0.3) as (fig, ax):
+        for r, (_, v) in enumerate(series):
+            cnt, _ = np.histogram(np.clip(v, floor, None), bins=edges)
+            y0 = n - 1 - r  # the first phase on top
+            ax.stairs(y0 + 0.85 * cnt / max(int(cnt.max()), 1), edges, baseline=y0, fill=True,
+                      color="tab:blue", alpha=0.85)  # fmt: skip
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlim(edges[0], edges[-1])
+        ax.set_ylim(-0.15, n)
+        ax.set_yticks(range(n))
+        ax.set_yticklabels(
+            [f"{name}: p50 {np.median(v):.3g} ms, max {v.max():.3g} ms"
+             for name, v in reversed(series)],
+            fontsize=8,
+        )  # fmt: skip
+        ax.tick_params(axis="x", labelsize=8)
+        ax.set_xlabel("duration per step (ms, log scale)", fontsize=8)
+        ax.set_title("per-step histograms, one row per phase", fontsize=9)
+        ax.grid(True, axis="x", alpha=0.3)
+        return _img(fig, "per-phase step time histograms")
+
+
 def _section_timing(rd: RunData, clk: _Clock) -> str:
     s = rd.summary
     tm = s.get("timings", {}) or {}
@@ -756,33 +796,7 @@ def _section_timing(rd: RunData, clk: _Clock) -> str:
         cols = [c for c in tdf.columns if c.endswith("_ms") and c != "late_ms"]
         cols = [c for c in cols if np.isfinite(tdf[c].to_numpy(float)).any()]
         if cols:
-            nc = 3
-            nr = math.ceil(len(cols) / nc)
-            from matplotlib.figure import Figure
-
-            # fixed margins, not the constrained layout: with a grid of small axes its extra
-            # layout pass was ~40 % of a city_day report's time (the page is written after
-            # every run); these axes have short titles and tick labels, nothing to fit
-            h = 2.0 * nr + 0.4
-            fig = Figure(figsize=(10.0, h))
-            axes = fig.subplots(nr, nc, squeeze=False)
-            fig.subplots_adjust(left=0.05, right=0.99, bottom=0.45 / h, top=1.0 - 0.3 / h,
-                                wspace=0.18, hspace=0.5)  # fmt: skip
-            try:
-                for ax, c in zip(axes.flat, cols):
-                    v = tdf[c].to_numpy(float)
-                    v = v[np.isfinite(v)]
-                    ax.hist(v, bins=40, color="tab:blue", histtype="stepfilled")
-                    ax.set_title(f"{c[:-3]}: p50 {np.median(v):.3g} ms, max {v.max():.3g} ms",
-                                 fontsize=8)  # fmt: skip
-                    ax.tick_params(labelsize=7)
-                for ax in list(axes.flat)[len(cols) :]:
-                    ax.set_visible(False)
-                fig.supxlabel("duration per step (ms)", fontsize=8)
-                img = _img(fig, "per-phase step time histograms")
-                parts.append(f'<div class="fig">{img}</div>')
-            finally:
-                fig.clear()
+            parts.append(f'<div class="fig">{_phase_histograms(tdf, cols)}</div>')
         late = tdf["late_ms"].to_numpy(float) if "late_ms" in tdf.columns else np.zeros(0)
         if pace.get("pace") == "realtime" and np.isfinite(late).any():
             with _figure(10.0, 2.4) as (fig, ax):
