@@ -220,14 +220,16 @@ def _mark_events(ax: Any, rd: RunData, clk: _Clock) -> None:
     ev = rd.events
     if not len(ev):
         return
-    marked: set[float] = set()
+    marked: dict[float, None] = {}
     for t, kind in zip(ev["time_s"], ev["kind"]):
         if str(kind) in _EVENT_SKIP or not math.isfinite(float(t)) or float(t) in marked:
             continue
-        marked.add(float(t))
-        ax.axvline(clk.x(float(t)), color="tab:purple", alpha=0.35, lw=0.8, ls="--")
+        marked[float(t)] = None
         if len(marked) >= _MAX_EVENT_MARKS:  # a line per instant; beyond this the plot is grey
             break
+    if marked:  # one collection of full-height lines, not one Line2D artist per instant
+        ax.vlines(clk.x(list(marked)), 0.0, 1.0, transform=ax.get_xaxis_transform(),
+                  colors="tab:purple", alpha=0.35, lw=0.8, linestyles="--")  # fmt: skip
 
 
 # --- numbers the sections share -----------------------------------------------------------------
@@ -839,19 +841,135 @@ nav a{color:#cde;margin-right:12px}
 """
 
 
-def _sections(rd: RunData, clk: _Clock) -> list[str]:
-    sections: list[str] = []
-    for fn in (_section_run, _section_voltage, _section_loading, _section_switching,
-               _section_alarms, _section_diagram, _section_timing):  # fmt: skip
+def _one_section(fn: Any, rd: RunData, clk: _Clock) -> str:
+    try:
+        return str(fn(rd) if fn is _section_run else fn(rd, clk))
+    except Exception as exc:  # one broken section must not take the whole report down
+        _log.warning("report section %s failed", fn.__name__, exc_info=True)
+        return (
+            f'<section class="error"><h2>{_e(fn.__name__[9:])}</h2><p>this section could not '
+            f"be drawn: {_e(type(exc).__name__)}: {_e(exc)}</p></section>"
+        )
+
+
+#: Sections drawn in a forked child beside the parent's (about half of city_day's drawing).
+_CHILD_SECTIONS = ("_section_loading", "_section_diagram", "_section_timing")
+#: How long the parent waits for the child's sections before drawing them itself (s).
+_CHILD_TIMEOUT_S = 120.0
+
+
+def report_jobs() -> int:
+    """Processes that draw the report: 2 where ``os.fork`` exists and the machine has 2 CPUs
+    or more, else 1; ``GRIDTWIN_REPORT_JOBS=1`` draws everything in this process."""
+    import os
+
+    env = os.environ.get("GRIDTWIN_REPORT_JOBS", "").strip()
+    if env:
         try:
-            sections.append(fn(rd) if fn is _section_run else fn(rd, clk))  # type: ignore[call-arg]
-        except Exception as exc:  # one broken section must not take the whole report down
-            _log.warning("report section %s failed", fn.__name__, exc_info=True)
-            sections.append(
-                f'<section class="error"><h2>{_e(fn.__name__[9:])}</h2><p>this section could not '
-                f"be drawn: {_e(type(exc).__name__)}: {_e(exc)}</p></section>"
-            )
-    return sections
+            return max(1, min(2, int(env)))
+        except ValueError:
+            _log.warning("GRIDTWIN_REPORT_JOBS: expected 1 or 2, found %r: using 1", env)
+            return 1
+    return 2 if hasattr(os, "fork") and (os.cpu_count() or 1) >= 2 else 1
+
+
+def _sections(rd: RunData, clk: _Clock) -> list[str]:
+    fns = (_section_run, _section_voltage, _section_loading, _section_switching,
+           _section_alarms, _section_diagram, _section_timing)  # fmt: skip
+    if report_jobs() > 1:
+        got = _sections_forked(rd, clk, fns)
+        if got is not None:
+            return got
+    return [_one_section(fn, rd, clk) for fn in fns]
+
+
+def _sections_forked(rd: RunData, clk: _Clock, fns: tuple[Any, ...]) -> list[str] | None:
+    """The sections with :data:`_CHILD_SECTIONS` drawn by a forked child on the second core
+    while this process draws the rest (the same page as drawn alone). The child inherits the
+    loaded data and matplotlib, sends its HTML through a pipe and ends with ``os._exit``. A
+    child that fails, dies or is late is not waited for: its sections are drawn here. None:
+    no child could be started."""
+    import os
+    import pickle
+
+    child_fns = [fn for fn in fns if fn.__name__ in _CHILD_SECTIONS]
+    r, w = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        os.close(r)
+        os.close(w)
+        _log.debug("report: no child process (%s): drawing alone", exc)
+        return None
+    if pid == 0:  # the child: draw, send, end (no clean-up of the parent's state)
+        code = 1
+        try:
+            os.close(r)
+            data = pickle.dumps([_one_section(fn, rd, clk) for fn in child_fns])
+            with os.fdopen(w, "wb") as out:
+                out.write(data)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    theirs: list[str] | None = None
+    try:
+        mine = {fn.__name__: _one_section(fn, rd, clk) for fn in fns if fn not in child_fns}
+        theirs = _read_child(r, pid, len(child_fns))
+    finally:  # interrupted, or the child failed or is late: it is killed, then collected
+        os.close(r)
+        _reap(pid, kill=theirs is None)
+    if theirs is None:
+        _log.warning("report: the drawing child process failed: drawing its sections here")
+        theirs = [_one_section(fn, rd, clk) for fn in child_fns]
+    mine.update({fn.__name__: text for fn, text in zip(child_fns, theirs)})
+    return [mine[fn.__name__] for fn in fns]
+
+
+def _read_child(fd: int, pid: int, n: int) -> list[str] | None:
+    """The child's sections from the pipe (None: it failed, sent garbage or is too late)."""
+    import os
+    import pickle
+    import select
+
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + _CHILD_TIMEOUT_S
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        ready, _, _ = select.select([fd], [], [], min(left, 1.0))
+        if not ready:
+            continue
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    _, status = os.waitpid(pid, 0)
+    if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
+        return None
+    try:
+        got = pickle.loads(b"".join(chunks))  # our own child's bytes
+    except Exception:  # noqa: BLE001 - a truncated message: draw here
+        return None
+    if not (isinstance(got, list) and len(got) == n and all(isinstance(x, str) for x in got)):
+        return None
+    return got
+
+
+def _reap(pid: int, *, kill: bool) -> None:
+    """Collect the child (killed first when the parent gave up on it or was interrupted)."""
+    import os
+    import signal
+
+    try:
+        if kill:
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except ChildProcessError:  # already collected by _read_child
+        pass
+    except OSError as exc:
+        _log.debug("report: child %d: %s", pid, exc)
 
 
 def build_report(run_dir: Path | str) -> str:
