@@ -14,8 +14,9 @@ hits every tree alike. The probe wraps ``scenarios.engine.run_scenario``'s ``pro
   ``run_scenario`` (interpreter, imports, parsing);
 - ``steps``: the end of the first step to the end of the last (every step but the first);
 - ``finish``: the last step to ``run_scenario``'s return (recorder close, summary, junit);
-- ``report``: the return to the end of ``main`` (the checks table, report.html);
-- ``exit``: the end of ``main`` to the process's end (interpreter shut-down);
+- ``report``: the return to the end of ``main`` (the checks table, report.html), as the
+  ``gridtwin`` program runs it (``main()`` without arguments: the atexit handlers stamp it);
+- ``exit``: from the atexit handlers to the process's end (the interpreter's shut-down);
 - ``wall``: launch to exit, as a user waits for it;
 - ``cpu ...``: the process's CPU time (all its threads) in the same phases (start-up from the
   process's start, report to the return of ``main``): steadier than wall time on a busy machine.
@@ -60,13 +61,16 @@ def _wrapped(*a, **kw):
     finally:
         stamp("returned")
 _eng.run_scenario = _wrapped
+import atexit
+def report_stamps():
+    # run by the interpreter's shut-down, or by the program's own fast exit, after main
+    stamp("exit")
+    sys.stdout.flush()
+    print("PHASES " + json.dumps(stamps), flush=True)
+atexit.register(report_stamps)
 from scenarios.cli import main
-code = main(sys.argv[1:])
-stamp("exit")
-stamps["code"] = code
-sys.stdout.flush()
-print("PHASES " + json.dumps(stamps))
-sys.exit(code)
+# main() without arguments: the program's own command line, as the gridtwin script runs it
+sys.exit(main())
 """
 
 PHASES = (
@@ -98,8 +102,8 @@ def one_run(tree: Path, scenario: str, extra: list[str], out: Path) -> dict[str,
         raise SystemExit(f"{tree}: no phases printed (exit {done.returncode}):\n"
                          f"{done.stdout[-2000:]}\n{done.stderr[-3000:]}")  # fmt: skip
     s = json.loads(line[-1][len("PHASES ") :])
-    if s.get("code") not in (0, 1):
-        raise SystemExit(f"{tree}: exit code {s.get('code')}:\n{done.stderr[-3000:]}")
+    if done.returncode not in (0, 1):
+        raise SystemExit(f"{tree}: exit code {done.returncode}:\n{done.stderr[-3000:]}")
     w = {k: v[0] for k, v in s.items() if isinstance(v, list)}
     c = {k: v[1] for k, v in s.items() if isinstance(v, list)}
     return {

@@ -9,11 +9,8 @@ not complete (interrupted, output unwritable, hardware lost); with several scena
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gc
 import signal
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -218,68 +215,7 @@ def _install_stop_handlers() -> dict[int, Any]:
     return old
 
 
-class _GcPause:
-    """The cyclic garbage collector paused from the command's start to the first step.
-
-    Start-up allocates a few hundred thousand long-lived objects (pandas, pandapower, the net,
-    the point maps, the emulator): the collector ran two full and ~30 middle collections over
-    them before the first step (0.1-0.2 s of city_day's start-up) and found nearly nothing to
-    free. :meth:`first_step` moves what start-up made into the permanent generation
-    (``gc.freeze``) and turns the collector back on, so the steps collect only what they make.
-    """
-
-    def __init__(self) -> None:
-        self.was_enabled = gc.isenabled()
-        self.paused = False
-        self.frozen = False
-
-    def pause(self) -> None:
-        if self.was_enabled:
-            gc.disable()
-            self.paused = True
-
-    def first_step(self) -> None:
-        if self.paused:
-            self.paused = False
-            gc.freeze()
-            self.frozen = True
-            gc.enable()
-
-    def wrap(self, progress: Callable[[int, int, float], None]) -> Callable[..., None]:
-        def on_progress(done: int, total: int, t: float) -> None:
-            if self.paused:
-                self.first_step()
-            progress(done, total, t)
-
-        return on_progress
-
-    def end(self) -> None:
-        """As before the command (an embedding program, the tests: many runs, one process)."""
-        if self.frozen:
-            gc.unfreeze()
-            self.frozen = False
-        if self.paused or (self.was_enabled and not gc.isenabled()):
-            self.paused = False
-            gc.enable()
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[_GcPause]:
-    pause = _GcPause()
-    pause.pause()
-    try:
-        yield pause
-    finally:
-        pause.end()
-
-
 def run(args: argparse.Namespace) -> int:
-    with _gc_paused() as pause:
-        args.gc_pause = pause
-        return _run(args)
-
-
-def _run(args: argparse.Namespace) -> int:
     from scenarios.config import load_scenario, with_injections, with_overrides
     from scenarios.results import prepare_out_dir
     from twin.errors import ConfigError
@@ -380,12 +316,6 @@ def _check_all(plans: list[Any], args: argparse.Namespace) -> None:
 _VERDICTS = {0: "passed", 1: "FAILED", 2: "bad input", 3: "could not complete"}
 
 
-def _first_step_hook(args: argparse.Namespace, progress: Any) -> Any:
-    """``progress`` that also ends the start-up's collector pause (:class:`_GcPause`)."""
-    pause = getattr(args, "gc_pause", None)
-    return pause.wrap(progress) if pause is not None else progress
-
-
 def _run_one(sc: Any, out: Path | None, args: argparse.Namespace) -> tuple[int, Any]:
     from rich.console import Console
     from rich.table import Table
@@ -421,7 +351,7 @@ def _run_one(sc: Any, out: Path | None, args: argparse.Namespace) -> tuple[int, 
                 speed=args.speed,
                 hardware=_cli_path(args.hardware),
                 junit=args.junit if len(args.files) == 1 else None,
-                progress=_first_step_hook(args, live.progress),
+                progress=live.progress,
                 on_step=live.on_step if live.shown else None,
             )
         except BaseException:  # refused before it started (bad input): leave no empty folder
