@@ -1,5 +1,6 @@
-"""The report drawn by two processes (a forked child draws some sections on the second core)
-is the same page as drawn by one; a child that dies or fails costs time, never a section."""
+"""With ``GRIDTWIN_REPORT_JOBS=2`` the report is drawn by two processes (a forked child draws
+some sections on the second core): the same page as drawn by one; a child that dies or fails
+costs time, never a section."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ def run_dir(tmp_path_factory) -> Path:
 
 
 def test_two_processes_draw_the_same_page_as_one(run_dir: Path, monkeypatch) -> None:
+    monkeypatch.delenv("GRIDTWIN_REPORT_JOBS", raising=False)
+    assert report.report_jobs() == 1  # the default
     monkeypatch.setenv("GRIDTWIN_REPORT_JOBS", "1")
     assert report.report_jobs() == 1
     one = report.build_report(run_dir)
