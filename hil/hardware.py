@@ -685,7 +685,6 @@ def make_links(
             (:attr:`DeviceConfig.store`).
     """
     from hil.links.modbus import ModbusLink
-    from hil.links.opcua import OpcuaLink
     from hil.links.store import StoreLink
 
     stale = config.stale_factor if config.stale_factor is not None else pointmap.stale_factor
@@ -730,6 +729,8 @@ def make_links(
                 )
             )
         else:
+            from hil.links.opcua import OpcuaLink  # asyncua: only a run with an OPC UA link
+
             op = dev.opcua
             assert op is not None
             if ":0/" in op.endpoint or op.endpoint.endswith(":0"):

@@ -57,9 +57,9 @@ import numpy as np
 from pymodbus.constants import ExcCodes
 from pymodbus.pdu import DecodePDU, ExceptionResponse, ModbusPDU
 
-from hil.emulator.opcua_server import plant_not_available
 from hil.errors import HilError, OutOfRange, WriteRejected
 from hil.security.audit import ACCEPTED, REFUSED, AuditLog, audit_log
+from hil.security.users import plant_not_available
 from hil.store import GOOD as _Q_GOOD
 from hil.store import INVALID as _Q_INVALID
 from hil.store import PointStore

@@ -28,17 +28,28 @@ import math
 import socket
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from hil.emulator.modbus_server import ModbusServer
-from hil.emulator.opcua_server import OpcuaServer
 from hil.errors import HilError
 from hil.store import PointStore
 from twin.errors import PointMapError
 from twin.pointmap import Point, PointMap, is_heartbeat, resolve_element
 from twin.quality import Quality
+
+if TYPE_CHECKING:
+    from hil.emulator.opcua_server import OpcuaServer
+else:
+
+    def OpcuaServer(*args: Any, **kwargs: Any) -> Any:  # noqa: N802 - stands in for the class
+        """The OPC UA server, its module (and asyncua, ~0.4 s to import) loaded when one is
+        made: a Modbus-only substation never loads the OPC UA stack."""
+        from hil.emulator.opcua_server import OpcuaServer as server_class
+
+        return server_class(*args, **kwargs)
+
 
 _log = logging.getLogger(__name__)
 

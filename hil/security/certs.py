@@ -25,11 +25,8 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from asyncua import ua
-from asyncua.common.utils import ServiceError
-from asyncua.crypto.cert_gen import dump_private_key_as_pem, generate_private_key
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -37,17 +34,46 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from hil.errors import HilError
 
+if TYPE_CHECKING:
+    from asyncua import ua
+
+# asyncua (~0.4 s to import) loads on first use of an OPC UA name here, not with the module:
+# a Modbus-only run (hil.security.run, the audit log) needs certificates and users, not OPC UA.
+
 _log = logging.getLogger(__name__)
 
-#: The secure policies offered by default, in the order asyncua lists endpoints.
-SECURE_POLICIES: tuple[ua.SecurityPolicyType, ...] = (
-    ua.SecurityPolicyType.Basic256Sha256_Sign,
-    ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
-    ua.SecurityPolicyType.Aes128Sha256RsaOaep_Sign,
-    ua.SecurityPolicyType.Aes128Sha256RsaOaep_SignAndEncrypt,
-    ua.SecurityPolicyType.Aes256Sha256RsaPss_Sign,
-    ua.SecurityPolicyType.Aes256Sha256RsaPss_SignAndEncrypt,
+#: The names of the secure policies offered by default (asyncua ``SecurityPolicyType``), in
+#: the order asyncua lists endpoints; :data:`SECURE_POLICIES` holds the enum values.
+SECURE_POLICY_NAMES: tuple[str, ...] = (
+    "Basic256Sha256_Sign",
+    "Basic256Sha256_SignAndEncrypt",
+    "Aes128Sha256RsaOaep_Sign",
+    "Aes128Sha256RsaOaep_SignAndEncrypt",
+    "Aes256Sha256RsaPss_Sign",
+    "Aes256Sha256RsaPss_SignAndEncrypt",
 )
+
+
+def _secure_policies() -> tuple[ua.SecurityPolicyType, ...]:
+    from asyncua import ua
+
+    return tuple(getattr(ua.SecurityPolicyType, n) for n in SECURE_POLICY_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    # SECURE_POLICIES: the module's public constant, made (with asyncua) when first asked for
+    if name == "SECURE_POLICIES":
+        value = _secure_policies()
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _service_error(code_name: str) -> Exception:
+    from asyncua import ua
+    from asyncua.common.utils import ServiceError
+
+    return ServiceError(getattr(ua.StatusCodes, code_name))
 
 
 class CertificateError(HilError, ValueError):
@@ -179,7 +205,11 @@ def create_certificate(
     ``modbus_role``: the Modbus/TCP Security role extension (OID
     :data:`MODBUS_ROLE_OID`, a UTF8String) a Modbus/TLS server reads the client's role from.
     """
-    from asyncua.crypto.cert_gen import generate_self_signed_app_certificate
+    from asyncua.crypto.cert_gen import (
+        dump_private_key_as_pem,
+        generate_private_key,
+        generate_self_signed_app_certificate,
+    )
 
     cert_path, key_path = Path(cert_path), Path(key_path)
     cert_path.parent.mkdir(parents=True, exist_ok=True)
@@ -276,7 +306,7 @@ class TrustList:
         if not (cert.not_valid_before_utc <= now <= cert.not_valid_after_utc):
             self.refused += 1
             _log.warning("OPC UA: client certificate %s expired or not yet valid", describe(cert))
-            raise ServiceError(ua.StatusCodes.BadCertificateTimeInvalid)
+            raise _service_error("BadCertificateTimeInvalid")
         if not self.is_trusted(cert):
             self.refused += 1
             _log.warning(
@@ -285,7 +315,7 @@ class TrustList:
                 describe(cert),
                 getattr(app_description, "ApplicationUri", "?"),
             )
-            raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
+            raise _service_error("BadCertificateUntrusted")
 
 
 class ServerTrust:
@@ -366,7 +396,7 @@ class OpcuaSecurity:
     certificate: Path | None = None
     private_key: Path | None = None
     trust: Path | None = None
-    policies: tuple[ua.SecurityPolicyType, ...] = SECURE_POLICIES
+    policies: tuple[ua.SecurityPolicyType, ...] = field(default_factory=_secure_policies)
     insecure: bool = False
     app_uri: str | None = None
     #: more folders of trusted client certificates (a run's one-time link certificate)
@@ -391,6 +421,8 @@ class OpcuaSecurity:
         return cls(policies=(), insecure=True)
 
     def all_policies(self) -> list[ua.SecurityPolicyType]:
+        from asyncua import ua
+
         out = list(self.policies)
         if self.insecure:
             out.insert(0, ua.SecurityPolicyType.NoSecurity)

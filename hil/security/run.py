@@ -23,9 +23,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hil.security.certs import CertificateError, OpcuaSecurity, Pki
+if TYPE_CHECKING:
+    from hil.security.certs import OpcuaSecurity, Pki
+
+# hil.security.certs (cryptography) loads when a certificate is made or checked: a run with the
+# defaults and a Modbus or in-process link (the one-time PKI folder unused) never needs it.
 
 #: Values of ``embedded``: the OPC UA message security of the embedded emulator's link.
 EMBEDDED_MODES = ("None", "Sign", "SignAndEncrypt")
@@ -51,6 +55,10 @@ class RunSecurity:
     embedded: str = "None"
 
     def __post_init__(self) -> None:
+        if self.embedded in EMBEDDED_MODES and self.pki is None:
+            return  # nothing to check (and no need to import cryptography)
+        from hil.security.certs import CertificateError, Pki
+
         if self.embedded not in EMBEDDED_MODES:
             raise CertificateError(
                 f"embedded security: expected one of {', '.join(EMBEDDED_MODES)}, found "
@@ -87,6 +95,8 @@ class RunPki:
         return self._root
 
     def make(self, name: str, *, app_uri: str, common_name: str) -> Pki:
+        from hil.security.certs import Pki
+
         pki = Pki(self.root / name)
         if not pki.exists():
             pki.create(app_uri=app_uri, common_name=common_name)
@@ -100,6 +110,7 @@ class RunPki:
 
 def twin_server_setup(sec: RunSecurity | None, one_time: RunPki) -> ServerSetup:
     """The twin's OPC UA server security: secure unless ``sec.insecure`` (None: defaults)."""
+    from hil.security.certs import OpcuaSecurity, Pki
     from hil.security.users import load_users
 
     sec = sec or RunSecurity()
@@ -136,6 +147,8 @@ class EmbeddedSecurity:
     client: Pki
 
     def server_security(self) -> OpcuaSecurity:
+        from hil.security.certs import OpcuaSecurity
+
         return OpcuaSecurity.from_pki(self.server)
 
     def security_string(self) -> str:

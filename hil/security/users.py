@@ -31,13 +31,27 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hil.errors import HilError
+
+if TYPE_CHECKING:
+    from twin.pointmap import Point
 
 _log = logging.getLogger(__name__)
 
 ROLES = ("viewer", "operator", "plant", "admin")
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+
+
+def plant_not_available(point: Point, role: str) -> bool:
+    """Whether a NaN / bad-status write means "not available" rather than a refused value.
+
+    Only the plant (or admin) may say so, and only for what the plant computes: measurements
+    and statuses. Commands and setpoints from anyone must be finite and within limits. (Here,
+    beside the roles, so that the Modbus server gets it without importing the OPC UA stack.)
+    """
+    return role in ("plant", "admin") and point.kind in ("measurement", "status")
 
 
 class UsersFileError(HilError, ValueError):
