@@ -63,7 +63,7 @@ from hil.opcua_common import (
 from hil.opcua_write import DecodedWrite, install_bulk_write
 from hil.security.audit import ACCEPTED, REFUSED, AuditLog, audit_log
 from hil.security.certs import OpcuaSecurity
-from hil.security.users import UserEntry
+from hil.security.users import UserEntry, plant_not_available
 from hil.store import ROLE_WRITES, PointStore
 from twin.pointmap import Point
 from twin.quality import Quality, Sample
@@ -823,15 +823,6 @@ class OpcuaServer:
 
 #: request layouts an emulator OPC UA server keeps resolved
 _LAYOUTS = 16
-
-
-def plant_not_available(point: Point, role: str) -> bool:
-    """Whether a NaN / bad-status write means "not available" rather than a refused value.
-
-    Only the plant (or admin) may say so, and only for what the plant computes: measurements
-    and statuses. Commands and setpoints from anyone must be finite and within limits.
-    """
-    return role in ("plant", "admin") and point.kind in ("measurement", "status")
 
 
 def _posix(ts: datetime | None) -> float | None:
