@@ -216,14 +216,22 @@ class FaultRig:
         self.loop = SyncLoop(self.model, pm, links, mode="hil", period_s=self.period_s)
         self.inverter = next(d for d in self.sub.devices if d.kind == "inverter")
         self.steps = self.step_errors = 0
+        self._stopping = False
         self._task = asyncio.create_task(self._drive())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self._task.cancel()
+        # stop the driver: a flag it checks between steps, and cancellation repeated (bounded):
+        # Python 3.11's wait_for can swallow a cancel that lands as its inner future completes
+        self._stopping = True
+        for _ in range(100):
+            self._task.cancel()
+            done, _pending = await asyncio.wait([self._task], timeout=0.1)
+            if done:
+                break
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        await self.loop.drain()
+        await asyncio.wait_for(self.loop.drain(), 30.0)
         for lk in self.links:
             await lk.close()
         await self.proxy.stop()
@@ -232,7 +240,7 @@ class FaultRig:
     async def _drive(self) -> None:
         import time
 
-        while True:
+        while not self._stopping:
             try:
                 await self.loop.step(time.time())
                 self.steps += 1
