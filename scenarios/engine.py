@@ -454,6 +454,8 @@ class _Stepper:
         self._record_cols = self._plan_record()
         self._names_key: tuple[tuple[int, ...], tuple[str, ...]] | None = None
         self._names: tuple[str, ...] = ()
+        #: a setpoint's record column name by point name (made once, not per step)
+        self._setpoint_cols: dict[str, str] = {}
         #: this step's solution results by (table, column) (see _result)
         self._memo: dict[tuple[str, str], np.ndarray | Exception] = {}
 
@@ -526,9 +528,13 @@ class _Stepper:
         f = self.rt.field
         extra: dict[str, float] = {}
         if self.sc.record.setpoints:
+            cols = self._setpoint_cols
             for name, v in f.setpoint_values().items():
-                p = f.pointmap[name]
-                extra[column_name(p.table, p.column, name[: -len(p.column) - 1])] = v
+                col = cols.get(name)
+                if col is None:
+                    p = f.pointmap[name]
+                    col = cols[name] = column_name(p.table, p.column, name[: -len(p.column) - 1])
+                extra[col] = v
         extra["alarms.active"] = float(f.active_alarms())
         extra.update(f.link_quality())
         key = (tuple(used), tuple(extra))
